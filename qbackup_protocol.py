@@ -1,0 +1,333 @@
+"""The carrier <-> server-shell wire protocol: the ONE definition both sides import.
+
+Pure data and pure functions, standard library only, no I/O: the server shell
+(`server_shell/`) and the carrier (`carrier_vm/`) both import this module, and
+`docs/PROTOCOL.md` describes the same rules in prose.
+
+Summary (see docs/PROTOCOL.md for the full text):
+
+* The client runs ONE command per SSH session: ``put NAME``, ``get NAME``,
+  ``list [PREFIX]``, ``check NAME`` or ``info``. Words are separated by a single
+  space; there is no quoting, globbing or shell syntax of any kind.
+* Binary streams (the body of ``put`` on stdin, the body of ``get`` on stdout)
+  are framed: a 5-byte header (1 type byte, 4-byte big-endian payload length)
+  and the payload. ``D`` frames carry 1..MAX_DATA_FRAME bytes of data; exactly
+  one ``E`` frame ends the stream with the total length (8 bytes, big-endian)
+  and the SHA-256 digest (32 bytes) of all data. A stream that ends without a
+  valid ``E`` frame is truncated and must never be accepted.
+* Text replies (``put``'s receipt, ``list``, ``check``, ``info``) are JSON
+  objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# --- commands ---------------------------------------------------------------
+VERB_PUT = "put"
+VERB_GET = "get"
+VERB_LIST = "list"
+VERB_CHECK = "check"
+VERB_INFO = "info"
+# Verbs that take exactly one NAME, that take an optional PREFIX, that take nothing.
+VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_GET, VERB_CHECK})
+VERBS_WITH_OPTIONAL_PREFIX = frozenset({VERB_LIST})
+VERBS_WITHOUT_ARGUMENT = frozenset({VERB_INFO})
+ALL_VERBS = VERBS_WITH_NAME | VERBS_WITH_OPTIONAL_PREFIX | VERBS_WITHOUT_ARGUMENT
+MAX_COMMAND_LENGTH = 512
+
+# --- names ------------------------------------------------------------------
+# A name is a relative path of '/'-separated segments. Each segment uses only
+# [A-Za-z0-9._-] and never starts with '.', which rules out '.', '..' and
+# hidden files: every dot-file in the storage belongs to the shell itself
+# (temporaries and digest records), so no client name can ever collide with one.
+SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 200
+MAX_SEGMENT_LENGTH = 100
+MAX_NAME_DEPTH = 8
+
+# --- binary framing ---------------------------------------------------------
+FRAME_DATA = b"D"
+FRAME_END = b"E"
+FRAME_HEADER = struct.Struct(">cI")  # type byte, payload length
+END_PAYLOAD = struct.Struct(">Q32s")  # total length, SHA-256 digest
+FRAME_HEADER_SIZE = FRAME_HEADER.size
+MAX_DATA_FRAME = 4 * 1024 * 1024
+# What a well-behaved sender puts in one D frame.
+DEFAULT_DATA_FRAME = 1024 * 1024
+
+# --- text replies -----------------------------------------------------------
+MAX_REPLY_LINE = 4096
+MAX_LIST_ENTRIES = 100_000
+SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+class ProtocolError(ValueError):
+    """Raised when bytes or text on the wire break the protocol."""
+
+
+class InvalidName(ValueError):
+    """Raised when a backup name or prefix breaks the naming rules."""
+
+
+# ---------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    """Given a backup NAME, return it unchanged; raise InvalidName if it is not
+    a relative path of valid segments within the length and depth bounds."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName("empty name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"name longer than {MAX_NAME_LENGTH} characters")
+    segments = name.split("/")
+    if len(segments) > MAX_NAME_DEPTH:
+        raise InvalidName(f"name deeper than {MAX_NAME_DEPTH} segments")
+    for segment in segments:
+        # fullmatch, not match: a trailing newline must not slip through '$'.
+        if len(segment) > MAX_SEGMENT_LENGTH or not SEGMENT_PATTERN.fullmatch(segment):
+            raise InvalidName("name segments must be [A-Za-z0-9._-], not start with '.'")
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    """Given a listing PREFIX, return it unchanged; raise InvalidName unless it
+    is empty or the start of some valid name (one trailing '/' allowed)."""
+    if prefix == "":
+        return prefix
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    check_name(body)
+    return prefix
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+def build_command(verb: str, argument: str | None = None) -> str:
+    """Given a verb and its argument, return the command line a client sends;
+    raise ProtocolError/InvalidName if the pair is not a valid command."""
+    if verb in VERBS_WITH_NAME:
+        if argument is None:
+            raise ProtocolError(f"{verb} needs a name")
+        return f"{verb} {check_name(argument)}"
+    if verb in VERBS_WITH_OPTIONAL_PREFIX:
+        if argument:
+            return f"{verb} {check_prefix(argument)}"
+        return verb
+    if verb in VERBS_WITHOUT_ARGUMENT:
+        if argument:
+            raise ProtocolError(f"{verb} takes no argument")
+        return verb
+    raise ProtocolError("unknown command")
+
+
+# ---------------------------------------------------------------------------
+# binary framing
+# ---------------------------------------------------------------------------
+def encode_data_header(length: int) -> bytes:
+    """Given a data frame's payload length, return its 5-byte header."""
+    if not 0 < length <= MAX_DATA_FRAME:
+        raise ProtocolError("data frame length out of range")
+    return FRAME_HEADER.pack(FRAME_DATA, length)
+
+
+def encode_end_frame(total_length: int, digest: bytes) -> bytes:
+    """Given the stream's total length and SHA-256 digest, return the whole
+    end frame (header and payload)."""
+    if len(digest) != 32 or total_length < 0:
+        raise ProtocolError("bad end frame values")
+    return FRAME_HEADER.pack(FRAME_END, END_PAYLOAD.size) + END_PAYLOAD.pack(total_length, digest)
+
+
+def decode_frame_header(header: bytes) -> tuple[bytes, int]:
+    """Given exactly FRAME_HEADER_SIZE bytes, return (frame type, payload length);
+    raise ProtocolError for an unknown type or an out-of-range length."""
+    if len(header) != FRAME_HEADER_SIZE:
+        raise ProtocolError("short frame header")
+    kind, length = FRAME_HEADER.unpack(header)
+    if kind == FRAME_DATA:
+        if not 0 < length <= MAX_DATA_FRAME:
+            raise ProtocolError("data frame length out of range")
+    elif kind == FRAME_END:
+        if length != END_PAYLOAD.size:
+            raise ProtocolError("end frame of wrong length")
+    else:
+        raise ProtocolError("unknown frame type")
+    return kind, length
+
+
+def decode_end_payload(payload: bytes) -> tuple[int, bytes]:
+    """Given an end frame's payload, return (total length, SHA-256 digest)."""
+    if len(payload) != END_PAYLOAD.size:
+        raise ProtocolError("end frame of wrong length")
+    total_length, digest = END_PAYLOAD.unpack(payload)
+    return total_length, digest
+
+
+# ---------------------------------------------------------------------------
+# text replies
+# ---------------------------------------------------------------------------
+def encode_reply(fields: dict[str, Any]) -> bytes:
+    """Given a reply object, return it as one JSON line (with the newline)."""
+    line = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
+    if len(line) > MAX_REPLY_LINE:
+        raise ProtocolError("reply line too long")
+    return line
+
+
+def _load_reply_line(line: bytes) -> dict[str, Any]:
+    """Given one raw reply line (newline optional), return the JSON object it
+    holds; raise ProtocolError if it is too long, not ASCII JSON, or not an object."""
+    if len(line) > MAX_REPLY_LINE:
+        raise ProtocolError("reply line too long")
+    try:
+        # The shell only ever sends ASCII (json.dumps default escaping).
+        value = json.loads(line.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError("reply is not a JSON line") from error
+    if not isinstance(value, dict):
+        raise ProtocolError("reply is not a JSON object")
+    return value
+
+
+def _require_int(value: Any, what: str) -> int:
+    # bool is a subclass of int: refuse it explicitly.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
+        raise ProtocolError(f"{what} is not a non-negative integer")
+    return value
+
+
+def _require_digest(value: Any) -> str:
+    if not isinstance(value, str) or not SHA256_HEX_PATTERN.fullmatch(value):
+        raise ProtocolError("sha256 is not 64 lowercase hex digits")
+    return value
+
+
+def _require_name(value: Any) -> str:
+    try:
+        return check_name(value)
+    except InvalidName as error:
+        raise ProtocolError("reply carries an invalid name") from error
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A stored backup as the server describes it (put receipt, list entry, check)."""
+
+    name: str
+    size: int
+    sha256: str | None
+    mtime: int | None = None
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "mtime": self.mtime}
+
+
+def parse_record(line: bytes) -> BackupRecord:
+    """Given one reply line describing a backup, return a BackupRecord; raise
+    ProtocolError unless every field is present and well-formed."""
+    value = _load_reply_line(line)
+    if set(value) != {"name", "size", "sha256", "mtime"}:
+        raise ProtocolError("backup record has unexpected fields")
+    digest = value["sha256"]
+    mtime = value["mtime"]
+    return BackupRecord(
+        name=_require_name(value["name"]),
+        size=_require_int(value["size"], "size"),
+        sha256=None if digest is None else _require_digest(digest),
+        mtime=None if mtime is None else _require_int(mtime, "mtime"),
+    )
+
+
+@dataclass(frozen=True)
+class ListEnd:
+    """The summary line that ends a listing: how many records came, and whether
+    the server cut the listing at MAX_LIST_ENTRIES."""
+
+    count: int
+    truncated: bool
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"end": True, "count": self.count, "truncated": self.truncated}
+
+
+def parse_list_line(line: bytes) -> BackupRecord | ListEnd:
+    """Given one line of a listing, return a BackupRecord or, for the final
+    summary line, a ListEnd; raise ProtocolError otherwise."""
+    value = _load_reply_line(line)
+    if "end" in value:
+        if set(value) != {"end", "count", "truncated"} or value["end"] is not True:
+            raise ProtocolError("malformed listing summary")
+        if not isinstance(value["truncated"], bool):
+            raise ProtocolError("malformed listing summary")
+        return ListEnd(count=_require_int(value["count"], "count"), truncated=value["truncated"])
+    return parse_record(line)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``info`` reports: protocol version and space, all sizes in bytes.
+    ``quota``/``used`` are None when the account has no quota."""
+
+    protocol: int
+    free: int
+    reserve: int
+    available: int
+    quota: int | None
+    used: int | None
+
+    def to_reply(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "free": self.free,
+            "reserve": self.reserve,
+            "available": self.available,
+            "quota": self.quota,
+            "used": self.used,
+        }
+
+
+def parse_info(line: bytes) -> ServerInfo:
+    """Given the single line ``info`` answers, return a ServerInfo; raise
+    ProtocolError unless every field is present and well-formed."""
+    value = _load_reply_line(line)
+    if set(value) != {"protocol", "free", "reserve", "available", "quota", "used"}:
+        raise ProtocolError("info reply has unexpected fields")
+    quota = value["quota"]
+    used = value["used"]
+    return ServerInfo(
+        protocol=_require_int(value["protocol"], "protocol"),
+        free=_require_int(value["free"], "free"),
+        reserve=_require_int(value["reserve"], "reserve"),
+        available=_require_int(value["available"], "available"),
+        quota=None if quota is None else _require_int(quota, "quota"),
+        used=None if used is None else _require_int(used, "used"),
+    )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What ``check NAME`` reports: the stored record and whether the re-hash matched."""
+
+    record: BackupRecord
+    ok: bool
+
+    def to_reply(self) -> dict[str, Any]:
+        return {**self.record.to_reply(), "ok": self.ok}
+
+
+def parse_check(line: bytes) -> CheckResult:
+    """Given the single line ``check`` answers, return a CheckResult; raise
+    ProtocolError unless it is well-formed."""
+    value = _load_reply_line(line)
+    ok = value.pop("ok", None)
+    if not isinstance(ok, bool):
+        raise ProtocolError("check reply lacks a boolean 'ok'")
+    record = parse_record(json.dumps(value).encode("ascii"))
+    return CheckResult(record=record, ok=ok)

@@ -1,0 +1,4 @@
+import sys
+def main(argv, config_path):
+    sys.stdout.write(repr(argv) + "\n")
+    return 3
