@@ -62,7 +62,7 @@ class SyslogSink:
         while not self._stop.is_set():
             try:
                 data = self.socket.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -137,9 +137,15 @@ class BackupServer:
         root = self.base / "root"
         subprocess.run(
             [
-                "make", "-s", "-C", str(REPO), "server-files",
-                "DESTDIR=", f"LIBDIR={root}/usr/lib/qbackup",
-                f"SBINDIR={root}/usr/sbin", f"CONFDIR={root}/etc/qbackup",
+                "make",
+                "-s",
+                "-C",
+                str(REPO),
+                "server-files",
+                "DESTDIR=",
+                f"LIBDIR={root}/usr/lib/qbackup",
+                f"SBINDIR={root}/usr/sbin",
+                f"CONFDIR={root}/etc/qbackup",
             ],
             check=True,
             env={**os.environ, "DESTDIR": ""},
@@ -164,21 +170,46 @@ class BackupServer:
         self.client_key = keys / "client_ed25519"
         for path in (self.host_key, self.client_key):
             subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "qbackup-test", "-f", str(path)],
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "qbackup-test",
+                    "-f",
+                    str(path),
+                ],
                 check=True,
             )
         self.known_hosts = keys / "known_hosts"
 
     # -- accounts --------------------------------------------------------
-    def add_account(self, home: Path | None = None, authorized_options: str = "restrict") -> Account:
-        """Create a real account whose login shell is the installed qbackup-shell."""
+    def add_account(
+        self,
+        home: Path | None = None,
+        authorized_options: str = "restrict",
+        login_shell: Path | None = None,
+    ) -> Account:
+        """Create a real account whose login shell is the installed qbackup-shell
+        (or LOGIN_SHELL: the benchmark's plain-OpenSSH baseline uses /bin/sh)."""
         name = f"{ACCOUNT_PREFIX}-{secrets.token_hex(4)}"
         if home is None:
             home = self.base / "home" / name
         home.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         subprocess.run(
-            ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", str(self.shell_path),
-             "--user-group", name],
+            [
+                "useradd",
+                "--no-create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                str(login_shell or self.shell_path),
+                "--user-group",
+                name,
+            ],
             check=True,
         )
         # Debian's useradd locks the password with '!', which OpenSSH (without
@@ -192,7 +223,9 @@ class BackupServer:
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         public = (self.client_key.with_suffix(".pub")).read_text().strip()
         authorized = ssh_dir / "authorized_keys"
-        authorized.write_text(f"{authorized_options} {public}\n" if authorized_options else public + "\n")
+        authorized.write_text(
+            f"{authorized_options} {public}\n" if authorized_options else public + "\n"
+        )
         for path in (ssh_dir, authorized):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         os.chmod(authorized, 0o600)
@@ -246,7 +279,9 @@ class BackupServer:
                     break
             except OSError:
                 if self._sshd.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd did not start: {(self.base / 'sshd.log').read_text()}") from None
+                    raise RuntimeError(
+                        f"sshd did not start: {(self.base / 'sshd.log').read_text()}"
+                    ) from None
                 time.sleep(0.05)
         public = self.host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
@@ -254,14 +289,33 @@ class BackupServer:
     def ssh_command(self, account: Account, *extra: str) -> list[str]:
         """Return an OpenSSH client argv that logs in as ACCOUNT (no command yet)."""
         return [
-            "ssh", "-p", str(self.port), "-i", str(self.client_key),
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-F", "/dev/null",
-            *extra, f"{account.name}@127.0.0.1",
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.client_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-F",
+            "/dev/null",
+            *extra,
+            f"{account.name}@127.0.0.1",
         ]
 
-    def run(self, account: Account, command: str | None, data: bytes = b"",
-            timeout: float = 60, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        account: Account,
+        command: str | None,
+        data: bytes = b"",
+        timeout: float = 60,
+        extra: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run COMMAND over real ssh as ACCOUNT; return the completed process."""
         argv = self.ssh_command(account, *extra)
         if command is not None:

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and memory of qbackup's streaming path against plain OpenSSH."""
