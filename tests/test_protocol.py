@@ -1,0 +1,184 @@
+"""The shared wire protocol: name rules, framing and strict reply parsing.
+
+Both the carrier and the shell import qbackup_protocol, so a rule broken here
+is broken on both sides at once: each rule has a table of accepted and refused
+inputs, and hypothesis looks for a name that is accepted yet unsafe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qbackup_protocol as wire
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "daily-20261122T235959Z", "laptop/qubes-2026", "a/b/c/d/e/f/g/h", "x.y_z-1", "_", "0"],
+)
+def test_check_name_accepts_plain_relative_names(name: str) -> None:
+    assert wire.check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",  # empty
+        "/etc/passwd",  # absolute
+        "../x",  # traversal
+        "a/../b",
+        "a/./b",
+        ".hidden",  # dot-files belong to the shell (temporaries, digest records)
+        "a/.b",
+        "a//b",  # empty segment
+        "a/",
+        "a b",  # no spaces: the command line has no quoting
+        "a;b",
+        "$(id)",
+        "`id`",
+        "a\nb",
+        "a\x00b",
+        "a\\b",
+        "naïve",  # ASCII only
+        "a/b/c/d/e/f/g/h/i",  # deeper than 8
+        "x" * 101,  # segment too long
+        "/".join(["y" * 30] * 7),  # 216 characters: name too long
+        "name\n",  # '$' in a regex would accept this; fullmatch must not
+    ],
+)
+def test_check_name_refuses_unsafe_names(name: str) -> None:
+    with pytest.raises(wire.InvalidName):
+        wire.check_name(name)
+
+
+@given(st.text(max_size=300))
+def test_accepted_names_never_leave_the_storage_root(name: str) -> None:
+    # The threat: a name that passes the check yet resolves outside the root
+    # or onto a shell-owned dot-file. Residual risk: none at the name level;
+    # symlinks inside the storage are the shell's job (O_NOFOLLOW).
+    try:
+        wire.check_name(name)
+    except wire.InvalidName:
+        return
+    normal = posixpath.normpath(posixpath.join("/root-of-storage", name))
+    assert normal.startswith("/root-of-storage/")
+    assert normal == posixpath.join("/root-of-storage", name)
+    assert not any(part.startswith(".") for part in name.split("/"))
+    assert all(32 < ord(ch) < 127 for ch in name)
+
+
+@pytest.mark.parametrize("prefix", ["", "lap", "laptop/", "laptop/qubes-2026-"])
+def test_check_prefix_accepts_starts_of_names(prefix: str) -> None:
+    assert wire.check_prefix(prefix) == prefix
+
+
+@pytest.mark.parametrize("prefix", ["/", "//", "../", ".x", "a//", "a b", "a\n"])
+def test_check_prefix_refuses_unsafe_prefixes(prefix: str) -> None:
+    with pytest.raises(wire.InvalidName):
+        wire.check_prefix(prefix)
+
+
+@pytest.mark.parametrize(
+    ("verb", "argument", "expected"),
+    [
+        ("put", "a/b", "put a/b"),
+        ("list", None, "list"),
+        ("list", "a/", "list a/"),
+        ("info", None, "info"),
+    ],
+)
+def test_build_command_makes_single_space_commands(
+    verb: str, argument: str | None, expected: str
+) -> None:
+    assert wire.build_command(verb, argument) == expected
+
+
+@pytest.mark.parametrize(
+    ("verb", "argument"),
+    [("put", None), ("put", "../x"), ("info", "x"), ("rm", "x"), ("prune", None), ("get", "a b")],
+)
+def test_build_command_refuses_invalid_commands(verb: str, argument: str | None) -> None:
+    with pytest.raises(ValueError):
+        wire.build_command(verb, argument)
+
+
+def test_frames_round_trip() -> None:
+    digest = hashlib.sha256(b"abc").digest()
+    header = wire.encode_data_header(3)
+    assert wire.decode_frame_header(header) == (wire.FRAME_DATA, 3)
+    end = wire.encode_end_frame(3, digest)
+    kind, length = wire.decode_frame_header(end[: wire.FRAME_HEADER_SIZE])
+    assert (kind, length) == (wire.FRAME_END, wire.END_PAYLOAD.size)
+    assert wire.decode_end_payload(end[wire.FRAME_HEADER_SIZE :]) == (3, digest)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"D\x00\x00\x00\x00",  # empty data frame: would let a sender stall forever for free
+        wire.FRAME_HEADER.pack(b"D", wire.MAX_DATA_FRAME + 1),  # bounded memory on the reader
+        b"E\x00\x00\x00\x00",  # end frame of the wrong size
+        b"X\x00\x00\x00\x01",  # unknown type
+        b"D\x00\x00",  # short
+    ],
+)
+def test_decode_frame_header_refuses_malformed_headers(header: bytes) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_frame_header(header)
+
+
+RECORD = {"name": "a/b", "size": 5, "sha256": "0" * 64, "mtime": 1}
+
+
+def _line(value: object) -> bytes:
+    return json.dumps(value).encode() + b"\n"
+
+
+def test_parse_record_accepts_a_well_formed_record() -> None:
+    record = wire.parse_record(wire.encode_reply(RECORD))
+    assert record == wire.BackupRecord(name="a/b", size=5, sha256="0" * 64, mtime=1)
+    assert wire.parse_record(wire.encode_reply(record.to_reply())) == record
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        _line({**RECORD, "name": "../etc"}),
+        _line({**RECORD, "name": "a\x1b[2J"}),
+        _line({**RECORD, "size": -1}),
+        _line({**RECORD, "size": True}),
+        _line({**RECORD, "size": "5"}),
+        _line({**RECORD, "sha256": "A" * 64}),
+        _line({**RECORD, "sha256": "0" * 63}),
+        _line({**RECORD, "extra": 1}),
+        _line([RECORD]),
+        b"\xff\xfe garbage\n",
+        b"{" + b" " * wire.MAX_REPLY_LINE + b"}",
+    ],
+)
+def test_parse_record_refuses_hostile_lines(line: bytes) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.parse_record(line)
+
+
+def test_parse_list_line_tells_records_from_the_summary() -> None:
+    assert isinstance(wire.parse_list_line(wire.encode_reply(RECORD)), wire.BackupRecord)
+    end = wire.parse_list_line(wire.encode_reply(wire.ListEnd(count=1, truncated=False).to_reply()))
+    assert end == wire.ListEnd(count=1, truncated=False)
+    with pytest.raises(wire.ProtocolError):
+        wire.parse_list_line(_line({"end": True, "count": 1, "truncated": "no"}))
+
+
+def test_parse_info_and_check_round_trip() -> None:
+    info = wire.ServerInfo(protocol=1, free=10, reserve=2, available=8, quota=None, used=None)
+    assert wire.parse_info(wire.encode_reply(info.to_reply())) == info
+    check = wire.CheckResult(record=wire.BackupRecord("a", 1, "f" * 64, 2), ok=False)
+    assert wire.parse_check(wire.encode_reply(check.to_reply())) == check
+    with pytest.raises(wire.ProtocolError):
+        wire.parse_check(wire.encode_reply(RECORD))  # no "ok"
