@@ -1,0 +1,92 @@
+"""The disk guard: free space above the reserve, bytes under the quota.
+
+A put asks the guard before every write. The guard re-reads free space
+(statvfs) at least every CHECK_INTERVAL bytes and whenever the next write
+could reach the reserve, so a put stops before the reserve is crossed even
+when other writers share the filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import qbackup_protocol as protocol
+
+from .errors import NoSpace
+from .storage import DIRECTORY_FLAGS
+
+CHECK_INTERVAL = 32 * 1024 * 1024
+MAX_DEPTH = protocol.MAX_NAME_DEPTH
+
+
+def free_bytes(fd: int) -> int:
+    """Given any descriptor on the storage filesystem, return the bytes an
+    unprivileged writer may still use there."""
+    result = os.fstatvfs(fd)
+    return result.f_bavail * result.f_frsize
+
+
+def used_bytes(dir_fd: int, depth: int = 0) -> int:
+    """Given a directory descriptor, return the total size of the regular files
+    below it (backups, records, temporaries), skipping dot-directories such as
+    ~/.ssh and never following symlinks."""
+    total = 0
+    with os.scandir(dir_fd) as scan:
+        names = [entry.name for entry in scan]
+    for name in names:
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            total += info.st_size
+        elif stat.S_ISDIR(info.st_mode) and not name.startswith(".") and depth < MAX_DEPTH:
+            try:
+                child = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                total += used_bytes(child, depth + 1)
+            finally:
+                os.close(child)
+    return total
+
+
+class SpaceGuard:
+    """Tracks one put's writes against the reserve and the quota."""
+
+    def __init__(self, root_fd: int, reserve: int, quota: int | None) -> None:
+        """Given the root descriptor, the reserve and the quota (None = none),
+        prepare the guard; raise NoSpace if free space is already below the
+        reserve or the quota is already used up."""
+        self.root_fd = root_fd
+        self.reserve = reserve
+        self.quota_left = None if quota is None else quota - used_bytes(root_fd)
+        self.written = 0
+        self.headroom = 0
+        self.since_check = 0
+        self._refresh()
+        # Refuse before a single byte arrives: the client learns at once.
+        if self.headroom < 0:
+            raise NoSpace("free space on the server is below its reserve; free some space")
+        if self.quota_left is not None and self.quota_left <= 0:
+            raise NoSpace("the account's quota is used up; prune old backups")
+
+    def _refresh(self) -> None:
+        self.headroom = free_bytes(self.root_fd) - self.reserve
+        self.since_check = 0
+
+    def claim(self, count: int) -> None:
+        """Given the size of the next write, allow it; raise NoSpace if it would
+        exceed the quota or bring free space below the reserve."""
+        if self.quota_left is not None and self.written + count > self.quota_left:
+            raise NoSpace("this backup would exceed the account's quota")
+        if self.since_check + count > min(CHECK_INTERVAL, self.headroom):
+            # Free space may have changed (our own writes, other writers):
+            # look again rather than trust the last reading.
+            self._refresh()
+            if count > self.headroom:
+                raise NoSpace("the server's free space would drop below its reserve")
+        self.since_check += count
+        self.written += count
