@@ -1,0 +1,1 @@
+"""qbackup in dom0: drives Qubes' backup engine and streams into the carrier VM."""

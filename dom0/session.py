@@ -1,0 +1,90 @@
+"""The carrier VM's lifetime around one command, and the signals that stop it.
+
+qbackup starts a halted carrier and shuts it down again afterwards (unless
+it was already running or the user asked to keep it: -x). SIGINT/SIGTERM must
+never leave a passphrase profile behind or a backup running: while Qubes'
+engine runs they cancel it (admin.backup.Cancel); otherwise they unwind the
+stack through every `finally`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from dom0.errors import Interrupted, QubesError, VMNotFound
+from dom0.qubes import QubesAdapter
+
+logger = logging.getLogger(__name__)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def require_vm(app: QubesAdapter, name: str, role: str) -> None:
+    """Given a VM NAME and its ROLE ('carrier', 'VM to back up'), return if it
+    exists; raise VMNotFound naming the role otherwise."""
+    if not app.vm_exists(name):
+        raise VMNotFound(f"the {role} {name} does not exist (see qvm-ls)")
+
+
+@contextmanager
+def running_carrier(app: QubesAdapter, carrier: str, keep: bool) -> Iterator[None]:
+    """Given a carrier VM, make sure it runs for the block; shut it down
+    afterwards if this run started it and KEEP is false."""
+    require_vm(app, carrier, "carrier VM")
+    started = False
+    if not app.is_running(carrier):
+        logger.info("starting carrier VM %s", carrier)
+        app.start(carrier)
+        started = True
+    try:
+        yield
+    finally:
+        if started and not keep:
+            logger.info("shutting down carrier VM %s", carrier)
+            try:
+                app.shutdown(carrier, wait=True)
+            except QubesError as error:
+                logger.warning("could not shut down carrier VM %s: %s", carrier, error)
+
+
+class SignalGuard:
+    """Turns SIGINT/SIGTERM into either a cancel request (while a cancel
+    callback is armed) or an Interrupted exception."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.cancel: Callable[[], None] | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+        if self.cancel is not None:
+            logger.warning("signal %d: cancelling the backup", signum)
+            cancel, self.cancel = self.cancel, None
+            cancel()
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self) -> SignalGuard:
+        for signum in HANDLED_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+
+    @contextmanager
+    def cancelling_with(self, cancel: Callable[[], None]) -> Iterator[None]:
+        """Given a cancel callback, arm it for the block; afterwards raise
+        Interrupted if a signal arrived meanwhile."""
+        self.cancel = cancel
+        try:
+            yield
+        finally:
+            self.cancel = None
+            if self.signum is not None:
+                raise Interrupted(self.signum)
