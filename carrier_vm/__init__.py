@@ -1,0 +1,1 @@
+"""qbackup-carrier: moves encrypted Qubes backups between dom0 and the SSH server."""

@@ -1,0 +1,169 @@
+"""qbackup-carrier: the carrier VM's command line, and the only place exit codes are decided.
+
+    qbackup-carrier put NAME        backup on stdin -> server; receipt JSON line on stdout
+    qbackup-carrier get NAME        stored backup -> stdout, verified (repeatable)
+    qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
+    qbackup-carrier check NAME      one JSON line: the record and "ok"
+    qbackup-carrier info            one JSON line: protocol and space
+    qbackup-carrier qrexec-service [ARG]
+                                    what /etc/qubes-rpc/qubes.BackupCarrier runs
+
+Exit codes: see carrier_vm/errors.py (0, 64, 65, 66, 69, 75, 77, 78).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
+
+from carrier_vm.config import CarrierConfig, load_config
+from carrier_vm.errors import EXIT_OK, EXIT_TEMPORARY, CarrierError, TemporaryFailure, UsageError
+from carrier_vm.qrexec import Request, service_request
+from qbackup_protocol import InvalidName, check_name, check_prefix, encode_reply
+
+logger = logging.getLogger("carrier_vm")
+
+PROGRAM = "qbackup-carrier"
+LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
+ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+USAGE = (
+    f"usage: {PROGRAM} put NAME | get NAME | list [PREFIX] | check NAME | info"
+    " | qrexec-service [ARG]"
+)
+
+
+class Interrupted(TemporaryFailure):
+    """A signal aborted the transfer (nothing was committed)."""
+
+
+def parse_arguments(argv: list[str]) -> Request:
+    """Given the arguments after the program name, return the Request; raise
+    UsageError for an unknown verb, a wrong argument count or an invalid name."""
+    if not argv:
+        raise UsageError(USAGE)
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb in ("put", "get", "check") and len(rest) == 1:
+            return Request(verb, check_name(rest[0]))
+        if verb == "list" and len(rest) <= 1:
+            return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
+        if verb == "info" and not rest:
+            return Request(verb, None)
+        if verb == "qrexec-service" and len(rest) <= 1:
+            return Request(verb, rest[0] if rest else None)
+    except InvalidName as error:
+        raise UsageError(f"invalid backup name: {error}") from None
+    raise UsageError(USAGE)
+
+
+def configure_logging(environ: Mapping[str, str]) -> None:
+    """Set up logging once: warnings to stderr (or more with QBACKUP_CARRIER_LOG),
+    and the story of each run to syslog when /dev/log exists."""
+    level = getattr(logging, environ.get(LOG_LEVEL_ENV, "").upper() or "WARNING", logging.WARNING)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(level if isinstance(level, int) else logging.WARNING)
+    stderr.setFormatter(logging.Formatter(f"{PROGRAM}: %(levelname)s: %(message)s"))
+    root.addHandler(stderr)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    if os.path.exists("/dev/log"):
+        try:
+            syslog = logging.handlers.SysLogHandler(address="/dev/log")
+        except OSError:
+            return
+        syslog.setLevel(logging.INFO)
+        syslog.setFormatter(logging.Formatter(f"{PROGRAM}[{os.getpid()}]: %(message)s"))
+        root.addHandler(syslog)
+
+
+async def run_request(request: Request, config: CarrierConfig) -> None:
+    """Given a Request and the config, carry it out against the server, with
+    the abort signals cancelling it; raise a CarrierError on failure."""
+    from carrier_vm.download import get_backup
+    from carrier_vm.replies import run_text_command
+    from carrier_vm.ssh import open_connection
+    from carrier_vm.upload import put_backup
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - always inside asyncio.run
+    received: list[int] = []
+
+    def abort(signum: int) -> None:
+        # Cancelling closes the connection without an end frame, so the
+        # server discards the partial upload.
+        received.append(signum)
+        task.cancel()
+
+    for signum in ABORT_SIGNALS:
+        loop.add_signal_handler(signum, abort, signum)
+    output = sys.stdout.buffer
+    try:
+        async with open_connection(config) as connection:
+            if request.verb == "put":
+                record = await put_backup(
+                    connection, str(request.argument), sys.stdin.fileno(), config
+                )
+                output.write(encode_reply(record.to_reply()))
+            elif request.verb == "get":
+                await get_backup(connection, str(request.argument), sys.stdout.fileno(), config)
+            else:
+                await run_text_command(
+                    connection, request.verb, request.argument, config, emit_to(output)
+                )
+            output.flush()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        name = signal.Signals(received[0]).name
+        raise Interrupted(f"interrupted by {name}: transfer aborted, nothing committed") from None
+
+
+def emit_to(output: BinaryIO) -> Callable[[bytes], None]:
+    """Given a binary stream, return a function writing one reply line to it."""
+
+    def emit(line: bytes) -> None:
+        output.write(line)
+
+    return emit
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Given the arguments (sys.argv[1:] by default), run one carrier command
+    and return its exit code; errors go to stderr as one line."""
+    arguments = sys.argv[1:] if argv is None else argv
+    configure_logging(os.environ)
+    if arguments in (["-h"], ["--help"]):
+        sys.stdout.write(__doc__ or "")
+        return EXIT_OK
+    try:
+        request = parse_arguments(arguments)
+        if request.verb == "qrexec-service":
+            request = service_request(request.argument, os.environ, sys.stdin.fileno())
+        config = load_config()
+        asyncio.run(run_request(request, config))
+    except CarrierError as error:
+        logger.debug("failed", exc_info=True)
+        sys.stderr.write(f"{PROGRAM}: {error}\n")
+        return error.exit_code
+    except BrokenPipeError:
+        # Whoever read our stdout went away: the transfer is aborted.
+        sys.stderr.write(f"{PROGRAM}: output closed by the reader; transfer aborted\n")
+        return EXIT_TEMPORARY
+    return EXIT_OK
+
+
+def console_main() -> None:
+    """Entry point for the launcher: exit with main()'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,134 @@
+"""``get NAME``: de-frame a stored backup onto stdout, verifying it as it flows.
+
+The bytes go out as they arrive (a backup can be hundreds of GiB), so the
+verdict comes at the end: exit 0 only if exactly one well-formed end frame
+closed the stream with the length and SHA-256 of everything written, and
+nothing followed it. Qubes' restore verifies its own HMACs on top of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from typing import Any
+
+from carrier_vm.config import CarrierConfig
+from carrier_vm.errors import DataError, error_for_shell_status
+from carrier_vm.ssh import MAX_STDERR_BYTES, exit_status, printable, read_bounded, transport_error
+from qbackup_protocol import (
+    FRAME_DATA,
+    FRAME_HEADER_SIZE,
+    ProtocolError,
+    build_command,
+    decode_end_payload,
+    decode_frame_header,
+)
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 1024 * 1024
+
+
+class Deframer:
+    """Incremental decoder of a D...D E stream: feed() bytes, get payload back."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.finished = False
+        self._hash = hashlib.sha256()
+        self._pending = bytearray()
+        self._kind: bytes | None = None
+        self._need = FRAME_HEADER_SIZE
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Given the next bytes of the stream, return the payload pieces they
+        complete; raise DataError on a protocol violation or a bad end frame."""
+        pieces: list[bytes] = []
+        self._pending += data
+        while len(self._pending) >= self._need:
+            if self.finished:
+                # Nothing may follow the end frame.
+                raise DataError("the server sent data after the end of the backup")
+            chunk = bytes(self._pending[: self._need])
+            del self._pending[: self._need]
+            if self._kind is None:
+                self._start_frame(chunk)
+            elif self._kind == FRAME_DATA:
+                self._hash.update(chunk)
+                self.total += len(chunk)
+                pieces.append(chunk)
+                self._kind, self._need = None, FRAME_HEADER_SIZE
+            else:
+                self._finish(chunk)
+        if self.finished and self._pending:
+            raise DataError("the server sent data after the end of the backup")
+        return pieces
+
+    def _start_frame(self, header: bytes) -> None:
+        try:
+            self._kind, self._need = decode_frame_header(header)
+        except ProtocolError as error:
+            raise DataError(f"the server sent a malformed stream: {error}") from None
+
+    def _finish(self, payload: bytes) -> None:
+        total, digest = decode_end_payload(payload)
+        # The end frame must describe exactly what was delivered: a short,
+        # padded or altered stream is refused, never reported as a backup.
+        if total != self.total:
+            raise DataError(f"size mismatch: the end frame says {total} bytes, {self.total} came")
+        if digest != self._hash.digest():
+            raise DataError("SHA-256 mismatch: the backup read back differs from the one stored")
+        self.finished = True
+        self._kind, self._need = None, 1
+
+    def close(self) -> None:
+        """Raise DataError unless the stream ended right after a valid end frame."""
+        if not self.finished:
+            raise DataError(f"the stream was truncated after {self.total} bytes (no end frame)")
+
+
+async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierConfig) -> int:
+    """Given a connection, a valid NAME and an output FD, write the backup's
+    bytes to OUT_FD and return its size; raise a CarrierError if the server
+    refused or the stream was malformed, truncated or did not match its digest."""
+    command = build_command("get", name)
+    try:
+        _writer, reader, errors = await connection.open_session(command, encoding=None)
+    except Exception as error:
+        raise transport_error(error, config) from None
+    channel = _writer.channel
+    _writer.write_eof()
+    deframer = Deframer()
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                break
+            pieces = deframer.feed(data)
+            if pieces:
+                # Writing off the loop keeps keepalives flowing while a slow
+                # consumer blocks; the read window stops the server meanwhile.
+                await loop.run_in_executor(None, write_all, out_fd, b"".join(pieces))
+        detail = printable(await asyncio.wait_for(read_bounded(errors, MAX_STDERR_BYTES), 10))
+        await asyncio.wait_for(channel.wait_closed(), 10)
+    except (DataError, BrokenPipeError):
+        raise
+    except Exception as error:
+        raise transport_error(error, config) from None
+    status = exit_status(channel)
+    if status != 0:
+        raise error_for_shell_status(status, detail)
+    deframer.close()
+    logger.info("got %s: %d bytes, digest verified", name, deframer.total)
+    return deframer.total
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Given an fd and bytes, write all of them (raise OSError, e.g. EPIPE)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
