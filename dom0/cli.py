@@ -60,13 +60,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, metavar="FILE",
                        help=f"job file (default {config.USER_CONFIG}, then {config.SYSTEM_CONFIG})")
     group.add_argument("--history", type=Path, metavar="FILE",
-                       default=os.environ.get("QBACKUP_HISTORY"),
                        help="run history (default ~/.local/share/qbackup/history.jsonl)")
     group.add_argument("--lock-dir", type=Path, metavar="DIR",
-                       default=os.environ.get("QBACKUP_LOCK_DIR"),
                        help="where carrier locks live (default $XDG_RUNTIME_DIR/qbackup)")
     group.add_argument("--log-socket", metavar="PATH",
-                       default=os.environ.get("QBACKUP_LOG_SOCKET", DEFAULT_SYSLOG_SOCKET),
                        help=argparse.SUPPRESS)
 
 
@@ -309,6 +306,12 @@ def real_app() -> QubesAdapter:
         raise QubesError("qubesadmin is not available: run qbackup in dom0") from None
 
 
+def env_path(variable: str) -> Path | None:
+    """Given an environment variable name, return its value as a Path, or None."""
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
@@ -318,7 +321,11 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
         code = exit_request.code
         return code if isinstance(code, int) else errors.EXIT_USAGE
-    setup_logging(args.terminal, args.log_socket, args.verbose)
+    # Environment defaults are read per call, not when the module-level parser is built.
+    args.history = args.history or env_path("QBACKUP_HISTORY")
+    args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")
+    socket_path = args.log_socket or os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET
+    setup_logging(args.terminal, socket_path, args.verbose)
     cache: list[QubesAdapter] = [app] if app is not None else []
 
     def get_app() -> QubesAdapter:

@@ -41,6 +41,7 @@ def make_syslog_handler(socket_path: str) -> logging.Handler:
         facility=logging.handlers.SysLogHandler.LOG_USER,
         socktype=socket.SOCK_DGRAM,
     )
+    handler.append_nul = False  # journald and rsyslog need no terminator
     handler.setFormatter(CleanFormatter(f"{IDENT}[{os.getpid()}]: %(message)s"))
     return handler
 

@@ -31,9 +31,9 @@ class ProgressReporter:
         percent = max(0.0, min(100.0, float(percent)))
         self.percent = percent
         step = int(percent // JOURNAL_STEP) * JOURNAL_STEP
-        if step > self.logged_step:
-            self.logged_step = step
-            logger.info("progress %s: %d%%", self.name, step)
+        while self.logged_step < step:  # one line per 10% even if events skip some
+            self.logged_step += JOURNAL_STEP
+            logger.info("progress %s: %d%%", self.name, self.logged_step)
         if self.terminal is not None:
             filled = int(BAR_WIDTH * percent / 100)
             self.terminal.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:5.1f}%")

@@ -1,0 +1,106 @@
+"""Fixtures for dom0's tests: the Qubes simulator wired to the REAL carrier,
+the real sshd and the real shell of tests/harness, and a syslog socket standing
+in for dom0's /dev/log (journald)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dom0.cli import main
+from tests.harness.server import Account, BackupServer, SyslogSink
+from tests.qubes_sim import SimulatedQubes
+
+VENV_BIN = "/opt/qbackup-venv/bin"
+CARRIER = "sys-backup"
+PASSPHRASE = "correct horse battery staple"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Dom0:
+    """One simulated dom0 user: Qubes, the journal, and qbackup's state paths."""
+
+    sim: SimulatedQubes
+    journal: SyslogSink
+    passfile: Path
+    history: Path
+    lock_dir: Path
+    carrier_config: Path
+    account: Account
+    server: BackupServer
+
+    def run(self, *argv: str) -> int:
+        """Run `qbackup ARGV` against the simulator; return its exit code."""
+        return main(list(argv), app=self.sim)
+
+    def lines(self) -> list[str]:
+        """Return what qbackup sent to the journal so far."""
+        return [line for line in self.journal.messages() if "qbackup[" in line]
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.lines())
+
+    def stored(self) -> list[str]:
+        """Return the backups on the server's disk (never its own dot-files)."""
+        root = self.account.storage
+        return sorted(
+            str(path.relative_to(root)) for path in root.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in
+                                          path.relative_to(root).parts)
+        )
+
+
+def write_carrier_config(path: Path, server: BackupServer, account: Account) -> Path:
+    path.write_text(
+        f"host: 127.0.0.1\nport: {server.port}\nuser: {account.name}\n"
+        f"identity_file: {server.client_key}\nknown_hosts: {server.known_hosts}\n"
+        "connect_timeout: 10\n"
+    )
+    return path
+
+
+@pytest.fixture
+def dom0(backup_server: BackupServer, account: Account, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Dom0]:
+    """A simulated dom0 with VMs work (2 MiB), personal (1 MiB), a halted carrier
+    and a VM outside backups, its journal socket and state in tmp_path."""
+    os.chmod(tmp_path, 0o755)
+    carrier_config = write_carrier_config(tmp_path / "carrier.yaml", backup_server, account)
+    carrier_home = tmp_path / "carrier-home"
+    carrier_home.mkdir()
+    sim = SimulatedQubes(
+        profile_dir=tmp_path / "profiles",
+        restore_dir=tmp_path / "restored",
+        carrier_env={
+            "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+            "HOME": str(carrier_home),
+            "QBACKUP_CARRIER_CONFIG": str(carrier_config),
+        },
+    )
+    sim.profile_dir.mkdir(mode=0o755)
+    sim.add_vm("work", size=2 * MIB, running=True)
+    sim.add_vm("personal", size=1 * MIB)
+    sim.add_vm("untrusted", size=MIB // 2, include_in_backups=False)
+    sim.add_vm(CARRIER, include_in_backups=False)
+    sim.add_vm("vault", include_in_backups=False)
+    passfile = tmp_path / "passphrase"
+    passfile.write_text(PASSPHRASE + "\n")
+    passfile.chmod(0o600)
+    journal = SyslogSink(tmp_path / "dom0-log.sock")
+    state = Dom0(sim=sim, journal=journal, passfile=passfile,
+                 history=tmp_path / "history.jsonl", lock_dir=tmp_path / "locks",
+                 carrier_config=carrier_config, account=account, server=backup_server)
+    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(journal.path))
+    monkeypatch.setenv("QBACKUP_HISTORY", str(state.history))
+    monkeypatch.setenv("QBACKUP_LOCK_DIR", str(state.lock_dir))
+    monkeypatch.delenv("QBKP_DEST_VM", raising=False)
+    monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", "/nonexistent/notify-send")
+    yield state
+    journal.close()

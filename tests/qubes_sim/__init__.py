@@ -1,0 +1,5 @@
+"""A simulated Qubes dom0 for qbackup's tests (the only simulated boundary)."""
+
+from tests.qubes_sim.simulator import Hooks, SimulatedQubes, SimulationError, SimVM
+
+__all__ = ["Hooks", "SimVM", "SimulatedQubes", "SimulationError"]

@@ -1,0 +1,480 @@
+"""SimulatedQubes: the Qubes adapter as QUBES-INTERFACES.md describes it, no kinder.
+
+Only Qubes is simulated. The carrier side is real: the backup stream goes into
+`qbackup-carrier put NAME` run by a shell that behaves like the carrier VM's
+qubes.Backup service (read ONE line, `command -v`, `eval "set -- $line"`), in
+an environment the test chooses (PATH with the real qbackup-carrier,
+QBACKUP_CARRIER_CONFIG pointing at the real sshd). qubes.BackupCarrier calls
+run the real service script; qvm-backup-restore runs the location command
+like qubes.Restore, twice.
+
+Strictness: anything dom0 asks that real Qubes would refuse raises, and
+anything the simulator does not model raises SimulationError (a test bug).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dom0.errors import BackupEngineError, QubesError, VMNotFound
+from tests.qubes_sim import stream
+
+REPO = Path(__file__).resolve().parents[2]
+CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
+PROFILE_KEYS = frozenset({"include", "exclude", "compression", "destination_vm",
+                          "destination_path", "passphrase_text", "passphrase_vm"})
+WRITE_CHUNK = 1024 * 1024
+
+# What the carrier VM's qubes.Backup does with the line dom0's engine sends.
+QUBES_BACKUP_SH = r"""
+read -r line || exit 1
+if [ -d "$line" ]; then
+    cat > "$line/qubes-backup-$(date +%Y-%m-%dT%H%M%S)"
+    exit $?
+fi
+first=${line%% *}
+if command -v "$first" >/dev/null 2>&1; then
+    eval "set -- $line"
+    "$@"
+    status=$?
+    sync
+    exit $status
+fi
+echo "Invalid command $first" >&2
+exit 2
+"""
+
+# What qubes.Restore does: location line, paths line, then eval the command.
+QUBES_RESTORE_SH = r"""
+read -r location || exit 1
+read -r paths || exit 1
+if [ -f "$location" ]; then
+    exec cat "$location"
+fi
+first=${location%% *}
+if ! command -v "$first" >/dev/null 2>&1; then
+    echo "Invalid command $first" >&2
+    exit 2
+fi
+eval "set -- $location"
+"$@" </dev/null
+"""
+
+
+class SimulationError(AssertionError):
+    """dom0 used the simulated Qubes in a way the simulation does not model."""
+
+
+@dataclass
+class SimVM:
+    name: str
+    running: bool = False
+    include_in_backups: bool = True
+    size: int = 0
+    backup_timestamp: int | None = None
+
+    def data(self) -> bytes:
+        return stream.vm_data(self.name, self.size)
+
+
+@dataclass
+class Hooks:
+    """Ways a test makes Qubes misbehave or reacts to progress."""
+
+    cancel_at: float | None = None  # Qubes cancels at this fraction of the stream
+    kill_carrier_at: float | None = None  # the carrier process dies at this fraction
+    on_progress: Callable[[float], None] | None = None
+    corrupt_stream_byte: int | None = None  # flip this byte of the stream in transit
+
+
+@dataclass
+class SimulatedQubes:
+    """A fake dom0 whose VMs are data and whose carrier VM is a local process env."""
+
+    profile_dir: Path
+    restore_dir: Path
+    carrier_env: dict[str, str]
+    carrier_script: Path = CARRIER_SERVICE_SCRIPT
+    vms: dict[str, SimVM] = field(default_factory=dict)
+    passphrase_vms: dict[str, str] = field(default_factory=dict)
+    hooks: Hooks = field(default_factory=Hooks)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+    carrier_stderr: list[bytes] = field(default_factory=list)
+    restore_runs: int = 0
+    _running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _cancelled: set[str] = field(default_factory=set)
+
+    # -- VMs -------------------------------------------------------------
+    def add_vm(self, name: str, size: int = 0, running: bool = False,
+               include_in_backups: bool = True) -> SimVM:
+        vm = SimVM(name=name, running=running, include_in_backups=include_in_backups, size=size)
+        self.vms[name] = vm
+        return vm
+
+    def remove_vm(self, name: str) -> None:
+        """Hook: make a VM unknown from now on."""
+        del self.vms[name]
+
+    def _vm(self, name: str) -> SimVM:
+        try:
+            return self.vms[name]
+        except KeyError:
+            raise VMNotFound(f"no VM named {name}") from None
+
+    def vm_exists(self, name: str) -> bool:
+        self.calls.append(("vm_exists", name))
+        return name in self.vms
+
+    def is_running(self, name: str) -> bool:
+        self.calls.append(("is_running", name))
+        return self._vm(name).running
+
+    def start(self, name: str) -> None:
+        self.calls.append(("start", name))
+        vm = self._vm(name)
+        if vm.running:
+            raise QubesError(f"VM {name} is already running")  # qubesd refuses too
+        vm.running = True
+
+    def shutdown(self, name: str, wait: bool = True) -> None:
+        self.calls.append(("shutdown", name, str(wait)))
+        vm = self._vm(name)
+        if not vm.running:
+            raise QubesError(f"VM {name} is not running")
+        vm.running = False
+
+    def vms_in_backups(self) -> list[str]:
+        self.calls.append(("vms_in_backups",))
+        return sorted(vm.name for vm in self.vms.values() if vm.include_in_backups)
+
+    # -- processes in the "carrier VM" -----------------------------------
+    def _carrier_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(self.carrier_env)
+        env.update(extra or {})
+        return env
+
+    def _require_running(self, name: str) -> SimVM:
+        vm = self._vm(name)
+        if not vm.running:
+            raise QubesError(f"VM {name} is not running")
+        return vm
+
+    def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
+                              max_output: int = 64 * 1024) -> bytes:
+        self.calls.append(("run_service_for_stdio", vm, service))
+        self._require_running(vm)
+        base, _, argument = service.partition("+")
+        if base != "qubes.BackupCarrier":
+            raise SimulationError(f"service {base} is not installed in the simulated {vm}")
+        # qrexec rule: arguments use only A-Z a-z 0-9 - _ . +
+        if not all(c.isalnum() or c in "-_.+" for c in argument):
+            raise SimulationError(f"qrexec would refuse the argument {argument!r}")
+        process = subprocess.Popen(  # noqa: S603
+            [str(self.carrier_script), argument], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env=self._carrier_env({"QREXEC_SERVICE_ARGUMENT": argument,
+                                   "QREXEC_REMOTE_DOMAIN": "dom0"}))
+        stderr_box: list[bytes] = []
+
+        def feed() -> None:
+            try:
+                assert process.stdin is not None
+                process.stdin.write(input_data)
+                process.stdin.close()
+            except OSError:
+                pass
+
+        def drain() -> None:
+            assert process.stderr is not None
+            stderr_box.append(process.stderr.read())
+
+        threads = [threading.Thread(target=feed), threading.Thread(target=drain)]
+        for thread in threads:
+            thread.start()
+        assert process.stdout is not None
+        chunks: list[bytes] = []
+        total = 0
+        overflow = False
+        while chunk := process.stdout.read(65536):
+            total += len(chunk)
+            if total > max_output:
+                overflow = True
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            chunks.append(chunk)
+        returncode = process.wait()
+        for thread in threads:
+            thread.join()
+        stdout = b"".join(chunks)
+        stderr = stderr_box[0] if stderr_box else b""
+        self.carrier_stderr.append(stderr)
+        if overflow:
+            raise subprocess.CalledProcessError(65, service, stdout, b"reply too large")
+        if returncode != 0:
+            raise subprocess.CalledProcessError(returncode, service, stdout, stderr)
+        return stdout
+
+    # -- backup engine ---------------------------------------------------
+    def _load_profile(self, profile: str) -> dict[str, object]:
+        path = self.profile_dir / f"{profile}.conf"
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            raise QubesError(f"backup profile {profile} does not exist") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise QubesError(f"backup profile {profile} is not a regular file")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise QubesError("backup profile is not a YAML mapping")
+        if "passphrase_text" in data and stat.S_IMODE(info.st_mode) != 0o600:
+            raise SimulationError(f"profile holding passphrase_text has mode "
+                                  f"{stat.S_IMODE(info.st_mode):o}, not 600")
+        unknown = set(data) - PROFILE_KEYS
+        if unknown:
+            raise QubesError(f"backup profile has unknown keys {sorted(unknown)}")
+        for key in ("include", "destination_vm", "destination_path"):
+            if key not in data:
+                raise QubesError(f"backup profile lacks required key {key}")
+        if ("passphrase_text" in data) == ("passphrase_vm" in data):
+            raise QubesError("backup profile needs exactly one passphrase source")
+        return data
+
+    def _selected_vms(self, data: dict[str, object]) -> list[SimVM]:
+        include = data["include"]
+        exclude = data.get("exclude") or []
+        if include is None:
+            names = [vm.name for vm in self.vms.values() if vm.include_in_backups]
+        elif isinstance(include, list):
+            names = [str(name) for name in include]
+        else:
+            raise QubesError("include must be a list or null")
+        if not isinstance(exclude, list):
+            raise QubesError("exclude must be a list")
+        return [self._vm(name) for name in names if name not in exclude]
+
+    def backup_info(self, profile: str) -> bytes:
+        self.calls.append(("admin.backup.Info", profile))
+        data = self._load_profile(profile)
+        vms = self._selected_vms(data)
+        rows = "".join(f"{vm.name:>20} |   VM | {human(vm.size):>12} |\n" for vm in vms)
+        total = sum(vm.size for vm in vms)
+        return (f"{'VM':>20} | type | {'size':>12} |\n{rows}"
+                f"{'Total size:':>27} | {human(total):>12}\n").encode()
+
+    def _passphrase(self, profile: str, data: dict[str, object]) -> str:
+        if "passphrase_text" in data:
+            return str(data["passphrase_text"])
+        vm = str(data["passphrase_vm"])
+        self._vm(vm)
+        if vm not in self.passphrase_vms:
+            raise QubesError(f"qubes.BackupPassphrase+{profile} in {vm} failed")
+        return self.passphrase_vms[vm]
+
+    def backup_execute(self, profile: str, on_progress: Callable[[float], None]) -> None:
+        self.calls.append(("admin.backup.Execute", profile))
+        data = self._load_profile(profile)
+        vms = self._selected_vms(data)
+        destination = str(data["destination_vm"])
+        self._require_running(destination)
+        passphrase = self._passphrase(profile, data)
+        line = str(data["destination_path"]).replace("\r", "").replace("\n", "")
+        salt = stream.derive_key(line, b"salt")[:16]
+        pairs = [(vm.name, vm.size) for vm in vms]
+        total = len(stream.MAGIC) + sum(vm.size for vm in vms) + 400
+        process = subprocess.Popen(  # noqa: S603
+            ["/bin/sh", "-c", QUBES_BACKUP_SH], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            env=self._carrier_env())
+        self._running[profile] = process
+        stderr_box: list[bytes] = []
+        drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
+        drainer.start()
+        failed = False
+        sent = 0
+        try:
+            assert process.stdin is not None
+            process.stdin.write(line.encode() + b"\n")
+            for chunk in stream.build_stream(pairs, passphrase, salt, data.get("compression")):
+                for offset in range(0, len(chunk), WRITE_CHUNK):
+                    piece = chunk[offset : offset + WRITE_CHUNK]
+                    if self.hooks.corrupt_stream_byte is not None and \
+                            sent <= self.hooks.corrupt_stream_byte < sent + len(piece):
+                        index = self.hooks.corrupt_stream_byte - sent
+                        piece = piece[:index] + bytes([piece[index] ^ 0xFF]) + piece[index + 1 :]
+                    fraction = (sent + len(piece)) / total
+                    kill_at = self.hooks.kill_carrier_at
+                    if kill_at is not None and fraction >= kill_at:
+                        self.hooks.kill_carrier_at = None
+                        os.killpg(process.pid, signal.SIGKILL)
+                        time.sleep(0.1)
+                    if self.hooks.cancel_at is not None and fraction >= self.hooks.cancel_at:
+                        self.hooks.cancel_at = None
+                        self._cancel_process(profile)
+                    if profile in self._cancelled:
+                        raise BackupEngineError("Backup cancelled")
+                    process.stdin.write(piece)
+                    sent += len(piece)
+                    percent = min(100.0, 100.0 * sent / total)
+                    on_progress(percent)
+                    if self.hooks.on_progress is not None:
+                        self.hooks.on_progress(percent)
+            if profile in self._cancelled:
+                raise BackupEngineError("Backup cancelled")
+            process.stdin.close()
+        except BrokenPipeError:
+            failed = True
+        finally:
+            if process.stdin is not None and not process.stdin.closed:
+                try:
+                    process.stdin.close()
+                except BrokenPipeError:
+                    failed = True
+            returncode = process.wait()
+            drainer.join()
+            self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
+            del self._running[profile]
+            cancelled = profile in self._cancelled
+            self._cancelled.discard(profile)
+        if cancelled:
+            raise BackupEngineError("Backup cancelled")
+        if failed or returncode != 0:
+            raise BackupEngineError(f"Writing backup to VM {destination} failed")
+        for vm in vms:
+            vm.backup_timestamp = int(time.time())
+
+    def _cancel_process(self, profile: str) -> None:
+        self._cancelled.add(profile)
+        process = self._running[profile]
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def backup_cancel(self, profile: str) -> None:
+        self.calls.append(("admin.backup.Cancel", profile))
+        if profile not in self._running:
+            raise QubesError(f"no backup running for profile {profile}")
+        self._cancel_process(profile)
+
+    # -- qvm-backup-restore ----------------------------------------------
+    def _run_location(self, location: str, header_only: bool) -> tuple[bytes, int]:
+        """Run the location command like qubes.Restore; return (stdout, status)."""
+        self.restore_runs += 1
+        process = subprocess.Popen(  # noqa: S603
+            ["/bin/sh", "-c", QUBES_RESTORE_SH], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env=self._carrier_env())
+        assert process.stdin is not None and process.stdout is not None
+        paths = b"backup-header\n" if header_only else b"\n"
+        process.stdin.write(location.encode() + b"\n" + paths)
+        process.stdin.close()
+        stderr_box: list[bytes] = []
+        drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
+        drainer.start()
+        chunks: list[bytes] = []
+        data = b""
+        while chunk := process.stdout.read(65536):
+            chunks.append(chunk)
+            if header_only:
+                data = b"".join(chunks)
+                if stream.header_length_needed(data) or len(data) > 1024 * 1024:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    break
+        status = process.wait()
+        drainer.join()
+        self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
+        return (data if header_only else b"".join(chunks)), status
+
+    def backup_restore(self, args: Sequence[str], capture: bool) -> tuple[int, bytes]:
+        self.calls.append(("qvm-backup-restore", *args))
+        options, location, wanted = parse_restore_args(list(args))
+        vm = self._require_running(options["dest_vm"])
+        passfile = Path(options["passphrase_file"])
+        passphrase = passfile.read_text().split("\n", 1)[0].rstrip("\r")
+        header_bytes, _ = self._run_location(location, header_only=True)
+        try:
+            header = stream.parse_header(header_bytes, passphrase)
+        except stream.StreamError as error:
+            return 1, f"ERROR: {error}\n".encode()
+        body, status = self._run_location(location, header_only=False)
+        if status != 0:
+            return 1, f"ERROR: reading the backup from {vm.name} failed ({status})\n".encode()
+        try:
+            volumes = stream.check_stream(body, passphrase)
+        except stream.StreamError as error:
+            return 1, f"ERROR: {error}\n".encode()
+        names = [name for name, _ in header.vms
+                 if (not wanted or name in wanted) and name not in options["exclude"]]
+        if options["verify_only"]:
+            return 0, b"".join(f"-> Verified {name}\n".encode() for name in names) + b"-> Done.\n"
+        targets: dict[str, str] = {}
+        for name in names:
+            target = name
+            if name in self.vms:
+                if options["skip_conflicting"]:
+                    continue
+                if not options["rename_conflicting"]:
+                    return 1, f"ERROR: VM {name} already exists\n".encode()
+                number = 1
+                while f"{name}{number}" in self.vms:
+                    number += 1
+                target = f"{name}{number}"
+            targets[name] = target
+        self.restore_dir.mkdir(parents=True, exist_ok=True)
+        for name, target in targets.items():
+            (self.restore_dir / f"{target}.img").write_bytes(volumes[name])
+            self.add_vm(target, size=len(volumes[name]), include_in_backups=False)
+        return 0, b"".join(f"-> Restored {n} as {t}\n".encode() for n, t in targets.items())
+
+
+def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type: ignore[type-arg]
+    """Given qvm-backup-restore's arguments, return (options, location, VMs);
+    raise SimulationError for anything qbackup should not pass."""
+    options: dict = {"verify_only": False, "dest_vm": None, "passphrase_file": None,  # type: ignore[type-arg]
+                     "rename_conflicting": False, "skip_conflicting": False,
+                     "paranoid_mode": False, "exclude": []}
+    flags = {"--verify-only": "verify_only", "--rename-conflicting": "rename_conflicting",
+             "--skip-conflicting": "skip_conflicting", "--paranoid-mode": "paranoid_mode"}
+    positional: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word in flags:
+            options[flags[word]] = True
+        elif word in ("-d", "--dest-vm"):
+            index += 1
+            options["dest_vm"] = args[index]
+        elif word in ("-p", "--passphrase-file"):
+            index += 1
+            options["passphrase_file"] = args[index]
+        elif word in ("-x", "--exclude"):
+            index += 1
+            options["exclude"].append(args[index])
+        elif word.startswith("-"):
+            raise SimulationError(f"qvm-backup-restore option {word} is not simulated")
+        else:
+            positional.append(word)
+        index += 1
+    if options["dest_vm"] is None or options["passphrase_file"] is None or not positional:
+        raise SimulationError("qbackup must pass -d VM, -p FILE and a location")
+    return options, positional[0], positional[1:]
+
+
+def human(size: int) -> str:
+    """Qubes' size_to_human: bytes plain, else one decimal and a binary unit."""
+    if size < 1024:
+        return str(size)
+    for unit, scale in (("KiB", 1024), ("MiB", 1024**2)):
+        if size < scale * 1024:
+            return f"{round(size / scale, 1)} {unit}"
+    return f"{round(size / 1024**3, 1)} GiB"
