@@ -1,0 +1,92 @@
+"""A tiny test-side client of the wire protocol, plus storage snapshots.
+
+Frames data with qbackup_protocol (never a second copy of the framing) and
+runs commands through the real OpenSSH client via BackupServer.run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import qbackup_protocol as protocol
+from tests.harness.server import Account, BackupServer
+
+
+def frame_stream(data: bytes, chunk: int = protocol.DEFAULT_DATA_FRAME,
+                 declared_size: int | None = None, declared_digest: bytes | None = None) -> bytes:
+    """Given data, return the framed upload (D frames of CHUNK bytes, then E);
+    DECLARED_* override what the E frame claims."""
+    out = bytearray()
+    for offset in range(0, len(data), chunk):
+        piece = data[offset:offset + chunk]
+        out += protocol.encode_data_header(len(piece)) + piece
+    size = len(data) if declared_size is None else declared_size
+    digest = hashlib.sha256(data).digest() if declared_digest is None else declared_digest
+    out += protocol.encode_end_frame(size, digest)
+    return bytes(out)
+
+
+def put(server: BackupServer, account: Account, name: str, data: bytes,
+        **frame_options: object) -> subprocess.CompletedProcess[bytes]:
+    """Upload DATA as NAME over real ssh; return the completed ssh process."""
+    return server.run(account, f"put {name}", frame_stream(data, **frame_options))  # type: ignore[arg-type]
+
+
+def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
+    """Given a get's stdout, return (data, declared size, declared digest);
+    raise AssertionError if the framing is broken or truncated."""
+    data = bytearray()
+    offset = 0
+    while True:
+        kind, length = protocol.decode_frame_header(stream[offset:offset + protocol.FRAME_HEADER_SIZE])
+        offset += protocol.FRAME_HEADER_SIZE
+        payload = stream[offset:offset + length]
+        assert len(payload) == length, "truncated frame"
+        offset += length
+        if kind == protocol.FRAME_END:
+            size, digest = protocol.decode_end_payload(payload)
+            assert offset == len(stream), "bytes after the end frame"
+            return bytes(data), size, digest
+        data += payload
+
+
+def get(server: BackupServer, account: Account, name: str) -> tuple[bytes, int, bytes]:
+    """Download NAME; return (data, declared size, declared digest)."""
+    result = server.run(account, f"get {name}")
+    assert result.returncode == 0, result.stderr
+    return unframe(result.stdout)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str]]:
+    """Given a directory, return {relative path: (kind, content digest or link
+    target)} for everything below it, without following symlinks."""
+    found: dict[str, tuple[str, str]] = {}
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        for entry in dirnames + filenames:
+            path = Path(directory) / entry
+            relative = str(path.relative_to(root))
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                found[relative] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(mode):
+                found[relative] = ("dir", "")
+            else:
+                found[relative] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def temporaries(root: Path) -> list[str]:
+    """Given a storage root, return the put temporaries anywhere below it."""
+    return [name for name in snapshot(root) if Path(name).name.startswith(".tmp-")]
+
+
+def chown_tree(path: Path, account: Account) -> None:
+    """Give PATH (and what is below it) to ACCOUNT, as its own puts would be."""
+    os.lchown(path, account.uid, account.gid)
+    if path.is_dir() and not path.is_symlink():
+        for child in path.rglob("*"):
+            os.lchown(child, account.uid, account.gid)
