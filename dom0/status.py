@@ -18,6 +18,7 @@ from dom0.carrier import CarrierClient
 from dom0.errors import StaleBackup, VerificationError
 from dom0.output import say, show_time
 from dom0.qubes import QubesAdapter
+from dom0.session import running_carrier
 from dom0.tamper import find_tampering
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def run_status(history_path: Path, configured_jobs: list[str], max_age_hours: fl
         app = get_app()
         for carrier in carriers:
             mine = [run for run in runs if run.carrier == carrier]
-            problems += find_tampering(mine, CarrierClient(app, carrier).listing(""))
+            with running_carrier(app, carrier, keep=False):
+                problems += find_tampering(mine, CarrierClient(app, carrier).listing(""))
         for problem in problems:
             say(f"TAMPERING? {problem}")
             logger.error("TAMPERING? %s", problem)

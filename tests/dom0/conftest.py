@@ -43,7 +43,9 @@ class Dom0:
         return [line for line in self.journal.messages() if "qbackup[" in line]
 
     def logged(self, text: str) -> bool:
-        return any(text in line for line in self.lines())
+        """Return whether a journal line contains TEXT (waiting briefly: the
+        sink reads its socket in a thread)."""
+        return any("qbackup[" in line for line in self.journal.wait_for(text, timeout=3))
 
     def stored(self) -> list[str]:
         """Return the backups on the server's disk (never its own dot-files)."""

@@ -1,0 +1,132 @@
+"""End to end: simulated Qubes, REAL carrier, real sshd, real qbackup-shell, real disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dom0 import errors
+from tests.dom0.conftest import CARRIER, MIB, Dom0
+from tests.qubes_sim import stream
+
+
+def committed(dom0: Dom0) -> list[dict]:
+    return [json.loads(line) for line in dom0.history.read_text().splitlines()
+            if json.loads(line)["outcome"] == "ok"]
+
+
+def test_backup_list_check_verify_restore_round_trip(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work", "personal") == 0
+    [name] = dom0.stored()
+    assert name.startswith("laptop-") and name.endswith("Z")
+    # The journal tells the story: start, VMs, estimate, progress, name, size, digest, outcome.
+    for text in ("started: VMs work personal", "estimated size", "progress", "committed:",
+                 "sha256", "outcome: success", f"shutting down carrier VM {CARRIER}"):
+        assert dom0.logged(text), text
+    # The profile (it held the passphrase) is gone; the carrier we started is halted again.
+    assert list(dom0.sim.profile_dir.iterdir()) == []
+    assert not dom0.sim.vms[CARRIER].running
+    assert not any(PASSPHRASE_WORD in line for line in dom0.lines())
+    [run] = committed(dom0)
+    assert run["name"] == name and run["size"] == (dom0.account.storage / name).stat().st_size
+
+    capsys.readouterr()
+    assert dom0.run("list", "-t", CARRIER) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed[0] == name and listed[1] == str(run["size"]) and run["sha256"] in listed
+
+    assert dom0.run("check", "-t", CARRIER, name) == 0
+    assert capsys.readouterr().out.split()[-1] == "ok"
+
+    before = dom0.sim.restore_runs
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
+    assert dom0.sim.restore_runs - before == 2  # header first, then all data
+    assert dom0.logged(f"verification of {name}: ok")
+
+    dom0.sim.remove_vm("personal")  # lost laptop: personal must come back byte-exact
+    assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile),
+                    "--rename-conflicting", name) == 0
+    restored = dom0.sim.restore_dir
+    assert (restored / "personal.img").read_bytes() == stream.vm_data("personal", 1 * MIB)
+    assert (restored / "work1.img").read_bytes() == stream.vm_data("work", 2 * MIB)
+
+
+PASSPHRASE_WORD = "battery"
+
+
+def test_original_invocation_takes_env_defaults_and_include_in_backups(
+        dom0: Dom0, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QBKP_DEST_VM", CARRIER)
+    monkeypatch.setenv("QBKP_PASS_FILE", str(dom0.passfile))
+    dom0.sim.vms[CARRIER].running = True  # already running: must stay running
+    assert dom0.run("-f", "nightly/laptop", "-o") == 0
+    [name] = dom0.stored()
+    assert name.startswith("nightly/laptop-")
+    assert dom0.sim.vms[CARRIER].running
+    # include: null -> Qubes picks the VMs with include_in_backups (not 'untrusted').
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
+    verify_call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
+    assert verify_call[1:] == ("--verify-only", "-d", CARRIER, "-p", str(dom0.passfile),
+                               f"qbackup-carrier get {name}")
+
+
+def write_jobs(dom0: Dom0, text: str) -> Path:
+    path = dom0.passfile.parent / "qbackup.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_job_from_yaml_with_verify_and_status_before_and_after(
+        dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_jobs(dom0, f"""
+jobs:
+  daily:
+    carrier: {CARRIER}
+    prefix: laptop/daily
+    passphrase_file: {dom0.passfile}
+    vms: [work]
+    compression: zstd
+    verify: true
+""")
+    assert dom0.run("status", "--config", str(config), "--max-age", "24") == errors.EXIT_STALE
+    assert "daily: no successful backup" in capsys.readouterr().out
+    assert dom0.run("backup", "--job", "daily", "--config", str(config)) == 0
+    [name] = dom0.stored()
+    assert name.startswith("laptop/daily-")
+    assert dom0.logged(f"verification of {name}: ok")  # verify: true ran at once
+    assert dom0.sim.restore_runs == 2
+    capsys.readouterr()
+    assert dom0.run("status", "--config", str(config), "--max-age", "24", "--remote") == 0
+    out = capsys.readouterr().out
+    assert f"daily: last success {name}" in out and "TAMPERING" not in out
+
+
+def test_passphrase_vm_keeps_the_passphrase_out_of_the_profile(dom0: Dom0) -> None:
+    dom0.sim.passphrase_vms["vault"] = "from the vault"
+    seen: list[str] = []
+    original = dom0.sim.backup_execute
+
+    def spy(profile: str, on_progress: object) -> None:
+        seen.append((dom0.sim.profile_dir / f"{profile}.conf").read_text())
+        original(profile, on_progress)  # type: ignore[arg-type]
+
+    dom0.sim.backup_execute = spy  # type: ignore[method-assign]
+    assert dom0.run("-f", "vaulted", "-t", CARRIER, "--passphrase-vm", "vault", "work") == 0
+    assert "passphrase_vm: vault" in seen[0] and "passphrase_text" not in seen[0]
+    assert len(dom0.stored()) == 1
+
+
+def test_second_backup_in_the_same_second_is_an_error_not_an_overwrite(dom0: Dom0) -> None:
+    args = ("-f", "twice", "-t", CARRIER, "-p", str(dom0.passfile), "work")
+    dom0.sim.vms["work"].size = 64 * 1024
+    first = dom0.run(*args)
+    second = dom0.run(*args)
+    stored = dom0.stored()
+    # Either the clock moved on (two distinct names) or the second run refused.
+    if second != 0:
+        assert second == errors.EXIT_CARRIER and len(stored) == 1
+    else:
+        assert len(stored) == 2
+    assert first == 0
