@@ -17,8 +17,10 @@ def committed(dom0: Dom0) -> list[dict]:
             if json.loads(line)["outcome"] == "ok"]
 
 
-def test_backup_list_check_verify_restore_round_trip(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
-    assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work", "personal") == 0
+def test_backup_list_check_verify_restore_round_trip(
+        dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    passfile = str(dom0.passfile)
+    assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", passfile, "work", "personal") == 0
     [name] = dom0.stored()
     assert name.startswith("laptop-") and name.endswith("Z")
     # The journal tells the story: start, VMs, estimate, progress, name, size, digest, outcome.
