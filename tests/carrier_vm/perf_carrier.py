@@ -31,9 +31,22 @@ from qbackup_protocol import DEFAULT_DATA_FRAME, encode_data_header, encode_end_
 
 def ssh_argv(server: dict, user: str) -> list[str]:
     return [
-        "ssh", "-p", str(server["port"]), "-i", server["key"], "-c", "aes128-gcm@openssh.com",
-        "-o", f"UserKnownHostsFile={server['known_hosts']}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes", "-F", "/dev/null", f"{user}@127.0.0.1",
+        "ssh",
+        "-p",
+        str(server["port"]),
+        "-i",
+        server["key"],
+        "-c",
+        "aes128-gcm@openssh.com",
+        "-o",
+        f"UserKnownHostsFile={server['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-F",
+        "/dev/null",
+        f"{user}@127.0.0.1",
     ]
 
 
@@ -84,17 +97,30 @@ def main() -> None:
         for round_number in range(args.rounds):
             tag = f"perf/{stamp}-{round_number}"
             cases = {
-                "openssh->cat": (ssh_argv(server, server["cat_user"]) + ["cat > perf.out"], args.data),
-                "openssh->shell": (ssh_argv(server, server["shell_user"]) + [f"put {tag}-o"], framed),
-                "carrier->shell": ([f"{sys.prefix}/bin/qbackup-carrier", "put", f"{tag}-c"], args.data),
+                "openssh->cat": (
+                    ssh_argv(server, server["cat_user"]) + ["cat > perf.out"],
+                    args.data,
+                ),
+                "openssh->shell": (
+                    ssh_argv(server, server["shell_user"]) + [f"put {tag}-o"],
+                    framed,
+                ),
+                "carrier->shell": (
+                    [f"{sys.prefix}/bin/qbackup-carrier", "put", f"{tag}-c"],
+                    args.data,
+                ),
                 "carrier210->shell": (
-                    ["/usr/bin/python3", "-m", "carrier_vm.cli", "put", f"{tag}-d"], args.data
+                    ["/usr/bin/python3", "-m", "carrier_vm.cli", "put", f"{tag}-d"],
+                    args.data,
                 ),
             }
             for label, (argv, source) in cases.items():
                 elapsed, peak, _ = timed(argv, source, env)
                 rows.setdefault(label, []).append((mib / elapsed, peak))
-                print(f"round {round_number} {label:18} {mib / elapsed:7.1f} MiB/s  peak RSS {peak / 1024:6.1f} MiB", flush=True)
+                print(
+                    f"round {round_number} {label:18} {mib / elapsed:7.1f} MiB/s  peak RSS {peak / 1024:6.1f} MiB",
+                    flush=True,
+                )
     finally:
         framed.unlink()
         config.unlink()
@@ -102,7 +128,9 @@ def main() -> None:
     print(f"\n{mib:.0f} MiB, best of {args.rounds}; ratio = best / best openssh->cat")
     for label, values in rows.items():
         best = max(r for r, _ in values)
-        print(f"| {label} | {best:.0f} MiB/s | {best / base:.2f}x | {max(p for _, p in values) / 1024:.0f} MiB |")
+        print(
+            f"| {label} | {best:.0f} MiB/s | {best / base:.2f}x | {max(p for _, p in values) / 1024:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ def test_put_list_check_get_round_trip_is_byte_exact(carrier: Carrier, size: int
     assert put.returncode == 0, put.stderr
     receipt = json.loads(put.stdout)
     assert (receipt["name"], receipt["size"], receipt["sha256"]) == (
-        "laptop/2026-01-01T00-00", size, digest,
+        "laptop/2026-01-01T00-00",
+        size,
+        digest,
     )
 
     listing = carrier.run("list", "laptop/")

@@ -1,0 +1,130 @@
+"""Transfers cut short: the carrier never reports success and NAME never appears.
+
+Threat: a backup that was interrupted (network, signal, full disk) must not
+look like a stored backup; dom0 would otherwise trust a truncated copy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
+from tests.harness.server import Account
+
+CHUNK = os.urandom(1024 * 1024)
+
+
+def shell_pids(account: Account) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-u", account.name, "-f", "qbackup-shell"], capture_output=True, check=False
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def wait_until(predicate: object, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[bytes]:
+    """Start a put and feed it MIB MiB, leaving stdin open (the backup goes on)."""
+    process = carrier.start("put", name)
+    assert process.stdin is not None
+    for _ in range(mib):
+        process.stdin.write(CHUNK)
+    process.stdin.flush()
+    assert wait_until(lambda: shell_pids(carrier.account)), "the shell never started"
+    return process
+
+
+def assert_never_stored(carrier: Carrier, name: str) -> None:
+    # Once the account's shell is gone nothing can commit the name any more.
+    assert wait_until(lambda: not shell_pids(carrier.account))
+    listing = carrier.run("list")
+    assert listing.returncode == 0, listing.stderr
+    assert name.encode() not in listing.stdout
+    assert name not in stored_files(carrier.account)
+
+
+def test_killed_server_session_fails_the_put(carrier: Carrier) -> None:
+    process = start_put(carrier, "cut")
+    for pid in shell_pids(carrier.account):
+        os.kill(pid, signal.SIGKILL)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except BrokenPipeError:
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 75
+    assert_one_safe_line(stderr)
+    assert_never_stored(carrier, "cut")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_aborts_the_put_without_committing(carrier: Carrier, signum: int) -> None:
+    process = start_put(carrier, "aborted")
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 75
+    assert stdout == b""
+    assert b"interrupted by" in stderr
+    assert_never_stored(carrier, "aborted")
+
+
+def test_killed_carrier_leaves_no_backup(carrier: Carrier) -> None:
+    process = start_put(carrier, "killed")
+    process.kill()
+    process.wait(timeout=10)
+    assert_never_stored(carrier, "killed")
+
+
+@pytest.fixture
+def small_tmpfs(carrier: Carrier) -> Iterator[Path]:
+    # Under the server's base: the account must be able to traverse to it.
+    mount = carrier.server.base / f"small-{carrier.account.name}"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    os.chown(mount, carrier.account.uid, carrier.account.gid)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("limit", ["quota", "reserve", "tmpfs"])
+def test_full_server_disk_fails_the_put(
+    carrier: Carrier, request: pytest.FixtureRequest, limit: str
+) -> None:
+    section = f"[account {carrier.account.name}]\n"
+    if limit == "quota":
+        section += "quota = 2M\n"  # aborted mid-stream
+    elif limit == "reserve":
+        section += "reserve = 1000T\n"  # refused up front
+    else:
+        mount = request.getfixturevalue("small_tmpfs")
+        section += f"root = {mount}\nreserve = 0\n"  # a real ENOSPC
+    carrier.server.write_shell_config(section)
+    try:
+        result = carrier.run("put", "toolarge", data=CHUNK * 6)
+        assert result.returncode == 69, result.stderr
+        assert b"space" in result.stderr or b"quota" in result.stderr, result.stderr
+        assert_one_safe_line(result.stderr)
+        assert result.stdout == b""
+        listing = carrier.run("list")
+        assert listing.returncode == 0, listing.stderr
+        assert b"toolarge" not in listing.stdout
+    finally:
+        carrier.server.write_shell_config("")
+    assert "toolarge" not in stored_files(carrier.account)
