@@ -319,8 +319,12 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
-        code = exit_request.code
-        return code if isinstance(code, int) else errors.EXIT_USAGE
+        code = exit_request.code if isinstance(exit_request.code, int) else errors.EXIT_USAGE
+        if code != 0:
+            # A broken crontab or unit line must show up in the journal too.
+            setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
+            logger.error("invalid command line (exit %d): see qbackup --help", code)
+        return code
     # Environment defaults are read per call, not when the module-level parser is built.
     args.history = args.history or env_path("QBACKUP_HISTORY")
     args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")

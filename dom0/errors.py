@@ -92,6 +92,10 @@ class CarrierError(QbackupError):
     exit_code = EXIT_CARRIER
 
 
+class ReplyTooLarge(CarrierError):
+    """The carrier sent more than any honest reply could hold."""
+
+
 class TemporaryError(CarrierError):
     """The server could not be reached: a later run may succeed."""
 

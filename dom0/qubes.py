@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dom0 import execute
-from dom0.errors import BackupEngineError, QubesError, VMNotFound
+from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
 
 logger = logging.getLogger(__name__)
 PROFILE_DIR = Path("/etc/qubes/backup")
@@ -146,7 +146,7 @@ class RealQubes:
             thread.join()
         stderr = stderr_box[0] if stderr_box else b""
         if overflow:
-            raise subprocess.CalledProcessError(65, service, stdout, b"reply too large")
+            raise ReplyTooLarge(f"{service} in {vm} sent more than {max_output} bytes; refused")
         if returncode != 0:
             raise subprocess.CalledProcessError(returncode, service, stdout, stderr)
         return stdout

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from dom0.errors import BackupEngineError, QubesError, VMNotFound
+from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
 from tests.qubes_sim import stream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ class SimulatedQubes:
         stderr = stderr_box[0] if stderr_box else b""
         self.carrier_stderr.append(stderr)
         if overflow:
-            raise subprocess.CalledProcessError(65, service, stdout, b"reply too large")
+            raise ReplyTooLarge(f"{service} in {vm} sent more than {max_output} bytes; refused")
         if returncode != 0:
             raise subprocess.CalledProcessError(returncode, service, stdout, stderr)
         return stdout
