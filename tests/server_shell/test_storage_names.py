@@ -1,0 +1,71 @@
+"""Names against the real storage code: whatever a client sends, nothing is
+created or opened outside the root (hypothesis), and real ssh agrees."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server_shell.errors import AlreadyExists, CommandRefused
+from server_shell.request import parse_command
+from server_shell.storage import open_directory, split_name
+from tests.harness.server import Account, BackupServer
+from tests.server_shell.client import put, snapshot
+
+NAME_ALPHABET = st.sampled_from(list("aZ09._-/") + ["..", "/..", "../", "\\", " ", "\n", "\x00", "~", "*", "é"])
+NAMES = st.lists(NAME_ALPHABET, min_size=1, max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(NAMES, st.text(max_size=30)))
+def test_generated_names_never_leave_the_root(name: str) -> None:
+    with tempfile.TemporaryDirectory() as base:
+        root = Path(base) / "root"
+        root.mkdir()
+        (Path(base) / "outside").mkdir()
+        try:
+            request = parse_command(f"put {name}")
+        except CommandRefused:
+            return  # refused before touching anything
+        assert request.argument is not None
+        segments, leaf = split_name(request.argument)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            dir_fd = open_directory(root_fd, segments, create=True)
+        except AlreadyExists:
+            return
+        finally:
+            os.close(root_fd)
+        try:
+            created = Path(os.readlink(f"/proc/self/fd/{dir_fd}"))
+        finally:
+            os.close(dir_fd)
+        assert created == root or root in created.parents
+        assert not leaf.startswith(".")
+        assert list((Path(base) / "outside").iterdir()) == []
+        assert {p.name for p in Path(base).iterdir()} == {"root", "outside"}
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [("a", True), ("a.b", True), ("a..b", True), ("a/b..", True), ("x-1_2.3/y", True),
+     ("..", False), ("a/..", False), ("a/../b", False), ("/a", False), ("a/", False),
+     (".a", False), ("a/.b", False), ("a b", False), ("a\\b", False), ("*", False), ("a" * 101, False)],
+)
+def test_names_over_ssh_land_inside_the_storage_or_nowhere(backup_server: BackupServer, account: Account,
+                                                           name: str, accepted: bool) -> None:
+    base_before = snapshot(backup_server.base / "home")
+    result = put(backup_server, account, name, b"n")
+    assert (result.returncode == 0) == accepted, result.stderr
+    after = snapshot(backup_server.base / "home")
+    new = set(after) - set(base_before)
+    if accepted:
+        assert (account.storage / name).read_bytes() == b"n"
+        assert all(path.startswith(f"{account.name}/") for path in new)
+    else:
+        assert new == set() and after == base_before
