@@ -16,7 +16,7 @@ from typing import Any
 
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, error_for_shell_status
-from carrier_vm.ssh import MAX_STDERR_BYTES, exit_status, printable, read_bounded, transport_error
+from carrier_vm.ssh import exit_status, transport_error, with_stderr
 from qbackup_protocol import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
@@ -102,17 +102,20 @@ async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierCon
     _writer.write_eof()
     deframer = Deframer()
     loop = asyncio.get_running_loop()
-    try:
+
+    async def relay() -> None:
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
-                break
+                return
             pieces = deframer.feed(data)
             if pieces:
                 # Writing off the loop keeps keepalives flowing while a slow
                 # consumer blocks; the read window stops the server meanwhile.
                 await loop.run_in_executor(None, write_all, out_fd, b"".join(pieces))
-        detail = printable(await asyncio.wait_for(read_bounded(errors, MAX_STDERR_BYTES), 10))
+
+    try:
+        _, detail = await with_stderr(relay(), errors)
         await asyncio.wait_for(channel.wait_closed(), 10)
     except (DataError, BrokenPipeError):
         raise

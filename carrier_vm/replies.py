@@ -15,7 +15,7 @@ from typing import Any
 
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, error_for_shell_status
-from carrier_vm.ssh import MAX_STDERR_BYTES, exit_status, printable, read_bounded, transport_error
+from carrier_vm.ssh import exit_status, transport_error, with_stderr
 from qbackup_protocol import (
     MAX_LIST_ENTRIES,
     MAX_REPLY_LINE,
@@ -100,14 +100,12 @@ async def _run(
     lines = LineReader(reader)
     try:
         if verb == "list":
-            finish = await _relay_listing(lines, argument or "", emit)
+            relay = _relay_listing(lines, argument or "", emit)
         elif verb == "check":
-            finish = await _relay_single(lines, lambda line: _checked(line, argument or ""), emit)
+            relay = _relay_single(lines, lambda line: _checked(line, argument or ""), emit)
         else:
-            finish = await _relay_single(
-                lines, lambda line: encode_reply(parse_info(line).to_reply()), emit
-            )
-        detail = printable(await read_bounded(errors, MAX_STDERR_BYTES))
+            relay = _relay_single(lines, _info, emit)
+        finish, detail = await with_stderr(relay, errors)
         await writer.channel.wait_closed()
     except DataError:
         raise
@@ -117,6 +115,10 @@ async def _run(
     if status != 0:
         raise error_for_shell_status(status, detail)
     finish()
+
+
+def _info(line: bytes) -> bytes:
+    return encode_reply(parse_info(line).to_reply())
 
 
 def _checked(line: bytes, name: str) -> bytes:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import (
     CarrierError,
     ConfigError,
+    DataError,
     HostKeyNotTrusted,
     ServerRefused,
     TemporaryFailure,
@@ -31,6 +32,7 @@ with warnings.catch_warnings():
     import asyncssh
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_STDERR_BYTES = 4096
 MAX_DETAIL_CHARACTERS = 200
@@ -174,15 +176,35 @@ def transport_error(error: BaseException, config: CarrierConfig) -> CarrierError
 
 
 async def read_bounded(reader: Any, limit: int) -> bytes:
-    """Given an asyncssh reader, return everything it yields until EOF, but at
-    most LIMIT bytes (anything beyond is drained and dropped)."""
+    """Given an asyncssh reader, return everything it yields until EOF; raise
+    DataError as soon as more than LIMIT bytes came (endless output is refused,
+    not buffered or waited out)."""
     kept = bytearray()
     while True:
         chunk = await reader.read(65536)
         if not chunk:
             return bytes(kept)
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
+        kept += chunk
+        if len(kept) > limit:
+            raise DataError(f"the server sent more than {limit} bytes where a short reply belongs")
+
+
+async def with_stderr(main: Awaitable[T], errors: Any) -> tuple[T, str]:
+    """Given a coroutine reading the session's stdout and its stderr reader,
+    run both at once (a server flooding stderr must not stall stdout) and
+    return (MAIN's result, stderr made printable); raise the first failure."""
+    main_task = asyncio.ensure_future(main)
+    stderr_task = asyncio.ensure_future(read_bounded(errors, MAX_STDERR_BYTES))
+    try:
+        done, _ = await asyncio.wait({main_task, stderr_task}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+        return await main_task, printable(await stderr_task)
+    finally:
+        main_task.cancel()
+        stderr_task.cancel()
 
 
 def exit_status(channel: Any) -> int | None:

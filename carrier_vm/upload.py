@@ -22,6 +22,7 @@ from carrier_vm.ssh import (
     printable,
     read_bounded,
     transport_error,
+    with_stderr,
 )
 from qbackup_protocol import (
     MAX_REPLY_LINE,
@@ -164,6 +165,8 @@ async def _stderr_text(errors: Any) -> str:
     """Given the session's stderr reader, return its text, bounded and made printable."""
     try:
         data = await asyncio.wait_for(read_bounded(errors, MAX_STDERR_BYTES), 5)
+    except DataError:
+        raise
     except Exception:
         return ""
     return printable(data)
@@ -175,9 +178,10 @@ async def collect_receipt(
     """Given the session after EOF was sent, return the server's receipt if the
     shell exited 0 and it names NAME with the size and digest sent; raise otherwise."""
     try:
-        output = await read_bounded(reader, 2 * MAX_REPLY_LINE)
-        detail = await _stderr_text(errors)
+        output, detail = await with_stderr(read_bounded(reader, 2 * MAX_REPLY_LINE), errors)
         await channel.wait_closed()
+    except DataError:
+        raise
     except Exception as error:
         raise transport_error(error, config) from None
     status = exit_status(channel)

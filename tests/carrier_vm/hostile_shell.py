@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+"""A HOSTILE login shell for the carrier's tests: speaks SSH for real, lies in
+its replies. The lie is chosen by the file ~/mode (one word).
+
+sshd runs it as ``hostile_shell.py -c COMMAND``. Standard library only: it runs
+under Debian's /usr/bin/python3 as a test account.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import sys
+
+MODE = open(os.path.expanduser("~/mode")).read().strip()
+OUT = sys.stdout.buffer
+
+
+def record(name, size, sha256):
+    return {"name": name, "size": size, "sha256": sha256, "mtime": 1700000000}
+
+
+def line(value):
+    OUT.write(json.dumps(value).encode() + b"\n")
+
+
+def endless(data):
+    try:
+        while True:
+            OUT.write(data)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+def put(name):
+    stream = sys.stdin.buffer.read()
+    size, digest = struct.unpack(">Q32s", stream[-40:])
+    good = record(name, size, digest.hex())
+    if MODE == "wrong-digest":
+        line({**good, "sha256": "0" * 64})
+    elif MODE == "wrong-size":
+        line({**good, "size": size + 1})
+    elif MODE == "wrong-name":
+        line({**good, "name": "other"})
+    elif MODE == "garbage":
+        OUT.write(b"\x00\xff\x1b[2Jgarbage\n")
+    elif MODE == "control-characters":
+        line({**good, "name": "\x1b]0;pwned\x07"})
+    elif MODE == "invalid-utf8":
+        OUT.write(b'{"name": "\xff\xfe", "size": 1, "sha256": null, "mtime": null}\n')
+    elif MODE == "endless":
+        endless(b"A" * 65536)
+    elif MODE == "endless-stderr":
+        sys.stdout = sys.stderr
+        OUT.flush()
+        try:
+            while True:
+                sys.stderr.buffer.write(b"\x1b[31m" * 8192)
+        except BrokenPipeError:
+            sys.exit(0)
+    elif MODE == "two-lines":
+        line(good)
+        line(good)
+    elif MODE == "silent-success":
+        pass
+    elif MODE == "no-newline":
+        OUT.write(json.dumps(good).encode())
+    elif MODE == "honest":
+        line(good)
+
+
+def listing(prefix):
+    good = record(prefix + "a", 1, "a" * 64)
+    if MODE == "endless":
+        endless(json.dumps(good).encode() + b"\n")
+    elif MODE == "long-line":
+        OUT.write(b"{" + b" " * 10000 + b"}\n")
+    elif MODE == "control-characters":
+        line(good)
+        line(record("\x1b[2J", 1, "a" * 64))
+    elif MODE == "count-mismatch":
+        line(good)
+        line({"end": True, "count": 5, "truncated": False})
+    elif MODE == "outside-prefix":
+        line(record("elsewhere", 1, "a" * 64))
+        line({"end": True, "count": 1, "truncated": False})
+    elif MODE == "no-end":
+        line(good)
+    elif MODE == "trailing":
+        line(good)
+        line({"end": True, "count": 1, "truncated": False})
+        line(good)
+
+
+def get(name):
+    data = b"backup bytes " * 1000
+    digest = hashlib.sha256(data).digest()
+    frame = struct.pack(">cI", b"D", len(data)) + data
+    end = struct.pack(">cI", b"E", 40) + struct.pack(">Q32s", len(data), digest)
+    if MODE == "get-bad-digest":
+        end = struct.pack(">cI", b"E", 40) + struct.pack(">Q32s", len(data), b"\0" * 32)
+    elif MODE == "get-bad-size":
+        end = struct.pack(">cI", b"E", 40) + struct.pack(">Q32s", len(data) - 1, digest)
+    elif MODE == "get-truncated":
+        end = b""
+    elif MODE == "get-trailing":
+        end += b"X"
+    elif MODE == "get-garbage":
+        frame, end = b"\x1b[2J not a frame at all", b""
+    OUT.write(frame + end)
+
+
+def main():
+    verb, _, argument = sys.argv[2].partition(" ")
+    if verb == "put":
+        put(argument)
+    elif verb == "list":
+        listing(argument)
+    elif verb == "get":
+        get(argument)
+    elif verb == "check":
+        line({**record("other", 1, "a" * 64), "ok": True})
+    elif verb == "info":
+        line({"protocol": 1, "free": -1})
+    OUT.flush()
+
+
+main()

@@ -1,0 +1,113 @@
+"""A lying server (real sshd, hostile login shell): the carrier never claims
+success, never emits unvalidated bytes and never waits forever.
+
+Threat: the server (or whoever owns it) tampers with receipts, listings or
+stored data. Residual risk: records of a listing are emitted before the
+listing's summary is validated, so callers must trust output only on exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
+
+HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
+
+
+@pytest.fixture
+def hostile(carrier: Carrier) -> Carrier:
+    """The carrier pointed at an account whose login shell lies (per ~/mode)."""
+    script = carrier.server.base / "hostile_shell.py"
+    if not script.exists():
+        shutil.copy(HOSTILE_SOURCE, script)
+        script.chmod(0o755)
+    carrier.account = add_account(carrier.server, str(script))
+    carrier.write_config()
+    return carrier
+
+
+def set_mode(carrier: Carrier, mode: str) -> None:
+    path = carrier.account.home / "mode"
+    path.write_text(mode)
+    os.chown(path, carrier.account.uid, carrier.account.gid)
+
+
+def test_honest_hostile_shell_is_accepted(hostile: Carrier) -> None:
+    # Proves the fixture speaks the protocol: the refusals below are the lies.
+    set_mode(hostile, "honest")
+    result = hostile.run("put", "b", data=b"data")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "wrong-digest",
+        "wrong-size",
+        "wrong-name",
+        "garbage",
+        "control-characters",
+        "invalid-utf8",
+        "endless",
+        "endless-stderr",
+        "two-lines",
+        "silent-success",
+        "no-newline",
+    ],
+)
+def test_put_refuses_a_tampered_receipt(hostile: Carrier, mode: str) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("put", "b", data=os.urandom(100_000), timeout=30)
+    assert result.returncode == 65, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "endless",
+        "long-line",
+        "control-characters",
+        "count-mismatch",
+        "outside-prefix",
+        "no-end",
+        "trailing",
+    ],
+)
+def test_list_refuses_a_tampered_listing(hostile: Carrier, mode: str) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("list", "p/", timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert_one_safe_line(result.stderr)
+    for line in result.stdout.splitlines():
+        # Whatever got out was re-encoded from a validated record.
+        assert all(0x20 <= byte < 0x7F for byte in line)
+        assert json.loads(line)["name"].startswith("p/")
+    assert b'"end"' not in result.stdout  # no summary: the listing is not complete
+
+
+@pytest.mark.parametrize(
+    "mode", ["get-bad-digest", "get-bad-size", "get-truncated", "get-trailing", "get-garbage"]
+)
+def test_get_refuses_a_tampered_stream(hostile: Carrier, mode: str) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("get", "b")
+    assert result.returncode == 65, result.stderr
+    assert_one_safe_line(result.stderr)
+    assert b"\x1b" not in result.stdout  # garbage frames are never passed on
+
+
+@pytest.mark.parametrize("verb", ["check", "info"])
+def test_check_and_info_refuse_malformed_replies(hostile: Carrier, verb: str) -> None:
+    set_mode(hostile, "any")
+    result = hostile.run(*([verb, "b"] if verb == "check" else [verb]))
+    assert result.returncode == 65, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
