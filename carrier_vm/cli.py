@@ -63,16 +63,19 @@ def parse_arguments(argv: list[str]) -> Request:
 
 
 def configure_logging(environ: Mapping[str, str]) -> None:
-    """Set up logging once: warnings to stderr (or more with QBACKUP_CARRIER_LOG),
-    and the story of each run to syslog when /dev/log exists."""
-    level = getattr(logging, environ.get(LOG_LEVEL_ENV, "").upper() or "WARNING", logging.WARNING)
+    """Set up logging once: the story of each run to syslog when /dev/log
+    exists; to stderr only when QBACKUP_CARRIER_LOG names a level (stderr is
+    otherwise reserved for the one-line error that dom0 shows)."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(level if isinstance(level, int) else logging.WARNING)
-    stderr.setFormatter(logging.Formatter(f"{PROGRAM}: %(levelname)s: %(message)s"))
-    root.addHandler(stderr)
+    root.addHandler(logging.NullHandler())  # no "last resort" output on stderr
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    wanted = environ.get(LOG_LEVEL_ENV, "").upper()
+    if wanted in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setLevel(wanted)
+        stderr.setFormatter(logging.Formatter(f"{PROGRAM}: %(levelname)s: %(message)s"))
+        root.addHandler(stderr)
     if os.path.exists("/dev/log"):
         try:
             syslog = logging.handlers.SysLogHandler(address="/dev/log")

@@ -1,0 +1,121 @@
+"""qubes.BackupCarrier driven the way qrexec drives it: argument in $1 and
+QREXEC_SERVICE_ARGUMENT, caller in QREXEC_REMOTE_DOMAIN, name on stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
+
+SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
+
+
+def call_service(
+    carrier: Carrier,
+    argument: str,
+    stdin: bytes = b"",
+    env_argument: str | None = None,
+    **env: str,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the service as qrexec-agent does: /etc/qubes-rpc/NAME ARG."""
+    environment = carrier.env(
+        QREXEC_SERVICE_ARGUMENT=argument if env_argument is None else env_argument,
+        QREXEC_REMOTE_DOMAIN="dom0",
+        **env,
+    )
+    return subprocess.run(
+        [str(SERVICE), argument],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_service_is_executable_sh() -> None:
+    assert os.access(SERVICE, os.X_OK)
+    assert SERVICE.read_bytes().startswith(b"#!/bin/sh\n")
+
+
+def test_service_answers_info_list_check_and_get(carrier: Carrier) -> None:
+    data = os.urandom(300_000)
+    assert carrier.run("put", "host/2026-01-02", data=data).returncode == 0
+
+    info = call_service(carrier, "info")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["protocol"] == 1
+
+    listing = call_service(carrier, "list", b"host/\n")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout == carrier.run("list", "host/").stdout
+    everything = call_service(carrier, "list", b"")  # no line: no prefix
+    assert everything.returncode == 0 and b'"count":1' in everything.stdout
+
+    check = call_service(carrier, "check", b"host/2026-01-02\n")
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["ok"] is True
+
+    for _ in range(2):  # restore reads twice
+        got = call_service(carrier, "get", b"host/2026-01-02\n")
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == data
+
+
+def test_service_logs_the_calling_domain(carrier: Carrier) -> None:
+    result = call_service(carrier, "info", QBACKUP_CARRIER_LOG="info")
+    assert result.returncode == 0
+    assert b"qubes.BackupCarrier+info called by dom0" in result.stderr
+
+
+@pytest.fixture
+def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
+    """A listening port the carrier is configured to use: any connection is a failure."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.setblocking(False)
+    carrier.write_config(port=listener.getsockname()[1])
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("argument", "stdin", "env_argument"),
+    [
+        ("put", b"name\n", None),  # backups arrive through qubes.Backup only
+        ("", b"", None),
+        ("frobnicate", b"", None),
+        ("LIST", b"", None),
+        ("list+x", b"", None),
+        ("get", b"name\n", "info"),  # $1 and the environment disagree
+        ("get", b"../etc/passwd\n", None),
+        ("get", b".hidden\n", None),
+        ("check", b"a\nb\n", None),  # exactly one line
+        ("check", b"a" * 600 + b"\n", None),
+        ("get", "caf\u00e9\n".encode(), None),
+        ("get", b"", None),  # a name is required
+        ("list", b"../\n", None),
+    ],
+)
+def test_service_refuses_bad_requests_without_contacting_the_server(
+    carrier: Carrier,
+    tripwire: socket.socket,
+    argument: str,
+    stdin: bytes,
+    env_argument: str | None,
+) -> None:
+    result = call_service(carrier, argument, stdin, env_argument)
+    assert result.returncode == 64, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+    with pytest.raises(BlockingIOError):
+        tripwire.accept()  # nobody connected
