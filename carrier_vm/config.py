@@ -151,8 +151,8 @@ def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None) -
 def parse_ssh_conn(text: str) -> tuple[str | None, str]:
     """Given SSH_CONN's value ``[user@]host``, return (user or None, host);
     raise ValueError if either part is malformed."""
-    user, _, host = text.rpartition("@")
-    if user and not USER_PATTERN.fullmatch(user):
+    user, at, host = text.rpartition("@")
+    if at and not USER_PATTERN.fullmatch(user):
         raise ValueError("user part must be [A-Za-z0-9_.-]")
     if not HOST_PATTERN.fullmatch(host):
         raise ValueError("expected [user@]host with a plain host name or address")

@@ -1,0 +1,46 @@
+"""A network that goes silent mid-put (the sshd session frozen, no RST, no FIN):
+keepalive notices within keepalive_interval * (keepalive_count_max + 1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
+from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored, wait_until
+
+
+def account_pids(account_name: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-u", account_name], capture_output=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
+    carrier.write_config(keepalive_interval=1, keepalive_count_max=2)
+    process = carrier.start("put", "frozen")
+    assert process.stdin is not None
+    process.stdin.write(CHUNK * 2)
+    process.stdin.flush()
+    assert wait_until(lambda: account_pids(carrier.account.name))
+    frozen = account_pids(carrier.account.name)  # sshd's session process and the shell
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        # Keep the carrier busy sending while the server says nothing.
+        try:
+            for _ in range(16):
+                process.stdin.write(CHUNK)
+        except BrokenPipeError:
+            pass
+        _, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert process.returncode == 75, stderr
+    assert elapsed < 1 * (2 + 1) + 5, elapsed
+    assert_one_safe_line(stderr)
+    assert_never_stored(carrier, "frozen")
