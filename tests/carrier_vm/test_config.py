@@ -106,3 +106,15 @@ def test_broken_config_file_is_a_config_error(tmp_path: Path, text: str) -> None
     path.write_text(text)
     with pytest.raises(ConfigError, match=str(path)):
         load_config({"QBACKUP_CARRIER_CONFIG": str(path)})
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    from carrier_vm.config import KNOWN_KEYS
+
+    example = Path(__file__).resolve().parents[2] / "carrier_vm" / "carrier.yaml.example"
+    text = example.read_text()
+    import yaml
+
+    validate_config(yaml.safe_load(text), str(example), None)
+    for key in KNOWN_KEYS:
+        assert f"{key}:" in text, key

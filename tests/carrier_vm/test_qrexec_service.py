@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,47 @@ def test_service_refuses_bad_requests_without_contacting_the_server(
     assert_one_safe_line(result.stderr)
     with pytest.raises(BlockingIOError):
         tripwire.accept()  # nobody connected
+
+
+def test_templatevm_install_runs_under_debian_python(carrier: Carrier, tmp_path: Path) -> None:
+    """`make templatevm` into a temporary tree: the installed launcher (Debian's
+    python3, asyncssh 2.10 from apt) and the installed service work."""
+    root = tmp_path / "tvm"
+    subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO),
+            "templatevm",
+            "DESTDIR=",
+            f"LIBDIR={root}/lib",
+            f"BINDIR={root}/bin",
+            f"QUBES_RPC_DIR={root}/rpc",
+        ],
+        check=True,
+    )
+    launcher = root / "bin" / "qbackup-carrier"
+    assert launcher.read_bytes().startswith(b"#!/usr/bin/python3\n")
+    data = os.urandom(70_000)
+    env = {**carrier.env(), "PATH": f"{root / 'bin'}:/usr/bin:/bin", "PYTHONPATH": ""}
+    put = subprocess.run(
+        [str(launcher), "put", "installed"],
+        input=data,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert put.returncode == 0, put.stderr
+    assert put.stderr == b""
+    got = subprocess.run(
+        [str(root / "rpc" / "qubes.BackupCarrier"), "get"],
+        input=b"installed\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**env, "QREXEC_SERVICE_ARGUMENT": "get", "QREXEC_REMOTE_DOMAIN": "dom0"},
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == data

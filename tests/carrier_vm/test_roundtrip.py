@@ -98,3 +98,16 @@ def test_bad_command_lines_exit_64_without_contacting_the_server(
     result = carrier.run(*args, data=b"payload")
     assert result.returncode == 64
     assert result.stdout == b""
+
+
+def test_rate_limit_paces_the_upload(carrier: Carrier) -> None:
+    import time
+
+    carrier.write_config(rate_limit=128 * 1024)
+    data = os.urandom(384 * 1024)
+    started = time.monotonic()
+    put = carrier.run("put", "slow", data=data)
+    elapsed = time.monotonic() - started
+    assert put.returncode == 0, put.stderr
+    assert elapsed >= 2.0, elapsed  # 384 KiB at 128 KiB/s: about 3 s
+    assert carrier.run("get", "slow").stdout == data
