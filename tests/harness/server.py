@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
 ACCOUNT_PREFIX = "qbt"
+OWNER_TAG = "qbackup-test pid="  # the comment field names the process that made the account
 
 
 def free_port() -> int:
@@ -208,6 +209,8 @@ class BackupServer:
                 "--shell",
                 str(login_shell or self.shell_path),
                 "--user-group",
+                "--comment",
+                f"{OWNER_TAG}{os.getpid()}",
                 name,
             ],
             check=True,
@@ -361,7 +364,13 @@ def remove_account(name: str) -> None:
 
 
 def remove_stale_accounts() -> None:
-    """Delete test accounts a killed earlier run left behind."""
+    """Delete test accounts that a killed earlier run left behind: those whose
+    creating process (recorded in the account's comment field) is gone. Accounts
+    of test sessions still running, here or in parallel, are left alone."""
     for entry in pwd.getpwall():
-        if entry.pw_name.startswith(ACCOUNT_PREFIX + "-") and entry.pw_dir.startswith("/tmp/"):
-            remove_account(entry.pw_name)
+        if not entry.pw_name.startswith(ACCOUNT_PREFIX + "-"):
+            continue
+        owner = entry.pw_gecos.removeprefix(OWNER_TAG)
+        if entry.pw_gecos.startswith(OWNER_TAG) and owner.isdigit() and Path(f"/proc/{owner}").exists():
+            continue
+        remove_account(entry.pw_name)
