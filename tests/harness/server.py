@@ -371,6 +371,7 @@ def remove_stale_accounts() -> None:
         if not entry.pw_name.startswith(ACCOUNT_PREFIX + "-"):
             continue
         owner = entry.pw_gecos.removeprefix(OWNER_TAG)
-        if entry.pw_gecos.startswith(OWNER_TAG) and owner.isdigit() and Path(f"/proc/{owner}").exists():
+        alive = owner.isdigit() and Path(f"/proc/{owner}").exists()
+        if entry.pw_gecos.startswith(OWNER_TAG) and alive:
             continue
         remove_account(entry.pw_name)
