@@ -144,10 +144,10 @@ def validate_job(name: str, raw: Any, problems: list[str]) -> Job | None:
     before = len(problems)
     for key in sorted(set(raw) - set(JOB_KEYS)):
         problems.append(f"at '{where}.{key}': unknown key (known: {', '.join(JOB_KEYS)})")
-    carrier = raw.get("carrier")
+    carrier: Any = raw.get("carrier")
     if not is_vm_name(carrier):
         problems.append(f"at '{where}.carrier': required, expected {JOB_KEYS['carrier']}")
-    prefix = raw.get("prefix")
+    prefix: Any = raw.get("prefix")
     try:
         check_prefix(prefix)
     except UsageError as error:

@@ -135,15 +135,18 @@ class RealQubes:
             stderr_box.append(data)
             process.stderr.read()  # keep draining so the service cannot block
 
-        threads = [threading.Thread(target=feed), threading.Thread(target=drain_stderr)]
+        threads = [threading.Thread(target=feed, daemon=True),
+                   threading.Thread(target=drain_stderr, daemon=True)]
         for thread in threads:
             thread.start()
         stdout, overflow = read_bounded(process.stdout, max_output)
         if overflow:
             process.kill()
+            # Closing our end makes anything still writing get EPIPE at once.
+            process.stdout.close()
         returncode = process.wait()
         for thread in threads:
-            thread.join()
+            thread.join(timeout=10)
         stderr = stderr_box[0] if stderr_box else b""
         if overflow:
             raise ReplyTooLarge(f"{service} in {vm} sent more than {max_output} bytes; refused")

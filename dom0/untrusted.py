@@ -26,7 +26,8 @@ def clean_text(data: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
     else:
         text = data[: limit * 4]
     cleaned = "".join(
-        "?" if unicodedata.category(char) in HIDDEN_CATEGORIES else char for char in text
+        "?" if char == "\ufffd" or unicodedata.category(char) in HIDDEN_CATEGORIES else char
+        for char in text
     )
     if len(cleaned) > limit:
         return cleaned[:limit] + "..."

@@ -1,0 +1,183 @@
+"""RealQubes against a strict fake `qubesadmin`: every Qubes call must be one the
+table expects, with exactly the expected arguments (the qubesadmin test model)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
+
+
+class FakeQubesException(Exception):
+    pass
+
+
+class FakeVM:
+    def __init__(self, name: str, running: bool = True, include: bool = True,
+                 service_argv: list[str] | None = None) -> None:
+        self.name = name
+        self.running = running
+        self.include_in_backups = include
+        self.service_argv = service_argv
+        self.log: list[tuple[Any, ...]] = []
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def start(self) -> None:
+        self.log.append(("start",))
+
+    def shutdown(self, force: bool = False, wait: bool = False) -> None:
+        self.log.append(("shutdown", force, wait))
+
+    def run_service(self, service: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        self.log.append(("run_service", service))
+        assert kwargs == {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                          "stderr": subprocess.PIPE}
+        assert self.service_argv is not None, f"unexpected service call {service}"
+        return subprocess.Popen(self.service_argv, **kwargs)
+
+
+class FakeApp:
+    """Answers qubesd_call from a table of expected calls, in order."""
+
+    def __init__(self, vms: list[FakeVM], expected: list[tuple[tuple[str, ...], Any]]) -> None:
+        self.vms = {vm.name: vm for vm in vms}
+        self.expected = list(expected)
+        self.events_done = threading.Event()
+        self.domains = self
+
+    def __getitem__(self, name: str) -> FakeVM:
+        return self.vms[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.vms
+
+    def __iter__(self) -> Iterator[FakeVM]:
+        return iter(self.vms.values())
+
+    def qubesd_call(self, dest: str, method: str, arg: str | None = None,
+                    payload: bytes | None = None) -> Any:
+        assert payload is None
+        assert self.expected, f"unexpected qubesd call {(dest, method, arg)}"
+        call, answer = self.expected.pop(0)
+        assert (dest, method, arg) == call, f"expected {call}, got {(dest, method, arg)}"
+        if method == "admin.backup.Execute":
+            assert self.events_done.wait(5)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class FakeDispatcher:
+    events: list[dict[str, Any]] = []
+
+    def __init__(self, app: FakeApp) -> None:
+        self.app = app
+        self.handlers: dict[str, list[Any]] = {}
+
+    def add_handler(self, event: str, handler: Any) -> None:
+        self.handlers.setdefault(event, []).append(handler)
+
+    async def listen_for_events(self) -> None:
+        for kwargs in self.events:
+            for handler in self.handlers.get("backup-progress", []):
+                handler(None, "backup-progress", **kwargs)
+        self.app.events_done.set()
+        await asyncio.sleep(3600)
+
+
+@pytest.fixture
+def fake_qubesadmin(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    holder: dict[str, Any] = {}
+    module = types.ModuleType("qubesadmin")
+    exc = types.ModuleType("qubesadmin.exc")
+    events = types.ModuleType("qubesadmin.events")
+    exc.QubesException = FakeQubesException  # type: ignore[attr-defined]
+    events.EventsDispatcher = FakeDispatcher  # type: ignore[attr-defined]
+    module.Qubes = lambda: holder["app"]  # type: ignore[attr-defined]
+    module.exc = exc  # type: ignore[attr-defined]
+    module.events = events  # type: ignore[attr-defined]
+    for name, value in (("qubesadmin", module), ("qubesadmin.exc", exc),
+                        ("qubesadmin.events", events)):
+        monkeypatch.setitem(sys.modules, name, value)
+    FakeDispatcher.events = []
+    return holder
+
+
+def make(holder: dict[str, Any], vms: list[FakeVM],
+         expected: list[tuple[tuple[str, ...], Any]]) -> Any:
+    from dom0.qubes import RealQubes
+
+    holder["app"] = FakeApp(vms, expected)
+    return RealQubes()
+
+
+def test_execute_relays_progress_of_our_profile_only(fake_qubesadmin: dict[str, Any]) -> None:
+    FakeDispatcher.events = [
+        {"backup_profile": "qbackup-x", "progress": "12.5"},
+        {"backup_profile": "someone-else", "progress": 99},
+        {"backup_profile": "qbackup-x", "progress": 100},
+    ]
+    app = make(fake_qubesadmin, [], [(("dom0", "admin.backup.Execute", "qbackup-x"), None)])
+    seen: list[float] = []
+    app.backup_execute("qbackup-x", seen.append)
+    assert seen == [12.5, 100.0]
+    assert fake_qubesadmin["app"].expected == []
+
+
+def test_execute_failure_becomes_backup_engine_error(fake_qubesadmin: dict[str, Any]) -> None:
+    failure = FakeQubesException("Writing backup to VM sys-backup failed")
+    app = make(fake_qubesadmin, [], [(("dom0", "admin.backup.Execute", "p"), failure)])
+    with pytest.raises(BackupEngineError, match="Writing backup to VM sys-backup failed"):
+        app.backup_execute("p", lambda _: None)
+
+
+def test_info_and_cancel_use_the_admin_api(fake_qubesadmin: dict[str, Any]) -> None:
+    app = make(fake_qubesadmin, [], [
+        (("dom0", "admin.backup.Info", "p"), b"Total size: | 1.0 MiB"),
+        (("dom0", "admin.backup.Cancel", "p"), None),
+        (("dom0", "admin.backup.Info", "bad"), FakeQubesException("no such profile")),
+    ])
+    assert app.backup_info("p") == b"Total size: | 1.0 MiB"
+    app.backup_cancel("p")
+    with pytest.raises(QubesError, match="no such profile"):
+        app.backup_info("bad")
+
+
+def test_vm_lookups_start_and_shutdown(fake_qubesadmin: dict[str, Any]) -> None:
+    vms = [FakeVM("dom0"), FakeVM("work"), FakeVM("carrier", running=False, include=False)]
+    app = make(fake_qubesadmin, vms, [])
+    assert app.vm_exists("work") and not app.vm_exists("nope")
+    assert app.vms_in_backups() == ["work"]
+    assert app.is_running("carrier") is False
+    with pytest.raises(VMNotFound):
+        app.is_running("nope")
+    app.start("carrier")
+    app.shutdown("carrier", wait=True)
+    assert vms[2].log == [("start",), ("shutdown", False, True)]
+
+
+def test_service_output_is_bounded(fake_qubesadmin: dict[str, Any]) -> None:
+    vm = FakeVM("carrier", service_argv=["sh", "-c", "cat >/dev/null; head -c 1000000 /dev/zero"])
+    app = make(fake_qubesadmin, [vm], [])
+    with pytest.raises(ReplyTooLarge):
+        app.run_service_for_stdio("carrier", "qubes.BackupCarrier+list", b"\n", max_output=1000)
+
+
+def test_service_failure_keeps_status_and_stderr(fake_qubesadmin: dict[str, Any]) -> None:
+    vm = FakeVM("carrier", service_argv=["sh", "-c", "cat; echo broken >&2; exit 75"])
+    app = make(fake_qubesadmin, [vm], [])
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        app.run_service_for_stdio("carrier", "qubes.BackupCarrier+info", b"line\n")
+    assert caught.value.returncode == 75
+    assert caught.value.stdout == b"line\n" and caught.value.stderr == b"broken\n"
+    assert vm.log == [("run_service", "qubes.BackupCarrier+info")]
