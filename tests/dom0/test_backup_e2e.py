@@ -132,3 +132,40 @@ def test_second_backup_in_the_same_second_is_an_error_not_an_overwrite(dom0: Dom
     else:
         assert len(stored) == 2
     assert first == 0
+
+
+def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
+        dom0: Dom0, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = dom0.passfile.parent / "notifications"
+    fake = dom0.passfile.parent / "notify-send"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
+    assert dom0.sim.vms[CARRIER].running
+    sent = record.read_text().splitlines()
+    assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")
+    assert sent[-1].startswith("--app-name=qbackup|--urgency=normal|qbackup finished|kept-")
+    dom0.sim.remove_vm("work")
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
+        errors.EXIT_QUBES
+    dom0.sim.add_vm("work", size=MIB)
+    dom0.sim.hooks.kill_carrier_at = 0.5
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
+        errors.EXIT_BACKUP_FAILED
+    assert record.read_text().splitlines()[-1].startswith(
+        "--app-name=qbackup|--urgency=critical|qbackup FAILED|")
+
+
+def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
+    assert dom0.run("-f", "rot", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
+    [name] = dom0.stored()
+    path = dom0.account.storage / name
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
+    path.write_bytes(bytes(data))
+    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_VERIFY
+    # The carrier reports a mismatch either as ok=false or as a data error (65).
+    assert dom0.logged(f"server check of {name} FAILED") or dom0.logged("integrity check")
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
+        errors.EXIT_VERIFY
