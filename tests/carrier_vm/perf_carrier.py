@@ -9,6 +9,8 @@ Each round measures, in the same run:
   openssh->shell   OpenSSH piping an already-framed stream into the real shell's put
   carrier->shell   qbackup-carrier put (venv asyncssh), peak RSS from /usr/bin/time
   carrier210->shell  the same under /usr/bin/python3 (Debian asyncssh 2.10)
+  carrier->cat     the carrier's own put code, its session command swapped for
+                   'cat > file' (the client alone, against the same sink as OpenSSH)
 """
 
 from __future__ import annotations
@@ -74,7 +76,40 @@ def timed(argv: list[str], stdin: Path, env: dict | None = None) -> tuple[float,
     return elapsed, peak, done.stdout.decode()
 
 
+class CatConnection:
+    """Wraps a real connection so put's session runs 'cat > perf.out' instead."""
+
+    def __init__(self, connection: object) -> None:
+        self.connection = connection
+
+    async def open_session(self, _command: str, **options: object) -> object:
+        return await self.connection.open_session("cat > perf.out", **options)  # type: ignore[attr-defined]
+
+
+def carrier_to_cat() -> None:
+    """Run the carrier's put code with stdin into 'cat' (a subprocess of this script)."""
+    import asyncio
+
+    from carrier_vm.config import load_config
+    from carrier_vm.errors import DataError
+    from carrier_vm.ssh import open_connection
+    from carrier_vm.upload import put_backup
+
+    async def run() -> None:
+        config = load_config()
+        async with open_connection(config) as connection:
+            try:
+                await put_backup(CatConnection(connection), "x", 0, config)
+            except DataError as error:  # cat sends no receipt: expected
+                assert "receipt" in str(error), error
+
+    asyncio.run(run())
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--to-cat"]:
+        carrier_to_cat()
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True)
     parser.add_argument("--data", required=True, type=Path)
@@ -90,7 +125,10 @@ def main() -> None:
         f"host: 127.0.0.1\nport: {server['port']}\nuser: {server['shell_user']}\n"
         f"identity_file: {server['key']}\nknown_hosts: {server['known_hosts']}\n"
     )
+    cat_config = Path(str(config) + ".cat")
+    cat_config.write_text(config.read_text().replace(server["shell_user"], server["cat_user"]))
     env = {**os.environ, "QBACKUP_CARRIER_CONFIG": str(config), "PYTHONPATH": str(REPO)}
+    cat_env = {**env, "QBACKUP_CARRIER_CONFIG": str(cat_config)}
     rows: dict[str, list[tuple[float, int]]] = {}
     stamp = int(time.time())
     try:
@@ -109,28 +147,30 @@ def main() -> None:
                     [f"{sys.prefix}/bin/qbackup-carrier", "put", f"{tag}-c"],
                     args.data,
                 ),
+                "carrier->cat": (
+                    [sys.executable, "-m", "tests.carrier_vm.perf_carrier", "--to-cat"],
+                    args.data,
+                ),
                 "carrier210->shell": (
                     ["/usr/bin/python3", "-m", "carrier_vm.cli", "put", f"{tag}-d"],
                     args.data,
                 ),
             }
             for label, (argv, source) in cases.items():
-                elapsed, peak, _ = timed(argv, source, env)
+                elapsed, peak, _ = timed(argv, source, cat_env if label.endswith("cat") else env)
                 rows.setdefault(label, []).append((mib / elapsed, peak))
-                print(
-                    f"round {round_number} {label:18} {mib / elapsed:7.1f} MiB/s  peak RSS {peak / 1024:6.1f} MiB",
-                    flush=True,
-                )
+                rate = f"{mib / elapsed:7.1f} MiB/s"
+                print(f"round {round_number} {label:18} {rate}  peak RSS {peak / 1024:6.1f} MiB")
     finally:
         framed.unlink()
         config.unlink()
+        cat_config.unlink()
     base = max(r for r, _ in rows["openssh->cat"])
     print(f"\n{mib:.0f} MiB, best of {args.rounds}; ratio = best / best openssh->cat")
     for label, values in rows.items():
         best = max(r for r, _ in values)
-        print(
-            f"| {label} | {best:.0f} MiB/s | {best / base:.2f}x | {max(p for _, p in values) / 1024:.0f} MiB |"
-        )
+        peak = max(p for _, p in values) / 1024
+        print(f"| {label} | {best:.0f} MiB/s | {best / base:.2f}x | {peak:.0f} MiB |")
 
 
 if __name__ == "__main__":
