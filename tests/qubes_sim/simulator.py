@@ -14,6 +14,8 @@ anything the simulator does not model raises SimulationError (a test bug).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import stat
@@ -34,6 +36,7 @@ CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrie
 PROFILE_KEYS = frozenset({"include", "exclude", "compression", "destination_vm",
                           "destination_path", "passphrase_text", "passphrase_vm"})
 WRITE_CHUNK = 1024 * 1024
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
 
 # What the carrier VM's qubes.Backup does with the line dom0's engine sends.
 QUBES_BACKUP_SH = r"""
@@ -296,6 +299,8 @@ class SimulatedQubes:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             env=self._carrier_env())
         self._running[profile] = process
+        with contextlib.suppress(OSError):  # like qrexec's big buffers; see PERFORMANCE.md
+            fcntl.fcntl(process.stdin.fileno(), F_SETPIPE_SZ, WRITE_CHUNK)  # type: ignore[union-attr]
         stderr_box: list[bytes] = []
         drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
         drainer.start()

@@ -31,10 +31,18 @@ class StreamError(ValueError):
     """The stream is not a valid simulated backup (or the passphrase is wrong)."""
 
 
+def vm_chunks(name: str, size: int) -> Iterator[bytes]:
+    """Given a VM NAME and SIZE, yield its deterministic pseudo-random volume
+    data in CHUNK pieces (never the whole volume in memory)."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    for index, offset in enumerate(range(0, size, CHUNK)):
+        generator = random.Random(seed + index)  # noqa: S311 - test data, not crypto
+        yield generator.randbytes(min(CHUNK, size - offset))
+
+
 def vm_data(name: str, size: int) -> bytes:
     """Given a VM NAME and SIZE, return its deterministic pseudo-random volume data."""
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
-    return random.Random(seed).randbytes(size)  # noqa: S311 - test data, not crypto
+    return b"".join(vm_chunks(name, size))
 
 
 def derive_key(passphrase: str, salt: bytes) -> bytes:
@@ -51,9 +59,7 @@ def build_stream(vms: list[tuple[str, int]], passphrase: str, salt: bytes,
     whole = hmac.new(key, head, hashlib.sha256)
     yield head
     for name, size in vms:
-        data = vm_data(name, size)
-        for offset in range(0, len(data), CHUNK):
-            chunk = data[offset : offset + CHUNK]
+        for chunk in vm_chunks(name, size):
             whole.update(chunk)
             yield chunk
     yield whole.hexdigest().encode() + b"\n"
