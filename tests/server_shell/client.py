@@ -16,13 +16,17 @@ import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
 
 
-def frame_stream(data: bytes, chunk: int = protocol.DEFAULT_DATA_FRAME,
-                 declared_size: int | None = None, declared_digest: bytes | None = None) -> bytes:
+def frame_stream(
+    data: bytes,
+    chunk: int = protocol.DEFAULT_DATA_FRAME,
+    declared_size: int | None = None,
+    declared_digest: bytes | None = None,
+) -> bytes:
     """Given data, return the framed upload (D frames of CHUNK bytes, then E);
     DECLARED_* override what the E frame claims."""
     out = bytearray()
     for offset in range(0, len(data), chunk):
-        piece = data[offset:offset + chunk]
+        piece = data[offset : offset + chunk]
         out += protocol.encode_data_header(len(piece)) + piece
     size = len(data) if declared_size is None else declared_size
     digest = hashlib.sha256(data).digest() if declared_digest is None else declared_digest
@@ -30,8 +34,9 @@ def frame_stream(data: bytes, chunk: int = protocol.DEFAULT_DATA_FRAME,
     return bytes(out)
 
 
-def put(server: BackupServer, account: Account, name: str, data: bytes,
-        **frame_options: object) -> subprocess.CompletedProcess[bytes]:
+def put(
+    server: BackupServer, account: Account, name: str, data: bytes, **frame_options: object
+) -> subprocess.CompletedProcess[bytes]:
     """Upload DATA as NAME over real ssh; return the completed ssh process."""
     return server.run(account, f"put {name}", frame_stream(data, **frame_options))  # type: ignore[arg-type]
 
@@ -42,9 +47,11 @@ def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
     data = bytearray()
     offset = 0
     while True:
-        kind, length = protocol.decode_frame_header(stream[offset:offset + protocol.FRAME_HEADER_SIZE])
+        kind, length = protocol.decode_frame_header(
+            stream[offset : offset + protocol.FRAME_HEADER_SIZE]
+        )
         offset += protocol.FRAME_HEADER_SIZE
-        payload = stream[offset:offset + length]
+        payload = stream[offset : offset + length]
         assert len(payload) == length, "truncated frame"
         offset += length
         if kind == protocol.FRAME_END:

@@ -15,7 +15,9 @@ PROFILE = REPO / "apparmor" / "usr.sbin.qbackup-shell"
 
 def parse(path: Path) -> subprocess.CompletedProcess[bytes]:
     """Compile PATH without loading it (-Q) or caching it (-K)."""
-    return subprocess.run(["apparmor_parser", "-Q", "-K", str(path)], capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        ["apparmor_parser", "-Q", "-K", str(path)], capture_output=True, timeout=60, check=False
+    )
 
 
 def rules() -> list[str]:
@@ -31,9 +33,11 @@ def test_profile_compiles() -> None:
 
 @pytest.mark.parametrize(
     "breakage",
-    [lambda text: text.rsplit("}", 1)[0],  # the profile never closes
-     lambda text: text.replace("rwkl,", "rwkl"),  # a rule without its comma
-     lambda text: text.replace("@{QBACKUP_STORAGE}=", "@{QBACKUP_STORAGE}")],
+    [
+        lambda text: text.rsplit("}", 1)[0],  # the profile never closes
+        lambda text: text.replace("rwkl,", "rwkl"),  # a rule without its comma
+        lambda text: text.replace("@{QBACKUP_STORAGE}=", "@{QBACKUP_STORAGE}"),
+    ],
     ids=["no-closing-brace", "missing-comma", "bad-variable"],
 )
 def test_a_broken_copy_does_not_compile(tmp_path: Path, breakage) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +61,15 @@ def test_profile_opens_no_network_sockets_but_syslog() -> None:
 
 
 def test_profile_writes_only_under_the_storage_root_and_dev_log() -> None:
-    writable = [rule for rule in rules() if not rule.startswith(("deny", "signal", "network", "unix"))
-                and re.search(r"\s[rmkl]*w[rmkl]*,$", rule)]
-    assert writable == ["@{QBACKUP_STORAGE}** rwkl,", "/dev/log w,", "/run/systemd/journal/dev-log w,"]
+    writable = [
+        rule
+        for rule in rules()
+        if not rule.startswith(("deny", "signal", "network", "unix"))
+        and re.search(r"\s[rmkl]*w[rmkl]*,$", rule)
+    ]
+    assert writable == [
+        "@{QBACKUP_STORAGE}** rwkl,",
+        "/dev/log w,",
+        "/run/systemd/journal/dev-log w,",
+    ]
     assert "deny @{QBACKUP_STORAGE}.ssh/** wl," in rules()

@@ -18,17 +18,34 @@ DATA = b"attacker data\n"
 def assert_refused(result: subprocess.CompletedProcess[bytes], code: int) -> None:
     """The exit code, and exactly one line on stderr from the shell."""
     assert result.returncode == code, (result.returncode, result.stderr)
-    assert result.stderr.startswith(b"qbackup-shell: ") and result.stderr.count(b"\n") == 1, result.stderr
+    assert result.stderr.startswith(b"qbackup-shell: ") and result.stderr.count(b"\n") == 1, (
+        result.stderr
+    )
 
 
 # Threat: names that climb out of the storage or point at absolute paths.
 @pytest.mark.parametrize(
     "name",
-    ["../escape", "../../../tmp/escape", "a/../../escape", "/tmp/escape", "/etc/passwd", "..", ".",
-     "./x", "a//b", ".ssh/authorized_keys", ".hidden", "a/.tmp-1234", "~/x", "a/"],
+    [
+        "../escape",
+        "../../../tmp/escape",
+        "a/../../escape",
+        "/tmp/escape",
+        "/etc/passwd",
+        "..",
+        ".",
+        "./x",
+        "a//b",
+        ".ssh/authorized_keys",
+        ".hidden",
+        "a/.tmp-1234",
+        "~/x",
+        "a/",
+    ],
 )
-def test_put_refuses_traversal_and_absolute_names(backup_server: BackupServer, account: Account,
-                                                  outside: Path, name: str) -> None:
+def test_put_refuses_traversal_and_absolute_names(
+    backup_server: BackupServer, account: Account, outside: Path, name: str
+) -> None:
     before, before_outside = snapshot(account.storage), snapshot(outside)
     assert_refused(put(backup_server, account, name, DATA), 64)
     assert snapshot(account.storage) == before
@@ -37,8 +54,9 @@ def test_put_refuses_traversal_and_absolute_names(backup_server: BackupServer, a
 
 @pytest.mark.parametrize("verb", ["get", "check"])
 @pytest.mark.parametrize("name", ["../escape", "/etc/passwd", ".ssh/authorized_keys", "a/../b"])
-def test_reads_refuse_traversal_and_absolute_names(backup_server: BackupServer, account: Account,
-                                                   verb: str, name: str) -> None:
+def test_reads_refuse_traversal_and_absolute_names(
+    backup_server: BackupServer, account: Account, verb: str, name: str
+) -> None:
     result = backup_server.run(account, f"{verb} {name}")
     assert_refused(result, 64)
     assert result.stdout == b""
@@ -47,19 +65,35 @@ def test_reads_refuse_traversal_and_absolute_names(backup_server: BackupServer, 
 # Threat: shell syntax smuggled in the command line (there is no shell to run it).
 @pytest.mark.parametrize(
     "command",
-    ["put a;touch /tmp/qbackup-pwned", "put $(touch /tmp/qbackup-pwned)", "put `touch /tmp/qbackup-pwned`",
-     "put a && touch /tmp/qbackup-pwned", "put a | touch /tmp/qbackup-pwned", "put a\ntouch /tmp/qbackup-pwned",
-     "info; touch /tmp/qbackup-pwned", "list $(id)", "put a > /tmp/qbackup-pwned", "put 'a'", 'put "a"',
-     "put a\\ b", "put\ta", "put a\r"],
+    [
+        "put a;touch /tmp/qbackup-pwned",
+        "put $(touch /tmp/qbackup-pwned)",
+        "put `touch /tmp/qbackup-pwned`",
+        "put a && touch /tmp/qbackup-pwned",
+        "put a | touch /tmp/qbackup-pwned",
+        "put a\ntouch /tmp/qbackup-pwned",
+        "info; touch /tmp/qbackup-pwned",
+        "list $(id)",
+        "put a > /tmp/qbackup-pwned",
+        "put 'a'",
+        'put "a"',
+        "put a\\ b",
+        "put\ta",
+        "put a\r",
+    ],
 )
-def test_injection_strings_are_refused(backup_server: BackupServer, account: Account, command: str) -> None:
+def test_injection_strings_are_refused(
+    backup_server: BackupServer, account: Account, command: str
+) -> None:
     before = snapshot(account.storage)
     assert_refused(backup_server.run(account, command, frame_stream(DATA)), 64)
     assert not Path("/tmp/qbackup-pwned").exists()
     assert snapshot(account.storage) == before
 
 
-def test_nul_in_the_command_never_reaches_storage(backup_server: BackupServer, account: Account) -> None:
+def test_nul_in_the_command_never_reaches_storage(
+    backup_server: BackupServer, account: Account
+) -> None:
     # The OpenSSH client refuses argv with NUL itself; the wire cannot carry
     # it to sshd via ssh(1), so this checks the client refuses and parse_command
     # (tested in test_request) covers the shell side.
@@ -76,14 +110,18 @@ def test_refusal_does_not_echo_the_command(backup_server: BackupServer, account:
 
 
 # Threat: replacing or appending to an existing backup (append-only promise).
-def test_put_never_overwrites_an_existing_backup(backup_server: BackupServer, account: Account) -> None:
+def test_put_never_overwrites_an_existing_backup(
+    backup_server: BackupServer, account: Account
+) -> None:
     assert put(backup_server, account, "keep/me", b"precious").returncode == 0
     before = snapshot(account.storage)
     assert_refused(put(backup_server, account, "keep/me", b"replacement"), 73)
     assert snapshot(account.storage) == before
 
 
-def test_put_refuses_a_name_where_a_directory_is(backup_server: BackupServer, account: Account) -> None:
+def test_put_refuses_a_name_where_a_directory_is(
+    backup_server: BackupServer, account: Account
+) -> None:
     assert put(backup_server, account, "dir/file", b"x").returncode == 0
     before = snapshot(account.storage)
     assert_refused(put(backup_server, account, "dir", b"y"), 73)
@@ -106,10 +144,20 @@ def planted(account: Account, outside: Path) -> Account:
     return account
 
 
-@pytest.mark.parametrize("name", ["filelink", "dirlink/secret", "dirlink/new", "real/deeplink/new",
-                                  "real/deeplink/secret", "dirlink/sub/new"])
-def test_put_through_a_planted_symlink_is_refused(backup_server: BackupServer, planted: Account,
-                                                  outside: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "filelink",
+        "dirlink/secret",
+        "dirlink/new",
+        "real/deeplink/new",
+        "real/deeplink/secret",
+        "dirlink/sub/new",
+    ],
+)
+def test_put_through_a_planted_symlink_is_refused(
+    backup_server: BackupServer, planted: Account, outside: Path, name: str
+) -> None:
     before, before_outside = snapshot(planted.storage), snapshot(outside)
     assert_refused(put(backup_server, planted, name, DATA), 73)
     assert snapshot(planted.storage) == before
@@ -118,8 +166,9 @@ def test_put_through_a_planted_symlink_is_refused(backup_server: BackupServer, p
 
 @pytest.mark.parametrize("verb", ["get", "check"])
 @pytest.mark.parametrize("name", ["filelink", "dirlink/secret", "real/deeplink/secret"])
-def test_read_through_a_planted_symlink_is_refused(backup_server: BackupServer, planted: Account,
-                                                   verb: str, name: str) -> None:
+def test_read_through_a_planted_symlink_is_refused(
+    backup_server: BackupServer, planted: Account, verb: str, name: str
+) -> None:
     before = snapshot(planted.storage)
     result = backup_server.run(planted, f"{verb} {name}")
     assert_refused(result, 66)
@@ -128,7 +177,9 @@ def test_read_through_a_planted_symlink_is_refused(backup_server: BackupServer, 
 
 
 @pytest.mark.parametrize("prefix", ["", "dirlink/", "real/deeplink/", "real/"])
-def test_list_never_follows_or_shows_symlinks(backup_server: BackupServer, planted: Account, prefix: str) -> None:
+def test_list_never_follows_or_shows_symlinks(
+    backup_server: BackupServer, planted: Account, prefix: str
+) -> None:
     assert put(backup_server, planted, "real/ok", b"fine").returncode == 0
     result = backup_server.run(planted, f"list {prefix}".strip())
     assert result.returncode == 0, result.stderr
@@ -137,7 +188,9 @@ def test_list_never_follows_or_shows_symlinks(backup_server: BackupServer, plant
     assert expected in result.stdout
 
 
-def test_list_hides_dot_files_and_temporaries(backup_server: BackupServer, account: Account) -> None:
+def test_list_hides_dot_files_and_temporaries(
+    backup_server: BackupServer, account: Account
+) -> None:
     assert put(backup_server, account, "visible", b"v").returncode == 0
     (account.storage / ".tmp-deadbeef").write_bytes(b"partial")
     (account.storage / "sub").mkdir()
@@ -145,8 +198,12 @@ def test_list_hides_dot_files_and_temporaries(backup_server: BackupServer, accou
     chown_tree(account.storage, account)
     result = backup_server.run(account, "list")
     assert result.returncode == 0
-    assert b"visible" in result.stdout and b"tmp" not in result.stdout and b"hidden" not in result.stdout
-    assert b".ssh" not in result.stdout and b"sha256\":null" not in result.stdout
+    assert (
+        b"visible" in result.stdout
+        and b"tmp" not in result.stdout
+        and b"hidden" not in result.stdout
+    )
+    assert b".ssh" not in result.stdout and b'sha256":null' not in result.stdout
 
 
 # Threat: a login that is not the protocol (a shell, file transfer tools).
@@ -157,7 +214,9 @@ def test_interactive_login_is_refused(backup_server: BackupServer, account: Acco
     assert snapshot(account.storage) == before
 
 
-def test_interactive_login_with_a_tty_is_refused_even_without_restrict(backup_server: BackupServer) -> None:
+def test_interactive_login_with_a_tty_is_refused_even_without_restrict(
+    backup_server: BackupServer,
+) -> None:
     # Without `restrict` sshd grants the pty: the shell itself must refuse.
     unrestricted = backup_server.add_account(authorized_options="")
     result = backup_server.run(unrestricted, None, b"id\n", extra=("-tt",))
@@ -170,9 +229,24 @@ def test_scp_is_refused(backup_server: BackupServer, account: Account, tmp_path:
     source.write_bytes(DATA)
     before = snapshot(account.storage)
     for mode in ("-O", "-s"):  # legacy scp protocol, then scp over sftp
-        argv = ["scp", mode, "-P", str(backup_server.port), "-i", str(backup_server.client_key),
-                "-o", f"UserKnownHostsFile={backup_server.known_hosts}", "-o", "BatchMode=yes",
-                "-o", "IdentitiesOnly=yes", "-F", "/dev/null", str(source), f"{account.name}@127.0.0.1:payload"]
+        argv = [
+            "scp",
+            mode,
+            "-P",
+            str(backup_server.port),
+            "-i",
+            str(backup_server.client_key),
+            "-o",
+            f"UserKnownHostsFile={backup_server.known_hosts}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-F",
+            "/dev/null",
+            str(source),
+            f"{account.name}@127.0.0.1:payload",
+        ]
         assert subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode != 0
     assert snapshot(account.storage) == before
 
@@ -181,9 +255,24 @@ def test_sftp_is_refused(backup_server: BackupServer, account: Account, tmp_path
     batch = tmp_path / "batch"
     batch.write_text("ls\nget .ssh/authorized_keys\n")
     before = snapshot(account.storage)
-    argv = ["sftp", "-b", str(batch), "-P", str(backup_server.port), "-i", str(backup_server.client_key),
-            "-o", f"UserKnownHostsFile={backup_server.known_hosts}", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-F", "/dev/null", f"{account.name}@127.0.0.1"]
+    argv = [
+        "sftp",
+        "-b",
+        str(batch),
+        "-P",
+        str(backup_server.port),
+        "-i",
+        str(backup_server.client_key),
+        "-o",
+        f"UserKnownHostsFile={backup_server.known_hosts}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-F",
+        "/dev/null",
+        f"{account.name}@127.0.0.1",
+    ]
     result = subprocess.run(argv, capture_output=True, timeout=30, check=False, cwd=tmp_path)
     assert result.returncode != 0
     assert not (tmp_path / "authorized_keys").exists()
@@ -192,11 +281,22 @@ def test_sftp_is_refused(backup_server: BackupServer, account: Account, tmp_path
 
 @pytest.mark.parametrize(
     "command",
-    ["scp -t payload", "scp -f .ssh/authorized_keys", "rsync --server -logDtpre.iLsfxC . payload",
-     "rsync --server --sender -logDtpre.iLsfxC . .ssh", "/usr/lib/openssh/sftp-server", "internal-sftp",
-     "sh -c id", "/bin/bash", "git-receive-pack x", "cat .ssh/authorized_keys"],
+    [
+        "scp -t payload",
+        "scp -f .ssh/authorized_keys",
+        "rsync --server -logDtpre.iLsfxC . payload",
+        "rsync --server --sender -logDtpre.iLsfxC . .ssh",
+        "/usr/lib/openssh/sftp-server",
+        "internal-sftp",
+        "sh -c id",
+        "/bin/bash",
+        "git-receive-pack x",
+        "cat .ssh/authorized_keys",
+    ],
 )
-def test_other_programs_are_refused(backup_server: BackupServer, account: Account, command: str) -> None:
+def test_other_programs_are_refused(
+    backup_server: BackupServer, account: Account, command: str
+) -> None:
     before = snapshot(account.storage)
     result = backup_server.run(account, command, DATA)
     assert_refused(result, 64)
@@ -205,8 +305,12 @@ def test_other_programs_are_refused(backup_server: BackupServer, account: Accoun
 
 
 # Threat: deleting backups through the admin's retention command.
-@pytest.mark.parametrize("command", ["prune --keep-last 1", "prune --keep-last 1 --dry-run", "prune"])
-def test_prune_over_ssh_is_refused(backup_server: BackupServer, account: Account, command: str) -> None:
+@pytest.mark.parametrize(
+    "command", ["prune --keep-last 1", "prune --keep-last 1 --dry-run", "prune"]
+)
+def test_prune_over_ssh_is_refused(
+    backup_server: BackupServer, account: Account, command: str
+) -> None:
     for name in ("p1", "p2", "p3"):
         assert put(backup_server, account, name, b"x").returncode == 0
     before = snapshot(account.storage)
@@ -217,16 +321,26 @@ def test_prune_over_ssh_is_refused(backup_server: BackupServer, account: Account
 def test_running_as_root_is_refused(backup_server: BackupServer, tmp_path: Path) -> None:
     # sshd would not let root log in here, but a misconfigured server might.
     before = snapshot(tmp_path)
-    result = subprocess.run([str(backup_server.shell_path), "-c", "put x"], input=frame_stream(DATA),
-                            capture_output=True, timeout=30, check=False, cwd=tmp_path)
+    result = subprocess.run(
+        [str(backup_server.shell_path), "-c", "put x"],
+        input=frame_stream(DATA),
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
     assert_refused(result, 77)
     assert snapshot(tmp_path) == before
 
 
-def test_forced_command_takes_the_command_from_ssh_original_command(backup_server: BackupServer) -> None:
+def test_forced_command_takes_the_command_from_ssh_original_command(
+    backup_server: BackupServer,
+) -> None:
     # authorized_keys: restrict,command="/path/qbackup-shell" — sshd then runs
     # `qbackup-shell -c /path/qbackup-shell` with SSH_ORIGINAL_COMMAND set.
-    forced = backup_server.add_account(authorized_options=f'restrict,command="{backup_server.shell_path}"')
+    forced = backup_server.add_account(
+        authorized_options=f'restrict,command="{backup_server.shell_path}"'
+    )
     assert put(backup_server, forced, "via/forced", b"ok").returncode == 0
     assert (forced.storage / "via/forced").read_bytes() == b"ok"
     assert_refused(backup_server.run(forced, "put ../x", frame_stream(DATA)), 64)

@@ -12,8 +12,17 @@ from server_shell.errors import ConfigError
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("0", 0), ("4096", 4096), ("1K", 1024), ("512M", 512 * 1024**2), ("1G", 1024**3),
-     ("2T", 2 * 1024**4), ("1g", 1024**3), ("1GiB", 1024**3), (" 3 M ", 3 * 1024**2)],
+    [
+        ("0", 0),
+        ("4096", 4096),
+        ("1K", 1024),
+        ("512M", 512 * 1024**2),
+        ("1G", 1024**3),
+        ("2T", 2 * 1024**4),
+        ("1g", 1024**3),
+        ("1GiB", 1024**3),
+        (" 3 M ", 3 * 1024**2),
+    ],
 )
 def test_parse_size_accepts(text: str, size: int) -> None:
     assert parse_size(text) == size
@@ -36,7 +45,9 @@ def test_account_section_overrides_storage() -> None:
         "[storage]\nroot = /srv/{account}\nreserve = 2G\nquota = 10G\n"
         "[account bob]\nreserve = 5M\nquota = none\n[logging]\nsocket = /run/log.sock\n"
     )
-    assert parse_config(text, "alice") == ShellConfig("/srv/alice", 2 * 1024**3, 10 * 1024**3, "/run/log.sock")
+    assert parse_config(text, "alice") == ShellConfig(
+        "/srv/alice", 2 * 1024**3, 10 * 1024**3, "/run/log.sock"
+    )
     assert parse_config(text, "bob") == ShellConfig("/srv/bob", 5 * 1024**2, None, "/run/log.sock")
 
 

@@ -16,11 +16,17 @@ from tests.server_shell.client import put, snapshot
 DAY = 86400
 
 
-def run_prune(server: BackupServer, *arguments: str, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess[bytes]:
+def run_prune(
+    server: BackupServer, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run the installed shell's prune locally, as root (like root's cron)."""
-    return subprocess.run([str(server.shell_path), "prune", *arguments], capture_output=True,
-                          timeout=30, check=False, env=env if env is not None else {"PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [str(server.shell_path), "prune", *arguments],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture
@@ -35,8 +41,12 @@ def aged(backup_server: BackupServer, account: Account) -> Account:
     return account
 
 
-def test_prune_keeps_the_newest_and_removes_data_and_records(backup_server: BackupServer, aged: Account) -> None:
-    result = run_prune(backup_server, "--account", aged.name, "--keep-last", "2", "--prefix", "lap/")
+def test_prune_keeps_the_newest_and_removes_data_and_records(
+    backup_server: BackupServer, aged: Account
+) -> None:
+    result = run_prune(
+        backup_server, "--account", aged.name, "--keep-last", "2", "--prefix", "lap/"
+    )
     assert result.returncode == 0, result.stderr
     assert b"removed lap/b0" in result.stdout and b"keep lap/b4" in result.stdout
     remaining = snapshot(aged.storage)
@@ -74,8 +84,9 @@ def test_prune_without_keep_rules_is_refused(backup_server: BackupServer, aged: 
     assert snapshot(aged.storage) == before
 
 
-def test_prune_runs_with_the_owners_rights_and_ignores_symlinks(backup_server: BackupServer, aged: Account,
-                                                                outside: Path) -> None:
+def test_prune_runs_with_the_owners_rights_and_ignores_symlinks(
+    backup_server: BackupServer, aged: Account, outside: Path
+) -> None:
     # A symlink to a root-owned directory full of "backups": prune must
     # neither follow it nor, as root, be able to delete there.
     victim = outside / "victim"
@@ -91,7 +102,9 @@ def test_prune_runs_with_the_owners_rights_and_ignores_symlinks(backup_server: B
     assert (aged.storage / "lap/link").is_symlink()
 
 
-def test_prune_drops_root_privileges_to_the_storage_owner(backup_server: BackupServer, aged: Account) -> None:
+def test_prune_drops_root_privileges_to_the_storage_owner(
+    backup_server: BackupServer, aged: Account
+) -> None:
     # A root-owned 0700 directory inside the storage: only root could enter
     # it, so if prune kept root's rights it would prune the old file in there.
     private = aged.storage / "lap/rootonly"

@@ -30,8 +30,10 @@ def test_keep_last_keeps_the_newest() -> None:
 
 def test_keep_daily_keeps_the_newest_of_each_day() -> None:
     backups = [
-        Candidate("mon-early", at("2024-01-01 01:00")), Candidate("mon-late", at("2024-01-01 23:00")),
-        Candidate("tue", at("2024-01-02 12:00")), Candidate("wed-a", at("2024-01-03 08:00")),
+        Candidate("mon-early", at("2024-01-01 01:00")),
+        Candidate("mon-late", at("2024-01-01 23:00")),
+        Candidate("tue", at("2024-01-02 12:00")),
+        Candidate("wed-a", at("2024-01-03 08:00")),
         Candidate("wed-b", at("2024-01-03 09:00")),
     ]
     kept, removed = select_backups(backups, Rules(daily=2))
@@ -61,8 +63,15 @@ def test_empty_storage_selects_nothing() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [[], ["--keep-last", "0"], ["--keep-last", "-1"], ["--keep-daily", "x"], ["--bogus"],
-     ["--keep-last", "1", "--prefix", "../x"], ["--keep-last", "1", "--root", "/a", "--account", "b"]],
+    [
+        [],
+        ["--keep-last", "0"],
+        ["--keep-last", "-1"],
+        ["--keep-daily", "x"],
+        ["--bogus"],
+        ["--keep-last", "1", "--prefix", "../x"],
+        ["--keep-last", "1", "--root", "/a", "--account", "b"],
+    ],
 )
 def test_prune_arguments_refused(arguments: list[str]) -> None:
     with pytest.raises(CommandRefused):
@@ -70,6 +79,8 @@ def test_prune_arguments_refused(arguments: list[str]) -> None:
 
 
 def test_prune_arguments_parsed() -> None:
-    request = parse_prune_arguments(["--account", "bk", "--keep-daily", "7", "--prefix", "lap/", "--dry-run"])
+    request = parse_prune_arguments(
+        ["--account", "bk", "--keep-daily", "7", "--prefix", "lap/", "--dry-run"]
+    )
     assert request.rules == Rules(daily=7) and request.account == "bk"
     assert request.prefix == "lap/" and request.dry_run and request.root is None

@@ -15,7 +15,10 @@ from server_shell.request import Invocation, Request, parse_command, parse_invoc
     ("text", "expected"),
     [
         ("put a", Request("put", "a")),
-        ("put 2024/laptop/qubes-backup-2024-01-01T00-00", Request("put", "2024/laptop/qubes-backup-2024-01-01T00-00")),
+        (
+            "put 2024/laptop/qubes-backup-2024-01-01T00-00",
+            Request("put", "2024/laptop/qubes-backup-2024-01-01T00-00"),
+        ),
         ("get a.b-c_d", Request("get", "a.b-c_d")),
         ("check x/y/z", Request("check", "x/y/z")),
         ("list", Request("list", None)),
@@ -31,14 +34,57 @@ def test_parse_command_accepts_the_grammar(text: str, expected: Request) -> None
 @pytest.mark.parametrize(
     "text",
     [
-        "", " ", "put", "put ", "put  a", " put a", "put a ", "put a b", "PUT a", "get", "check",
-        "info x", "list a b", "list /", "put ../x", "put ..", "put .", "put a/../b", "put /etc/passwd",
-        "put a//b", "put a/", "put .hidden", "put a/.tmp-1", "put a;rm -rf ~", "put $(reboot)",
-        "put `id`", "put a|b", "put a&b", "put a>b", "put ~/x", "put a*", "put a?", "put [a]",
-        "put a\nget b", "put a\r", "put a\x00b", "put a\tb", "put \x1b[31m", "put é",
-        "scp -t x", "scp -f x", "/usr/lib/openssh/sftp-server", "internal-sftp",
-        "rsync --server -vlogDtpre.iLsfxC . x", "sh", "bash -i", "exec sh", "git-upload-pack x",
-        "put " + "a" * 101, "put " + "/".join(["a"] * 9), "put " + "a" * (protocol.MAX_COMMAND_LENGTH + 1),
+        "",
+        " ",
+        "put",
+        "put ",
+        "put  a",
+        " put a",
+        "put a ",
+        "put a b",
+        "PUT a",
+        "get",
+        "check",
+        "info x",
+        "list a b",
+        "list /",
+        "put ../x",
+        "put ..",
+        "put .",
+        "put a/../b",
+        "put /etc/passwd",
+        "put a//b",
+        "put a/",
+        "put .hidden",
+        "put a/.tmp-1",
+        "put a;rm -rf ~",
+        "put $(reboot)",
+        "put `id`",
+        "put a|b",
+        "put a&b",
+        "put a>b",
+        "put ~/x",
+        "put a*",
+        "put a?",
+        "put [a]",
+        "put a\nget b",
+        "put a\r",
+        "put a\x00b",
+        "put a\tb",
+        "put \x1b[31m",
+        "put é",
+        "scp -t x",
+        "scp -f x",
+        "/usr/lib/openssh/sftp-server",
+        "internal-sftp",
+        "rsync --server -vlogDtpre.iLsfxC . x",
+        "sh",
+        "bash -i",
+        "exec sh",
+        "git-upload-pack x",
+        "put " + "a" * 101,
+        "put " + "/".join(["a"] * 9),
+        "put " + "a" * (protocol.MAX_COMMAND_LENGTH + 1),
     ],
 )
 def test_parse_command_refuses_everything_else(text: str) -> None:
@@ -83,17 +129,33 @@ SSH_ENV = {"SSH_CONNECTION": "127.0.0.1 5000 127.0.0.1 22", "SSH_CLIENT": "127.0
         (["qbackup-shell", "-c", "info"], SSH_ENV, Invocation(command="info")),
         (["qbackup-shell", "-c", "put a"], {}, Invocation(command="put a")),
         # Forced command=/usr/sbin/qbackup-shell in authorized_keys, login shell = us.
-        (["qbackup-shell", "-c", "/usr/sbin/qbackup-shell"], {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "list"},
-         Invocation(command="list")),
+        (
+            ["qbackup-shell", "-c", "/usr/sbin/qbackup-shell"],
+            {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "list"},
+            Invocation(command="list"),
+        ),
         # Forced command through another login shell (/bin/sh -c /usr/sbin/qbackup-shell).
-        (["/usr/sbin/qbackup-shell"], {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "info"}, Invocation(command="info")),
+        (
+            ["/usr/sbin/qbackup-shell"],
+            {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "info"},
+            Invocation(command="info"),
+        ),
         # An admin forcing one fixed command keeps it, whatever the client asked.
-        (["qbackup-shell", "-c", "list"], {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "get x"},
-         Invocation(command="list")),
-        (["/usr/sbin/qbackup-shell", "prune", "--keep-last", "3"], {}, Invocation(prune_arguments=("--keep-last", "3"))),
+        (
+            ["qbackup-shell", "-c", "list"],
+            {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "get x"},
+            Invocation(command="list"),
+        ),
+        (
+            ["/usr/sbin/qbackup-shell", "prune", "--keep-last", "3"],
+            {},
+            Invocation(prune_arguments=("--keep-last", "3")),
+        ),
     ],
 )
-def test_parse_invocation_accepts(argv: list[str], environ: dict[str, str], expected: Invocation) -> None:
+def test_parse_invocation_accepts(
+    argv: list[str], environ: dict[str, str], expected: Invocation
+) -> None:
     assert parse_invocation(argv, environ) == expected
 
 
@@ -102,16 +164,26 @@ def test_parse_invocation_accepts(argv: list[str], environ: dict[str, str], expe
     [
         (["-qbackup-shell"], SSH_ENV, NotAllowed),  # interactive login
         (["qbackup-shell"], {}, NotAllowed),
-        (["qbackup-shell", "-c", "/usr/sbin/qbackup-shell"], SSH_ENV, NotAllowed),  # forced, no command
+        (
+            ["qbackup-shell", "-c", "/usr/sbin/qbackup-shell"],
+            SSH_ENV,
+            NotAllowed,
+        ),  # forced, no command
         (["qbackup-shell", "prune", "--keep-last", "1"], SSH_ENV, NotAllowed),
         (["qbackup-shell", "prune", "--keep-last", "1"], {"SSH_ORIGINAL_COMMAND": "x"}, NotAllowed),
-        (["qbackup-shell", "prune", "--keep-last", "1"], {"SSH_CLIENT": "1.2.3.4 1 22"}, NotAllowed),
+        (
+            ["qbackup-shell", "prune", "--keep-last", "1"],
+            {"SSH_CLIENT": "1.2.3.4 1 22"},
+            NotAllowed,
+        ),
         (["qbackup-shell", "-c"], SSH_ENV, CommandRefused),
         (["qbackup-shell", "-c", "info", "extra"], SSH_ENV, CommandRefused),
         (["qbackup-shell", "-l"], SSH_ENV, CommandRefused),
         (["qbackup-shell", "info"], {}, CommandRefused),
     ],
 )
-def test_parse_invocation_refuses(argv: list[str], environ: dict[str, str], error: type[Exception]) -> None:
+def test_parse_invocation_refuses(
+    argv: list[str], environ: dict[str, str], error: type[Exception]
+) -> None:
     with pytest.raises(error):
         parse_invocation(argv, environ)

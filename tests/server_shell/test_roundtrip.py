@@ -16,11 +16,19 @@ FRAME = protocol.DEFAULT_DATA_FRAME
 
 @pytest.mark.parametrize(
     ("size", "chunk"),
-    [(0, FRAME), (1, FRAME), (FRAME, FRAME), (2 * FRAME, FRAME), (3 * 1024 * 1024 + 7, 65536),
-     (protocol.MAX_DATA_FRAME * 2, protocol.MAX_DATA_FRAME)],
+    [
+        (0, FRAME),
+        (1, FRAME),
+        (FRAME, FRAME),
+        (2 * FRAME, FRAME),
+        (3 * 1024 * 1024 + 7, 65536),
+        (protocol.MAX_DATA_FRAME * 2, protocol.MAX_DATA_FRAME),
+    ],
     ids=["empty", "one-byte", "one-frame", "two-frames", "small-frames", "max-frames"],
 )
-def test_put_then_get_is_byte_exact(backup_server: BackupServer, account: Account, size: int, chunk: int) -> None:
+def test_put_then_get_is_byte_exact(
+    backup_server: BackupServer, account: Account, size: int, chunk: int
+) -> None:
     data = os.urandom(size)
     result = put(backup_server, account, "lap/2024/b1", data, chunk=chunk)
     assert result.returncode == 0, result.stderr
@@ -38,7 +46,9 @@ def test_put_accepts_one_byte_frames(backup_server: BackupServer, account: Accou
     assert get(backup_server, account, "tiny")[0] == data
 
 
-def test_put_creates_private_directories_and_files(backup_server: BackupServer, account: Account) -> None:
+def test_put_creates_private_directories_and_files(
+    backup_server: BackupServer, account: Account
+) -> None:
     assert put(backup_server, account, "a/b/c", b"x").returncode == 0
     for path in (account.storage / "a", account.storage / "a/b"):
         assert path.stat().st_mode & 0o777 == 0o700
@@ -65,10 +75,17 @@ def test_list_shows_records_sorted_then_end(backup_server: BackupServer, account
 
 @pytest.mark.parametrize(
     ("prefix", "expected"),
-    [("a/", ["a/x", "a/y/z"]), ("a", ["a/x", "a/y/z", "a-b"]), ("a/y", ["a/y/z"]), ("q", []), ("q/r/", [])],
+    [
+        ("a/", ["a/x", "a/y/z"]),
+        ("a", ["a/x", "a/y/z", "a-b"]),
+        ("a/y", ["a/y/z"]),
+        ("q", []),
+        ("q/r/", []),
+    ],
 )
-def test_list_filters_by_prefix(backup_server: BackupServer, account: Account, prefix: str,
-                                expected: list[str]) -> None:
+def test_list_filters_by_prefix(
+    backup_server: BackupServer, account: Account, prefix: str, expected: list[str]
+) -> None:
     for name in ("a/x", "a/y/z", "a-b", "z"):
         assert put(backup_server, account, name, b"d").returncode == 0
     result = backup_server.run(account, f"list {prefix}")
@@ -78,12 +95,16 @@ def test_list_filters_by_prefix(backup_server: BackupServer, account: Account, p
     assert lines[-1] == protocol.ListEnd(count=len(expected), truncated=False)
 
 
-def test_list_of_empty_storage_is_just_the_end(backup_server: BackupServer, account: Account) -> None:
+def test_list_of_empty_storage_is_just_the_end(
+    backup_server: BackupServer, account: Account
+) -> None:
     result = backup_server.run(account, "list")
     assert (result.returncode, result.stdout) == (0, b'{"count":0,"end":true,"truncated":false}\n')
 
 
-def test_check_reports_ok_for_an_intact_backup(backup_server: BackupServer, account: Account) -> None:
+def test_check_reports_ok_for_an_intact_backup(
+    backup_server: BackupServer, account: Account
+) -> None:
     data = os.urandom(100_000)
     assert put(backup_server, account, "c", data).returncode == 0
     result = backup_server.run(account, "check c")
@@ -102,7 +123,9 @@ def test_check_fails_for_a_corrupted_backup(backup_server: BackupServer, account
     assert snapshot(account.storage) == before
 
 
-def test_get_refuses_a_backup_whose_size_changed(backup_server: BackupServer, account: Account) -> None:
+def test_get_refuses_a_backup_whose_size_changed(
+    backup_server: BackupServer, account: Account
+) -> None:
     assert put(backup_server, account, "g", b"0123456789").returncode == 0
     (account.storage / "g").write_bytes(b"01234")
     result = backup_server.run(account, "get g")

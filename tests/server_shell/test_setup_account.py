@@ -37,11 +37,18 @@ def new_user(backup_server: BackupServer) -> Iterator[str]:
 
 
 def setup(server: BackupServer, user: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["sh", str(SCRIPT), user], capture_output=True, timeout=60, check=False,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHELL_PATH": str(server.shell_path)})
+    return subprocess.run(
+        ["sh", str(SCRIPT), user],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHELL_PATH": str(server.shell_path)},
+    )
 
 
-def test_setup_account_makes_a_key_only_account_that_works(backup_server: BackupServer, new_user: str) -> None:
+def test_setup_account_makes_a_key_only_account_that_works(
+    backup_server: BackupServer, new_user: str
+) -> None:
     for _ in range(2):  # idempotent: the second run changes nothing that matters
         result = setup(backup_server, new_user)
         assert result.returncode == 0, result.stderr
@@ -68,14 +75,17 @@ def test_setup_account_makes_a_key_only_account_that_works(backup_server: Backup
     assert f"restrict {public}" in keys.read_text()  # a rerun keeps pasted keys
 
 
-def test_setup_account_converts_an_existing_account(backup_server: BackupServer, new_user: str) -> None:
+def test_setup_account_converts_an_existing_account(
+    backup_server: BackupServer, new_user: str
+) -> None:
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", new_user], check=True)
     assert setup(backup_server, new_user).returncode == 0
     assert pwd.getpwnam(new_user).pw_shell == str(backup_server.shell_path)
 
 
-def test_setup_account_refuses_a_planted_symlink(backup_server: BackupServer, new_user: str,
-                                                 outside: Path) -> None:
+def test_setup_account_refuses_a_planted_symlink(
+    backup_server: BackupServer, new_user: str, outside: Path
+) -> None:
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", new_user], check=True)
     ssh_dir = Path(pwd.getpwnam(new_user).pw_dir) / ".ssh"
     ssh_dir.mkdir()

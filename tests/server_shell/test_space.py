@@ -22,14 +22,18 @@ MIB = 1024 * 1024
 def small_disk(shell_config: BackupServer) -> Iterator[Account]:
     """An account whose home (= storage) is a 64 MiB tmpfs."""
     home = Path(tempfile.mkdtemp(prefix="tmpfs-home-", dir=shell_config.base))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(home)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(home)], check=True
+    )
     try:
         yield shell_config.add_account(home=home)
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
 
 
-def test_full_disk_fails_cleanly_and_keeps_older_backups(shell_config: BackupServer, small_disk: Account) -> None:
+def test_full_disk_fails_cleanly_and_keeps_older_backups(
+    shell_config: BackupServer, small_disk: Account
+) -> None:
     shell_config.write_shell_config(f"[account {small_disk.name}]\nreserve = 0\n")
     older = os.urandom(16 * MIB)
     assert put(shell_config, small_disk, "older", older).returncode == 0
@@ -44,8 +48,9 @@ def test_full_disk_fails_cleanly_and_keeps_older_backups(shell_config: BackupSer
     assert check.returncode == 0 and protocol.parse_check(check.stdout).ok
 
 
-def test_put_aborts_before_free_space_crosses_the_reserve(shell_config: BackupServer,
-                                                          small_disk: Account) -> None:
+def test_put_aborts_before_free_space_crosses_the_reserve(
+    shell_config: BackupServer, small_disk: Account
+) -> None:
     reserve = 40 * MIB
     shell_config.write_shell_config(f"[account {small_disk.name}]\nreserve = 40M\n")
     assert put(shell_config, small_disk, "fits", os.urandom(8 * MIB)).returncode == 0
@@ -54,12 +59,16 @@ def test_put_aborts_before_free_space_crosses_the_reserve(shell_config: BackupSe
     assert result.returncode == 69, result.stderr
     assert b"reserve" in result.stderr
     assert snapshot(small_disk.storage) == before
-    assert os.statvfs(small_disk.storage).f_bavail * os.statvfs(small_disk.storage).f_frsize >= reserve
+    assert (
+        os.statvfs(small_disk.storage).f_bavail * os.statvfs(small_disk.storage).f_frsize >= reserve
+    )
     info = protocol.parse_info(shell_config.run(small_disk, "info").stdout)
     assert info.reserve == reserve and info.available == max(0, info.free - reserve)
 
 
-def test_put_is_refused_up_front_below_the_reserve(shell_config: BackupServer, account: Account) -> None:
+def test_put_is_refused_up_front_below_the_reserve(
+    shell_config: BackupServer, account: Account
+) -> None:
     shell_config.write_shell_config(f"[account {account.name}]\nreserve = 1000000T\n")
     before = snapshot(account.storage)
     result = put(shell_config, account, "anything", b"small")
@@ -82,7 +91,9 @@ def test_quota_refuses_what_would_exceed_it(shell_config: BackupServer, account:
     assert info.available <= MIB - 600 * 1024
 
 
-def test_other_accounts_keep_the_default_reserve(shell_config: BackupServer, account: Account) -> None:
+def test_other_accounts_keep_the_default_reserve(
+    shell_config: BackupServer, account: Account
+) -> None:
     shell_config.write_shell_config("[account somebody-else]\nreserve = 1000000T\n")
     assert put(shell_config, account, "fine", b"x").returncode == 0
 
@@ -96,8 +107,9 @@ def test_bad_config_is_78_and_writes_nothing(shell_config: BackupServer, account
     assert snapshot(account.storage) == before
 
 
-def test_configured_root_is_used_and_must_belong_to_the_account(shell_config: BackupServer,
-                                                                account: Account) -> None:
+def test_configured_root_is_used_and_must_belong_to_the_account(
+    shell_config: BackupServer, account: Account
+) -> None:
     elsewhere = Path(tempfile.mkdtemp(prefix="root-", dir=shell_config.base))
     shell_config.write_shell_config(f"[storage]\nroot = {elsewhere}/{{account}}\n")
     (elsewhere / account.name).mkdir(mode=0o700)

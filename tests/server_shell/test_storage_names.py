@@ -17,11 +17,15 @@ from server_shell.storage import open_directory, split_name
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import put, snapshot
 
-NAME_ALPHABET = st.sampled_from(list("aZ09._-/") + ["..", "/..", "../", "\\", " ", "\n", "\x00", "~", "*", "é"])
+NAME_ALPHABET = st.sampled_from(
+    list("aZ09._-/") + ["..", "/..", "../", "\\", " ", "\n", "\x00", "~", "*", "é"]
+)
 NAMES = st.lists(NAME_ALPHABET, min_size=1, max_size=40).map("".join)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.one_of(NAMES, st.text(max_size=30)))
 def test_generated_names_never_leave_the_root(name: str) -> None:
     with tempfile.TemporaryDirectory() as base:
@@ -53,12 +57,28 @@ def test_generated_names_never_leave_the_root(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "accepted"),
-    [("a", True), ("a.b", True), ("a..b", True), ("a/b..", True), ("x-1_2.3/y", True),
-     ("..", False), ("a/..", False), ("a/../b", False), ("/a", False), ("a/", False),
-     (".a", False), ("a/.b", False), ("a b", False), ("a\\b", False), ("*", False), ("a" * 101, False)],
+    [
+        ("a", True),
+        ("a.b", True),
+        ("a..b", True),
+        ("a/b..", True),
+        ("x-1_2.3/y", True),
+        ("..", False),
+        ("a/..", False),
+        ("a/../b", False),
+        ("/a", False),
+        ("a/", False),
+        (".a", False),
+        ("a/.b", False),
+        ("a b", False),
+        ("a\\b", False),
+        ("*", False),
+        ("a" * 101, False),
+    ],
 )
-def test_names_over_ssh_land_inside_the_storage_or_nowhere(backup_server: BackupServer, account: Account,
-                                                           name: str, accepted: bool) -> None:
+def test_names_over_ssh_land_inside_the_storage_or_nowhere(
+    backup_server: BackupServer, account: Account, name: str, accepted: bool
+) -> None:
     base_before = snapshot(backup_server.base / "home")
     result = put(backup_server, account, name, b"n")
     assert (result.returncode == 0) == accepted, result.stderr

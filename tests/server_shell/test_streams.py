@@ -28,11 +28,14 @@ ONE_FRAME = protocol.encode_data_header(1000) + DATA[:1000]
         pytest.param(b"", id="empty"),
         pytest.param(b"D\x00", id="short-header"),
         pytest.param(protocol.encode_data_header(100) + b"x" * 50, id="short-payload"),
-        pytest.param(GOOD[:-len(END)], id="no-end-frame"),
+        pytest.param(GOOD[: -len(END)], id="no-end-frame"),
         pytest.param(GOOD[:-1], id="end-frame-cut"),
         pytest.param(b"X\x00\x00\x00\x01x" + END, id="unknown-frame-type"),
         pytest.param(b"D\x00\x00\x00\x00" + END, id="empty-data-frame"),
-        pytest.param(b"D" + (protocol.MAX_DATA_FRAME + 1).to_bytes(4, "big") + b"x" * 64, id="oversized-frame"),
+        pytest.param(
+            b"D" + (protocol.MAX_DATA_FRAME + 1).to_bytes(4, "big") + b"x" * 64,
+            id="oversized-frame",
+        ),
         pytest.param(b"E\x00\x00\x00\x05hello", id="end-frame-wrong-length"),
         pytest.param(frame_stream(DATA, declared_size=len(DATA) + 1), id="wrong-declared-size"),
         pytest.param(frame_stream(DATA, declared_digest=b"\x00" * 32), id="wrong-declared-digest"),
@@ -42,8 +45,9 @@ ONE_FRAME = protocol.encode_data_header(1000) + DATA[:1000]
         pytest.param(DATA, id="unframed-data"),
     ],
 )
-def test_broken_stream_is_refused_and_leaves_nothing(backup_server: BackupServer, account: Account,
-                                                     stream: bytes) -> None:
+def test_broken_stream_is_refused_and_leaves_nothing(
+    backup_server: BackupServer, account: Account, stream: bytes
+) -> None:
     before = snapshot(account.storage)
     result = backup_server.run(account, "put victim", stream)
     assert result.returncode == 65, result.stderr
@@ -54,8 +58,12 @@ def test_broken_stream_is_refused_and_leaves_nothing(backup_server: BackupServer
 
 def start_put(server: BackupServer, account: Account, name: str) -> subprocess.Popen[bytes]:
     """Start `put NAME` over ssh, stdin left open for the test to feed."""
-    return subprocess.Popen([*server.ssh_command(account), f"put {name}"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*server.ssh_command(account), f"put {name}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(condition, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -82,14 +90,18 @@ def shell_pids(account: Account) -> list[int]:
     return found
 
 
-def feed_until_temporary(process: subprocess.Popen[bytes], account: Account, count: int = 1) -> None:
+def feed_until_temporary(
+    process: subprocess.Popen[bytes], account: Account, count: int = 1
+) -> None:
     assert process.stdin is not None
     process.stdin.write(ONE_FRAME)
     process.stdin.flush()
     wait_for(lambda: len(temporaries(account.storage)) >= count, "the put's temporary")
 
 
-def test_client_killed_mid_stream_leaves_nothing(backup_server: BackupServer, account: Account) -> None:
+def test_client_killed_mid_stream_leaves_nothing(
+    backup_server: BackupServer, account: Account
+) -> None:
     before = snapshot(account.storage)
     process = start_put(backup_server, account, "victim")
     feed_until_temporary(process, account)
@@ -100,8 +112,9 @@ def test_client_killed_mid_stream_leaves_nothing(backup_server: BackupServer, ac
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_signal_to_the_shell_mid_stream_leaves_nothing(backup_server: BackupServer, account: Account,
-                                                       signum: int) -> None:
+def test_signal_to_the_shell_mid_stream_leaves_nothing(
+    backup_server: BackupServer, account: Account, signum: int
+) -> None:
     before = snapshot(account.storage)
     process = start_put(backup_server, account, "victim")
     feed_until_temporary(process, account)
@@ -114,8 +127,13 @@ def test_signal_to_the_shell_mid_stream_leaves_nothing(backup_server: BackupServ
     assert snapshot(account.storage) == before
 
 
-def test_concurrent_puts_of_one_name_exactly_one_wins(backup_server: BackupServer, account: Account) -> None:
-    first, second = start_put(backup_server, account, "race"), start_put(backup_server, account, "race")
+def test_concurrent_puts_of_one_name_exactly_one_wins(
+    backup_server: BackupServer, account: Account
+) -> None:
+    first, second = (
+        start_put(backup_server, account, "race"),
+        start_put(backup_server, account, "race"),
+    )
     feed_until_temporary(first, account, 1)
     feed_until_temporary(second, account, 2)
     # Both are past the early "name taken?" check; now both finish at once.
@@ -124,8 +142,11 @@ def test_concurrent_puts_of_one_name_exactly_one_wins(backup_server: BackupServe
         body = DATA[:1000] + tail
         bodies[process.pid] = body
         assert process.stdin is not None
-        process.stdin.write(protocol.encode_data_header(len(tail)) + tail
-                            + protocol.encode_end_frame(len(body), hashlib.sha256(body).digest()))
+        process.stdin.write(
+            protocol.encode_data_header(len(tail))
+            + tail
+            + protocol.encode_end_frame(len(body), hashlib.sha256(body).digest())
+        )
     for process in (first, second):
         assert process.stdin is not None
         process.stdin.close()
@@ -138,8 +159,9 @@ def test_concurrent_puts_of_one_name_exactly_one_wins(backup_server: BackupServe
     assert temporaries(account.storage) == []
 
 
-def test_crash_leftover_is_hidden_then_removed_by_a_later_put(backup_server: BackupServer,
-                                                              account: Account) -> None:
+def test_crash_leftover_is_hidden_then_removed_by_a_later_put(
+    backup_server: BackupServer, account: Account
+) -> None:
     process = start_put(backup_server, account, "dir/crashed")
     feed_until_temporary(process, account)
     pids = shell_pids(account)
@@ -159,7 +181,9 @@ def test_crash_leftover_is_hidden_then_removed_by_a_later_put(backup_server: Bac
     assert not (account.storage / "dir/crashed").exists()
 
 
-def test_a_live_puts_temporary_is_never_removed(backup_server: BackupServer, account: Account) -> None:
+def test_a_live_puts_temporary_is_never_removed(
+    backup_server: BackupServer, account: Account
+) -> None:
     slow = start_put(backup_server, account, "dir/slow")
     feed_until_temporary(slow, account)
     live = temporaries(account.storage)
