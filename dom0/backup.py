@@ -100,7 +100,9 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
     logger.info("server via %s: %s available (%s free, %s reserved)", job.carrier,
                 human_size(info.available), human_size(info.free), human_size(info.reserve))
     listing = client.listing(job.prefix)
-    runs = history.read_runs(paths.history)
+    # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
+    # prefix listing surely covers.
+    runs = [run for run in history.read_runs(paths.history) if run.job == history_job(job)]
     problems = find_tampering(runs, listing, job.prefix)
     report_tampering(problems)
     name = fresh_name(job.prefix, {record.name for record in listing.records})

@@ -53,6 +53,12 @@ def test_backup_list_check_verify_restore_round_trip(
     restored = dom0.sim.restore_dir
     assert (restored / "personal.img").read_bytes() == stream.vm_data("personal", 1 * MIB)
     assert (restored / "work1.img").read_bytes() == stream.vm_data("work", 2 * MIB)
+    # Pass-through options reach qvm-backup-restore unchanged.
+    assert dom0.run("restore", "-t", CARRIER, "-p", passfile, "--skip-conflicting",
+                    "--paranoid-mode", "-x", "work", name, "personal") == 0
+    call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
+    assert call[1:] == ("--skip-conflicting", "--paranoid-mode", "-x", "work", "-d", CARRIER,
+                        "-p", passfile, f"qbackup-carrier get {name}", "personal")
 
 
 PASSPHRASE_WORD = "battery"
