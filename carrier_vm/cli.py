@@ -126,7 +126,9 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
         if not received:
             raise
         name = signal.Signals(received[0]).name
-        raise Interrupted(f"interrupted by {name}: transfer aborted, nothing committed") from None
+        # For put, the connection was cut before the end frame: the shell discards.
+        outcome = "upload aborted, nothing committed" if request.verb == "put" else "aborted"
+        raise Interrupted(f"interrupted by {name}: {outcome}") from None
 
 
 def emit_to(output: BinaryIO) -> Callable[[bytes], None]:

@@ -128,3 +128,24 @@ def test_full_server_disk_fails_the_put(
     finally:
         carrier.server.write_shell_config("")
     assert "toolarge" not in stored_files(carrier.account)
+
+
+def test_get_stops_when_its_reader_goes_away(carrier: Carrier) -> None:
+    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    process = carrier.start("get", "big")
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(10) == CHUNK[:10]
+    process.stdout.close()  # the restore side went away
+    assert process.wait(timeout=30) == 75
+    assert_one_safe_line(process.stderr.read())
+
+
+def test_sigterm_aborts_a_get(carrier: Carrier) -> None:
+    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    process = carrier.start("get", "big")
+    assert process.stdout is not None
+    process.stdout.read(10)  # transfer under way, consumer not reading
+    process.terminate()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 75
+    assert b"interrupted by SIGTERM" in stderr
