@@ -48,6 +48,10 @@ class Outcome:
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    # Ignore further signals: the cleanup this exception starts (joining the
+    # writer thread, removing the temporary) must not itself be interrupted.
+    for other in FATAL_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
     raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
 
 
