@@ -133,6 +133,19 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
     return record, problems
 
 
+def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]) -> None:
+    """Given a committed backup, verify it if the job asks to; raise
+    VerificationError if that fails or earlier backups were tampered with."""
+    if job.verify:
+        if job.passphrase_file is None:
+            raise VerificationError("--verify needs a passphrase file (the job uses passphrase_vm)")
+        verify_backup(app, job.carrier, job.passphrase_file, record.name)
+    if problems:
+        raise VerificationError(
+            f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
+            " on the server (see the log)")
+
+
 def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) -> int:
     """Given a resolved job, run it (with retries) and return 0 or raise the
     error of the last attempt; the outcome of every attempt goes to history."""
@@ -166,14 +179,11 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
             logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
                         record.name, record.size, human_size(record.size), record.sha256,
                         end - start)
-            if job.verify:
-                if job.passphrase_file is None:
-                    raise VerificationError("--verify needs a passphrase file (passphrase_vm set)")
-                verify_backup(app, job.carrier, job.passphrase_file, record.name)
-        if problems:
-            raise VerificationError(
-                f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
-                " on the server (see the log)")
+            try:
+                check_after(app, job, record, problems)
+            except QbackupError as error:
+                notify.notify("qbackup FAILED", f"{record.name}: {error}", critical=True)
+                raise
         notify.notify("qbackup finished", f"{record.name}: {human_size(record.size)}")
         logger.info("backup %s outcome: success", history_job(job))
     return 0
