@@ -274,10 +274,16 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
         return run_status(history_path, configured_jobs(args.config), args.max_age,
                           args.remote, get_app)
     carrier, passfile = resolve_carrier(args)
-    app = get_app()
+    # Names are checked before the carrier is even started: they end up in
+    # the carrier's `eval` (restore location) or on its stdin.
+    if args.command == "list":
+        if args.prefix:
+            check_name(args.prefix.rstrip("/"))
+    else:
+        check_name(args.name)
     if args.command in ("verify", "restore"):
         passfile = need_passfile(passfile)
-        check_name(args.name)
+    app = get_app()
     with running_carrier(app, carrier, keep=False):
         if args.command == "list":
             return run_list(app, carrier, args.prefix)

@@ -255,3 +255,18 @@ def test_hostile_carrier_info_stops_the_backup_before_qubes_runs(
     assert backup(dom0, "work") == errors.EXIT_CARRIER
     assert "admin.backup.Execute" not in {call[0] for call in dom0.sim.calls}
     assert_nothing_stored(dom0)
+
+
+@pytest.mark.parametrize("command", [
+    ("verify", "-p", "PASSFILE", "$(reboot)"),
+    ("restore", "-p", "PASSFILE", "a;b"),
+    ("check", "../x"),
+    ("list", "a b"),
+    ("verify", "-p", "PASSFILE", "x\nqbackup-carrier put evil"),
+])
+def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str, ...]) -> None:
+    argv = [str(dom0.passfile) if word == "PASSFILE" else word for word in command]
+    assert dom0.run(argv[0], "-t", CARRIER, *argv[1:]) == errors.EXIT_USAGE
+    assert dom0.logged("invalid backup name")
+    assert_untouched(dom0)
+    assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
