@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
 from typing import Any
 
 from carrier_vm.config import CarrierConfig
@@ -101,7 +102,6 @@ async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierCon
     channel = _writer.channel
     _writer.write_eof()
     deframer = Deframer()
-    loop = asyncio.get_running_loop()
 
     async def relay() -> None:
         while True:
@@ -112,7 +112,7 @@ async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierCon
             if pieces:
                 # Writing off the loop keeps keepalives flowing while a slow
                 # consumer blocks; the read window stops the server meanwhile.
-                await loop.run_in_executor(None, write_all, out_fd, b"".join(pieces))
+                await write_off_loop(out_fd, b"".join(pieces))
 
     try:
         _, detail = await with_stderr(relay(), errors)
@@ -127,6 +127,35 @@ async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierCon
     deframer.close()
     logger.info("got %s: %d bytes, digest verified", name, deframer.total)
     return deframer.total
+
+
+async def write_off_loop(fd: int, data: bytes) -> None:
+    """Given an fd and bytes, write them from a daemon thread and wait for it;
+    raise what the write raised. A daemon thread (not the default executor,
+    which asyncio.run joins) lets a SIGTERM end the carrier even while the
+    consumer neither reads nor closes its end."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def report(outcome: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(outcome)
+
+    def work() -> None:
+        outcome: BaseException | None = None
+        try:
+            write_all(fd, data)
+        except OSError as error:
+            outcome = error
+        try:
+            loop.call_soon_threadsafe(report, outcome)
+        except RuntimeError:
+            pass  # the loop is gone: the carrier is exiting anyway
+
+    threading.Thread(target=work, name="stdout-writer", daemon=True).start()
+    failure = await done
+    if failure is not None:
+        raise failure
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -149,3 +149,14 @@ def test_sigterm_aborts_a_get(carrier: Carrier) -> None:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 75
     assert b"interrupted by SIGTERM" in stderr
+
+
+def test_sigterm_ends_a_get_whose_consumer_is_stuck(carrier: Carrier) -> None:
+    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    process = carrier.start("get", "big")
+    assert process.stdout is not None
+    process.stdout.read(10)
+    time.sleep(1)  # the pipe fills; the carrier's write blocks
+    process.terminate()
+    # Nobody reads stdout and it stays open: the carrier must still exit.
+    assert process.wait(timeout=15) == 75
