@@ -108,7 +108,9 @@ async def send_stream(writer: Any, frames: FrameReader, config: CarrierConfig) -
     logger.info("sent %d bytes, sending the end frame", frames.total)
     writer.write(encode_end_frame(frames.total, frames.digest()))
     writer.write_eof()
-    await writer.drain()
+    # No drain here: once the end frame is queued this task must be done, so
+    # a server that answers and closes quickly is never mistaken for one
+    # that hung up early; the receipt is awaited next anyway.
 
 
 async def _write_frame(writer: Any, frame: Frame, limiter: RateLimiter) -> None:
