@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
+from tests.harness.server import Account, BackupServer, remove_account
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")
@@ -93,9 +93,30 @@ def backup_server() -> Iterator[BackupServer]:
     """One running sshd + installed shell for the carrier's tests."""
     if os.geteuid() != 0:
         pytest.fail("the tests create real accounts and run sshd: run them as root")
+    remove_orphaned_accounts()
     with BackupServer.create() as server:
         server.start()
         yield server
+
+
+def remove_orphaned_accounts() -> None:
+    """Delete our accounts left by killed runs: those whose server's sshd is
+    not running (a running session's sshd is, so concurrent runs are safe)."""
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(CARRIER_ACCOUNT_PREFIX + "-") and not sshd_alive(
+            Path(entry.pw_dir).parent.parent
+        ):
+            remove_account(entry.pw_name)
+
+
+def sshd_alive(base: Path) -> bool:
+    """Given a server's base directory, return whether its sshd still runs."""
+    try:
+        pid = int((base / "sshd.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @pytest.fixture

@@ -99,3 +99,26 @@ def test_ssh_conn_supplies_user_and_host(carrier: Carrier) -> None:
     carrier.write_config(host="192.0.2.1", user="nobody-here")
     result = carrier.run("info", SSH_CONN=f"{carrier.account.name}@127.0.0.1")
     assert result.returncode == 0, result.stderr
+
+
+def test_ssh_config_supplies_what_carrier_yaml_leaves_out(carrier: Carrier, tmp_path: Path) -> None:
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        "Host backup-alias\n"
+        "    Hostname 127.0.0.1\n"
+        f"    Port {carrier.server.port}\n"
+        f"    User {carrier.account.name}\n"
+        f"    IdentityFile {carrier.server.client_key}\n"
+        # A hostile or careless ~/.ssh/config cannot unpin the host key.
+        "    UserKnownHostsFile /dev/null\n"
+    )
+    carrier.config.write_text(
+        f"host: backup-alias\nssh_config: {ssh_config}\nknown_hosts: {carrier.server.known_hosts}\n"
+    )
+    assert carrier.run("info").returncode == 0
+
+    carrier.config.write_text(
+        f"host: backup-alias\nssh_config: {ssh_config}\nknown_hosts: {tmp_path / 'empty'}\n"
+    )
+    (tmp_path / "empty").write_text("")
+    assert carrier.run("info").returncode == 77
