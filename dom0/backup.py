@@ -35,7 +35,7 @@ from dom0.qubes import QubesAdapter
 from dom0.replies import Record
 from dom0.session import SignalGuard, require_vm, running_carrier
 from dom0.tamper import find_tampering
-from dom0.verify import verify_backup
+from dom0.verify import PassphraseSource, verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
@@ -58,6 +58,7 @@ def check_inputs(app: QubesAdapter, job: Job) -> tuple[str | None, list[str]]:
     """Given a job, return (passphrase text or None for passphrase_vm, VM names
     to log); raise before anything is touched if one input is wrong."""
     passphrase = read_passphrase(job.passphrase_file) if job.passphrase_file else None
+    # passphrase_vm: qubesd asks that VM itself (qubes.BackupPassphrase+PROFILE).
     require_vm(app, job.carrier, "carrier VM")
     if job.passphrase_vm:
         require_vm(app, job.passphrase_vm, "passphrase VM")
@@ -137,9 +138,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     """Given a committed backup, verify it if the job asks to; raise
     VerificationError if that fails or earlier backups were tampered with."""
     if job.verify:
-        if job.passphrase_file is None:
-            raise VerificationError("--verify needs a passphrase file (the job uses passphrase_vm)")
-        verify_backup(app, job.carrier, job.passphrase_file, record.name)
+        source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
+        verify_backup(app, job.carrier, source, record.name)
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"

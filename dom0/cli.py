@@ -28,7 +28,7 @@ from dom0.names import check_name
 from dom0.qubes import QubesAdapter
 from dom0.session import SignalGuard, running_carrier
 from dom0.status import run_status
-from dom0.verify import restore_backup, verify_backup
+from dom0.verify import PassphraseSource, restore_backup, verify_backup
 
 logger = logging.getLogger(__name__)
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status")
@@ -75,8 +75,11 @@ def add_carrier(parser: argparse.ArgumentParser) -> None:
 
 
 def add_passphrase(parser: argparse.ArgumentParser) -> None:
+    """Given a subparser, add the two passphrase sources."""
     parser.add_argument("-p", "--passphrase-file", type=Path, metavar="FILE",
                         help=f"0600 passphrase file (default ${ENV_PASSFILE}, or the job's)")
+    parser.add_argument("--passphrase-vm", metavar="VM",
+                        help="VM answering qubes.BackupPassphrase+PROFILE instead of a file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("-f", "--prefix", help="backup name prefix: PREFIX-YYYYmmddTHHMMSSZ")
     add_carrier(backup)
     add_passphrase(backup)
-    backup.add_argument("--passphrase-vm", metavar="VM",
-                        help="VM answering qubes.BackupPassphrase+PROFILE instead of a file")
     backup.add_argument("-x", "--keep-carrier", action="store_true", default=None,
                         help="leave the carrier VM running afterwards")
     backup.add_argument("--exclude", action="append", metavar="VM", help="skip this VM")
@@ -237,23 +238,30 @@ def check_job(job: config.Job) -> config.Job:
     return job
 
 
-def resolve_carrier(args: argparse.Namespace) -> tuple[str, Path | None]:
+def resolve_carrier(args: argparse.Namespace) -> tuple[str, PassphraseSource]:
     """Given list/check/verify/restore arguments, return (carrier VM, passphrase
-    file or None) from flags, the job, then the environment."""
+    source) from flags, then the job, then the environment."""
     job = config.find_job(args.config, args.job) if args.job else None
     carrier = args.carrier or (job.carrier if job else None) or os.environ.get(ENV_CARRIER)
     if not carrier or not config.is_vm_name(carrier):
         raise UsageError(f"give the carrier VM with -t VM, --job NAME or ${ENV_CARRIER}")
-    passfile = getattr(args, "passphrase_file", None) or (job.passphrase_file if job else None)
-    if passfile is None and os.environ.get(ENV_PASSFILE):
+    passfile = getattr(args, "passphrase_file", None)
+    passvm = getattr(args, "passphrase_vm", None)
+    if passvm is not None and not config.is_vm_name(passvm):
+        raise UsageError("--passphrase-vm: not a VM name")
+    if passfile is None and passvm is None and job is not None:
+        passfile, passvm = job.passphrase_file, job.passphrase_vm
+    if passfile is None and passvm is None and os.environ.get(ENV_PASSFILE):
         passfile = Path(os.environ[ENV_PASSFILE])
-    return carrier, passfile
+    return carrier, PassphraseSource(file=passfile, vm=passvm)
 
 
-def need_passfile(passfile: Path | None) -> Path:
-    if passfile is None:
-        raise UsageError(f"give the passphrase file with -p FILE, --job NAME or ${ENV_PASSFILE}")
-    return passfile
+def need_passphrase(source: PassphraseSource) -> PassphraseSource:
+    """Given a passphrase source, return it; raise UsageError if it is empty or double."""
+    if (source.file is None) == (source.vm is None):
+        raise UsageError(f"give exactly one of -p FILE (or ${ENV_PASSFILE}), --passphrase-vm VM"
+                         " or --job NAME")
+    return source
 
 
 def configured_jobs(path: Path | None) -> list[str]:
@@ -273,7 +281,7 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
     if args.command == "status":
         return run_status(history_path, configured_jobs(args.config), args.max_age,
                           args.remote, get_app)
-    carrier, passfile = resolve_carrier(args)
+    carrier, source = resolve_carrier(args)
     # Names are checked before the carrier is even started: they end up in
     # the carrier's `eval` (restore location) or on its stdin.
     if args.command == "list":
@@ -282,7 +290,7 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
     else:
         check_name(args.name)
     if args.command in ("verify", "restore"):
-        passfile = need_passfile(passfile)
+        source = need_passphrase(source)
     app = get_app()
     with running_carrier(app, carrier, keep=False):
         if args.command == "list":
@@ -290,7 +298,7 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
         if args.command == "check":
             return run_check(app, carrier, args.name, history_path)
         if args.command == "verify":
-            verify_backup(app, carrier, need_passfile(passfile), args.name)
+            verify_backup(app, carrier, source, args.name)
             return 0
         options = [flag for flag, wanted in (
             ("--rename-conflicting", args.rename_conflicting),
@@ -298,7 +306,7 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
             ("--paranoid-mode", args.paranoid_mode)) if wanted]
         for vm in args.exclude:
             options += ["-x", vm]
-        restore_backup(app, carrier, need_passfile(passfile), args.name, options, args.vms)
+        restore_backup(app, carrier, source, args.name, options, args.vms)
         return 0
 
 

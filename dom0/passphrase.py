@@ -17,8 +17,8 @@ MAX_PASSPHRASE_FILE = 4096
 
 
 def read_passphrase(path: Path) -> str:
-    """Given the passphrase file PATH, return its first line without the line
-    end; raise PassphraseError if it is missing, not a regular file, readable by
+    """Given the passphrase file PATH, return its first line without trailing
+    whitespace; raise PassphraseError if it is missing, not a regular file, readable by
     group/others, empty, or not UTF-8."""
     try:
         # O_NOFOLLOW: the checks below must be about the file we read, not a
@@ -44,7 +44,9 @@ def read_passphrase(path: Path) -> str:
     if len(data) > MAX_PASSPHRASE_FILE:
         raise PassphraseError(f"passphrase file {path} is larger than {MAX_PASSPHRASE_FILE} bytes")
     try:
-        first = data.decode("utf-8").split("\n", 1)[0].rstrip("\r")
+        # qvm-backup-restore strips the right side of the line it reads: strip
+        # alike, or a trailing space would make every backup unverifiable.
+        first = data.decode("utf-8").split("\n", 1)[0].rstrip()
     except UnicodeDecodeError:
         raise PassphraseError(f"passphrase file {path} is not UTF-8 text") from None
     if not first:

@@ -52,7 +52,9 @@ class QubesAdapter(Protocol):
 
     def backup_cancel(self, profile: str) -> None: ...
 
-    def backup_restore(self, args: Sequence[str], capture: bool) -> tuple[int, bytes]: ...
+    def backup_restore(
+        self, args: Sequence[str], capture: bool, input_data: bytes | None = None
+    ) -> tuple[int, bytes]: ...
 
 
 def read_bounded(stream: Any, limit: int) -> tuple[bytes, bool]:
@@ -205,6 +207,8 @@ class RealQubes:
         except QubesException as error:
             logger.warning("admin.backup.Cancel failed: %s", error)
 
-    def backup_restore(self, args: Sequence[str], capture: bool) -> tuple[int, bytes]:
-        result = execute.run([QVM_BACKUP_RESTORE, *args], capture=capture)
+    def backup_restore(
+        self, args: Sequence[str], capture: bool, input_data: bytes | None = None
+    ) -> tuple[int, bytes]:
+        result = execute.run([QVM_BACKUP_RESTORE, *args], capture=capture, input_data=input_data)
         return result.returncode, result.stdout or b""

@@ -1,27 +1,43 @@
 """`qbackup verify` and `qbackup restore`: qvm-backup-restore reading from the carrier.
 
-qvm-backup-restore runs the location command in the carrier like qubes.Backup
-does (eval), so the command carries only a checked name. `--verify-only`
-decrypts and checks every part with the passphrase: the proof that a stored
-backup is restorable, which a server-side digest check cannot give.
+qvm-backup-restore runs the location command in the carrier through
+qubes.Restore (eval, like qubes.Backup), so the command holds only a checked
+name. `--verify-only` decrypts and checks every part with the passphrase. That
+proves a stored backup can be restored, which a server-side digest check
+cannot.
+
+The passphrase comes from a 0600 file (`-p FILE`). A job that uses
+`passphrase_vm` has dom0 ask that VM through `qubes.BackupPassphrase+PROFILE`
+(the call qubesd makes for a backup) and hands the answer to
+qvm-backup-restore on stdin (`-p -`). No passphrase file ever exists in dom0.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from dom0.errors import QbackupError, VerificationError
+from dom0.errors import PassphraseError, QbackupError, VerificationError
 from dom0.names import check_name
-from dom0.passphrase import read_passphrase
-from dom0.profile import CARRIER_COMMAND
+from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
+from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
 from dom0.session import require_vm
 from dom0.untrusted import clean_text
 
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
+PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
+
+
+@dataclass(frozen=True)
+class PassphraseSource:
+    """Where the backup passphrase comes from: a file, or a VM's service."""
+
+    file: Path | None = None
+    vm: str | None = None
 
 
 def location_command(name: str) -> str:
@@ -30,30 +46,50 @@ def location_command(name: str) -> str:
     return f"{CARRIER_COMMAND} get {check_name(name)}"
 
 
-def restore_arguments(carrier: str, passphrase_file: Path, name: str, verify_only: bool,
+def restore_arguments(carrier: str, passphrase_argument: str, name: str, verify_only: bool,
                       options: Sequence[str] = (), vms: Sequence[str] = ()) -> list[str]:
     """Given what to restore, return qvm-backup-restore's arguments."""
     arguments = ["--verify-only"] if verify_only else []
-    arguments += [*options, "-d", carrier, "-p", str(passphrase_file), location_command(name)]
+    arguments += [*options, "-d", carrier, "-p", passphrase_argument, location_command(name)]
     return arguments + list(vms)
 
 
+def passphrase_input(app: QubesAdapter, carrier: str,
+                     source: PassphraseSource) -> tuple[str, bytes | None]:
+    """Given the passphrase source, return (the -p argument, bytes for stdin);
+    raise PassphraseError if the file is unsafe or the VM gives nothing."""
+    if source.file is not None:
+        read_passphrase(source.file)  # refuse a bad file before Qubes reads it
+        return str(source.file), None
+    if source.vm is None:
+        raise PassphraseError("give the passphrase with -p FILE or --passphrase-vm VM")
+    require_vm(app, source.vm, "passphrase VM")
+    service = f"{PASSPHRASE_SERVICE}+{profile_name(carrier)}"
+    answer = app.run_service_for_stdio(source.vm, service, b"", max_output=MAX_PASSPHRASE_FILE)
+    # qvm-backup-restore reads one line from stdin and strips its right side.
+    line = answer.split(b"\n", 1)[0].rstrip()
+    if not line:
+        raise PassphraseError(f"{source.vm} answered {service} with an empty passphrase")
+    return "-", line + b"\n"
+
+
 def log_output(output: bytes) -> None:
-    """Given qvm-backup-restore's output (it quotes the backup's own, carrier
-    supplied, header), log its last lines cleaned."""
+    """Given qvm-backup-restore's output (it quotes the backup's own header,
+    which came through the carrier), log its last lines cleaned."""
     lines = [line for line in output.splitlines() if line.strip()]
     for line in lines[-MAX_LOGGED_LINES:]:
         logger.info("qvm-backup-restore: %s", clean_text(line))
 
 
-def verify_backup(app: QubesAdapter, carrier: str, passphrase_file: Path, name: str) -> None:
-    """Given the carrier, the passphrase file and a backup NAME, run
+def verify_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str) -> None:
+    """Given the carrier, the passphrase source and a backup NAME, run
     qvm-backup-restore --verify-only; raise VerificationError if it fails."""
-    read_passphrase(passphrase_file)  # refuse a bad file before Qubes reads it
     require_vm(app, carrier, "carrier VM")
+    argument, stdin = passphrase_input(app, carrier, source)
     logger.info("verifying %s through %s", name, carrier)
     code, output = app.backup_restore(
-        restore_arguments(carrier, passphrase_file, name, verify_only=True), capture=True)
+        restore_arguments(carrier, argument, name, verify_only=True), capture=True,
+        input_data=stdin)
     log_output(output)
     if code != 0:
         raise VerificationError(
@@ -62,16 +98,17 @@ def verify_backup(app: QubesAdapter, carrier: str, passphrase_file: Path, name: 
     logger.info("verification of %s: ok", name)
 
 
-def restore_backup(app: QubesAdapter, carrier: str, passphrase_file: Path, name: str,
+def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str,
                    options: Sequence[str], vms: Sequence[str]) -> None:
-    """Given the carrier, passphrase file, backup NAME, pass-through OPTIONS and
-    VMs, run qvm-backup-restore on the terminal; raise QbackupError if it fails."""
-    read_passphrase(passphrase_file)
+    """Given the carrier, passphrase source, backup NAME, pass-through OPTIONS
+    and VMs, run qvm-backup-restore; raise QbackupError if it fails."""
     require_vm(app, carrier, "carrier VM")
+    argument, stdin = passphrase_input(app, carrier, source)
     logger.info("restoring %s through %s%s", name, carrier,
                 f" (VMs {' '.join(vms)})" if vms else "")
     code, output = app.backup_restore(
-        restore_arguments(carrier, passphrase_file, name, False, options, vms), capture=False)
+        restore_arguments(carrier, argument, name, False, options, vms), capture=False,
+        input_data=stdin)
     log_output(output)
     if code != 0:
         raise QbackupError(f"restore of {name} failed (qvm-backup-restore exit {code})")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dom0 import errors
+from dom0.profile import profile_name
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 from tests.qubes_sim import stream
 
@@ -121,9 +122,19 @@ def test_passphrase_vm_keeps_the_passphrase_out_of_the_profile(dom0: Dom0) -> No
         original(profile, on_progress)  # type: ignore[arg-type]
 
     dom0.sim.backup_execute = spy  # type: ignore[method-assign]
-    assert dom0.run("-f", "vaulted", "-t", CARRIER, "--passphrase-vm", "vault", "work") == 0
+    assert dom0.run("-f", "vaulted", "-t", CARRIER, "--passphrase-vm", "vault", "--verify",
+                    "work") == 0
     assert "passphrase_vm: vault" in seen[0] and "passphrase_text" not in seen[0]
-    assert len(dom0.stored()) == 1
+    [name] = dom0.stored()
+    # --verify asked the vault itself and fed qvm-backup-restore on stdin.
+    assert dom0.logged(f"verification of {name}: ok")
+    assert ("run_service_for_stdio", "vault", f"qubes.BackupPassphrase+{profile_name(CARRIER)}") \
+        in dom0.sim.calls
+    verify_call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
+    assert verify_call[verify_call.index("-p") + 1] == "-"
+    dom0.sim.passphrase_vms["vault"] = "another passphrase"
+    assert dom0.run("verify", "-t", CARRIER, "--passphrase-vm", "vault", name) == \
+        errors.EXIT_VERIFY
 
 
 def test_second_backup_in_the_same_second_is_an_error_not_an_overwrite(dom0: Dom0) -> None:

@@ -166,6 +166,15 @@ class SimulatedQubes:
         env.update(extra or {})
         return env
 
+    def _autostart(self, name: str) -> SimVM:
+        """qrexec calls from dom0 start a halted target VM (qubesadmin's
+        run_service autostart)."""
+        vm = self._vm(name)
+        if not vm.running:
+            self.calls.append(("autostart", name))
+            vm.running = True
+        return vm
+
     def _require_running(self, name: str) -> SimVM:
         vm = self._vm(name)
         if not vm.running:
@@ -175,8 +184,10 @@ class SimulatedQubes:
     def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
                               max_output: int = 64 * 1024) -> bytes:
         self.calls.append(("run_service_for_stdio", vm, service))
-        self._require_running(vm)
+        self._autostart(vm)
         base, _, argument = service.partition("+")
+        if base == "qubes.BackupPassphrase" and vm in self.passphrase_vms:
+            return self.passphrase_vms[vm].encode() + b"\n"
         if base != "qubes.BackupCarrier":
             raise SimulationError(f"service {base} is not installed in the simulated {vm}")
         # qrexec rule: arguments use only A-Z a-z 0-9 - _ . +
@@ -281,7 +292,8 @@ class SimulatedQubes:
         self._vm(vm)
         if vm not in self.passphrase_vms:
             raise QubesError(f"qubes.BackupPassphrase+{profile} in {vm} failed")
-        return self.passphrase_vms[vm]
+        # Assumed: qubesd takes the answer's first line without its line end.
+        return self.passphrase_vms[vm].split("\n", 1)[0].rstrip()
 
     def backup_execute(self, profile: str, on_progress: Callable[[float], None]) -> None:
         self.calls.append(("admin.backup.Execute", profile))
@@ -400,12 +412,22 @@ class SimulatedQubes:
         self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
         return (data if header_only else b"".join(chunks)), status
 
-    def backup_restore(self, args: Sequence[str], capture: bool) -> tuple[int, bytes]:
+    def backup_restore(self, args: Sequence[str], capture: bool,
+                       input_data: bytes | None = None) -> tuple[int, bytes]:
         self.calls.append(("qvm-backup-restore", *args))
         options, location, wanted = parse_restore_args(list(args))
-        vm = self._require_running(options["dest_vm"])
-        passfile = Path(options["passphrase_file"])
-        passphrase = passfile.read_text().split("\n", 1)[0].rstrip("\r")
+        vm = self._autostart(options["dest_vm"])
+        # Like qvm-backup-restore: one line of the file (or of stdin for '-'),
+        # right-stripped.
+        if options["passphrase_file"] == "-":
+            if input_data is None:
+                raise SimulationError("-p - without a passphrase on stdin")
+            source = input_data.decode()
+        else:
+            if input_data is not None:
+                raise SimulationError("stdin given although -p names a file")
+            source = Path(options["passphrase_file"]).read_text()
+        passphrase = source.split("\n", 1)[0].rstrip()
         header_bytes, _ = self._run_location(location, header_only=True)
         try:
             header = stream.parse_header(header_bytes, passphrase)
