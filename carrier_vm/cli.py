@@ -31,7 +31,10 @@ logger = logging.getLogger("carrier_vm")
 
 PROGRAM = "qbackup-carrier"
 LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
-ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+# SIGPIPE stays ignored (Python's default): a broken pipe or connection then
+# surfaces as EPIPE at the very write, which aborts the transfer with the
+# precise reason (stdout reader gone, connection lost) instead of a signal name.
+ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 USAGE = (
     f"usage: {PROGRAM} put NAME | get NAME | list [PREFIX] | check NAME | info"
     " | qrexec-service [ARG]"
