@@ -4,11 +4,9 @@ then link it to NAME — which never replaces anything.
 Flow: refuse early (name taken, no space) -> temporary (O_EXCL, 0600, flock)
 -> main thread reads frames into preallocated buffers while a writer thread
 hashes and writes them (hashlib and os.write release the GIL, so the two
-overlap) and a flusher thread fdatasyncs in the background every
-WRITE_BEHIND bytes (the disk flushes while the network delivers) -> E frame:
-compare length and digest, require EOF, fsync -> link temporary -> NAME
-(EEXIST: someone else won) -> digest record -> unlink the temporary -> fsync
-the directory. Any failure on the way removes the
+overlap) -> E frame: compare length and digest, require EOF, one fsync ->
+link temporary -> NAME (EEXIST: someone else won) -> digest record -> unlink
+the temporary -> fsync the directory. Any failure on the way removes the
 temporary, so NAME never appears for a stream that was not complete and valid.
 """
 
@@ -46,7 +44,6 @@ BUFFER_COUNT = 4  # memory stays at BUFFER_COUNT * MAX_DATA_FRAME whatever the s
 PIPE_SIZE = 1024 * 1024  # sshd's 64 KiB stdin pipe stalls a serial reader
 STALE_TEMPORARY_AGE = 120  # seconds without a write before a temporary is a crash's leftover
 MAX_STALE_SCAN = 10_000
-WRITE_BEHIND = 32 * 1024 * 1024  # flush in the background every 32 MiB
 EXISTS_MESSAGE = "a backup with that name already exists; backups are never replaced"
 
 
@@ -87,16 +84,10 @@ class Writer:
         self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.work: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
-        self.written = 0
-        self.flushed = 0
         for _ in range(BUFFER_COUNT):
             self.free.put(bytearray(protocol.MAX_DATA_FRAME))
-        self.stopping = False
-        self.flush_wanted = threading.Event()
         self.thread = threading.Thread(target=self._run, name="put-writer", daemon=True)
-        self.flusher = threading.Thread(target=self._flush_behind, name="put-flusher", daemon=True)
         self.thread.start()
-        self.flusher.start()
 
     def _run(self) -> None:
         while True:
@@ -120,24 +111,6 @@ class Writer:
         offset = 0
         while offset < len(view):
             offset += os.write(self.fd, view[offset:])
-        self.written += len(view)
-        if self.written - self.flushed >= WRITE_BEHIND:
-            self.flushed = self.written
-            self.flush_wanted.set()
-
-    def _flush_behind(self) -> None:
-        """Flush the file while data still arrives, so the disk works in
-        parallel with the network, the final fsync finds little left to do,
-        and dirty pages do not pile up over hundreds of GiB."""
-        while True:
-            self.flush_wanted.wait()
-            self.flush_wanted.clear()
-            if self.stopping:
-                return
-            try:
-                os.fdatasync(self.fd)
-            except OSError:
-                pass  # only an optimisation: the fsync at the end is what counts
 
     def take_buffer(self) -> bytearray:
         """Return an empty buffer; raise the writer's error if it failed."""
@@ -151,12 +124,9 @@ class Writer:
 
     def finish(self) -> None:
         """Wait until everything handed over is written (or the writer failed)
-        and both threads are gone, so nobody touches the file descriptor after."""
+        and the thread is gone, so nothing touches the file descriptor after."""
         self.work.put(None)
         self.thread.join()
-        self.stopping = True
-        self.flush_wanted.set()
-        self.flusher.join()
 
 
 def receive_stream(stdin_fd: int, fd: int, guard: SpaceGuard) -> Received:
