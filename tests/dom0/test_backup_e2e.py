@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,14 @@ PASSPHRASE_WORD = "battery"
 
 
 def test_original_invocation_takes_env_defaults_and_include_in_backups(
-        dom0: Dom0, monkeypatch: pytest.MonkeyPatch) -> None:
+        dom0: Dom0, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("QBKP_DEST_VM", CARRIER)
     monkeypatch.setenv("QBKP_PASS_FILE", str(dom0.passfile))
     dom0.sim.vms[CARRIER].running = True  # already running: must stay running
     assert dom0.run("-f", "nightly/laptop", "-o") == 0
+    # -o: the story went to the terminal, not to syslog.
+    assert "committed:" in capfd.readouterr().err
+    assert not dom0.journal.wait_for("committed:", timeout=0.5)
     [name] = dom0.stored()
     assert name.startswith("nightly/laptop-")
     assert dom0.sim.vms[CARRIER].running
@@ -186,3 +190,22 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     assert dom0.logged(f"server check of {name} FAILED") or dom0.logged("integrity check")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
         errors.EXIT_VERIFY
+
+
+def test_stale_status_exits_non_zero_and_notifies(
+        dom0: Dom0, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    record = dom0.passfile.parent / "notifications"
+    fake = dom0.passfile.parent / "notify-send"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
+    old = time.time() - 50 * 3600
+    dom0.history.write_text(json.dumps({
+        "job": "daily", "carrier": CARRIER, "name": "laptop-20261120T000000Z", "size": 10,
+        "sha256": "a" * 64, "start": old - 60, "end": old, "outcome": "ok"}) + "\n")
+    assert dom0.run("status", "--max-age", "60") == 0
+    assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
+    assert not record.exists()
+    assert dom0.run("status", "--max-age", "36") == errors.EXIT_STALE
+    assert dom0.logged("no backup newer than 36.0 h for: daily: 50.0 h old")
+    assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()
