@@ -5,7 +5,8 @@ newest first by mtime; `--keep-last N` keeps the N newest; each of
 `--keep-daily/weekly/monthly N` walks the same order and keeps the newest
 backup of each of the N most recent days/ISO weeks/months that have one
 (a backup already kept by an earlier rule fills its period without using
-up a slot). Everything not kept is removed: the data, then its digest record.
+up a slot). Everything not kept is removed: the data, then its digest record. Stale
+temporaries of crashed puts (unlocked, unwritten for a while) go too.
 Periods use the server's local time.
 """
 
@@ -21,7 +22,15 @@ from dataclasses import dataclass
 import qbackup_protocol as protocol
 
 from .errors import CommandRefused, NotAllowed, StorageError
-from .storage import iter_backups, open_directory, record_name, remove_quietly, split_name
+from .put import remove_stale_temporaries
+from .storage import (
+    DIRECTORY_FLAGS,
+    iter_backups,
+    open_directory,
+    record_name,
+    remove_quietly,
+    split_name,
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,26 @@ def remove_backup(root_fd: int, name: str) -> None:
         os.close(dir_fd)
 
 
+def remove_crash_leftovers(dir_fd: int, depth: int = 0) -> None:
+    """Given a directory descriptor, remove stale put temporaries in it and in
+    every (non-dot, non-symlink) directory below: crash leftovers in a
+    directory that never sees another put would otherwise stay forever."""
+    remove_stale_temporaries(dir_fd, own="")
+    with os.scandir(dir_fd) as scan:
+        children = sorted(entry.name for entry in scan if not entry.name.startswith("."))
+    for name in children:
+        if depth + 1 >= protocol.MAX_NAME_DEPTH:
+            break
+        try:
+            child = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            continue  # a file, a symlink, or gone: nothing to walk into
+        try:
+            remove_crash_leftovers(child, depth + 1)
+        finally:
+            os.close(child)
+
+
 def run_prune(root_fd: int, request: PruneRequest, emit: Callable[[str], None]) -> int:
     """Given the root descriptor, the request and a line printer, prune and
     return how many backups were (or, with --dry-run, would be) removed."""
@@ -191,4 +220,6 @@ def run_prune(root_fd: int, request: PruneRequest, emit: Callable[[str], None]) 
         else:
             remove_backup(root_fd, candidate.name)
             emit(f"removed {candidate.name}")
+    if not request.dry_run:
+        remove_crash_leftovers(root_fd)
     return len(removed)

@@ -116,3 +116,19 @@ def test_prune_drops_root_privileges_to_the_storage_owner(
     assert result.returncode == 0, result.stderr
     assert (private / "ancient").exists()
     assert b"rootonly" not in result.stdout
+
+
+def test_prune_removes_stale_temporaries_but_not_fresh_ones(
+    backup_server: BackupServer, aged: Account
+) -> None:
+    stale, fresh = aged.storage / "lap/.tmp-00000000deadbeef", aged.storage / "other/.tmp-1111"
+    for path in (stale, fresh):
+        path.write_bytes(b"partial upload")
+        os.chown(path, aged.uid, aged.gid)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    result = run_prune(backup_server, "--account", aged.name, "--keep-last", "10")
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and fresh.exists()
+    dry = run_prune(backup_server, "--account", aged.name, "--keep-last", "10", "--dry-run")
+    assert dry.returncode == 0 and fresh.exists()
