@@ -154,6 +154,7 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
     try:
         invocation = parse_invocation(argv, environ)
         if invocation.prune_arguments is not None:
+            outcome.command = "prune"
             return prune_locally(invocation.prune_arguments, config_path)
         # The protocol commands run with the account's rights only: as root,
         # a mistake in the storage walk would reach the whole machine.

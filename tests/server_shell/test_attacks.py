@@ -318,19 +318,26 @@ def test_prune_over_ssh_is_refused(
     assert snapshot(account.storage) == before
 
 
-def test_running_as_root_is_refused(backup_server: BackupServer, tmp_path: Path) -> None:
-    # sshd would not let root log in here, but a misconfigured server might.
-    before = snapshot(tmp_path)
+@pytest.mark.parametrize("launcher", ["installed", "console-script"])
+def test_running_as_root_is_refused(backup_server: BackupServer, launcher: str) -> None:
+    # sshd would not let root log in here, but a misconfigured server might;
+    # root's storage would be /root, which must stay untouched.
+    program = (
+        str(backup_server.shell_path)
+        if launcher == "installed"
+        else "/opt/qbackup-venv/bin/qbackup-shell"
+    )
+    before = sorted(os.listdir("/root"))
     result = subprocess.run(
-        [str(backup_server.shell_path), "-c", "put x"],
+        [program, "-c", "put qbackup-root-test"],
         input=frame_stream(DATA),
         capture_output=True,
         timeout=30,
         check=False,
-        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22"},
     )
     assert_refused(result, 77)
-    assert snapshot(tmp_path) == before
+    assert sorted(os.listdir("/root")) == before
 
 
 def test_forced_command_takes_the_command_from_ssh_original_command(
