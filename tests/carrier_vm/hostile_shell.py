@@ -112,6 +112,9 @@ def get(name):
 
 def main():
     verb, _, argument = sys.argv[2].partition(" ")
+    if MODE == "refuse-with-escapes":
+        sys.stderr.buffer.write(b"\x1b[2J\x1b]0;owned\x07 no \xff\n space\r\n")
+        sys.exit(69)
     if verb == "put":
         put(argument)
     elif verb == "list":

@@ -111,3 +111,14 @@ def test_check_and_info_refuse_malformed_replies(hostile: Carrier, verb: str) ->
     assert result.returncode == 65, result.stderr
     assert result.stdout == b""
     assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize("verb", ["put", "get", "list", "check", "info"])
+def test_server_error_text_is_shown_only_as_printable_ascii(hostile: Carrier, verb: str) -> None:
+    set_mode(hostile, "refuse-with-escapes")
+    args = [verb] if verb in ("list", "info") else [verb, "b"]
+    result = hostile.run(*args, data=b"x" * 1000)
+    assert result.returncode == 69, result.stderr
+    assert_one_safe_line(result.stderr)
+    assert b"no ? space" in result.stderr  # the text is kept, defanged
+    assert result.stdout == b""
