@@ -1,5 +1,6 @@
 """A simulated Qubes dom0 for qbackup's tests (the only simulated boundary)."""
 
-from tests.qubes_sim.simulator import Hooks, SimulatedQubes, SimulationError, SimVM
+from tests.qubes_sim.errors import SimulationError
+from tests.qubes_sim.simulator import Hooks, SimulatedQubes, SimVM
 
 __all__ = ["Hooks", "SimVM", "SimulatedQubes", "SimulationError"]

@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
-from tests.qubes_sim import stream
+from tests.qubes_sim import restore, stream
+from tests.qubes_sim.errors import SimulationError
 
 REPO = Path(__file__).resolve().parents[2]
 CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
@@ -56,26 +57,6 @@ fi
 echo "Invalid command $first" >&2
 exit 2
 """
-
-# What qubes.Restore does: location line, paths line, then eval the command.
-QUBES_RESTORE_SH = r"""
-read -r location || exit 1
-read -r paths || exit 1
-if [ -f "$location" ]; then
-    exec cat "$location"
-fi
-first=${location%% *}
-if ! command -v "$first" >/dev/null 2>&1; then
-    echo "Invalid command $first" >&2
-    exit 2
-fi
-eval "set -- $location"
-"$@" </dev/null
-"""
-
-
-class SimulationError(AssertionError):
-    """dom0 used the simulated Qubes in a way the simulation does not model."""
 
 
 @dataclass
@@ -387,47 +368,16 @@ class SimulatedQubes:
     def _run_location(self, location: str, header_only: bool) -> tuple[bytes, int]:
         """Run the location command like qubes.Restore; return (stdout, status)."""
         self.restore_runs += 1
-        process = subprocess.Popen(  # noqa: S603
-            ["/bin/sh", "-c", QUBES_RESTORE_SH], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            env=self._carrier_env())
-        assert process.stdin is not None and process.stdout is not None
-        paths = b"backup-header\n" if header_only else b"\n"
-        process.stdin.write(location.encode() + b"\n" + paths)
-        process.stdin.close()
-        stderr_box: list[bytes] = []
-        drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
-        drainer.start()
-        chunks: list[bytes] = []
-        data = b""
-        while chunk := process.stdout.read(65536):
-            chunks.append(chunk)
-            if header_only:
-                data = b"".join(chunks)
-                if stream.header_length_needed(data) or len(data) > 1024 * 1024:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    break
-        status = process.wait()
-        drainer.join()
-        self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
-        return (data if header_only else b"".join(chunks)), status
+        data, status, stderr = restore.run_location(self._carrier_env(), location, header_only)
+        self.carrier_stderr.append(stderr)
+        return data, status
 
     def backup_restore(self, args: Sequence[str], capture: bool,
                        input_data: bytes | None = None) -> tuple[int, bytes]:
         self.calls.append(("qvm-backup-restore", *args))
-        options, location, wanted = parse_restore_args(list(args))
+        options, location, wanted = restore.parse_restore_args(list(args))
         vm = self._autostart(options["dest_vm"])
-        # Like qvm-backup-restore: one line of the file (or of stdin for '-'),
-        # right-stripped.
-        if options["passphrase_file"] == "-":
-            if input_data is None:
-                raise SimulationError("-p - without a passphrase on stdin")
-            source = input_data.decode()
-        else:
-            if input_data is not None:
-                raise SimulationError("stdin given although -p names a file")
-            source = Path(options["passphrase_file"]).read_text()
-        passphrase = source.split("\n", 1)[0].rstrip()
+        passphrase = restore.read_passphrase(options["passphrase_file"], input_data)
         header_bytes, _ = self._run_location(location, header_only=True)
         try:
             header = stream.parse_header(header_bytes, passphrase)
@@ -444,57 +394,15 @@ class SimulatedQubes:
                  if (not wanted or name in wanted) and name not in options["exclude"]]
         if options["verify_only"]:
             return 0, b"".join(f"-> Verified {name}\n".encode() for name in names) + b"-> Done.\n"
-        targets: dict[str, str] = {}
-        for name in names:
-            target = name
-            if name in self.vms:
-                if options["skip_conflicting"]:
-                    continue
-                if not options["rename_conflicting"]:
-                    return 1, f"ERROR: VM {name} already exists\n".encode()
-                number = 1
-                while f"{name}{number}" in self.vms:
-                    number += 1
-                target = f"{name}{number}"
-            targets[name] = target
+        try:
+            targets = restore.plan_targets(names, set(self.vms), options)
+        except restore.Conflict as error:
+            return 1, f"ERROR: {error}\n".encode()
         self.restore_dir.mkdir(parents=True, exist_ok=True)
         for name, target in targets.items():
             (self.restore_dir / f"{target}.img").write_bytes(volumes[name])
             self.add_vm(target, size=len(volumes[name]), include_in_backups=False)
         return 0, b"".join(f"-> Restored {n} as {t}\n".encode() for n, t in targets.items())
-
-
-def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type: ignore[type-arg]
-    """Given qvm-backup-restore's arguments, return (options, location, VMs);
-    raise SimulationError for anything qbackup should not pass."""
-    options: dict = {"verify_only": False, "dest_vm": None, "passphrase_file": None,  # type: ignore[type-arg]
-                     "rename_conflicting": False, "skip_conflicting": False,
-                     "paranoid_mode": False, "exclude": []}
-    flags = {"--verify-only": "verify_only", "--rename-conflicting": "rename_conflicting",
-             "--skip-conflicting": "skip_conflicting", "--paranoid-mode": "paranoid_mode"}
-    positional: list[str] = []
-    index = 0
-    while index < len(args):
-        word = args[index]
-        if word in flags:
-            options[flags[word]] = True
-        elif word in ("-d", "--dest-vm"):
-            index += 1
-            options["dest_vm"] = args[index]
-        elif word in ("-p", "--passphrase-file"):
-            index += 1
-            options["passphrase_file"] = args[index]
-        elif word in ("-x", "--exclude"):
-            index += 1
-            options["exclude"].append(args[index])
-        elif word.startswith("-"):
-            raise SimulationError(f"qvm-backup-restore option {word} is not simulated")
-        else:
-            positional.append(word)
-        index += 1
-    if options["dest_vm"] is None or options["passphrase_file"] is None or not positional:
-        raise SimulationError("qbackup must pass -d VM, -p FILE and a location")
-    return options, positional[0], positional[1:]
 
 
 def human(size: int) -> str:
