@@ -1,9 +1,12 @@
 """Ad-hoc throughput and memory benchmark of qbackup-carrier (not a test).
 
-    python -m tests.carrier_vm.perf_carrier --server /tmp/proto/server.json --data FILE [--rounds 2]
+    head -c 4G /dev/urandom > /tmp/data4g
+    python -m tests.carrier_vm.perf_carrier --data /tmp/data4g [--rounds 2]
 
-SERVER names a running harness server (port, key, known_hosts, shell_user,
-cat_user) as written by a helper; DATA is a pre-made incompressible file.
+Run as root: it starts a harness server (real sshd + installed qbackup-shell)
+with one shell account and one plain /bin/sh account for the 'cat' baselines
+(or uses --server JSON naming port, key, known_hosts, shell_user, cat_user).
+DATA is a pre-made incompressible file (in page cache).
 Each round measures, in the same run:
   openssh->cat     ssh -c aes128-gcm HOST 'cat > file'
   openssh->shell   OpenSSH piping an already-framed stream into the real shell's put
@@ -111,11 +114,31 @@ def main() -> None:
         carrier_to_cat()
         return
     parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
+    parser.add_argument("--server")
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    server = json.loads(Path(args.server).read_text())
+    if args.server:
+        server = json.loads(Path(args.server).read_text())
+        run(args, server)
+        return
+    from tests.carrier_vm.conftest import add_account
+    from tests.harness.server import BackupServer
+
+    with BackupServer.create() as harness:
+        harness.start()
+        server = {
+            "port": harness.port,
+            "key": str(harness.client_key),
+            "known_hosts": str(harness.known_hosts),
+            "shell_user": add_account(harness, str(harness.shell_path)).name,
+            "cat_user": add_account(harness, "/bin/sh").name,
+        }
+        run(args, server)
+
+
+def run(args: argparse.Namespace, server: dict) -> None:
+    """Given the parsed arguments and the server's coordinates, run the rounds."""
     size = args.data.stat().st_size
     mib = size / 2**20
     framed = Path(tempfile.mkstemp(dir="/tmp", prefix="perf-framed-")[1])
