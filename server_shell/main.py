@@ -26,9 +26,10 @@ from .listing import describe_space, list_backups
 from .log import client_address, setup_logging
 from .prune import drop_privileges, parse_prune_arguments, resolve_owner, run_prune
 from .put import store_backup
-from .reading import check_backup, send_backup, write_all
+from .reading import check_backup, send_backup
 from .request import Request, parse_command, parse_invocation
 from .storage import open_root
+from .streams import write_all
 
 logger = logging.getLogger(__name__)
 

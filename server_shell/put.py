@@ -37,11 +37,11 @@ from .storage import (
     split_name,
     write_record,
 )
+from .streams import enlarge_pipe, read_exactly
 
 logger = logging.getLogger(__name__)
 
 BUFFER_COUNT = 4  # memory stays at BUFFER_COUNT * MAX_DATA_FRAME whatever the size
-PIPE_SIZE = 1024 * 1024  # sshd's 64 KiB stdin pipe stalls a serial reader
 STALE_TEMPORARY_AGE = 120  # seconds without a write before a temporary is a crash's leftover
 MAX_STALE_SCAN = 10_000
 EXISTS_MESSAGE = "a backup with that name already exists; backups are never replaced"
@@ -53,25 +53,6 @@ class Received:
 
     size: int
     sha256: str
-
-
-def enlarge_pipe(fd: int) -> None:
-    """Given stdin, raise its pipe buffer to PIPE_SIZE if it is a pipe (best effort)."""
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # over the per-user pipe limit: slower, still correct
-
-
-def read_exactly(fd: int, view: memoryview) -> None:
-    """Given a descriptor and a view, fill the view; raise BadStream on EOF."""
-    offset = 0
-    while offset < len(view):
-        count = os.readv(fd, [view[offset:]])
-        if count == 0:
-            raise BadStream("stream ended without an end frame (truncated upload)")
-        offset += count
 
 
 class Writer:

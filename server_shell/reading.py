@@ -17,15 +17,9 @@ import qbackup_protocol as protocol
 
 from .errors import BadStream, StorageError
 from .storage import StoredDigest, open_backup_by_name, read_record
+from .streams import enlarge_pipe, write_all
 
 READ_SIZE = 4 * 1024 * 1024
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Given a descriptor and bytes, write them all."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def send_backup(root_fd: int, name: str, stdout_fd: int) -> StoredDigest:
@@ -40,6 +34,7 @@ def send_backup(root_fd: int, name: str, stdout_fd: int) -> StoredDigest:
             raise BadStream("backup has no digest record (interrupted put?); it cannot be verified")
         if info.st_size != stored.size:
             raise BadStream("backup size differs from its record; run check")
+        enlarge_pipe(stdout_fd)
         sent = 0
         while sent < stored.size:
             length = min(protocol.MAX_DATA_FRAME, stored.size - sent)
