@@ -42,7 +42,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--history", type=Path, metavar="FILE",
                        help="run history (default ~/.local/share/qbackup/history.jsonl)")
     group.add_argument("--lock-dir", type=Path, metavar="DIR",
-                       help="where carrier locks live (default $XDG_RUNTIME_DIR/qbackup)")
+                       help="where carrier locks live (default ~/.cache/qbackup/locks)")
     group.add_argument("--log-socket", metavar="PATH",
                        help=argparse.SUPPRESS)
 

@@ -169,6 +169,8 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
                                        error, job.retry_delay)
                         time.sleep(job.retry_delay)
                         continue
+                    logger.error("backup %s outcome: failed after %d attempt(s), %.1f s",
+                                 history_job(job), number + 1, time.time() - start)
                     notify.notify("qbackup FAILED", f"{history_job(job)}: {error}", critical=True)
                     raise
                 break

@@ -21,9 +21,9 @@ MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 
 def default_history_path() -> Path:
-    """Return $XDG_DATA_HOME/qbackup/history.jsonl (~/.local/share by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "qbackup" / "history.jsonl"
+    """Return ~/.local/share/qbackup/history.jsonl (not $XDG_DATA_HOME, which
+    cron and systemd may disagree on: every run must add to one history)."""
+    return Path.home() / ".local" / "share" / "qbackup" / "history.jsonl"
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,9 @@ from dom0.errors import LockHeld, QbackupError
 
 
 def default_lock_dir() -> Path:
-    """Return $XDG_RUNTIME_DIR/qbackup, or ~/.cache/qbackup/locks without it."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "qbackup"
+    """Return ~/.cache/qbackup/locks. Deliberately not $XDG_RUNTIME_DIR: cron
+    does not set it and systemd does, and a cron run and a timer run must
+    find the SAME lock."""
     return Path.home() / ".cache" / "qbackup" / "locks"
 
 

@@ -128,6 +128,7 @@ def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0
     assert backup(dom0, "work") == errors.EXIT_BACKUP_FAILED
     assert dom0.logged(f"Writing backup to VM {CARRIER} failed")
     assert dom0.logged("progress laptop-")  # it did start streaming
+    assert dom0.logged("outcome: failed after 1 attempt(s)")
     assert history_outcomes(dom0) == ["failed: BackupEngineError"]
     assert_nothing_stored(dom0)
 
