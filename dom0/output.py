@@ -20,4 +20,7 @@ def show_time(epoch: float | None) -> str:
     """Given seconds since the epoch (or None), return ISO UTC or '-'."""
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return "?"  # a carrier may send any 63-bit mtime

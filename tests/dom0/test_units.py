@@ -16,6 +16,7 @@ from dom0.errors import ConfigError, PassphraseError, UsageError
 from dom0.estimate import parse_estimate
 from dom0.history import Run
 from dom0.names import check_prefix, is_valid_name, make_name, name_time
+from dom0.output import show_time
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, destination_path, written_profile
 from dom0.tamper import find_tampering
@@ -110,6 +111,12 @@ def test_listing_refuses_malformed(data: bytes) -> None:
 def test_info_refuses_malformed(data: bytes) -> None:
     with pytest.raises(replies.ReplyError):
         replies.parse_info(data)
+
+
+@pytest.mark.parametrize(("epoch", "shown"), [
+    (None, "-"), (0, "1970-01-01 00:00:00Z"), (2**63 - 1, "?"), (-1e30, "?")])
+def test_show_time_survives_absurd_mtimes(epoch: float | None, shown: str) -> None:
+    assert show_time(epoch) == shown
 
 
 def test_check_reply_parses() -> None:
