@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
         code = errors.exit_code_for(error)
         logger.error("%s (exit %d)", error, code)
         return code
+    except OSError as error:  # dom0's own disk or files: full, unreadable, missing
+        logger.error("%s (exit %d)", error, errors.EXIT_BACKUP_FAILED)
+        return errors.EXIT_BACKUP_FAILED
     except KeyboardInterrupt:
         logger.error("interrupted (exit %d)", errors.EXIT_SIGINT)
         return errors.EXIT_SIGINT
