@@ -81,7 +81,7 @@ def run_request(request: Request, config: ShellConfig, home: str, outcome: Outco
                 return errors.EXIT_DATAERR
             return errors.EXIT_OK
         if request.verb == protocol.VERB_LIST:
-            _write_listing(root_fd, request.argument, outcome)
+            _write_listing(root_fd, request.argument)
             return errors.EXIT_OK
         info = describe_space(root_fd, config.reserve, config.quota)
         write_all(STDOUT, protocol.encode_reply(info.to_reply()))
@@ -90,12 +90,10 @@ def run_request(request: Request, config: ShellConfig, home: str, outcome: Outco
         os.close(root_fd)
 
 
-def _write_listing(root_fd: int, prefix: str | None, outcome: Outcome) -> None:
+def _write_listing(root_fd: int, prefix: str | None) -> None:
     pending = bytearray()
     for item in list_backups(root_fd, prefix):
         pending += protocol.encode_reply(item.to_reply())
-        if isinstance(item, protocol.ListEnd):
-            outcome.size = item.count
         if len(pending) >= LIST_FLUSH_SIZE:
             write_all(STDOUT, pending)
             pending.clear()
