@@ -4,17 +4,15 @@ real sshd + real qbackup-shell, and helpers that run the carrier as a process.""
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer, remove_account
+from tests.harness.server import Account, BackupServer
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")
@@ -81,83 +79,10 @@ class Carrier:
         )
 
 
-# Other parts' test sessions run concurrently on this machine and start by
-# deleting every stale "qbt-" account (tests.harness.server.remove_stale_accounts),
-# which would delete ours mid-test - and our session would delete theirs. So the
-# carrier's tests use their own server without that sweep and their own prefix.
-CARRIER_ACCOUNT_PREFIX = "qbc"
-
-
-@pytest.fixture(scope="session")
-def backup_server() -> Iterator[BackupServer]:
-    """One running sshd + installed shell for the carrier's tests."""
-    if os.geteuid() != 0:
-        pytest.fail("the tests create real accounts and run sshd: run them as root")
-    remove_orphaned_accounts()
-    with BackupServer.create() as server:
-        server.start()
-        yield server
-
-
-def remove_orphaned_accounts() -> None:
-    """Delete our accounts left by killed runs: those whose server's sshd is
-    not running (a running session's sshd is, so concurrent runs are safe)."""
-    for entry in pwd.getpwall():
-        if entry.pw_name.startswith(CARRIER_ACCOUNT_PREFIX + "-") and not sshd_alive(
-            Path(entry.pw_dir).parent.parent
-        ):
-            remove_account(entry.pw_name)
-
-
-def sshd_alive(base: Path) -> bool:
-    """Given a server's base directory, return whether its sshd still runs."""
-    try:
-        pid = int((base / "sshd.pid").read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-@pytest.fixture
-def account(backup_server: BackupServer) -> Account:
-    """A fresh account (empty storage, login shell = the installed qbackup-shell)."""
-    return add_account(backup_server, str(backup_server.shell_path))
-
-
 def add_account(server: BackupServer, shell: str) -> Account:
-    """Create a real account with SHELL as login shell and the client key
-    authorized (what BackupServer.add_account does, with our own prefix)."""
-    name = f"{CARRIER_ACCOUNT_PREFIX}-{secrets.token_hex(4)}"
-    home = server.base / "home" / name
-    home.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "useradd",
-            "--no-create-home",
-            "--home-dir",
-            str(home),
-            "--shell",
-            shell,
-            "--user-group",
-            name,
-        ],
-        check=True,
-    )
-    subprocess.run(["usermod", "-p", "*", name], check=True)
-    entry = pwd.getpwnam(name)
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, parents=True)
-    home.chmod(0o700)
-    authorized = ssh_dir / "authorized_keys"
-    public = server.client_key.with_suffix(".pub").read_text().strip()
-    authorized.write_text(f"restrict {public}\n")
-    authorized.chmod(0o600)
-    for path in (home, ssh_dir, authorized):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    account = Account(name=name, home=home, uid=entry.pw_uid, gid=entry.pw_gid)
-    server.accounts.append(account)  # removed by server.close()
-    return account
+    """Create a real account with SHELL as its login shell (a hostile shell, or
+    /bin/sh for the benchmark's baseline) and the client key authorized."""
+    return server.add_account(login_shell=Path(shell))
 
 
 @pytest.fixture
