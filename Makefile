@@ -15,6 +15,7 @@ CONFDIR ?= /etc/qbackup
 QUBES_RPC_DIR ?= /etc/qubes-rpc
 SYSTEMD_USER_DIR ?= /usr/lib/systemd/user
 APPARMOR_DIR ?= /etc/apparmor.d
+DOCDIR ?= /usr/share/doc/qbackup
 user ?=
 
 APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyncssh python3-yaml
@@ -89,6 +90,8 @@ templatevm:
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' carrier_vm/qbackup-carrier.in > $(DESTDIR)$(BINDIR)/qbackup-carrier
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup-carrier
 	install -m 0755 carrier_vm/qubes-rpc/qubes.BackupCarrier $(DESTDIR)$(QUBES_RPC_DIR)/
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)
+	install -m 0644 carrier_vm/carrier.yaml.example $(DESTDIR)$(DOCDIR)/
 
 # --- dom0 ----------------------------------------------------------------------
 dom0:
