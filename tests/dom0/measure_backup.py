@@ -53,13 +53,18 @@ def measure(mib: int) -> None:
             pass
         print(f"generate simulated stream only       {rate(size, time.monotonic() - start)}")
 
+        sim.add_vm("tiny", size=64 * 1024)
+        start = time.monotonic()
+        assert main(["-f", "tiny", "-t", CARRIER, "-p", str(passfile), "tiny"], app=sim) == 0
+        print(f"fixed cost: 64 KiB backup (info, list, put, list) {time.monotonic() - start:5.2f} s")
+
         start = time.monotonic()
         code = main(["-f", "m", "-t", CARRIER, "-p", str(passfile), "work"], app=sim)
         elapsed = time.monotonic() - start
         assert code == 0, code
         print(f"qbackup backup (sim -> carrier -> sshd) {rate(size, elapsed)}")
 
-        [name] = [p.name for p in account.storage.iterdir() if not p.name.startswith(".")]
+        [name] = [p.name for p in account.storage.iterdir() if p.name.startswith("m-")]
         start = time.monotonic()
         assert main(["verify", "-t", CARRIER, "-p", str(passfile), name], app=sim) == 0
         print(f"qbackup verify (2 gets, HMAC check)   {rate(size, time.monotonic() - start)}")
