@@ -28,33 +28,47 @@ ProgressCallback = Callable[[float], None]
 
 
 class QubesAdapter(Protocol):
-    """What dom0's qbackup needs from Qubes."""
+    """What dom0's qbackup needs from Qubes (the contract the simulator meets)."""
 
-    profile_dir: Path
+    profile_dir: Path  # where backup profiles live (/etc/qubes/backup)
 
-    def vm_exists(self, name: str) -> bool: ...
+    def vm_exists(self, name: str) -> bool:
+        """Given a VM name, return whether Qubes knows it."""
 
-    def is_running(self, name: str) -> bool: ...
+    def is_running(self, name: str) -> bool:
+        """Given a VM name, return whether it runs; raise VMNotFound."""
 
-    def start(self, name: str) -> None: ...
+    def start(self, name: str) -> None:
+        """Given a halted VM, start it; raise VMNotFound or QubesError."""
 
-    def shutdown(self, name: str, wait: bool = True) -> None: ...
+    def shutdown(self, name: str, wait: bool = True) -> None:
+        """Given a running VM, shut it down (waiting until halted if WAIT)."""
 
-    def vms_in_backups(self) -> list[str]: ...
+    def vms_in_backups(self) -> list[str]:
+        """Return the VMs whose include_in_backups is set, sorted."""
 
     def run_service_for_stdio(
         self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT
-    ) -> bytes: ...
+    ) -> bytes:
+        """Given a VM, a qrexec SERVICE+ARG and stdin bytes, return its stdout;
+        raise ReplyTooLarge past MAX_OUTPUT bytes, CalledProcessError (status,
+        stderr) if it fails."""
 
-    def backup_info(self, profile: str) -> bytes: ...
+    def backup_info(self, profile: str) -> bytes:
+        """Given a profile name, return admin.backup.Info's summary; raise QubesError."""
 
-    def backup_execute(self, profile: str, on_progress: ProgressCallback) -> None: ...
+    def backup_execute(self, profile: str, on_progress: ProgressCallback) -> None:
+        """Given a profile name, run admin.backup.Execute, calling ON_PROGRESS with
+        each backup-progress percentage; raise BackupEngineError if it fails."""
 
-    def backup_cancel(self, profile: str) -> None: ...
+    def backup_cancel(self, profile: str) -> None:
+        """Given the profile of a running Execute, send admin.backup.Cancel."""
 
     def backup_restore(
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
-    ) -> tuple[int, bytes]: ...
+    ) -> tuple[int, bytes]:
+        """Given qvm-backup-restore's arguments, run it (output captured or on
+        the terminal, INPUT_DATA on stdin) and return (status, output)."""
 
 
 def read_bounded(stream: Any, limit: int) -> tuple[bytes, bool]:
