@@ -131,7 +131,7 @@ class Interrupted(QbackupError):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        super().__init__(f"stopped by signal {signum}; the backup was cancelled")
+        super().__init__(f"stopped by signal {signum} (a running backup is cancelled first)")
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

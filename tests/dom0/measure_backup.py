@@ -56,7 +56,8 @@ def measure(mib: int) -> None:
         sim.add_vm("tiny", size=64 * 1024)
         start = time.monotonic()
         assert main(["-f", "tiny", "-t", CARRIER, "-p", str(passfile), "tiny"], app=sim) == 0
-        print(f"fixed cost: 64 KiB backup (info, list, put, list) {time.monotonic() - start:5.2f} s")
+        elapsed = time.monotonic() - start
+        print(f"fixed cost: 64 KiB backup (info, list, put, list) {elapsed:5.2f} s")
 
         start = time.monotonic()
         code = main(["-f", "m", "-t", CARRIER, "-p", str(passfile), "work"], app=sim)

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,34 @@ def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str
     assert dom0.logged("invalid backup name")
     assert_untouched(dom0)
     assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
+
+
+def test_sigterm_between_attempts_stops_cleanly(dom0: Dom0) -> None:
+    dom0.server.port, real_port = free_port(), dom0.server.port
+    try:
+        write_carrier_config(dom0.carrier_config, dom0.server, dom0.account)
+    finally:
+        dom0.server.port = real_port
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = backup(dom0, "--retries", "3", "--retry-delay", "30", "work")
+    finally:
+        timer.cancel()
+    assert code == errors.EXIT_SIGTERM
+    assert dom0.logged("stopped by signal 15")
+    # The signal came while waiting to retry: one attempt, no second one.
+    assert history_outcomes(dom0) == ["failed: TemporaryError"]
+    assert_nothing_stored(dom0)
+    assert not dom0.sim.vms[CARRIER].running  # the finally blocks still ran
+
+
+def test_config_errors_name_file_and_key_in_the_journal(dom0: Dom0) -> None:
+    path = dom0.passfile.parent / "qbackup.yaml"
+    path.write_text(f"jobs:\n  daily:\n    carrier: {CARRIER}\n    prefix: 'bad prefix'\n"
+                    "    passphrase_file: /x\n    retries: many\n")
+    assert dom0.run("backup", "--job", "daily", "--config", str(path)) == errors.EXIT_USAGE
+    assert dom0.logged(f"{path}: at 'jobs.daily.prefix': invalid prefix")
+    assert dom0.logged(f"{path}: at 'jobs.daily.retries': expected an integer")
+    assert dom0.run("backup", "--job", "weekly", "--config", str(path)) == errors.EXIT_USAGE
+    assert_untouched(dom0)
