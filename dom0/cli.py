@@ -19,7 +19,7 @@ from pathlib import Path
 from dom0 import config, errors
 from dom0.arguments import SUBCOMMANDS, build_parser
 from dom0.backup import Paths, run_backup
-from dom0.errors import QbackupError, QubesError
+from dom0.errors import QbackupError, QubesError, UsageError
 from dom0.history import default_history_path
 from dom0.listing import run_check, run_list
 from dom0.locking import default_lock_dir
@@ -70,6 +70,12 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
         check_name(args.name)
     if args.command in ("verify", "restore"):
         source = need_passphrase(source)
+    if args.command == "restore":
+        # They become qvm-backup-restore arguments: a word like '--x' must not
+        # turn into one of its options.
+        for vm in [*args.vms, *args.exclude]:
+            if not config.is_vm_name(vm):
+                raise UsageError(f"not a VM name: {vm!r}")
     app = get_app()
     with running_carrier(app, carrier, keep=False):
         if args.command == "list":
