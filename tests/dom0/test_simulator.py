@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0.errors import QubesError, VMNotFound
+from dom0.errors import BackupEngineError, QubesError, VMNotFound
 from tests.qubes_sim import SimulatedQubes, SimulationError
 from tests.qubes_sim.stream import StreamError, build_stream, check_stream, vm_data
 
@@ -99,3 +99,28 @@ def test_stream_detects_wrong_passphrase_and_any_flipped_byte() -> None:
 def test_restore_refuses_unsimulated_options(sim: SimulatedQubes) -> None:
     with pytest.raises(SimulationError):
         sim.backup_restore(["--ignore-size-limit", "-d", "carrier", "-p", "f", "cmd"], True)
+
+
+def test_qubes_backup_writes_into_an_existing_directory(sim: SimulatedQubes,
+                                                        tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\ndestination_path: {target}\n"
+                       "passphrase_text: pass\n")
+    sim.vms["carrier"].running = True
+    progress: list[float] = []
+    sim.backup_execute("p", progress.append)
+    [written] = list(target.iterdir())
+    assert written.name.startswith("qubes-backup-")
+    assert check_stream(written.read_bytes(), "pass") == {"work": vm_data("work", 1000)}
+    assert progress and progress == sorted(progress)
+
+
+@pytest.mark.parametrize("destination", ["no-such-command put x", "false"])
+def test_a_failing_destination_command_fails_execute(sim: SimulatedQubes,
+                                                     destination: str) -> None:
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\n"
+                       f"destination_path: {destination}\npassphrase_text: pass\n")
+    sim.vms["carrier"].running = True
+    with pytest.raises(BackupEngineError, match="Writing backup to VM carrier failed"):
+        sim.backup_execute("p", lambda _: None)
