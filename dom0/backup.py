@@ -20,6 +20,7 @@ from dom0.config import Job
 from dom0.errors import (
     BackupEngineError,
     CarrierError,
+    CarrierRefused,
     NoSpaceError,
     QbackupError,
     TemporaryError,
@@ -128,10 +129,25 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
                 app.backup_execute(profile, progress)
         finally:
             progress.finish()
-    record = client.find(name)
+    return publish(client, name), problems
+
+
+def publish(client: CarrierClient, name: str) -> Record:
+    """Given the name of a backup Qubes finished writing, have the server
+    publish it and return its record; raise CarrierError if it cannot.
+
+    `put` only stages an upload: a stream Qubes aborted can look like a clean
+    end to the carrier, and only dom0 knows Execute succeeded, so only dom0
+    commits. A carrier that predates `commit` (status 64) is accepted only if
+    the server already lists the name (protocol 1 published at put)."""
+    try:
+        record: Record | None = client.commit(name)
+    except CarrierRefused:
+        logger.warning("the carrier does not know 'commit'; relying on the server's listing")
+        record = client.find(name)
     if record is None or record.sha256 is None:
         raise CarrierError(f"Qubes finished but the server does not list {name}")
-    return record, problems
+    return record
 
 
 def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]) -> None:

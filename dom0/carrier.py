@@ -28,6 +28,7 @@ from dom0.replies import (
     parse_check,
     parse_info,
     parse_listing,
+    parse_receipt,
 )
 from dom0.untrusted import last_line
 
@@ -73,6 +74,14 @@ class CarrierClient:
         if record.name != name:
             raise CarrierError("the carrier's check reply names another backup")
         return record, ok
+
+    def commit(self, name: str) -> Record:
+        """Given the NAME of a staged upload, have the server publish it and
+        return its receipt; raise CarrierError if nothing was staged."""
+        record = parse_receipt(self._call("commit", check_name(name), MAX_SHORT_REPLY))
+        if record.name != name:
+            raise CarrierError("the carrier's commit receipt names another backup")
+        return record
 
     def find(self, name: str) -> Record | None:
         """Given a backup NAME, return its record from a listing, or None."""

@@ -92,6 +92,11 @@ class CarrierError(QbackupError):
     exit_code = EXIT_CARRIER
 
 
+class CarrierRefused(CarrierError):
+    """The carrier refused the request itself (status 64): e.g. a carrier too
+    old to know a verb."""
+
+
 class ReplyTooLarge(CarrierError):
     """The carrier sent more than any honest reply could hold."""
 
@@ -149,7 +154,7 @@ def exit_code_for(error: BaseException) -> int:
 
 # Carrier exit statuses (its documented contract) -> our exception class.
 CARRIER_STATUS_ERRORS: dict[int, type[QbackupError]] = {
-    64: CarrierError,  # usage / bad name / refused argument
+    64: CarrierRefused,  # usage / bad name / refused argument
     65: VerificationError,  # data error: digest/size mismatch, truncated
     66: CarrierError,  # no such backup
     69: CarrierError,  # server refused (exists, no space)

@@ -22,7 +22,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,6 +277,8 @@ class SimulatedQubes:
         return self.passphrase_vms[vm].split("\n", 1)[0].rstrip()
 
     def backup_execute(self, profile: str, on_progress: Callable[[float], None]) -> None:
+        """Like qubesd: read the profile, start qubes.Backup in the destination
+        VM, send ONE line then the stream; fail if the command fails."""
         self.calls.append(("admin.backup.Execute", profile))
         data = self._load_profile(profile)
         vms = self._selected_vms(data)
@@ -285,58 +287,21 @@ class SimulatedQubes:
         passphrase = self._passphrase(profile, data)
         line = str(data["destination_path"]).replace("\r", "").replace("\n", "")
         salt = stream.derive_key(line, b"salt")[:16]
-        pairs = [(vm.name, vm.size) for vm in vms]
+        chunks = stream.build_stream([(vm.name, vm.size) for vm in vms], passphrase, salt,
+                                     data.get("compression"))
         total = len(stream.MAGIC) + sum(vm.size for vm in vms) + 400
         process = subprocess.Popen(  # noqa: S603
             ["/bin/sh", "-c", QUBES_BACKUP_SH], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             env=self._carrier_env())
         self._running[profile] = process
-        with contextlib.suppress(OSError):  # like qrexec's big buffers; see PERFORMANCE.md
-            fcntl.fcntl(process.stdin.fileno(), F_SETPIPE_SZ, WRITE_CHUNK)  # type: ignore[union-attr]
         stderr_box: list[bytes] = []
         drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
         drainer.start()
-        failed = False
-        sent = 0
         try:
-            assert process.stdin is not None
-            process.stdin.write(line.encode() + b"\n")
-            for chunk in stream.build_stream(pairs, passphrase, salt, data.get("compression")):
-                for offset in range(0, len(chunk), WRITE_CHUNK):
-                    piece = chunk[offset : offset + WRITE_CHUNK]
-                    if self.hooks.corrupt_stream_byte is not None and \
-                            sent <= self.hooks.corrupt_stream_byte < sent + len(piece):
-                        index = self.hooks.corrupt_stream_byte - sent
-                        piece = piece[:index] + bytes([piece[index] ^ 0xFF]) + piece[index + 1 :]
-                    fraction = (sent + len(piece)) / total
-                    kill_at = self.hooks.kill_carrier_at
-                    if kill_at is not None and fraction >= kill_at:
-                        self.hooks.kill_carrier_at = None
-                        os.killpg(process.pid, signal.SIGKILL)
-                        time.sleep(0.1)
-                    if self.hooks.cancel_at is not None and fraction >= self.hooks.cancel_at:
-                        self.hooks.cancel_at = None
-                        self._cancel_process(profile)
-                    if profile in self._cancelled:
-                        raise BackupEngineError("Backup cancelled")
-                    process.stdin.write(piece)
-                    sent += len(piece)
-                    percent = min(100.0, 100.0 * sent / total)
-                    on_progress(percent)
-                    if self.hooks.on_progress is not None:
-                        self.hooks.on_progress(percent)
-            if profile in self._cancelled:
-                raise BackupEngineError("Backup cancelled")
-            process.stdin.close()
-        except BrokenPipeError:
-            failed = True
+            delivered = self._deliver(profile, process, line, self._pieces(chunks), total,
+                                      on_progress)
         finally:
-            if process.stdin is not None and not process.stdin.closed:
-                try:
-                    process.stdin.close()
-                except BrokenPipeError:
-                    failed = True
             returncode = process.wait()
             drainer.join()
             self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
@@ -345,23 +310,77 @@ class SimulatedQubes:
             self._cancelled.discard(profile)
         if cancelled:
             raise BackupEngineError("Backup cancelled")
-        if failed or returncode != 0:
+        if not delivered or returncode != 0:
             raise BackupEngineError(f"Writing backup to VM {destination} failed")
         for vm in vms:
             vm.backup_timestamp = int(time.time())
 
-    def _cancel_process(self, profile: str) -> None:
-        self._cancelled.add(profile)
-        process = self._running[profile]
-        try:
+    def _pieces(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Given the stream's chunks, yield WRITE_CHUNK pieces, flipping the
+        byte hooks.corrupt_stream_byte names (corruption in transit)."""
+        sent = 0
+        for chunk in chunks:
+            for offset in range(0, len(chunk), WRITE_CHUNK):
+                piece = chunk[offset : offset + WRITE_CHUNK]
+                target = self.hooks.corrupt_stream_byte
+                if target is not None and sent <= target < sent + len(piece):
+                    index = target - sent
+                    piece = piece[:index] + bytes([piece[index] ^ 0xFF]) + piece[index + 1 :]
+                sent += len(piece)
+                yield piece
+
+    def _misbehave(self, profile: str, process: subprocess.Popen[bytes], fraction: float) -> None:
+        """Given how far the stream got, fire the kill/cancel hooks once."""
+        kill_at = self.hooks.kill_carrier_at
+        if kill_at is not None and fraction >= kill_at:
+            self.hooks.kill_carrier_at = None
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            time.sleep(0.1)
+        if self.hooks.cancel_at is not None and fraction >= self.hooks.cancel_at:
+            self.hooks.cancel_at = None
+            self._cancel_process(profile)
+
+    def _deliver(self, profile: str, process: subprocess.Popen[bytes], line: str,
+                 pieces: Iterator[bytes], total: int,
+                 on_progress: Callable[[float], None]) -> bool:
+        """Write the line and the stream to qubes.Backup's stdin, reporting
+        progress; return False if the VM side closed it (or a cancel stopped it)."""
+        stdin = process.stdin
+        assert stdin is not None
+        with contextlib.suppress(OSError):  # like qrexec's big buffers; see PERFORMANCE.md
+            fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, WRITE_CHUNK)
+        sent = 0
+        try:
+            stdin.write(line.encode() + b"\n")
+            for piece in pieces:
+                self._misbehave(profile, process, (sent + len(piece)) / total)
+                if profile in self._cancelled:
+                    return False
+                stdin.write(piece)
+                sent += len(piece)
+                percent = min(100.0, 100.0 * sent / total)
+                on_progress(percent)
+                if self.hooks.on_progress is not None:
+                    self.hooks.on_progress(percent)
+            stdin.close()
+        except BrokenPipeError:
+            return False
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+        return profile not in self._cancelled
+
+    def _cancel_process(self, profile: str) -> None:
+        """Cancel as qubesd does: it terminates its end of the qrexec
+        connection, so the VM side sees a clean END of its stdin, NOT a
+        killed command (the carrier may well take it for a complete stream).
+        _deliver stops writing and closes stdin at its next piece."""
+        if profile not in self._running:
+            raise QubesError(f"no backup running for profile {profile}")
+        self._cancelled.add(profile)
 
     def backup_cancel(self, profile: str) -> None:
         self.calls.append(("admin.backup.Cancel", profile))
-        if profile not in self._running:
-            raise QubesError(f"no backup running for profile {profile}")
         self._cancel_process(profile)
 
     # -- qvm-backup-restore ----------------------------------------------
