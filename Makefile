@@ -17,6 +17,7 @@ SYSTEMD_USER_DIR ?= /usr/lib/systemd/user
 APPARMOR_DIR ?= /etc/apparmor.d
 DOCDIR ?= /usr/share/doc/qbackup
 user ?=
+force ?=
 
 APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyncssh python3-yaml
 
@@ -27,6 +28,7 @@ help:
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
 	@echo "make bench [GIB=2]        throughput against plain OpenSSH"
 	@echo "make server user=NAME     install qbackup-shell on a backup server and make it NAME's shell"
+	@echo "                          (an existing account with a real shell needs force=1)"
 	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell"
 	@echo "make templatevm           install the carrier in a Qubes TemplateVM"
 	@echo "make dom0                 install the qbackup command and its systemd user units in dom0"
@@ -74,7 +76,7 @@ server-files:
 server: server-files
 	@if [ -z "$(DESTDIR)" ]; then \
 		test -n "$(user)" || { echo "make server: give the account: make server user=NAME" >&2; exit 2; }; \
-		SHELL_PATH=$(SBINDIR)/qbackup-shell sh server_shell/setup-account.sh "$(user)"; \
+		SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)"; \
 	fi
 
 server-aa:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # setup-account.sh USER — make USER a qbackup storage account (idempotent).
-# Run as root by `make server user=USER` with SHELL_PATH=/usr/sbin/qbackup-shell:
+# Run as root by `make server user=USER [force=1]` with SHELL_PATH=/usr/sbin/qbackup-shell:
 #   - SHELL_PATH is listed in /etc/shells;
 #   - USER exists (created with a 0700 home if missing) and has SHELL_PATH as
 #     login shell;
@@ -30,6 +30,20 @@ if ! grep -qxF "$shell_path" /etc/shells; then
 fi
 
 if id -u "$user" >/dev/null 2>&1; then
+	# Converting an existing account takes its shell away and chowns its home:
+	# never do that to a system account (root, daemon, www-data, ...), and do it
+	# to a person's account only when asked to explicitly (FORCE=1).
+	uid=$(id -u "$user")
+	uid_min=$(awk '$1 == "UID_MIN" { print $2 }' /etc/login.defs 2>/dev/null)
+	uid_max=$(awk '$1 == "UID_MAX" { print $2 }' /etc/login.defs 2>/dev/null)
+	if [ "$uid" -lt "${uid_min:-1000}" ] || [ "$uid" -gt "${uid_max:-60000}" ]; then
+		fail "$user is a system account (uid $uid outside ${uid_min:-1000}..${uid_max:-60000}); choose another name"
+	fi
+	current=$(getent passwd "$user" | cut -d: -f7)
+	case "$current" in
+	"$shell_path" | */nologin | */false) ;;
+	*) [ "${FORCE:-}" = 1 ] || fail "$user exists with login shell $current; to turn it into a backup-only account run again with force=1" ;;
+	esac
 	usermod --shell "$shell_path" "$user"
 else
 	useradd --create-home --shell "$shell_path" --user-group "$user"

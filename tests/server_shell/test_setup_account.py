@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.server import REPO, Account, BackupServer, remove_account
-from tests.server_shell.client import frame_stream
+from tests.server_shell.client import put
 
 SCRIPT = REPO / "server_shell" / "setup-account.sh"
 
@@ -36,13 +36,14 @@ def new_user(backup_server: BackupServer) -> Iterator[str]:
     Path("/etc/shells").write_text(shells)
 
 
-def setup(server: BackupServer, user: str) -> subprocess.CompletedProcess[bytes]:
+def setup(
+    server: BackupServer, user: str, force: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHELL_PATH": str(server.shell_path)}
+    if force:
+        env["FORCE"] = "1"
     return subprocess.run(
-        ["sh", str(SCRIPT), user],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHELL_PATH": str(server.shell_path)},
+        ["sh", str(SCRIPT), user], capture_output=True, timeout=60, check=False, env=env
     )
 
 
@@ -68,19 +69,42 @@ def test_setup_account_makes_a_key_only_account_that_works(
         stream.write(f"restrict {public}\n")
     os.chmod(home.parent, 0o755)
     account = Account(name=new_user, home=home, uid=entry.pw_uid, gid=entry.pw_gid)
-    result = backup_server.run(account, "put first", frame_stream(b"hello"))
+    result = put(backup_server, account, "first", b"hello")
     assert result.returncode == 0, result.stderr
     assert (home / "first").read_bytes() == b"hello"
     assert setup(backup_server, new_user).returncode == 0
     assert f"restrict {public}" in keys.read_text()  # a rerun keeps pasted keys
 
 
-def test_setup_account_converts_an_existing_account(
+def test_setup_account_converts_an_existing_account_only_when_forced(
     backup_server: BackupServer, new_user: str
 ) -> None:
+    # Threat: a typo in `make server user=...` silently turning a person's
+    # account into a backup-only one (shell replaced, home chowned 0700).
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", new_user], check=True)
-    assert setup(backup_server, new_user).returncode == 0
+    passwd = Path("/etc/passwd").read_text()
+    result = setup(backup_server, new_user)
+    assert result.returncode != 0 and b"force=1" in result.stderr
+    assert Path("/etc/passwd").read_text() == passwd
+    assert setup(backup_server, new_user, force=True).returncode == 0
     assert pwd.getpwnam(new_user).pw_shell == str(backup_server.shell_path)
+
+
+@pytest.mark.parametrize("system_account", ["root", "daemon", "nobody"])
+def test_setup_account_refuses_system_accounts_even_when_forced(
+    backup_server: BackupServer, system_account: str
+) -> None:
+    # Threat: `make server user=www-data` chowning /var/www and replacing a
+    # service's shell. Residual risk: none for uids below UID_MIN.
+    passwd = Path("/etc/passwd").read_text()
+    home = Path(pwd.getpwnam(system_account).pw_dir)
+    before = home.stat() if home.exists() else None
+    result = setup(backup_server, system_account, force=True)
+    assert result.returncode != 0 and b"system account" in result.stderr
+    assert Path("/etc/passwd").read_text() == passwd
+    if before is not None:
+        after = home.stat()
+        assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
 
 def test_setup_account_refuses_a_planted_symlink(
@@ -91,7 +115,7 @@ def test_setup_account_refuses_a_planted_symlink(
     ssh_dir.mkdir()
     (ssh_dir / "authorized_keys").symlink_to(outside / "secret")
     before = (outside / "secret").stat()
-    result = setup(backup_server, new_user)
+    result = setup(backup_server, new_user, force=True)
     assert result.returncode != 0
     after = (outside / "secret").stat()
     assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
