@@ -75,13 +75,17 @@ def check_inputs(app: QubesAdapter, job: Job) -> tuple[str | None, list[str]]:
     return passphrase, chosen
 
 
-def fresh_name(prefix: str, stored: set[str]) -> str:
-    """Given the prefix and the names the server lists, return a new name;
-    raise CarrierError if it exists (never overwrite: the server is append-only
-    and a clash means two runs within one second)."""
+def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
+    """Given the prefix, the names the server lists and the names earlier
+    attempts of this run used, return a new name; raise CarrierError if it is
+    stored already (never overwrite: a clash means two runs within a second)."""
     name = make_name(prefix)
+    while name in tried:  # a retry within the same second: take the next one
+        time.sleep(0.2)
+        name = make_name(prefix)
     if name in stored:
         raise CarrierError(f"a backup named {name} already exists; try again in a second")
+    tried.add(name)
     return name
 
 
@@ -94,7 +98,7 @@ def report_tampering(problems: list[str]) -> None:
 
 
 def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
-            guard: SignalGuard) -> tuple[Record, list[str]]:
+            guard: SignalGuard, tried: set[str]) -> tuple[Record, list[str]]:
     """Given a checked job, take one backup; return (its server record,
     tampering problems found on the way); raise on any failure."""
     client = CarrierClient(app, job.carrier)
@@ -107,7 +111,7 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
     runs = [run for run in history.read_runs(paths.history) if run.job == history_job(job)]
     problems = find_tampering(runs, listing, job.prefix)
     report_tampering(problems)
-    name = fresh_name(job.prefix, {record.name for record in listing.records})
+    name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
     spec = ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
                        compression=job.compression, passphrase_text=passphrase,
                        passphrase_vm=job.passphrase_vm)
@@ -171,10 +175,11 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
                     history_job(job), " ".join(vms), job.carrier, job.prefix)
         notify.notify("qbackup started", f"{history_job(job)}: {len(vms)} VMs to {job.carrier}")
         with running_carrier(app, job.carrier, job.keep_carrier):
+            tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
             for number in range(job.retries + 1):
                 start = time.time()
                 try:
-                    record, problems = attempt(app, job, passphrase, paths, guard)
+                    record, problems = attempt(app, job, passphrase, paths, guard, tried)
                 except QbackupError as error:
                     outcome = f"failed: {type(error).__name__}"
                     history.append_run(paths.history, history.Run(
