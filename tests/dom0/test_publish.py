@@ -1,0 +1,77 @@
+"""Publishing a finished backup: `commit` after Execute, strictly checked.
+
+The carrier's answers are scripted at the Qubes boundary (what qrexec hands
+back from the carrier VM), so each hostile or old-carrier case is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dom0.backup import publish
+from dom0.carrier import CarrierClient
+from dom0.errors import CarrierError
+from dom0.replies import Record
+
+NAME = "laptop-20261122T235959Z"
+DIGEST = "c" * 64
+
+
+def receipt(name: str = NAME, sha256: str | None = DIGEST) -> bytes:
+    return json.dumps({"name": name, "size": 7, "sha256": sha256, "mtime": 1}).encode() + b"\n"
+
+
+LISTING = receipt() + b'{"end": true, "count": 1, "truncated": false}\n'
+EMPTY = b'{"end": true, "count": 0, "truncated": false}\n'
+
+
+class ScriptedCarrier:
+    """Answers qubes.BackupCarrier+VERB from a table: bytes, or an exit status."""
+
+    profile_dir = Path("/nonexistent")
+
+    def __init__(self, answers: dict[str, bytes | int]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, bytes]] = []
+
+    def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
+                              max_output: int = 65536) -> bytes:
+        verb = service.removeprefix("qubes.BackupCarrier+")
+        self.asked.append((verb, input_data))
+        answer = self.answers[verb]
+        if isinstance(answer, int):
+            raise subprocess.CalledProcessError(answer, service, b"", b"refused")
+        return answer
+
+
+def test_commit_receipt_is_the_record() -> None:
+    carrier = ScriptedCarrier({"commit": receipt()})
+    record = publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
+    assert record == Record(NAME, 7, DIGEST, 1)
+    assert carrier.asked == [("commit", NAME.encode() + b"\n")]
+
+
+@pytest.mark.parametrize("answer", [
+    receipt(name="other-20261122T235959Z"),  # receipt for another backup
+    receipt(sha256=None),  # no digest
+    receipt() + receipt(),  # two lines
+    66,  # nothing staged
+    69,
+])
+def test_bad_commit_answers_fail(answer: bytes | int) -> None:
+    carrier = ScriptedCarrier({"commit": answer, "list": LISTING})
+    with pytest.raises(CarrierError):
+        publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
+    assert [verb for verb, _ in carrier.asked] == ["commit"]  # no fallback
+
+
+def test_carrier_without_commit_falls_back_to_the_listing() -> None:
+    carrier = ScriptedCarrier({"commit": 64, "list": LISTING})
+    assert publish(CarrierClient(carrier, "c"), NAME).sha256 == DIGEST  # type: ignore[arg-type]
+    carrier = ScriptedCarrier({"commit": 64, "list": EMPTY})
+    with pytest.raises(CarrierError, match="does not list"):
+        publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
