@@ -6,16 +6,22 @@ Pure data and pure functions, standard library only, no I/O: the server shell
 
 Summary (see docs/PROTOCOL.md for the full text):
 
-* The client runs ONE command per SSH session: ``put NAME``, ``get NAME``,
-  ``list [PREFIX]``, ``check NAME`` or ``info``. Words are separated by a single
-  space; there is no quoting, globbing or shell syntax of any kind.
+* The client runs ONE command per SSH session: ``put NAME``, ``commit NAME``,
+  ``get NAME``, ``list [PREFIX]``, ``check NAME`` or ``info``. Words are
+  separated by a single space; there is no quoting, globbing or shell syntax
+  of any kind.
+* Uploads are two-phase: ``put NAME`` only STAGES a verified upload (invisible
+  to get/list/check); ``commit NAME`` PUBLISHES it under NAME. Only dom0 knows
+  whether Qubes' backup engine finished, and a stream Qubes aborted can look
+  like a clean EOF to the carrier, so dom0 commits only after its backup
+  succeeded. A second commit of one NAME finds nothing staged.
 * Binary streams (the body of ``put`` on stdin, the body of ``get`` on stdout)
   are framed: a 5-byte header (1 type byte, 4-byte big-endian payload length)
   and the payload. ``D`` frames carry 1..MAX_DATA_FRAME bytes of data; exactly
   one ``E`` frame ends the stream with the total length (8 bytes, big-endian)
   and the SHA-256 digest (32 bytes) of all data. A stream that ends without a
   valid ``E`` frame is truncated and must never be accepted.
-* Text replies (``put``'s receipt, ``list``, ``check``, ``info``) are JSON
+* Text replies (``put``'s and ``commit``'s receipts, ``list``, ``check``, ``info``) are JSON
   objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
 """
 
@@ -27,16 +33,17 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: put stages, commit publishes
 
 # --- commands ---------------------------------------------------------------
 VERB_PUT = "put"
+VERB_COMMIT = "commit"
 VERB_GET = "get"
 VERB_LIST = "list"
 VERB_CHECK = "check"
 VERB_INFO = "info"
 # Verbs that take exactly one NAME, that take an optional PREFIX, that take nothing.
-VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_GET, VERB_CHECK})
+VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_COMMIT, VERB_GET, VERB_CHECK})
 VERBS_WITH_OPTIONAL_PREFIX = frozenset({VERB_LIST})
 VERBS_WITHOUT_ARGUMENT = frozenset({VERB_INFO})
 ALL_VERBS = VERBS_WITH_NAME | VERBS_WITH_OPTIONAL_PREFIX | VERBS_WITHOUT_ARGUMENT
@@ -46,7 +53,7 @@ MAX_COMMAND_LENGTH = 512
 # A name is a relative path of '/'-separated segments. Each segment uses only
 # [A-Za-z0-9._-] and never starts with '.', which rules out '.', '..' and
 # hidden files: every dot-file in the storage belongs to the shell itself
-# (temporaries and digest records), so no client name can ever collide with one.
+# (temporaries, digest records, staged uploads), so no client name can ever collide with one.
 SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 100
@@ -218,7 +225,7 @@ def _require_name(value: Any) -> str:
 
 @dataclass(frozen=True)
 class BackupRecord:
-    """A stored backup as the server describes it (put receipt, list entry, check)."""
+    """A backup as the server describes it (put and commit receipts, list entry, check)."""
 
     name: str
     size: int

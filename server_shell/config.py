@@ -1,4 +1,5 @@
-"""The server's configuration: storage root, reserve, quota, syslog socket.
+"""The server's configuration: storage root, reserve, quota, the age at which
+staged uploads count as abandoned, syslog socket.
 
 An INI file (configparser, no interpolation). A missing file means defaults.
 `[storage]` sets the defaults for every account; `[account NAME]` overrides
@@ -14,11 +15,17 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 DEFAULT_RESERVE = 1024**3  # keep 1 GiB free for the rest of the server
+# dom0 commits seconds after its put ends; a staged upload a day old was abandoned.
+DEFAULT_PENDING_MAX_AGE = 24 * 3600
+# Shorter would let one put remove another client's upload before its commit.
+MIN_PENDING_MAX_AGE = 3600
 DEFAULT_LOG_SOCKET = "/dev/log"
-STORAGE_KEYS = frozenset({"root", "reserve", "quota"})
+STORAGE_KEYS = frozenset({"root", "reserve", "quota", "pending_max_age"})
 LOGGING_KEYS = frozenset({"socket"})
 SIZE_PATTERN = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+DURATION_PATTERN = re.compile(r"(\d+)\s*([smhd]?)", re.IGNORECASE)
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 ACCOUNT_PLACEHOLDER = "{account}"
 
 
@@ -30,6 +37,7 @@ class ShellConfig:
     reserve: int
     quota: int | None
     log_socket: str
+    pending_max_age: int = DEFAULT_PENDING_MAX_AGE  # seconds
 
 
 def parse_size(text: str) -> int:
@@ -39,6 +47,15 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError("not a size (use a number with an optional K, M, G or T suffix)")
     return int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+
+
+def parse_duration(text: str) -> int:
+    """Given a duration such as `24h`, `90m`, `2d` or `86400`, return seconds;
+    raise ValueError if it is not a whole number with an optional s/m/h/d suffix."""
+    match = DURATION_PATTERN.fullmatch(text.strip())
+    if not match:
+        raise ValueError("not a duration (use a number with an optional s, m, h or d suffix)")
+    return int(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
 
 
 def read_config_text(path: str) -> str:
@@ -83,11 +100,34 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
         quota = parse_size(quota_text) if quota_text and quota_text != "none" else None
     except ValueError as error:
         raise ConfigError(f"{path}: reserve/quota for account {account}: {error}") from None
+    pending_max_age = _pending_max_age(settings, account, path)
     log_socket = DEFAULT_LOG_SOCKET
     if parser.has_section("logging"):
         configured = parser["logging"].get("socket", "").strip()
         log_socket = configured or DEFAULT_LOG_SOCKET
-    return ShellConfig(root=root, reserve=reserve, quota=quota, log_socket=log_socket)
+    return ShellConfig(
+        root=root,
+        reserve=reserve,
+        quota=quota,
+        log_socket=log_socket,
+        pending_max_age=pending_max_age,
+    )
+
+
+def _pending_max_age(settings: dict[str, str], account: str, path: str) -> int:
+    """Given the merged storage settings, return pending_max_age in seconds;
+    raise ConfigError if it is malformed or shorter than MIN_PENDING_MAX_AGE."""
+    if "pending_max_age" not in settings:
+        return DEFAULT_PENDING_MAX_AGE
+    try:
+        seconds = parse_duration(settings["pending_max_age"])
+    except ValueError as error:
+        raise ConfigError(f"{path}: pending_max_age for account {account}: {error}") from None
+    # A put removes staged uploads older than this: too short, and it could
+    # remove another backup's upload in the seconds before dom0 commits it.
+    if seconds < MIN_PENDING_MAX_AGE:
+        raise ConfigError(f"{path}: pending_max_age for account {account}: at least 1h")
+    return seconds
 
 
 def load_config(path: str, account: str) -> ShellConfig:

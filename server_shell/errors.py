@@ -11,7 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_USAGE = 64  # refused or malformed command, bad name
 EXIT_DATAERR = 65  # truncated/invalid stream, digest mismatch
-EXIT_NOINPUT = 66  # no such backup
+EXIT_NOINPUT = 66  # no such backup; for commit: nothing staged under that name
 EXIT_SOFTWARE = 70  # internal error
 EXIT_UNAVAILABLE = 69  # refused for space (reserve or quota)
 EXIT_CANTCREAT = 73  # name already exists
@@ -46,6 +46,12 @@ class NoSuchBackup(ShellError, FileNotFoundError):
 
     exit_code = EXIT_NOINPUT
     outcome = "missing"
+
+
+class NothingStaged(NoSuchBackup):
+    """commit NAME found no staged upload of NAME (never put, committed already, expired)."""
+
+    outcome = "nothing-staged"
 
 
 class NoSpace(ShellError):

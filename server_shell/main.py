@@ -20,6 +20,7 @@ from types import FrameType
 import qbackup_protocol as protocol
 
 from . import errors
+from .commit import commit_backup
 from .config import ShellConfig, load_config
 from .errors import Interrupted, NotAllowed, ShellError
 from .listing import describe_space, list_backups
@@ -63,7 +64,16 @@ def run_request(request: Request, config: ShellConfig, home: str, outcome: Outco
     try:
         if request.verb == protocol.VERB_PUT:
             assert request.argument is not None  # noqa: S101 (guaranteed by parse_command)
-            record = store_backup(root_fd, request.argument, STDIN, config.reserve, config.quota)
+            record = store_backup(
+                root_fd, request.argument, STDIN, config.reserve, config.quota,
+                config.pending_max_age,
+            )
+            outcome.size = record.size
+            write_all(STDOUT, protocol.encode_reply(record.to_reply()))
+            return errors.EXIT_OK
+        if request.verb == protocol.VERB_COMMIT:
+            assert request.argument is not None  # noqa: S101
+            record = commit_backup(root_fd, request.argument)
             outcome.size = record.size
             write_all(STDOUT, protocol.encode_reply(record.to_reply()))
             return errors.EXIT_OK
@@ -120,7 +130,10 @@ def prune_locally(arguments: tuple[str, ...], config_path: str) -> int:
     drop_privileges(owner.pw_uid, owner.pw_gid)
     root_fd = open_root(request.root or config.root or owner.pw_dir)
     try:
-        removed = run_prune(root_fd, request, lambda line: write_all(STDOUT, f"{line}\n".encode()))
+        removed = run_prune(
+            root_fd, request, lambda line: write_all(STDOUT, f"{line}\n".encode()),
+            config.pending_max_age,
+        )
     finally:
         os.close(root_fd)
     verb = "would remove" if request.dry_run else "removed"

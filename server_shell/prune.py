@@ -6,7 +6,8 @@ newest first by mtime; `--keep-last N` keeps the N newest; each of
 backup of each of the N most recent days/ISO weeks/months that have one
 (a backup already kept by an earlier rule fills its period without using
 up a slot). Everything not kept is removed: the data, then its digest record. Stale
-temporaries of crashed puts (unlocked, unwritten for a while) go too.
+temporaries of crashed puts (unlocked, unwritten for a while) go too, and so do
+staged uploads nobody committed within `pending_max_age` (staging.py).
 Periods use the server's local time.
 """
 
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 
 import qbackup_protocol as protocol
 
+from .config import DEFAULT_PENDING_MAX_AGE
 from .errors import CommandRefused, NotAllowed, StorageError
 from .put import remove_stale_temporaries
+from .staging import remove_stale_pending
 from .storage import (
     DIRECTORY_FLAGS,
     iter_backups,
@@ -188,11 +191,13 @@ def remove_backup(root_fd: int, name: str) -> None:
         os.close(dir_fd)
 
 
-def remove_crash_leftovers(dir_fd: int, depth: int = 0) -> None:
-    """Given a directory descriptor, remove stale put temporaries in it and in
-    every (non-dot, non-symlink) directory below: crash leftovers in a
-    directory that never sees another put would otherwise stay forever."""
+def remove_crash_leftovers(dir_fd: int, pending_max_age: int, depth: int = 0) -> None:
+    """Given a directory descriptor, remove stale put temporaries and staged
+    uploads older than PENDING_MAX_AGE in it and in every (non-dot,
+    non-symlink) directory below: leftovers in a directory that never sees
+    another put would otherwise stay forever."""
     remove_stale_temporaries(dir_fd, own="")
+    remove_stale_pending(dir_fd, pending_max_age)
     with os.scandir(dir_fd) as scan:
         children = sorted(entry.name for entry in scan if not entry.name.startswith("."))
     for name in children:
@@ -203,14 +208,20 @@ def remove_crash_leftovers(dir_fd: int, depth: int = 0) -> None:
         except OSError:
             continue  # a file, a symlink, or gone: nothing to walk into
         try:
-            remove_crash_leftovers(child, depth + 1)
+            remove_crash_leftovers(child, pending_max_age, depth + 1)
         finally:
             os.close(child)
 
 
-def run_prune(root_fd: int, request: PruneRequest, emit: Callable[[str], None]) -> int:
-    """Given the root descriptor, the request and a line printer, prune and
-    return how many backups were (or, with --dry-run, would be) removed."""
+def run_prune(
+    root_fd: int,
+    request: PruneRequest,
+    emit: Callable[[str], None],
+    pending_max_age: int = DEFAULT_PENDING_MAX_AGE,
+) -> int:
+    """Given the root descriptor, the request, a line printer and the age of
+    abandoned staged uploads, prune and return how many backups were (or,
+    with --dry-run, would be) removed."""
     kept, removed = select_backups(collect_candidates(root_fd, request.prefix), request.rules)
     for name, reason in sorted(kept.items()):
         emit(f"keep {name} ({reason})")
@@ -221,5 +232,5 @@ def run_prune(root_fd: int, request: PruneRequest, emit: Callable[[str], None]) 
             remove_backup(root_fd, candidate.name)
             emit(f"removed {candidate.name}")
     if not request.dry_run:
-        remove_crash_leftovers(root_fd)
+        remove_crash_leftovers(root_fd, pending_max_age)
     return len(removed)

@@ -1,13 +1,21 @@
 """`put NAME`: receive a framed stream into a hidden temporary, verify it,
-then link it to NAME — which never replaces anything.
+then STAGE it under NAME's pending name; `commit NAME` (commit.py) publishes it.
 
-Flow: refuse early (name taken, no space) -> temporary (O_EXCL, 0600, flock)
--> main thread reads frames into preallocated buffers while a writer thread
-hashes and writes them (hashlib and os.write release the GIL, so the two
-overlap) -> E frame: compare length and digest, require EOF, one fsync ->
-link temporary -> NAME (EEXIST: someone else won) -> digest record -> unlink
-the temporary -> fsync the directory. Any failure on the way removes the
-temporary, so NAME never appears for a stream that was not complete and valid.
+Why two phases: when Qubes' backup engine aborts, the carrier most likely
+just sees its stdin close -- a clean EOF, indistinguishable from a complete
+backup -- and append-only storage could never take a published truncated
+backup back. Only dom0 knows whether the backup succeeded, so only its
+commit makes NAME appear.
+
+Flow: remove stale staged uploads in the directory -> refuse early (NAME or
+its pending name taken, no space) -> temporary (O_EXCL, 0600, flock) -> main
+thread reads frames into preallocated buffers while a writer thread hashes
+and writes them (hashlib and os.write release the GIL, so the two overlap)
+-> E frame: compare length and digest, require EOF, one fsync -> link
+temporary -> `.NAME.pending` (EEXIST: someone else staged it) -> digest
+record `.NAME.pending-sha256` -> unlink the temporary -> fsync the
+directory. Any failure on the way removes the temporary (and a pending name
+we made), so nothing is staged for a stream that was not complete and valid.
 """
 
 from __future__ import annotations
@@ -27,15 +35,18 @@ import qbackup_protocol as protocol
 
 from .errors import AlreadyExists, BadStream, NoSpace, ShellError, StorageError
 from .space import SpaceGuard
+from .staging import remove_pending, remove_stale_pending
 from .storage import (
     FILE_READ_FLAGS,
     TEMP_PREFIX,
     StoredDigest,
     create_temporary,
     open_directory,
+    pending_name,
+    pending_record_name,
     remove_quietly,
     split_name,
-    write_record,
+    write_digest_file,
 )
 from .streams import enlarge_pipe, read_exactly
 
@@ -45,14 +56,16 @@ BUFFER_COUNT = 4  # memory stays at BUFFER_COUNT * MAX_DATA_FRAME whatever the s
 STALE_TEMPORARY_AGE = 120  # seconds without a write before a temporary is a crash's leftover
 MAX_STALE_SCAN = 10_000
 EXISTS_MESSAGE = "a backup with that name already exists; backups are never replaced"
+STAGED_MESSAGE = "an upload of that name is already staged; commit it or choose a new name"
 
 
 @dataclass(frozen=True)
 class Received:
-    """What a complete, verified stream held."""
+    """What a complete, verified stream held (and when it was last written)."""
 
     size: int
     sha256: str
+    mtime: int = 0
 
 
 class Writer:
@@ -176,28 +189,35 @@ def remove_stale_temporaries(dir_fd: int, own: str) -> None:
 
 
 def store_backup(root_fd: int, name: str, stdin_fd: int, reserve: int,
-                 quota: int | None) -> protocol.BackupRecord:
-    """Given the root descriptor, a checked NAME, stdin and the space limits,
-    receive the stream and store it as NAME; return its record. Raise
-    AlreadyExists if NAME is taken, NoSpace, BadStream or StorageError; on
-    any failure NAME does not appear and the temporary is gone."""
+                 quota: int | None, pending_max_age: int) -> protocol.BackupRecord:
+    """Given the root descriptor, a checked NAME, stdin, the space limits and
+    the age after which uncommitted uploads are stale, receive the stream and
+    stage it for NAME; return its record. Raise AlreadyExists if NAME exists
+    or is already staged, NoSpace, BadStream or StorageError; on any failure
+    nothing is staged and the temporary is gone."""
     segments, leaf = split_name(name)
     dir_fd = open_directory(root_fd, segments, create=True)
     try:
+        # Abandoned uploads go first: they may hold this very name, and they
+        # count against the quota the guard below computes.
+        remove_stale_pending(dir_fd, pending_max_age)
         # Refuse early, before the client sends hundreds of GiB for nothing.
         # (The link below is still the real, race-free guard.)
-        if _exists(dir_fd, leaf):
+        if exists(dir_fd, leaf):
             raise AlreadyExists(EXISTS_MESSAGE)
+        if exists(dir_fd, pending_name(leaf)):
+            raise AlreadyExists(STAGED_MESSAGE)
         guard = SpaceGuard(root_fd, reserve, quota)
         enlarge_pipe(stdin_fd)
-        received = _receive_and_link(dir_fd, leaf, stdin_fd, guard)
-        mtime = int(os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False).st_mtime)
-        return protocol.BackupRecord(name, received.size, received.sha256, mtime)
+        received = _receive_and_stage(dir_fd, leaf, stdin_fd, guard)
+        return protocol.BackupRecord(name, received.size, received.sha256, received.mtime)
     finally:
         os.close(dir_fd)
 
 
-def _exists(dir_fd: int, leaf: str) -> bool:
+def exists(dir_fd: int, leaf: str) -> bool:
+    """Given a directory descriptor and an entry name, return whether anything
+    (file, directory, symlink) is there."""
     try:
         os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -205,30 +225,52 @@ def _exists(dir_fd: int, leaf: str) -> bool:
     return True
 
 
-def _receive_and_link(dir_fd: int, leaf: str, stdin_fd: int, guard: SpaceGuard) -> Received:
+def _receive_and_stage(dir_fd: int, leaf: str, stdin_fd: int, guard: SpaceGuard) -> Received:
     temp_name, fd = create_temporary(dir_fd)
     try:
+        # The flock also covers the staged inode (the same inode under its
+        # pending name) until its record is written: a commit waits for it.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         remove_stale_temporaries(dir_fd, temp_name)
         try:
             received = receive_stream(stdin_fd, fd, guard)
             os.fsync(fd)
+            mtime = int(os.fstat(fd).st_mtime)
         except OSError as error:
             raise _storage_error(error) from None
-        try:
-            # linkat() never replaces an existing entry: of two puts of one
-            # name exactly one succeeds, and an existing backup is untouchable.
-            os.link(temp_name, leaf, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except FileExistsError:
-            raise AlreadyExists(EXISTS_MESSAGE) from None
-        write_record(dir_fd, leaf, StoredDigest(size=received.size, sha256=received.sha256))
+        _stage(dir_fd, leaf, temp_name, received)
     finally:
         os.close(fd)
         remove_quietly(dir_fd, temp_name)
     os.fsync(dir_fd)
-    return received
+    return Received(received.size, received.sha256, mtime)
 
 
+def _stage(dir_fd: int, leaf: str, temp_name: str, received: Received) -> None:
+    """Given the verified temporary, link it to LEAF's pending name and write
+    the pending digest record; raise AlreadyExists if LEAF is taken meanwhile."""
+    try:
+        # linkat() never replaces an existing entry: of two puts of one name
+        # exactly one stages, and a staged upload is never swapped for another.
+        os.link(
+            temp_name, pending_name(leaf), src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+            follow_symlinks=False,
+        )
+    except FileExistsError:
+        raise AlreadyExists(STAGED_MESSAGE) from None
+    try:
+        # A commit of an earlier upload of this name may have published NAME
+        # after our early check (it links NAME before it unlinks its pending
+        # name, so NAME is visible by now): an upload that can never be
+        # committed is not left behind.
+        if exists(dir_fd, leaf):
+            raise AlreadyExists(EXISTS_MESSAGE)
+        digest = StoredDigest(size=received.size, sha256=received.sha256)
+        write_digest_file(dir_fd, pending_record_name(leaf), digest)
+    except BaseException:
+        # The pending name is ours (we just linked it and hold its lock).
+        remove_pending(dir_fd, leaf)
+        raise
 def _storage_error(error: OSError) -> ShellError:
     """Given an OSError from writing, return the ShellError to report."""
     if isinstance(error, ShellError):

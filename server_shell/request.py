@@ -59,7 +59,7 @@ def parse_command(text: str) -> Request:
         # prune deletes backups: it exists only for the local admin.
         raise NotAllowed("prune is only allowed for the local admin, not over SSH")
     if verb not in protocol.ALL_VERBS:
-        raise CommandRefused("unknown command (allowed: put, get, list, check, info)")
+        raise CommandRefused("unknown command (allowed: put, commit, get, list, check, info)")
     try:
         if verb in protocol.VERBS_WITH_NAME:
             if len(arguments) != 1:

@@ -7,10 +7,16 @@ open (ELOOP/ENOTDIR) instead of being followed out of the storage; there is no
 window between "check a path" and "use it" for a planted symlink to exploit.
 
 Layout inside a directory of the tree, for a backup whose last segment is LEAF:
-  LEAF            the backup itself (0600), never replaced once it exists
-  .LEAF.sha256    its digest record: JSON {"size": N, "sha256": HEX}
-  .tmp-XXXXXXXX   a put in progress (or left by a crash), never listed
-Client names never start with '.', so they can never collide with these.
+  LEAF                    the backup itself (0600), never replaced once it exists
+  .LEAF.sha256            its digest record: JSON {"size": N, "sha256": HEX}
+  .LEAF.pending           a verified upload staged by `put`, waiting for `commit`
+  .LEAF.pending-sha256    the staged upload's digest record (same JSON)
+  .tmp-XXXXXXXX           a put in progress (or left by a crash), never listed
+Client names never start with '.', so they can never collide with these; and
+each kind ends differently (".sha256", ".pending", "-sha256" after "pending",
+no dot after the hex of a temporary), so the shell's own names never collide
+with each other either, whatever LEAF is (`a.pending` is a valid client leaf:
+its record `.a.pending.sha256` still differs from `.a.pending-sha256`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"
 RECORD_SUFFIX = ".sha256"
+PENDING_SUFFIX = ".pending"
+PENDING_RECORD_SUFFIX = ".pending-sha256"
 MAX_RECORD_SIZE = 4096
 # errnos that mean "a symlink or a non-directory sits where we walk".
 NOT_A_DIRECTORY = (errno.ELOOP, errno.ENOTDIR)
@@ -151,11 +159,27 @@ def record_name(leaf: str) -> str:
     return f".{leaf}{RECORD_SUFFIX}"
 
 
+def pending_name(leaf: str) -> str:
+    """Given a backup's last segment, return the file name of its staged upload."""
+    return f".{leaf}{PENDING_SUFFIX}"
+
+
+def pending_record_name(leaf: str) -> str:
+    """Given a backup's last segment, return its staged upload's digest record name."""
+    return f".{leaf}{PENDING_RECORD_SUFFIX}"
+
+
 def read_record(dir_fd: int, leaf: str) -> StoredDigest | None:
     """Given a directory descriptor and a backup's last segment, return its
     digest record, or None if it has none (or an unreadable one)."""
+    return read_digest_file(dir_fd, record_name(leaf))
+
+
+def read_digest_file(dir_fd: int, file_name: str) -> StoredDigest | None:
+    """Given a directory descriptor and a digest record's file name, return
+    the record, or None if it is missing, not a regular file or malformed."""
     try:
-        fd, _info = open_backup(dir_fd, record_name(leaf))
+        fd, _info = open_backup(dir_fd, file_name)
     except NoSuchBackup:
         return None
     try:
@@ -178,7 +202,13 @@ def read_record(dir_fd: int, leaf: str) -> StoredDigest | None:
 
 def write_record(dir_fd: int, leaf: str, digest: StoredDigest) -> None:
     """Given a directory descriptor, a backup's last segment and its digest,
-    store the record durably (write a temporary, fsync, rename into place)."""
+    store its record durably."""
+    write_digest_file(dir_fd, record_name(leaf), digest)
+
+
+def write_digest_file(dir_fd: int, file_name: str, digest: StoredDigest) -> None:
+    """Given a directory descriptor, a digest record's file name and the
+    digest, store it durably (write a temporary, fsync, rename into place)."""
     body = json.dumps({"size": digest.size, "sha256": digest.sha256}).encode("ascii") + b"\n"
     temp_name, fd = create_temporary(dir_fd)
     try:
@@ -187,9 +217,10 @@ def write_record(dir_fd: int, leaf: str, digest: StoredDigest) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        # Only the put that won the link of LEAF gets here, so replacing a
-        # record left by an interrupted prune is right, and nobody else races us.
-        os.rename(temp_name, record_name(leaf), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        # Only the put or commit that won the link of the data gets here, so
+        # replacing a record left by an interrupted prune or commit is right,
+        # and nobody else races us.
+        os.rename(temp_name, file_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         remove_quietly(dir_fd, temp_name)
         raise

@@ -88,6 +88,7 @@ def test_check_prefix_refuses_unsafe_prefixes(prefix: str) -> None:
     ("verb", "argument", "expected"),
     [
         ("put", "a/b", "put a/b"),
+        ("commit", "a/b", "commit a/b"),
         ("list", None, "list"),
         ("list", "a/", "list a/"),
         ("info", None, "info"),
@@ -101,7 +102,16 @@ def test_build_command_makes_single_space_commands(
 
 @pytest.mark.parametrize(
     ("verb", "argument"),
-    [("put", None), ("put", "../x"), ("info", "x"), ("rm", "x"), ("prune", None), ("get", "a b")],
+    [
+        ("put", None),
+        ("put", "../x"),
+        ("commit", None),  # commit always names the one staged upload it publishes
+        ("commit", ".a.pending"),  # staged uploads are dot-files: never nameable
+        ("info", "x"),
+        ("rm", "x"),
+        ("prune", None),
+        ("get", "a b"),
+    ],
 )
 def test_build_command_refuses_invalid_commands(verb: str, argument: str | None) -> None:
     with pytest.raises(ValueError):
@@ -182,3 +192,11 @@ def test_parse_info_and_check_round_trip() -> None:
     assert wire.parse_check(wire.encode_reply(check.to_reply())) == check
     with pytest.raises(wire.ProtocolError):
         wire.parse_check(wire.encode_reply(RECORD))  # no "ok"
+
+
+def test_protocol_version_2_has_the_commit_verb() -> None:
+    # Version 2 is the two-phase upload: a carrier speaking it to a version-1
+    # shell would see its put published at once, so the number must change.
+    assert wire.PROTOCOL_VERSION == 2
+    assert wire.VERB_COMMIT in wire.VERBS_WITH_NAME
+    assert wire.ALL_VERBS == {"put", "commit", "get", "list", "check", "info"}

@@ -34,11 +34,23 @@ def frame_stream(
     return bytes(out)
 
 
+def stage(
+    server: BackupServer, account: Account, name: str, data: bytes, **frame_options: object
+) -> subprocess.CompletedProcess[bytes]:
+    """Upload DATA as NAME over real ssh (`put`: staged, not published); return
+    the completed ssh process."""
+    return server.run(account, f"put {name}", frame_stream(data, **frame_options))  # type: ignore[arg-type]
+
+
 def put(
     server: BackupServer, account: Account, name: str, data: bytes, **frame_options: object
 ) -> subprocess.CompletedProcess[bytes]:
-    """Upload DATA as NAME over real ssh; return the completed ssh process."""
-    return server.run(account, f"put {name}", frame_stream(data, **frame_options))  # type: ignore[arg-type]
+    """Upload DATA as NAME and publish it (`put`, then `commit` if the put
+    succeeded); return the last completed ssh process."""
+    staged = stage(server, account, name, data, **frame_options)
+    if staged.returncode != 0:
+        return staged
+    return server.run(account, f"commit {name}")
 
 
 def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
@@ -84,6 +96,14 @@ def snapshot(root: Path) -> dict[str, tuple[str, str]]:
             else:
                 found[relative] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
     return found
+
+
+def pending(root: Path) -> list[str]:
+    """Given a storage root, return the staged uploads (data and records) below it."""
+    return [
+        name for name in snapshot(root)
+        if Path(name).name.startswith(".") and ".pending" in Path(name).name
+    ]
 
 
 def temporaries(root: Path) -> list[str]:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from server_shell.config import DEFAULT_RESERVE, ShellConfig, load_config, parse_config, parse_size
+from server_shell.config import (
+    DEFAULT_PENDING_MAX_AGE,
+    DEFAULT_RESERVE,
+    ShellConfig,
+    load_config,
+    parse_config,
+    parse_size,
+)
 from server_shell.errors import ConfigError
 
 
@@ -32,6 +39,21 @@ def test_parse_size_accepts(text: str, size: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("", DEFAULT_PENDING_MAX_AGE),
+        ("[storage]\npending_max_age = 2h\n", 7200),
+        ("[storage]\npending_max_age = 3d\n", 3 * 86400),
+        ("[storage]\npending_max_age = 90m\n", 5400),
+        ("[storage]\npending_max_age = 3600\n", 3600),
+        ("[storage]\npending_max_age = 2h\n[account alice]\npending_max_age = 7d\n", 7 * 86400),
+    ],
+)
+def test_pending_max_age_accepts(text: str, seconds: int) -> None:
+    assert parse_config(text, "alice").pending_max_age == seconds
 
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
@@ -62,6 +84,12 @@ def test_account_section_overrides_storage() -> None:
         "[unknown]\nx = 1\n",
         "not an ini file\n",
         "[storage]\nreserve = 1G\n[storage]\nreserve = 2G\n",
+        "[storage]\npending_max_age = soon\n",
+        "[storage]\npending_max_age = 1.5h\n",
+        # Shorter than an hour, one put could remove another's upload before
+        # dom0 commits it: refused, not obeyed.
+        "[storage]\npending_max_age = 0\n",
+        "[storage]\npending_max_age = 59m\n",
     ],
 )
 def test_bad_config_is_refused(text: str) -> None:

@@ -127,7 +127,7 @@ def test_signal_to_the_shell_mid_stream_leaves_nothing(
     assert snapshot(account.storage) == before
 
 
-def test_concurrent_puts_of_one_name_exactly_one_wins(
+def test_concurrent_puts_of_one_name_exactly_one_stages(
     backup_server: BackupServer, account: Account
 ) -> None:
     first, second = (
@@ -155,8 +155,10 @@ def test_concurrent_puts_of_one_name_exactly_one_wins(
     codes = sorted([first.returncode, second.returncode])
     assert codes == [0, 73]
     winner = first if first.returncode == 0 else second
-    assert (account.storage / "race").read_bytes() == bodies[winner.pid]
+    assert (account.storage / ".race.pending").read_bytes() == bodies[winner.pid]
     assert temporaries(account.storage) == []
+    assert backup_server.run(account, "commit race").returncode == 0
+    assert (account.storage / "race").read_bytes() == bodies[winner.pid]
 
 
 def test_crash_leftover_is_hidden_then_removed_by_a_later_put(
@@ -196,4 +198,5 @@ def test_a_live_puts_temporary_is_never_removed(
     slow.stdin.write(protocol.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     slow.stdin.close()
     assert slow.wait(timeout=30) == 0
+    assert backup_server.run(account, "commit dir/slow").returncode == 0
     assert (account.storage / "dir/slow").read_bytes() == body
