@@ -3,7 +3,7 @@
     /opt/qbackup-venv/bin/python -m tests.dom0.measure_backup [MIB]
 
 Runs the simulated Qubes engine into the REAL carrier, sshd and shell, and
-compares with the carrier alone (`qbackup-carrier put` reading a file) and
+compares with the carrier alone (`qbackup-carrier put` reading a file: staging only) and
 with generating the simulated stream alone.
 """
 
@@ -57,7 +57,7 @@ def measure(mib: int) -> None:
         start = time.monotonic()
         assert main(["-f", "tiny", "-t", CARRIER, "-p", str(passfile), "tiny"], app=sim) == 0
         elapsed = time.monotonic() - start
-        print(f"fixed cost: 64 KiB backup (info, list, put, list) {elapsed:5.2f} s")
+        print(f"fixed cost: 64 KiB backup (info, list, put, commit) {elapsed:5.2f} s")
 
         start = time.monotonic()
         code = main(["-f", "m", "-t", CARRIER, "-p", str(passfile), "work"], app=sim)
