@@ -1,6 +1,12 @@
 """qbackup-carrier: the carrier VM's command line, and the only place exit codes are decided.
 
-    qbackup-carrier put NAME        backup on stdin -> server; receipt JSON line on stdout
+    qbackup-carrier put NAME        backup on stdin -> server, STAGED (not yet a backup);
+                                    the staged upload's receipt, one JSON line, on stdout
+    qbackup-carrier commit NAME     publish the staged upload as backup NAME (dom0 sends
+                                    it after Qubes' backup succeeded); receipt on stdout
+    qbackup-carrier put --commit NAME
+                                    put, then commit, in one run (standalone use and
+                                    tests; dom0 hands Qubes the plain put)
     qbackup-carrier get NAME        stored backup -> stdout, verified (repeatable)
     qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
     qbackup-carrier check NAME      one JSON line: the record and "ok"
@@ -8,7 +14,8 @@
     qbackup-carrier qrexec-service [ARG]
                                     what /etc/qubes-rpc/qubes.BackupCarrier runs
 
-Exit codes: see carrier_vm/errors.py (0, 64, 65, 66, 69, 75, 77, 78).
+Exit codes: see carrier_vm/errors.py (0, 64, 65, 66, 69, 75, 77, 78);
+commit: 66 = nothing staged under NAME (never put, already committed, expired).
 """
 
 from __future__ import annotations
@@ -36,8 +43,8 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 # precise reason (stdout reader gone, connection lost) instead of a signal name.
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 USAGE = (
-    f"usage: {PROGRAM} put NAME | get NAME | list [PREFIX] | check NAME | info"
-    " | qrexec-service [ARG]"
+    f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
+    " | check NAME | info | qrexec-service [ARG]"
 )
 
 
@@ -52,7 +59,13 @@ def parse_arguments(argv: list[str]) -> Request:
         raise UsageError(USAGE)
     verb, rest = argv[0], argv[1:]
     try:
-        if verb in ("put", "get", "check") and len(rest) == 1:
+        if verb == "put" and len(rest) == 2 and rest[0] == "--commit":
+            return Request(verb, check_name(rest[1]), then_commit=True)
+        # `put --commit` without a NAME must not stage a backup named
+        # "--commit": words starting with "--" are options of put, never names.
+        if verb == "put" and rest and rest[0].startswith("--"):
+            raise UsageError(USAGE)
+        if verb in ("put", "commit", "get", "check") and len(rest) == 1:
             return Request(verb, check_name(rest[0]))
         if verb == "list" and len(rest) <= 1:
             return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
@@ -92,6 +105,7 @@ def configure_logging(environ: Mapping[str, str]) -> None:
 async def run_request(request: Request, config: CarrierConfig) -> None:
     """Given a Request and the config, carry it out against the server, with
     the abort signals cancelling it; raise a CarrierError on failure."""
+    from carrier_vm.commit import commit_backup
     from carrier_vm.download import get_backup
     from carrier_vm.replies import run_text_command
     from carrier_vm.ssh import open_connection
@@ -117,6 +131,11 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                 record = await put_backup(
                     connection, str(request.argument), sys.stdin.fileno(), config
                 )
+                if request.then_commit:
+                    record = await commit_backup(connection, str(request.argument), config, record)
+                output.write(encode_reply(record.to_reply()))
+            elif request.verb == "commit":
+                record = await commit_backup(connection, str(request.argument), config)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "get":
                 await get_backup(connection, str(request.argument), sys.stdout.fileno(), config)
@@ -130,7 +149,11 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
             raise
         name = signal.Signals(received[0]).name
         # For put, the connection was cut before the end frame: the shell discards.
-        outcome = "upload aborted, nothing committed" if request.verb == "put" else "aborted"
+        outcomes = {
+            "put": "upload aborted, nothing committed",
+            "commit": "aborted; whether the server committed shows in its listing",
+        }
+        outcome = outcomes.get(request.verb, "aborted")
         raise Interrupted(f"interrupted by {name}: {outcome}") from None
 
 

@@ -6,8 +6,10 @@ Exit codes (dom0 maps them; keep the numbers):
 0    success
 64   usage error, invalid backup name/prefix, refused qrexec argument
 65   data error: digest/size mismatch, truncated stream, malformed reply
-66   no such backup on the server
-69   the server refused (name exists, no space, not allowed, server error)
+66   no such backup on the server; for commit: nothing staged under that name
+     (never put, already committed, or expired)
+69   the server refused (name exists or is staged already, no space, not
+     allowed, server error)
 75   temporary failure: server unreachable, connect/login timeout,
      connection lost, keepalive timeout -- retrying later may succeed
 77   the server's host key is not trusted (unknown or changed)
@@ -87,7 +89,7 @@ SHELL_STATUS_ERRORS: dict[int, tuple[type[CarrierError], str]] = {
     65: (DataError, "the server rejected the stream (bad framing, size or digest)"),
     66: (NoSuchBackup, "no such backup on the server"),
     69: (ServerRefused, "the server has no space for this backup (reserve or quota)"),
-    73: (ServerRefused, "a backup of that name already exists on the server"),
+    73: (ServerRefused, "a backup of that name already exists (or is staged) on the server"),
     74: (ServerRefused, "the server had an I/O error"),
     77: (ServerRefused, "the server does not allow this"),
     78: (ServerRefused, "the server's configuration is broken"),

@@ -1,5 +1,5 @@
 """The qrexec service ``qubes.BackupCarrier+ARG``: what dom0 calls for list,
-check, info and get.
+check, info, get and commit.
 
 qrexec hands the argument in ``$1`` and QREXEC_SERVICE_ARGUMENT and the
 caller in QREXEC_REMOTE_DOMAIN. Arguments may not contain '/', so names and
@@ -20,9 +20,11 @@ from qbackup_protocol import InvalidName, check_name, check_prefix
 logger = logging.getLogger(__name__)
 
 # The static table of what dom0 may ask for: put is deliberately absent
-# (backups arrive through qubes.Backup), anything else is refused.
-SERVICE_VERBS = frozenset({"list", "check", "info", "get"})
-VERBS_READING_STDIN = frozenset({"list", "check", "get"})
+# (backups arrive through qubes.Backup), anything else is refused. commit is
+# here because only dom0 knows that Qubes' backup succeeded.
+SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit"})
+VERBS_READING_STDIN = frozenset({"list", "check", "get", "commit"})
+SERVICE_VERB_TEXT = "list, check, info, get or commit"
 MAX_STDIN_LINE = 512
 
 
@@ -32,6 +34,7 @@ class Request:
 
     verb: str
     argument: str | None
+    then_commit: bool = False  # put only: commit right after (put --commit)
 
 
 def service_request(
@@ -50,12 +53,12 @@ def service_request(
             "qubes.BackupCarrier refused for %s: missing or conflicting argument", caller
         )
         raise UsageError(
-            "refused: qubes.BackupCarrier needs one argument: list, check, info or get"
+            f"refused: qubes.BackupCarrier needs one argument: {SERVICE_VERB_TEXT}"
         )
     if argument not in SERVICE_VERBS:
         # Generic refusal that never echoes the caller's input.
         logger.warning("qubes.BackupCarrier refused for %s: unknown argument", caller)
-        raise UsageError("refused: qubes.BackupCarrier accepts only list, check, info or get")
+        raise UsageError(f"refused: qubes.BackupCarrier accepts only {SERVICE_VERB_TEXT}")
     logger.info("qubes.BackupCarrier+%s called by %s", argument, caller)
     if argument not in VERBS_READING_STDIN:
         return Request(argument, None)

@@ -1,9 +1,12 @@
 """``put NAME``: stream the backup on stdin to the server and insist on its receipt.
 
-Success is claimed only when the server's shell exited 0 AND its receipt names
-the same name, size and SHA-256 the carrier computed while sending. Anything
-else -- an early exit, a lost connection, a receipt that does not match --
-is an error, so Qubes fails the backup loudly.
+The server only STAGES the upload: it becomes the backup NAME when dom0 sends
+``commit NAME`` (commit.py) after Qubes reported success -- a stream Qubes
+aborted may end in a clean EOF here, which the carrier cannot tell from a
+complete backup. Success is claimed only when the server's shell exited 0 AND
+its receipt names the same name, size and SHA-256 the carrier computed while
+sending. Anything else -- an early exit, a lost connection, a receipt that
+does not match -- is an error, so Qubes fails the backup loudly.
 """
 
 from __future__ import annotations
@@ -193,20 +196,32 @@ async def collect_receipt(
 
 
 def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRecord:
-    """Given the server's whole stdout after a put, return its BackupRecord if
-    it is exactly one receipt line for NAME, SIZE and SHA256; raise DataError otherwise."""
+    """Given the server's whole stdout after a put (or commit), return its
+    BackupRecord if it is exactly one receipt line for NAME, SIZE and SHA256;
+    raise DataError otherwise."""
+    record = parse_receipt(output, name)
+    # The receipt is the server's word that it stored THIS stream: every
+    # field must match what we sent, or the backup is not proven stored.
+    if record.size != size:
+        raise DataError(f"the server stored {record.size} bytes, the carrier sent {size}")
+    if record.sha256 != sha256:
+        raise DataError("the server's receipt has a different SHA-256 than the data sent")
+    return record
+
+
+def parse_receipt(output: bytes, name: str) -> BackupRecord:
+    """Given the server's whole stdout after a put or commit, return its
+    BackupRecord if it is exactly one well-formed line naming NAME; raise
+    DataError otherwise."""
     if not output.endswith(b"\n") or output.count(b"\n") != 1:
         raise DataError("the server's receipt is not exactly one line")
     try:
         record = parse_record(output)
     except ProtocolError as error:
         raise DataError(f"the server's receipt is malformed: {error}") from None
-    # The receipt is the server's word that it committed THIS stream: every
-    # field must match what we sent, or the backup is not proven stored.
+    # A receipt for another backup proves nothing about NAME.
     if record.name != name:
         raise DataError("the server's receipt names a different backup")
-    if record.size != size:
-        raise DataError(f"the server stored {record.size} bytes, the carrier sent {size}")
-    if record.sha256 != sha256:
-        raise DataError("the server's receipt has a different SHA-256 than the data sent")
+    if record.sha256 is None:
+        raise DataError("the server's receipt has no SHA-256")
     return record

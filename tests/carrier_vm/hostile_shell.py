@@ -65,6 +65,36 @@ def put(name):
         pass
     elif MODE == "no-newline":
         OUT.write(json.dumps(good).encode())
+    elif MODE == "honest" or MODE.startswith("commit-"):
+        # The put is honest; the lie (if any) comes with the commit.
+        with open(os.path.expanduser("~/staged"), "w") as staged:
+            json.dump(good, staged)
+        line(good)
+
+
+def commit(name):
+    try:
+        with open(os.path.expanduser("~/staged")) as staged:
+            good = json.load(staged)
+    except FileNotFoundError:
+        good = record(name, 1, "a" * 64)
+    if MODE == "commit-wrong-digest":
+        line({**good, "sha256": "0" * 64})
+    elif MODE == "commit-wrong-size":
+        line({**good, "size": good["size"] + 1})
+    elif MODE == "commit-wrong-name":
+        line({**good, "name": "other"})
+    elif MODE == "commit-no-digest":
+        line({**good, "sha256": None})
+    elif MODE == "commit-garbage":
+        OUT.write(b"\x1b[2J\xff not json\n")
+    elif MODE == "commit-endless":
+        endless(b"B" * 65536)
+    elif MODE == "commit-two-lines":
+        line(good)
+        line(good)
+    elif MODE == "commit-silent":
+        pass
     elif MODE == "honest":
         line(good)
 
@@ -117,6 +147,8 @@ def main():
         sys.exit(69)
     if verb == "put":
         put(argument)
+    elif verb == "commit":
+        commit(argument)
     elif verb == "list":
         listing(argument)
     elif verb == "get":

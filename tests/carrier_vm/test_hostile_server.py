@@ -43,6 +43,57 @@ def test_honest_hostile_shell_is_accepted(hostile: Carrier) -> None:
     set_mode(hostile, "honest")
     result = hostile.run("put", "b", data=b"data")
     assert result.returncode == 0, result.stderr
+    committed = hostile.run("put", "--commit", "c", data=b"data")
+    assert committed.returncode == 0, committed.stderr
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "commit-wrong-digest",
+        "commit-wrong-size",
+        "commit-wrong-name",
+        "commit-no-digest",
+        "commit-garbage",
+        "commit-endless",
+        "commit-two-lines",
+        "commit-silent",
+    ],
+)
+def test_put_commit_refuses_a_tampered_commit_receipt(hostile: Carrier, mode: str) -> None:
+    # Threat: a server that staged the right bytes but claims to have
+    # published something else. Residual risk: a server that lies with the
+    # right name, size and digest is caught only by dom0's verify (restore).
+    set_mode(hostile, mode)
+    result = hostile.run("put", "--commit", "b", data=os.urandom(10_000), timeout=30)
+    assert result.returncode == 65, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code"),
+    [
+        ("commit-wrong-name", 65),
+        ("commit-no-digest", 65),
+        ("commit-garbage", 65),
+        ("commit-endless", 65),
+        ("commit-two-lines", 65),
+        ("commit-silent", 65),
+        ("commit-wrong-digest", 0),  # alone, the carrier has nothing to compare: dom0 does
+    ],
+)
+def test_commit_alone_refuses_a_receipt_for_another_backup_or_garbage(
+    hostile: Carrier, mode: str, code: int
+) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("commit", "b", timeout=30)
+    assert result.returncode == code, result.stderr
+    if code:
+        assert result.stdout == b""
+        assert_one_safe_line(result.stderr)
+    else:
+        assert json.loads(result.stdout)["name"] == "b"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +164,7 @@ def test_check_and_info_refuse_malformed_replies(hostile: Carrier, verb: str) ->
     assert_one_safe_line(result.stderr)
 
 
-@pytest.mark.parametrize("verb", ["put", "get", "list", "check", "info"])
+@pytest.mark.parametrize("verb", ["put", "commit", "get", "list", "check", "info"])
 def test_server_error_text_is_shown_only_as_printable_ascii(hostile: Carrier, verb: str) -> None:
     set_mode(hostile, "refuse-with-escapes")
     args = [verb] if verb in ("list", "info") else [verb, "b"]

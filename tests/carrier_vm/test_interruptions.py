@@ -55,6 +55,9 @@ def assert_never_stored(carrier: Carrier, name: str) -> None:
     assert listing.returncode == 0, listing.stderr
     assert name.encode() not in listing.stdout
     assert name not in stored_files(carrier.account)
+    # Nor staged: nothing that dom0 could commit by mistake.
+    assert not [path for path in stored_files(carrier.account) if ".pending" in path]
+    assert carrier.run("commit", name).returncode == 66
 
 
 def test_killed_server_session_fails_the_put(carrier: Carrier) -> None:
@@ -131,7 +134,7 @@ def test_full_server_disk_fails_the_put(
 
 
 def test_get_stops_when_its_reader_goes_away(carrier: Carrier) -> None:
-    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    assert carrier.run("put", "--commit", "big", data=CHUNK * 8).returncode == 0
     process = carrier.start("get", "big")
     assert process.stdout is not None and process.stderr is not None
     assert process.stdout.read(10) == CHUNK[:10]
@@ -141,7 +144,7 @@ def test_get_stops_when_its_reader_goes_away(carrier: Carrier) -> None:
 
 
 def test_sigterm_aborts_a_get(carrier: Carrier) -> None:
-    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    assert carrier.run("put", "--commit", "big", data=CHUNK * 8).returncode == 0
     process = carrier.start("get", "big")
     assert process.stdout is not None
     process.stdout.read(10)  # transfer under way, consumer not reading
@@ -152,7 +155,7 @@ def test_sigterm_aborts_a_get(carrier: Carrier) -> None:
 
 
 def test_sigterm_ends_a_get_whose_consumer_is_stuck(carrier: Carrier) -> None:
-    assert carrier.run("put", "big", data=CHUNK * 8).returncode == 0
+    assert carrier.run("put", "--commit", "big", data=CHUNK * 8).returncode == 0
     process = carrier.start("get", "big")
     assert process.stdout is not None
     process.stdout.read(10)

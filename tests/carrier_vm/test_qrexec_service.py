@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qbackup_protocol import PROTOCOL_VERSION
 from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
 
 SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
@@ -47,11 +48,11 @@ def test_service_is_executable_sh() -> None:
 
 def test_service_answers_info_list_check_and_get(carrier: Carrier) -> None:
     data = os.urandom(300_000)
-    assert carrier.run("put", "host/2026-01-02", data=data).returncode == 0
+    assert carrier.run("put", "--commit", "host/2026-01-02", data=data).returncode == 0
 
     info = call_service(carrier, "info")
     assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["protocol"] == 1
+    assert json.loads(info.stdout)["protocol"] == PROTOCOL_VERSION
 
     listing = call_service(carrier, "list", b"host/\n")
     assert listing.returncode == 0, listing.stderr
@@ -104,6 +105,10 @@ def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
         ("check", b"a" * 600 + b"\n", None),
         ("get", "caf\u00e9\n".encode(), None),
         ("get", b"", None),  # a name is required
+        ("commit", b"", None),
+        ("commit", b"../x\n", None),
+        ("commit", b".x.pending\n", None),  # the staged file itself is never nameable
+        ("commit", b"a\nb\n", None),
         ("list", b"../\n", None),
     ],
 )
@@ -154,6 +159,17 @@ def test_templatevm_install_runs_under_debian_python(carrier: Carrier, tmp_path:
     )
     assert put.returncode == 0, put.stderr
     assert put.stderr == b""
+    # What dom0 does once Qubes' backup succeeded: commit through the service.
+    commit = subprocess.run(
+        [str(root / "rpc" / "qubes.BackupCarrier"), "commit"],
+        input=b"installed\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**env, "QREXEC_SERVICE_ARGUMENT": "commit", "QREXEC_REMOTE_DOMAIN": "dom0"},
+    )
+    assert commit.returncode == 0, commit.stderr
+    assert json.loads(commit.stdout) == json.loads(put.stdout)
     got = subprocess.run(
         [str(root / "rpc" / "qubes.BackupCarrier"), "get"],
         input=b"installed\n",

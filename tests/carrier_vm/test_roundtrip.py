@@ -1,4 +1,4 @@
-"""put -> list -> check -> get round trips against the real sshd and the real shell."""
+"""put -> commit -> list -> check -> get round trips against the real sshd and the real shell."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from qbackup_protocol import DEFAULT_DATA_FRAME
+from qbackup_protocol import DEFAULT_DATA_FRAME, PROTOCOL_VERSION
 from tests.carrier_vm.conftest import INTERPRETERS, Carrier
 
 
@@ -21,7 +21,7 @@ def test_put_list_check_get_round_trip_is_byte_exact(carrier: Carrier, size: int
     data = os.urandom(size)
     digest = hashlib.sha256(data).hexdigest()
 
-    put = carrier.run("put", "laptop/2026-01-01T00-00", data=data)
+    put = carrier.run("put", "--commit", "laptop/2026-01-01T00-00", data=data)
     assert put.returncode == 0, put.stderr
     receipt = json.loads(put.stdout)
     assert (receipt["name"], receipt["size"], receipt["sha256"]) == (
@@ -53,18 +53,18 @@ def test_round_trip_works_with_debian_and_current_asyncssh(
 ) -> None:
     carrier.argv0 = INTERPRETERS[interpreter]
     data = os.urandom(DEFAULT_DATA_FRAME + 12345)
-    put = carrier.run("put", "b1", data=data)
+    put = carrier.run("put", "--commit", "b1", data=data)
     assert put.returncode == 0, put.stderr
     assert put.stderr == b""  # no warnings leak to the stderr dom0 reads
     got = carrier.run("get", "b1")
     assert got.returncode == 0 and got.stdout == data, got.stderr
     info = carrier.run("info")
     assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["protocol"] == 1
+    assert json.loads(info.stdout)["protocol"] == PROTOCOL_VERSION
 
 
 def test_put_refuses_an_existing_name_and_keeps_the_first(carrier: Carrier) -> None:
-    assert carrier.run("put", "same", data=b"first").returncode == 0
+    assert carrier.run("put", "--commit", "same", data=b"first").returncode == 0
     again = carrier.run("put", "same", data=b"second")
     assert again.returncode == 69
     assert again.stdout == b""
@@ -83,6 +83,13 @@ def test_get_of_a_missing_backup_exits_66(carrier: Carrier) -> None:
         ("put", "../escape"),
         ("put", ".hidden"),
         ("put", "a b"),
+        ("put", "--commit"),
+        ("put", "--commit", "../x"),
+        ("put", "--now", "x"),
+        ("put", "x", "--commit"),
+        ("commit",),
+        ("commit", "a/../b"),
+        ("commit", "a", "b"),
         ("get", "/abs"),
         ("check",),
         ("list", "a", "b"),
@@ -106,7 +113,7 @@ def test_rate_limit_paces_the_upload(carrier: Carrier) -> None:
     carrier.write_config(rate_limit=128 * 1024)
     data = os.urandom(384 * 1024)
     started = time.monotonic()
-    put = carrier.run("put", "slow", data=data)
+    put = carrier.run("put", "--commit", "slow", data=data)
     elapsed = time.monotonic() - started
     assert put.returncode == 0, put.stderr
     assert elapsed >= 2.0, elapsed  # 384 KiB at 128 KiB/s: about 3 s
