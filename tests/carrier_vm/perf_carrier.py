@@ -10,7 +10,7 @@ DATA is a pre-made incompressible file (in page cache).
 Each round measures, in the same run:
   openssh->cat     ssh -c aes128-gcm HOST 'cat > file'
   openssh->shell   OpenSSH piping an already-framed stream into the real shell's put
-  carrier->shell   qbackup-carrier put (venv asyncssh), peak RSS from /usr/bin/time
+  carrier->shell   qbackup-carrier put --commit (venv asyncssh), peak RSS from /usr/bin/time
   carrier210->shell  the same under /usr/bin/python3 (Debian asyncssh 2.10)
   carrier->cat     the carrier's own put code, its session command swapped for
                    'cat > file' (the client alone, against the same sink as OpenSSH)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, server: dict) -> None:
                     framed,
                 ),
                 "carrier->shell": (
-                    [f"{sys.prefix}/bin/qbackup-carrier", "put", f"{tag}-c"],
+                    [f"{sys.prefix}/bin/qbackup-carrier", "put", "--commit", f"{tag}-c"],
                     args.data,
                 ),
                 "carrier->cat": (
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, server: dict) -> None:
                     args.data,
                 ),
                 "carrier210->shell": (
-                    ["/usr/bin/python3", "-m", "carrier_vm.cli", "put", f"{tag}-d"],
+                    ["/usr/bin/python3", "-m", "carrier_vm.cli", "put", "--commit", f"{tag}-d"],
                     args.data,
                 ),
             }
