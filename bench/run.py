@@ -93,7 +93,7 @@ def bench_qbackup(
     started: float | None = None,
 ) -> Result:
     sampler = ProcessSampler(account.uid, "qbackup-shell")
-    argv = [str(VENV_BIN / "qbackup-carrier"), "put", name]
+    argv = [str(VENV_BIN / "qbackup-carrier"), "put", "--commit", name]
     with sampler:
         t0 = started if started is not None else time.monotonic()
         status, _, rss, cpu = run_child(argv, stdin, env)
