@@ -38,9 +38,9 @@ from .space import SpaceGuard
 from .staging import remove_pending, remove_stale_pending
 from .storage import (
     FILE_READ_FLAGS,
-    TEMP_PREFIX,
     StoredDigest,
     create_temporary,
+    is_temporary_name,
     open_directory,
     pending_name,
     pending_record_name,
@@ -166,7 +166,9 @@ def remove_stale_temporaries(dir_fd: int, own: str) -> None:
     with os.scandir(dir_fd) as scan:
         names = [entry.name for _, entry in zip(range(MAX_STALE_SCAN), scan, strict=False)]
     for name in names:
-        if not name.startswith(TEMP_PREFIX) or name == own:
+        # Exact match only: a prefix match once removed the digest record
+        # `.tmp-X.sha256` of a client's backup named `tmp-X`.
+        if not is_temporary_name(name) or name == own:
             continue
         try:
             fd = os.open(name, FILE_READ_FLAGS, dir_fd=dir_fd)

@@ -11,7 +11,10 @@ Layout inside a directory of the tree, for a backup whose last segment is LEAF:
   .LEAF.sha256            its digest record: JSON {"size": N, "sha256": HEX}
   .LEAF.pending           a verified upload staged by `put`, waiting for `commit`
   .LEAF.pending-sha256    the staged upload's digest record (same JSON)
-  .tmp-XXXXXXXX           a put in progress (or left by a crash), never listed
+  .tmp-XXXXXXXXXXXXXXXX   a put in progress (or left by a crash), never listed;
+                          exactly 16 lowercase hex digits (TEMP_PATTERN)
+and once, in the storage root:
+  .qbackup-upload.lock    the account's upload lock (empty; flocked by a put)
 Client names never start with '.', so they can never collide with these; and
 each kind ends differently (".sha256", ".pending", "-sha256" after "pending",
 no dot after the hex of a temporary), so the shell's own names never collide
@@ -24,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -39,6 +43,12 @@ NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLO
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"
+TEMP_RANDOM_BYTES = 8
+# The EXACT shape of the shell's temporaries. Cleanup must match this whole
+# name, never a prefix: `.tmp-x.sha256` is the digest record of a client's
+# backup named `tmp-x`, and `.tmp-x.pending` its staged upload.
+TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # 16 = 2 * TEMP_RANDOM_BYTES
+UPLOAD_LOCK_NAME = ".qbackup-upload.lock"
 RECORD_SUFFIX = ".sha256"
 PENDING_SUFFIX = ".pending"
 PENDING_RECORD_SUFFIX = ".pending-sha256"
@@ -230,11 +240,17 @@ def create_temporary(dir_fd: int) -> tuple[str, int]:
     """Given a directory descriptor, create a fresh hidden temporary (0600,
     O_EXCL so nothing existing is ever reused) and return (name, write fd)."""
     while True:
-        name = TEMP_PREFIX + secrets.token_hex(8)
+        name = TEMP_PREFIX + secrets.token_hex(TEMP_RANDOM_BYTES)
         try:
             return name, os.open(name, NEW_FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
         except FileExistsError:
             continue
+
+
+def is_temporary_name(entry: str) -> bool:
+    """Given a directory entry name, return True if it has the exact shape of
+    a temporary this shell creates (create_temporary)."""
+    return TEMP_PATTERN.fullmatch(entry) is not None
 
 
 def remove_quietly(dir_fd: int, name: str) -> None:

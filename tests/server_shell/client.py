@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -106,9 +107,12 @@ def pending(root: Path) -> list[str]:
     ]
 
 
+TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{16}")  # the shell's exact temporary names
+
+
 def temporaries(root: Path) -> list[str]:
     """Given a storage root, return the put temporaries anywhere below it."""
-    return [name for name in snapshot(root) if Path(name).name.startswith(".tmp-")]
+    return [name for name in snapshot(root) if TEMPORARY.fullmatch(Path(name).name)]
 
 
 def chown_tree(path: Path, account: Account) -> None:
