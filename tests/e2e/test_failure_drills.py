@@ -1,0 +1,283 @@
+"""Failure drills: the whole pipeline, one fault injected at a time from outside.
+
+    simulated Qubes (dom0) -> real qbackup-carrier -> real sshd -> real qbackup-shell -> disk
+
+Every drill first stores one good backup, then runs a second backup and breaks
+something while the stream flows (or just before). Each asserts the exit code
+cron sees, the journal line a user would search for, that the failed backup is
+neither on the server's disk (not even staged) nor in `qbackup list`, and that
+the earlier backup is still there and still checks out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dom0 import errors
+from tests.dom0.conftest import CARRIER, MIB, Dom0
+from tests.harness.carrier import write_carrier_config
+
+BIG = "big"  # a VM large enough that a fault lands while the stream still flows
+BIG_SIZE = 24 * MIB
+
+
+@pytest.fixture
+def drill(dom0: Dom0) -> Dom0:
+    """dom0 with one good backup stored already and a 24 MiB VM to back up next."""
+    dom0.sim.add_vm(BIG, size=BIG_SIZE)
+    assert backup(dom0, "work") == 0
+    dom0.good = dom0.stored()  # type: ignore[attr-defined]
+    assert len(dom0.good) == 1  # type: ignore[attr-defined]
+    dom0.journal.clear()
+    return dom0
+
+
+def backup(dom0: Dom0, *vms: str) -> int:
+    return dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), *vms)
+
+
+def listed(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Return the names `qbackup list` shows (through the real carrier)."""
+    capsys.readouterr()
+    assert dom0.run("list", "-t", CARRIER) == 0
+    return [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def leftovers(dom0: Dom0) -> list[str]:
+    """Return the shell's hidden upload files left in the storage (temporaries,
+    staged uploads): a failed upload must leave none that could be published."""
+    root = dom0.account.storage
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob(".*")
+        if ".ssh" not in path.parts and (".tmp-" in path.name or ".pending" in path.name)
+    )
+
+
+def assert_only_the_good_backup(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    good = dom0.good  # type: ignore[attr-defined]
+    assert dom0.stored() == good
+    assert listed(dom0, capsys) == good
+    assert leftovers(dom0) == []
+    assert dom0.run("check", "-t", CARRIER, good[0]) == 0  # the earlier backup is intact
+
+
+def at_progress(dom0: Dom0, percent: float, action: Callable[[], None]) -> None:
+    """Run ACTION once, when the stream passes PERCENT."""
+    done: list[bool] = []
+
+    def hook(now: float) -> None:
+        if now >= percent and not done:
+            done.append(True)
+            action()
+
+    dom0.sim.hooks.on_progress = hook
+
+
+def account_processes(dom0: Dom0) -> list[int]:
+    """PIDs running as the storage account: its sshd session and its shell."""
+    found = subprocess.run(["pgrep", "-u", dom0.account.name], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+# --- the drills ---------------------------------------------------------------
+
+
+def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    def kill_carrier() -> None:
+        found = subprocess.run(
+            ["pgrep", "-f", "qbackup-carrier put"], capture_output=True, text=True
+        )
+        signal_all([int(pid) for pid in found.stdout.split()], signal.SIGKILL)
+
+    at_progress(drill, 30, kill_carrier)
+    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert drill.logged(f"Writing backup to VM {CARRIER} failed")
+    assert drill.logged("outcome: failed")
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_sshd_session_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    at_progress(drill, 30, lambda: signal_all(account_processes(drill), signal.SIGKILL))
+    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert drill.logged(f"Writing backup to VM {CARRIER} failed")
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_network_stalled_until_keepalive_fires(
+    drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # SIGSTOP freezes the server side of the connection: no byte, no TCP reset,
+    # exactly what a dead uplink looks like. Keepalive must end it.
+    write_carrier_config(
+        drill.server, drill.account, tmp_path, keepalive_interval=1, keepalive_count_max=2
+    )
+    assert tmp_path / "carrier.yaml" == drill.carrier_config
+    frozen: list[int] = []
+
+    def freeze() -> None:
+        frozen.extend(account_processes(drill))
+        signal_all(frozen, signal.SIGSTOP)
+
+    at_progress(drill, 30, freeze)
+    started = time.monotonic()
+    try:
+        assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+        elapsed = time.monotonic() - started
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert elapsed < 30  # keepalive 1 s x 2: not the default minute, not forever
+    assert drill.logged(f"Writing backup to VM {CARRIER} failed")
+    assert_only_the_good_backup(drill, capsys)
+
+
+@pytest.fixture
+def small_disk(drill: Dom0) -> Iterator[Path]:
+    """The account's storage moved onto a 64 MiB tmpfs (the good backup with it)."""
+    mount = drill.server.base / f"disk-{drill.account.name}"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        os.chown(mount, drill.account.uid, drill.account.gid)
+        subprocess.run(["cp", "-a", f"{drill.account.storage}/.", str(mount)], check=True)
+        yield mount
+    finally:
+        drill.server.write_shell_config("")
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def use_storage(drill: Dom0, mount: Path, reserve: str) -> None:
+    drill.server.write_shell_config(
+        f"[account {drill.account.name}]\nroot = {mount}\nreserve = {reserve}\n"
+    )
+    drill.account.home = mount  # where the test looks for the storage from now on
+
+
+def fill(mount: Path, leave: int) -> None:
+    """As root, fill MOUNT until only LEAVE bytes are free (0: completely)."""
+    free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+    with open(mount / ".filler", "wb") as filler, contextlib.suppress(OSError):
+        filler.write(b"\0" * max(0, free - leave))
+
+
+def test_server_disk_full_mid_stream(
+    drill: Dom0, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_storage(drill, small_disk, reserve="0")
+    at_progress(drill, 20, lambda: fill(small_disk, leave=0))
+    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert drill.logged(f"Writing backup to VM {CARRIER} failed")
+    (small_disk / ".filler").unlink()
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_reserve_reached_mid_stream(
+    drill: Dom0, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The backup fits when it starts (info says so); then something else eats
+    # the space, and the shell must stop before it eats into the reserve.
+    reserve = 8 * MIB
+    use_storage(drill, small_disk, reserve=f"{reserve // MIB}M")
+    at_progress(drill, 20, lambda: fill(small_disk, leave=reserve + 4 * MIB))
+    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert drill.logged(f"Writing backup to VM {CARRIER} failed")
+    stat = os.statvfs(small_disk)
+    assert stat.f_bavail * stat.f_frsize >= reserve  # the reserve was never used
+    (small_disk / ".filler").unlink()
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_server_reserve_refuses_before_qubes_runs(
+    drill: Dom0, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_storage(drill, small_disk, reserve="50M")  # 64 MiB disk: less than 24 MiB left
+    calls = len(drill.sim.calls)
+    assert backup(drill, BIG) == errors.EXIT_NO_SPACE
+    assert drill.logged("space")
+    assert "admin.backup.Execute" not in {call[0] for call in drill.sim.calls[calls:]}
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_host_key_changed(drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A man in the middle (or a reinstalled server) presents another key.
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    forged = tmp_path / "known_hosts"
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    forged.write_text(f"[127.0.0.1]:{drill.server.port} {kind} {key}\n")
+    pinned = drill.carrier_config.read_text()
+    drill.carrier_config.write_text(pinned.replace(str(drill.server.known_hosts), str(forged)))
+    calls = len(drill.sim.calls)
+    assert backup(drill, BIG) == errors.EXIT_CARRIER
+    assert drill.logged("host key")
+    assert "admin.backup.Execute" not in {call[0] for call in drill.sim.calls[calls:]}
+    drill.carrier_config.write_text(pinned)
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_passphrase_file_world_readable(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    drill.passfile.chmod(0o644)
+    calls = len(drill.sim.calls)
+    assert backup(drill, BIG) == errors.EXIT_USAGE
+    assert drill.logged("accessible by group/others")
+    assert drill.sim.calls[calls:] == []  # refused before Qubes was asked anything
+    drill.passfile.chmod(0o600)
+    assert_only_the_good_backup(drill, capsys)
+
+
+def test_two_runs_at_once(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    # cron fires while the previous run is still streaming through the carrier.
+    second: list[int] = []
+    at_progress(drill, 30, lambda: second.append(backup(drill, "work")))
+    assert backup(drill, BIG) == 0
+    assert second == [errors.EXIT_LOCKED]
+    assert drill.logged(f"another qbackup run is using carrier {CARRIER}")
+    stored = drill.stored()
+    assert len(stored) == 2 and drill.good[0] in stored  # type: ignore[attr-defined]
+    assert leftovers(drill) == []
+
+
+def test_tampered_carrier_lies_about_the_commit(
+    drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A compromised carrier answers `commit` with a receipt whose digest is not
+    # what the server stored. dom0 cannot know better at that moment (Qubes
+    # does not report a digest), so it records what it was told; the lie must
+    # surface as soon as dom0 compares its history with the server's listing
+    # through an honest carrier. Residual risk: a carrier that lies in every
+    # answer forever is caught only by `qbackup verify` (Qubes' own HMAC).
+    real = drill.sim.carrier_script
+    liar = tmp_path / "qubes.BackupCarrier"
+    zeros = "0" * 64
+    liar.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = commit ]; then\n'
+        f'    "{real}" "$@" | sed "s/[0-9a-f]\\{{64\\}}/{zeros}/"; exit 0\n'
+        "fi\n"
+        f'exec "{real}" "$@"\n'
+    )
+    liar.chmod(0o755)
+    drill.sim.carrier_script = liar
+    assert backup(drill, BIG) == 0
+    assert zeros in drill.history.read_text().splitlines()[-1]
+    drill.sim.carrier_script = real  # the carrier is honest again (rebuilt from its template)
+    assert drill.run("status", "--remote") == errors.EXIT_VERIFY
+    [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
+    assert drill.logged(name)
+    assert leftovers(drill) == []
