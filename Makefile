@@ -55,7 +55,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm qbackup_protocol.py
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim qbackup_protocol.py
 
 demo: venv
 	$(PY) -m tests.demo
