@@ -20,7 +20,6 @@ from dom0.config import Job
 from dom0.errors import (
     BackupEngineError,
     CarrierError,
-    CarrierRefused,
     NoSpaceError,
     QbackupError,
     TemporaryError,
@@ -142,15 +141,11 @@ def publish(client: CarrierClient, name: str) -> Record:
 
     `put` only stages an upload: a stream Qubes aborted can look like a clean
     end to the carrier, and only dom0 knows Execute succeeded, so only dom0
-    commits. A carrier that predates `commit` (status 64) is accepted only if
-    the server already lists the name (protocol 1 published at put)."""
-    try:
-        record: Record | None = client.commit(name)
-    except CarrierRefused:
-        logger.warning("the carrier does not know 'commit'; relying on the server's listing")
-        record = client.find(name)
-    if record is None or record.sha256 is None:
-        raise CarrierError(f"Qubes finished but the server does not list {name}")
+    commits. There is no fallback for carriers without `commit`: one that
+    published at `put` would publish aborted streams too."""
+    record = client.commit(name)
+    if record.sha256 is None:
+        raise CarrierError(f"the carrier's receipt for {name} has no digest")
     return record
 
 

@@ -83,9 +83,3 @@ class CarrierClient:
             raise CarrierError("the carrier's commit receipt names another backup")
         return record
 
-    def find(self, name: str) -> Record | None:
-        """Given a backup NAME, return its record from a listing, or None."""
-        for record in self.listing(name).records:
-            if record.name == name:
-                return record
-        return None
