@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from dom0.cli import main
+from tests.harness.carrier import write_carrier_config
 from tests.harness.server import Account, BackupServer, SyslogSink
-from tests.qubes_sim import SimulatedQubes
+from tests.qubes_sim import SimulatedQubes, simulated_dom0
 
-VENV_BIN = "/opt/qbackup-venv/bin"
 CARRIER = "sys-backup"
 PASSPHRASE = "correct horse battery staple"
 MIB = 1024 * 1024
@@ -57,34 +57,14 @@ class Dom0:
         )
 
 
-def write_carrier_config(path: Path, server: BackupServer, account: Account) -> Path:
-    path.write_text(
-        f"host: 127.0.0.1\nport: {server.port}\nuser: {account.name}\n"
-        f"identity_file: {server.client_key}\nknown_hosts: {server.known_hosts}\n"
-        "connect_timeout: 10\n"
-    )
-    return path
-
-
 @pytest.fixture
 def dom0(backup_server: BackupServer, account: Account, tmp_path: Path,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[Dom0]:
     """A simulated dom0 with VMs work (2 MiB), personal (1 MiB), a halted carrier
     and a VM outside backups, its journal socket and state in tmp_path."""
     os.chmod(tmp_path, 0o755)
-    carrier_config = write_carrier_config(tmp_path / "carrier.yaml", backup_server, account)
-    carrier_home = tmp_path / "carrier-home"
-    carrier_home.mkdir()
-    sim = SimulatedQubes(
-        profile_dir=tmp_path / "profiles",
-        restore_dir=tmp_path / "restored",
-        carrier_env={
-            "PATH": f"{VENV_BIN}:/usr/bin:/bin",
-            "HOME": str(carrier_home),
-            "QBACKUP_CARRIER_CONFIG": str(carrier_config),
-        },
-    )
-    sim.profile_dir.mkdir(mode=0o755)
+    carrier_config = write_carrier_config(backup_server, account, tmp_path)
+    sim = simulated_dom0(tmp_path, carrier_config)
     sim.add_vm("work", size=2 * MIB, running=True)
     sim.add_vm("personal", size=1 * MIB)
     sim.add_vm("untrusted", size=MIB // 2, include_in_backups=False)

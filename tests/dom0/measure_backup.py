@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from dom0.cli import main
-from tests.dom0.conftest import CARRIER, VENV_BIN, write_carrier_config
+from tests.dom0.conftest import CARRIER
+from tests.harness.carrier import write_carrier_config
 from tests.harness.server import BackupServer, remove_stale_accounts
-from tests.qubes_sim import SimulatedQubes, stream
+from tests.qubes_sim import simulated_dom0, stream
 
 MIB = 1024 * 1024
 
@@ -36,10 +37,8 @@ def measure(mib: int) -> None:
         account = server.add_account()
         tmp = Path(tempfile.mkdtemp(prefix="qbackup-measure-", dir="/tmp"))
         os.chmod(tmp, 0o755)
-        carrier_config = write_carrier_config(tmp / "carrier.yaml", server, account)
-        env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp),
-               "QBACKUP_CARRIER_CONFIG": str(carrier_config)}
-        sim = SimulatedQubes(profile_dir=tmp, restore_dir=tmp / "restored", carrier_env=env)
+        carrier_config = write_carrier_config(server, account, tmp)
+        sim = simulated_dom0(tmp, carrier_config)
         sim.add_vm("work", size=size, running=True)
         sim.add_vm(CARRIER, include_in_backups=False)
         passfile = tmp / "pass"
@@ -76,8 +75,8 @@ def measure(mib: int) -> None:
                 handle.write(chunk)
         start = time.monotonic()
         with open(blob, "rb") as handle:
-            subprocess.run(["qbackup-carrier", "put", "direct-1"], stdin=handle, env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["qbackup-carrier", "put", "direct-1"], stdin=handle,
+                           env=sim.carrier_env, check=True, stdout=subprocess.DEVNULL)
         print(f"qbackup-carrier put alone from a file {rate(size, time.monotonic() - start)}")
 
 

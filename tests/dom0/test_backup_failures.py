@@ -17,7 +17,8 @@ import pytest
 
 from dom0 import errors
 from dom0.profile import profile_name
-from tests.dom0.conftest import CARRIER, MIB, Dom0, write_carrier_config
+from tests.dom0.conftest import CARRIER, MIB, Dom0
+from tests.harness.carrier import write_carrier_config
 from tests.harness.server import free_port
 
 
@@ -114,7 +115,7 @@ def test_server_full_is_reported_by_info_before_the_backup(dom0: Dom0) -> None:
 def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> None:
     dom0.server.port, real_port = free_port(), dom0.server.port
     try:
-        write_carrier_config(dom0.carrier_config, dom0.server, dom0.account)
+        write_carrier_config(dom0.server, dom0.account, dom0.carrier_config.parent)
     finally:
         dom0.server.port = real_port
     assert backup(dom0, "--retries", "1", "--retry-delay", "0", "work") == errors.EXIT_TEMPFAIL
@@ -284,7 +285,7 @@ def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str
 def test_sigterm_between_attempts_stops_cleanly(dom0: Dom0) -> None:
     dom0.server.port, real_port = free_port(), dom0.server.port
     try:
-        write_carrier_config(dom0.carrier_config, dom0.server, dom0.account)
+        write_carrier_config(dom0.server, dom0.account, dom0.carrier_config.parent)
     finally:
         dom0.server.port = real_port
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))

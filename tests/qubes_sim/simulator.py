@@ -20,6 +20,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -432,3 +433,23 @@ def human(size: int) -> str:
         if size < scale * 1024:
             return f"{round(size / scale, 1)} {unit}"
     return f"{round(size / 1024**3, 1)} GiB"
+
+
+def simulated_dom0(work: Path, carrier_config: Path) -> SimulatedQubes:
+    """Given a work directory (traversable by every account) and the carrier
+    VM's config file, return a SimulatedQubes whose profiles, restored VMs and
+    carrier home live under WORK, and whose carrier VM runs this venv's real
+    qbackup-carrier with that config."""
+    carrier_home = work / "carrier-home"
+    carrier_home.mkdir()
+    sim = SimulatedQubes(
+        profile_dir=work / "profiles",
+        restore_dir=work / "restored",
+        carrier_env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "HOME": str(carrier_home),
+            "QBACKUP_CARRIER_CONFIG": str(carrier_config),
+        },
+    )
+    sim.profile_dir.mkdir(mode=0o755)
+    return sim
