@@ -1,5 +1,5 @@
 """The server's configuration: storage root, reserve, quota, the age at which
-staged uploads count as abandoned, syslog socket.
+staged uploads count as abandoned, how long a put waits for data, syslog socket.
 
 An INI file (configparser, no interpolation). A missing file means defaults.
 `[storage]` sets the defaults for every account; `[account NAME]` overrides
@@ -19,8 +19,11 @@ DEFAULT_RESERVE = 1024**3  # keep 1 GiB free for the rest of the server
 DEFAULT_PENDING_MAX_AGE = 24 * 3600
 # Shorter would let one put remove another client's upload before its commit.
 MIN_PENDING_MAX_AGE = 3600
+# A put whose client sends nothing for this long is abandoned: an idle
+# session would otherwise hold the account's upload lock and memory forever.
+DEFAULT_IDLE_TIMEOUT = 600
 DEFAULT_LOG_SOCKET = "/dev/log"
-STORAGE_KEYS = frozenset({"root", "reserve", "quota", "pending_max_age"})
+STORAGE_KEYS = frozenset({"root", "reserve", "quota", "pending_max_age", "idle_timeout"})
 LOGGING_KEYS = frozenset({"socket"})
 SIZE_PATTERN = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -38,6 +41,7 @@ class ShellConfig:
     quota: int | None
     log_socket: str
     pending_max_age: int = DEFAULT_PENDING_MAX_AGE  # seconds
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT  # seconds
 
 
 def parse_size(text: str) -> int:
@@ -101,6 +105,7 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
     except ValueError as error:
         raise ConfigError(f"{path}: reserve/quota for account {account}: {error}") from None
     pending_max_age = _pending_max_age(settings, account, path)
+    idle_timeout = _idle_timeout(settings, account, path)
     log_socket = DEFAULT_LOG_SOCKET
     if parser.has_section("logging"):
         configured = parser["logging"].get("socket", "").strip()
@@ -111,6 +116,7 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
         quota=quota,
         log_socket=log_socket,
         pending_max_age=pending_max_age,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -127,6 +133,21 @@ def _pending_max_age(settings: dict[str, str], account: str, path: str) -> int:
     # remove another backup's upload in the seconds before dom0 commits it.
     if seconds < MIN_PENDING_MAX_AGE:
         raise ConfigError(f"{path}: pending_max_age for account {account}: at least 1h")
+    return seconds
+
+
+def _idle_timeout(settings: dict[str, str], account: str, path: str) -> int:
+    """Given the merged storage settings, return idle_timeout in seconds;
+    raise ConfigError if it is malformed or zero."""
+    if "idle_timeout" not in settings:
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        seconds = parse_duration(settings["idle_timeout"])
+    except ValueError as error:
+        raise ConfigError(f"{path}: idle_timeout for account {account}: {error}") from None
+    # Zero would abandon every put before its first byte could arrive.
+    if seconds < 1:
+        raise ConfigError(f"{path}: idle_timeout for account {account}: at least 1s")
     return seconds
 
 

@@ -13,7 +13,7 @@ EXIT_USAGE = 64  # refused or malformed command, bad name
 EXIT_DATAERR = 65  # truncated/invalid stream, digest mismatch
 EXIT_NOINPUT = 66  # no such backup; for commit: nothing staged under that name
 EXIT_SOFTWARE = 70  # internal error
-EXIT_UNAVAILABLE = 69  # refused for space (reserve or quota)
+EXIT_UNAVAILABLE = 69  # refused for space (reserve, quota, inodes) or another upload running
 EXIT_CANTCREAT = 73  # name already exists
 EXIT_IOERR = 74  # I/O error
 EXIT_NOPERM = 77  # not allowed here (interactive login, prune over SSH, root)
@@ -59,6 +59,13 @@ class NoSpace(ShellError):
 
     exit_code = EXIT_UNAVAILABLE
     outcome = "no-space"
+
+
+class UploadBusy(ShellError):
+    """Another put to this account is running (one upload per account at a time)."""
+
+    exit_code = EXIT_UNAVAILABLE
+    outcome = "busy"
 
 
 class AlreadyExists(ShellError, FileExistsError):

@@ -64,10 +64,7 @@ def run_request(request: Request, config: ShellConfig, home: str, outcome: Outco
     try:
         if request.verb == protocol.VERB_PUT:
             assert request.argument is not None  # noqa: S101 (guaranteed by parse_command)
-            record = store_backup(
-                root_fd, request.argument, STDIN, config.reserve, config.quota,
-                config.pending_max_age,
-            )
+            record = store_backup(root_fd, request.argument, STDIN, config)
             outcome.size = record.size
             write_all(STDOUT, protocol.encode_reply(record.to_reply()))
             return errors.EXIT_OK

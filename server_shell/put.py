@@ -7,8 +7,10 @@ backup -- and append-only storage could never take a published truncated
 backup back. Only dom0 knows whether the backup succeeded, so only its
 commit makes NAME appear.
 
-Flow: remove stale staged uploads in the directory -> refuse early (NAME or
-its pending name taken, no space) -> temporary (O_EXCL, 0600, flock) -> main
+Flow: take the account's upload lock (one put at a time; upload_lock.py) ->
+walk the existing directories read-only -> remove stale staged uploads there
+-> refuse early (NAME or its pending name taken, no space, few inodes) ->
+only now create missing directories -> temporary (O_EXCL, 0600, flock) -> main
 thread reads frames into preallocated buffers while a writer thread hashes
 and writes them (hashlib and os.write release the GIL, so the two overlap)
 -> E frame: compare length and digest, require EOF, one fsync -> link
@@ -33,22 +35,25 @@ from dataclasses import dataclass
 
 import qbackup_protocol as protocol
 
+from .config import ShellConfig
 from .errors import AlreadyExists, BadStream, NoSpace, ShellError, StorageError
 from .space import SpaceGuard
 from .staging import remove_pending, remove_stale_pending
 from .storage import (
     FILE_READ_FLAGS,
     StoredDigest,
+    create_directories,
     create_temporary,
     is_temporary_name,
-    open_directory,
     pending_name,
     pending_record_name,
     remove_quietly,
     split_name,
+    walk_existing,
     write_digest_file,
 )
 from .streams import enlarge_pipe, read_exactly
+from .upload_lock import lock_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -190,31 +195,54 @@ def remove_stale_temporaries(dir_fd: int, own: str) -> None:
             os.close(fd)
 
 
-def store_backup(root_fd: int, name: str, stdin_fd: int, reserve: int,
-                 quota: int | None, pending_max_age: int) -> protocol.BackupRecord:
-    """Given the root descriptor, a checked NAME, stdin, the space limits and
-    the age after which uncommitted uploads are stale, receive the stream and
-    stage it for NAME; return its record. Raise AlreadyExists if NAME exists
-    or is already staged, NoSpace, BadStream or StorageError; on any failure
-    nothing is staged and the temporary is gone."""
+def store_backup(
+    root_fd: int, name: str, stdin_fd: int, config: ShellConfig
+) -> protocol.BackupRecord:
+    """Given the root descriptor, a checked NAME, stdin and the account's
+    config (space limits, pending_max_age), receive the stream and stage it
+    for NAME; return its record. Raise UploadBusy if another put to the
+    account runs, AlreadyExists if NAME exists or is already staged, NoSpace,
+    BadStream or StorageError; on any failure nothing is staged, the
+    temporary is gone, and a put refused up front has created nothing."""
     segments, leaf = split_name(name)
-    dir_fd = open_directory(root_fd, segments, create=True)
+    # One put per account at a time, for its whole length: the space guard's
+    # quota reading must not be spent twice by puts racing each other.
+    lock_fd = lock_uploads(root_fd)
     try:
-        # Abandoned uploads go first: they may hold this very name, and they
-        # count against the quota the guard below computes.
-        remove_stale_pending(dir_fd, pending_max_age)
-        # Refuse early, before the client sends hundreds of GiB for nothing.
-        # (The link below is still the real, race-free guard.)
-        if exists(dir_fd, leaf):
-            raise AlreadyExists(EXISTS_MESSAGE)
-        if exists(dir_fd, pending_name(leaf)):
-            raise AlreadyExists(STAGED_MESSAGE)
-        guard = SpaceGuard(root_fd, reserve, quota)
-        enlarge_pipe(stdin_fd)
-        received = _receive_and_stage(dir_fd, leaf, stdin_fd, guard)
-        return protocol.BackupRecord(name, received.size, received.sha256, received.mtime)
+        dir_fd, guard = _admit(root_fd, segments, leaf, config)
+        try:
+            enlarge_pipe(stdin_fd)
+            received = _receive_and_stage(dir_fd, leaf, stdin_fd, guard)
+        finally:
+            os.close(dir_fd)
     finally:
-        os.close(dir_fd)
+        os.close(lock_fd)
+    return protocol.BackupRecord(name, received.size, received.sha256, received.mtime)
+
+
+def _admit(
+    root_fd: int, segments: list[str], leaf: str, config: ShellConfig
+) -> tuple[int, SpaceGuard]:
+    """Given the name's directory segments and leaf, decide whether the put
+    may start and return (its directory's descriptor, the space guard).
+    Everything that can refuse runs BEFORE any directory is created, so a
+    refused put leaves no trace (20 refused puts once left 141 directories)."""
+    parent_fd, missing = walk_existing(root_fd, segments)
+    try:
+        if not missing:
+            # Abandoned uploads go first: they may hold this very name, and
+            # they count against the quota the guard below computes.
+            remove_stale_pending(parent_fd, config.pending_max_age)
+            # Refuse early, before the client sends hundreds of GiB for
+            # nothing. (The link in _stage is still the real, race-free guard.)
+            if exists(parent_fd, leaf):
+                raise AlreadyExists(EXISTS_MESSAGE)
+            if exists(parent_fd, pending_name(leaf)):
+                raise AlreadyExists(STAGED_MESSAGE)
+        guard = SpaceGuard(root_fd, config.reserve, config.quota)
+        return create_directories(parent_fd, missing), guard
+    finally:
+        os.close(parent_fd)
 
 
 def exists(dir_fd: int, leaf: str) -> bool:
@@ -273,6 +301,8 @@ def _stage(dir_fd: int, leaf: str, temp_name: str, received: Received) -> None:
         # The pending name is ours (we just linked it and hold its lock).
         remove_pending(dir_fd, leaf)
         raise
+
+
 def _storage_error(error: OSError) -> ShellError:
     """Given an OSError from writing, return the ShellError to report."""
     if isinstance(error, ShellError):

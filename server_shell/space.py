@@ -1,9 +1,13 @@
-"""The disk guard: free space above the reserve, bytes under the quota.
+"""The disk guard: free space above the reserve, bytes under the quota,
+free inodes.
 
-A put asks the guard before every write. The guard re-reads free space
-(statvfs) at least every CHECK_INTERVAL bytes and whenever the next write
-could reach the reserve, so a put stops before the reserve is crossed even
-when other writers share the filesystem.
+A put asks the guard before every write. Puts of one account never run side
+by side (upload_lock.py), so the quota measured when a put starts stays
+true while it runs. Free space is shared with other accounts and programs:
+the guard re-reads it (statvfs) after at most CHECK_INTERVAL bytes, and
+after at most 1/SHARED_WRITERS of the headroom it last saw, so up to
+SHARED_WRITERS puts of different accounts on one filesystem together write
+at most about that headroom before each of them looks again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from .errors import NoSpace
 from .storage import DIRECTORY_FLAGS
 
 CHECK_INTERVAL = 32 * 1024 * 1024
+SHARED_WRITERS = 8
+# Free inodes (files, directories) below which a put is refused up front: a
+# filesystem out of inodes fails everything on it, however many bytes are free.
+MIN_FREE_INODES = 1024
 MAX_DEPTH = protocol.MAX_NAME_DEPTH
 
 
@@ -25,6 +33,14 @@ def free_bytes(fd: int) -> int:
     unprivileged writer may still use there."""
     result = os.fstatvfs(fd)
     return result.f_bavail * result.f_frsize
+
+
+def inodes_short(fd: int) -> bool:
+    """Given any descriptor on the storage filesystem, return True if it has
+    fewer than MIN_FREE_INODES free inodes (False if it does not count them)."""
+    result = os.fstatvfs(fd)
+    # f_files == 0: the filesystem allocates inodes dynamically (btrfs).
+    return result.f_files > 0 and result.f_favail < MIN_FREE_INODES
 
 
 def used_bytes(dir_fd: int, depth: int = 0) -> int:
@@ -67,11 +83,14 @@ class SpaceGuard:
         self.headroom = 0
         self.since_check = 0
         self._refresh()
-        # Refuse before a single byte arrives: the client learns at once.
+        # Refuse before a single byte arrives (and before any directory is
+        # made): the client learns at once, and a refused put changes nothing.
         if self.headroom < 0:
             raise NoSpace("free space on the server is below its reserve; free some space")
         if self.quota_left is not None and self.quota_left <= 0:
             raise NoSpace("the account's quota is used up; prune old backups")
+        if inodes_short(root_fd):
+            raise NoSpace("the server's filesystem is running out of inodes; free some files")
 
     def _refresh(self) -> None:
         self.headroom = free_bytes(self.root_fd) - self.reserve
@@ -82,7 +101,7 @@ class SpaceGuard:
         exceed the quota or bring free space below the reserve."""
         if self.quota_left is not None and self.written + count > self.quota_left:
             raise NoSpace("this backup would exceed the account's quota")
-        if self.since_check + count > min(CHECK_INTERVAL, self.headroom):
+        if self.since_check + count > min(CHECK_INTERVAL, self.headroom // SHARED_WRITERS):
             # Free space may have changed (our own writes, other writers):
             # look again rather than trust the last reading.
             self._refresh()

@@ -102,6 +102,35 @@ def open_directory(root_fd: int, segments: list[str], create: bool) -> int:
     return current
 
 
+def walk_existing(root_fd: int, segments: list[str]) -> tuple[int, list[str]]:
+    """Given the root descriptor and directory segments, return (descriptor
+    of the deepest directory that exists, the segments missing below it),
+    creating nothing; raise AlreadyExists if a segment is a file or a symlink."""
+    current = os.dup(root_fd)
+    for index, segment in enumerate(segments):
+        try:
+            next_fd = os.open(segment, DIRECTORY_FLAGS, dir_fd=current)
+        except FileNotFoundError:
+            return current, segments[index:]
+        except OSError as error:
+            os.close(current)
+            # A symlink (ELOOP) or a file (ENOTDIR) is never entered.
+            if error.errno in NOT_A_DIRECTORY:
+                raise AlreadyExists("a file or link is in the way of that name") from None
+            reason = os.strerror(error.errno or 0)
+            raise StorageError(f"cannot open a directory: {reason}") from None
+        os.close(current)
+        current = next_fd
+    return current, []
+
+
+def create_directories(dir_fd: int, missing: list[str]) -> int:
+    """Given a directory descriptor and the segments missing below it, create
+    them (0700) and return a new descriptor of the last one (of DIR_FD itself
+    if none is missing); raise AlreadyExists if a file or link gets in the way."""
+    return open_directory(dir_fd, missing, create=True)
+
+
 def _open_segment(dir_fd: int, segment: str, create: bool) -> int:
     """Given a directory descriptor and one segment, return the subdirectory's
     descriptor (creating it 0700 if CREATE and missing); never follows a symlink."""

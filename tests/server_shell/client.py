@@ -81,15 +81,24 @@ def get(server: BackupServer, account: Account, name: str) -> tuple[bytes, int, 
     return unframe(result.stdout)
 
 
+UPLOAD_LOCK = ".qbackup-upload.lock"
+
+
 def snapshot(root: Path) -> dict[str, tuple[str, str]]:
     """Given a directory, return {relative path: (kind, content digest or link
-    target)} for everything below it, without following symlinks."""
+    target)} for everything below it, without following symlinks. The
+    account's upload lock is left out while it is an EMPTY regular file in
+    the root: the first put creates it (even one refused later) and it never
+    holds data."""
     found: dict[str, tuple[str, str]] = {}
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         for entry in dirnames + filenames:
             path = Path(directory) / entry
             relative = str(path.relative_to(root))
-            mode = path.lstat().st_mode
+            info = path.lstat()
+            if relative == UPLOAD_LOCK and stat.S_ISREG(info.st_mode) and info.st_size == 0:
+                continue
+            mode = info.st_mode
             if stat.S_ISLNK(mode):
                 found[relative] = ("link", os.readlink(path))
             elif stat.S_ISDIR(mode):

@@ -352,3 +352,23 @@ def test_forced_command_takes_the_command_from_ssh_original_command(
     assert (forced.storage / "via/forced").read_bytes() == b"ok"
     assert_refused(backup_server.run(forced, "put ../x", frame_stream(DATA)), 64)
     assert_refused(backup_server.run(forced, None, b"", extra=("-T",)), 77)
+
+
+# Threat: something planted at the account's upload lock: a symlink out of
+# the storage (would create/lock a file elsewhere), a directory. Residual
+# risk: the account's uploads stop (74) until the admin removes it -- only
+# someone with the account's rights can plant it.
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_put_refuses_a_planted_upload_lock(
+    backup_server: BackupServer, account: Account, outside: Path, kind: str
+) -> None:
+    lock = account.storage / ".qbackup-upload.lock"
+    if kind == "symlink":
+        lock.symlink_to(outside / "new-lock")
+    else:
+        lock.mkdir(mode=0o700)
+    os.lchown(lock, account.uid, account.gid)
+    before, before_outside = snapshot(account.storage), snapshot(outside)
+    assert_refused(put(backup_server, account, "x", DATA), 74)
+    assert snapshot(account.storage) == before
+    assert snapshot(outside) == before_outside

@@ -13,7 +13,8 @@ import pytest
 
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put, snapshot, temporaries
+from tests.server_shell.client import frame_stream, put, snapshot, temporaries
+from tests.server_shell.test_streams import feed_until_temporary, start_put, wait_for
 
 MIB = 1024 * 1024
 
@@ -120,3 +121,106 @@ def test_configured_root_is_used_and_must_belong_to_the_account(
     os.chmod(elsewhere, 0o755)
     assert put(shell_config, account, "x", b"x").returncode == 0
     assert (elsewhere / account.name / "x").read_bytes() == b"x"
+
+
+def write_quietly(process: subprocess.Popen[bytes], data: bytes, close: bool = False) -> None:
+    """Feed a put's ssh client; a put refused at once has closed its stdin."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(data)
+        process.stdin.flush()
+        if close:
+            process.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+# Threat: racing puts of one account bypass the quota and the reserve -- each
+# measured them once at its start, so four parallel 8 MiB puts under a 10 MiB
+# quota all succeeded, and four 10 MiB puts with 24 MiB above the reserve
+# left free space 16 MiB below it. Residual risk: puts of DIFFERENT accounts
+# still share the free space; the guard re-reads it after 1/8 of the headroom
+# it saw, so up to 8 of them together stay about within the reserve.
+@pytest.mark.parametrize("limit", ["quota", "reserve"])
+def test_parallel_puts_to_one_account_cannot_exceed_the_quota_or_the_reserve(
+    shell_config: BackupServer, small_disk: Account, limit: str
+) -> None:
+    settings = "quota = 10M\nreserve = 0\n" if limit == "quota" else "reserve = 40M\n"
+    shell_config.write_shell_config(f"[account {small_disk.name}]\n{settings}")
+    stream = frame_stream(os.urandom((8 if limit == "quota" else 10) * MIB))
+    processes = [start_put(shell_config, small_disk, f"p/{index}") for index in range(4)]
+    for process in processes:
+        write_quietly(process, stream[:1024])
+    wait_for(lambda: sum(p.poll() is not None for p in processes) >= 3, "three refusals")
+    for process in processes:
+        write_quietly(process, stream[1024:], close=True)
+    results = [(process.wait(timeout=60), process.stderr.read()) for process in processes]  # type: ignore[union-attr]
+    assert sorted(code for code, _ in results) == [0, 69, 69, 69], results
+    for code, stderr in results:
+        if code == 69:
+            assert stderr == (
+                b"qbackup-shell: another upload to this account is in progress; "
+                b"retry when it has ended\n"
+            )
+    staged = [name for name in snapshot(small_disk.storage) if name.startswith("p/")]
+    assert len(staged) == 2  # one staged upload and its record
+    if limit == "quota":
+        assert sum(os.lstat(small_disk.storage / n).st_size for n in staged) <= 10 * MIB
+    else:
+        disk = os.statvfs(small_disk.storage)
+        assert disk.f_bavail * disk.f_frsize >= 40 * MIB
+
+
+# Threat: directories were created before the space/quota refusal, so 20
+# refused puts of `zN/a/b/c/d/e/f/x` left 141 directories (and inodes) behind.
+# Residual risk: an ADMITTED put that then fails mid-stream (bad stream, disk
+# full) leaves the directories it created; they are empty, and the put was
+# within the quota and reserve when it started.
+@pytest.mark.parametrize("reason", ["reserve", "quota", "busy"])
+def test_a_refused_put_creates_no_directory(
+    shell_config: BackupServer, account: Account, reason: str
+) -> None:
+    assert put(shell_config, account, "seed", os.urandom(8192)).returncode == 0
+    settings = {"reserve": "reserve = 1000000T", "quota": "quota = 1K", "busy": ""}[reason]
+    shell_config.write_shell_config(f"[account {account.name}]\n{settings}\n")
+    holder = start_put(shell_config, account, "holder") if reason == "busy" else None
+    if holder is not None:
+        feed_until_temporary(holder, account)
+    before = snapshot(account.storage)
+    for index in range(3):
+        result = shell_config.run(account, f"put z{index}/a/b/c/d/e/f/x", frame_stream(b"data"))
+        assert result.returncode == 69, result.stderr
+    # The same entries (the holder's temporary may still be growing).
+    assert set(snapshot(account.storage)) == set(before)
+    if holder is not None:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture
+def few_inodes(shell_config: BackupServer) -> Iterator[Account]:
+    """An account whose storage is a tmpfs with only 300 inodes."""
+    home = Path(tempfile.mkdtemp(prefix="tmpfs-inodes-", dir=shell_config.base))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=300,mode=0700", "tmpfs", str(home)],
+        check=True,
+    )
+    try:
+        yield shell_config.add_account(home=home)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+# Threat: a client exhausting the filesystem's inodes (many small puts, deep
+# names) breaks everything else on it, however many bytes are free.
+# Residual risk: the last MIN_FREE_INODES (1024) inodes can still be used by
+# one put's directories (at most MAX_NAME_DEPTH) and files (a few).
+def test_put_is_refused_up_front_when_inodes_run_low(
+    shell_config: BackupServer, few_inodes: Account
+) -> None:
+    shell_config.write_shell_config(f"[account {few_inodes.name}]\nreserve = 0\n")
+    before = snapshot(few_inodes.storage)
+    result = shell_config.run(few_inodes, "put a/b/c/x", frame_stream(b"data"))
+    assert result.returncode == 69, result.stderr
+    assert b"inodes" in result.stderr
+    assert snapshot(few_inodes.storage) == before
