@@ -100,3 +100,9 @@ class Interrupted(BadStream):
     """A signal (SIGTERM, SIGHUP, SIGPIPE) ended the command."""
 
     outcome = "interrupted"
+
+
+class IdleTimeout(BadStream):
+    """The client sent nothing for idle_timeout seconds during a put."""
+
+    outcome = "idle-timeout"

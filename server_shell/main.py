@@ -29,6 +29,7 @@ from .prune import drop_privileges, parse_prune_arguments, resolve_owner, run_pr
 from .put import store_backup
 from .reading import check_backup, send_backup
 from .request import Request, parse_command, parse_invocation
+from .signals import FATAL_SIGNALS
 from .storage import open_root
 from .streams import write_all
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/qbackup/qbackup-shell.conf"
 STDIN, STDOUT, STDERR = 0, 1, 2
-FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 LIST_FLUSH_SIZE = 64 * 1024
 
 

@@ -37,6 +37,7 @@ import qbackup_protocol as protocol
 
 from .config import ShellConfig
 from .errors import AlreadyExists, BadStream, NoSpace, ShellError, StorageError
+from .signals import block_fatal_signals_in_this_thread, fatal_signals_blocked
 from .space import SpaceGuard
 from .staging import remove_pending, remove_stale_pending
 from .storage import (
@@ -52,12 +53,15 @@ from .storage import (
     walk_existing,
     write_digest_file,
 )
-from .streams import enlarge_pipe, read_exactly
+from .streams import enlarge_pipe, read_exactly, read_some
 from .upload_lock import lock_uploads
 
 logger = logging.getLogger(__name__)
 
-BUFFER_COUNT = 4  # memory stays at BUFFER_COUNT * MAX_DATA_FRAME whatever the size
+# At most BUFFER_COUNT buffers, each allocated only when a frame needs it and
+# only as large as the largest frame so far: an idle put holds none, a
+# client's usual 1 MiB frames hold 4 MiB, never more than 4 * MAX_DATA_FRAME.
+BUFFER_COUNT = 4
 STALE_TEMPORARY_AGE = 120  # seconds without a write before a temporary is a crash's leftover
 MAX_STALE_SCAN = 10_000
 EXISTS_MESSAGE = "a backup with that name already exists; backups are never replaced"
@@ -83,12 +87,14 @@ class Writer:
         self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.work: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
-        for _ in range(BUFFER_COUNT):
-            self.free.put(bytearray(protocol.MAX_DATA_FRAME))
+        self.allocated = 0
         self.thread = threading.Thread(target=self._run, name="put-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        # Signals go to the main thread, which can hold them off while it
+        # stops this thread (finish); delivered here they would not wait.
+        block_fatal_signals_in_this_thread()
         while True:
             item = self.work.get()
             if item is None:
@@ -111,10 +117,18 @@ class Writer:
         while offset < len(view):
             offset += os.write(self.fd, view[offset:])
 
-    def take_buffer(self) -> bytearray:
-        """Return an empty buffer; raise the writer's error if it failed."""
-        buffer = self.free.get()
+    def take_buffer(self, length: int) -> bytearray:
+        """Given a frame's length, return an empty buffer of at least that
+        size (waiting for one if BUFFER_COUNT are in use); raise the writer's
+        error if it failed."""
+        if self.allocated < BUFFER_COUNT and self.free.empty():
+            self.allocated += 1
+            buffer = bytearray(length)
+        else:
+            buffer = self.free.get()
         self.raise_error()
+        if len(buffer) < length:
+            buffer = bytearray(length)  # a larger frame: this one replaces the smaller buffer
         return buffer
 
     def raise_error(self) -> None:
@@ -123,37 +137,43 @@ class Writer:
 
     def finish(self) -> None:
         """Wait until everything handed over is written (or the writer failed)
-        and the thread is gone, so nothing touches the file descriptor after."""
-        self.work.put(None)
-        self.thread.join()
+        and the thread is gone, so nothing touches the file descriptor after.
+        A fatal signal meanwhile is held until the thread is gone."""
+        with fatal_signals_blocked():
+            self.work.put(None)
+            self.thread.join()
 
 
-def receive_stream(stdin_fd: int, fd: int, guard: SpaceGuard) -> Received:
-    """Given stdin, the temporary's descriptor and the space guard, copy the
-    framed stream into the file; raise BadStream unless it ends with a valid E
-    frame matching length and digest followed by EOF."""
+def receive_stream(
+    stdin_fd: int, fd: int, guard: SpaceGuard, idle_timeout: float | None = None
+) -> Received:
+    """Given stdin, the temporary's descriptor, the space guard and the idle
+    timeout, copy the framed stream into the file; raise BadStream unless it
+    ends with a valid E frame matching length and digest followed by EOF,
+    IdleTimeout if the client sends nothing for IDLE_TIMEOUT seconds."""
     writer = Writer(fd, guard)
     header = memoryview(bytearray(protocol.FRAME_HEADER_SIZE))
     total = 0
     try:
         while True:
-            read_exactly(stdin_fd, header)
+            read_exactly(stdin_fd, header, idle_timeout)
             try:
                 kind, length = protocol.decode_frame_header(bytes(header))
             except protocol.ProtocolError:
                 raise BadStream("malformed frame in the upload") from None
             if kind == protocol.FRAME_END:
                 break
-            buffer = writer.take_buffer()
-            read_exactly(stdin_fd, memoryview(buffer)[:length])
+            buffer = writer.take_buffer(length)
+            read_exactly(stdin_fd, memoryview(buffer)[:length], idle_timeout)
             writer.work.put((buffer, length))
             total += length
         end = memoryview(bytearray(protocol.END_PAYLOAD.size))
-        read_exactly(stdin_fd, end)
+        read_exactly(stdin_fd, end, idle_timeout)
         declared_size, declared_digest = protocol.decode_end_payload(bytes(end))
         # Nothing may follow the end frame: a stream with trailing bytes is
         # not the stream the client hashed.
-        if os.read(stdin_fd, 1) != b"":
+        # (A client that never closes after its end frame times out here.)
+        if read_some(stdin_fd, 1, idle_timeout) != b"":
             raise BadStream("bytes after the end frame")
     finally:
         writer.finish()
@@ -212,7 +232,7 @@ def store_backup(
         dir_fd, guard = _admit(root_fd, segments, leaf, config)
         try:
             enlarge_pipe(stdin_fd)
-            received = _receive_and_stage(dir_fd, leaf, stdin_fd, guard)
+            received = _receive_and_stage(dir_fd, leaf, stdin_fd, guard, config.idle_timeout)
         finally:
             os.close(dir_fd)
     finally:
@@ -255,7 +275,9 @@ def exists(dir_fd: int, leaf: str) -> bool:
     return True
 
 
-def _receive_and_stage(dir_fd: int, leaf: str, stdin_fd: int, guard: SpaceGuard) -> Received:
+def _receive_and_stage(
+    dir_fd: int, leaf: str, stdin_fd: int, guard: SpaceGuard, idle_timeout: float
+) -> Received:
     temp_name, fd = create_temporary(dir_fd)
     try:
         # The flock also covers the staged inode (the same inode under its
@@ -263,15 +285,17 @@ def _receive_and_stage(dir_fd: int, leaf: str, stdin_fd: int, guard: SpaceGuard)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         remove_stale_temporaries(dir_fd, temp_name)
         try:
-            received = receive_stream(stdin_fd, fd, guard)
+            received = receive_stream(stdin_fd, fd, guard, idle_timeout)
             os.fsync(fd)
             mtime = int(os.fstat(fd).st_mtime)
         except OSError as error:
             raise _storage_error(error) from None
         _stage(dir_fd, leaf, temp_name, received)
     finally:
-        os.close(fd)
-        remove_quietly(dir_fd, temp_name)
+        # Not to be cut short by a signal: the temporary must not survive.
+        with fatal_signals_blocked():
+            os.close(fd)
+            remove_quietly(dir_fd, temp_name)
     os.fsync(dir_fd)
     return Received(received.size, received.sha256, mtime)
 
