@@ -43,10 +43,16 @@ def inodes_short(fd: int) -> bool:
     return result.f_files > 0 and result.f_favail < MIN_FREE_INODES
 
 
-def used_bytes(dir_fd: int, depth: int = 0) -> int:
-    """Given a directory descriptor, return the total size of the regular files
-    below it (backups, records, temporaries), skipping dot-directories such as
-    ~/.ssh and never following symlinks."""
+def used_bytes(dir_fd: int) -> int:
+    """Given the root descriptor, return the disk space (allocated blocks,
+    not file sizes) of everything below it -- backups, records, staged
+    uploads, temporaries and the directories themselves -- skipping
+    dot-directories such as ~/.ssh, never following symlinks, and counting a
+    hard-linked inode (a staged upload while it is committed) once."""
+    return _used_below(dir_fd, 0, set())
+
+
+def _used_below(dir_fd: int, depth: int, seen: set[tuple[int, int]]) -> int:
     total = 0
     with os.scandir(dir_fd) as scan:
         names = [entry.name for entry in scan]
@@ -55,15 +61,20 @@ def used_bytes(dir_fd: int, depth: int = 0) -> int:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(info.st_mode):
-            total += info.st_size
-        elif stat.S_ISDIR(info.st_mode) and not name.startswith(".") and depth < MAX_DEPTH:
+        is_directory = stat.S_ISDIR(info.st_mode) and not name.startswith(".")
+        if not (stat.S_ISREG(info.st_mode) or is_directory) or (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        # Blocks, not st_size: a thousand 1-byte backups fill a thousand
+        # blocks (and their records as many), and directories take blocks too.
+        total += info.st_blocks * 512
+        if is_directory and depth < MAX_DEPTH:
             try:
                 child = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue
             try:
-                total += used_bytes(child, depth + 1)
+                total += _used_below(child, depth + 1, seen)
             finally:
                 os.close(child)
     return total

@@ -4,6 +4,7 @@ exit 69, older backups intact, no temporary left, the new name absent."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import frame_stream, put, snapshot, temporaries
+from tests.server_shell.client import frame_stream, put, snapshot, stage, temporaries
 from tests.server_shell.test_streams import feed_until_temporary, start_put, wait_for
 
 MIB = 1024 * 1024
@@ -224,3 +225,47 @@ def test_put_is_refused_up_front_when_inodes_run_low(
     assert result.returncode == 69, result.stderr
     assert b"inodes" in result.stderr
     assert snapshot(few_inodes.storage) == before
+
+
+def disk_use(root: Path) -> int:
+    """What `du` would say, the shell's way: allocated blocks of the regular
+    files and directories below ROOT (outside dot-directories), each inode once."""
+    seen, total = set(), 0
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        for name in dirnames + filenames:
+            info = os.lstat(Path(directory) / name)
+            if (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)) and (
+                info.st_ino not in seen
+            ):
+                seen.add(info.st_ino)
+                total += info.st_blocks * 512
+    return total
+
+
+# Threat: the quota counted st_size, so many tiny backups (each a whole block,
+# plus a block for its record) and deep directory trees used far more disk
+# than the quota allowed. Residual risk: the put being received is counted by
+# its bytes, so it may exceed the quota by its last partial block plus the
+# filesystem's indirect blocks; blocks shared or compressed by the filesystem
+# are counted as it reports them.
+def test_quota_counts_allocated_blocks_and_directories(
+    shell_config: BackupServer, account: Account
+) -> None:
+    for name in ("a/b/c/one", "a/two", "three"):
+        assert put(shell_config, account, name, b"x").returncode == 0
+    shell_config.write_shell_config(f"[account {account.name}]\nquota = 1G\n")
+    info = protocol.parse_info(shell_config.run(account, "info").stdout)
+    # 3 data blocks + 3 record blocks + 3 directories: far more than 3 bytes.
+    assert info.used == disk_use(account.storage) and info.used >= 9 * 1024
+
+
+def test_tiny_backups_run_into_the_quota_by_their_blocks(
+    shell_config: BackupServer, account: Account
+) -> None:
+    shell_config.write_shell_config(f"[account {account.name}]\nquota = 64K\n")
+    codes = [stage(shell_config, account, f"n/{index}", b"x").returncode for index in range(12)]
+    # Each staged byte takes a data block and a record block (8 KiB on 4 KiB
+    # blocks): refused after about eight, where st_size would allow thousands.
+    assert codes[0] == 0 and 69 in codes, codes
+    assert disk_use(account.storage) <= 64 * 1024 + 8 * 1024
