@@ -68,8 +68,87 @@ def test_profile_writes_only_under_the_storage_root_and_dev_log() -> None:
         and re.search(r"\s[rmkl]*w[rmkl]*,$", rule)
     ]
     assert writable == [
-        "@{QBACKUP_STORAGE}** rwkl,",
+        "owner @{QBACKUP_STORAGE}[^.]** rwkl,",
+        "owner @{QBACKUP_STORAGE}.tmp-[0-9a-f]* rwkl,",
+        "owner @{QBACKUP_STORAGE}.[^.]*.sha256 rwl,",
+        "owner @{QBACKUP_STORAGE}.[^.]*.pending rwkl,",
+        "owner @{QBACKUP_STORAGE}.[^.]*.pending-sha256 rwl,",
+        "owner @{QBACKUP_STORAGE}.qbackup-upload.lock rwk,",
         "/dev/log w,",
         "/run/systemd/journal/dev-log w,",
     ]
-    assert "deny @{QBACKUP_STORAGE}.ssh/** wl," in rules()
+    assert "deny @{QBACKUP_STORAGE}.ssh/** rwl," in rules()
+
+
+def test_every_storage_rule_is_owner_only() -> None:
+    # Threat: `@{HOMEDIRS}/*/** rwkl` covered every user's home; with `owner`
+    # only the files of the account the shell runs as are reachable.
+    allowing = [
+        rule for rule in rules()
+        if "@{QBACKUP_STORAGE}" in rule and not rule.startswith(("@{QBACKUP_STORAGE}=", "deny"))
+    ]
+    assert len(allowing) == 7
+    assert all(rule.startswith("owner @{QBACKUP_STORAGE}") for rule in allowing)
+
+
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """Given an AppArmor path glob (the subset this profile uses), return an
+    equivalent regex: ** crosses '/', * and [...] do not."""
+    pattern = ""
+    index = 0
+    while index < len(glob):
+        if glob.startswith("**", index):
+            pattern, index = pattern + ".*", index + 2
+        elif glob[index] == "*":
+            pattern, index = pattern + "[^/]*", index + 1
+        elif glob[index] == "[":
+            close = glob.index("]", index)
+            pattern, index = pattern + glob[index : close + 1], close + 1
+        else:
+            pattern, index = pattern + re.escape(glob[index]), index + 1
+    return re.compile(pattern)
+
+
+HOME = "/home/backup-laptop/"
+
+
+def writable_in_home(path: str) -> bool:
+    """Whether the profile's owner rules let the shell write PATH (a path
+    below HOME, the default storage root), deny rules winning."""
+    matching = []
+    for rule in rules():
+        words = rule.rstrip(",").split(" ")
+        if len(words) < 2 or "@{QBACKUP_STORAGE}" not in words[-2] or "w" not in words[-1]:
+            continue
+        glob = words[-2].replace("@{QBACKUP_STORAGE}", HOME)
+        if glob_to_regex(glob).fullmatch(path):
+            matching.append(words[0] == "deny")
+    return bool(matching) and not any(matching)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "backup", "laptop/2026-11-23", "a/b/c/d", "a/", "a/b/",
+        ".tmp-0123456789abcdef", "a/.tmp-0123456789abcdef",
+        ".backup.sha256", "a/.x.sha256", ".backup.pending", ".backup.pending-sha256",
+        ".a.pending.sha256", "a/.b.pending", ".qbackup-upload.lock",
+    ],
+)
+def test_profile_lets_the_shell_write_its_own_files(relative: str) -> None:
+    assert writable_in_home(HOME + relative)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        ".ssh/authorized_keys", ".ssh/", ".ssh/rc", ".profile", ".bashrc",
+        ".bash_logout", ".config/autostart/x", ".local/bin/x", ".pam_environment",
+        ".forward", ".tmp-/x", ".ssh.sha256/../.ssh/x",
+    ],
+)
+def test_profile_keeps_the_accounts_own_dot_files_read_only(relative: str) -> None:
+    # Threat: the profile allowed writing anything in the home, e.g. ~/.ssh/rc
+    # (run by sshd at each login) or ~/.profile. Residual risk: write access
+    # under non-dot top-level entries is by prefix, not by exact file kind.
+    assert not writable_in_home(HOME + relative)
