@@ -95,11 +95,13 @@ def carrier(backup_server: BackupServer, account: Account, tmp_path: Path) -> Ca
 
 
 def stored_files(account: Account) -> list[str]:
-    """Return every file in the account's storage except its .ssh directory."""
+    """Return every file in the account's storage except its .ssh directory
+    and the shell's upload lock (an empty file every put creates)."""
     found = []
     for root, dirs, files in os.walk(account.storage):
         if Path(root) == account.storage:
             dirs[:] = [d for d in dirs if d != ".ssh"]
+            files = [f for f in files if f != ".qbackup-upload.lock"]
         found += [str(Path(root, name).relative_to(account.storage)) for name in files]
     return sorted(found)
 

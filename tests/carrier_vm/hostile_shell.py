@@ -99,9 +99,19 @@ def commit(name):
         line(good)
 
 
+GET_DATA = b"backup bytes " * 1000
+
+
 def listing(prefix):
     good = record(prefix + "a", 1, "a" * 64)
-    if MODE == "endless":
+    if MODE.startswith("get-") and MODE != "get-unlisted":
+        # The carrier asks `list NAME` for NAME's size before `get NAME`.
+        size = len(GET_DATA) // 2 if MODE == "get-oversized" else len(GET_DATA)
+        line(record(prefix, size, hashlib.sha256(GET_DATA).hexdigest()))
+        line({"end": True, "count": 1, "truncated": False})
+    elif MODE == "get-unlisted":
+        line({"end": True, "count": 0, "truncated": False})
+    elif MODE == "endless":
         endless(json.dumps(good).encode() + b"\n")
     elif MODE == "long-line":
         OUT.write(b"{" + b" " * 10000 + b"}\n")
@@ -123,7 +133,7 @@ def listing(prefix):
 
 
 def get(name):
-    data = b"backup bytes " * 1000
+    data = GET_DATA
     digest = hashlib.sha256(data).digest()
     frame = struct.pack(">cI", b"D", len(data)) + data
     end = struct.pack(">cI", b"E", 40) + struct.pack(">Q32s", len(data), digest)
@@ -137,6 +147,8 @@ def get(name):
         end += b"X"
     elif MODE == "get-garbage":
         frame, end = b"\x1b[2J not a frame at all", b""
+    elif MODE == "get-endless":
+        endless(frame)
     OUT.write(frame + end)
 
 

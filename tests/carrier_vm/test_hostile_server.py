@@ -155,6 +155,29 @@ def test_get_refuses_a_tampered_stream(hostile: Carrier, mode: str) -> None:
     assert b"\x1b" not in result.stdout  # garbage frames are never passed on
 
 
+# Threat: a hostile server streams a `get` for ever (or more than the backup
+# it listed), so a restore never ends and fills the restoring VM's disk.
+# The carrier caps the stream at the size `list NAME` gave. Residual risk: the
+# server may list a huge size; then the cap is that size (the digest still
+# fails at the end), and the listing costs one more round trip per get.
+@pytest.mark.parametrize("mode", ["get-endless", "get-oversized"])
+def test_get_stops_at_the_listed_size(hostile: Carrier, mode: str) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("get", "b", timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert_one_safe_line(result.stderr)
+    assert b"listed" in result.stderr
+    listed = len(b"backup bytes " * 1000) // (2 if mode == "get-oversized" else 1)
+    assert len(result.stdout) <= listed
+
+
+def test_get_of_a_name_the_listing_does_not_show_is_66(hostile: Carrier) -> None:
+    set_mode(hostile, "get-unlisted")
+    result = hostile.run("get", "b", timeout=60)
+    assert result.returncode == 66, result.stderr
+    assert result.stdout == b""
+
+
 @pytest.mark.parametrize("verb", ["check", "info"])
 def test_check_and_info_refuse_malformed_replies(hostile: Carrier, verb: str) -> None:
     set_mode(hostile, "any")
