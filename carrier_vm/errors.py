@@ -88,7 +88,10 @@ SHELL_STATUS_ERRORS: dict[int, tuple[type[CarrierError], str]] = {
     64: (ServerRefused, "the server refused the command"),
     65: (DataError, "the server rejected the stream (bad framing, size or digest)"),
     66: (NoSuchBackup, "no such backup on the server"),
-    69: (ServerRefused, "the server has no space for this backup (reserve or quota)"),
+    69: (
+        ServerRefused,
+        "the server refused: no space (reserve, quota, inodes) or another upload is running",
+    ),
     73: (ServerRefused, "a backup of that name already exists (or is staged) on the server"),
     74: (ServerRefused, "the server had an I/O error"),
     77: (ServerRefused, "the server does not allow this"),
