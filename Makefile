@@ -26,7 +26,7 @@ APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyn
 help:
 	@echo "make test                 install what the tests need, then run them all"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
-	@echo "make bench [GIB=2]        throughput against plain OpenSSH"
+	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
 	@echo "make server user=NAME     install qbackup-shell on a backup server and make it NAME's shell"
 	@echo "                          (an existing account with a real shell needs force=1)"
 	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell"
@@ -61,7 +61,7 @@ demo: venv
 	$(PY) -m tests.demo
 
 bench: venv
-	$(PY) -m bench.run --gib $(or $(GIB),2)
+	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)
 
 # --- server ------------------------------------------------------------------
 # Files only (what the tests install into a temporary tree, too).
