@@ -106,6 +106,36 @@ def bench_qbackup(
     return Result(label, size, seconds, rss, cpu, sampler.peak_rss_kib, sampler.cpu_seconds)
 
 
+def bench_qbackup_streamed(
+    server: BackupServer,
+    account: Account,
+    env: dict[str, str],
+    size: int,
+    rate: float,
+    label: str,
+    name: str,
+) -> Result:
+    """qbackup fed by a producer at RATE (0: unthrottled), timed from the
+    producer's first byte to the committed backup."""
+    started = time.monotonic()
+    producer = subprocess.Popen(producer_argv(size, rate), stdout=subprocess.PIPE)
+    assert producer.stdout is not None
+    try:
+        return bench_qbackup(
+            server,
+            account,
+            env,
+            producer.stdout.fileno(),
+            size,
+            label,
+            name,
+            producer=producer,
+            started=started,
+        )
+    finally:
+        producer.stdout.close()
+
+
 def bench_staged(
     server: BackupServer,
     plain: Account,
@@ -236,23 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             bench_staged(server, plain, staging, size, "(3) staged, from file", copy_argv)
         )
         LOG.info("(2) qbackup from a producer at %.0f MB/s", args.rate_mb)
-        started = time.monotonic()
-        producer = subprocess.Popen(producer_argv(size, rate), stdout=subprocess.PIPE)
-        assert producer.stdout is not None
+        label = f"(2) qbackup, producer {args.rate_mb:.0f} MB/s"
         results.append(
-            bench_qbackup(
-                server,
-                account,
-                env,
-                producer.stdout.fileno(),
-                size,
-                f"(2) qbackup, producer {args.rate_mb:.0f} MB/s",
-                "bench-rate",
-                producer=producer,
-                started=started,
-            )
+            bench_qbackup_streamed(server, account, env, size, rate, label, "bench-rate")
         )
-        producer.stdout.close()
         LOG.info("(3) staged from a producer at %.0f MB/s", args.rate_mb)
         results.append(
             bench_staged(
@@ -271,21 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                 "(2) qbackup, %.0f GiB from an unthrottled producer (memory stays flat?)",
                 args.flat_gib,
             )
-            producer = subprocess.Popen(producer_argv(flat, 0), stdout=subprocess.PIPE)
-            assert producer.stdout is not None
+            label = f"(2) qbackup, {args.flat_gib:.0f} GiB producer"
             results.append(
-                bench_qbackup(
-                    server,
-                    account,
-                    env,
-                    producer.stdout.fileno(),
-                    flat,
-                    f"(2) qbackup, {args.flat_gib:.0f} GiB producer",
-                    "bench-flat",
-                    producer=producer,
-                )
+                bench_qbackup_streamed(server, account, env, flat, 0, label, "bench-flat")
             )
-            producer.stdout.close()
 
     print()
     print(f"{args.gib:g} GiB per path; {versions()}; {os.cpu_count()} cores")
