@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(2) qbackup, %.0f GiB from an unthrottled producer (memory stays flat?)",
                 args.flat_gib,
             )
-            label = f"(2) qbackup, {args.flat_gib:.0f} GiB producer"
+            label = f"(2) qbackup, {args.flat_gib:g} GiB producer"
             results.append(
                 bench_qbackup_streamed(server, account, env, flat, 0, label, "bench-flat")
             )
