@@ -25,11 +25,18 @@ esac
 [ "$(id -u)" -eq 0 ] || fail "run as root"
 [ -x "$shell_path" ] || fail "$shell_path is missing; run make server-files first"
 
-if ! grep -qxF "$shell_path" /etc/shells; then
-	echo "$shell_path" >>/etc/shells
-fi
+# Root is about to chown/chmod things inside a directory the account owns:
+# a symlink planted there could turn that into chown of /etc/shadow. Refuse.
+refuse_symlinks() {
+	for path in "$1" "$1/.ssh" "$1/.ssh/authorized_keys"; do
+		[ ! -L "$path" ] || fail "$path is a symbolic link; remove it and run again"
+	done
+}
 
+# Every refusal comes before the first change: a refused run changes nothing.
+existing=no
 if id -u "$user" >/dev/null 2>&1; then
+	existing=yes
 	# Converting an existing account takes its shell away and chowns its home:
 	# never do that to a system account (root, daemon, www-data, ...), and do it
 	# to a person's account only when asked to explicitly (FORCE=1).
@@ -44,6 +51,13 @@ if id -u "$user" >/dev/null 2>&1; then
 	"$shell_path" | */nologin | */false) ;;
 	*) [ "${FORCE:-}" = 1 ] || fail "$user exists with login shell $current; to turn it into a backup-only account run again with force=1" ;;
 	esac
+	refuse_symlinks "$(getent passwd "$user" | cut -d: -f6)"
+fi
+
+if ! grep -qxF "$shell_path" /etc/shells; then
+	echo "$shell_path" >>/etc/shells
+fi
+if [ "$existing" = yes ]; then
 	usermod --shell "$shell_path" "$user"
 else
 	useradd --create-home --shell "$shell_path" --user-group "$user"
@@ -64,11 +78,7 @@ case "$home" in
 *) fail "$user has no absolute home directory" ;;
 esac
 
-# Root is about to chown/chmod things inside a directory the account owns:
-# a symlink planted there could turn that into chown of /etc/shadow. Refuse.
-for path in "$home" "$home/.ssh" "$home/.ssh/authorized_keys"; do
-	[ ! -L "$path" ] || fail "$path is a symbolic link; remove it and run again"
-done
+refuse_symlinks "$home"
 
 install -d -m 0700 -o "$user" -g "$group" "$home"
 install -d -m 0700 -o "$user" -g "$group" "$home/.ssh"

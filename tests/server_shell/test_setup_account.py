@@ -96,12 +96,13 @@ def test_setup_account_refuses_system_accounts_even_when_forced(
 ) -> None:
     # Threat: `make server user=www-data` chowning /var/www and replacing a
     # service's shell. Residual risk: none for uids below UID_MIN.
-    passwd = Path("/etc/passwd").read_text()
+    passwd, shells = Path("/etc/passwd").read_text(), Path("/etc/shells").read_text()
     home = Path(pwd.getpwnam(system_account).pw_dir)
     before = home.stat() if home.exists() else None
     result = setup(backup_server, system_account, force=True)
     assert result.returncode != 0 and b"system account" in result.stderr
     assert Path("/etc/passwd").read_text() == passwd
+    assert Path("/etc/shells").read_text() == shells  # a refused run changes nothing
     if before is not None:
         after = home.stat()
         assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
@@ -115,8 +116,10 @@ def test_setup_account_refuses_a_planted_symlink(
     ssh_dir.mkdir()
     (ssh_dir / "authorized_keys").symlink_to(outside / "secret")
     before = (outside / "secret").stat()
+    passwd = Path("/etc/passwd").read_text()
     result = setup(backup_server, new_user, force=True)
     assert result.returncode != 0
+    assert Path("/etc/passwd").read_text() == passwd  # refused before the shell was changed
     after = (outside / "secret").stat()
     assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
