@@ -23,7 +23,6 @@ MAX_NAME_LENGTH = 200
 MAX_NAME_DEPTH = 8
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 TIMESTAMP_LENGTH = len("-20261122T235959Z")
-NAME_PATTERN = re.compile(r".*-(\d{8}T\d{6}Z)")
 
 
 def check_prefix(prefix: str) -> str:
@@ -68,14 +67,3 @@ def make_name(prefix: str, now: datetime | None = None) -> str:
     """Given a valid PREFIX and a time (default: now), return PREFIX-<UTC stamp>."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return check_name(f"{check_prefix(prefix)}-{moment.strftime(TIMESTAMP_FORMAT)}")
-
-
-def name_time(name: str) -> datetime | None:
-    """Given a backup name, return the UTC time in its timestamp, or None."""
-    found = NAME_PATTERN.fullmatch(name)
-    if not found:
-        return None
-    try:
-        return datetime.strptime(found.group(1), TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None
