@@ -98,6 +98,7 @@ templatevm:
 # --- dom0 ----------------------------------------------------------------------
 dom0:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR)
+	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
 	install -m 0644 dom0/*.py $(DESTDIR)$(LIBDIR)/dom0/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' dom0/qbackup.in > $(DESTDIR)$(BINDIR)/qbackup
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup
