@@ -65,6 +65,12 @@ def is_valid_name(name: object) -> bool:
     return True
 
 
+def no_such_backup(name: str) -> NoSuchBackup:
+    """Given a (checked) backup NAME, return THE error for a name the server
+    does not hold: the same line and exit code for verify, restore and check."""
+    return NoSuchBackup(f"no such backup on the server: {name} (see qbackup list)")
+
+
 @dataclass(frozen=True)
 class Listing:
     """All records of a listing and whether the server cut it short."""
@@ -150,6 +156,8 @@ class CarrierClient:
                 cls, reason = CARRIER_STATUS_ERRORS[protocol.CarrierExit(status)]
             except (ValueError, KeyError):
                 cls, reason = CarrierError, f"the carrier failed (status {status})"
+            if cls is NoSuchBackup:  # one message, whichever command asked
+                raise no_such_backup(argument) from None
             detail = last_line(error.stderr or b"")
             message = f"{verb} via {self.vm}: {reason}" + (f": {detail}" if detail else "")
             raise cls(message) from None
@@ -164,12 +172,23 @@ class CarrierClient:
         """Given a name PREFIX ('' for all), return the server's listing."""
         return parse_listing(self._call("list", prefix, MAX_LISTING_BYTES))
 
-    def check(self, name: str) -> protocol.CheckResult:
-        """Given a backup NAME, return the server's re-hash result."""
+    def check(self, name: str) -> tuple[Record, bool]:
+        """Given a backup NAME, return (its record, whether the server's re-hash
+        matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
+        verdict) or another CarrierError."""
         result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY))
         if result.record.name != name:
             raise ReplyError("the carrier's check reply names another backup")
-        return result
+        return result.record, result.ok
+
+    def require(self, name: str) -> Record:
+        """Given a backup NAME, return its record from the server's listing
+        (cheap: no re-hash); raise NoSuchBackup if the server has none."""
+        listing = self.listing(check_name(name))
+        for record in listing.records:
+            if record.name == name:
+                return record
+        raise no_such_backup(name)
 
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and

@@ -30,11 +30,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
     name = check_name(args.name)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        result = CarrierClient(app, carrier).check(name)
-    record = result.record
-    verdict = "ok" if result.ok else "CORRUPTED"
+        record, ok = CarrierClient(app, carrier).check(name)
+    verdict = "ok" if ok else "CORRUPTED"
     say(f"{record.name}  {record.size}  {record.sha256 or '-'}  {verdict}")
-    if not result.ok:
+    if not ok:
         raise CorruptedBackup(f"check of {name}: the stored backup is CORRUPTED: it differs from"
                               " its digest record on the server")
     for run in history.committed_runs(history.read_runs(context.history)):

@@ -24,10 +24,11 @@ IDENT = "qbackup"
 MAX_MESSAGE = 2000
 MAX_OUTPUT_LINE = 1000
 DEFAULT_LIMIT = 300
-# Unicode categories never shown: controls (ESC, CR, NUL...), format characters
-# (bidi overrides that reorder what a reader sees), surrogates, private use,
-# unassigned.
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+# Unicode categories never shown: controls (ESC, CR, NUL, NEL...), format
+# characters (bidi overrides and isolates that reorder what a reader sees),
+# surrogates, private use, unassigned, and the line and paragraph separators
+# U+2028/U+2029 (a new line to anything that splits lines like Python does).
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 # --- hostile text ------------------------------------------------------------
