@@ -11,6 +11,9 @@
     qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
     qbackup-carrier check NAME      one JSON line: the record and "ok"
     qbackup-carrier info            one JSON line: protocol and space
+    qbackup-carrier abort           end the put running in this VM (no end frame is
+                                    sent, so the server stages nothing); waits up to
+                                    10 s; exit 0 once no put runs
     qbackup-carrier qrexec-service [ARG]
                                     what /etc/qubes-rpc/qubes.BackupCarrier runs
 """
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -26,6 +30,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
+from carrier_vm.abort import ABORT_WAIT, abort_puts, registered_put
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
 from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
@@ -48,7 +53,7 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 USAGE = (
     f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
-    " | check NAME | info | qrexec-service [ARG]"
+    " | check NAME | info | abort | qrexec-service [ARG]"
 )
 
 
@@ -73,7 +78,7 @@ def parse_arguments(argv: list[str]) -> Request:
             return Request(verb, check_name(rest[0]))
         if verb == "list" and len(rest) <= 1:
             return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
-        if verb == "info" and not rest:
+        if verb in ("info", "abort") and not rest:
             return Request(verb, None)
         if verb == "qrexec-service" and len(rest) <= 1:
             return Request(verb, rest[0] if rest else None)
@@ -196,8 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         request = parse_arguments(arguments)
         if request.verb == "qrexec-service":
             request = service_request(request.argument, os.environ, sys.stdin.fileno())
-        config = load_config()
-        asyncio.run(run_request(request, config))
+        if request.verb == "abort":
+            if not abort_puts(os.environ):
+                raise TemporaryFailure(f"the running put did not end within {ABORT_WAIT:g}s")
+            return CarrierExit.OK
+        with contextlib.ExitStack() as stack:
+            if request.verb == "put":
+                # Registered before anything else, so abort can always find it.
+                stack.enter_context(registered_put(os.environ))
+            config = load_config()
+            asyncio.run(run_request(request, config))
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")
