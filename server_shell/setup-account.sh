@@ -45,10 +45,18 @@ case "$shell_path" in
 esac
 [ "$(id -u)" -eq 0 ] || fail "run as root"
 [ -x "$shell_path" ] || fail "$shell_path is missing; run make server-files first"
+# The key file may be anywhere, even somewhere an account can write: what root
+# reads from it goes on only if it is one public key line (never, say, the
+# /etc/shadow a planted link led to: the helper's argv is the account's to read).
 public_key=
 if [ -n "$key_file" ]; then
 	[ -f "$key_file" ] || fail "$key_file is not a file (give the carrier's .pub file)"
-	public_key=$(cat -- "$key_file")
+	public_key=$(head -c 16384 -- "$key_file")
+	key_types='ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com'
+	if [ "$(printf '%s\n' "$public_key" | wc -l)" -ne 1 ] ||
+		! printf '%s\n' "$public_key" | LC_ALL=C grep -Eqx "($key_types)[ 	]+[A-Za-z0-9+/]+={0,3}([ 	][ -~]*)?"; then
+		fail "$key_file: the public key file must hold one OpenSSH public key line (type, key, comment), no options"
+	fi
 fi
 
 # The program that works inside the home, as the account. argv: HOME SHELL [KEY].
@@ -185,7 +193,7 @@ run_as_account() {
 	run_uid=$1 run_gid=$2
 	shift 2
 	(cd / && umask 077 && env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
-		setsid -w setpriv --reuid="$run_uid" --regid="$run_gid" --init-groups --no-new-privs \
+		setsid -w setpriv --reuid="$run_uid" --regid="$run_gid" --clear-groups --no-new-privs \
 		/usr/bin/python3 -I -S -c "$helper" "$@" </dev/null 2>&1)
 }
 

@@ -118,15 +118,24 @@ def test_setup_account_makes_a_key_only_account_that_works(
         "restrict,command=\"/bin/sh\" ssh-ed25519 AAAA x\n",  # options: refused, not merged
         "ssh-ed25519 AAAAC3Nza first\nssh-ed25519 AAAAC3Nza second\n",
         "not a key\n",
+        "root:$6$secret:19000:0:99999:7:::\n",  # what a planted link to /etc/shadow gives
     ],
 )
 def test_setup_account_refuses_a_key_file_that_is_not_one_plain_key(
     backup_server: BackupServer, new_user: str, tmp_path: Path, content: str
 ) -> None:
+    # Threat: a key path the account can write, linked to a root-only file:
+    # whatever is not a key must be refused by root before anything runs as
+    # the account (which could read the helper's argv).
+    secret = tmp_path / "secret"
+    secret.write_text(content)
+    secret.chmod(0o600)
     pub = tmp_path / "carrier.pub"
-    pub.write_text(content)
+    pub.symlink_to(secret)
     result = setup(backup_server, new_user, key=pub)
     assert result.returncode != 0 and b"one OpenSSH public key line" in result.stderr
+    assert content.encode().strip() not in result.stderr
+    assert passwd_entry(new_user) == b""  # refused before the account was even created
 
 
 def test_setup_account_refuses_a_new_account_whose_home_already_exists(
