@@ -257,6 +257,11 @@ if getent passwd "$user" >/dev/null; then
 	prepare_home "$uid" "$gid" "$home"
 	add_to_shells
 	[ "$current" = "$shell_path" ] || usermod --shell "$shell_path" "$user"
+	# Processes the account already runs keep what they can do (rewrite its
+	# own authorized_keys, touch its home): converting does not end them.
+	if [ "$current" != "$shell_path" ] && pgrep -u "$uid" >/dev/null 2>&1; then
+		echo "setup-account.sh: note: $user still runs processes, which keep their access; end them: pkill -KILL -u $user" >&2
+	fi
 	# The password field is left alone: a lock (`!...`) an admin set stays.
 	case "$(getent shadow "$user" | cut -d: -f2)" in
 	'!'*) echo "setup-account.sh: note: $user's password is locked ('!'); sshd without PAM (UsePAM no) refuses even key logins to a locked account. If that is not what you want: usermod -p '*' $user" >&2 ;;

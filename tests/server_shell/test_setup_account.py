@@ -240,6 +240,23 @@ def test_setup_account_disables_old_keys_of_a_converted_account(
     assert keys.read_bytes() == before
 
 
+def test_setup_account_names_processes_a_converted_account_still_runs(
+    backup_server: BackupServer, new_user: str
+) -> None:
+    # Residual risk made visible: a process of the account outlives the
+    # conversion and keeps its access (it could re-add a key line).
+    account = make_person(new_user)
+    sleeper = subprocess.Popen(["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}",
+                                "--clear-groups", "sleep", "300"])
+    try:
+        result = setup(backup_server, new_user, force=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert result.returncode == 0, result.stderr
+    assert f"{new_user} still runs processes".encode() in result.stderr
+
+
 def test_setup_account_keeps_the_last_line_of_etc_shells_without_final_newline(
     backup_server: BackupServer, new_user: str
 ) -> None:
