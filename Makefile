@@ -167,8 +167,10 @@ uninstall-templatevm:
 	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "kept: each AppVM's ~/.config/qbackup/carrier.yaml, SSH key and known_hosts"
 
+# Where `systemctl --user enable` (or --global) leaves its links.
+ENABLED_UNITS ?= /etc/systemd/user/*.wants/qbackup* /home/*/.config/systemd/user/*.wants/qbackup*
 uninstall-dom0:
-	@enabled=$$(ls -d /etc/systemd/user/*.wants/qbackup* /home/*/.config/systemd/user/*.wants/qbackup* 2>/dev/null); \
+	@enabled=$$(ls -d $(ENABLED_UNITS) 2>/dev/null); \
 	if [ -z "$(DESTDIR)" ] && [ -n "$$enabled" ]; then \
 		echo "make uninstall-dom0: still enabled (nothing was removed):" $$enabled >&2; \
 		echo "  first, as that user: systemctl --user disable --now UNIT" >&2; \

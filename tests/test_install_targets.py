@@ -359,3 +359,23 @@ def test_the_policy_denies_every_vm_calling_the_carrier_service(
 def test_the_policy_leaves_other_services_alone() -> None:
     rules = parse_policy(POLICY.read_text())
     assert first_match(rules, "qubes.Filecopy", "+", "work", "sys-backup") is None
+
+
+def test_uninstall_dom0_refuses_while_a_timer_is_enabled(tmp_path: Path) -> None:
+    # A removed unit with its enable link left behind fails every login and
+    # can no longer be disabled by name. No DESTDIR (the check is for real
+    # installs), so every directory points into tmp_path.
+    where = [f"{key}={tmp_path}/{key.lower()}" for key in
+             ("LIBDIR", "BINDIR", "SYSTEMD_USER_DIR", "POLICY_DIR", "DOCDIR")]
+    make("dom0", *where)
+    wants = tmp_path / "home/user/.config/systemd/user/timers.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "qbackup-status.timer").symlink_to(tmp_path / "systemd_user_dir/qbackup-status.timer")
+    installed = tree(tmp_path)
+    enabled = f"ENABLED_UNITS={tmp_path}/home/*/.config/systemd/user/*.wants/qbackup*"
+    result = make("uninstall-dom0", *where, enabled, check=False)
+    assert result.returncode == 2 and "systemctl --user disable" in result.stderr
+    assert tree(tmp_path) == installed  # nothing was removed
+    (wants / "qbackup-status.timer").unlink()
+    make("uninstall-dom0", *where, enabled)
+    assert not (tmp_path / "bindir/qbackup").exists()
