@@ -162,7 +162,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
     monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
-    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-k", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
     assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")
@@ -185,9 +185,8 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
     path.write_bytes(bytes(data))
-    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_VERIFY
-    # The carrier reports a mismatch either as ok=false or as a data error (65).
-    assert dom0.logged(f"server check of {name} FAILED") or dom0.logged("integrity check")
+    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
+    assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
         errors.EXIT_VERIFY
 
@@ -207,5 +206,5 @@ def test_stale_status_exits_non_zero_and_notifies(
     assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
     assert not record.exists()
     assert dom0.run("status", "--max-age", "36") == errors.EXIT_STALE
-    assert dom0.logged("no backup newer than 36.0 h for: daily: 50.0 h old")
+    assert dom0.logged("no successful backup newer than 36.0 h for: daily: 50.0 h old")
     assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()

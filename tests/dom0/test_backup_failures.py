@@ -39,6 +39,9 @@ def assert_untouched(dom0: Dom0) -> None:
                           "run_service_for_stdio"}
 
 
+TEMPFAIL_OUTCOME = f"failed (exit 75): {errors.EXIT_CODES[errors.EXIT_TEMPFAIL]}"
+
+
 def history_outcomes(dom0: Dom0) -> list[str]:
     if not dom0.history.exists():
         return []
@@ -121,7 +124,8 @@ def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> No
     assert backup(dom0, "--retries", "1", "--retry-delay", "0", "work") == errors.EXIT_TEMPFAIL
     assert dom0.logged("unreachable")
     assert dom0.logged("retrying")
-    assert history_outcomes(dom0) == ["failed: TemporaryError"] * 2
+    assert history_outcomes(dom0) == [TEMPFAIL_OUTCOME] * 2
+    assert dom0.logged("backup cli:laptop: 2 attempt(s) in ")
     assert_nothing_stored(dom0)
 
 
@@ -130,8 +134,10 @@ def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0
     assert backup(dom0, "work") == errors.EXIT_BACKUP_FAILED
     assert dom0.logged(f"Writing backup to VM {CARRIER} failed")
     assert dom0.logged("progress laptop-")  # it did start streaming
-    assert dom0.logged("outcome: failed after 1 attempt(s)")
-    assert history_outcomes(dom0) == ["failed: BackupEngineError"]
+    assert dom0.logged("outcome: FAILED (exit 1): Writing backup to VM")
+    assert dom0.logged("backup cli:laptop: 1 attempt(s) in ")
+    assert history_outcomes(dom0) == [
+        f"failed (exit 1): {errors.EXIT_CODES[errors.EXIT_BACKUP_FAILED]}"]
     assert_nothing_stored(dom0)
 
 
@@ -297,7 +303,7 @@ def test_sigterm_between_attempts_stops_cleanly(dom0: Dom0) -> None:
     assert code == errors.EXIT_SIGTERM
     assert dom0.logged("stopped by signal 15")
     # The signal came while waiting to retry: one attempt, no second one.
-    assert history_outcomes(dom0) == ["failed: TemporaryError"]
+    assert history_outcomes(dom0) == [TEMPFAIL_OUTCOME]
     assert_nothing_stored(dom0)
     assert not dom0.sim.vms[CARRIER].running  # the finally blocks still ran
 
