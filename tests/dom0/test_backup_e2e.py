@@ -185,6 +185,7 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
     path.write_bytes(bytes(data))
+    # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
     assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
     assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
