@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import yaml
@@ -127,7 +128,7 @@ class PassphraseSource:
 class Problem:
     """One thing wrong with a job: the setting it is about (None: the job as a
     whole) and what is wrong and what to do. TEXT may name other settings as
-    `{key}`; they are filled in with the names the reader used."""
+    `$key`; they are filled in with the names the reader used."""
 
     key: str | None
     text: str
@@ -262,8 +263,8 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
     passphrase_file = values.get("passphrase_file")
     passphrase_vm = values.get("passphrase_vm")
     if (passphrase_file is None) == (passphrase_vm is None):
-        problems.append(Problem(None, "give exactly one of {passphrase_file} and"
-                                      " {passphrase_vm}"))
+        problems.append(Problem(None, "give exactly one of $passphrase_file and"
+                                      " $passphrase_vm"))
     if passphrase_file is not None and not (isinstance(passphrase_file, str) and passphrase_file):
         problems.append(Problem("passphrase_file", "expected a path"))
     if passphrase_vm is not None and not is_vm_name(passphrase_vm):
@@ -377,7 +378,7 @@ def file_problem(config: ConfigFile, job: str, problem: Problem) -> str:
     key_path = ("jobs", job) if problem.key is None else ("jobs", job, *problem.key.split("."))
     line = config.lines.get(key_path) or config.lines.get(key_path[:3]) \
         or config.lines.get(("jobs", job), 1)
-    text = problem.text.format(**{key: key for key in SETTINGS})
+    text = Template(problem.text).safe_substitute({key: key for key in SETTINGS})
     return f"{config.path}:{line}: {'.'.join(key_path)}: {text}"
 
 
@@ -436,7 +437,7 @@ def option_label(key: str) -> str:
 
 def option_problem(problem: Problem) -> str:
     """Given a problem of a job given on the command line, return it naming options."""
-    text = problem.text.format(**{key: option_label(key) for key in SETTINGS})
+    text = Template(problem.text).safe_substitute({key: option_label(key) for key in SETTINGS})
     return text if problem.key is None else f"{option_label(problem.key)}: {text}"
 
 
