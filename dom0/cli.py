@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, configcheck, errors, listing, status, verify
+from dom0 import backup, check, configcheck, errors, execute, listing, status, verify
 from dom0.arguments import (
     COMMON_DEFAULTS,
     COMMON_WITH_VALUE,
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
             # A broken crontab or unit line must show up in the journal too.
             setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
             logger.error("invalid command line (exit %d): see qbackup --help", code)
+            execute.notify("qbackup FAILED", "invalid command line: see qbackup --help",
+                           critical=True)
         return code
     if args.command is None:  # bare `qbackup`: what can I do?
         PARSER.print_help(sys.stdout)

@@ -24,6 +24,7 @@ IDENT = "qbackup"
 MAX_MESSAGE = 2000
 MAX_OUTPUT_LINE = 1000
 DEFAULT_LIMIT = 300
+MAX_TAIL = 64 * 1024  # last_line looks at most this far back
 # Unicode categories never shown: controls (ESC, CR, NUL, NEL...), format
 # characters (bidi overrides and isolates that reorder what a reader sees),
 # surrogates, private use, unassigned, and the line and paragraph separators
@@ -52,7 +53,7 @@ def clean_text(data: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
 
 def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
     """Given untrusted stderr, return its last non-empty line, cleaned."""
-    for line in reversed(data[-64 * 1024 :].splitlines()):
+    for line in reversed(data[-MAX_TAIL:].splitlines()):
         if line.strip():
             return clean_text(line.strip(), limit)
     return ""

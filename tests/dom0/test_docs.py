@@ -4,9 +4,11 @@ is shown, not restated, in the README; this test holds them together."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from dom0 import config, errors
+from qbackup_protocol import CarrierExit
 
 README = Path(__file__).resolve().parents[2] / "dom0" / "README.md"
 
@@ -56,3 +58,46 @@ def _subclasses(cls: type) -> set[type]:
     for sub in list(found):
         found |= _subclasses(sub)
     return found | {cls}
+
+
+DOM0 = README.parent
+
+
+def test_dom0_never_imports_carrier_or_shell_code() -> None:
+    for module in sorted(DOM0.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("carrier_vm", "server_shell")), (module, name)
+
+
+def test_dom0_spells_no_carrier_exit_status() -> None:
+    # The carrier's statuses come from qbackup_protocol.CarrierExit only; the
+    # one number dom0 shares with it, 75, is dom0's own EXIT_TEMPFAIL.
+    statuses = {int(status) for status in CarrierExit if status != CarrierExit.OK}
+    for module in sorted(DOM0.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        # Sizes like 64 * 1024 and named limits (MAX_HOOK_WORDS = 64) are not statuses.
+        factors = {id(operand) for node in ast.walk(tree)
+                   if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Pow)
+                   for operand in (node.left, node.right)}
+        factors |= {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                    and all(isinstance(target, ast.Name) and target.id.startswith("MAX_")
+                            for target in node.targets)}
+        for node in ast.walk(tree):
+            if id(node) in factors:
+                continue
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(target, ast.Name) and target.id == "EXIT_TEMPFAIL"
+                    for target in node.targets):
+                continue
+            if isinstance(node, ast.Constant) and type(node.value) is int:
+                assert node.value not in statuses or _is_tempfail(module, node), \
+                    (module.name, node.lineno, node.value)
+
+
+def _is_tempfail(module: Path, node: ast.Constant) -> bool:
+    line = module.read_text().splitlines()[node.lineno - 1]
+    return module.name == "errors.py" and line.startswith("EXIT_TEMPFAIL = 75")

@@ -193,3 +193,23 @@ def test_list_json_and_config_check(dom0: Dom0, capsys: pytest.CaptureFixture[st
     assert listing["truncated"] is False
     [entry] = listing["backups"]
     assert entry["name"] == name and entry["size"] == (dom0.account.storage / name).stat().st_size
+
+
+def test_a_broken_command_line_is_notified(dom0: Dom0, notify: Recorder) -> None:
+    # A cron or unit line with a typo must not fail only in a log nobody reads.
+    assert dom0.run("backup", "--no-such-option") == errors.EXIT_USAGE
+    assert summaries(notify) == [("--urgency=critical", "qbackup FAILED")]
+    assert dom0.logged("invalid command line (exit 2): see qbackup --help")
+
+
+def test_the_summary_names_size_duration_and_throughput() -> None:
+    from dom0.backup import Outcome
+    from dom0.carrier import Record
+
+    record = Record("laptop-20261122T235959Z", 3 * 1024**3, "a" * 64, 1)
+    outcome = Outcome("daily", record, seconds=60.0, attempts=2, verified=True)
+    assert outcome.summary() == ("laptop-20261122T235959Z: 3.0 GiB in 60.0 s (51.2 MiB/s),"
+                                 " 2 attempt(s), verified")
+    assert outcome.to_json() == {
+        "job": "daily", "name": record.name, "size": record.size, "sha256": "a" * 64,
+        "seconds": 60.0, "attempts": 2, "verified": True, "exit": 0}
