@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from dom0 import errors
+from testbed.carrier import write_carrier_config
 from tests.dom0.conftest import CARRIER, MIB, Dom0
-from tests.harness.carrier import write_carrier_config
 
 BIG = "big"  # a VM large enough that a fault lands while the stream still flows
 BIG_SIZE = 24 * MIB
@@ -97,15 +97,36 @@ def signal_all(pids: list[int], signum: int) -> None:
 # --- the drills ---------------------------------------------------------------
 
 
+def carrier_puts(dom0: Dom0) -> list[int]:
+    """PIDs of the `qbackup-carrier put` processes of THIS dom0 (their
+    environment names its carrier config): never another test's or run's."""
+    wanted = f"QBACKUP_CARRIER_CONFIG={dom0.carrier_config}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"put" in argv and any(b"qbackup-carrier" in arg for arg in argv) and (
+            wanted in environ
+        ):
+            found.append(int(entry.name))
+    return found
+
+
 def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    killed: list[int] = []
+
     def kill_carrier() -> None:
-        found = subprocess.run(
-            ["pgrep", "-f", "qbackup-carrier put"], capture_output=True, text=True
-        )
-        signal_all([int(pid) for pid in found.stdout.split()], signal.SIGKILL)
+        killed.extend(carrier_puts(drill))
+        signal_all(killed, signal.SIGKILL)
 
     at_progress(drill, 30, kill_carrier)
     assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert len(killed) == 1  # exactly the one carrier of this backup
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
     assert drill.logged("outcome: failed")
     assert_only_the_good_backup(drill, capsys)
@@ -146,20 +167,14 @@ def test_network_stalled_until_keepalive_fires(
 
 
 @pytest.fixture
-def small_disk(drill: Dom0) -> Iterator[Path]:
+def small_disk(drill: Dom0, tmpfs: Callable[..., Path]) -> Iterator[Path]:
     """The account's storage moved onto a 64 MiB tmpfs (the good backup with it)."""
-    mount = drill.server.base / f"disk-{drill.account.name}"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)], check=True
-    )
+    mount = tmpfs("64m", owner=drill.account)
     try:
-        os.chown(mount, drill.account.uid, drill.account.gid)
         subprocess.run(["cp", "-a", f"{drill.account.storage}/.", str(mount)], check=True)
         yield mount
     finally:
         drill.server.write_shell_config("")
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def use_storage(drill: Dom0, mount: Path, reserve: str) -> None:
