@@ -22,7 +22,7 @@ key ?=
 force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
-APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyncssh python3-yaml
+APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml
 
 .PHONY: help deps venv test lint demo bench server server-files server-aa templatevm \
 	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean

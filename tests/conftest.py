@@ -25,10 +25,28 @@ from testbed.tmpfs import mounted_tmpfs
 # Fixtures that start sshd, create accounts or mount filesystems. `carrier`
 # asks for the server at run time (see tests/carrier_vm/conftest.py), so it is
 # named here; a test marked `offline` gets a carrier that needs none of it.
-SYSTEM_FIXTURES = frozenset(
-    {"backup_server", "account", "carrier", "shell_config", "outside", "tmpfs", "passwd_quiet"}
-)
+SYSTEM_FIXTURES = frozenset({"backup_server", "account", "carrier", "shell_config", "outside",
+                             "tmpfs"})
+# Tests that change or compare machine-wide files (/etc/passwd, /etc/shells)
+# themselves: those of these modules and those using these fixtures; any other
+# says so with the `machine_wide` marker.
+MACHINE_WIDE_MODULES = frozenset({
+    "tests/server_shell/test_setup_account.py",
+    "tests/server_shell/test_setup_account_key_line.py",
+})
+MACHINE_WIDE_FIXTURES = frozenset({"storage_name"})  # tests/test_install_targets.py
+TESTS = Path(__file__).resolve().parent
 _tmpfs_numbers = itertools.count(1)
+
+
+def is_machine_wide(item: pytest.Item) -> bool:
+    """Return whether ITEM changes or compares /etc/passwd or /etc/shells."""
+    module = Path(str(item.path)).resolve().relative_to(TESTS.parent).as_posix()
+    return (
+        module in MACHINE_WIDE_MODULES
+        or bool(set(getattr(item, "fixturenames", ())) & MACHINE_WIDE_FIXTURES)
+        or item.get_closest_marker("machine_wide") is not None
+    )
 
 
 def needs_system(item: pytest.Item) -> bool:
@@ -36,13 +54,30 @@ def needs_system(item: pytest.Item) -> bool:
     names = set(getattr(item, "fixturenames", ()))
     if item.get_closest_marker("offline") is not None:
         names.discard("carrier")
-    return bool(names & SYSTEM_FIXTURES)
+    return bool(names & SYSTEM_FIXTURES) or is_machine_wide(item)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if is_machine_wide(item):
+            # One worker runs them all, one after the other: each saves and
+            # restores /etc/shells, which must not interleave.
+            item.add_marker(pytest.mark.machine_wide)
+            item.add_marker(pytest.mark.xdist_group("machine-wide"))
         if needs_system(item):
             item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(autouse=True)
+def _machine_wide_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a `machine_wide` test: no other test process of this run adds or
+    removes accounts while it runs (it may compare /etc/passwd before and after)."""
+    if request.node.get_closest_marker("machine_wide") is None:
+        yield
+        return
+    with accounts_lock(exclusive=True):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -80,11 +115,3 @@ def tmpfs(backup_server: BackupServer) -> Iterator[Callable[..., Path]]:
             return mounts.enter_context(mounted_tmpfs(path, size, inodes, ids))
 
         yield mount
-
-
-@pytest.fixture
-def passwd_quiet(backup_server: BackupServer) -> Iterator[None]:
-    """While the test runs, no other test process of this run adds or removes
-    accounts: for tests that compare /etc/passwd or /etc/shells before and after."""
-    with accounts_lock(exclusive=True):
-        yield
