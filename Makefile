@@ -66,7 +66,7 @@ PYTEST_ARGS ?=
 
 # Lint first: the last line `make test` prints is pytest's summary.
 test: venv lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -129,6 +129,8 @@ class SyslogSink:
             return found()
 
     def clear(self) -> None:
+        """Forget every message sent before now (even one not read yet)."""
+        self.flush()
         with self._changed:
             self._messages.clear()
 

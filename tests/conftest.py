@@ -57,26 +57,34 @@ def needs_system(item: pytest.Item) -> bool:
     return bool(names & SYSTEM_FIXTURES) or is_machine_wide(item)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if is_machine_wide(item):
-            # One worker runs them all, one after the other: each saves and
-            # restores /etc/shells, which must not interleave.
-            item.add_marker(pytest.mark.machine_wide)
-            item.add_marker(pytest.mark.xdist_group("machine-wide"))
-        if needs_system(item):
-            item.add_marker(pytest.mark.system)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if is_machine_wide(item):
+        item.add_marker(pytest.mark.machine_wide)
+    if needs_system(item):
+        item.add_marker(pytest.mark.system)
 
 
-@pytest.fixture(autouse=True)
-def _machine_wide_alone(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For a `machine_wide` test: no other test process of this run adds or
-    removes accounts while it runs (it may compare /etc/passwd before and after)."""
-    if request.node.get_closest_marker("machine_wide") is None:
+# A machine-wide test runs alone: it holds the accounts lock exclusively, so no
+# other test process of this run adds or removes an account meanwhile (it may
+# compare /etc/passwd before and after) or runs another machine-wide test (each
+# saves and restores /etc/shells). For the modules, the hold spans the module,
+# their module-scoped fixtures included.
+@pytest.fixture(scope="module", autouse=True)
+def _machine_wide_module_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    module = Path(str(request.path)).resolve().relative_to(TESTS.parent).as_posix()
+    if module not in MACHINE_WIDE_MODULES:
         yield
         return
     with accounts_lock(exclusive=True):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _machine_wide_test_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("machine_wide") is None:
+        yield
+        return
+    with accounts_lock(exclusive=True):  # a no-op inside the module's hold
         yield
 
 

@@ -224,7 +224,9 @@ def test_server_reserve_refuses_before_qubes_runs(
     use_storage(drill, small_disk, reserve="50M")  # 64 MiB disk: less than 24 MiB left
     calls = len(drill.sim.calls)
     assert backup(drill, BIG) == errors.EXIT_NO_SPACE
-    assert drill.logged("space")
+    assert drill.logged(
+        "but the backup may need 24.0 MiB: free space on the server or lower its reserve"
+    )
     assert "admin.backup.Execute" not in {call[0] for call in drill.sim.calls[calls:]}
     assert_only_the_good_backup(drill, capsys)
 
@@ -294,5 +296,5 @@ def test_tampered_carrier_lies_about_the_commit(
     drill.sim.carrier_script = real  # the carrier is honest again (rebuilt from its template)
     assert drill.run("status", "--remote") == errors.EXIT_VERIFY
     [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
-    assert drill.logged(name)
+    assert drill.logged(f"TAMPERING? {name}: digest changed on the server")
     assert leftovers(drill) == []
