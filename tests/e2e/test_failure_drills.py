@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,6 +116,20 @@ def carrier_puts(dom0: Dom0) -> list[int]:
         ):
             found.append(int(entry.name))
     return found
+
+
+def test_carrier_puts_are_only_this_runs(dom0: Dom0, tmp_path: Path) -> None:
+    # Another test process's (or checkout's) carrier put runs meanwhile: the
+    # drill below must never kill it.
+    decoy = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "qbackup-carrier", "put", "x"],
+        env={**os.environ, "QBACKUP_CARRIER_CONFIG": str(tmp_path / "another.yaml")},
+    )
+    try:
+        assert carrier_puts(dom0) == []
+    finally:
+        decoy.kill()
+        decoy.wait()
 
 
 def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
