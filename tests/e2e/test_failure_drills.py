@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,18 @@ def leftovers(dom0: Dom0) -> list[str]:
     )
 
 
-def assert_only_the_good_backup(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+def assert_only_the_good_backup(
+    dom0: Dom0, capsys: pytest.CaptureFixture[str], left_behind: Sequence[str] = ()
+) -> None:
+    """Assert the server holds the good backup only (plus exactly LEFT_BEHIND,
+    hidden files a killed shell could not remove), listed and intact."""
+    # dom0 returns when the carrier is done; the shell of a cut session may
+    # still be cleaning up. It exits when it is done.
+    wait_until(lambda: not shells_running(dom0), "the failed put's shell to exit")
     good = dom0.good  # type: ignore[attr-defined]
     assert dom0.stored() == good
     assert listed(dom0, capsys) == good
-    assert leftovers(dom0) == []
+    assert leftovers(dom0) == list(left_behind)
     assert dom0.run("check", "-t", CARRIER, good[0]) == 0  # the earlier backup is intact
 
 
@@ -89,10 +97,28 @@ def account_processes(dom0: Dom0) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+def shells_running(dom0: Dom0) -> list[int]:
+    """PIDs of the storage account's qbackup-shell processes."""
+    found = []
+    for pid in account_processes(dom0):
+        with contextlib.suppress(OSError):
+            if b"qbackup-shell" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
 def signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Return as soon as CONDITION() is true; fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.02)
 
 
 # --- the drills ---------------------------------------------------------------
@@ -148,10 +174,23 @@ def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[st
 
 
 def test_sshd_session_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
-    at_progress(drill, 30, lambda: signal_all(account_processes(drill), signal.SIGKILL))
+    # SIGKILL for the session and its shell once the shell writes its
+    # temporary: nothing can clean up, so the temporary stays -- hidden, never
+    # listed, never committable -- until the next put there finds it stale.
+    def kill_session() -> None:
+        wait_until(lambda: leftovers(drill), "the shell's temporary")
+        signal_all(account_processes(drill), signal.SIGKILL)
+
+    at_progress(drill, 30, kill_session)
     assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
-    assert_only_the_good_backup(drill, capsys)
+    [temporary] = leftovers(drill)
+    assert re.fullmatch(r"\.tmp-[0-9a-f]{16}", temporary)
+    assert_only_the_good_backup(drill, capsys, left_behind=[temporary])
+    stale = time.time() - 3600
+    os.utime(drill.account.storage / temporary, (stale, stale))
+    assert backup(drill, "work") == 0
+    assert leftovers(drill) == []
 
 
 def test_network_stalled_until_keepalive_fires(
