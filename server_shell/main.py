@@ -221,12 +221,12 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
         # As root, a mistake in the storage walk would reach the whole machine.
         if os.getuid() == 0 or os.geteuid() == 0:
             raise NotAllowed("refusing to run as root; log in as the backup account")
-        request = parse_command(parse_invocation(argv, environ))
-        outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
         entry = pwd.getpwuid(os.getuid())
         account = entry.pw_name
         config = load_config(config_path, account)
         setup_logging(config.log_socket)
+        request = parse_command(parse_invocation(argv, environ))
+        outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
         for signum in (*FATAL_SIGNALS, signal.SIGALRM):
             signal.signal(signum, _interrupt)
         code = serve(request, config, entry.pw_dir, outcome)

@@ -380,7 +380,7 @@ class SpaceGuard:
         # f_files == 0: inodes are allocated dynamically (btrfs).
         low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
         if low or inodes + new_inodes > config.max_inodes:
-            raise Unavailable("too many files (the account's or the filesystem's inode bound)")
+            raise Unavailable("no inodes left for this account or on the filesystem; prune")
 
     def refresh(self) -> None:
         self.headroom, self.since_check = free_bytes(self.root_fd) - self.reserve, 0
