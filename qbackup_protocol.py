@@ -1,34 +1,12 @@
 """The carrier <-> server-shell wire protocol: the ONE definition both sides import.
 
-Pure data and pure functions, standard library only, no I/O: the server shell
-(`server_shell/`) and the carrier (`carrier_vm/`) both import this module, and
-`docs/PROTOCOL.md` describes the same rules in prose.
-
-Summary (see docs/PROTOCOL.md for the full text):
-
-* The client runs ONE command per SSH session: ``put NAME``, ``resume NAME``,
-  ``commit NAME``, ``get NAME [OFFSET]``, ``list [PREFIX]``, ``check NAME`` or
-  ``info``. Words are
-  separated by a single space; there is no quoting, globbing or shell syntax
-  of any kind.
-* Uploads are two-phase: ``put NAME`` only STAGES a verified upload (invisible
-  to get/list/check); ``commit NAME`` PUBLISHES it under NAME. Only dom0 knows
-  whether Qubes' backup engine finished, and a stream Qubes aborted can look
-  like a clean EOF to the carrier, so dom0 commits only after its backup
-  succeeded. A second commit of one NAME finds nothing staged.
-* Binary streams (the body of ``put`` on stdin, the body of ``get`` on stdout)
-  are framed: a 5-byte header (1 type byte, 4-byte big-endian payload length)
-  and the payload. ``D`` frames carry 1..MAX_DATA_FRAME bytes of data; exactly
-  one ``E`` frame ends the stream with the total length (8 bytes, big-endian)
-  and the SHA-256 digest (32 bytes) of all data. A stream that ends without a
-  valid ``E`` frame is truncated and must never be accepted.
-* Text replies (``put``'s and ``commit``'s receipts, ``list``, ``check``, ``info``) are JSON
-  objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
-* Protocol 3: ``put`` and ``resume`` first answer ``{"offset": D}`` (0 for put),
-  then ``{"ack": N}`` lines (the first N data bytes are durably stored), then
-  the receipt; ``resume`` continues an interrupted put from D; ``get NAME
-  OFFSET`` sends the data from OFFSET on, its E frame still carries the whole
-  backup's length and digest.
+Pure data and pure functions, standard library only, no I/O: verbs, name
+rules, frames, reply records and the exit codes that cross a machine
+boundary. docs/PROTOCOL.md describes the protocol in prose (version 3: one
+command per SSH session; put stages, commit publishes; framed binary
+streams with an end frame carrying length and SHA-256; JSON reply lines;
+acks, resume and ranged get for interrupted transfers); tests check the two
+agree.
 """
 
 from __future__ import annotations

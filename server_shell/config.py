@@ -89,12 +89,6 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
 
 
-def parse_count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError("not a whole number")
-    return int(text)
-
-
 # key: (parser, default, floor, why the floor). The floors exist because:
 # a staged upload younger than 1h may still be committed; a zero idle
 # timeout would end every session at once; a session cap of 0 or an fdatasync
@@ -102,8 +96,8 @@ def parse_count(text: str) -> int:
 KEYS: dict[str, tuple[Callable[[str], int], int | None, int, str]] = {
     "reserve": (parse_size, 1024**3, 0, "0"),
     "quota": (parse_size, None, 0, "0"),
-    "max_inodes": (parse_count, 100_000, 10, "10"),
-    "max_sessions": (parse_count, 4, 1, "1"),
+    "max_inodes": (parse_size, 100_000, 10, "10"),
+    "max_sessions": (parse_size, 4, 1, "1"),
     "pending_max_age": (parse_duration, 24 * 3600, 3600, "1h"),
     "partial_max_age": (parse_duration, 3600, 60, "60s"),
     "idle_timeout": (parse_duration, 600, 1, "1s"),

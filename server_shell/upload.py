@@ -29,6 +29,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import qbackup_protocol as protocol
@@ -43,7 +44,6 @@ EXISTS = "a backup with that name already exists; backups are never replaced"
 STAGED = "an upload of that name is already staged; commit it or choose a new name"
 NOTHING_STAGED = "nothing staged under that name (never put, already committed, or expired)"
 NOTHING_TO_RESUME = "nothing to resume under that name (never put, finished, or expired)"
-NOT_HELD = "the server does not hold the interrupted upload's data; put it again"
 Reply = Callable[[dict[str, Any]], None]
 Record = protocol.BackupRecord
 
@@ -52,11 +52,15 @@ class Truncated(BadStream):
     outcome = "truncated"  # the stream ended before its end frame: the partial is kept
 
 
-def read_into(fd: int, view: memoryview, timeout: float) -> int:
-    count = storage.timed(lambda: os.readv(fd, [view]), timeout)
-    if count == 0:
-        raise Truncated("stream ended without an end frame (truncated upload)")
-    return count
+def read_into(fd: int, view: memoryview, timeout: float, whole: bool = False) -> int:
+    """Read into VIEW (all of it if WHOLE); raise Truncated at EOF."""
+    done = 0
+    while not done or whole and done < len(view):
+        count = storage.timed(lambda: os.readv(fd, [view[done:]]), timeout)  # noqa: B023
+        if count == 0:
+            raise Truncated("stream ended without an end frame (truncated upload)")
+        done += count
+    return done
 
 
 def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
@@ -69,16 +73,14 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
     buffer = memoryview(bytearray(READ_SIZE))
     synced, timeout = offset, config.idle_timeout
     while True:
-        done = 0
-        while done < len(header):
-            done += read_into(stdin, header[done:], timeout)
+        read_into(stdin, header, timeout, whole=True)
         try:
             kind, length = protocol.decode_frame_header(bytes(header))
         except protocol.ProtocolError:
             raise BadStream("malformed frame in the upload") from None
         if kind == protocol.FRAME_END:
             break
-        while length:  # one loop, no thread (bench/shell_loop.py measured both)
+        while length:  # one thread: read, hash, write (bench/shell_loop.py measured it)
             count = read_into(stdin, buffer[: min(length, READ_SIZE)], timeout)
             guard.claim(count)
             hasher.update(buffer[:count])
@@ -92,9 +94,7 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
             reply(protocol.Ack(offset).to_reply())
             synced = offset
     end = memoryview(bytearray(protocol.END_PAYLOAD.size))
-    done = 0
-    while done < len(end):
-        done += read_into(stdin, end[done:], timeout)
+    read_into(stdin, end, timeout, whole=True)
     size, digest = protocol.decode_end_payload(bytes(end))
     # Nothing may follow: a stream with trailing bytes is not the one the client hashed.
     if storage.timed(lambda: len(os.read(stdin, 1)), timeout):
@@ -108,13 +108,12 @@ def stage(stdin: int, dir_fd: int, leaf: str, name: str, fds: tuple[int, int], h
           offset: int, guard: storage.SpaceGuard, config: ShellConfig, reply: Reply) -> Record:
     """Receive the rest of the stream into the partial and stage it; any
     failure but a lost client (Truncated, Interrupted) removes the partial."""
-    fd, state_fd = fds
     try:
         reply(protocol.ResumeOffset(offset).to_reply())
         storage.enlarge_pipe(stdin)
         try:
-            size = receive(stdin, fd, state_fd, hasher, offset, guard, config, reply)
-            os.fsync(fd)
+            size = receive(stdin, *fds, hasher, offset, guard, config, reply)
+            os.fsync(fds[0])
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Unavailable("the server's disk is full") from None
@@ -125,7 +124,8 @@ def stage(stdin: int, dir_fd: int, leaf: str, name: str, fds: tuple[int, int], h
         except FileExistsError:
             raise Exists(STAGED) from None
         try:
-            if storage.exists(dir_fd, leaf):  # a commit of an earlier upload won meanwhile
+            # A commit of an earlier upload may have won meanwhile.
+            if storage.lstat(dir_fd, leaf) is not None:
                 raise Exists(EXISTS)
             storage.write_digest(dir_fd, dot(leaf, "pending-record"), size, hasher.hexdigest())
         except BaseException:
@@ -133,18 +133,12 @@ def stage(stdin: int, dir_fd: int, leaf: str, name: str, fds: tuple[int, int], h
             raise
         storage.remove_upload(dir_fd, leaf, "partial")
         os.fsync(dir_fd)
-        return Record(name, size, hasher.hexdigest(), int(os.fstat(fd).st_mtime))
+        return Record(name, size, hasher.hexdigest(), int(os.fstat(fds[0]).st_mtime))
     except (Truncated, Interrupted):
         raise  # the client is gone or stalled: the partial stays resumable
     except BaseException:
         storage.remove_upload(dir_fd, leaf, "partial")
         raise
-
-
-def admit(root_fd: int, config: ShellConfig, new_inodes: int) -> storage.SpaceGuard:
-    """Sweep the account (expired uploads go) and return the space guard for an upload."""
-    used, inodes, _ = storage.sweep(root_fd, (config.pending_max_age, config.partial_max_age))
-    return storage.SpaceGuard(root_fd, config, used, inodes, new_inodes)
 
 
 def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) -> Record:
@@ -153,46 +147,42 @@ def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) 
     space), Exists, BadStream/Truncated or StorageError; a refused put
     creates nothing, a failed one removes what it created."""
     segments, leaf = storage.split_name(name)
-    lock = storage.take_upload_lock(root_fd, name)
-    parent, missing = -1, segments
-    fd = dir_fd = state_fd = -1
-    kept = False
-    try:
+    with ExitStack() as closing:
+        closing.callback(os.close, storage.take_upload_lock(root_fd, name))
         parent, missing = storage.open_dirs(root_fd, segments)
+        closing.callback(os.close, parent)
         # Expired uploads go first: they may hold this very name, and the quota counts them.
         used, inodes, _ = storage.sweep(root_fd, (config.pending_max_age, config.partial_max_age))
         if not missing:
-            if storage.exists(parent, leaf):
+            if storage.lstat(parent, leaf) is not None:
                 raise Exists(EXISTS)
-            if storage.exists(parent, dot(leaf, "pending")):
+            if storage.lstat(parent, dot(leaf, "pending")) is not None:
                 raise Exists(STAGED)
             storage.remove_upload(parent, leaf, "partial")  # a new put of NAME starts over
         guard = storage.SpaceGuard(root_fd, config, used, inodes, len(missing) + 4)
         dir_fd = storage.make_dirs(parent, missing)
         try:
-            fd = os.open(dot(leaf, "partial"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
-            # The flock covers the data, and the staged inode (the same one)
-            # until its record is written: a commit or a sweep waits.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            state_fd = os.open(dot(leaf, "state"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
-        except OSError:
-            raise Exists("a file or link is in the way of that name") from None
-        storage.write_state(state_fd, 0, hashlib.sha256().hexdigest())
-        os.fsync(dir_fd)
-        return stage(stdin, dir_fd, leaf, name, (fd, state_fd), hashlib.sha256(), 0, guard,
-                     config, reply)
-    except (Truncated, Interrupted):
-        kept = True
-        raise
-    finally:
-        for open_fd in (state_fd, fd, dir_fd):
-            if open_fd >= 0:
-                os.close(open_fd)
-        if parent >= 0:
-            if missing and not kept:
-                storage.remove_dirs(parent, missing)  # only those still empty
-            os.close(parent)
-        os.close(lock)
+            with ExitStack() as files:
+                files.callback(os.close, dir_fd)
+                try:
+                    fd = os.open(dot(leaf, "partial"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
+                    files.callback(os.close, fd)
+                    # The flock covers the data, and the staged inode (the same
+                    # one) until its record is written: a commit or a sweep waits.
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    state_fd = os.open(dot(leaf, "state"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
+                    files.callback(os.close, state_fd)
+                except OSError:
+                    raise Exists("a file or link is in the way of that name") from None
+                storage.write_state(state_fd, 0, hashlib.sha256().hexdigest())
+                os.fsync(dir_fd)
+                return stage(stdin, dir_fd, leaf, name, (fd, state_fd), hashlib.sha256(), 0,
+                             guard, config, reply)
+        except (Truncated, Interrupted):
+            raise  # the partial stays, and the directories holding it
+        except BaseException:
+            storage.remove_dirs(parent, missing)  # only those still empty
+            raise
 
 
 def resume(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) -> Record:
@@ -201,20 +191,20 @@ def resume(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Repl
     expired, data not held), Exists (committed or staged), Unavailable
     (still busy after the wait), BadStream (the kept bytes are damaged)."""
     segments, leaf = storage.split_name(name)
-    try:
-        dir_fd = storage.open_dir(root_fd, segments)
-    except NotFound:
-        raise NotFound(NOTHING_TO_RESUME) from None
-    lock = fd = state_fd = -1
-    try:
-        lock = storage.take_upload_lock(root_fd, name, lambda: storage.size_of(dir_fd, leaf))
-        if storage.exists(dir_fd, leaf):
+    with ExitStack() as closing:
+        dir_fd = storage.open_dir(root_fd, segments, NOTHING_TO_RESUME)
+        closing.callback(os.close, dir_fd)
+        size = lambda: getattr(storage.lstat(dir_fd, dot(leaf, "partial")), "st_size", None)  # noqa: E731
+        closing.callback(os.close, storage.take_upload_lock(root_fd, name, size))
+        if storage.lstat(dir_fd, leaf) is not None:
             raise Exists(EXISTS)
-        if storage.exists(dir_fd, dot(leaf, "pending")):
+        if storage.lstat(dir_fd, dot(leaf, "pending")) is not None:
             raise Exists(STAGED)
         try:
             fd, info = storage.open_file(dir_fd, dot(leaf, "partial"), RW_FLAGS)
+            closing.callback(os.close, fd)
             state_fd, _ = storage.open_file(dir_fd, dot(leaf, "state"), RW_FLAGS)
+            closing.callback(os.close, state_fd)
         except NotFound:
             raise NotFound(NOTHING_TO_RESUME) from None
         try:
@@ -225,21 +215,18 @@ def resume(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Repl
             raise NotFound(NOTHING_TO_RESUME)
         state = storage.read_digest(dir_fd, dot(leaf, "state"), key="offset")
         if state is None or state[0] > info.st_size:  # never continue from bytes we lack
-            raise NotFound(NOT_HELD)
+            raise NotFound("the server does not hold the interrupted upload's data; put it again")
         offset, hasher = state[0], hashlib.sha256()
         for position in range(0, offset, READ_SIZE):
             hasher.update(os.pread(fd, min(READ_SIZE, offset - position), position))
         if hasher.hexdigest() != state[1]:
             raise BadStream("the interrupted upload's stored bytes are damaged; put it again")
-        guard = admit(root_fd, config, 0)
+        used, inodes, _ = storage.sweep(root_fd, (config.pending_max_age, config.partial_max_age))
+        guard = storage.SpaceGuard(root_fd, config, used, inodes, 0)
         os.ftruncate(fd, offset)  # drop what arrived after the last durable point
         os.lseek(fd, offset, os.SEEK_SET)
         return stage(stdin, dir_fd, leaf, name, (fd, state_fd), hasher, offset, guard, config,
                      reply)
-    finally:
-        for open_fd in (state_fd, fd, lock, dir_fd):
-            if open_fd >= 0:
-                os.close(open_fd)
 
 
 def commit(root_fd: int, name: str) -> Record:
@@ -250,10 +237,7 @@ def commit(root_fd: int, name: str) -> Record:
     without it; while we hold the staged inode's flock nothing else can make
     NAME, and commits take turns: the second finds nothing staged."""
     segments, leaf = storage.split_name(name)
-    try:
-        dir_fd = storage.open_dir(root_fd, segments)
-    except NotFound:
-        raise NotFound(NOTHING_STAGED) from None
+    dir_fd = storage.open_dir(root_fd, segments, NOTHING_STAGED)
     try:
         locked = storage.lock_if(dir_fd, dot(leaf, "pending"), None)
         if locked is None:
@@ -263,7 +247,7 @@ def commit(root_fd: int, name: str) -> Record:
             stored = storage.read_digest(dir_fd, dot(leaf, "pending-record"))
             if stored is None or stored[0] != info.st_size:
                 raise BadStream("the staged upload is incomplete; put the backup again")
-            if storage.exists(dir_fd, leaf):
+            if storage.lstat(dir_fd, leaf) is not None:
                 raise Exists(EXISTS)
             storage.write_digest(dir_fd, dot(leaf, "record"), *stored)
             try:
