@@ -4,6 +4,7 @@ never survives (except a kill -9, whose leftover is hidden and cleaned later).""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -237,3 +238,52 @@ def test_a_live_puts_partial_is_never_removed(
     assert slow.wait(timeout=30) == 0
     assert backup_server.run(account, "commit dir/slow").returncode == 0
     assert (account.storage / "dir/slow").read_bytes() == body
+
+
+# Replaces the writer-thread signal test (the thread is gone, issue 11): the
+# promise was that a signal during an upload never leaves a file written
+# behind the shell's back. Now: a SIGTERM at any point leaves the partial
+# consistent -- its state record names an offset the file holds, and the
+# SHA-256 of exactly those bytes -- so a resume continues correctly.
+def test_a_signal_mid_upload_leaves_a_consistent_resumable_partial(
+    shell_config: BackupServer, account: Account
+) -> None:
+    shell_config.write_shell_config(f"[account {account.name}]\nsync_interval = 1M\n")
+    data = DATA[: 2 * 1024 * 1024 + 5000]
+    process = start_put(shell_config, account, "victim")
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(frame_stream(data)[: -len(END)])
+    process.stdin.flush()
+    lines = [process.stdout.readline() for _ in range(3)]  # offset, ack 1M, ack 2M
+    assert lines[2] == b'{"ack":2097152}\n', lines
+    wait_for(lambda: (account.storage / ".victim.partial").stat().st_size == len(data), "data")
+    os.kill(shell_pids(account)[0], signal.SIGTERM)
+    process.communicate(timeout=15)
+    assert process.returncode == 74
+    state = json.loads((account.storage / ".victim.partial-state").read_text())
+    kept = (account.storage / ".victim.partial").read_bytes()
+    assert state["offset"] == 2 * 1024 * 1024 <= len(kept)
+    assert state["sha256"] == hashlib.sha256(kept[: state["offset"]]).hexdigest()
+    assert kept[: state["offset"]] == data[: state["offset"]]
+
+
+# Threat (issue 11): StorageError was an OSError, so a SIGPIPE/EPIPE during
+# `list` (the client went away) ended as a data error (65). It is an
+# interrupted session now: 74, "interrupted by signal SIGPIPE".
+def test_a_broken_pipe_during_list_is_not_a_data_error(
+    backup_server: BackupServer, account: Account
+) -> None:
+    assert put(backup_server, account, "one", b"1").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read the listing
+    try:
+        result = subprocess.run(
+            ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups",
+             str(backup_server.shell_path), "-c", "list"],
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(account.home)},
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (
+        74, b"qbackup-shell: interrupted by signal SIGPIPE\n")
