@@ -86,6 +86,8 @@ server-files:
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
+	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-server
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
 
 # Without DESTDIR (a real install) the account is required, and checked
