@@ -99,6 +99,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -17,14 +17,13 @@ import time
 from typing import cast
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError, TemporaryFailure
+from carrier_vm.errors import DataError, TemporaryFailure, parse_hostile
 from carrier_vm.frames import Frame, FrameReader
 from carrier_vm.ssh import Connection, Reader, Writer, read_bounded, run_session, within
 from qbackup_protocol import (
     MAX_REPLY_LINE,
     VERB_PUT,
     BackupRecord,
-    ProtocolError,
     build_command,
     encode_end_frame,
     parse_record,
@@ -173,10 +172,7 @@ def parse_receipt(output: bytes, name: str) -> BackupRecord:
     DataError otherwise."""
     if not output.endswith(b"\n") or output.count(b"\n") != 1:
         raise DataError("the server's receipt is not exactly one line")
-    try:
-        record = parse_record(output)
-    except ProtocolError as error:
-        raise DataError(f"the server's receipt is malformed: {error}") from None
+    record = parse_hostile(parse_record, output, "receipt")
     # A receipt for another backup proves nothing about NAME.
     if record.name != name:
         raise DataError("the server's receipt names a different backup")
