@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, TemporaryFailure
 from carrier_vm.replies import find_backup
-from carrier_vm.ssh import Connection, Reader, run_session
+from carrier_vm.ssh import TIMEOUTS, Connection, Reader, run_session
 from qbackup_protocol import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
@@ -140,7 +140,7 @@ async def progress(read: Awaitable[bytes], config: CarrierConfig) -> bytes:
     stalls while sshd still answers keepalives)."""
     try:
         return await asyncio.wait_for(read, config.progress_timeout)
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"the server sent nothing for {config.progress_timeout:g}s (progress_timeout)"
         ) from None

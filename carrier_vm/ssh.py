@@ -42,6 +42,10 @@ MAX_DETAIL_CHARACTERS = 200
 # How long a session may take to close once its output ended (exit status in flight).
 CLOSE_TIMEOUT = 10.0
 
+# Python 3.10's asyncio.wait_for raises asyncio.TimeoutError, which became the
+# builtin TimeoutError only in 3.11; catch both (the carrier runs on >= 3.10).
+TIMEOUTS = (TimeoutError, asyncio.exceptions.TimeoutError)
+
 Connection = asyncssh.SSHClientConnection
 Reader = asyncssh.SSHReader  # of bytes: every session is opened with encoding=None
 Writer = asyncssh.SSHWriter
@@ -138,7 +142,7 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
         raise ConfigError(
             f"{config.source}: key 'identity_file': {printable(str(error))}"
         ) from None
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)} within {config.connect_timeout:g}s"
         ) from None
@@ -148,21 +152,17 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
         ) from None
     try:
         yield connection
+    except BaseException:
+        # A failed or cancelled transfer: no orderly close, the server must see a cut.
+        connection.abort()
+        raise
+    else:
+        connection.close()
     finally:
-        if _aborting():
-            connection.abort()  # no orderly close: the server must see a cut
-        else:
-            connection.close()
         try:
             await asyncio.wait_for(connection.wait_closed(), 5)
-        except (OSError, asyncssh.Error, TimeoutError):
+        except (OSError, asyncssh.Error, *TIMEOUTS):
             pass
-
-
-def _aborting() -> bool:
-    """Return whether the current task is being cancelled (abort, don't linger)."""
-    task = asyncio.current_task()
-    return bool(task is not None and task.cancelling())
 
 
 def describe(error: BaseException) -> str:
@@ -260,7 +260,7 @@ async def run_session(
                 raise failure
         try:
             await asyncio.wait_for(channel.wait_closed(), CLOSE_TIMEOUT)
-        except TimeoutError:
+        except TIMEOUTS:
             raise TemporaryFailure(
                 f"the session with {server_label(config)} did not close after its output ended"
             ) from None
@@ -292,7 +292,7 @@ async def within(work: Awaitable[T], seconds: float, what: str) -> T:
     takes more than SECONDS (a server that never finishes its reply)."""
     try:
         return await asyncio.wait_for(work, seconds)
-    except TimeoutError:
+    except TIMEOUTS:
         raise DataError(f"no {what} from the server within {seconds:g}s") from None
 
 

@@ -19,7 +19,7 @@ from typing import cast
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, TemporaryFailure, parse_hostile
 from carrier_vm.frames import Frame, FrameReader
-from carrier_vm.ssh import Connection, Reader, Writer, read_bounded, run_session, within
+from carrier_vm.ssh import TIMEOUTS, Connection, Reader, Writer, read_bounded, run_session, within
 from qbackup_protocol import (
     MAX_REPLY_LINE,
     VERB_PUT,
@@ -146,7 +146,7 @@ async def drain_with_progress(writer: Writer[bytes], config: CarrierConfig) -> N
     reading -- a hung disk or process -- while sshd still answers keepalives)."""
     try:
         await asyncio.wait_for(writer.drain(), config.progress_timeout)
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"the server accepted no data for {config.progress_timeout:g}s (progress_timeout)"
         ) from None

@@ -18,6 +18,7 @@ import pytest
 
 from qbackup_protocol import CarrierExit
 from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
+from tests.carrier_vm.test_roundtrip import ALL_INTERPRETERS
 
 HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
 
@@ -262,11 +263,14 @@ def test_deeply_nested_json_in_a_reply_is_a_data_error(
     assert b"malformed" in result.stderr
 
 
+@pytest.mark.parametrize("interpreter", sorted(ALL_INTERPRETERS))
 def test_put_to_a_server_that_stops_reading_fails_after_progress_timeout(
-    hostile: Carrier,
+    hostile: Carrier, interpreter: str
 ) -> None:
     # Threat: a hung disk or process on the server. sshd keeps answering
-    # keepalives, so only a progress timeout ends the wait.
+    # keepalives, so only a progress timeout ends the wait. (Under every
+    # interpreter: Python 3.10 raises its own asyncio.TimeoutError.)
+    hostile.argv0 = ALL_INTERPRETERS[interpreter]
     set_mode(hostile, "stall")
     hostile.write_config(progress_timeout=2, keepalive_interval=1, keepalive_count_max=2)
     started = time.monotonic()
