@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,8 @@ MAX_STDERR_BYTES = 4096
 MAX_DETAIL_CHARACTERS = 200
 # How long a session may take to close once its output ended (exit status in flight).
 CLOSE_TIMEOUT = 10.0
+FIRST_BACKOFF = 1.0  # seconds before the first reconnection attempt, doubling
+MAX_BACKOFF = 30.0
 
 # Python 3.10's asyncio.wait_for raises asyncio.TimeoutError, which became the
 # builtin TimeoutError only in 3.11; catch both (the carrier runs on >= 3.10).
@@ -109,11 +112,10 @@ def build_connect_options(config: CarrierConfig) -> dict[str, Any]:
     return options
 
 
-@asynccontextmanager
-async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """Given the config, yield an authenticated asyncssh connection and close
-    it afterwards; raise a CarrierError if the server cannot be reached, its
-    host key is not pinned, or the login is refused."""
+async def connect(config: CarrierConfig) -> Connection:
+    """Given the config, return an authenticated asyncssh connection; raise a
+    CarrierError if the server cannot be reached, its host key is not pinned,
+    or the login is refused."""
     if not config.known_hosts.is_file():
         # An unpinned server is refused before any packet is exchanged.
         raise HostKeyNotTrusted(
@@ -125,7 +127,7 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
     try:
         # wait_for on top of connect_timeout: asyncssh 2.10 does not bound
         # every step of the handshake with it.
-        connection = await asyncio.wait_for(
+        return await asyncio.wait_for(
             asyncssh.connect(config.host, **options), config.connect_timeout + 5
         )
     except asyncssh.HostKeyNotVerifiable:
@@ -150,19 +152,73 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
         raise TemporaryFailure(
             f"cannot reach {server_label(config)}: {printable(describe(error))}"
         ) from None
-    try:
-        yield connection
-    except BaseException:
-        # A failed or cancelled transfer: no orderly close, the server must see a cut.
+
+
+async def disconnect(connection: Connection, cut: bool) -> None:
+    """Given a connection, close it (CUT: abort it, so the server sees the
+    connection drop rather than an orderly end) and wait briefly for that."""
+    if cut:
         connection.abort()
-        raise
     else:
         connection.close()
-    finally:
-        try:
-            await asyncio.wait_for(connection.wait_closed(), 5)
-        except (OSError, asyncssh.Error, *TIMEOUTS):
-            pass
+    try:
+        await asyncio.wait_for(connection.wait_closed(), 5)
+    except (OSError, asyncssh.Error, *TIMEOUTS):
+        pass
+
+
+class Link:
+    """The carrier's connection to the server, which a resuming transfer can
+    replace: ``connection`` is the current one; ``reconnect()`` drops it and
+    opens a new one."""
+
+    def __init__(self, config: CarrierConfig, connection: Connection) -> None:
+        self.config = config
+        self.connection = connection
+
+    async def reconnect(self) -> None:
+        """Drop the current connection and open a new one; raise a
+        CarrierError (TemporaryFailure: server still unreachable) on failure."""
+        await disconnect(self.connection, cut=True)
+        self.connection = await connect(self.config)
+
+    async def reconnect_within(self, failure: TemporaryFailure, lost_at: float) -> float:
+        """Given the failure that lost the connection at LOST_AT (monotonic),
+        reconnect with backoff until resume_window seconds after it; return
+        how long the outage lasted. Raise TemporaryFailure (FAILURE's text)
+        once the window has passed, another CarrierError (host key, login,
+        config) at once."""
+        delay = FIRST_BACKOFF
+        while True:
+            remaining = self.config.resume_window - (time.monotonic() - lost_at)
+            if remaining <= 0:
+                raise TemporaryFailure(
+                    f"{failure} (not resumed within resume_window, "
+                    f"{self.config.resume_window:g}s)"
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(2 * delay, MAX_BACKOFF)
+            try:
+                await self.reconnect()
+            except TemporaryFailure as error:
+                logger.info("reconnecting failed: %s", error)
+                continue
+            return time.monotonic() - lost_at
+
+
+@asynccontextmanager
+async def open_link(config: CarrierConfig) -> AsyncIterator[Link]:
+    """Given the config, yield a Link with a fresh connection and close its
+    (current) connection afterwards: orderly on success, cut on failure or
+    cancellation (the server must see a cut, never an orderly end)."""
+    link = Link(config, await connect(config))
+    try:
+        yield link
+    except BaseException:
+        await disconnect(link.connection, cut=True)
+        raise
+    else:
+        await disconnect(link.connection, cut=False)
 
 
 def describe(error: BaseException) -> str:
