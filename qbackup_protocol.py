@@ -6,8 +6,9 @@ Pure data and pure functions, standard library only, no I/O: the server shell
 
 Summary (see docs/PROTOCOL.md for the full text):
 
-* The client runs ONE command per SSH session: ``put NAME``, ``commit NAME``,
-  ``get NAME``, ``list [PREFIX]``, ``check NAME`` or ``info``. Words are
+* The client runs ONE command per SSH session: ``put NAME``, ``resume NAME``,
+  ``commit NAME``, ``get NAME [OFFSET]``, ``list [PREFIX]``, ``check NAME`` or
+  ``info``. Words are
   separated by a single space; there is no quoting, globbing or shell syntax
   of any kind.
 * Uploads are two-phase: ``put NAME`` only STAGES a verified upload (invisible
@@ -23,6 +24,11 @@ Summary (see docs/PROTOCOL.md for the full text):
   valid ``E`` frame is truncated and must never be accepted.
 * Text replies (``put``'s and ``commit``'s receipts, ``list``, ``check``, ``info``) are JSON
   objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
+* Protocol 3: ``put`` and ``resume`` first answer ``{"offset": D}`` (0 for put),
+  then ``{"ack": N}`` lines (the first N data bytes are durably stored), then
+  the receipt; ``resume`` continues an interrupted put from D; ``get NAME
+  OFFSET`` sends the data from OFFSET on, its E frame still carries the whole
+  backup's length and digest.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: put stages, commit publishes
+PROTOCOL_VERSION = 3  # 2: put stages, commit publishes; 3: acks, resume, get OFFSET
 
 # --- commands ---------------------------------------------------------------
 VERB_PUT = "put"
@@ -44,10 +50,10 @@ VERB_LIST = "list"
 VERB_CHECK = "check"
 VERB_INFO = "info"
 # Protocol 3 (resumable uploads): continue an interrupted put of the same NAME.
-# Not in ALL_VERBS until the shell implements it.
 VERB_RESUME = "resume"
-# Verbs that take exactly one NAME, that take an optional PREFIX, that take nothing.
-VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_COMMIT, VERB_GET, VERB_CHECK})
+# Verbs that take exactly one NAME (get: and an optional OFFSET), that take an
+# optional PREFIX, that take nothing.
+VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_RESUME, VERB_COMMIT, VERB_GET, VERB_CHECK})
 VERBS_WITH_OPTIONAL_PREFIX = frozenset({VERB_LIST})
 VERBS_WITHOUT_ARGUMENT = frozenset({VERB_INFO})
 ALL_VERBS = VERBS_WITH_NAME | VERBS_WITH_OPTIONAL_PREFIX | VERBS_WITHOUT_ARGUMENT
