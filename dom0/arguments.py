@@ -12,8 +12,8 @@ from pathlib import Path
 from dom0 import config, errors
 
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status")
-ENV_CARRIER = "QBKP_DEST_VM"
-ENV_PASSFILE = "QBKP_PASS_FILE"
+ENV_CARRIER = config.ENV_CARRIER
+ENV_PASSFILE = config.ENV_PASSFILE
 EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
 
 MAIN_EPILOG = f"""\

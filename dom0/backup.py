@@ -9,14 +9,15 @@ record of the new backup (size, digest) into the history; optional verify.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from datetime import UTC, datetime
 
-from dom0 import history, notify
-from dom0.carrier import CarrierClient
-from dom0.config import Job
+from dom0 import history
+from dom0.carrier import CarrierClient, Record, check_name
+from dom0.config import Job, PassphraseSource, backup_job
 from dom0.errors import (
     BackupEngineError,
     CarrierError,
@@ -25,28 +26,44 @@ from dom0.errors import (
     TemporaryError,
     VerificationError,
 )
-from dom0.estimate import human_size, parse_estimate
+from dom0.execute import notify
 from dom0.locking import carrier_lock
-from dom0.names import make_name
+from dom0.log import human_size
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, written_profile
 from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
-from dom0.replies import Record
-from dom0.session import SignalGuard, require_vm, running_carrier
-from dom0.tamper import find_tampering
-from dom0.verify import PassphraseSource, verify_backup
+from dom0.session import Context, require_vm, running_carrier
+from dom0.verify import verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# qubesd answers admin.backup.Info with a human-readable table whose last row
+# is `Total size: <size>`, sizes written like `30`, `512.0 KiB`, `1.2 GiB`
+# (qubes.backup's size_to_human). The estimate is of the volumes' data before
+# compression, so it is an upper bound for a compressed backup.
+SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+TOTAL_SIZE = re.compile(r"Total size:\s*\|?\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KiB|MiB|GiB|TiB)?\b")
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Where this dom0 user keeps qbackup's state."""
+def parse_estimate(summary: bytes) -> int | None:
+    """Given Info's summary, return the total size in bytes (rounded up to the
+    next unit fraction shown), or None if no total is found."""
+    found = TOTAL_SIZE.search(summary.decode("utf-8", "replace"))
+    if found is None:
+        return None
+    number, unit = found.group(1), found.group(2) or ""
+    # size_to_human rounds to one decimal: add half a step so the estimate
+    # never understates what Qubes will send.
+    slack = 0.05 if "." in number else 0.0
+    return int((float(number) + slack) * SIZE_UNITS[unit])
 
-    history: Path
-    lock_dir: Path
+
+def make_name(prefix: str, now: datetime | None = None) -> str:
+    """Given a valid PREFIX and a time (default: now), return PREFIX-<UTC stamp>."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return check_name(f"{prefix}-{moment.strftime(TIMESTAMP_FORMAT)}")
 
 
 def history_job(job: Job) -> str:
@@ -93,11 +110,11 @@ def report_tampering(problems: list[str]) -> None:
     for problem in problems:
         logger.error("TAMPERING? %s", problem)
     if problems:
-        notify.notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
+        notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
 
 
-def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
-            guard: SignalGuard, tried: set[str]) -> tuple[Record, list[str]]:
+def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Context,
+            tried: set[str]) -> tuple[Record, list[str]]:
     """Given a checked job, take one backup; return (its server record,
     tampering problems found on the way); raise on any failure."""
     client = CarrierClient(app, job.carrier)
@@ -107,8 +124,8 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
     listing = client.listing(job.prefix)
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
-    runs = [run for run in history.read_runs(paths.history) if run.job == history_job(job)]
-    problems = find_tampering(runs, listing, job.prefix)
+    runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]
+    problems = history.find_tampering(runs, listing.records, not listing.truncated, job.prefix)
     report_tampering(problems)
     name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
     spec = ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
@@ -128,7 +145,7 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name)
         try:
-            with guard.cancelling_with(lambda: app.backup_cancel(profile)):
+            with context.guard.cancelling_with(lambda: app.backup_cancel(profile)):
                 app.backup_execute(profile, progress)
         finally:
             progress.finish()
@@ -161,23 +178,28 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
             " on the server (see the log)")
 
 
-def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) -> int:
+def run(args: argparse.Namespace, context: Context) -> int:
+    """`qbackup backup`: given its arguments, run the job they describe."""
+    return run_backup(context.get_app(), backup_job(args, context.config), context)
+
+
+def run_backup(app: QubesAdapter, job: Job, context: Context) -> int:
     """Given a resolved job, run it (with retries) and return 0 or raise the
     error of the last attempt; the outcome of every attempt goes to history."""
     passphrase, vms = check_inputs(app, job)
-    with carrier_lock(paths.lock_dir, job.carrier):
+    with carrier_lock(context.lock_dir, job.carrier):
         logger.info("backup %s started: VMs %s, carrier %s, prefix %s",
                     history_job(job), " ".join(vms), job.carrier, job.prefix)
-        notify.notify("qbackup started", f"{history_job(job)}: {len(vms)} VMs to {job.carrier}")
+        notify("qbackup started", f"{history_job(job)}: {len(vms)} VMs to {job.carrier}")
         with running_carrier(app, job.carrier, job.keep_carrier):
             tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
             for number in range(job.retries + 1):
                 start = time.time()
                 try:
-                    record, problems = attempt(app, job, passphrase, paths, guard, tried)
+                    record, problems = attempt(app, job, passphrase, context, tried)
                 except QbackupError as error:
                     outcome = f"failed: {type(error).__name__}"
-                    history.append_run(paths.history, history.Run(
+                    history.append_run(context.history, history.Run(
                         history_job(job), job.carrier, None, None, None, start, time.time(),
                         outcome))
                     if isinstance(error, RETRYABLE) and number < job.retries:
@@ -187,11 +209,11 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
                         continue
                     logger.error("backup %s outcome: failed after %d attempt(s), %.1f s",
                                  history_job(job), number + 1, time.time() - start)
-                    notify.notify("qbackup FAILED", f"{history_job(job)}: {error}", critical=True)
+                    notify("qbackup FAILED", f"{history_job(job)}: {error}", critical=True)
                     raise
                 break
             end = time.time()
-            history.append_run(paths.history, history.Run(
+            history.append_run(context.history, history.Run(
                 history_job(job), job.carrier, record.name, record.size, record.sha256, start,
                 end, history.OUTCOME_OK))
             logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
@@ -200,9 +222,9 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
             try:
                 check_after(app, job, record, problems)
             except QbackupError as error:
-                notify.notify("qbackup FAILED", f"{record.name}: {error}", critical=True)
+                notify("qbackup FAILED", f"{record.name}: {error}", critical=True)
                 raise
-        notify.notify("qbackup finished", f"{record.name}: {human_size(record.size)}")
+        notify("qbackup finished", f"{record.name}: {human_size(record.size)}")
         logger.info("backup %s outcome: success", history_job(job))
     return 0
 

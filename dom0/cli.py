@@ -16,24 +16,28 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import config, errors
+from dom0 import backup, check, errors, listing, status, verify
 from dom0.arguments import SUBCOMMANDS, build_parser
-from dom0.backup import Paths, run_backup
-from dom0.errors import QbackupError, QubesError, UsageError
+from dom0.errors import ConfigError, QbackupError, QubesError
 from dom0.history import default_history_path
-from dom0.listing import run_check, run_list
 from dom0.locking import default_lock_dir
 from dom0.log import DEFAULT_SYSLOG_SOCKET, setup_logging
-from dom0.names import check_name
 from dom0.qubes import QubesAdapter
-from dom0.resolve import check_job, job_from_args, need_passphrase, resolve_carrier
-from dom0.session import SignalGuard, running_carrier
-from dom0.status import run_status
-from dom0.verify import restore_backup, verify_backup
+from dom0.session import Context, SignalGuard
 
 logger = logging.getLogger(__name__)
 
 PARSER = build_parser()
+Action = Callable[[argparse.Namespace, Context], int]
+# One module per action; each resolves its own arguments.
+ACTIONS: dict[str, Action] = {
+    "backup": backup.run,
+    "list": listing.run,
+    "check": check.run,
+    "verify": verify.run_verify,
+    "restore": verify.run_restore,
+    "status": status.run,
+}
 
 
 def normalise(argv: list[str]) -> list[str]:
@@ -43,56 +47,9 @@ def normalise(argv: list[str]) -> list[str]:
     return ["backup", *argv]
 
 
-def configured_jobs(path: Path | None) -> list[str]:
-    """Given --config (or None), return the configured job names (none if no file)."""
-    path = path or config.default_config_path()
-    return sorted(config.load_jobs(path)) if path else []
-
-
-def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
-             guard: SignalGuard) -> int:
+def dispatch(args: argparse.Namespace, context: Context) -> int:
     """Given parsed arguments, run the chosen action and return its exit code."""
-    history_path = args.history or default_history_path()
-    if args.command == "backup":
-        job = check_job(job_from_args(args))
-        paths = Paths(history=history_path, lock_dir=args.lock_dir or default_lock_dir())
-        return run_backup(get_app(), job, paths, guard)
-    if args.command == "status":
-        return run_status(history_path, configured_jobs(args.config), args.max_age,
-                          args.remote, get_app)
-    carrier, source = resolve_carrier(args)
-    # Names are checked before the carrier is even started: they end up in
-    # the carrier's `eval` (restore location) or on its stdin.
-    if args.command == "list":
-        if args.prefix:
-            check_name(args.prefix.rstrip("/"))
-    else:
-        check_name(args.name)
-    if args.command in ("verify", "restore"):
-        source = need_passphrase(source)
-    if args.command == "restore":
-        # They become qvm-backup-restore arguments: a word like '--x' must not
-        # turn into one of its options.
-        for vm in [*args.vms, *args.exclude]:
-            if not config.is_vm_name(vm):
-                raise UsageError(f"not a VM name: {vm!r}")
-    app = get_app()
-    with running_carrier(app, carrier, keep=False):
-        if args.command == "list":
-            return run_list(app, carrier, args.prefix)
-        if args.command == "check":
-            return run_check(app, carrier, args.name, history_path)
-        if args.command == "verify":
-            verify_backup(app, carrier, source, args.name)
-            return 0
-        options = [flag for flag, wanted in (
-            ("--rename-conflicting", args.rename_conflicting),
-            ("--skip-conflicting", args.skip_conflicting),
-            ("--paranoid-mode", args.paranoid_mode)) if wanted]
-        for vm in args.exclude:
-            options += ["-x", vm]
-        restore_backup(app, carrier, source, args.name, options, args.vms)
-        return 0
+    return ACTIONS[args.command](args, context)
 
 
 def real_app() -> QubesAdapter:
@@ -138,7 +95,16 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
 
     try:
         with SignalGuard() as guard:
-            return dispatch(args, get_app, guard)
+            context = Context(get_app=get_app, guard=guard,
+                              history=args.history or default_history_path(),
+                              lock_dir=args.lock_dir or default_lock_dir(), config=args.config)
+            return dispatch(args, context)
+    except ConfigError as error:  # one line per problem, each naming file, line and key
+        for problem in error.problems:
+            logger.error("%s", problem)
+        logger.error("configuration refused: %d problem(s) (exit %d)", len(error.problems),
+                     error.exit_code)
+        return error.exit_code
     except QbackupError as error:
         code = errors.exit_code_for(error)
         logger.error("%s (exit %d)", error, code)

@@ -1,8 +1,10 @@
-"""The local history: one JSON line per run, the memory tamper detection trusts.
+"""The local history (one JSON line per run) and tamper detection, which trusts it.
 
 Kept in dom0 (the most trusted place): the server and the carrier can lie
 about what they store, but not about what dom0 wrote down when the server
-confirmed each backup.
+confirmed each backup. A hostile or broken server (or carrier) could delete,
+truncate or replace backups; every committed backup that vanished, shrank or
+changed digest is reported, so history cannot be rolled back silently.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dom0.names import is_valid_name
+import qbackup_protocol as protocol
 
 logger = logging.getLogger(__name__)
 OUTCOME_OK = "ok"
@@ -59,8 +62,11 @@ def _run_from(value: object) -> Run | None:
         run = Run(**value)
     except TypeError:
         return None
-    if run.name is not None and not is_valid_name(run.name):
-        return None
+    if run.name is not None:
+        try:
+            protocol.check_name(run.name)
+        except protocol.InvalidName:
+            return None
     return run
 
 
@@ -88,3 +94,27 @@ def read_runs(path: Path) -> list[Run]:
 def committed_runs(runs: list[Run]) -> list[Run]:
     """Given runs, return those whose backup the server confirmed."""
     return [run for run in runs if run.name and run.sha256 and run.size is not None]
+
+
+def find_tampering(runs: list[Run], stored: Sequence[protocol.BackupRecord], complete: bool,
+                   prefix: str = "") -> list[str]:
+    """Given the history RUNS and the server's STORED records under PREFIX
+    (COMPLETE: the listing was not cut short), return one line per committed
+    backup that vanished, shrank, grew or changed digest."""
+    by_name = {record.name: record for record in stored}
+    problems: list[str] = []
+    for run in committed_runs(runs):
+        if run.name is None or not run.name.startswith(prefix):
+            continue
+        record = by_name.get(run.name)
+        if record is None:
+            if complete:
+                problems.append(f"{run.name}: vanished from the server")
+            continue
+        if run.size is not None and record.size < run.size:
+            problems.append(f"{run.name}: shrank from {run.size} to {record.size} bytes")
+        elif run.size is not None and record.size != run.size:
+            problems.append(f"{run.name}: size changed from {run.size} to {record.size} bytes")
+        if record.sha256 != run.sha256:
+            problems.append(f"{run.name}: digest changed on the server")
+    return problems

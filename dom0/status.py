@@ -8,18 +8,19 @@ failure a timer cannot report is the backup that silently stopped happening.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import history, notify
+from dom0 import config, history
 from dom0.carrier import CarrierClient
 from dom0.errors import StaleBackup, VerificationError
-from dom0.output import say, show_time
+from dom0.execute import notify
+from dom0.log import say, show_time
 from dom0.qubes import QubesAdapter
-from dom0.session import running_carrier
-from dom0.tamper import find_tampering
+from dom0.session import Context, running_carrier
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ def last_runs(runs: list[history.Run]) -> dict[str, tuple[history.Run | None, hi
             success = run
         table[run.job] = (success, run)
     return table
+
+
+def run(args: argparse.Namespace, context: Context) -> int:
+    """Given `status` arguments, report every job; return 0 or raise."""
+    path = context.config or config.default_config_path()
+    jobs = sorted(config.open_config(path).jobs) if path else []
+    return run_status(context.history, jobs, args.max_age, args.remote, context.get_app)
 
 
 def run_status(history_path: Path, configured_jobs: list[str], max_age_hours: float | None,
@@ -62,7 +70,8 @@ def run_status(history_path: Path, configured_jobs: list[str], max_age_hours: fl
         for carrier in carriers:
             mine = [run for run in runs if run.carrier == carrier]
             with running_carrier(app, carrier, keep=False):
-                problems += find_tampering(mine, CarrierClient(app, carrier).listing(""))
+                listing = CarrierClient(app, carrier).listing("")
+                problems += history.find_tampering(mine, listing.records, not listing.truncated)
         for problem in problems:
             say(f"TAMPERING? {problem}")
             logger.error("TAMPERING? %s", problem)
@@ -70,9 +79,9 @@ def run_status(history_path: Path, configured_jobs: list[str], max_age_hours: fl
             logger.info("remote comparison: %d backup(s) as recorded",
                         len(history.committed_runs(runs)))
     if problems:
-        notify.notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
+        notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
         raise VerificationError(f"{len(problems)} stored backup(s) vanished or changed")
     if max_age_hours is not None and stale:
-        notify.notify("qbackup: backups are stale", "\n".join(stale[:5]), critical=True)
+        notify("qbackup: backups are stale", "\n".join(stale[:5]), critical=True)
         raise StaleBackup(f"no backup newer than {max_age_hours} h for: {', '.join(stale)}")
     return 0

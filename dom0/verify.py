@@ -14,30 +14,22 @@ qvm-backup-restore on stdin (`-p -`). No passphrase file ever exists in dom0.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from dom0.errors import PassphraseError, QbackupError, VerificationError
-from dom0.names import check_name
+from dom0.carrier import check_name
+from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
+from dom0.errors import PassphraseError, QbackupError, UsageError, VerificationError
+from dom0.log import clean_text
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
-from dom0.session import require_vm
-from dom0.untrusted import clean_text
+from dom0.session import Context, require_vm, running_carrier
 
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
 PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
-
-
-@dataclass(frozen=True)
-class PassphraseSource:
-    """Where the backup passphrase comes from: a file, or a VM's service."""
-
-    file: Path | None = None
-    vm: str | None = None
 
 
 def location_command(name: str) -> str:
@@ -113,3 +105,37 @@ def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, na
     if code != 0:
         raise QbackupError(f"restore of {name} failed (qvm-backup-restore exit {code})")
     logger.info("restore of %s: done", name)
+
+
+# --- the `verify` and `restore` actions (argument handling only) -------------
+def run_verify(args: argparse.Namespace, context: Context) -> int:
+    """Given `verify` arguments, verify the named backup; return 0 or raise."""
+    carrier, source = carrier_and_passphrase(args, context.config)
+    name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
+    source = need_passphrase(source)
+    app = context.get_app()
+    with running_carrier(app, carrier, keep=False):
+        verify_backup(app, carrier, source, name)
+    return 0
+
+
+def run_restore(args: argparse.Namespace, context: Context) -> int:
+    """Given `restore` arguments, restore from the named backup; return 0 or raise."""
+    carrier, source = carrier_and_passphrase(args, context.config)
+    name = check_name(args.name)
+    source = need_passphrase(source)
+    # They become qvm-backup-restore arguments: a word like '--x' must not
+    # turn into one of its options.
+    for vm in [*args.vms, *args.exclude]:
+        if not is_vm_name(vm):
+            raise UsageError(f"not a VM name: {vm!r}")
+    options = [flag for flag, wanted in (
+        ("--rename-conflicting", args.rename_conflicting),
+        ("--skip-conflicting", args.skip_conflicting),
+        ("--paranoid-mode", args.paranoid_mode)) if wanted]
+    for vm in args.exclude:
+        options += ["-x", vm]
+    app = context.get_app()
+    with running_carrier(app, carrier, keep=False):
+        restore_backup(app, carrier, source, name, options, args.vms)
+    return 0

@@ -161,7 +161,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
@@ -185,9 +185,9 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
     path.write_bytes(bytes(data))
-    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_VERIFY
-    # The carrier reports a mismatch either as ok=false or as a data error (65).
-    assert dom0.logged(f"server check of {name} FAILED") or dom0.logged("integrity check")
+    # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
+    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
+    assert dom0.logged("the stored backup is CORRUPTED")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
         errors.EXIT_VERIFY
 
@@ -198,7 +198,7 @@ def test_stale_status_exits_non_zero_and_notifies(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
     old = time.time() - 50 * 3600
     dom0.history.write_text(json.dumps({
         "job": "daily", "carrier": CARRIER, "name": "laptop-20261120T000000Z", "size": 10,
