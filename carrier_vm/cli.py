@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import logging.handlers
 import os
@@ -32,7 +31,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from carrier_vm.abort import ABORT_WAIT, abort_puts, registered_put
+from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
 from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
@@ -139,7 +138,7 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
         loop.add_signal_handler(signum, abort, signum)
     output = sys.stdout.buffer
     try:
-        async with open_link(config) as link:
+        async with open_link(config, lambda: bool(received)) as link:
             name = str(request.argument)
             if request.verb == "put":
                 upload = await put_backup(
@@ -221,12 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.buffer.write(encode_reply(stats.to_reply()))
             sys.stdout.flush()
             return CarrierExit.OK
-        with contextlib.ExitStack() as stack:
-            if request.verb == "put":
-                # Registered before anything else, so abort can always find it.
-                stack.enter_context(registered_put(os.environ))
-            config = load_config()
-            asyncio.run(run_request(request, config))
+        if request.verb == "put":
+            # Registered before anything else, so abort can always find it.
+            register_put(os.environ)
+        config = load_config()
+        asyncio.run(run_request(request, config))
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")

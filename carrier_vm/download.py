@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError, TemporaryFailure
+from carrier_vm.errors import DataError, OutputClosed, TemporaryFailure
 from carrier_vm.replies import find_backup
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, run_session
 from qbackup_protocol import (
@@ -161,7 +161,12 @@ async def get_session(
             if pieces:
                 # Writing off the loop keeps keepalives flowing while a slow
                 # consumer blocks; the read window stops the server meanwhile.
-                await write_off_loop(out_fd, b"".join(pieces))
+                try:
+                    await write_off_loop(out_fd, b"".join(pieces))
+                except OSError as error:
+                    raise OutputClosed(
+                        f"output closed by the reader ({error.strerror}); transfer aborted"
+                    ) from None
 
     command = build_command(VERB_GET, name, offset=deframer.total or None)
     end = await run_session(link.connection, command, config, relay)

@@ -66,6 +66,13 @@ class TemporaryFailure(CarrierError):
     exit_code = CarrierExit.TEMPORARY
 
 
+class OutputClosed(CarrierError):
+    """Whoever reads the carrier's stdout went away (EPIPE): the transfer is
+    aborted. Not a lost connection: resuming cannot help."""
+
+    exit_code = CarrierExit.TEMPORARY
+
+
 class LoginRefused(CarrierError):
     """The server refused the carrier's key."""
 

@@ -172,9 +172,15 @@ class Link:
     replace: ``connection`` is the current one; ``reconnect()`` drops it and
     opens a new one."""
 
-    def __init__(self, config: CarrierConfig, connection: Connection) -> None:
+    def __init__(
+        self,
+        config: CarrierConfig,
+        connection: Connection,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.config = config
         self.connection = connection
+        self.stopping = stopping  # True once a signal asked the carrier to stop
 
     async def reconnect(self) -> None:
         """Drop the current connection and open a new one; raise a
@@ -198,6 +204,8 @@ class Link:
                 )
             await asyncio.sleep(min(delay, remaining))
             delay = min(2 * delay, MAX_BACKOFF)
+            if self.stopping():
+                raise asyncio.CancelledError  # never resume after an abort
             try:
                 await self.reconnect()
             except TemporaryFailure as error:
@@ -207,11 +215,13 @@ class Link:
 
 
 @asynccontextmanager
-async def open_link(config: CarrierConfig) -> AsyncIterator[Link]:
+async def open_link(
+    config: CarrierConfig, stopping: Callable[[], bool] = lambda: False
+) -> AsyncIterator[Link]:
     """Given the config, yield a Link with a fresh connection and close its
     (current) connection afterwards: orderly on success, cut on failure or
     cancellation (the server must see a cut, never an orderly end)."""
-    link = Link(config, await connect(config))
+    link = Link(config, await connect(config), stopping)
     try:
         yield link
     except BaseException:
@@ -324,14 +334,17 @@ async def run_session(
         complete = sending is None or (sending.done() and sending.exception() is None)
         return SessionEnd(output.result(), status, printable(stderr.result()), complete)
     finally:
+        # Close the channel FIRST: a write racing the cancellation (in 3.11,
+        # wait_for can swallow a cancel) must fail, never reach the server --
+        # above all not an end frame after an abort.
+        if not channel.is_closing():
+            channel.close()
         tasks: list[asyncio.Future[Any]] = [output, stderr]
         tasks += [task for task in (sending, grace) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             await _settle(task)
-        if not channel.is_closing():
-            channel.close()
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

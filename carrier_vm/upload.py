@@ -253,7 +253,13 @@ async def upload_session(
     sent = asyncio.Event()
 
     async def send(writer: Writer[bytes]) -> None:
-        start = await offset_known
+        try:
+            start = await asyncio.wait_for(asyncio.shield(offset_known), config.progress_timeout)
+        except TIMEOUTS:
+            raise TemporaryFailure(
+                f"the server did not start the upload within {config.progress_timeout:g}s "
+                "(progress_timeout)"
+            ) from None
         await send_stream(writer, outbox, start, config)
         sent.set()
 
@@ -323,6 +329,8 @@ async def follow_replies(
         return None
     offset = parse_hostile(parse_offset, first, "offset reply").offset
     check_start_offset(verb, offset, outbox)
+    if offset_known.done():  # the sender gave up waiting (progress_timeout)
+        return None
     offset_known.set_result(offset)
     while True:
         line = await next_reply(lines, sent, config)

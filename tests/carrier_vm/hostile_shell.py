@@ -38,6 +38,11 @@ NESTED = b"[" * 4000 + b"\n"  # a short line that is deeper than json's recursio
 
 def put(name):
     if MODE == "stall":
+        # A server that never starts (a hung disk) while sshd answers keepalives.
+        time.sleep(3600)
+    line({"offset": 0})  # protocol 3: put answers where the stream starts
+    OUT.flush()
+    if MODE == "stall-after-offset":
         # A server that stops reading (a hung disk) while sshd answers keepalives.
         time.sleep(3600)
     stream = sys.stdin.buffer.read()

@@ -1,5 +1,8 @@
 """A network that goes silent mid-put (the sshd session frozen, no RST, no FIN):
-keepalive notices within keepalive_interval * (keepalive_count_max + 1)."""
+keepalive notices within keepalive_interval * (keepalive_count_max + 1); a
+server that stops reading is noticed by progress_timeout. Here resuming is
+switched off (resume_window 0) to see each bound alone; test_resume.py drills
+the same faults with resuming on."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def account_pids(account_name: str) -> list[int]:
 
 
 def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
-    carrier.write_config(keepalive_interval=1, keepalive_count_max=2)
+    carrier.write_config(keepalive_interval=1, keepalive_count_max=2, resume_window=0)
     process = carrier.start("put", "frozen")
     assert process.stdin is not None
     process.stdin.write(CHUNK * 2)
@@ -50,7 +53,9 @@ def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
 def test_stopped_shell_behind_a_live_sshd_fails_after_progress_timeout(carrier: Carrier) -> None:
     # Only the shell is stopped (a hung disk): sshd keeps answering
     # keepalives, so keepalive alone would wait for ever.
-    carrier.write_config(progress_timeout=2, keepalive_interval=1, keepalive_count_max=2)
+    carrier.write_config(
+        progress_timeout=2, keepalive_interval=1, keepalive_count_max=2, resume_window=0
+    )
     process = carrier.start("put", "stalled")
     assert process.stdin is not None
     process.stdin.write(CHUNK * 2)
