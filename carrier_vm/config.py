@@ -25,7 +25,7 @@ DEFAULT_CONFIG_PATH = "~/.config/qbackup/carrier.yaml"
 MAX_CONFIG_BYTES = 64 * 1024
 
 # AES-GCM first: these CPUs have AES-NI and asyncssh's default (chacha20)
-# costs ~40% of the throughput (shared/PERFORMANCE.md).
+# costs ~40% of the throughput on such CPUs (measured; see docs/PERFORMANCE.md).
 DEFAULT_CIPHERS = (
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
