@@ -130,6 +130,58 @@ CARRIER_EXIT_MEANINGS: dict[CarrierExit, str] = {
 }
 
 
+# --- carrier -> dom0 ----------------------------------------------------------
+MAX_OUTAGES_REPORTED = 100
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """How an upload went, as the carrier tells dom0 (``qubes.BackupCarrier+transfer``
+    with NAME on stdin prints it as one JSON line): how often the connection
+    was lost and resumed, how long each outage lasted (seconds, at most
+    MAX_OUTAGES_REPORTED of them, the first ones), and how many data bytes
+    were sent again after reconnecting."""
+
+    name: str
+    lost: int
+    outages: tuple[float, ...]
+    resent: int
+
+    def to_reply(self) -> dict[str, Any]:
+        return {
+            "transfer": {
+                "name": self.name,
+                "lost": self.lost,
+                "outages": [round(seconds, 3) for seconds in self.outages],
+                "resent": self.resent,
+            }
+        }
+
+
+def parse_transfer_stats(line: bytes) -> TransferStats:
+    """Given the line ``transfer`` prints, return the TransferStats; raise
+    ProtocolError unless every field is present and well-formed."""
+    value = _load_reply_line(line)
+    if set(value) != {"transfer"} or not isinstance(value["transfer"], dict):
+        raise ProtocolError("transfer reply has unexpected fields")
+    fields = value["transfer"]
+    if set(fields) != {"name", "lost", "outages", "resent"}:
+        raise ProtocolError("transfer reply has unexpected fields")
+    outages = fields["outages"]
+    if not isinstance(outages, list) or len(outages) > MAX_OUTAGES_REPORTED:
+        raise ProtocolError("transfer outages are not a short list")
+    for seconds in outages:
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) \
+                or not 0 <= seconds < 10**9:
+            raise ProtocolError("transfer outage is not a number of seconds")
+    return TransferStats(
+        name=_require_name(fields["name"]),
+        lost=_require_int(fields["lost"], "lost"),
+        outages=tuple(float(seconds) for seconds in outages),
+        resent=_require_int(fields["resent"], "resent"),
+    )
+
+
 class ProtocolError(ValueError):
     """Raised when bytes or text on the wire break the protocol."""
 
