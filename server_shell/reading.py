@@ -69,7 +69,7 @@ def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
     ok=True iff size and digest match the digest record."""
     fd, info, stored = open_backup(root_fd, name)
     try:
-        size, hasher = storage.hash_file(fd)  # an OSError here is 74, "I/O error: ..."
+        size, hasher = storage.hash_file(fd)  # an OSError here is ShellExit.IO, "I/O error: ..."
     finally:
         os.close(fd)
     ok = stored == (size, hasher.hexdigest())

@@ -376,3 +376,21 @@ def checking(account: Account) -> bool:
         except OSError:
             continue
     return False
+
+
+# Issue 13: quota and reserve count a resumable upload's bytes (a client
+# cannot park data outside its quota in interrupted uploads).
+def test_a_kept_partial_counts_toward_the_quota(
+    shell_config: BackupServer, resumable: Account
+) -> None:
+    interrupted_put(shell_config, resumable, "parked", 3 * MIB)
+    wait_for_no_shell(resumable)
+    shell_config.write_shell_config(
+        f"[account {resumable.name}]\nsync_interval = 1M\nquota = 4M\nreserve = 0\n"
+    )
+    info = protocol.parse_info(shell_config.run(resumable, "info").stdout)
+    assert info.used is not None and info.used >= 3 * MIB
+    before = snapshot(resumable.storage)
+    result = stage(shell_config, resumable, "more", os.urandom(2 * MIB))
+    assert result.returncode == 69, result.stderr
+    assert snapshot(resumable.storage) == before
