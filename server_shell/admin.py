@@ -23,7 +23,8 @@ without the timestamp dom0 appends: `laptop/daily-20261201T020000Z` is in
 `laptop/daily`), so one policy over `laptop/daily` and `laptop/weekly` keeps
 each series' own backups; --keep-daily/weekly/monthly/yearly N keep the
 newest backup of each of the N newest UTC days/ISO weeks/months/years that
-have one; names without dom0's timestamp are always kept.
+have one; names without dom0's timestamp are always kept, and so are names
+whose timestamp the file's mtime belies (see implausible()).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ from .config import ShellError, load_config, parse_duration
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 RULES = tuple(protocol.RETENTION_PERIODS)
+# A backup's name carries the time its backup started; its file's mtime is
+# when its upload ended: within two days of the start (a long backup, a
+# resumed one), give or take an hour of clock skew between dom0 and server.
+PLAUSIBLE_BEFORE, CLOCK_SKEW = 48 * 3600, 3600
 
 
 class AdminError(Exception):
@@ -92,8 +97,19 @@ def verify(dir_fd: int, leaf: str) -> str:
     return "no digest record" if stored is None else "differs"
 
 
+def implausible(name: str, info: os.stat_result) -> bool:
+    """Given a committed backup, return True if its name carries dom0's
+    timestamp but one its file's mtime (when its put ended) belies: a name
+    planted with a chosen date to win a period's bucket and push the real
+    backup of that period out. Such a backup never counts for retention (it
+    neither fills a bucket nor is pruned by policy); status warns about it."""
+    parts = protocol.split_backup_name(name)
+    return parts is not None and not (
+        info.st_mtime - PLAUSIBLE_BEFORE <= parts[1].timestamp() <= info.st_mtime + CLOCK_SKEW)
+
+
 def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
-    backups = [name for name, _ in committed(root_fd)]
+    backups = [name for name, info in committed(root_fd) if not implausible(name, info)]
     removable = protocol.prunable(backups, options.policy)
     lines = [f"keep {name}" for name in backups if name not in removable]
     for name in removable:
@@ -119,7 +135,8 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
     backups = committed(root_fd)
     now = time.time()
     newest = max(backups, key=lambda b: b[1].st_mtime, default=None)
-    uploads = {"staged": 0, "partial": 0, "stale": 0}
+    uploads = {"staged": 0, "partial": 0, "stale": 0,
+               "implausible": sum(implausible(name, info) for name, info in backups)}
     for _, entry, _, info in storage.walk(root_fd):
         for kind, age in (("pending", config.pending_max_age), ("partial", config.partial_max_age)):
             if entry.startswith(".") and entry.endswith(storage.SUFFIXES[kind]):
@@ -132,7 +149,8 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
               "size": newest and newest[1].st_size, **uploads, "free": free,
               "reserve": config.reserve, "quota": config.quota, "used": used}
     level = OK
-    if uploads["stale"] or free < config.reserve or (config.quota and used > 0.9 * config.quota):
+    if uploads["stale"] or uploads["implausible"] or free < config.reserve or (
+            config.quota and used > 0.9 * config.quota):
         level = WARNING
     if newest is None or report["age"] > options.max_age:
         level = CRITICAL
