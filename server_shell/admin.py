@@ -27,8 +27,6 @@ have one; names without dom0's timestamp are always kept, and so are names
 whose timestamp the file's mtime belies (see implausible()).
 """
 
-from __future__ import annotations
-
 import argparse
 import hashlib
 import json

@@ -11,8 +11,6 @@ The config is an INI file (no interpolation); a missing file means defaults.
 its parser and its floor; qbackup-shell.conf.example documents each.
 """
 
-from __future__ import annotations
-
 import configparser
 import re
 from collections.abc import Callable

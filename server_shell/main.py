@@ -11,8 +11,6 @@ check, list, info). Admin actions (prune, status, scrub) live in
 `qbackup-server`, which sshd can never reach.
 """
 
-from __future__ import annotations
-
 import os
 import pwd
 import re

@@ -9,8 +9,6 @@ byte; if the file does not hold exactly the recorded size, get fails rather
 than send an E frame that would not match.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 from collections.abc import Iterator
