@@ -155,7 +155,7 @@ uninstall-server:
 	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
 		apparmor_parser -R $(APPARMOR_DIR)/usr.sbin.qbackup-shell || true; \
 	fi
-	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
+	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(SBINDIR)/qbackup-server $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
 	rm -rf $(DESTDIR)$(LIBDIR)/server_shell
 	$(remove-shared)
 	@if [ -z "$(DESTDIR)" ] && grep -qxF "$(SBINDIR)/qbackup-shell" /etc/shells; then \

@@ -72,12 +72,12 @@ class ShellExit(enum.IntEnum):
 
     OK = 0
     USAGE = 64  # refused or malformed command, bad name
-    DATA = 65  # truncated/invalid stream, digest mismatch; check: stored bytes differ
+    DATA = 65  # invalid stream, length/digest mismatch; check: stored bytes differ
     NO_SUCH_BACKUP = 66  # no such backup; commit: nothing staged; resume: nothing to resume
     UNAVAILABLE = 69  # no space (reserve, quota, inodes) or another upload running
     SOFTWARE = 70  # internal error
     EXISTS = 73  # the name exists (committed or staged)
-    IO = 74  # I/O error on the server
+    IO = 74  # I/O error on the server, or the session was cut (client gone or silent)
     NO_PERMISSION = 77  # not allowed (interactive login, admin verbs, running as root)
     CONFIG = 78  # the server's configuration is broken
 
@@ -85,12 +85,13 @@ class ShellExit(enum.IntEnum):
 SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
     ShellExit.OK: "success",
     ShellExit.USAGE: "refused or malformed command, or a bad name",
-    ShellExit.DATA: "truncated or invalid stream, or stored bytes differ from their record",
+    ShellExit.DATA: "invalid stream or length/digest mismatch, or stored bytes differ "
+    "from their record",
     ShellExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged; resume: nothing to resume)",
     ShellExit.UNAVAILABLE: "no space (reserve, quota, inodes) or another upload is running",
     ShellExit.SOFTWARE: "internal error in the shell",
     ShellExit.EXISTS: "a backup (committed or staged) already has that name",
-    ShellExit.IO: "I/O error on the server",
+    ShellExit.IO: "I/O error on the server, or the session was cut (client gone or silent)",
     ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
     ShellExit.CONFIG: "the server's configuration is broken",
 }

@@ -136,28 +136,35 @@ def run_once(consume: Callable[[int, int, int, int], int], total: int, directory
     return total / elapsed / 1e6, cpu / (total / 1024**3)
 
 
+VARIANTS: list[tuple[str, Any, int]] = [
+    ("single thread, no acks", single, 1 << 62),
+    ("writer thread (before)", threaded, 1 << 62),
+    ("single thread, ack every 16M", single, 16 * MIB),
+    ("single thread, ack every 4M", single, 4 * MIB),
+    ("single thread, ack every 64M", single, 64 * MIB),
+]
+
+
+def measure(mib: int = 1024, reps: int = 5, directory: str = "/var/tmp"
+            ) -> dict[str, tuple[float, float]]:
+    """Given the size, the repetitions and where to write, return {variant:
+    (median MB/s, median consumer CPU s/GiB)} (reusable by bench/run.py)."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in VARIANTS}
+    for _ in range(reps):  # interleaved, so load changes hit every variant alike
+        for name, consume, interval in VARIANTS:
+            results[name].append(run_once(consume, mib * MIB, directory, interval))
+    return {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+            for name, values in results.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--dir", default="/var/tmp")
     options = parser.parse_args(argv)
-    total = options.mib * MIB
-    variants: list[tuple[str, Any, int]] = [
-        ("single thread, no acks", single, 1 << 62),
-        ("writer thread (before)", threaded, 1 << 62),
-        ("single thread, ack every 16M", single, 16 * MIB),
-        ("single thread, ack every 4M", single, 4 * MIB),
-        ("single thread, ack every 64M", single, 64 * MIB),
-    ]
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
-    for _ in range(options.reps):  # interleaved, so load changes hit every variant alike
-        for name, consume, interval in variants:
-            results[name].append(run_once(consume, total, options.dir, interval))
     print(f"{options.mib} MiB per run, medians of {options.reps}, into {options.dir}")
-    for name, values in results.items():
-        rate = statistics.median(v[0] for v in values)
-        cpu = statistics.median(v[1] for v in values)
+    for name, (rate, cpu) in measure(options.mib, options.reps, options.dir).items():
         print(f"  {name:32s} {rate:7.0f} MB/s  {cpu:5.2f} CPU-s/GiB")
 
 

@@ -1,8 +1,8 @@
 """qbackup-server: the server admin's tool, run as root (cron, monitoring).
 sshd never runs it: it is not a login shell, and qbackup-shell imports none of it.
 
-  prune --account NAME [--keep-last N] [--keep-daily N] [--keep-weekly N]
-        [--keep-monthly N] [--dry-run]
+  prune --account NAME [--keep-daily N] [--keep-weekly N] [--keep-monthly N]
+        [--keep-yearly N] [--dry-run]
   status [--account NAME] [--max-age 36h] [--json]
   check [--account NAME]
 
@@ -17,73 +17,43 @@ committed backup younger than --max-age; check: a damaged backup), 3 UNKNOWN
 (cannot run: not root, bad arguments, not a qbackup account, or an account's
 storage could not be read or changed).
 
-Retention is borg-style and runs PER SERIES: a backup's series is its name
-without the timestamp dom0 appends (`laptop/daily-20261201T020000Z` is in
-series `laptop/daily`; a name without one is its own series), so one policy
-over `laptop/daily` and `laptop/weekly` keeps each series' own backups.
-Newest first by mtime; --keep-last N keeps the N newest; --keep-daily/weekly/
-monthly N keep the newest backup of each of the N most recent days/ISO
-weeks/months that have one (one already kept fills its period without using
-a slot). Periods use the server's local time.
+Retention is qbackup_protocol.prunable, the rule dom0's tamper check also
+applies (so a prune never looks like an attack there): per prefix (a name
+without the timestamp dom0 appends: `laptop/daily-20261201T020000Z` is in
+`laptop/daily`), so one policy over `laptop/daily` and `laptop/weekly` keeps
+each series' own backups; --keep-daily/weekly/monthly/yearly N keep the
+newest backup of each of the N newest UTC days/ISO weeks/months/years that
+have one; names without dom0's timestamp are always kept, and so are names
+whose timestamp the file's mtime belies (see implausible()).
 """
-
-from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import os
 import pwd
-import re
 import stat
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import qbackup_protocol as protocol
+
 from . import storage
 from .config import ShellError, load_config, parse_duration
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
-TIMESTAMP = re.compile(r"-\d{8}T\d{6}Z$")  # what dom0's make_name appends
-RULES = ("last", "daily", "weekly", "monthly")
-PERIODS: dict[str, Callable[[float], object]] = {
-    "last": lambda mtime: object(),  # every backup is its own period
-    "daily": lambda mtime: time.strftime("%Y-%m-%d", time.localtime(mtime)),
-    "weekly": lambda mtime: time.strftime("%G-W%V", time.localtime(mtime)),
-    "monthly": lambda mtime: time.strftime("%Y-%m", time.localtime(mtime)),
-}
+RULES = tuple(protocol.RETENTION_PERIODS)
+# A backup's name carries the time its backup started; its file's mtime is
+# when its upload ended: within two days of the start (a long backup, a
+# resumed one), give or take an hour of clock skew between dom0 and server.
+PLAUSIBLE_BEFORE, CLOCK_SKEW = 48 * 3600, 3600
 
 
 class AdminError(Exception):
     """The tool cannot do what was asked (exit UNKNOWN)."""
-
-
-def series_of(name: str) -> str:
-    return TIMESTAMP.sub("", name)
-
-
-def select(backups: list[tuple[str, float]], keep: dict[str, int]) -> dict[str, str]:
-    """Given (name, mtime) pairs and how many each rule keeps, return
-    {kept name: reason}, applying the rules per series."""
-    kept: dict[str, str] = {}
-    for series in sorted({series_of(name) for name, _ in backups}):
-        newest = sorted((b for b in backups if series_of(b[0]) == series),
-                        key=lambda b: (b[1], b[0]), reverse=True)
-        for rule in RULES:
-            used, previous = 0, None
-            for name, mtime in newest:
-                if used == keep[rule]:
-                    break
-                period = PERIODS[rule](mtime)
-                if period == previous:
-                    continue  # only the newest backup of a period represents it
-                previous = period
-                if name not in kept:
-                    kept[name] = f"{rule} #{used + 1}"
-                    used += 1
-    return kept
 
 
 def committed(root_fd: int) -> list[tuple[str, os.stat_result]]:
@@ -97,7 +67,7 @@ def in_directory(root_fd: int, name: str, work: Callable[[int, str], Any]) -> An
     """Given a backup's NAME, run WORK(directory fd, leaf), walking there again
     with O_NOFOLLOW (whatever changed since the listing is never followed)."""
     segments, leaf = storage.split_name(name)
-    dir_fd = storage.open_dir(root_fd, segments)
+    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     try:
         return work(dir_fd, leaf)
     finally:
@@ -125,19 +95,36 @@ def verify(dir_fd: int, leaf: str) -> str:
     return "no digest record" if stored is None else "differs"
 
 
+def implausible(name: str, info: os.stat_result) -> bool:
+    """Given a committed backup, return True if its name carries dom0's
+    timestamp but one its file's mtime (when its put ended) belies: a name
+    planted with a chosen date to win a period's bucket and push the real
+    backup of that period out. Such a backup never counts for retention (it
+    neither fills a bucket nor is pruned by policy); status warns about it."""
+    parts = protocol.split_backup_name(name)
+    return parts is not None and not (
+        info.st_mtime - PLAUSIBLE_BEFORE <= parts[1].timestamp() <= info.st_mtime + CLOCK_SKEW)
+
+
 def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
-    backups = committed(root_fd)
-    kept = select([(name, info.st_mtime) for name, info in backups],
-                  {rule: getattr(options, f"keep_{rule}") for rule in RULES})
-    lines = [f"keep {name} ({reason})" for name, reason in sorted(kept.items())]
-    for name, _ in backups:
-        if name in kept:
-            continue
+    backups = [name for name, info in committed(root_fd) if not implausible(name, info)]
+    removable = protocol.prunable(backups, options.policy)
+    lines = [f"keep {name}" for name in backups if name not in removable]
+    for name in removable:
         if not options.dry_run:
             in_directory(root_fd, name, remove_backup)
         lines.append(f"{'would remove' if options.dry_run else 'removed'} {name}")
     ages = (config.pending_max_age, config.partial_max_age)
-    for name in storage.sweep(root_fd, ages, dry_run=options.dry_run)[2]:
+    try:  # directories it empties are removed only while no upload can be about to use them
+        lock = storage.take_upload_lock(root_fd, "(qbackup-server prune)")
+    except ShellError:
+        lock = -1
+    try:
+        removed = storage.sweep(root_fd, ages, dry_run=options.dry_run, empty_dirs=lock >= 0)[2]
+    finally:
+        if lock >= 0:
+            os.close(lock)
+    for name in removed:
         lines.append(f"{'would remove' if options.dry_run else 'removed'} expired upload {name}")
     return {"level": OK, "lines": lines}
 
@@ -146,7 +133,8 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
     backups = committed(root_fd)
     now = time.time()
     newest = max(backups, key=lambda b: b[1].st_mtime, default=None)
-    uploads = {"staged": 0, "partial": 0, "stale": 0}
+    uploads = {"staged": 0, "partial": 0, "stale": 0,
+               "implausible": sum(implausible(name, info) for name, info in backups)}
     for _, entry, _, info in storage.walk(root_fd):
         for kind, age in (("pending", config.pending_max_age), ("partial", config.partial_max_age)):
             if entry.startswith(".") and entry.endswith(storage.SUFFIXES[kind]):
@@ -159,7 +147,8 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
               "size": newest and newest[1].st_size, **uploads, "free": free,
               "reserve": config.reserve, "quota": config.quota, "used": used}
     level = OK
-    if uploads["stale"] or free < config.reserve or (config.quota and used > 0.9 * config.quota):
+    if uploads["stale"] or uploads["implausible"] or free < config.reserve or (
+            config.quota and used > 0.9 * config.quota):
         level = WARNING
     if newest is None or report["age"] > options.max_age:
         level = CRITICAL
@@ -242,10 +231,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("check").add_argument("--account")
     options = parser.parse_args(argv)
     if options.command == "prune":
-        counts = [getattr(options, f"keep_{rule}") for rule in RULES]
-        if min(counts) < 0 or max(counts) == 0:
-            # Without one keep rule above 0 prune would delete everything: a typo, surely.
-            raise AdminError("prune: give at least one --keep-* rule above 0 (none negative)")
+        try:  # without one keep rule above 0 prune would delete everything: refused
+            options.policy = protocol.RetentionPolicy(
+                **{rule: getattr(options, f"keep_{rule}") for rule in RULES})
+        except protocol.InvalidPolicy as error:
+            raise AdminError(f"prune: {error}") from None
     return options
 
 

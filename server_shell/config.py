@@ -11,8 +11,6 @@ The config is an INI file (no interpolation); a missing file means defaults.
 its parser and its floor; qbackup-shell.conf.example documents each.
 """
 
-from __future__ import annotations
-
 import configparser
 import re
 from collections.abc import Callable
@@ -24,8 +22,7 @@ from qbackup_protocol import ShellExit
 class ShellError(Exception):
     """An error shown to the client as one line, ending the session with exit_code."""
 
-    exit_code = ShellExit.SOFTWARE
-    outcome = "error"
+    exit_code, outcome = ShellExit.SOFTWARE, "error"
 
 
 class Refused(ShellError):
@@ -53,8 +50,10 @@ class StorageError(ShellError):
 
 
 class Interrupted(ShellError):
-    """A signal or the idle timeout ended the session: the client is gone or
-    stalled. Not a data error (a SIGPIPE during `list` says nothing about data)."""
+    """The session was cut: EOF before the end frame, a signal, the idle
+    timeout, a hung-up client. One code for a lost client (an upload's partial
+    is kept), and never a data error (a SIGPIPE during `list` says nothing
+    about data)."""
 
     exit_code, outcome = ShellExit.IO, "interrupted"
 
@@ -156,8 +155,8 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
     root = (settings.get("root") or "").strip().replace("{account}", account) or None
     if root is not None and not root.startswith("/"):
         raise ConfigError(f"{path}: root must be an absolute path")
-    socket = parser.get("logging", "socket", fallback="").strip() or DEFAULT_LOG_SOCKET
-    return ShellConfig(root=root, log_socket=socket, **values)  # type: ignore[arg-type]
+    return ShellConfig(root=root, log_socket=parser.get("logging", "socket", fallback="").strip()
+                       or DEFAULT_LOG_SOCKET, **values)  # type: ignore[arg-type]
 
 
 def load_config(path: str, account: str) -> ShellConfig:

@@ -11,8 +11,6 @@ check, list, info). Admin actions (prune, status, scrub) live in
 `qbackup-server`, which sshd can never reach.
 """
 
-from __future__ import annotations
-
 import os
 import pwd
 import re
@@ -20,7 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -116,10 +114,10 @@ def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, A
     def reply(fields: dict[str, Any]) -> None:
         write_all(STDOUT, protocol.encode_reply(fields), timeout)
 
-    root_fd = open_root(config.root or home)
-    session = -1
-    try:
-        session = take_session(root_fd, config.max_sessions)
+    with ExitStack() as closing:
+        root_fd = open_root(config.root or home)
+        closing.callback(os.close, root_fd)
+        closing.callback(os.close, take_session(root_fd, config.max_sessions))
         if request.verb in (protocol.VERB_PUT, protocol.VERB_RESUME, protocol.VERB_COMMIT):
             receive = {protocol.VERB_PUT: put, protocol.VERB_RESUME: resume}.get(request.verb)
             record = commit(root_fd, name) if receive is None else receive(
@@ -145,37 +143,31 @@ def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, A
         else:
             reply(describe_space(root_fd, config.reserve, config.quota).to_reply())
         return ShellExit.OK
-    finally:
-        if session >= 0:
-            os.close(session)
-        os.close(root_fd)
 
 
-def send_log(socket_path: str | None, message: str) -> None:
-    """Given the syslog socket (None before the config is read) and a line,
-    send it as daemon.info, ident qbackup-shell; logging never fails a backup."""
-    if socket_path is not None:
-        with suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(f"<30>{SHELL_NAME}: {message}\x00".encode("ascii", "replace"), socket_path)
+def send_log(socket_path: str, message: str) -> None:
+    """Given the syslog socket and a line, send it as daemon.info, ident
+    qbackup-shell; logging never fails a backup."""
+    with suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(f"<30>{SHELL_NAME}: {message}\x00".encode("ascii", "replace"), socket_path)
 
 
 def client_address(environ: Mapping[str, str]) -> str:
     """Given the environment, return "ADDRESS port PORT" from SSH_CONNECTION
     ("local" without one, "unknown" if it does not look like one: a log line
     never carries control characters)."""
-    if not environ.get("SSH_CONNECTION"):
-        return "local"
-    match = ADDRESS_PATTERN.match(environ["SSH_CONNECTION"])
-    return f"{match[1]} port {match[2]}" if match else "unknown"
+    match = ADDRESS_PATTERN.match(environ.get("SSH_CONNECTION", ""))
+    return f"{match[1]} port {match[2]}" if match else (
+        "unknown" if environ.get("SSH_CONNECTION") else "local")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Further signals are ignored: the cleanup this starts must not be cut short.
     for other in (*FATAL_SIGNALS, signal.SIGALRM):
         signal.signal(other, signal.SIG_IGN)
-    if signum == signal.SIGALRM:
-        raise Interrupted("no progress for the idle timeout; the session was abandoned")
-    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+    raise Interrupted("no progress for the idle timeout; the session was abandoned"
+                      if signum == signal.SIGALRM
+                      else f"interrupted by signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = None) -> int:
@@ -183,20 +175,23 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     os.umask(0o077)
     outcome: dict[str, Any] = {"command": "(refused)", "result": "ok", "bytes": 0}
-    account, log_socket = "?", None
+    account, log_socket = "?", ShellConfig.log_socket  # the default until the config is read
     try:
-        # As root, a mistake in the storage walk would reach the whole machine.
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise NotAllowed("refusing to run as root; log in as the backup account")
-        entry = pwd.getpwuid(os.getuid())
-        account = entry.pw_name
-        config = load_config(config_path, account)
-        log_socket = config.log_socket
-        request = parse_command(parse_invocation(argv, environ))
-        outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
-        for signum in (*FATAL_SIGNALS, signal.SIGALRM):
-            signal.signal(signum, _interrupt)
-        code = serve(request, config, entry.pw_dir, outcome)
+        try:
+            # As root, a mistake in the storage walk would reach the whole machine.
+            if os.getuid() == 0 or os.geteuid() == 0:
+                raise NotAllowed("refusing to run as root; log in as the backup account")
+            entry = pwd.getpwuid(os.getuid())
+            account = entry.pw_name
+            config = load_config(config_path, account)
+            log_socket = config.log_socket
+            request = parse_command(parse_invocation(argv, environ))
+            outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
+            for signum in (*FATAL_SIGNALS, signal.SIGALRM):
+                signal.signal(signum, _interrupt)
+            code = serve(request, config, entry.pw_dir, outcome)
+        finally:  # the report must get out: a SIGPIPE while writing it must not cut it
+            signal.pthread_sigmask(signal.SIG_BLOCK, (*FATAL_SIGNALS, signal.SIGALRM))
     except BaseException as error:  # every failure: one stderr line and an exit code
         if isinstance(error, ShellError):
             message, code, outcome["result"] = str(error), error.exit_code, error.outcome

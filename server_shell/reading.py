@@ -9,9 +9,6 @@ byte; if the file does not hold exactly the recorded size, get fails rather
 than send an E frame that would not match.
 """
 
-from __future__ import annotations
-
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -21,13 +18,11 @@ import qbackup_protocol as protocol
 from . import storage
 from .config import BadStream, NotFound
 
-READ_SIZE = 4 * 1024 * 1024
-
 
 def open_backup(root_fd: int, name: str) -> tuple[int, os.stat_result, tuple[int, str] | None]:
     """Given the root and a checked NAME, return (read fd, stat, its record or None)."""
     segments, leaf = storage.split_name(name)
-    dir_fd = storage.open_dir(root_fd, segments)
+    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     try:
         fd, info = storage.open_file(dir_fd, leaf)
         return fd, info, storage.read_digest(dir_fd, storage.dot(leaf, "record"))
@@ -71,11 +66,8 @@ def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
     """Given the root and a NAME, re-hash the backup; return its record with
     ok=True iff size and digest match the digest record."""
     fd, info, stored = open_backup(root_fd, name)
-    hasher, size = hashlib.sha256(), 0
     try:
-        while data := os.read(fd, READ_SIZE):  # an OSError here is 74, "I/O error: ..."
-            hasher.update(data)
-            size += len(data)
+        size, hasher = storage.hash_file(fd)  # an OSError here is ShellExit.IO, "I/O error: ..."
     finally:
         os.close(fd)
     ok = stored == (size, hasher.hexdigest())
@@ -92,7 +84,7 @@ def list_backups(root_fd: int, prefix: str) -> Iterator[protocol.BackupRecord | 
     segments = directory.split("/") if directory else []
     count, truncated = 0, False
     try:
-        dir_fd = storage.open_dir(root_fd, segments)
+        dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     except NotFound:
         yield protocol.ListEnd(count=0, truncated=False)
         return

@@ -2,32 +2,22 @@
 
 Every path below the root is walked one segment at a time with O_NOFOLLOW,
 relative to the descriptor above, from the root opened once: a symlink
-anywhere fails to open (ELOOP/ENOTDIR) instead of being followed, and there
-is no window between checking a path and using it.
-
-In the directory of a backup whose last segment is LEAF:
-  LEAF                   the backup (0600), never replaced
-  .LEAF.sha256           its digest record {"size": N, "sha256": HEX}
-  .LEAF.pending          an upload `put` verified and staged, waiting for `commit`
-  .LEAF.pending-sha256   the staged upload's digest record
-  .LEAF.partial          an upload being received, or interrupted and resumable
-  .LEAF.partial-state    its durable offset and the SHA-256 of the bytes before it
-  .tmp-<16 hex>          a record being written (renamed into place)
-and in the root: .qbackup-upload.lock (one upload at a time; holds "PID NAME")
-and .qbackup-sessions.lock (one byte-range lock per session).
-Client names never start with '.', and each kind ends differently, so no
-client name and no two kinds can collide (`a.pending` is a valid leaf: its
-record `.a.pending.sha256` still differs from `.a.pending-sha256`).
+anywhere fails to open instead of being followed, and there is no window
+between checking a path and using it. The files the shell keeps next to a
+backup LEAF -- `.LEAF.sha256`, `.LEAF.pending`, `.LEAF.pending-sha256`,
+`.LEAF.partial`, `.LEAF.partial-state`, `.tmp-<16 hex>` -- and its two lock
+files are listed in docs/PROTOCOL.md §5: client names never start with '.',
+and each kind ends differently, so none can collide with another.
 """
-
-from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
+import select
 import signal
 import stat
 import time
@@ -37,7 +27,7 @@ from typing import Any
 
 import qbackup_protocol as protocol
 
-from .config import ConfigError, Exists, NotFound, StorageError, Unavailable
+from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a backup's name cannot hang the open.
@@ -54,6 +44,7 @@ TEMP_AGE = 120  # seconds unwritten before a record's temporary is a crash's lef
 MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
 CHECK_INTERVAL, SHARED_WRITERS = 32 * 1024**2, 8
 TAKEOVER_WAIT, TAKEOVER_IDLE, TAKEOVER_KILL = 10.0, 2.0, 3.0
+IN_THE_WAY = "a file, a link or another owner's directory is in the way of that name"
 
 
 def dot(leaf: str, kind: str) -> str:
@@ -79,37 +70,30 @@ def split_name(name: str) -> tuple[list[str], str]:
     return segments[:-1], segments[-1]
 
 
-def open_dirs(root_fd: int, segments: list[str]) -> tuple[int, list[str]]:
+def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
+              ) -> tuple[int, list[str]]:
     """Given the root and directory segments, return (descriptor of the
     deepest one that exists, the segments missing below it); raise Exists
-    if a segment is a file or a symlink (never entered)."""
+    if a segment is a file, a symlink or another owner's directory (never
+    entered). With MISSING, raise NotFound(MISSING) unless all of them exist."""
     current = os.dup(root_fd)
     for index, segment in enumerate(segments):
         try:
             next_fd = os.open(segment, DIR_FLAGS, dir_fd=current)
-        except FileNotFoundError:
-            return current, segments[index:]
+            info = os.fstat(next_fd)
         except OSError as error:
+            if error.errno == errno.ENOENT and missing is None:
+                return current, segments[index:]
             os.close(current)
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Exists("a file or link is in the way of that name") from None
-            raise StorageError(f"cannot open a directory: {error.strerror}") from None
+            if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                raise StorageError(f"cannot open a directory: {error.strerror}") from None
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY) from None
         os.close(current)
         current = next_fd
+        if info.st_uid != os.geteuid():  # someone else's directory: never written in
+            os.close(current)
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY)
     return current, []
-
-
-def open_dir(root_fd: int, segments: list[str], missing: str = "no such backup") -> int:
-    """Given the root and segments, return the directory's descriptor; raise
-    NotFound(MISSING) if it is missing or anything on the way is not a real directory."""
-    try:
-        fd, left = open_dirs(root_fd, segments)
-    except Exists:
-        raise NotFound(missing) from None
-    if left:
-        os.close(fd)
-        raise NotFound(missing)
-    return fd
 
 
 def make_dirs(dir_fd: int, missing: list[str]) -> int:
@@ -120,14 +104,10 @@ def make_dirs(dir_fd: int, missing: list[str]) -> int:
     current = os.dup(dir_fd)
     for segment in missing:
         try:
-            try:
+            with suppress(FileExistsError):  # a concurrent put made it, or anything else
                 os.mkdir(segment, 0o700, dir_fd=current)
                 os.fsync(current)
-            except FileExistsError:
-                pass  # a concurrent put made it, or something else: opened below
-            next_fd, left = open_dirs(current, [segment])
-        except OSError as error:
-            raise StorageError(f"cannot make a directory: {error.strerror}") from None
+            next_fd, left = open_dirs(current, [segment])  # entered only if a real directory
         finally:
             os.close(current)
         current = next_fd
@@ -221,8 +201,8 @@ def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
 def write_state(fd: int, offset: int, sha256: str) -> None:
     """Given the state record's descriptor, the durable offset and the SHA-256
     of the bytes before it, rewrite it in place (one small write) and fdatasync."""
-    body = json.dumps({"offset": offset, "sha256": sha256}).encode("ascii")
-    os.pwrite(fd, body.ljust(STATE_SIZE - 1) + b"\n", 0)
+    body = json.dumps({"offset": offset, "sha256": sha256}).encode("ascii").ljust(STATE_SIZE)
+    os.pwrite(fd, body, 0)
     os.fdatasync(fd)
 
 
@@ -244,7 +224,7 @@ def walk(dir_fd: int, base: str = "", depth: int = 0
         if info is None:
             continue
         yield dir_fd, entry, base + entry, info
-        deeper = depth + 1 < protocol.MAX_NAME_DEPTH
+        deeper = depth + 1 < protocol.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
         if stat.S_ISDIR(info.st_mode) and is_client_name(entry) and deeper:
             try:
                 child = os.open(entry, DIR_FLAGS, dir_fd=dir_fd)
@@ -268,8 +248,7 @@ def lock_if(dir_fd: int, name: str, older_than: float | None) -> tuple[int, os.s
     try:
         if older_than is None or time.time() - info.st_mtime > older_than:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if older_than is None else fcntl.LOCK_NB))
-            now = lstat(dir_fd, name)
-            if now is not None and (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            if getattr(lstat(dir_fd, name), "st_ino", None) == info.st_ino:  # same directory
                 return fd, info
     except BlockingIOError:
         pass  # live: its put, resume or commit holds it
@@ -288,14 +267,16 @@ def remove_upload(dir_fd: int, leaf: str, kind: str) -> None:
     remove_quietly(dir_fd, dot(leaf, kind))
 
 
-def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False
-          ) -> tuple[int, int, list[str]]:
+def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False,
+          empty_dirs: bool = True) -> tuple[int, int, list[str]]:
     """Given the root and AGES = (pending_max_age, partial_max_age), or None to
     only count, remove (unless DRY_RUN) staged uploads nobody committed,
-    partial uploads nobody resumed (flocked ones are live: left alone) and
-    stale record temporaries anywhere below; return (allocated bytes, inodes)
-    of the rest and the names removed. Counts regular files and directories
-    (not ~/.ssh or other dot-directories), each inode once."""
+    partial uploads nobody resumed (flocked ones are live: left alone),
+    stale record temporaries, and the directories that leaves empty, anywhere
+    below; return (allocated bytes, inodes) of the rest (regular files and
+    directories, not ~/.ssh or other dot-directories, each inode once) and
+    the names removed. EMPTY_DIRS only while holding the upload lock: then no
+    upload is about to use a directory it removes."""
     used, seen, removed = 0, set(), []
     for dir_fd, entry, name, info in walk(root_fd):
         kind = next((k for k in ("pending", "partial") if entry.endswith(SUFFIXES[k])), "")
@@ -317,7 +298,25 @@ def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False
         if (stat.S_ISREG(info.st_mode) or directory) and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
             used += info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
+    for name in sorted({name.rpartition("/")[0] for name in removed}, reverse=True):
+        if name and empty_dirs and not dry_run:
+            remove_dirs(root_fd, name.split("/"))  # those now empty, deepest first
     return used, len(seen), removed
+
+
+def hash_file(fd: int, length: int | None = None) -> tuple[int, Any]:
+    """Given a file (and how much of it, default all), return (size, its
+    SHA-256 hasher); raise Interrupted once the client is gone (its stdout
+    hung up): nobody would read the answer of hours of hashing."""
+    hasher, size, poller = hashlib.sha256(), 0, select.poll()
+    poller.register(1, 0)  # stdout: POLLERR/POLLHUP are always reported
+    while data := os.pread(fd, 4 * 1024 * 1024 if length is None else min(
+            4 * 1024 * 1024, length - size), size):
+        hasher.update(data)
+        size += len(data)
+        if size % (64 * 1024 * 1024) == 0 and poller.poll(0):
+            raise Interrupted("the client went away")
+    return size, hasher
 
 
 def free_bytes(fd: int) -> int:
@@ -390,14 +389,26 @@ def take_session(root_fd: int, max_sessions: int) -> int:
     raise Unavailable(f"too many sessions of this account at once (at most {max_sessions})")
 
 
-def take_upload_lock(root_fd: int, name: str, progress: Callable[[], object] | None = None) -> int:
-    """Given the root, the upload's NAME and, for resume, a function telling
-    how far NAME's partial has got, return the account's upload lock, taken,
-    with "PID NAME" in it; raise Unavailable if another upload holds it.
-    With PROGRESS, a holder of NAME whose partial has not grown for
-    TAKEOVER_IDLE s (a process left behind by a dead connection) gets SIGTERM,
-    then SIGKILL, within TAKEOVER_WAIT s; a live one (a second resume
-    sending data) is never ended. Only the same uid can be signalled."""
+def activity(pid: str) -> object:
+    """Given a pid, return the bytes it has read and written so far (a new
+    object each time while it waits for the disk: busy, not idle)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as status:
+            busy = status.read().rpartition(")")[2].split()[0] == "D"
+        with open(f"/proc/{pid}/io", encoding="ascii") as io:
+            return object() if busy else io.read()
+    except (OSError, IndexError):
+        return None
+
+
+def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
+    """Given the root and the upload's NAME, return the account's upload
+    lock, taken, with "PID NAME" in it; raise Unavailable if another upload
+    holds it. With TAKE_OVER (resume), a holder uploading NAME that has read
+    and written nothing for TAKEOVER_IDLE s -- a shell left behind by a dead
+    connection, waiting for data that never comes -- gets SIGTERM, then
+    SIGKILL, within TAKEOVER_WAIT s; a live one (a second resume receiving or
+    re-hashing) is never ended. The kernel lets us signal only our own uid."""
     fd = open_lock(root_fd, UPLOAD_LOCK)
     started = since = time.monotonic()
     last, signalled = object(), 0.0
@@ -408,14 +419,14 @@ def take_upload_lock(root_fd: int, name: str, progress: Callable[[], object] | N
                 break
             except BlockingIOError:
                 now = time.monotonic()
-                if progress is None or now - started > TAKEOVER_WAIT:
+                if not take_over or now - started > TAKEOVER_WAIT:
                     raise Unavailable("another upload to this account is in progress; "
                                       "retry when it has ended") from None
-            seen = progress()
-            last, since = (seen, now) if seen != last else (last, since)
             # The holder wrote "PID NAME" as soon as it took the lock; it has
             # been idle for TAKEOVER_IDLE s since, so the words are its own.
             pid, _, holding = os.pread(fd, 300, 0).decode("ascii", "replace").partition(" ")
+            seen = activity(pid) if pid.isdigit() else None
+            last, since = (seen, now) if seen != last else (last, since)
             idle = now - since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL
             if holding.strip() == name and pid.isdigit() and idle:
                 with suppress(OSError):  # gone already: the lock is free next round

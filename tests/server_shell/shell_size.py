@@ -105,9 +105,9 @@ def protocol_lines(shell_files: list[Path]) -> set[int]:
         elif isinstance(statement, ast.Assign | ast.AnnAssign):
             targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
             for target in targets:
-                for name in ast.walk(target):
-                    if isinstance(name, ast.Name):
-                        definitions[name.id] = statement
+                for node in ast.walk(target):
+                    if isinstance(node, ast.Name):
+                        definitions[node.id] = statement
     reached: set[str] = set()
     todo = [name for name in wanted if name in definitions]
     while todo:

@@ -257,3 +257,28 @@ def test_check_rehashes_every_backup_reports_damage_and_changes_nothing(
     assert snapshot(account.storage) == before
     assert hashlib.sha256(path.read_bytes()).hexdigest() != json.loads(
         (path.parent / f".{path.name}.sha256").read_text())["sha256"]
+
+
+# Threat (H6's review): a compromised carrier holds the account's key and can
+# put + commit any name, e.g. one dated into a period's bucket (or the
+# future), so that prune removes the REAL backup of that period. A name whose
+# timestamp its file's mtime belies never counts for retention: it neither
+# fills a bucket nor is pruned by policy, and status warns about it.
+# Residual risk: a planted name dated within [mtime - 48 h, mtime + 1 h] of
+# its own upload still counts (it can only crowd out backups of that window).
+def test_prune_ignores_names_whose_timestamp_the_mtime_belies(
+    backup_server: BackupServer, account: Account
+) -> None:
+    real = backup(backup_server, account, "lap/daily", 3)  # three days old, mtime agrees
+    text, _ = stamp(3 - 0.01)  # later the same day: would win that day's bucket
+    planted = f"lap/daily-{text}"
+    future = f"lap/daily-{stamp(-30)[0]}"  # a month ahead: would be "newest" for ever
+    for name in (planted, future):
+        assert put(backup_server, account, name, b"junk").returncode == 0  # mtime: now
+    result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "1")
+    assert result.returncode == 0, result.stderr
+    for name in (real, planted, future):
+        assert (account.storage / name).exists(), name
+    report = json.loads(status(backup_server, account, "--json").stdout)
+    assert report["status"] == "WARNING"
+    assert report["accounts"][account.name]["implausible"] == 2

@@ -41,3 +41,10 @@ def test_the_version_is_the_code_s() -> None:
 def test_the_config_example_documents_every_key_with_its_default() -> None:
     documented = set(re.findall(r"^#(\w+) = ", EXAMPLE, re.M))
     assert documented == {"root", "socket", *KEYS}
+
+
+def test_the_readme_table_of_server_keys_is_the_code_s() -> None:
+    readme = (REPO / "README.md").read_text()
+    keys = set(re.findall(r"^\| `(\w+)` \| `?[^|]*\| ", readme, re.M))
+    assert {"root", *KEYS} <= keys
+    assert "qbackup-shell prune" not in readme

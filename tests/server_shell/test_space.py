@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import frame_stream, put, snapshot, stage, temporaries
-from tests.server_shell.test_streams import feed_until_partial, start_put, wait_for
+from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
 
 MIB = 1024 * 1024
 
@@ -290,4 +291,40 @@ def test_an_account_cannot_use_more_inodes_than_its_bound(
     assert result.stderr == (
         b"qbackup-shell: no inodes left for this account or on the filesystem; prune\n"
     )
+    assert snapshot(account.storage) == before
+
+
+# Threat (review R1, finding 4): the directories an interrupted put made
+# outlived its partial once that expired, and counted against max_inodes (an
+# account with no backup got 69). The sweep that removes an expired upload
+# removes the directories it leaves empty.
+def test_expired_uploads_take_their_empty_directories_with_them(
+    shell_config: BackupServer, account: Account
+) -> None:
+    process = start_put(shell_config, account, "a/b/c/gone")
+    feed_until_partial(process, account)
+    process.kill()  # a lost client: the partial (and its directories) stay, resumable
+    process.wait()
+    wait_for(lambda: not shell_pids(account), "the shell to exit")
+    assert put(shell_config, account, "a/kept/x", b"x").returncode == 0
+    assert (account.storage / "a/b/c/.gone.partial").exists()
+    old = time.time() - 3601
+    os.utime(account.storage / "a/b/c/.gone.partial", (old, old))
+    assert put(shell_config, account, "z", b"z").returncode == 0
+    assert not (account.storage / "a/b").exists()
+    assert (account.storage / "a/kept/x").read_bytes() == b"x"
+
+
+# Threat (review R1, finding 6): a directory of another owner inside the
+# storage (a converted account's, or root's) was entered and written in.
+def test_a_put_never_writes_into_another_owners_directory(
+    shell_config: BackupServer, account: Account
+) -> None:
+    foreign = account.storage / "shared"
+    foreign.mkdir(mode=0o777)
+    foreign.chmod(0o777)  # writable by the account, but not its own
+    before = snapshot(account.storage)
+    for name in ("shared/x", "shared/deeper/x"):
+        result = shell_config.run(account, f"put {name}", frame_stream(b"data"))
+        assert result.returncode == 73, result.stderr
     assert snapshot(account.storage) == before
