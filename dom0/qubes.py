@@ -48,11 +48,13 @@ class QubesAdapter(Protocol):
         """Return the VMs whose include_in_backups is set, sorted."""
 
     def run_service_for_stdio(
-        self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT
+        self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT,
+        timeout: float | None = None,
     ) -> bytes:
         """Given a VM, a qrexec SERVICE+ARG and stdin bytes, return its stdout;
         raise ReplyTooLarge past MAX_OUTPUT bytes, CalledProcessError (status,
-        stderr) if it fails."""
+        stderr) if it fails, TimeoutExpired (after killing the call) if it
+        runs longer than TIMEOUT seconds."""
 
     def backup_info(self, profile: str) -> bytes:
         """Given a profile name, return admin.backup.Info's summary; raise QubesError."""
@@ -129,11 +131,13 @@ class RealQubes:
         )
 
     def run_service_for_stdio(
-        self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT
+        self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT,
+        timeout: float | None = None,
     ) -> bytes:
         """Like vm.run_service_for_stdio, but stdout is read only up to
         MAX_OUTPUT bytes: the carrier is less trusted and must not be able to
-        fill dom0's memory."""
+        fill dom0's memory; and a call with a TIMEOUT is killed when it runs
+        longer (a hung VM must not hold up a cancel)."""
         process = self._vm(vm).run_service(
             service, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -156,17 +160,31 @@ class RealQubes:
 
         threads = [threading.Thread(target=feed, daemon=True),
                    threading.Thread(target=drain_stderr, daemon=True)]
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
         for thread in threads:
             thread.start()
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         stdout, overflow = read_bounded(process.stdout, max_output)
         if overflow:
             process.kill()
             # Closing our end makes anything still writing get EPIPE at once.
             process.stdout.close()
         returncode = process.wait()
+        if timer is not None:
+            timer.cancel()
         for thread in threads:
             thread.join(timeout=10)
         stderr = stderr_box[0] if stderr_box else b""
+        if expired.is_set() and timeout is not None:
+            raise subprocess.TimeoutExpired(service, timeout, stdout, stderr)
         if overflow:
             raise ReplyTooLarge(f"{service} in {vm} sent more than {max_output} bytes; refused")
         if returncode != 0:

@@ -164,7 +164,7 @@ class SimulatedQubes:
         return vm
 
     def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
-                              max_output: int = 64 * 1024) -> bytes:
+                              max_output: int = 64 * 1024, timeout: float | None = None) -> bytes:
         self.calls.append(("run_service_for_stdio", vm, service))
         self._autostart(vm)
         base, _, argument = service.partition("+")
@@ -180,6 +180,17 @@ class SimulatedQubes:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             env=self._carrier_env({"QREXEC_SERVICE_ARGUMENT": argument,
                                    "QREXEC_REMOTE_DOMAIN": "dom0"}))
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         stderr_box: list[bytes] = []
 
         def feed() -> None:
@@ -209,11 +220,15 @@ class SimulatedQubes:
                 break
             chunks.append(chunk)
         returncode = process.wait()
+        if timer is not None:
+            timer.cancel()
         for thread in threads:
             thread.join()
         stdout = b"".join(chunks)
         stderr = stderr_box[0] if stderr_box else b""
         self.carrier_stderr.append(stderr)
+        if expired.is_set() and timeout is not None:
+            raise subprocess.TimeoutExpired(service, timeout, stdout, stderr)
         if overflow:
             raise ReplyTooLarge(f"{service} in {vm} sent more than {max_output} bytes; refused")
         if returncode != 0:
