@@ -225,3 +225,17 @@ def test_every_systemd_unit_the_readme_names_is_shipped() -> None:
                            README.read_text()))
     assert named
     assert {f"{stem}.{kind}" for stem, kind in named} - shipped == set()
+
+
+def test_every_qbackup_server_command_the_readme_shows_parses() -> None:
+    from server_shell.admin import parse  # the admin tool's own argument parser
+
+    shown = []
+    for text in code_texts(README):
+        command = re.search(r"(?:^|[\s=(])(?:/usr/sbin/)?qbackup-server(?=\s|$)([^)#|]*)", text)
+        words = command.group(1).replace("[", " ").replace("]", " ").split() if command else []
+        if words:  # a bare `qbackup-server` names the tool, it is no command
+            shown.append(words)
+    assert len(shown) >= 5, "the README shows the admin's commands"
+    for words in shown:
+        parse(words)  # raises AdminError on an unknown command or option
