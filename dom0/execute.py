@@ -11,11 +11,12 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 MASK = "***"
 NOTIFY_SEND = "notify-send"
+TimeoutExpired = subprocess.TimeoutExpired
 
 
 def describe(argv: Sequence[str], secrets: Sequence[str] = ()) -> str:
@@ -30,9 +31,11 @@ def run(
     capture: bool = True,
     timeout: float | None = None,
     secrets: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Given an argv, run it and return the completed process (never raises on
-    a non-zero exit); raise FileNotFoundError if the program is missing."""
+    a non-zero exit); raise FileNotFoundError if the program is missing,
+    TimeoutExpired (after killing it) if it runs longer than TIMEOUT."""
     logger.debug("running %s", describe(argv, secrets))
     return subprocess.run(  # noqa: S603 - argv list from our own code, no shell
         list(argv),
@@ -42,6 +45,7 @@ def run(
         stdin=None if input_data is not None else subprocess.DEVNULL,
         timeout=timeout,
         check=False,
+        env=env,
     )
 
 

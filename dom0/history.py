@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import qbackup_protocol as protocol
 
 logger = logging.getLogger(__name__)
 OUTCOME_OK = "ok"
+LEGACY_FAILURE = re.compile(r"failed: [A-Za-z]+")
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 
@@ -82,7 +84,7 @@ def read_runs(path: Path) -> list[Run]:
     for number, line in enumerate(data.splitlines(), 1):
         try:
             run = _run_from(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             run = None
         if run is None:
             logger.warning("%s line %d is not a history record; ignored", path, number)
@@ -96,25 +98,60 @@ def committed_runs(runs: list[Run]) -> list[Run]:
     return [run for run in runs if run.name and run.sha256 and run.size is not None]
 
 
-def find_tampering(runs: list[Run], stored: Sequence[protocol.BackupRecord], complete: bool,
-                   prefix: str = "") -> list[str]:
-    """Given the history RUNS and the server's STORED records under PREFIX
-    (COMPLETE: the listing was not cut short), return one line per committed
-    backup that vanished, shrank, grew or changed digest."""
+def failed_outcome(code: int, meaning: str) -> str:
+    """Given a failure's exit code and its meaning, return the history outcome."""
+    return f"failed (exit {code}): {meaning}"
+
+
+def shown_outcome(outcome: str) -> str:
+    """Given a recorded outcome, return it for people: records written before
+    outcomes were worded ("failed: TemporaryError") lose the class name."""
+    return "failed" if LEGACY_FAILURE.fullmatch(outcome) else outcome
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """dom0's history against the server's listing: what looks like tampering,
+    and which vanished backups the retention policy let the server remove."""
+
+    problems: list[str]
+    pruned: list[str]
+
+
+def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord],
+                        complete: bool, prefix: str = "",
+                        policy: protocol.RetentionPolicy | None = None) -> Comparison:
+    """Given the history RUNS of one job, the server's STORED records under
+    PREFIX (COMPLETE: the listing was not cut short) and the job's retention
+    POLICY, return the committed backups that vanished, shrank, grew or changed
+    digest (problems), and those that vanished exactly as the policy allows
+    (pruned). The policy is applied to dom0's own history only: names the
+    server lists but dom0 never committed cannot push a backup out of it, and a
+    server that prunes more than the policy allows is reported."""
     by_name = {record.name: record for record in stored}
+    mine = [(run.name, run) for run in committed_runs(runs)
+            if run.name and run.name.startswith(prefix)]
+    allowed = set(protocol.prunable({name for name, _ in mine}, policy)) if policy else set()
     problems: list[str] = []
-    for run in committed_runs(runs):
-        if run.name is None or not run.name.startswith(prefix):
-            continue
-        record = by_name.get(run.name)
+    pruned: list[str] = []
+    for name, run in mine:
+        record = by_name.get(name)
         if record is None:
-            if complete:
-                problems.append(f"{run.name}: vanished from the server")
+            if not complete:
+                continue
+            if name in allowed:
+                pruned.append(name)
+            elif policy:
+                problems.append(f"{name}: vanished from the server, but the retention"
+                                f" policy ({policy.describe()}) keeps it")
+            else:
+                problems.append(f"{name}: vanished from the server (the job has no"
+                                " retention policy that allows a prune)")
             continue
         if run.size is not None and record.size < run.size:
-            problems.append(f"{run.name}: shrank from {run.size} to {record.size} bytes")
+            problems.append(f"{name}: shrank from {run.size} to {record.size} bytes")
         elif run.size is not None and record.size != run.size:
-            problems.append(f"{run.name}: size changed from {run.size} to {record.size} bytes")
+            problems.append(f"{name}: size changed from {run.size} to {record.size} bytes")
         if record.sha256 != run.sha256:
-            problems.append(f"{run.name}: digest changed on the server")
-    return problems
+            problems.append(f"{name}: digest changed on the server")
+    return Comparison(problems=problems, pruned=sorted(set(pruned)))

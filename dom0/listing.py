@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from dom0.carrier import CarrierClient, check_name
@@ -24,7 +25,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
         listing = CarrierClient(app, carrier).listing(prefix)
-    for record in listing.records:
+    if context.json:
+        say(json.dumps({"backups": [record.to_reply() for record in listing.records],
+                        "truncated": listing.truncated}, sort_keys=True))
+    for record in [] if context.json else listing.records:
         say(f"{record.name}  {record.size}  {show_time(record.mtime)}  {record.sha256 or '-'}")
     if listing.truncated:
         logger.warning("the server cut the listing short: give a longer prefix")

@@ -35,6 +35,8 @@ class Context:
     history: Path
     lock_dir: Path
     config: Path | None  # --config, None: the default job file
+    json: bool = False  # --json: machine-readable stdout
+    quiet: bool = False  # -q: no progress bar or summary, errors only
 
 
 def require_vm(app: QubesAdapter, name: str, role: str) -> None:

@@ -18,10 +18,10 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from dom0.carrier import check_name
+from dom0.carrier import CarrierClient, check_name
 from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
 from dom0.errors import PassphraseError, QbackupError, UsageError, VerificationError
-from dom0.log import clean_text
+from dom0.log import clean_text, say
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
@@ -109,13 +109,17 @@ def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, na
 
 # --- the `verify` and `restore` actions (argument handling only) -------------
 def run_verify(args: argparse.Namespace, context: Context) -> int:
-    """Given `verify` arguments, verify the named backup; return 0 or raise."""
+    """Given `verify` arguments, verify the named backup and say what was
+    verified; return 0 or raise (NoSuchBackup for a name the server lacks)."""
     carrier, source = carrier_and_passphrase(args, context.config)
     name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
     source = need_passphrase(source)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
+        record = CarrierClient(app, carrier).require(name)
         verify_backup(app, carrier, source, name)
+    say(f"{name}: verified: Qubes decrypted and checked every part of the"
+        f" {record.size}-byte backup read through {carrier} (qvm-backup-restore --verify-only)")
     return 0
 
 
@@ -124,6 +128,11 @@ def run_restore(args: argparse.Namespace, context: Context) -> int:
     carrier, source = carrier_and_passphrase(args, context.config)
     name = check_name(args.name)
     source = need_passphrase(source)
+    if args.paranoid_mode and source.vm is not None:
+        # Paranoid mode copies the passphrase FILE into a disposable VM: an
+        # answer from a passphrase VM on stdin (-p -) cannot get there.
+        raise UsageError("--paranoid-mode needs the passphrase in a file (-p FILE), not from a"
+                         " passphrase VM")
     # They become qvm-backup-restore arguments: a word like '--x' must not
     # turn into one of its options.
     for vm in [*args.vms, *args.exclude]:
@@ -137,5 +146,6 @@ def run_restore(args: argparse.Namespace, context: Context) -> int:
         options += ["-x", vm]
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
+        CarrierClient(app, carrier).require(name)
         restore_backup(app, carrier, source, name, options, args.vms)
     return 0
