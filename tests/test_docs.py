@@ -2,12 +2,11 @@
 
 Pure checks (no root, no sshd): the repository stands alone (no file points to
 documents it does not ship), every relative link in README.md and docs/*.md
-reaches a file and heading that exist, the shell's exit-code table in
-docs/PROTOCOL.md is qbackup_protocol's ShellExit, the README starts with
-`make test` and `make demo`, and every `make TARGET`, `qbackup` command and
-option, and systemd unit the README names exists. (The carrier's table in
-carrier_vm/README.md and dom0's tables in dom0/README.md have their own tests
-next to their code: tests/carrier_vm/test_docs.py, tests/dom0/test_docs.py.)
+reaches a file and heading that exist, the README starts with `make test` and
+`make demo`, and every `make TARGET`, `qbackup` and `qbackup-server` command
+and option, and systemd unit the README names exists. (The exit-code tables
+have their own tests next to their code: tests/dom0/test_docs.py,
+tests/carrier_vm/test_docs.py, tests/server_shell/test_docs.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from dom0.arguments import build_parser
-from qbackup_protocol import SHELL_EXIT_MEANINGS
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -134,20 +132,6 @@ def test_slugs_follow_github() -> None:
     assert slug("Install the carrier TemplateVM (Debian or Fedora)") == \
         "install-the-carrier-templatevm-debian-or-fedora"
     assert slug("`qbackup-server`: the admin's tool") == "qbackup-server-the-admins-tool"
-
-
-def test_shell_exit_table_in_the_protocol_is_shell_exit() -> None:
-    lines = prose_lines(REPO / "docs" / "PROTOCOL.md")
-    start = next(index for index, line in enumerate(lines)
-                 if line.startswith("#") and "exit codes" in line.lower())
-    rows = []
-    for line in lines[start + 1:]:
-        if line.startswith("#"):
-            break
-        row = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
-        if row:
-            rows.append((int(row.group(1)), row.group(2).strip()))
-    assert rows == [(int(code), meaning) for code, meaning in SHELL_EXIT_MEANINGS.items()]
 
 
 def test_readme_starts_with_make_test_and_make_demo() -> None:
