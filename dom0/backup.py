@@ -145,8 +145,9 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
     runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]
-    comparison = history.compare_with_server(runs, listing.records, not listing.truncated,
-                                             job.prefix, job.keep)
+    stored = client.records_of({run.name for run in history.committed_runs(runs)
+                                if run.name and run.name.startswith(job.prefix)}, listing)
+    comparison = history.compare_with_server(runs, stored, True, job.prefix, job.keep)
     report_tampering(comparison)
     problems = comparison.problems
     name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)

@@ -88,12 +88,15 @@ def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
         with running_carrier(app, carrier, keep=False):
             answer_timeout = max((job.answer_timeout for job in jobs.values()
                                   if job.carrier == carrier), default=DEFAULT_ANSWER_TIMEOUT)
-            listing = CarrierClient(app, carrier, answer_timeout).listing("")
+            client = CarrierClient(app, carrier, answer_timeout)
+            listing = client.listing("")
+            committed = {run.name for run in history.committed_runs(runs)
+                         if run.carrier == carrier and run.name}
+            stored = client.records_of(committed, listing)
         for name in sorted(by_carrier[carrier]):
             mine = [run for run in runs if run.job == name and run.carrier == carrier]
             policy = jobs[name].keep if name in jobs else None
-            comparison = history.compare_with_server(mine, listing.records,
-                                                     not listing.truncated, "", policy)
+            comparison = history.compare_with_server(mine, stored, True, "", policy)
             table[name].pruned += comparison.pruned
             table[name].problems += comparison.problems
             table[name].strangers += comparison.strangers

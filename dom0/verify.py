@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 from collections.abc import Sequence
 
 from dom0.carrier import CarrierClient, check_name
@@ -30,6 +31,7 @@ from dom0.session import Context, require_vm, running_carrier
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
 PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
+PASSPHRASE_TIMEOUT = 120.0  # a person may have to type it in the passphrase VM
 
 
 def location_command(name: str) -> str:
@@ -57,7 +59,13 @@ def passphrase_input(app: QubesAdapter, carrier: str,
         raise PassphraseError("give the passphrase with -p FILE or --passphrase-vm VM")
     require_vm(app, source.vm, "passphrase VM")
     service = f"{PASSPHRASE_SERVICE}+{profile_name(carrier)}"
-    answer = app.run_service_for_stdio(source.vm, service, b"", max_output=MAX_PASSPHRASE_FILE)
+    try:
+        answer = app.run_service_for_stdio(source.vm, service, b"",
+                                           max_output=MAX_PASSPHRASE_FILE,
+                                           timeout=PASSPHRASE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise PassphraseError(f"{source.vm} did not answer {service} within"
+                              f" {PASSPHRASE_TIMEOUT:.0f} s") from None
     # qvm-backup-restore reads one line from stdin and strips its right side.
     line = answer.split(b"\n", 1)[0].rstrip()
     if not line:
