@@ -233,6 +233,16 @@ class CarrierClient:
                 return record
         raise no_such_backup(name)
 
+    def transfer(self, name: str) -> protocol.TransferStats:
+        """Given the NAME of a backup this carrier uploaded, return how the
+        upload went (connection losses, outages, bytes sent again)."""
+        answer = self._call("transfer", check_name(name), MAX_SHORT_REPLY)
+        stats = parse_line(protocol.parse_transfer_stats, single_line(answer, "transfer reply"),
+                           "transfer reply")
+        if stats.name != name:
+            raise ReplyError("the carrier's transfer reply names another backup")
+        return stats
+
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and
         return its receipt; raise CarrierError if nothing was staged."""

@@ -53,6 +53,7 @@ class JobStatus:
                 "end": success.end},
             "age_hours": None if success is None else round(self.age_hours(now) or 0.0, 3),
             "last_run": None if self.last is None else history.shown_outcome(self.last.outcome),
+            "last_transfer": None if success is None else success.transfer,
             "stale": stale, "configuration_problems": self.broken,
             "retention": self.policy, "pruned_by_policy": self.pruned,
             "tampering": self.problems, "unknown_backups": self.strangers,
@@ -115,7 +116,7 @@ def show(status: JobStatus, now: float) -> None:
     else:
         say(f"{status.job}: last success {success.name} at {show_time(success.end)}"
             f" ({status.age_hours(now):.1f} h ago), {human_size(success.size or 0)};"
-            f" last run: {last}")
+            f" {history.describe_transfer(success.transfer)}; last run: {last}")
     if status.pruned:
         say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
             f" ({status.policy})")

@@ -286,3 +286,15 @@ def test_carrier_text_cannot_put_markup_on_the_desktop(
         "--app-name=qbackup", "--urgency=critical", "qbackup FAILED",
         'list via c: refused: &lt;a href="https://evil"&gt;click&lt;/a&gt; &lt;img src="x"&gt;'
         " &amp; ?[2J"]
+
+
+@pytest.mark.parametrize("answer", [
+    b'{"transfer": {"name": "other-1", "lost": 0, "outages": [], "resent": 0}}\n',
+    b'{"transfer": {"name": "p-1", "lost": 0, "outages": [1e99], "resent": 0}}\n',
+    b'{"transfer": {"name": "p-1", "lost": -1, "outages": [], "resent": 0}}\n',
+    b"[" * 4000 + b"\n",
+])
+def test_a_bad_transfer_report_is_a_reply_error(answer: bytes) -> None:
+    app = ListingCarrier({"p-1": answer})
+    with pytest.raises(ReplyError):
+        carrier.CarrierClient(app, "c").transfer("p-1")  # type: ignore[arg-type]
