@@ -17,6 +17,7 @@ from pathlib import Path
 from dom0 import history, notify
 from dom0.carrier import CarrierClient
 from dom0.config import Job
+from dom0.engine import run_engine, running_vm
 from dom0.errors import (
     BackupEngineError,
     CarrierError,
@@ -35,7 +36,7 @@ from dom0.qubes import QubesAdapter
 from dom0.replies import Record
 from dom0.session import SignalGuard, require_vm, running_carrier
 from dom0.tamper import find_tampering
-from dom0.verify import PassphraseSource, verify_backup
+from dom0.verify import Committed, PassphraseSource, verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
@@ -128,8 +129,8 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, paths: Paths,
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name)
         try:
-            with guard.cancelling_with(lambda: app.backup_cancel(profile)):
-                app.backup_execute(profile, progress)
+            with running_vm(app, job.passphrase_vm, "passphrase VM"):
+                run_engine(app, job.carrier, profile, guard, progress)
         finally:
             progress.finish()
     return publish(client, name), problems
@@ -154,7 +155,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     VerificationError if that fails or earlier backups were tampered with."""
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
-        verify_backup(app, job.carrier, source, record.name)
+        verify_backup(app, job.carrier, source, record.name,
+                      Committed(record.size, record.sha256 or "", job.compression))
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
@@ -193,7 +195,7 @@ def run_backup(app: QubesAdapter, job: Job, paths: Paths, guard: SignalGuard) ->
             end = time.time()
             history.append_run(paths.history, history.Run(
                 history_job(job), job.carrier, record.name, record.size, record.sha256, start,
-                end, history.OUTCOME_OK))
+                end, history.OUTCOME_OK, compression=job.compression))
             logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
                         record.name, record.size, human_size(record.size), record.sha256,
                         end - start)

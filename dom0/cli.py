@@ -29,7 +29,7 @@ from dom0.qubes import QubesAdapter
 from dom0.resolve import check_job, job_from_args, need_passphrase, resolve_carrier
 from dom0.session import SignalGuard, running_carrier
 from dom0.status import run_status
-from dom0.verify import restore_backup, verify_backup
+from dom0.verify import committed_record, restore_backup, verify_backup
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
         if args.command == "check":
             return run_check(app, carrier, args.name, history_path)
         if args.command == "verify":
-            verify_backup(app, carrier, source, args.name)
+            verify_backup(app, carrier, source, args.name,
+                          committed_record(history_path, args.name))
             return 0
         options = [flag for flag, wanted in (
             ("--rename-conflicting", args.rename_conflicting),
@@ -91,7 +92,8 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
             ("--paranoid-mode", args.paranoid_mode)) if wanted]
         for vm in args.exclude:
             options += ["-x", vm]
-        restore_backup(app, carrier, source, args.name, options, args.vms)
+        restore_backup(app, carrier, source, args.name, options, args.vms,
+                       committed_record(history_path, args.name))
         return 0
 
 

@@ -38,6 +38,9 @@ class Run:
     start: float
     end: float
     outcome: str
+    # The job's `compression` (True/False/program): verify and restore pass
+    # it on (dom0/compression.py). None in runs recorded before it was kept.
+    compression: bool | str | None = None
 
 
 def append_run(path: Path, run: Run) -> None:

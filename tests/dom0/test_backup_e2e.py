@@ -46,7 +46,7 @@ def test_backup_list_check_verify_restore_round_trip(
 
     before = dom0.sim.restore_runs
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
-    assert dom0.sim.restore_runs - before == 2  # header first, then all data
+    assert dom0.sim.restore_runs - before == 3  # header, qubes.xml, then all data
     assert dom0.logged(f"verification of {name}: ok")
 
     dom0.sim.remove_vm("personal")  # lost laptop: personal must come back byte-exact
@@ -109,7 +109,7 @@ jobs:
     [name] = dom0.stored()
     assert name.startswith("laptop/daily-")
     assert dom0.logged(f"verification of {name}: ok")  # verify: true ran at once
-    assert dom0.sim.restore_runs == 2
+    assert dom0.sim.restore_runs == 3
     capsys.readouterr()
     assert dom0.run("status", "--config", str(config), "--max-age", "24", "--remote") == 0
     out = capsys.readouterr().out
