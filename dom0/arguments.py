@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 
 from dom0 import config, errors
+from dom0.drill import add_drill_parser
 
-SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status")
+SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "drill")
 ENV_CARRIER = "QBKP_DEST_VM"
 ENV_PASSFILE = "QBKP_PASS_FILE"
 EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
@@ -145,5 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit non-zero and notify if a job's last success is older")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
+    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+                        help="exit non-zero if a job's last drill is older (or failed)")
     add_common(status)
+
+    drill = add_drill_parser(commands, raw)
+    add_carrier(drill)
+    add_passphrase(drill)
+    add_common(drill)
     return parser

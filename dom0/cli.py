@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import config, errors
+from dom0 import config, drill, errors
 from dom0.arguments import SUBCOMMANDS, build_parser
 from dom0.backup import Paths, run_backup
 from dom0.errors import QbackupError, QubesError, UsageError
@@ -58,11 +58,18 @@ def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
         paths = Paths(history=history_path, lock_dir=args.lock_dir or default_lock_dir())
         return run_backup(get_app(), job, paths, guard)
     if args.command == "status":
-        return run_status(history_path, configured_jobs(args.config), args.max_age,
-                          args.remote, get_app)
+        try:
+            return run_status(history_path, configured_jobs(args.config), args.max_age,
+                              args.remote, get_app)
+        finally:  # the drills are shown (and judged) whatever the backups' state
+            drill.drill_status(history_path, configured_jobs(args.config), args.max_drill_age)
     carrier, source = resolve_carrier(args)
     # Names are checked before the carrier is even started: they end up in
     # the carrier's `eval` (restore location) or on its stdin.
+    if args.command == "drill":  # the names it verifies come from dom0's own history
+        return drill.run_drill(get_app(), drill.history_key(args), carrier,
+                               need_passphrase(source), history_path,
+                               args.lock_dir or default_lock_dir())
     if args.command == "list":
         if args.prefix:
             check_name(args.prefix.rstrip("/"))
