@@ -16,22 +16,30 @@ QUBES_RPC_DIR ?= /etc/qubes-rpc
 SYSTEMD_USER_DIR ?= /usr/lib/systemd/user
 APPARMOR_DIR ?= /etc/apparmor.d
 DOCDIR ?= /usr/share/doc/qbackup
+POLICY_DIR ?= /etc/qubes/policy.d
 user ?=
+key ?=
 force ?=
+DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
-APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyncssh python3-yaml
+APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml
 
-.PHONY: help deps venv test lint demo bench server server-files server-aa templatevm dom0 clean
+.PHONY: help deps venv test lint demo bench server server-files server-aa templatevm \
+	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
 
 help:
-	@echo "make test                 install what the tests need, then run them all"
+	@echo "make test                 install what the tests need, lint, then run all the tests"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
 	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
-	@echo "make server user=NAME     install qbackup-shell on a backup server and make it NAME's shell"
-	@echo "                          (an existing account with a real shell needs force=1)"
+	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
+	@echo "                          install qbackup-shell on a backup server and make it NAME's shell"
+	@echo "                          (converting an existing account needs force=1)"
 	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell"
-	@echo "make templatevm           install the carrier in a Qubes TemplateVM"
-	@echo "make dom0                 install the qbackup command and its systemd user units in dom0"
+	@echo "make templatevm-deps      install the carrier's packages in a TemplateVM (apt or dnf)"
+	@echo "make templatevm           install the carrier in a Qubes TemplateVM (files only)"
+	@echo "make dom0                 install qbackup, its systemd user units, qrexec policy, example config"
+	@echo "make uninstall-server | uninstall-templatevm | uninstall-dom0"
+	@echo "                          remove what the install put; configs, accounts and backups stay"
 
 # --- development -------------------------------------------------------------
 deps:
@@ -49,13 +57,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: deps $(VENV)/.installed
 
-test: venv
-	$(PY) -m pytest -q tests
-	$(MAKE) --no-print-directory lint
+# Test processes (pytest-xdist workers), each with its own sshd and accounts;
+# most of a test's time is spent waiting on ssh and child processes, so more
+# workers than cores pays. PYTEST_ARGS adds options, e.g. -x, -m "not system"
+# (the pure tests, no root needed) or -p random_order --random-order.
+TEST_WORKERS ?= 4
+PYTEST_ARGS ?=
+
+# Lint first: the last line `make test` prints is pytest's summary.
+test: venv lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim qbackup_protocol.py
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim testbed qbackup_protocol.py
 
 demo: venv
 	$(PY) -m tests.demo
@@ -73,10 +88,16 @@ server-files:
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
 
-server: server-files
+# Without DESTDIR (a real install) the account is required, and checked
+# before anything is installed; with DESTDIR (packaging) only files go in.
+server:
+	@if [ -z "$(DESTDIR)" ] && [ -z "$(user)" ]; then \
+		echo "make server: give the account: make server user=NAME [key=CARRIER.pub] [force=1] (nothing was installed)" >&2; \
+		exit 2; \
+	fi
+	@$(MAKE) --no-print-directory server-files
 	@if [ -z "$(DESTDIR)" ]; then \
-		test -n "$(user)" || { echo "make server: give the account: make server user=NAME" >&2; exit 2; }; \
-		SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)"; \
+		SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)" $(if $(key),"$(key)"); \
 	fi
 
 server-aa:
@@ -85,6 +106,13 @@ server-aa:
 	@if [ -z "$(DESTDIR)" ]; then apparmor_parser -r $(APPARMOR_DIR)/usr.sbin.qbackup-shell; fi
 
 # --- carrier VM (run in the TemplateVM) ----------------------------------------
+# The distribution's packages only (no pip): Debian's names, or Fedora's.
+PKG_TOOL ?= $(firstword $(shell command -v dnf apt-get 2>/dev/null))
+TEMPLATEVM_PACKAGES = python3-asyncssh $(if $(filter dnf,$(notdir $(PKG_TOOL))),python3-pyyaml,python3-yaml)
+templatevm-deps:
+	@test -n "$(PKG_TOOL)" || { echo "make templatevm-deps: neither dnf nor apt-get found; install python3 >= 3.10, asyncssh and PyYAML yourself" >&2; exit 2; }
+	$(PKG_TOOL) install -y $(TEMPLATEVM_PACKAGES)
+
 templatevm:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/carrier_vm $(DESTDIR)$(BINDIR) $(DESTDIR)$(QUBES_RPC_DIR)
 	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
@@ -96,12 +124,72 @@ templatevm:
 	install -m 0644 carrier_vm/carrier.yaml.example $(DESTDIR)$(DOCDIR)/
 
 # --- dom0 ----------------------------------------------------------------------
+# The example config goes to DOCDIR only: a config under /etc/qbackup would
+# start failing (and notifying) before its jobs were edited to fit.
 dom0:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR)
+	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
 	install -m 0644 dom0/*.py $(DESTDIR)$(LIBDIR)/dom0/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' dom0/qbackup.in > $(DESTDIR)$(BINDIR)/qbackup
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup
-	install -m 0644 dom0/systemd/qbackup@.service dom0/systemd/qbackup@.timer $(DESTDIR)$(SYSTEMD_USER_DIR)/
+	install -m 0644 $(DOM0_UNITS) $(DESTDIR)$(SYSTEMD_USER_DIR)/
+	install -d -m 0755 $(DESTDIR)$(POLICY_DIR) $(DESTDIR)$(DOCDIR)
+	install -m 0644 dom0/qubes-policy/30-qbackup.policy $(DESTDIR)$(POLICY_DIR)/
+	install -m 0644 dom0/qbackup.yaml.example $(DESTDIR)$(DOCDIR)/
+
+# --- uninstall: what the targets above installed, nothing else -----------------
+# Never removed: configs (/etc/qbackup, ~/.config/qbackup), SSH keys, the
+# storage accounts and their backups, dom0's history. Run from the same
+# version of this repository as the install.
+define remove-shared
+	@for part in server_shell carrier_vm dom0; do \
+		[ ! -e $(DESTDIR)$(LIBDIR)/$$part ] || exit 0; \
+	done; \
+	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol.py $(DESTDIR)$(LIBDIR)/__pycache__; \
+	rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null || true
+endef
+
+uninstall-server:
+	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
+		apparmor_parser -R $(APPARMOR_DIR)/usr.sbin.qbackup-shell || true; \
+	fi
+	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
+	rm -rf $(DESTDIR)$(LIBDIR)/server_shell
+	$(remove-shared)
+	@if [ -z "$(DESTDIR)" ] && grep -qxF "$(SBINDIR)/qbackup-shell" /etc/shells; then \
+		grep -vxF "$(SBINDIR)/qbackup-shell" /etc/shells >/etc/shells.qbackup-new || true; \
+		chown --reference=/etc/shells /etc/shells.qbackup-new; \
+		chmod --reference=/etc/shells /etc/shells.qbackup-new; \
+		mv -f /etc/shells.qbackup-new /etc/shells; \
+	fi
+	@accounts=$$(getent passwd | awk -F: '$$7 == "$(SBINDIR)/qbackup-shell" { print $$1 }' | tr '\n' ' '); \
+	echo "kept: $(CONFDIR)/qbackup-shell.conf and the storage accounts with their backups$${accounts:+ ($$accounts)};"; \
+	echo "      remove an account you no longer need with: userdel ACCOUNT (its home holds the backups)"
+
+uninstall-templatevm:
+	rm -f $(DESTDIR)$(BINDIR)/qbackup-carrier $(DESTDIR)$(QUBES_RPC_DIR)/qubes.BackupCarrier \
+		$(DESTDIR)$(DOCDIR)/carrier.yaml.example
+	rm -rf $(DESTDIR)$(LIBDIR)/carrier_vm
+	$(remove-shared)
+	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+	@echo "kept: each AppVM's ~/.config/qbackup/carrier.yaml, SSH key and known_hosts"
+
+# Where `systemctl --user enable` (or --global) leaves its links.
+ENABLED_UNITS ?= /etc/systemd/user/*.wants/qbackup* /home/*/.config/systemd/user/*.wants/qbackup*
+uninstall-dom0:
+	@enabled=$$(ls -d $(ENABLED_UNITS) 2>/dev/null); \
+	if [ -z "$(DESTDIR)" ] && [ -n "$$enabled" ]; then \
+		echo "make uninstall-dom0: still enabled (nothing was removed):" $$enabled >&2; \
+		echo "  first, as that user: systemctl --user disable --now UNIT" >&2; \
+		exit 2; \
+	fi
+	rm -f $(DESTDIR)$(BINDIR)/qbackup $(DESTDIR)$(POLICY_DIR)/30-qbackup.policy \
+		$(DESTDIR)$(DOCDIR)/qbackup.yaml.example \
+		$(addprefix $(DESTDIR)$(SYSTEMD_USER_DIR)/,$(notdir $(DOM0_UNITS)))
+	rm -rf $(DESTDIR)$(LIBDIR)/dom0
+	$(remove-shared)
+	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+	@echo "kept: /etc/qbackup and ~/.config/qbackup (jobs), passphrase files, ~/.local/share/qbackup (history)"
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -27,10 +27,13 @@ Summary (see docs/PROTOCOL.md for the full text):
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 PROTOCOL_VERSION = 2  # 2: put stages, commit publishes
@@ -42,6 +45,9 @@ VERB_GET = "get"
 VERB_LIST = "list"
 VERB_CHECK = "check"
 VERB_INFO = "info"
+# Protocol 3 (resumable uploads): continue an interrupted put of the same NAME.
+# Not in ALL_VERBS until the shell implements it.
+VERB_RESUME = "resume"
 # Verbs that take exactly one NAME, that take an optional PREFIX, that take nothing.
 VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_COMMIT, VERB_GET, VERB_CHECK})
 VERBS_WITH_OPTIONAL_PREFIX = frozenset({VERB_LIST})
@@ -73,6 +79,71 @@ DEFAULT_DATA_FRAME = 1024 * 1024
 MAX_REPLY_LINE = 4096
 MAX_LIST_ENTRIES = 100_000
 SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+# --- exit codes --------------------------------------------------------------
+class ShellExit(enum.IntEnum):
+    """How ``qbackup-shell`` ends a session (sysexits.h numbers). The carrier
+    reads these from the SSH exit status; nothing else may spell the numbers."""
+
+    OK = 0
+    USAGE = 64  # refused or malformed command, bad name
+    DATA = 65  # truncated/invalid stream, digest mismatch; check: stored bytes differ
+    NO_SUCH_BACKUP = 66  # no such backup; commit: nothing staged; resume: nothing to resume
+    UNAVAILABLE = 69  # no space (reserve, quota, inodes) or another upload running
+    SOFTWARE = 70  # internal error
+    EXISTS = 73  # the name exists (committed or staged)
+    IO = 74  # I/O error on the server
+    NO_PERMISSION = 77  # not allowed (interactive login, admin verbs, running as root)
+    CONFIG = 78  # the server's configuration is broken
+
+
+SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
+    ShellExit.OK: "success",
+    ShellExit.USAGE: "refused or malformed command, or a bad name",
+    ShellExit.DATA: "truncated or invalid stream, or stored bytes differ from their record",
+    ShellExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged; resume: nothing to resume)",
+    ShellExit.UNAVAILABLE: "no space (reserve, quota, inodes) or another upload is running",
+    ShellExit.SOFTWARE: "internal error in the shell",
+    ShellExit.EXISTS: "a backup (committed or staged) already has that name",
+    ShellExit.IO: "I/O error on the server",
+    ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
+    ShellExit.CONFIG: "the server's configuration is broken",
+}
+
+
+class CarrierExit(enum.IntEnum):
+    """How ``qbackup-carrier`` (and the ``qubes.BackupCarrier`` service) ends.
+    dom0 reads these; nothing else may spell the numbers."""
+
+    OK = 0
+    USAGE = 64  # bad arguments or request
+    DATA = 65  # a stream was truncated or garbled, or a digest/length mismatched in transit
+    NO_SUCH_BACKUP = 66  # no such backup (commit: nothing staged)
+    CORRUPTED = 68  # check: the server re-hashed the stored backup and it differs from its record
+    REFUSED = 69  # the server refused: no space, quota, another upload running
+    SOFTWARE = 70  # internal error in the carrier
+    EXISTS = 73  # a backup of that name already exists
+    TEMPORARY = 75  # server unreachable or connection lost: try again later
+    LOGIN_REFUSED = 76  # the server refused our key (authentication failed)
+    HOST_KEY = 77  # the server's host key is not pinned or does not match
+    CONFIG = 78  # the carrier's configuration is missing or invalid
+
+
+CARRIER_EXIT_MEANINGS: dict[CarrierExit, str] = {
+    CarrierExit.OK: "success",
+    CarrierExit.USAGE: "bad arguments or request",
+    CarrierExit.DATA: "stream truncated or garbled, or a length/digest mismatch in transit",
+    CarrierExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged under that name)",
+    CarrierExit.CORRUPTED: "the stored backup differs from its digest record on the server",
+    CarrierExit.REFUSED: "the server refused (no space, quota, another upload running)",
+    CarrierExit.SOFTWARE: "internal error in the carrier",
+    CarrierExit.EXISTS: "a backup of that name already exists",
+    CarrierExit.TEMPORARY: "server unreachable or connection lost: try again later",
+    CarrierExit.LOGIN_REFUSED: "the server refused the carrier's key",
+    CarrierExit.HOST_KEY: "the server's host key is not pinned or does not match",
+    CarrierExit.CONFIG: "the carrier's configuration is missing or invalid",
+}
 
 
 class ProtocolError(ValueError):
@@ -116,12 +187,17 @@ def check_prefix(prefix: str) -> str:
 # ---------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------
-def build_command(verb: str, argument: str | None = None) -> str:
-    """Given a verb and its argument, return the command line a client sends;
-    raise ProtocolError/InvalidName if the pair is not a valid command."""
+def build_command(verb: str, argument: str | None = None, *, offset: int | None = None) -> str:
+    """Given a verb and its argument (and, for ``get``, an optional start OFFSET),
+    return the command line a client sends; raise ProtocolError/InvalidName if
+    they do not make a valid command."""
+    if offset is not None and (verb != VERB_GET or offset < 0 or offset >= 2**63):
+        raise ProtocolError("only get takes an offset, a non-negative integer")
     if verb in VERBS_WITH_NAME:
         if argument is None:
             raise ProtocolError(f"{verb} needs a name")
+        if offset:
+            return f"{verb} {check_name(argument)} {offset}"
         return f"{verb} {check_name(argument)}"
     if verb in VERBS_WITH_OPTIONAL_PREFIX:
         if argument:
@@ -338,3 +414,146 @@ def parse_check(line: bytes) -> CheckResult:
         raise ProtocolError("check reply lacks a boolean 'ok'")
     record = parse_record(json.dumps(value).encode("ascii"))
     return CheckResult(record=record, ok=ok)
+
+
+# ---------------------------------------------------------------------------
+# protocol 3: resumable uploads (see docs/PROTOCOL.md)
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResumeOffset:
+    """The first line ``put`` (offset 0) and ``resume`` answer: the stream
+    continues with the data byte at OFFSET."""
+
+    offset: int
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"offset": self.offset}
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A progress line of ``put``/``resume``: the server holds the first OFFSET
+    data bytes durably (fdatasync'd), so the client may forget them."""
+
+    offset: int
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"ack": self.offset}
+
+
+def parse_offset(line: bytes) -> ResumeOffset:
+    """Given the first line of a put/resume reply, return a ResumeOffset; raise
+    ProtocolError unless it is exactly ``{"offset": N}``."""
+    value = _load_reply_line(line)
+    if set(value) != {"offset"}:
+        raise ProtocolError("offset reply has unexpected fields")
+    return ResumeOffset(offset=_require_int(value["offset"], "offset"))
+
+
+def parse_upload_line(line: bytes) -> Ack | BackupRecord:
+    """Given a line a put/resume prints after its offset line, return an Ack or,
+    for the final receipt, a BackupRecord; raise ProtocolError otherwise."""
+    value = _load_reply_line(line)
+    if "ack" in value:
+        if set(value) != {"ack"}:
+            raise ProtocolError("ack line has unexpected fields")
+        return Ack(offset=_require_int(value["ack"], "ack"))
+    return parse_record(line)
+
+
+# ---------------------------------------------------------------------------
+# retention: which backups a policy keeps (dom0's tamper check and the
+# server admin's prune apply this SAME rule, so a prune never looks like an attack)
+# ---------------------------------------------------------------------------
+# Backup names dom0 makes: PREFIX-YYYYmmddTHHMMSSZ (UTC).
+BACKUP_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+TIMESTAMPED_NAME = re.compile(r"(.+)-([0-9]{8}T[0-9]{6}Z)")
+MAX_KEEP = 100_000
+# Each rule: the period a backup's UTC time falls in.
+RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
+    "daily": lambda moment: (moment.year, moment.month, moment.day),
+    "weekly": lambda moment: tuple(moment.isocalendar())[:2],
+    "monthly": lambda moment: (moment.year, moment.month),
+    "yearly": lambda moment: (moment.year,),
+}
+
+
+class InvalidPolicy(ValueError):
+    """Raised when a retention policy keeps nothing or has a bad count."""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many periods of backups to keep, per prefix: e.g. daily=7 keeps the
+    newest backup of each of the 7 newest days that have one."""
+
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    def __post_init__(self) -> None:
+        counts = [getattr(self, rule) for rule in RETENTION_PERIODS]
+        for count in counts:
+            if not isinstance(count, int) or isinstance(count, bool) \
+                    or not 0 <= count <= MAX_KEEP:
+                raise InvalidPolicy(f"keep counts are integers from 0 to {MAX_KEEP}")
+        if not any(counts):
+            raise InvalidPolicy("a retention policy must keep at least one period")
+
+    def describe(self) -> str:
+        """Return the policy as e.g. 'daily 7, weekly 4, monthly 12'."""
+        return ", ".join(f"{rule} {getattr(self, rule)}" for rule in RETENTION_PERIODS
+                         if getattr(self, rule))
+
+
+def split_backup_name(name: str) -> tuple[str, datetime] | None:
+    """Given a backup NAME, return (prefix, UTC time) if it is
+    PREFIX-YYYYmmddTHHMMSSZ with a real date, else None."""
+    found = TIMESTAMPED_NAME.fullmatch(name)
+    if found is None:
+        return None
+    try:
+        moment = datetime.strptime(found.group(2), BACKUP_TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+    # timezone.utc, not datetime.UTC: the carrier runs on Python 3.10.
+    return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
+
+
+def retained(names: Iterable[str], policy: RetentionPolicy) -> set[str]:
+    """Given backup NAMES (of any prefixes) and a POLICY, return the names the
+    policy keeps. Per prefix, separately: for each rule with a count N, the
+    newest backup of each of the N newest periods (days, ISO weeks, months,
+    years, in UTC, from the name's timestamp) that hold a backup; a backup
+    kept by one rule also counts for the others. Names that are not
+    PREFIX-TIMESTAMP are always kept. Pure: the same names give the same
+    answer on every machine, whenever it runs."""
+    by_prefix: dict[str, list[tuple[datetime, str]]] = {}
+    kept: set[str] = set()
+    for name in set(names):
+        parts = split_backup_name(name)
+        if parts is None:
+            kept.add(name)
+        else:
+            by_prefix.setdefault(parts[0], []).append((parts[1], name))
+    for backups in by_prefix.values():
+        backups.sort(reverse=True)  # newest first
+        for rule, period_of in RETENTION_PERIODS.items():
+            count = getattr(policy, rule)
+            seen: set[tuple[int, ...]] = set()
+            for moment, name in backups:
+                if len(seen) == count:
+                    break
+                period = period_of(moment)
+                if period not in seen:
+                    seen.add(period)
+                    kept.add(name)
+    return kept
+
+
+def prunable(names: Iterable[str], policy: RetentionPolicy) -> list[str]:
+    """Given backup NAMES and a POLICY, return the names it lets a prune
+    remove, sorted."""
+    names = set(names)
+    return sorted(names - retained(names, policy))

@@ -11,16 +11,17 @@
     qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
     qbackup-carrier check NAME      one JSON line: the record and "ok"
     qbackup-carrier info            one JSON line: protocol and space
+    qbackup-carrier abort           end the put running in this VM (no end frame is
+                                    sent, so the server stages nothing); waits up to
+                                    10 s; exit 0 once no put runs
     qbackup-carrier qrexec-service [ARG]
                                     what /etc/qubes-rpc/qubes.BackupCarrier runs
-
-Exit codes: see carrier_vm/errors.py (0, 64, 65, 66, 69, 75, 77, 78);
-commit: 66 = nothing staged under NAME (never put, already committed, expired).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -29,10 +30,18 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from carrier_vm.config import CarrierConfig, load_config
-from carrier_vm.errors import EXIT_OK, EXIT_TEMPORARY, CarrierError, TemporaryFailure, UsageError
+from carrier_vm.abort import ABORT_WAIT, abort_puts, registered_put
+from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
+from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
-from qbackup_protocol import InvalidName, check_name, check_prefix, encode_reply
+from qbackup_protocol import (
+    CARRIER_EXIT_MEANINGS,
+    CarrierExit,
+    InvalidName,
+    check_name,
+    check_prefix,
+    encode_reply,
+)
 
 logger = logging.getLogger("carrier_vm")
 
@@ -44,7 +53,7 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 USAGE = (
     f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
-    " | check NAME | info | qrexec-service [ARG]"
+    " | check NAME | info | abort | qrexec-service [ARG]"
 )
 
 
@@ -69,7 +78,7 @@ def parse_arguments(argv: list[str]) -> Request:
             return Request(verb, check_name(rest[0]))
         if verb == "list" and len(rest) <= 1:
             return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
-        if verb == "info" and not rest:
+        if verb in ("info", "abort") and not rest:
             return Request(verb, None)
         if verb == "qrexec-service" and len(rest) <= 1:
             return Request(verb, rest[0] if rest else None)
@@ -166,20 +175,42 @@ def emit_to(output: BinaryIO) -> Callable[[bytes], None]:
     return emit
 
 
+def help_text() -> str:
+    """Return the --help text: the commands, where the config lives, the exit codes."""
+    codes = "\n".join(
+        f"  {int(code):3d}  {meaning}" for code, meaning in sorted(CARRIER_EXIT_MEANINGS.items())
+    )
+    return (
+        f"{__doc__}\n"
+        f"Configuration: {DEFAULT_CONFIG_PATH}, or the file named by ${CONFIG_ENV};\n"
+        f"SSH_CONN=[user@]host supplies host and user. Every key is described in\n"
+        f"carrier.yaml.example (installed with the documentation).\n\n"
+        f"Exit codes:\n{codes}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Given the arguments (sys.argv[1:] by default), run one carrier command
     and return its exit code; errors go to stderr as one line."""
     arguments = sys.argv[1:] if argv is None else argv
     configure_logging(os.environ)
     if arguments in (["-h"], ["--help"]):
-        sys.stdout.write(__doc__ or "")
-        return EXIT_OK
+        sys.stdout.write(help_text())
+        return CarrierExit.OK
     try:
         request = parse_arguments(arguments)
         if request.verb == "qrexec-service":
             request = service_request(request.argument, os.environ, sys.stdin.fileno())
-        config = load_config()
-        asyncio.run(run_request(request, config))
+        if request.verb == "abort":
+            if not abort_puts(os.environ):
+                raise TemporaryFailure(f"the running put did not end within {ABORT_WAIT:g}s")
+            return CarrierExit.OK
+        with contextlib.ExitStack() as stack:
+            if request.verb == "put":
+                # Registered before anything else, so abort can always find it.
+                stack.enter_context(registered_put(os.environ))
+            config = load_config()
+            asyncio.run(run_request(request, config))
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")
@@ -187,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # Whoever read our stdout went away: the transfer is aborted.
         sys.stderr.write(f"{PROGRAM}: output closed by the reader; transfer aborted\n")
-        return EXIT_TEMPORARY
-    return EXIT_OK
+        return CarrierExit.TEMPORARY
+    except Exception as error:  # noqa: BLE001 - the documented code, never a traceback
+        logger.error("internal error", exc_info=True)
+        sys.stderr.write(f"{PROGRAM}: internal error: {type(error).__name__}\n")
+        return CarrierExit.SOFTWARE
+    return CarrierExit.OK
 
 
 def console_main() -> None:

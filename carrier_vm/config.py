@@ -51,6 +51,7 @@ KNOWN_KEYS = frozenset(
         "keepalive_interval",
         "keepalive_count_max",
         "reply_timeout",
+        "progress_timeout",
         "rate_limit",
         "ciphers",
     }
@@ -71,6 +72,7 @@ class CarrierConfig:
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     reply_timeout: float = 3600.0
+    progress_timeout: float = 300.0
     rate_limit: int | None = None
     ciphers: tuple[str, ...] = field(default=DEFAULT_CIPHERS)
     source: str = ""
@@ -236,6 +238,7 @@ _CHECKS: dict[str, Any] = {
     "keepalive_interval": _positive_number(1, 600),
     "keepalive_count_max": _check_count,
     "reply_timeout": _positive_number(1, 7 * 24 * 3600),
+    "progress_timeout": _positive_number(1, 24 * 3600),
     "rate_limit": _check_rate,
     "ciphers": _check_ciphers,
 }

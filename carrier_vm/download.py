@@ -6,7 +6,7 @@ closed the stream with the length and SHA-256 of everything written, and
 nothing followed it. Qubes' restore verifies its own HMACs on top of this.
 
 The server is not trusted to end the stream: before `get NAME` the carrier
-asks `list NAME` for NAME's size (one JSON line on the same connection) and
+asks `list NAME` for NAME's size (on the same connection) and
 refuses, before writing it out, any data frame that would take the stream
 beyond that size -- a hostile server cannot make a restore read for ever.
 """
@@ -18,34 +18,25 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Awaitable
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import CarrierError, DataError, NoSuchBackup, error_for_shell_status
-from carrier_vm.replies import LineReader
-from carrier_vm.ssh import (
-    MAX_STDERR_BYTES,
-    exit_status,
-    printable,
-    read_bounded,
-    transport_error,
-    with_stderr,
-)
+from carrier_vm.errors import DataError, TemporaryFailure
+from carrier_vm.replies import find_backup
+from carrier_vm.ssh import Connection, Reader, run_session
 from qbackup_protocol import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
-    ListEnd,
+    VERB_GET,
     ProtocolError,
     build_command,
     decode_end_payload,
     decode_frame_header,
-    parse_list_line,
 )
 
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1024 * 1024
-LOOKUP_TIMEOUT = 60  # seconds for the one listing line that gives NAME's size
 
 
 class Deframer:
@@ -115,23 +106,19 @@ class Deframer:
             raise DataError(f"the stream was truncated after {self.total} bytes (no end frame)")
 
 
-async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierConfig) -> int:
+async def get_backup(
+    connection: Connection, name: str, out_fd: int, config: CarrierConfig
+) -> int:
     """Given a connection, a valid NAME and an output FD, write the backup's
     bytes to OUT_FD and return its size; raise a CarrierError if the server
-    refused or the stream was malformed, truncated or did not match its digest."""
-    size = await listed_size(connection, name, config)
-    command = build_command("get", name)
-    try:
-        _writer, reader, errors = await connection.open_session(command, encoding=None)
-    except Exception as error:
-        raise transport_error(error, config) from None
-    channel = _writer.channel
-    _writer.write_eof()
+    refused, stalled or the stream was malformed, truncated or did not match
+    its digest."""
+    size = (await find_backup(connection, name, config)).size
     deframer = Deframer(limit=size)
 
-    async def relay() -> None:
+    async def relay(reader: Reader[bytes]) -> None:
         while True:
-            data = await reader.read(READ_SIZE)
+            data = await progress(reader.read(READ_SIZE), config)
             if not data:
                 return
             pieces = deframer.feed(data)
@@ -140,55 +127,23 @@ async def get_backup(connection: Any, name: str, out_fd: int, config: CarrierCon
                 # consumer blocks; the read window stops the server meanwhile.
                 await write_off_loop(out_fd, b"".join(pieces))
 
-    try:
-        _, detail = await with_stderr(relay(), errors)
-        await asyncio.wait_for(channel.wait_closed(), 10)
-    except (DataError, BrokenPipeError):
-        raise
-    except Exception as error:
-        raise transport_error(error, config) from None
-    status = exit_status(channel)
-    if status != 0:
-        raise error_for_shell_status(status, detail)
+    end = await run_session(connection, build_command(VERB_GET, name), config, relay)
+    end.raise_for_status()
     deframer.close()
     logger.info("got %s: %d bytes, digest verified", name, deframer.total)
     return deframer.total
 
 
-async def listed_size(connection: Any, name: str, config: CarrierConfig) -> int:
-    """Given a connection and a valid NAME, return the size the server lists
-    for NAME; raise NoSuchBackup if the listing does not start with NAME's
-    record (an exact name sorts before every longer name under it),
-    DataError if the line is malformed."""
+async def progress(read: Awaitable[bytes], config: CarrierConfig) -> bytes:
+    """Given a pending read from the server, return its bytes; raise
+    TemporaryFailure if none come within progress_timeout (a server that
+    stalls while sshd still answers keepalives)."""
     try:
-        writer, reader, errors = await connection.open_session(
-            build_command("list", name), encoding=None
-        )
-    except Exception as error:
-        raise transport_error(error, config) from None
-    writer.write_eof()
-    try:
-        line = await asyncio.wait_for(LineReader(reader).next_line(), LOOKUP_TIMEOUT)
-        if line is None:
-            # Nothing listed: the server's exit status and line say why.
-            detail = await asyncio.wait_for(read_bounded(errors, MAX_STDERR_BYTES), LOOKUP_TIMEOUT)
-            await asyncio.wait_for(writer.channel.wait_closed(), LOOKUP_TIMEOUT)
-            status = exit_status(writer.channel)
-            if status != 0:
-                raise error_for_shell_status(status, printable(detail))
-    except CarrierError:
-        raise
-    except Exception as error:
-        raise transport_error(error, config) from None
-    finally:
-        writer.channel.close()  # the rest of the listing is not needed
-    try:
-        item = None if line is None else parse_list_line(line)
-    except ProtocolError:
-        raise DataError("the server sent a malformed listing line") from None
-    if item is None or isinstance(item, ListEnd) or item.name != name:
-        raise NoSuchBackup("no such backup on the server")
-    return item.size
+        return await asyncio.wait_for(read, config.progress_timeout)
+    except TimeoutError:
+        raise TemporaryFailure(
+            f"the server sent nothing for {config.progress_timeout:g}s (progress_timeout)"
+        ) from None
 
 
 async def write_off_loop(fd: int, data: bytes) -> None:

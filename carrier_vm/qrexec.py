@@ -1,9 +1,12 @@
 """The qrexec service ``qubes.BackupCarrier+ARG``: what dom0 calls for list,
-check, info, get and commit.
+check, info, get, commit and abort.
 
 qrexec hands the argument in ``$1`` and QREXEC_SERVICE_ARGUMENT and the
 caller in QREXEC_REMOTE_DOMAIN. Arguments may not contain '/', so names and
-prefixes travel as ONE bounded line on stdin instead.
+prefixes travel as ONE bounded line on stdin instead. Only dom0 may call it:
+the qrexec policy shipped for dom0 says so, and the service checks the caller
+again itself, so a policy edited by mistake does not hand another VM the
+backups (get), their publication (commit) or the running upload (abort).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ logger = logging.getLogger(__name__)
 # The static table of what dom0 may ask for: put is deliberately absent
 # (backups arrive through qubes.Backup), anything else is refused. commit is
 # here because only dom0 knows that Qubes' backup succeeded.
-SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit"})
+SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit", "abort"})
 VERBS_READING_STDIN = frozenset({"list", "check", "get", "commit"})
-SERVICE_VERB_TEXT = "list, check, info, get or commit"
+SERVICE_VERB_TEXT = "list, check, info, get, commit or abort"
+ALLOWED_CALLER = "dom0"
 MAX_STDIN_LINE = 512
 
 
@@ -45,6 +49,11 @@ def service_request(
     before anything is contacted."""
     env_argument = environ.get("QREXEC_SERVICE_ARGUMENT")
     caller = printable(environ.get("QREXEC_REMOTE_DOMAIN", "(unknown)"), 64)
+    # Threat: another VM (or a misconfigured policy) reaching this service:
+    # only dom0 knows when a backup succeeded or was cancelled.
+    if environ.get("QREXEC_REMOTE_DOMAIN") != ALLOWED_CALLER:
+        logger.warning("qubes.BackupCarrier refused for %s: only dom0 may call it", caller)
+        raise UsageError("refused: qubes.BackupCarrier accepts calls from dom0 only")
     argument = argv_argument if argv_argument is not None else env_argument
     # Both channels must agree: a mismatch means we are not being run by qrexec
     # the way we expect, so refuse rather than guess.

@@ -8,19 +8,24 @@ follow the final line.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError, error_for_shell_status
-from carrier_vm.ssh import exit_status, transport_error, with_stderr
+from carrier_vm.errors import Corrupted, DataError, NoSuchBackup
+from carrier_vm.ssh import Connection, Reader, run_session, within
 from qbackup_protocol import (
     MAX_LIST_ENTRIES,
     MAX_REPLY_LINE,
+    VERB_CHECK,
+    VERB_INFO,
+    VERB_LIST,
+    BackupRecord,
+    CheckResult,
     ListEnd,
     ProtocolError,
+    ShellExit,
     build_command,
     encode_reply,
     parse_check,
@@ -31,12 +36,24 @@ from qbackup_protocol import (
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[bytes], None]
+T = TypeVar("T")
+
+
+def parse_hostile(parse: Callable[[bytes], T], line: bytes, what: str) -> T:
+    """Given a protocol parser and a line from the server, return what it
+    parsed; raise DataError for anything the parser raises on bad input
+    (including RecursionError from deeply nested JSON)."""
+    try:
+        return parse(line)
+    except (ValueError, RecursionError) as error:
+        detail = str(error) if isinstance(error, ProtocolError) else type(error).__name__
+        raise DataError(f"the server's {what} is malformed: {detail}") from None
 
 
 class LineReader:
     """Reads newline-terminated lines of at most MAX_REPLY_LINE bytes."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Reader[bytes]) -> None:
         self.reader = reader
         self.buffer = bytearray()
         self.eof = False
@@ -62,9 +79,17 @@ class LineReader:
                 self.eof = True
             self.buffer += data
 
+    async def only_line(self) -> bytes | None:
+        """Return the one line of a single-line reply, None if there is none
+        (the exit status then says why); raise DataError for a second line."""
+        first = await self.next_line()
+        if first is not None and await self.next_line() is not None:
+            raise DataError("the server sent more than one reply line")
+        return first
+
 
 async def run_text_command(
-    connection: Any,
+    connection: Connection,
     verb: str,
     argument: str | None,
     config: CarrierConfig,
@@ -72,95 +97,138 @@ async def run_text_command(
 ) -> None:
     """Given a connection and a list/check/info command, write the validated,
     re-encoded reply lines through EMIT; raise a CarrierError if the server
-    refused, the reply is malformed or unbounded, or it took too long."""
-    command = build_command(verb, argument)
-    try:
-        return await asyncio.wait_for(
-            _run(connection, command, verb, argument, config, emit), config.reply_timeout
-        )
-    except TimeoutError:
-        raise DataError(
-            f"no complete reply from the server within {config.reply_timeout:g}s"
-        ) from None
+    refused, the reply is malformed or unbounded, or it took too long
+    (Corrupted, after emitting the record, when check found the stored
+    backup differs from its record)."""
+    if verb == VERB_LIST:
+        await list_backups(connection, argument or "", config, emit)
+    elif verb == VERB_CHECK:
+        result = await check_backup(connection, argument or "", config)
+        emit(encode_reply(result.to_reply()))
+        if not result.ok:
+            raise Corrupted(
+                "the stored backup differs from its digest record on the server (check failed)"
+            )
+    else:
+        await show_info(connection, config, emit)
 
 
-async def _run(
-    connection: Any,
-    command: str,
-    verb: str,
-    argument: str | None,
-    config: CarrierConfig,
-    emit: Emit,
-) -> None:
-    try:
-        writer, reader, errors = await connection.open_session(command, encoding=None)
-        writer.write_eof()
-    except Exception as error:
-        raise transport_error(error, config) from None
-    lines = LineReader(reader)
-    try:
-        if verb == "list":
-            relay = _relay_listing(lines, argument or "", emit)
-        elif verb == "check":
-            relay = _relay_single(lines, lambda line: _checked(line, argument or ""), emit)
-        else:
-            relay = _relay_single(lines, _info, emit)
-        finish, detail = await with_stderr(relay, errors)
-        await writer.channel.wait_closed()
-    except DataError:
-        raise
-    except Exception as error:
-        raise transport_error(error, config) from None
-    status = exit_status(writer.channel)
-    if status != 0:
-        raise error_for_shell_status(status, detail)
-    finish()
+async def show_info(connection: Connection, config: CarrierConfig, emit: Emit) -> None:
+    """Given a connection, emit the server's validated info line."""
+
+    async def read(reader: Reader[bytes]) -> bytes | None:
+        return await LineReader(reader).only_line()
+
+    end = await within(
+        run_session(connection, build_command(VERB_INFO), config, read),
+        config.reply_timeout,
+        "complete reply",
+    )
+    end.raise_for_status()
+    if end.value is None:
+        raise DataError("the server's reply is empty")
+    emit(encode_reply(parse_hostile(parse_info, end.value, "reply").to_reply()))
 
 
-def _info(line: bytes) -> bytes:
-    return encode_reply(parse_info(line).to_reply())
+async def check_backup(connection: Connection, name: str, config: CarrierConfig) -> CheckResult:
+    """Given a connection and a valid NAME, return the server's check result
+    for NAME (ok False: the server re-hashed it and it differs from its
+    record); raise DataError for a malformed or inconsistent reply, another
+    CarrierError if the server refused."""
 
+    async def read(reader: Reader[bytes]) -> bytes | None:
+        # The line is read even when the shell is about to fail: a mismatch
+        # is reported as a record with ok false AND exit status DATA.
+        return await LineReader(reader).only_line()
 
-def _checked(line: bytes, name: str) -> bytes:
-    result = parse_check(line)
+    end = await within(
+        run_session(connection, build_command(VERB_CHECK, name), config, read),
+        config.reply_timeout,
+        "complete reply",
+    )
+    if end.status not in (ShellExit.OK, ShellExit.DATA) or end.value is None:
+        end.raise_for_status()
+        raise DataError("the server's reply is empty")
+    result = parse_hostile(parse_check, end.value, "reply")
     # A check result for another backup proves nothing about NAME.
     if result.record.name != name:
-        raise ProtocolError("check reply names a different backup")
-    return encode_reply(result.to_reply())
+        raise DataError("the server's check reply names a different backup")
+    # The verdict and the exit status must agree, or neither can be believed.
+    if result.ok != (end.status == ShellExit.OK):
+        raise DataError("the server's check verdict contradicts its exit status")
+    return result
 
 
-async def _relay_single(
-    lines: LineReader, convert: Callable[[bytes], bytes], emit: Emit
-) -> Callable[[], None]:
-    """Given the reply's lines, read exactly one line and convert it; return a
-    function that emits it (called only once the shell exited 0)."""
-    first = await lines.next_line()
-    if first is None:
-        return _nothing_came
-    try:
-        output = convert(first)
-    except ProtocolError as error:
-        raise DataError(f"the server's reply is malformed: {error}") from None
-    if await lines.next_line() is not None:
-        raise DataError("the server sent more than one reply line")
-    return lambda: emit(output)
-
-
-async def _relay_listing(lines: LineReader, prefix: str, emit: Emit) -> Callable[[], None]:
-    """Given a listing's lines, emit each validated record as it comes and
-    return a function that emits the final ListEnd (only once the shell exited 0).
+async def list_backups(
+    connection: Connection, prefix: str, config: CarrierConfig, emit: Emit
+) -> None:
+    """Given a connection and a checked PREFIX, emit each validated record,
+    re-encoded, as it comes, then (only once the shell exited 0) the final
+    ListEnd line.
 
     Records are emitted before the verdict (a listing can be long): callers
     must trust the output only if the command succeeds."""
+    summary = await read_listing(
+        connection, prefix, config, lambda record: emit(encode_reply(record.to_reply()))
+    )
+    emit(encode_reply(summary.to_reply()))
+
+
+async def find_backup(connection: Connection, name: str, config: CarrierConfig) -> BackupRecord:
+    """Given a connection and a valid NAME, return the record the server lists
+    for NAME; raise NoSuchBackup if it is not listed, another CarrierError if
+    the listing failed."""
+    found: list[BackupRecord] = []
+
+    def keep(record: BackupRecord) -> None:
+        # A listing for NAME also lists what lies under NAME/.
+        if record.name == name:
+            found.append(record)
+
+    await read_listing(connection, name, config, keep)
+    if not found:
+        raise NoSuchBackup("no such backup on the server")
+    return found[0]
+
+
+async def read_listing(
+    connection: Connection,
+    prefix: str,
+    config: CarrierConfig,
+    on_record: Callable[[BackupRecord], None],
+) -> ListEnd:
+    """Given a connection and a checked PREFIX, pass each validated record to
+    ON_RECORD as it comes; return the final ListEnd once the shell exited 0.
+    Raise DataError for anything malformed or unbounded, another CarrierError
+    if the server refused."""
+
+    async def read(reader: Reader[bytes]) -> ListEnd | None:
+        return await relay_listing(LineReader(reader), prefix, on_record)
+
+    end = await within(
+        run_session(connection, build_command(VERB_LIST, prefix or None), config, read),
+        config.reply_timeout,
+        "complete reply",
+    )
+    end.raise_for_status()
+    if end.value is None:
+        raise DataError("the server's listing ends without its summary line")
+    return end.value
+
+
+async def relay_listing(
+    lines: LineReader, prefix: str, on_record: Callable[[BackupRecord], None]
+) -> ListEnd | None:
+    """Given a listing's lines, pass each validated record to ON_RECORD as it
+    comes and return the final ListEnd (None if the output ended without one:
+    the exit status then says why); raise DataError for anything malformed or
+    unbounded."""
     count = 0
     while True:
         line = await lines.next_line()
         if line is None:
-            return _nothing_came
-        try:
-            item = parse_list_line(line)
-        except ProtocolError as error:
-            raise DataError(f"the server's listing is malformed: {error}") from None
+            return None
+        item = parse_hostile(parse_list_line, line, "listing")
         if isinstance(item, ListEnd):
             break
         count += 1
@@ -169,14 +237,9 @@ async def _relay_listing(lines: LineReader, prefix: str, emit: Emit) -> Callable
         # Whatever the server's notion of prefix, a matching name starts with it.
         if not item.name.startswith(prefix):
             raise DataError("the server listed a backup outside the requested prefix")
-        emit(encode_reply(item.to_reply()))
+        on_record(item)
     if item.count != count:
         raise DataError("the server's listing summary does not match its entries")
     if await lines.next_line() is not None:
         raise DataError("the server sent lines after the end of the listing")
-    summary = encode_reply(item.to_reply())
-    return lambda: emit(summary)
-
-
-def _nothing_came() -> None:
-    raise DataError("the server's reply is empty")
+    return item

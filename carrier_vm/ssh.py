@@ -1,9 +1,10 @@
-"""The one place that talks SSH: connection options, connecting, and mapping
-transport failures to carrier errors.
+"""The one place that talks SSH: connection options, connecting, running one
+remote command (``run_session``), and mapping transport failures to carrier errors.
 
 Two failure layers, kept apart (as asyncssh's own examples do): the transport
-(OSError, asyncssh.Error, timeouts) becomes TemporaryFailure/HostKeyNotTrusted
-here; the remote command's exit status is mapped by errors.error_for_shell_status.
+(OSError, asyncssh.Error, timeouts) becomes TemporaryFailure/HostKeyNotTrusted/
+LoginRefused here; the remote command's exit status is mapped by
+errors.error_for_shell_status.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import (
@@ -21,8 +23,9 @@ from carrier_vm.errors import (
     ConfigError,
     DataError,
     HostKeyNotTrusted,
-    ServerRefused,
+    LoginRefused,
     TemporaryFailure,
+    error_for_shell_status,
 )
 
 # Debian bookworm's python3-cryptography warns about ciphers asyncssh 2.10
@@ -36,6 +39,12 @@ T = TypeVar("T")
 
 MAX_STDERR_BYTES = 4096
 MAX_DETAIL_CHARACTERS = 200
+# How long a session may take to close once its output ended (exit status in flight).
+CLOSE_TIMEOUT = 10.0
+
+Connection = asyncssh.SSHClientConnection
+Reader = asyncssh.SSHReader  # of bytes: every session is opened with encoding=None
+Writer = asyncssh.SSHWriter
 
 
 def printable(data: bytes | str, limit: int = MAX_DETAIL_CHARACTERS) -> str:
@@ -97,7 +106,7 @@ def build_connect_options(config: CarrierConfig) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_connection(config: CarrierConfig) -> AsyncIterator[Any]:
+async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """Given the config, yield an authenticated asyncssh connection and close
     it afterwards; raise a CarrierError if the server cannot be reached, its
     host key is not pinned, or the login is refused."""
@@ -121,7 +130,7 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[Any]:
             f"(unknown or changed) - pin it with {pin_hint(config)}"
         ) from None
     except asyncssh.PermissionDenied:
-        raise ServerRefused(
+        raise LoginRefused(
             f"the server refused the login to {server_label(config)}: is this carrier's "
             "public key in the backup account's authorized_keys?"
         ) from None
@@ -165,6 +174,12 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def is_transport_failure(error: BaseException) -> bool:
+    """Given an exception from a session, return whether it is the transport's
+    (connection lost, channel closed, socket error) rather than ours."""
+    return isinstance(error, OSError | asyncssh.Error)
+
+
 def transport_error(error: BaseException, config: CarrierConfig) -> CarrierError:
     """Given an exception raised while a session was running, return the
     carrier error to raise for it (a lost connection is temporary)."""
@@ -175,7 +190,113 @@ def transport_error(error: BaseException, config: CarrierConfig) -> CarrierError
     )
 
 
-async def read_bounded(reader: Any, limit: int) -> bytes:
+@dataclass(frozen=True)
+class SessionEnd(Generic[T]):
+    """How one remote command ended: what the output reader returned, the
+    shell's exit status (None: killed or none sent), its stderr made printable,
+    and whether the input coroutine ran to its end (False: the server closed first)."""
+
+    value: T
+    status: int | None
+    detail: str
+    input_complete: bool
+
+    def raise_for_status(self) -> None:
+        """Raise the CarrierError the exit status means, unless it is 0."""
+        if self.status != 0:
+            raise error_for_shell_status(self.status, self.detail)
+
+
+async def run_session(
+    connection: Connection,
+    command: str,
+    config: CarrierConfig,
+    read_output: Callable[[Reader[bytes]], Awaitable[T]],
+    send_input: Callable[[Writer[bytes]], Awaitable[None]] | None = None,
+) -> SessionEnd[T]:
+    """Given a connection and a command line, run it in a new session: SEND_INPUT
+    writes stdin (no input: EOF at once), READ_OUTPUT consumes stdout, stderr is
+    kept bounded; return how it ended once stdout and stderr closed and the
+    exit status came. Raise TemporaryFailure for a transport failure, DataError
+    for stderr past its bound, and whatever CarrierError the two callbacks raise
+    (an input failure that is the transport's waits for the exit status instead:
+    a closed channel usually means the shell exited, and its status says why)."""
+    try:
+        writer, reader, errors = await connection.open_session(command, encoding=None)
+    except (OSError, asyncssh.Error) as error:
+        raise transport_error(error, config) from None
+    channel = cast("asyncssh.SSHClientChannel[bytes]", writer.channel)
+    output = asyncio.ensure_future(read_output(reader))
+    stderr = asyncio.ensure_future(read_bounded(errors, MAX_STDERR_BYTES))
+    sending: asyncio.Future[None] | None = None
+    if send_input is None:
+        writer.write_eof()
+    else:
+        sending = asyncio.ensure_future(send_input(writer))
+    waiting: set[asyncio.Future[Any]] = {output, stderr} | ({sending} if sending else set())
+    input_failure: BaseException | None = None
+    grace: asyncio.Future[None] | None = None
+    try:
+        while not (output.done() and stderr.done()):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is grace:
+                    # The input broke and the output did not end either: the
+                    # connection itself is gone.
+                    raise transport_error(input_failure or EOFError(), config) from None
+                failure = task.exception()
+                if failure is None:
+                    continue
+                if task is sending and is_transport_failure(failure):
+                    # The output ends soon if the shell exited; bound it in case not.
+                    input_failure = failure
+                    grace = asyncio.ensure_future(asyncio.sleep(CLOSE_TIMEOUT))
+                    waiting.add(grace)
+                    continue
+                if isinstance(failure, CarrierError):
+                    raise failure
+                if is_transport_failure(failure):
+                    raise transport_error(failure, config) from None
+                raise failure
+        try:
+            await asyncio.wait_for(channel.wait_closed(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            raise TemporaryFailure(
+                f"the session with {server_label(config)} did not close after its output ended"
+            ) from None
+        status = exit_status(channel)
+        complete = sending is None or (sending.done() and sending.exception() is None)
+        return SessionEnd(output.result(), status, printable(stderr.result()), complete)
+    finally:
+        tasks: list[asyncio.Future[Any]] = [output, stderr]
+        tasks += [task for task in (sending, grace) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            await _settle(task)
+        if not channel.is_closing():
+            channel.close()
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Given a finished or cancelled task, wait for it, ignoring its outcome
+    (its failure, if any, was already reported)."""
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: S110
+        pass
+
+
+async def within(work: Awaitable[T], seconds: float, what: str) -> T:
+    """Given an awaitable, return its result; raise DataError naming WHAT if it
+    takes more than SECONDS (a server that never finishes its reply)."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        raise DataError(f"no {what} from the server within {seconds:g}s") from None
+
+
+async def read_bounded(reader: Reader[bytes], limit: int) -> bytes:
     """Given an asyncssh reader, return everything it yields until EOF; raise
     DataError as soon as more than LIMIT bytes came (endless output is refused,
     not buffered or waited out)."""
@@ -189,25 +310,17 @@ async def read_bounded(reader: Any, limit: int) -> bytes:
             raise DataError(f"the server sent more than {limit} bytes where a short reply belongs")
 
 
-async def with_stderr(main: Awaitable[T], errors: Any) -> tuple[T, str]:
-    """Given a coroutine reading the session's stdout and its stderr reader,
-    run both at once (a server flooding stderr must not stall stdout) and
-    return (MAIN's result, stderr made printable); raise the first failure."""
-    main_task = asyncio.ensure_future(main)
-    stderr_task = asyncio.ensure_future(read_bounded(errors, MAX_STDERR_BYTES))
-    try:
-        done, _ = await asyncio.wait({main_task, stderr_task}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            failure = task.exception()
-            if failure is not None:
-                raise failure
-        return await main_task, printable(await stderr_task)
-    finally:
-        main_task.cancel()
-        stderr_task.cancel()
+def bounded_output(limit: int) -> Callable[[Reader[bytes]], Awaitable[bytes]]:
+    """Given a byte bound, return an output reader for run_session that keeps
+    the whole stdout (a short reply) or raises DataError past LIMIT."""
+
+    def read(reader: Reader[bytes]) -> Awaitable[bytes]:
+        return read_bounded(reader, limit)
+
+    return read
 
 
-def exit_status(channel: Any) -> int | None:
+def exit_status(channel: asyncssh.SSHClientChannel[bytes]) -> int | None:
     """Given a closed channel, return the remote exit status, or None if the
     command died by a signal or sent none."""
     status = channel.get_exit_status()

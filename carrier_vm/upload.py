@@ -14,21 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import cast
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import CarrierError, DataError, error_for_shell_status
+from carrier_vm.errors import DataError, TemporaryFailure
 from carrier_vm.frames import Frame, FrameReader
-from carrier_vm.ssh import (
-    MAX_STDERR_BYTES,
-    exit_status,
-    printable,
-    read_bounded,
-    transport_error,
-    with_stderr,
-)
+from carrier_vm.ssh import Connection, Reader, Writer, read_bounded, run_session, within
 from qbackup_protocol import (
     MAX_REPLY_LINE,
+    VERB_PUT,
     BackupRecord,
     ProtocolError,
     build_command,
@@ -66,47 +60,63 @@ class RateLimiter:
             await asyncio.sleep(ahead)
 
 
-async def put_backup(connection: Any, name: str, fd: int, config: CarrierConfig) -> BackupRecord:
+async def put_backup(
+    connection: Connection, name: str, fd: int, config: CarrierConfig
+) -> BackupRecord:
     """Given a connection, a valid NAME and the input FD, stream FD to the
     server's ``put NAME`` and return the server's matching receipt; raise a
-    CarrierError if the server refused, the link broke or the receipt differs."""
-    command = build_command("put", name)
-    try:
-        writer, reader, errors = await connection.open_session(command, encoding=None)
-    except Exception as error:
-        raise transport_error(error, config) from None
-    channel = writer.channel
+    CarrierError if the server refused, stalled, the link broke or the
+    receipt differs."""
     frames = FrameReader(fd)
     frames.start()
-    closed = asyncio.ensure_future(channel.wait_closed())
+    sent = asyncio.Event()
+
+    async def send(writer: Writer[bytes]) -> None:
+        await send_stream(writer, frames, config)
+        sent.set()
+
+    async def read_receipt(reader: Reader[bytes]) -> bytes:
+        # The receipt comes after the end frame; only then does its deadline run.
+        reading = asyncio.ensure_future(read_bounded(reader, 2 * MAX_REPLY_LINE))
+        waiting = asyncio.ensure_future(sent.wait())
+        try:
+            await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                return reading.result()
+            return await within(reading, config.reply_timeout, "receipt")
+        finally:
+            reading.cancel()
+            waiting.cancel()
+
     try:
-        sending = asyncio.ensure_future(send_stream(writer, frames, config))
-        done, _ = await asyncio.wait({sending, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if sending not in done:
-            # The server ended the session while we were still sending:
-            # whatever it says, the backup is not complete.
-            sending.cancel()
-            await _settle(sending)
-            raise await _early_end(channel, errors, config)
-        await _reraise_send_failure(sending, channel, errors, config)
-        return await asyncio.wait_for(
-            collect_receipt(channel, reader, errors, name, frames, config), config.reply_timeout
-        )
-    except TimeoutError:
-        raise DataError(f"no receipt from the server within {config.reply_timeout:g}s") from None
+        command = build_command(VERB_PUT, name)
+        end = await run_session(connection, command, config, read_receipt, send)
     finally:
         frames.stop()
-        closed.cancel()
+    if not end.input_complete:
+        # The server ended the session while we were still sending: whatever
+        # it says, the backup is not complete.
+        if end.status == 0:
+            raise DataError("the server ended the session before the whole backup was sent")
+        end.raise_for_status()
+        raise TemporaryFailure("the session ended before the whole backup was sent")
+    end.raise_for_status()
+    return check_receipt(end.value, name, frames.total, frames.digest().hex())
 
 
-async def send_stream(writer: Any, frames: FrameReader, config: CarrierConfig) -> None:
-    """Given the session's writer, send every frame, then the end frame and EOF."""
+async def send_stream(writer: Writer[bytes], frames: FrameReader, config: CarrierConfig) -> None:
+    """Given the session's writer, send every frame, then the end frame and
+    EOF; raise DataError if stdin cannot be read, TemporaryFailure if the
+    server accepts nothing for progress_timeout seconds."""
     limiter = RateLimiter(config.rate_limit)
     while True:
-        frame = await frames.next_frame()
+        try:
+            frame = await frames.next_frame()
+        except OSError as error:
+            raise DataError(f"cannot read the backup from stdin: {error.strerror}") from None
         if frame is None:
             break
-        await _write_frame(writer, frame, limiter)
+        await _write_frame(writer, frame, limiter, config)
         frames.recycle(frame)
     logger.info("sent %d bytes, sending the end frame", frames.total)
     writer.write(encode_end_frame(frames.total, frames.digest()))
@@ -116,83 +126,31 @@ async def send_stream(writer: Any, frames: FrameReader, config: CarrierConfig) -
     # that hung up early; the receipt is awaited next anyway.
 
 
-async def _write_frame(writer: Any, frame: Frame, limiter: RateLimiter) -> None:
+async def _write_frame(
+    writer: Writer[bytes], frame: Frame, limiter: RateLimiter, config: CarrierConfig
+) -> None:
     """Given a frame, write it (in slices under a rate limit) and wait for the
     channel to take it; asyncssh copies the bytes, so the buffer can be reused."""
     view = memoryview(frame.buffer)[: frame.length]
     step = limiter.slice_size(frame.length)
     for start in range(0, frame.length, step):
         piece = view[start : start + step]
-        writer.write(piece)
-        await writer.drain()
+        # asyncssh takes any bytes-like object and copies it (typed as bytes).
+        writer.write(cast(bytes, piece))
+        await drain_with_progress(writer, config)
         await limiter.account(len(piece))
 
 
-async def _settle(task: asyncio.Future[Any]) -> None:
-    """Given a cancelled task, wait for it to finish, ignoring its outcome."""
+async def drain_with_progress(writer: Writer[bytes], config: CarrierConfig) -> None:
+    """Wait until the channel took what was written; raise TemporaryFailure if
+    the server accepts nothing for progress_timeout seconds (it stopped
+    reading -- a hung disk or process -- while sshd still answers keepalives)."""
     try:
-        await task
-    except (asyncio.CancelledError, Exception):  # noqa: S110
-        pass
-
-
-async def _reraise_send_failure(
-    sending: asyncio.Future[None], channel: Any, errors: Any, config: CarrierConfig
-) -> None:
-    """Given the finished sending task, return if it succeeded; otherwise
-    raise the most precise error (the shell's exit status when it has one)."""
-    failure = sending.exception()
-    if failure is None:
-        return
-    if isinstance(failure, CarrierError) and not isinstance(failure, DataError):
-        raise failure
-    if isinstance(failure, OSError) and not isinstance(failure, ConnectionError):
-        raise DataError(f"cannot read the backup from stdin: {failure.strerror}") from None
-    # A broken channel usually means the shell exited: report why.
-    try:
-        await asyncio.wait_for(channel.wait_closed(), 10)
+        await asyncio.wait_for(writer.drain(), config.progress_timeout)
     except TimeoutError:
-        raise transport_error(failure, config) from None
-    raise await _early_end(channel, errors, config)
-
-
-async def _early_end(channel: Any, errors: Any, config: CarrierConfig) -> CarrierError:
-    """Given a channel the server closed before the end frame went out,
-    return the error to raise (never success)."""
-    detail = await _stderr_text(errors)
-    status = exit_status(channel)
-    if status == 0:
-        return DataError("the server ended the session before the whole backup was sent")
-    return error_for_shell_status(status, detail)
-
-
-async def _stderr_text(errors: Any) -> str:
-    """Given the session's stderr reader, return its text, bounded and made printable."""
-    try:
-        data = await asyncio.wait_for(read_bounded(errors, MAX_STDERR_BYTES), 5)
-    except DataError:
-        raise
-    except Exception:
-        return ""
-    return printable(data)
-
-
-async def collect_receipt(
-    channel: Any, reader: Any, errors: Any, name: str, frames: FrameReader, config: CarrierConfig
-) -> BackupRecord:
-    """Given the session after EOF was sent, return the server's receipt if the
-    shell exited 0 and it names NAME with the size and digest sent; raise otherwise."""
-    try:
-        output, detail = await with_stderr(read_bounded(reader, 2 * MAX_REPLY_LINE), errors)
-        await channel.wait_closed()
-    except DataError:
-        raise
-    except Exception as error:
-        raise transport_error(error, config) from None
-    status = exit_status(channel)
-    if status != 0:
-        raise error_for_shell_status(status, detail)
-    return check_receipt(output, name, frames.total, frames.digest().hex())
+        raise TemporaryFailure(
+            f"the server accepted no data for {config.progress_timeout:g}s (progress_timeout)"
+        ) from None
 
 
 def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRecord:

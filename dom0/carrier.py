@@ -1,39 +1,139 @@
-"""Asking the carrier VM about the server through its qubes.BackupCarrier service.
+"""The server as seen through the carrier VM's `qubes.BackupCarrier` service.
 
-The argument travels in the service name (`qubes.BackupCarrier+list`) and the
-name or prefix as ONE line on stdin: qrexec arguments cannot hold '/'
-(QUBES-INTERFACES.md section 5). Everything that comes back is hostile:
-bounded by the adapter, parsed by `replies`, and error text cleaned.
+What goes out: backup names, checked against the protocol's name rules
+(`qbackup_protocol`, the one definition all three parts share) before they
+reach the carrier's `eval` or its stdin. The verb travels in the service name
+(`qubes.BackupCarrier+list`) and the name or prefix as ONE line on stdin:
+qrexec arguments cannot hold '/'.
+
+What comes back is hostile (the carrier is networked, dom0 is not): its size
+is bounded by the adapter, every line is parsed strictly by the protocol
+module's parsers, ANY failure of a parser (deep nesting included) becomes a
+ReplyError, and error text is cleaned before anyone sees it. dom0 never
+imports the carrier's code.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
+import qbackup_protocol as protocol
 from dom0.errors import (
     CARRIER_STATUS_ERRORS,
-    CARRIER_STATUS_TEXT,
     CarrierError,
+    NoSuchBackup,
     QubesError,
+    UsageError,
 )
-from dom0.names import check_name
+from dom0.log import last_line
 from dom0.qubes import QubesAdapter
-from dom0.replies import (
-    MAX_LISTING_BYTES,
-    MAX_SHORT_REPLY,
-    Listing,
-    Record,
-    ServerInfo,
-    parse_check,
-    parse_info,
-    parse_listing,
-    parse_receipt,
-)
-from dom0.untrusted import last_line
 
 logger = logging.getLogger(__name__)
 SERVICE = "qubes.BackupCarrier"
+Record = protocol.BackupRecord
+# The largest listing dom0 reads: MAX_LIST_ENTRIES short lines; a longer answer
+# is refused rather than buffered (the adapter stops reading at this bound).
+MAX_LISTING_BYTES = 32 * 1024 * 1024
+MAX_SHORT_REPLY = 64 * 1024
+Parsed = TypeVar("Parsed")
+
+
+class ReplyError(CarrierError):
+    """A reply from the carrier breaks the rules (never echoes the reply)."""
+
+
+def check_name(name: str) -> str:
+    """Given a backup NAME from the user, return it; raise UsageError unless the
+    protocol's naming rules (and so shell safety: no quote, space, '$' or
+    newline can reach the carrier's `eval`) hold."""
+    try:
+        return protocol.check_name(name)
+    except protocol.InvalidName:
+        raise UsageError("invalid backup name: use a name `qbackup list` shows") from None
+
+
+def is_valid_name(name: object) -> bool:
+    """Given anything, return whether it is a name the server could hold."""
+    try:
+        protocol.check_name(name)  # type: ignore[arg-type]
+    except protocol.InvalidName:
+        return False
+    return True
+
+
+def no_such_backup(name: str) -> NoSuchBackup:
+    """Given a (checked) backup NAME, return THE error for a name the server
+    does not hold: the same line and exit code for verify, restore and check."""
+    return NoSuchBackup(f"no such backup on the server: {name} (see qbackup list)")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """All records of a listing and whether the server cut it short."""
+
+    records: list[Record]
+    truncated: bool
+
+
+def parse_line(parser: Callable[[bytes], Parsed], line: bytes, what: str) -> Parsed:
+    """Given a protocol PARSER and one untrusted LINE, return what it parsed;
+    raise ReplyError for anything the parser raises, whatever it is (a line of
+    `[[[[...` makes json raise RecursionError, not ValueError)."""
+    try:
+        return parser(line)
+    except (protocol.ProtocolError, ValueError, RecursionError, MemoryError):
+        raise ReplyError(f"the carrier sent a malformed {what}") from None
+
+
+def single_line(data: bytes, what: str) -> bytes:
+    """Given a reply that must be one line, return it without its newline."""
+    if len(data) > protocol.MAX_REPLY_LINE + 1 or not data.endswith(b"\n") \
+            or data.count(b"\n") != 1:
+        raise ReplyError(f"the carrier's {what} is not exactly one line")
+    return data[:-1]
+
+
+def parse_receipt(data: bytes) -> Record:
+    """Given the stdout of `commit NAME`, return the committed Record."""
+    record = parse_line(protocol.parse_record, single_line(data, "receipt"), "receipt")
+    if record.sha256 is None:
+        raise ReplyError("the carrier's receipt lacks a digest")
+    return record
+
+
+def parse_info(data: bytes) -> protocol.ServerInfo:
+    """Given the stdout of `info`, return ServerInfo; raise ReplyError otherwise."""
+    return parse_line(protocol.parse_info, single_line(data, "info reply"), "info reply")
+
+
+def parse_check(data: bytes) -> protocol.CheckResult:
+    """Given the stdout of `check NAME`, return its CheckResult."""
+    return parse_line(protocol.parse_check, single_line(data, "check reply"), "check reply")
+
+
+def parse_listing(data: bytes) -> Listing:
+    """Given the stdout of `list`, return a Listing; raise ReplyError unless it
+    is records then one summary line whose count matches, all within bounds."""
+    if len(data) > MAX_LISTING_BYTES:
+        raise ReplyError("the carrier's listing is larger than any real one")
+    if not data.endswith(b"\n"):
+        raise ReplyError("the carrier's listing is truncated")
+    lines = data[:-1].split(b"\n")
+    if len(lines) > protocol.MAX_LIST_ENTRIES + 1:
+        raise ReplyError("the carrier's listing has too many entries")
+    records = [parse_line(protocol.parse_record, line, "listing entry") for line in lines[:-1]]
+    summary = parse_line(protocol.parse_list_line, lines[-1], "listing summary")
+    if not isinstance(summary, protocol.ListEnd):
+        raise ReplyError("the carrier's listing lacks its summary line")
+    if summary.count != len(records):
+        raise ReplyError("the carrier's listing summary does not match its entries")
+    if len({record.name for record in records}) != len(records):
+        raise ReplyError("the carrier's listing names a backup twice")
+    return Listing(records=records, truncated=summary.truncated)
 
 
 class CarrierClient:
@@ -52,15 +152,19 @@ class CarrierClient:
             )
         except subprocess.CalledProcessError as error:
             status = error.returncode
-            reason = CARRIER_STATUS_TEXT.get(status, f"the carrier failed (status {status})")
+            try:
+                cls, reason = CARRIER_STATUS_ERRORS[protocol.CarrierExit(status)]
+            except (ValueError, KeyError):
+                cls, reason = CarrierError, f"the carrier failed (status {status})"
+            if cls is NoSuchBackup:  # one message, whichever command asked
+                raise no_such_backup(argument) from None
             detail = last_line(error.stderr or b"")
-            cls = CARRIER_STATUS_ERRORS.get(status, CarrierError)
             message = f"{verb} via {self.vm}: {reason}" + (f": {detail}" if detail else "")
             raise cls(message) from None
         except OSError as error:
             raise QubesError(f"cannot call {SERVICE} in {self.vm}: {error}") from None
 
-    def info(self) -> ServerInfo:
+    def info(self) -> protocol.ServerInfo:
         """Return the server's space report; raise TemporaryError if unreachable."""
         return parse_info(self._call("info", "", MAX_SHORT_REPLY))
 
@@ -69,17 +173,33 @@ class CarrierClient:
         return parse_listing(self._call("list", prefix, MAX_LISTING_BYTES))
 
     def check(self, name: str) -> tuple[Record, bool]:
-        """Given a backup NAME, return (its record, whether the server's re-hash matched)."""
-        record, ok = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY))
-        if record.name != name:
-            raise CarrierError("the carrier's check reply names another backup")
-        return record, ok
+        """Given a backup NAME, return (its record, whether the server's re-hash
+        matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
+        verdict) or another CarrierError."""
+        result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY))
+        if result.record.name != name:
+            raise ReplyError("the carrier's check reply names another backup")
+        return result.record, result.ok
+
+    def require(self, name: str) -> Record:
+        """Given a backup NAME, return its record from the server's listing
+        (cheap: no re-hash); raise NoSuchBackup if the server has none."""
+        listing = self.listing(check_name(name))
+        for record in listing.records:
+            if record.name == name:
+                return record
+        raise no_such_backup(name)
 
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and
         return its receipt; raise CarrierError if nothing was staged."""
-        record = parse_receipt(self._call("commit", check_name(name), MAX_SHORT_REPLY))
+        try:
+            answer = self._call("commit", check_name(name), MAX_SHORT_REPLY)
+        except NoSuchBackup:
+            # For commit, "no such backup" means the put staged nothing: the
+            # upload failed, a carrier fault rather than a user's wrong name.
+            raise CarrierError(f"commit via {self.vm}: nothing staged under {name}") from None
+        record = parse_receipt(answer)
         if record.name != name:
-            raise CarrierError("the carrier's commit receipt names another backup")
+            raise ReplyError("the carrier's commit receipt names another backup")
         return record
-

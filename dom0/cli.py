@@ -2,9 +2,12 @@
 
 The original invocation still works and means `qbackup backup ...`:
 
-    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-x] [-o] [VM ...]
+    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-k] [-o] [VM ...]
 
-`main()` is the only place that turns errors into exit codes (dom0/errors.py).
+(`-x` now excludes a VM, as in qvm-backup; the original form refuses it, so an
+old line that meant "keep the carrier running" fails loudly instead of
+silently leaving a VM out.) `main()` is the only place that turns errors
+into exit codes (dom0/errors.py).
 """
 
 from __future__ import annotations
@@ -16,92 +19,57 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import config, drill, errors
-from dom0.arguments import SUBCOMMANDS, build_parser
-from dom0.backup import Paths, run_backup
-from dom0.errors import QbackupError, QubesError, UsageError
+from dom0 import backup, check, configcheck, drill, errors, execute, listing, verify
+from dom0.arguments import (
+    COMMON_DEFAULTS,
+    COMMON_WITH_VALUE,
+    SUBCOMMANDS,
+    build_parser,
+    command_position,
+)
+from dom0.errors import ConfigError, QbackupError, QubesError, UsageError
 from dom0.history import default_history_path
-from dom0.listing import run_check, run_list
 from dom0.locking import default_lock_dir
 from dom0.log import DEFAULT_SYSLOG_SOCKET, setup_logging
-from dom0.names import check_name
 from dom0.qubes import QubesAdapter
-from dom0.resolve import check_job, job_from_args, need_passphrase, resolve_carrier
-from dom0.session import SignalGuard, running_carrier
-from dom0.status import run_status
-from dom0.verify import committed_record, restore_backup, verify_backup
+from dom0.session import Context, SignalGuard
 
 logger = logging.getLogger(__name__)
 
 PARSER = build_parser()
+Action = Callable[[argparse.Namespace, Context], int]
+# One module per action; each resolves its own arguments.
+ACTIONS: dict[str, Action] = {
+    "backup": backup.run,
+    "list": listing.run,
+    "check": check.run,
+    "verify": verify.run_verify,
+    "restore": verify.run_restore,
+    "status": drill.run_status,  # status.run plus the drills
+    "config": configcheck.run,
+    "drill": drill.run,
+}
+HELP_WORDS = frozenset({"-h", "--help", "--version"})
 
 
-def normalise(argv: list[str]) -> list[str]:
-    """Given argv, return it with `backup` inserted for the original invocation."""
-    if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help")):
-        return argv
-    return ["backup", *argv]
+def normalise(argv: list[str]) -> tuple[list[str], bool]:
+    """Given argv, return (argv, whether it is the original form, to which
+    `backup` was prepended)."""
+    position = command_position(argv)
+    if position is not None:
+        if argv[position] in SUBCOMMANDS:
+            return argv, False
+        return ["backup", *argv], True
+    options = {word for word in argv if word.startswith("-")}
+    if options - HELP_WORDS - {"-o", "--terminal", "-v", "--verbose", "-q", "--quiet",
+                               *COMMON_WITH_VALUE}:
+        return ["backup", *argv], True  # options only, some of them backup's
+    return argv, False
 
 
-def configured_jobs(path: Path | None) -> list[str]:
-    """Given --config (or None), return the configured job names (none if no file)."""
-    path = path or config.default_config_path()
-    return sorted(config.load_jobs(path)) if path else []
-
-
-def dispatch(args: argparse.Namespace, get_app: Callable[[], QubesAdapter],
-             guard: SignalGuard) -> int:
+def dispatch(args: argparse.Namespace, context: Context) -> int:
     """Given parsed arguments, run the chosen action and return its exit code."""
-    history_path = args.history or default_history_path()
-    if args.command == "backup":
-        job = check_job(job_from_args(args))
-        paths = Paths(history=history_path, lock_dir=args.lock_dir or default_lock_dir())
-        return run_backup(get_app(), job, paths, guard)
-    if args.command == "status":
-        try:
-            return run_status(history_path, configured_jobs(args.config), args.max_age,
-                              args.remote, get_app)
-        finally:  # the drills are shown (and judged) whatever the backups' state
-            drill.drill_status(history_path, configured_jobs(args.config), args.max_drill_age)
-    carrier, source = resolve_carrier(args)
-    # Names are checked before the carrier is even started: they end up in
-    # the carrier's `eval` (restore location) or on its stdin.
-    if args.command == "drill":  # the names it verifies come from dom0's own history
-        return drill.run_drill(get_app(), drill.history_key(args), carrier,
-                               need_passphrase(source), history_path,
-                               args.lock_dir or default_lock_dir())
-    if args.command == "list":
-        if args.prefix:
-            check_name(args.prefix.rstrip("/"))
-    else:
-        check_name(args.name)
-    if args.command in ("verify", "restore"):
-        source = need_passphrase(source)
-    if args.command == "restore":
-        # They become qvm-backup-restore arguments: a word like '--x' must not
-        # turn into one of its options.
-        for vm in [*args.vms, *args.exclude]:
-            if not config.is_vm_name(vm):
-                raise UsageError(f"not a VM name: {vm!r}")
-    app = get_app()
-    with running_carrier(app, carrier, keep=False):
-        if args.command == "list":
-            return run_list(app, carrier, args.prefix)
-        if args.command == "check":
-            return run_check(app, carrier, args.name, history_path)
-        if args.command == "verify":
-            verify_backup(app, carrier, source, args.name,
-                          committed_record(history_path, args.name))
-            return 0
-        options = [flag for flag, wanted in (
-            ("--rename-conflicting", args.rename_conflicting),
-            ("--skip-conflicting", args.skip_conflicting),
-            ("--paranoid-mode", args.paranoid_mode)) if wanted]
-        for vm in args.exclude:
-            options += ["-x", vm]
-        restore_backup(app, carrier, source, args.name, options, args.vms,
-                       committed_record(history_path, args.name))
-        return 0
+    return ACTIONS[args.command](args, context)
 
 
 def real_app() -> QubesAdapter:
@@ -123,7 +91,7 @@ def env_path(variable: str) -> Path | None:
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
-    arguments = normalise(list(sys.argv[1:] if argv is None else argv))
+    arguments, original_form = normalise(list(sys.argv[1:] if argv is None else argv))
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
@@ -132,12 +100,20 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
             # A broken crontab or unit line must show up in the journal too.
             setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
             logger.error("invalid command line (exit %d): see qbackup --help", code)
+            execute.notify("qbackup FAILED", "invalid command line: see qbackup --help",
+                           critical=True)
         return code
+    if args.command is None:  # bare `qbackup`: what can I do?
+        PARSER.print_help(sys.stdout)
+        return errors.EXIT_USAGE
+    for name, value in COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
     # Environment defaults are read per call, not when the module-level parser is built.
     args.history = args.history or env_path("QBACKUP_HISTORY")
     args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")
     socket_path = args.log_socket or os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET
-    setup_logging(args.terminal, socket_path, args.verbose)
+    setup_logging(args.terminal, socket_path, args.verbose, args.quiet)
     cache: list[QubesAdapter] = [app] if app is not None else []
 
     def get_app() -> QubesAdapter:
@@ -147,7 +123,20 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
 
     try:
         with SignalGuard() as guard:
-            return dispatch(args, get_app, guard)
+            context = Context(get_app=get_app, guard=guard,
+                              history=args.history or default_history_path(),
+                              lock_dir=args.lock_dir or default_lock_dir(), config=args.config,
+                              json=getattr(args, "json", False), quiet=args.quiet)
+            if original_form and "-x" in arguments:
+                raise UsageError("-x now excludes a VM (as in qvm-backup): to keep the carrier"
+                                 " running use -k, to skip a VM use --exclude VM")
+            return dispatch(args, context)
+    except ConfigError as error:  # one line per problem, each naming file, line and key
+        for problem in error.problems:
+            logger.error("%s", problem)
+        logger.error("configuration refused: %d problem(s) (exit %d)", len(error.problems),
+                     error.exit_code)
+        return error.exit_code
     except QbackupError as error:
         code = errors.exit_code_for(error)
         logger.error("%s (exit %d)", error, code)

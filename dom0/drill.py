@@ -21,13 +21,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dom0 import history, notify
+from dom0 import config, history, status
+from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.errors import QbackupError, StaleBackup, UsageError, VerificationError
+from dom0.execute import notify
 from dom0.locking import carrier_lock
-from dom0.output import say, show_time
+from dom0.log import say, show_time
 from dom0.qubes import QubesAdapter
-from dom0.session import running_carrier
-from dom0.verify import Committed, PassphraseSource, verify_backup
+from dom0.session import Context, running_carrier
+from dom0.verify import Committed, verify_backup
 
 logger = logging.getLogger(__name__)
 DRILLS_FILE = "drills.jsonl"
@@ -113,7 +115,7 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
         outcome = OUTCOME_OK
     except QbackupError as error:
         outcome = f"failed: {error}"
-        notify.notify("qbackup drill FAILED", f"{job_key}: {error}", critical=True)
+        notify("qbackup drill FAILED", f"{job_key}: {error}", critical=True)
         raise
     finally:
         append_drill(drills_path(history_path),
@@ -122,7 +124,8 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
     return 0
 
 
-def drill_status(history_path: Path, jobs: Sequence[str], max_age_hours: float | None) -> None:
+def drill_status(history_path: Path, jobs: Sequence[str], max_age_hours: float | None,
+                 show: bool = True) -> None:
     """Given the history, the configured jobs and an age limit, print the
     last drill per job; raise VerificationError if one failed, StaleBackup if
     one is older than MAX_AGE_HOURS (or missing, when a limit is given)."""
@@ -135,30 +138,34 @@ def drill_status(history_path: Path, jobs: Sequence[str], max_age_hours: float |
     for job in sorted(set(last) | (set(jobs) if max_age_hours is not None else set())):
         entry = last.get(job)
         if entry is None:
-            say(f"{job}: never drilled")
+            if show:
+                say(f"{job}: never drilled")
             stale.append(f"{job}: never")
             continue
         age = (now - entry.end) / 3600
-        say(f"{job}: last drill at {show_time(entry.end)} ({age:.1f} h ago):"
-            f" {entry.outcome} ({', '.join(entry.names) or '-'})")
+        if show:
+            say(f"{job}: last drill at {show_time(entry.end)} ({age:.1f} h ago):"
+                f" {entry.outcome} ({', '.join(entry.names) or '-'})")
         if entry.outcome != OUTCOME_OK:
             failed.append(job)
         elif max_age_hours is not None and age > max_age_hours:
             stale.append(f"{job}: {age:.1f} h old")
     if failed:
-        notify.notify("qbackup: drill failed", ", ".join(failed), critical=True)
+        notify("qbackup: drill failed", ", ".join(failed), critical=True)
         raise VerificationError(f"the last drill failed for: {', '.join(failed)}")
     if stale:
-        notify.notify("qbackup: drills are stale", "\n".join(stale[:5]), critical=True)
+        notify("qbackup: drills are stale", "\n".join(stale[:5]), critical=True)
         raise StaleBackup(f"no drill newer than {max_age_hours} h for: {', '.join(stale)}")
 
 
 def add_drill_parser(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
-                     formatter: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+                     formatter: type[argparse.HelpFormatter],
+                     parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Given the subcommand table, add `drill` and return its parser (the
-    caller adds the shared carrier/passphrase/common options)."""
+    caller adds the shared carrier/passphrase options)."""
     drill = commands.add_parser(
         "drill", formatter_class=formatter, help="verify the newest and one random older backup",
+        parents=parents,
         description="Prove a job's backups restore: the newest and one randomly chosen older\n"
                     "one are checked against dom0's record, then verified by Qubes.",
         epilog="examples:\n  qbackup drill --job daily\n"
@@ -175,3 +182,21 @@ def history_key(args: argparse.Namespace) -> str:
     if args.prefix:
         return f"cli:{args.prefix}"
     raise UsageError("give the job to drill with --job NAME (or -f PREFIX)")
+
+
+def run(args: argparse.Namespace, context: Context) -> int:
+    """`qbackup drill`: given its arguments, drill the job; return 0 or raise."""
+    carrier, source = carrier_and_passphrase(args, context.config)
+    return run_drill(context.get_app(), history_key(args), carrier, need_passphrase(source),
+                     context.history, context.lock_dir)
+
+
+def run_status(args: argparse.Namespace, context: Context) -> int:
+    """`qbackup status`: the backups' status, then the last drill per job
+    (shown and judged whatever the backups' state; not shown with --json)."""
+    path = context.config or config.default_config_path()
+    jobs = sorted(config.all_jobs(config.read_config(path))[0]) if path else []
+    try:
+        return status.run(args, context)
+    finally:
+        drill_status(context.history, jobs, args.max_drill_age, show=not context.json)

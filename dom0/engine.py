@@ -25,20 +25,29 @@ from dom0.session import SignalGuard
 logger = logging.getLogger(__name__)
 ABORT_SERVICE = "qubes.BackupCarrier+abort"
 # The carrier's abort waits up to 10 s for its put to end; allow for qrexec.
-ABORT_TIMEOUT = 15.0
-# abort (at most ABORT_TIMEOUT) plus killing the VM: well inside 30 s.
+ABORT_TIMEOUT = 12.0
+# After a successful abort, how long Execute may take to return before the
+# carrier is killed anyway (abort vouches for its put, not for qubes.Backup).
+EXECUTE_GRACE = 8.0
+# abort, the grace and killing the VM: well inside 30 s of the signal.
 ENDING_TIMEOUT = 25.0
 ABORT_REPLY_LIMIT = 4096
 
 
-def end_upload(app: QubesAdapter, carrier: str) -> None:
-    """Given the carrier VM, make sure no upload runs in it any more: ask its
-    abort service, and kill the VM if that fails or hangs. Never raises."""
+def end_upload(app: QubesAdapter, carrier: str,
+               execute_done: threading.Event | None = None) -> None:
+    """Given the carrier VM (and an event set once Execute returned, if it
+    runs), make sure no upload runs in it any more: ask its abort service,
+    and kill the VM if that fails, hangs, or Execute still has not returned
+    EXECUTE_GRACE seconds after it. Never raises."""
     try:
         app.run_service_for_stdio(carrier, ABORT_SERVICE, b"", max_output=ABORT_REPLY_LIMIT,
                                   timeout=ABORT_TIMEOUT)
-        logger.info("the carrier %s ended its upload", carrier)
-        return
+        if execute_done is None or execute_done.wait(EXECUTE_GRACE):
+            logger.info("the carrier %s ended its upload", carrier)
+            return
+        logger.warning("the carrier %s reported its upload ended, but Qubes' backup still"
+                       " waits for it after %.0f s", carrier, EXECUTE_GRACE)
     except subprocess.TimeoutExpired:
         logger.warning("the carrier %s did not end its upload within %.0f s", carrier,
                        ABORT_TIMEOUT)
@@ -61,6 +70,7 @@ class UploadEnder:
         self.carrier = carrier
         self.profile = profile
         self.thread: threading.Thread | None = None
+        self.execute_done = threading.Event()
         self._lock = threading.Lock()
 
     def _cancel_and_end(self) -> None:
@@ -68,7 +78,7 @@ class UploadEnder:
             self.app.backup_cancel(self.profile)
         except QubesError as error:
             logger.warning("admin.backup.Cancel failed: %s", error)
-        end_upload(self.app, self.carrier)
+        end_upload(self.app, self.carrier, self.execute_done)
 
     def start(self) -> None:
         """Start cancelling in the background (once); return at once."""
@@ -93,7 +103,10 @@ def run_engine(app: QubesAdapter, carrier: str, profile: str, guard: SignalGuard
     try:
         with guard.cancelling_with(ender.start):
             try:
-                app.backup_execute(profile, on_progress)
+                try:
+                    app.backup_execute(profile, on_progress)
+                finally:
+                    ender.execute_done.set()
             except Exception:
                 if ender.thread is None:
                     # Normally qubesd returns only after put exited; if it

@@ -7,18 +7,24 @@ so callers can catch either. Only `cli.main()` turns them into exit codes.
 
 from __future__ import annotations
 
-import os
+from qbackup_protocol import CarrierExit
 
-# --- exit codes (documented in docs and `qbackup --help`) -------------------
+# --- exit codes: the ONE table (`qbackup --help` and dom0/README.md show it;
+# tests/dom0/test_docs.py compares the README with it) -------------------------
 EXIT_OK = 0
 EXIT_BACKUP_FAILED = 1  # Qubes' engine or the carrier failed during a transfer
 EXIT_USAGE = 2  # bad arguments or configuration (incl. prefix, passphrase file)
 EXIT_QUBES = 3  # unknown VM, missing carrier, a Qubes call refused
-EXIT_VERIFY = 4  # verification/check failed or tampering detected
+EXIT_VERIFY = 4  # verification failed or tampering detected
 EXIT_LOCKED = 5  # another backup through the same carrier is running
 EXIT_NO_SPACE = 6  # the server has not enough space for the estimate
-EXIT_STALE = 7  # status: a job's last success is older than --max-age
+EXIT_STALE = 7  # status: a job has no (recent enough) successful backup
 EXIT_CARRIER = 8  # the carrier answered something unusable or refused
+EXIT_NO_SUCH_BACKUP = 9  # verify/restore/check: the server has no backup of that name
+EXIT_CARRIER_CONFIG = 10  # the carrier's configuration is missing or invalid
+EXIT_HOST_KEY = 11  # the server's host key is not pinned in the carrier, or differs
+EXIT_LOGIN_REFUSED = 12  # the server refused the carrier's key
+EXIT_CORRUPTED = 13  # check: the stored backup differs from its digest record
 EXIT_TEMPFAIL = 75  # server unreachable / temporary: retry later (EX_TEMPFAIL)
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -33,6 +39,11 @@ EXIT_CODES = {
     EXIT_NO_SPACE: "not enough space on the server",
     EXIT_STALE: "a job has no recent enough successful backup",
     EXIT_CARRIER: "the carrier or server refused or answered garbage",
+    EXIT_NO_SUCH_BACKUP: "no such backup on the server",
+    EXIT_CARRIER_CONFIG: "the carrier's configuration is missing or invalid",
+    EXIT_HOST_KEY: "the server's host key is not pinned in the carrier (or differs)",
+    EXIT_LOGIN_REFUSED: "the server refused the carrier's login key",
+    EXIT_CORRUPTED: "the stored backup is corrupted (differs from its digest record)",
     EXIT_TEMPFAIL: "temporary failure (server unreachable): try again later",
     EXIT_SIGINT: "interrupted (SIGINT), backup cancelled",
     EXIT_SIGTERM: "terminated (SIGTERM), backup cancelled",
@@ -152,22 +163,52 @@ def exit_code_for(error: BaseException) -> int:
     return EXIT_BACKUP_FAILED
 
 
-# Carrier exit statuses (its documented contract) -> our exception class.
-CARRIER_STATUS_ERRORS: dict[int, type[QbackupError]] = {
-    64: CarrierRefused,  # usage / bad name / refused argument
-    65: VerificationError,  # data error: digest/size mismatch, truncated
-    66: CarrierError,  # no such backup
-    69: CarrierError,  # server refused (exists, no space)
-    os.EX_TEMPFAIL: TemporaryError,  # 75: unreachable, timeout, connection lost
-    77: CarrierError,  # host key not trusted
-    78: CarrierError,  # carrier config error
-}
-CARRIER_STATUS_TEXT: dict[int, str] = {
-    64: "the carrier refused the request",
-    65: "the data from the server failed its integrity check",
-    66: "no such backup on the server",
-    69: "the server refused the request",
-    75: "the server is unreachable (temporary)",
-    77: "the server's host key is not trusted by the carrier",
-    78: "the carrier's configuration is broken",
+class NoSuchBackup(QbackupError):
+    """The server has no backup of that name (verify, restore, check alike)."""
+
+    exit_code = EXIT_NO_SUCH_BACKUP
+
+
+class CarrierConfigError(CarrierError):
+    """The carrier's own configuration is missing or invalid."""
+
+    exit_code = EXIT_CARRIER_CONFIG
+
+
+class HostKeyError(CarrierError):
+    """The carrier has no pinned host key for the server, or it differs."""
+
+    exit_code = EXIT_HOST_KEY
+
+
+class LoginRefused(CarrierError):
+    """The server refused the carrier's login key."""
+
+    exit_code = EXIT_LOGIN_REFUSED
+
+
+class CorruptedBackup(QbackupError):
+    """The server re-hashed a stored backup and it differs from its record."""
+
+    exit_code = EXIT_CORRUPTED
+
+
+# The carrier's exit statuses (CarrierExit, its documented contract) -> the
+# error dom0 raises and the reason it gives. An unknown status is a CarrierError.
+CARRIER_STATUS_ERRORS: dict[CarrierExit, tuple[type[QbackupError], str]] = {
+    CarrierExit.USAGE: (CarrierRefused, "the carrier refused the request"),
+    CarrierExit.DATA: (VerificationError, "the data from the server failed its integrity check"),
+    CarrierExit.NO_SUCH_BACKUP: (NoSuchBackup, "no such backup on the server"),
+    CarrierExit.CORRUPTED: (CorruptedBackup, "the stored backup is CORRUPTED: it differs from"
+                            " its digest record on the server"),
+    CarrierExit.REFUSED: (CarrierError, "the server refused the request"),
+    CarrierExit.SOFTWARE: (CarrierError, "the carrier failed (internal error)"),
+    CarrierExit.EXISTS: (CarrierError, "a backup of that name already exists on the server"),
+    CarrierExit.TEMPORARY: (TemporaryError, "the server is unreachable (temporary)"),
+    CarrierExit.LOGIN_REFUSED: (LoginRefused, "the server refused the carrier's login key:"
+                                " install the carrier's public key for the backup account"),
+    CarrierExit.HOST_KEY: (HostKeyError, "the server's host key is not pinned in the carrier"
+                           " (or differs): add it to the carrier's known_hosts file"),
+    CarrierExit.CONFIG: (CarrierConfigError, "the carrier's configuration is missing or"
+                         " invalid: see qbackup-carrier --help in the carrier"),
 }

@@ -1,18 +1,22 @@
-"""The ONE place in dom0's qbackup that spawns processes.
+"""The ONE place in dom0's qbackup that spawns processes (qubesadmin aside).
 
 Always argv lists (never a shell), absolute timeouts where a hang would stall
-a timer unit, and secrets masked in what is logged.
+a timer unit, and secrets masked in what is logged. Desktop notifications
+(notify-send) are nice-to-have helpers: their absence is never an error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 MASK = "***"
+NOTIFY_SEND = "notify-send"
+TimeoutExpired = subprocess.TimeoutExpired
 
 
 def describe(argv: Sequence[str], secrets: Sequence[str] = ()) -> str:
@@ -27,9 +31,11 @@ def run(
     capture: bool = True,
     timeout: float | None = None,
     secrets: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Given an argv, run it and return the completed process (never raises on
-    a non-zero exit); raise FileNotFoundError if the program is missing."""
+    a non-zero exit); raise FileNotFoundError if the program is missing,
+    TimeoutExpired (after killing it) if it runs longer than TIMEOUT."""
     logger.debug("running %s", describe(argv, secrets))
     return subprocess.run(  # noqa: S603 - argv list from our own code, no shell
         list(argv),
@@ -39,6 +45,7 @@ def run(
         stdin=None if input_data is not None else subprocess.DEVNULL,
         timeout=timeout,
         check=False,
+        env=env,
     )
 
 
@@ -51,3 +58,14 @@ def run_optional(argv: Sequence[str], timeout: float = 10) -> bool:
         logger.debug("optional helper %s unavailable: %s", argv[0], error)
         return False
     return result.returncode == 0
+
+
+def notify(summary: str, body: str = "", critical: bool = False) -> bool:
+    """Given a summary and body, show a desktop notification; return whether it
+    worked. Cron has no DISPLAY: default to the dom0 desktop's :0."""
+    os.environ.setdefault("DISPLAY", ":0")
+    urgency = "critical" if critical else "normal"
+    argv = [NOTIFY_SEND, "--app-name=qbackup", f"--urgency={urgency}", summary]
+    if body:
+        argv.append(body)
+    return run_optional(argv)

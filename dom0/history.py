@@ -1,8 +1,10 @@
-"""The local history: one JSON line per run, the memory tamper detection trusts.
+"""The local history (one JSON line per run) and tamper detection, which trusts it.
 
 Kept in dom0 (the most trusted place): the server and the carrier can lie
 about what they store, but not about what dom0 wrote down when the server
-confirmed each backup.
+confirmed each backup. A hostile or broken server (or carrier) could delete,
+truncate or replace backups; every committed backup that vanished, shrank or
+changed digest is reported, so history cannot be rolled back silently.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dom0.names import is_valid_name
+import qbackup_protocol as protocol
 
 logger = logging.getLogger(__name__)
 OUTCOME_OK = "ok"
+LEGACY_FAILURE = re.compile(r"failed: [A-Za-z]+")
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 
@@ -62,8 +67,11 @@ def _run_from(value: object) -> Run | None:
         run = Run(**value)
     except TypeError:
         return None
-    if run.name is not None and not is_valid_name(run.name):
-        return None
+    if run.name is not None:
+        try:
+            protocol.check_name(run.name)
+        except protocol.InvalidName:
+            return None
     return run
 
 
@@ -79,7 +87,7 @@ def read_runs(path: Path) -> list[Run]:
     for number, line in enumerate(data.splitlines(), 1):
         try:
             run = _run_from(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             run = None
         if run is None:
             logger.warning("%s line %d is not a history record; ignored", path, number)
@@ -91,3 +99,62 @@ def read_runs(path: Path) -> list[Run]:
 def committed_runs(runs: list[Run]) -> list[Run]:
     """Given runs, return those whose backup the server confirmed."""
     return [run for run in runs if run.name and run.sha256 and run.size is not None]
+
+
+def failed_outcome(code: int, meaning: str) -> str:
+    """Given a failure's exit code and its meaning, return the history outcome."""
+    return f"failed (exit {code}): {meaning}"
+
+
+def shown_outcome(outcome: str) -> str:
+    """Given a recorded outcome, return it for people: records written before
+    outcomes were worded ("failed: TemporaryError") lose the class name."""
+    return "failed" if LEGACY_FAILURE.fullmatch(outcome) else outcome
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """dom0's history against the server's listing: what looks like tampering,
+    and which vanished backups the retention policy let the server remove."""
+
+    problems: list[str]
+    pruned: list[str]
+
+
+def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord],
+                        complete: bool, prefix: str = "",
+                        policy: protocol.RetentionPolicy | None = None) -> Comparison:
+    """Given the history RUNS of one job, the server's STORED records under
+    PREFIX (COMPLETE: the listing was not cut short) and the job's retention
+    POLICY, return the committed backups that vanished, shrank, grew or changed
+    digest (problems), and those that vanished exactly as the policy allows
+    (pruned). The policy is applied to dom0's own history only: names the
+    server lists but dom0 never committed cannot push a backup out of it, and a
+    server that prunes more than the policy allows is reported."""
+    by_name = {record.name: record for record in stored}
+    mine = [(run.name, run) for run in committed_runs(runs)
+            if run.name and run.name.startswith(prefix)]
+    allowed = set(protocol.prunable({name for name, _ in mine}, policy)) if policy else set()
+    problems: list[str] = []
+    pruned: list[str] = []
+    for name, run in mine:
+        record = by_name.get(name)
+        if record is None:
+            if not complete:
+                continue
+            if name in allowed:
+                pruned.append(name)
+            elif policy:
+                problems.append(f"{name}: vanished from the server, but the retention"
+                                f" policy ({policy.describe()}) keeps it")
+            else:
+                problems.append(f"{name}: vanished from the server (the job has no"
+                                " retention policy that allows a prune)")
+            continue
+        if run.size is not None and record.size < run.size:
+            problems.append(f"{name}: shrank from {run.size} to {record.size} bytes")
+        elif run.size is not None and record.size != run.size:
+            problems.append(f"{name}: size changed from {run.size} to {record.size} bytes")
+        if record.sha256 != run.sha256:
+            problems.append(f"{name}: digest changed on the server")
+    return Comparison(problems=problems, pruned=sorted(set(pruned)))

@@ -1,45 +1,36 @@
-"""`qbackup list [PREFIX]` and `qbackup check NAME`: the server's view via the carrier."""
+"""`qbackup list [PREFIX]`: the backups the server stores, through the carrier."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
-from pathlib import Path
 
-from dom0 import history
-from dom0.carrier import CarrierClient
-from dom0.errors import VerificationError
-from dom0.names import check_name
-from dom0.output import say, show_time
-from dom0.qubes import QubesAdapter
+from dom0.carrier import CarrierClient, check_name
+from dom0.config import carrier_and_passphrase
+from dom0.log import say, show_time
+from dom0.session import Context, running_carrier
 
 logger = logging.getLogger(__name__)
 
 
-def run_list(app: QubesAdapter, carrier: str, prefix: str) -> int:
-    """Given the carrier and a name PREFIX ('' = all), print every stored
-    backup (name, size, stored time, digest); return 0."""
+def run(args: argparse.Namespace, context: Context) -> int:
+    """Given `list` arguments, print every stored backup under the prefix
+    (name, size, stored time, digest); return 0."""
+    carrier, _ = carrier_and_passphrase(args, context.config)
+    prefix = args.prefix
     if prefix:
-        check_name(prefix.rstrip("/"))  # a prefix obeys the name rules
-    listing = CarrierClient(app, carrier).listing(prefix)
-    for record in listing.records:
+        # A prefix obeys the name rules: it reaches the carrier's stdin.
+        check_name(prefix.rstrip("/"))
+    app = context.get_app()
+    with running_carrier(app, carrier, keep=False):
+        listing = CarrierClient(app, carrier).listing(prefix)
+    if context.json:
+        say(json.dumps({"backups": [record.to_reply() for record in listing.records],
+                        "truncated": listing.truncated}, sort_keys=True))
+    for record in [] if context.json else listing.records:
         say(f"{record.name}  {record.size}  {show_time(record.mtime)}  {record.sha256 or '-'}")
     if listing.truncated:
         logger.warning("the server cut the listing short: give a longer prefix")
     logger.info("listed %d backup(s) via %s", len(listing.records), carrier)
-    return 0
-
-
-def run_check(app: QubesAdapter, carrier: str, name: str, history_path: Path) -> int:
-    """Given the carrier and a backup NAME, have the server re-hash it and
-    compare with its record and with dom0's history; return 0 or raise
-    VerificationError."""
-    record, ok = CarrierClient(app, carrier).check(check_name(name))
-    say(f"{record.name}  {record.size}  {record.sha256 or '-'}  {'ok' if ok else 'MISMATCH'}")
-    if not ok:
-        raise VerificationError(f"server check of {name} FAILED: stored data no longer matches")
-    for run in history.committed_runs(history.read_runs(history_path)):
-        if run.name == name and (run.sha256 != record.sha256 or run.size != record.size):
-            raise VerificationError(
-                f"{name} differs from what the server confirmed at backup time: tampering?")
-    logger.info("server check of %s: ok", name)
     return 0

@@ -1,10 +1,12 @@
-"""Logging, configured once: syslog ident `qbackup` (journald) or the terminal.
+"""Everything qbackup shows a person: log records, stdout lines, sizes and times.
 
-`journalctl -t qbackup` must tell each run's story, so every record goes to
-syslog with that identifier. `-o` sends it to the terminal instead. Every line
-is cleaned of control characters on its way out: a message may quote text
-that came from the carrier, and one escape sequence must not rewrite a
-terminal or forge a second journal entry.
+Logging is configured once: syslog ident `qbackup` (journald, so
+`journalctl -t qbackup` tells each run's story) or the terminal (`-o`).
+
+Text from the carrier VM is hostile: the carrier is networked and less
+trusted than dom0, and anything it sends may be huge, invalid UTF-8, or full
+of escape sequences meant to rewrite a terminal or forge journal lines. So
+every line that leaves qbackup, log record or stdout, passes `clean_text`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,77 @@ import logging.handlers
 import os
 import socket
 import sys
-
-from dom0.untrusted import clean_text
+import unicodedata
+from datetime import UTC, datetime
 
 DEFAULT_SYSLOG_SOCKET = "/dev/log"
 IDENT = "qbackup"
 MAX_MESSAGE = 2000
+MAX_OUTPUT_LINE = 1000
+DEFAULT_LIMIT = 300
+MAX_TAIL = 64 * 1024  # last_line looks at most this far back
+# Unicode categories never shown: controls (ESC, CR, NUL, NEL...), format
+# characters (bidi overrides and isolates that reorder what a reader sees),
+# surrogates, private use, unassigned, and the line and paragraph separators
+# U+2028/U+2029 (a new line to anything that splits lines like Python does).
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+# --- hostile text ------------------------------------------------------------
+def clean_text(data: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
+    """Given untrusted bytes or text, return at most LIMIT printable characters:
+    invalid UTF-8 and every control/format character become '?', and a cut is
+    marked with '...'."""
+    if isinstance(data, bytes):
+        # Decode only what can be shown: never feed megabytes to the decoder.
+        text = data[: limit * 4].decode("utf-8", "replace")
+    else:
+        text = data[: limit * 4]
+    cleaned = "".join(
+        "?" if char == "\ufffd" or unicodedata.category(char) in HIDDEN_CATEGORIES else char
+        for char in text
+    )
+    if len(cleaned) > limit:
+        return cleaned[:limit] + "..."
+    return cleaned
+
+
+def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
+    """Given untrusted stderr, return its last non-empty line, cleaned."""
+    for line in reversed(data[-MAX_TAIL:].splitlines()):
+        if line.strip():
+            return clean_text(line.strip(), limit)
+    return ""
+
+
+# --- what commands print -----------------------------------------------------
+def say(text: str) -> None:
+    """Given a line of output (which may quote carrier text), print it cleaned."""
+    sys.stdout.write(clean_text(text, MAX_OUTPUT_LINE) + "\n")
+    sys.stdout.flush()
+
+
+def show_time(epoch: float | None) -> str:
+    """Given seconds since the epoch (or None), return ISO UTC or '-'."""
+    if epoch is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return "?"  # a carrier may send any 63-bit mtime
+
+
+def human_size(size: float) -> str:
+    """Given a byte count, return it as e.g. '1.5 GiB'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+# --- logging -----------------------------------------------------------------
 class CleanFormatter(logging.Formatter):
     """A formatter whose output is one line of printable characters."""
 
@@ -47,11 +112,13 @@ def make_syslog_handler(socket_path: str) -> logging.Handler:
 
 
 def setup_logging(
-    to_terminal: bool, syslog_socket: str = DEFAULT_SYSLOG_SOCKET, verbose: bool = False
+    to_terminal: bool, syslog_socket: str = DEFAULT_SYSLOG_SOCKET, verbose: bool = False,
+    quiet: bool = False,
 ) -> None:
-    """Given whether to log to the terminal (-o) and the syslog socket, (re)configure
-    the root logger once for this process: syslog, or stderr if -o or syslog
-    is unreachable; errors also reach stderr so cron mails them."""
+    """Given whether to log to the terminal (-o), the syslog socket, -v and -q,
+    (re)configure the root logger once for this process: syslog, or stderr if
+    -o or syslog is unreachable; errors also reach stderr so cron mails them.
+    -q quiets the terminal only: the journal still tells the whole story."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -64,11 +131,13 @@ def setup_logging(
             root.addHandler(make_syslog_handler(syslog_socket))
         except OSError as error:
             to_terminal = True
-            terminal.setLevel(logging.INFO)
+            terminal.setLevel(logging.WARNING if quiet else logging.DEBUG)
             root.addHandler(terminal)
             logging.getLogger(__name__).warning(
                 "syslog socket %s unreachable (%s): logging to the terminal", syslog_socket, error
             )
             return
         terminal.setLevel(logging.ERROR)
+    elif quiet:
+        terminal.setLevel(logging.WARNING)
     root.addHandler(terminal)

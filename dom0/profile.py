@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from dom0.carrier import check_name
 from dom0.errors import QbackupError
-from dom0.names import check_name
 
 logger = logging.getLogger(__name__)
 CARRIER_COMMAND = "qbackup-carrier"

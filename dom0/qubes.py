@@ -179,7 +179,10 @@ class RealQubes:
         def drain_stderr() -> None:
             data, _ = read_bounded(process.stderr, MAX_STDERR)
             stderr_box.append(data)
-            process.stderr.read()  # keep draining so the service cannot block
+            # Keep draining so the service cannot block, but discard: dom0's
+            # memory must not follow the carrier's stderr.
+            while process.stderr.read(65536):
+                pass
 
         threads = [threading.Thread(target=feed, daemon=True),
                    threading.Thread(target=drain_stderr, daemon=True)]

@@ -1,4 +1,5 @@
-"""The carrier VM's lifetime around one command, and the signals that stop it.
+"""One command's context: the Qubes adapter, state paths, the carrier VM's
+lifetime around the command, and the signals that stop it.
 
 qbackup starts a halted carrier and shuts it down again afterwards (unless
 it was already running or the user asked to keep it: -x). SIGINT/SIGTERM must
@@ -13,6 +14,8 @@ import logging
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from dom0.errors import Interrupted, QubesError, VMNotFound
@@ -20,6 +23,20 @@ from dom0.qubes import QubesAdapter
 
 logger = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every action gets besides its arguments: the Qubes adapter (made
+    only when first needed), the signal guard and where state lives."""
+
+    get_app: Callable[[], QubesAdapter]
+    guard: SignalGuard
+    history: Path
+    lock_dir: Path
+    config: Path | None  # --config, None: the default job file
+    json: bool = False  # --json: machine-readable stdout
+    quiet: bool = False  # -q: no progress bar or summary, errors only
 
 
 def require_vm(app: QubesAdapter, name: str, role: str) -> None:

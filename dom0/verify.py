@@ -19,36 +19,29 @@ and exits 0: success is judged from its output and the VMs that now exist.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dom0 import history
-from dom0.carrier import CarrierClient
+from dom0.carrier import CarrierClient, check_name
 from dom0.compression import restore_options
+from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
 from dom0.engine import running_vm
 from dom0.errors import PassphraseError, UsageError, VerificationError
-from dom0.names import check_name
+from dom0.log import clean_text, say
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
-from dom0.session import require_vm
-from dom0.untrusted import clean_text
+from dom0.session import Context, require_vm, running_carrier
 
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
 PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
 EXTRACTION_ERROR = b"Error extracting data"  # qubesadmin/backup/restore.py restore_do
 PARANOID_OPTIONS = frozenset({"--paranoid-mode", "--plan-b"})
-
-
-@dataclass(frozen=True)
-class PassphraseSource:
-    """Where the backup passphrase comes from: a file, or a VM's service."""
-
-    file: Path | None = None
-    vm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,3 +213,48 @@ def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, na
     if problem is not None:
         raise VerificationError(f"restore of {name} FAILED: {problem}")
     logger.info("restore of %s: done", name)
+
+
+# --- the `verify` and `restore` actions (argument handling only) -------------
+def run_verify(args: argparse.Namespace, context: Context) -> int:
+    """Given `verify` arguments, verify the named backup and say what was
+    verified; return 0 or raise (NoSuchBackup for a name the server lacks)."""
+    carrier, source = carrier_and_passphrase(args, context.config)
+    name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
+    source = need_passphrase(source)
+    app = context.get_app()
+    with running_carrier(app, carrier, keep=False):
+        record = CarrierClient(app, carrier).require(name)
+        verify_backup(app, carrier, source, name, committed_record(context.history, name))
+    say(f"{name}: verified: Qubes decrypted and checked every part of the"
+        f" {record.size}-byte backup read through {carrier} (qvm-backup-restore --verify-only)")
+    return 0
+
+
+def run_restore(args: argparse.Namespace, context: Context) -> int:
+    """Given `restore` arguments, restore from the named backup; return 0 or raise."""
+    carrier, source = carrier_and_passphrase(args, context.config)
+    name = check_name(args.name)
+    source = need_passphrase(source)
+    if args.paranoid_mode and source.vm is not None:
+        # Paranoid mode copies the passphrase FILE into a disposable VM: an
+        # answer from a passphrase VM on stdin (-p -) cannot get there.
+        raise UsageError("--paranoid-mode needs the passphrase in a file (-p FILE), not from a"
+                         " passphrase VM")
+    # They become qvm-backup-restore arguments: a word like '--x' must not
+    # turn into one of its options.
+    for vm in [*args.vms, *args.exclude]:
+        if not is_vm_name(vm):
+            raise UsageError(f"not a VM name: {vm!r}")
+    options = [flag for flag, wanted in (
+        ("--rename-conflicting", args.rename_conflicting),
+        ("--skip-conflicting", args.skip_conflicting),
+        ("--paranoid-mode", args.paranoid_mode)) if wanted]
+    for vm in args.exclude:
+        options += ["-x", vm]
+    app = context.get_app()
+    with running_carrier(app, carrier, keep=False):
+        CarrierClient(app, carrier).require(name)
+        restore_backup(app, carrier, source, name, options, args.vms,
+                       committed_record(context.history, name))
+    return 0

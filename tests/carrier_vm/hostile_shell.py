@@ -152,6 +152,31 @@ def get(name):
     OUT.write(frame + end)
 
 
+def check(name):
+    mismatch = {**record(name, 1, "a" * 64), "ok": False}
+    if MODE == "check-mismatch":
+        # What the real shell does when the re-hash differs: record + exit 65.
+        line(mismatch)
+        OUT.flush()
+        sys.exit(65)
+    elif MODE == "check-mismatch-exit-0":
+        line(mismatch)
+    elif MODE == "check-ok-exit-65":
+        line({**mismatch, "ok": True})
+        OUT.flush()
+        sys.exit(65)
+    elif MODE == "check-mismatch-other-name":
+        line({**mismatch, "name": "other"})
+        OUT.flush()
+        sys.exit(65)
+    elif MODE == "check-mismatch-no-line":
+        sys.exit(65)
+    elif MODE == "nested":
+        OUT.write(b"[" * 4000 + b"\n")
+    else:
+        line({**record("other", 1, "a" * 64), "ok": True})
+
+
 def main():
     verb, _, argument = sys.argv[2].partition(" ")
     if MODE == "refuse-with-escapes":
@@ -166,7 +191,7 @@ def main():
     elif verb == "get":
         get(argument)
     elif verb == "check":
-        line({**record("other", 1, "a" * 64), "ok": True})
+        check(argument)
     elif verb == "info":
         line({"protocol": 1, "free": -1})
     OUT.flush()

@@ -16,6 +16,7 @@ import json
 import os
 import time
 
+from qbackup_protocol import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 from tests.carrier_vm.test_qrexec_service import call_service
 
@@ -68,7 +69,7 @@ def test_commit_twice_the_second_exits_66(carrier: Carrier) -> None:
 def test_put_of_a_staged_name_is_refused_and_keeps_the_staged_upload(carrier: Carrier) -> None:
     assert carrier.run("put", "twin", data=b"first").returncode == 0
     again = carrier.run("put", "--commit", "twin", data=b"second")
-    assert (again.returncode, again.stdout) == (69, b"")
+    assert (again.returncode, again.stdout) == (CarrierExit.EXISTS, b"")
     assert b"staged" in again.stderr
     assert carrier.run("commit", "twin").returncode == 0
     assert carrier.run("get", "twin").stdout == b"first"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qbackup_protocol import CARRIER_EXIT_MEANINGS, CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 from tests.harness.server import free_port
 
@@ -52,6 +53,7 @@ def test_config_cannot_switch_host_key_checking_off(carrier: Carrier) -> None:
     assert stored_files(carrier.account) == []
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 def test_closed_port_is_a_temporary_failure(carrier: Carrier) -> None:
     carrier.write_config(port=free_port())
     started = time.monotonic()
@@ -73,6 +75,7 @@ def silent_listener() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 def test_silent_server_times_out_within_the_connect_timeout(
     carrier: Carrier, silent_listener: int
 ) -> None:
@@ -86,13 +89,54 @@ def test_silent_server_times_out_within_the_connect_timeout(
     assert_one_safe_line(result.stderr)
 
 
-def test_refused_login_is_reported_as_a_server_refusal(carrier: Carrier, tmp_path: Path) -> None:
+def test_refused_login_exits_login_refused(carrier: Carrier, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     carrier.write_config(identity_file=str(stranger))
     result = carrier.run("info")
-    assert result.returncode == 69
+    assert result.returncode == CarrierExit.LOGIN_REFUSED
     assert b"authorized_keys" in result.stderr
+    assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize("case", ["misconfigured", "host-key", "login"])
+def test_misconfiguration_host_key_and_login_have_distinct_exit_codes(
+    carrier: Carrier, tmp_path: Path, case: str
+) -> None:
+    # dom0 tells the user which of three different things to fix: the
+    # carrier's config file, the pinned host key, or the account's key.
+    expected = {
+        "misconfigured": CarrierExit.CONFIG,
+        "host-key": CarrierExit.HOST_KEY,
+        "login": CarrierExit.LOGIN_REFUSED,
+    }[case]
+    if case == "misconfigured":
+        carrier.write_config(port="not-a-port")
+    elif case == "host-key":
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{carrier.server.port} {other_host_key(tmp_path)}\n")
+        carrier.write_config(known_hosts=str(known_hosts))
+    else:
+        stranger = tmp_path / "stranger_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True
+        )
+        carrier.write_config(identity_file=str(stranger))
+
+    result = carrier.run("info")
+
+    assert result.returncode == expected, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+
+
+def test_help_names_the_config_file_and_every_exit_code(carrier: Carrier) -> None:
+    result = carrier.run("--help")
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    assert "~/.config/qbackup/carrier.yaml" in text and "QBACKUP_CARRIER_CONFIG" in text
+    for code, meaning in CARRIER_EXIT_MEANINGS.items():
+        assert f"{int(code):3d}  {meaning}\n" in text
 
 
 def test_ssh_conn_supplies_user_and_host(carrier: Carrier) -> None:

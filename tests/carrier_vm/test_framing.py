@@ -9,6 +9,8 @@ import pytest
 
 from carrier_vm.download import Deframer
 from carrier_vm.errors import (
+    SHELL_STATUS_ERRORS,
+    AlreadyExists,
     DataError,
     NoSuchBackup,
     ServerRefused,
@@ -17,7 +19,13 @@ from carrier_vm.errors import (
 )
 from carrier_vm.ssh import printable
 from carrier_vm.upload import check_receipt
-from qbackup_protocol import encode_data_header, encode_end_frame, encode_reply
+from qbackup_protocol import (
+    CarrierExit,
+    ShellExit,
+    encode_data_header,
+    encode_end_frame,
+    encode_reply,
+)
 
 DATA = os.urandom(3000)
 DIGEST = hashlib.sha256(DATA).digest()
@@ -110,21 +118,28 @@ def test_printable_leaves_nothing_a_terminal_would_obey(raw: bytes | str, shown:
 @pytest.mark.parametrize(
     ("status", "kind", "exit_code"),
     [
-        (None, TemporaryFailure, 75),
-        (64, ServerRefused, 69),
-        (65, DataError, 65),
-        (66, NoSuchBackup, 66),
-        (69, ServerRefused, 69),
-        (73, ServerRefused, 69),
-        (74, ServerRefused, 69),
-        (77, ServerRefused, 69),
-        (78, ServerRefused, 69),
-        (70, ServerRefused, 69),
-        (1, ServerRefused, 69),
+        (None, TemporaryFailure, CarrierExit.TEMPORARY),
+        (ShellExit.USAGE, ServerRefused, CarrierExit.REFUSED),
+        (ShellExit.DATA, DataError, CarrierExit.DATA),
+        (ShellExit.NO_SUCH_BACKUP, NoSuchBackup, CarrierExit.NO_SUCH_BACKUP),
+        (ShellExit.UNAVAILABLE, ServerRefused, CarrierExit.REFUSED),
+        (ShellExit.EXISTS, AlreadyExists, CarrierExit.EXISTS),
+        (ShellExit.IO, ServerRefused, CarrierExit.REFUSED),
+        # The server's "not allowed" and "misconfigured" are refusals, never
+        # the carrier's own HOST_KEY/CONFIG codes (same numbers, other meaning).
+        (ShellExit.NO_PERMISSION, ServerRefused, CarrierExit.REFUSED),
+        (ShellExit.CONFIG, ServerRefused, CarrierExit.REFUSED),
+        (ShellExit.SOFTWARE, ServerRefused, CarrierExit.REFUSED),
+        (1, ServerRefused, CarrierExit.REFUSED),
     ],
 )
 def test_shell_exit_statuses_map_to_carrier_errors(
-    status: int | None, kind: type, exit_code: int
+    status: int | None, kind: type, exit_code: CarrierExit
 ) -> None:
     error = error_for_shell_status(status)
-    assert isinstance(error, kind) and error.exit_code == exit_code
+    assert type(error) is kind and error.exit_code is exit_code
+
+
+def test_every_shell_status_has_a_mapping() -> None:
+    # A new ShellExit member must be given its meaning here, not fall through.
+    assert set(SHELL_STATUS_ERRORS) == set(ShellExit) - {ShellExit.OK}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qbackup_protocol import CarrierExit
 from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
 
 HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
@@ -183,6 +184,41 @@ def test_check_and_info_refuse_malformed_replies(hostile: Carrier, verb: str) ->
     set_mode(hostile, "any")
     result = hostile.run(*([verb, "b"] if verb == "check" else [verb]))
     assert result.returncode == 65, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+
+
+def test_check_mismatch_relays_the_record_and_exits_corrupted(hostile: Carrier) -> None:
+    set_mode(hostile, "check-mismatch")
+    result = hostile.run("check", "b")
+    assert result.returncode == CarrierExit.CORRUPTED, result.stderr
+    assert json.loads(result.stdout) == {
+        "name": "b",
+        "size": 1,
+        "sha256": "a" * 64,
+        "mtime": 1700000000,
+        "ok": False,
+    }
+    assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code"),
+    [
+        # A verdict that contradicts the exit status cannot be believed either way.
+        ("check-mismatch-exit-0", CarrierExit.DATA),
+        ("check-ok-exit-65", CarrierExit.DATA),
+        ("check-mismatch-other-name", CarrierExit.DATA),
+        # Exit 65 with no record: the shell failed the check without a verdict.
+        ("check-mismatch-no-line", CarrierExit.DATA),
+    ],
+)
+def test_check_refuses_a_verdict_that_does_not_add_up(
+    hostile: Carrier, mode: str, code: CarrierExit
+) -> None:
+    set_mode(hostile, mode)
+    result = hostile.run("check", "b")
+    assert result.returncode == code, result.stderr
     assert result.stdout == b""
     assert_one_safe_line(result.stderr)
 

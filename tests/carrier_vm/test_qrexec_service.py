@@ -23,14 +23,17 @@ def call_service(
     argument: str,
     stdin: bytes = b"",
     env_argument: str | None = None,
+    caller: str | None = "dom0",
     **env: str,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the service as qrexec-agent does: /etc/qubes-rpc/NAME ARG."""
+    """Run the service as qrexec-agent does: /etc/qubes-rpc/NAME ARG, called
+    by CALLER (None: QREXEC_REMOTE_DOMAIN unset)."""
     environment = carrier.env(
         QREXEC_SERVICE_ARGUMENT=argument if env_argument is None else env_argument,
-        QREXEC_REMOTE_DOMAIN="dom0",
         **env,
     )
+    if caller is not None:
+        environment["QREXEC_REMOTE_DOMAIN"] = caller
     return subprocess.run(
         [str(SERVICE), argument],
         input=stdin,
@@ -90,6 +93,7 @@ def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
         listener.close()
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 @pytest.mark.parametrize(
     ("argument", "stdin", "env_argument"),
     [
@@ -122,6 +126,30 @@ def test_service_refuses_bad_requests_without_contacting_the_server(
     result = call_service(carrier, argument, stdin, env_argument)
     assert result.returncode == 64, result.stderr
     assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+    with pytest.raises(BlockingIOError):
+        tripwire.accept()  # nobody connected
+
+
+@pytest.mark.parametrize("caller", ["sys-net", "untrusted", "dom0 ", "Dom0", "", None])
+@pytest.mark.parametrize(
+    ("argument", "stdin"),
+    [("get", b"name\n"), ("commit", b"name\n"), ("list", b""), ("info", b""), ("abort", b"")],
+)
+def test_service_refuses_every_caller_but_dom0(
+    carrier: Carrier,
+    tripwire: socket.socket,
+    argument: str,
+    stdin: bytes,
+    caller: str | None,
+) -> None:
+    # Threat: another VM calling the service (a policy edited by mistake):
+    # it could read backups (get), publish an aborted upload (commit) or end
+    # the running one (abort). Residual risk: none beyond dom0 itself.
+    result = call_service(carrier, argument, stdin, caller=caller)
+    assert result.returncode == 64, result.stderr
+    assert result.stdout == b""
+    assert b"dom0 only" in result.stderr
     assert_one_safe_line(result.stderr)
     with pytest.raises(BlockingIOError):
         tripwire.accept()  # nobody connected

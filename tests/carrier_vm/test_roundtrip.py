@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from qbackup_protocol import DEFAULT_DATA_FRAME, PROTOCOL_VERSION
+from qbackup_protocol import DEFAULT_DATA_FRAME, PROTOCOL_VERSION, CarrierExit
 from tests.carrier_vm.conftest import INTERPRETERS, Carrier
 
 
@@ -66,7 +66,7 @@ def test_round_trip_works_with_debian_and_current_asyncssh(
 def test_put_refuses_an_existing_name_and_keeps_the_first(carrier: Carrier) -> None:
     assert carrier.run("put", "--commit", "same", data=b"first").returncode == 0
     again = carrier.run("put", "same", data=b"second")
-    assert again.returncode == 69
+    assert again.returncode == CarrierExit.EXISTS
     assert again.stdout == b""
     assert carrier.run("get", "same").stdout == b"first"
 
@@ -77,6 +77,7 @@ def test_get_of_a_missing_backup_exits_66(carrier: Carrier) -> None:
     assert result.stdout == b""
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 @pytest.mark.parametrize(
     "args",
     [
@@ -118,3 +119,26 @@ def test_rate_limit_paces_the_upload(carrier: Carrier) -> None:
     assert put.returncode == 0, put.stderr
     assert elapsed >= 2.0, elapsed  # 384 KiB at 128 KiB/s: about 3 s
     assert carrier.run("get", "slow").stdout == data
+
+
+def test_check_of_a_corrupted_backup_passes_the_record_on_and_exits_corrupted(
+    carrier: Carrier,
+) -> None:
+    # The drift bug: the shell prints the record with ok false AND exits
+    # DATA; the carrier must relay that record and report CORRUPTED, not a
+    # transit error.
+    data = os.urandom(100_000)
+    assert carrier.run("put", "--commit", "rotten", data=data).returncode == 0
+    stored = carrier.account.storage / "rotten"
+    with open(stored, "r+b") as handle:
+        handle.seek(50_000)
+        handle.write(bytes([data[50_000] ^ 0xFF]))
+
+    result = carrier.run("check", "rotten")
+
+    assert result.returncode == CarrierExit.CORRUPTED, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["ok"] is False
+    assert reply["name"] == "rotten" and reply["size"] == len(data)
+    assert reply["sha256"] == hashlib.sha256(data).hexdigest()  # the record, not the damage
+    assert b"differs from its digest record" in result.stderr

@@ -141,18 +141,17 @@ def test_passphrase_vm_keeps_the_passphrase_out_of_the_profile(dom0: Dom0) -> No
         errors.EXIT_VERIFY
 
 
-def test_second_backup_in_the_same_second_is_an_error_not_an_overwrite(dom0: Dom0) -> None:
+def test_a_second_backup_within_the_same_second_gets_the_next_name(dom0: Dom0) -> None:
+    # Names carry the second: a run that would clash waits for a fresh one
+    # rather than fail, and nothing stored is ever overwritten.
     args = ("-f", "twice", "-t", CARRIER, "-p", str(dom0.passfile), "work")
     dom0.sim.vms["work"].size = 64 * 1024
-    first = dom0.run(*args)
-    second = dom0.run(*args)
-    stored = dom0.stored()
-    # Either the clock moved on (two distinct names) or the second run refused.
-    if second != 0:
-        assert second == errors.EXIT_CARRIER and len(stored) == 1
-    else:
-        assert len(stored) == 2
-    assert first == 0
+    assert dom0.run(*args) == 0
+    [first] = dom0.stored()
+    before = (dom0.account.storage / first).read_bytes()
+    assert dom0.run(*args) == 0
+    assert len(dom0.stored()) == 2 and first in dom0.stored()
+    assert (dom0.account.storage / first).read_bytes() == before
 
 
 def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
@@ -161,8 +160,8 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
-    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
+    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-k", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
     assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")
@@ -185,9 +184,9 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
     path.write_bytes(bytes(data))
-    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_VERIFY
-    # The carrier reports a mismatch either as ok=false or as a data error (65).
-    assert dom0.logged(f"server check of {name} FAILED") or dom0.logged("integrity check")
+    # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
+    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
+    assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
         errors.EXIT_VERIFY
 
@@ -198,7 +197,7 @@ def test_stale_status_exits_non_zero_and_notifies(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.notify.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
     old = time.time() - 50 * 3600
     dom0.history.write_text(json.dumps({
         "job": "daily", "carrier": CARRIER, "name": "laptop-20261120T000000Z", "size": 10,
@@ -207,5 +206,28 @@ def test_stale_status_exits_non_zero_and_notifies(
     assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
     assert not record.exists()
     assert dom0.run("status", "--max-age", "36") == errors.EXIT_STALE
-    assert dom0.logged("no backup newer than 36.0 h for: daily: 50.0 h old")
+    assert dom0.logged("no successful backup newer than 36.0 h for: daily: 50.0 h old")
     assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()
+
+
+@pytest.mark.parametrize("command", [("check",), ("verify", "-p", "PASSFILE"),
+                                     ("restore", "-p", "PASSFILE")])
+def test_no_such_backup_is_the_same_line_and_code_everywhere(
+        dom0: Dom0, command: tuple[str, ...]) -> None:
+    argv = [str(dom0.passfile) if word == "PASSFILE" else word for word in command]
+    missing = "laptop-20200101T000000Z"
+    assert dom0.run(*argv, "-t", CARRIER, missing) == errors.EXIT_NO_SUCH_BACKUP
+    assert dom0.logged(f"no such backup on the server: {missing} (see qbackup list) (exit 9)")
+    assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
+
+
+def test_verify_says_what_it_verified(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    dom0.sim.vms["work"].size = 64 * 1024
+    assert dom0.run("-f", "v", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
+    [name] = dom0.stored()
+    size = (dom0.account.storage / name).stat().st_size
+    capsys.readouterr()
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
+    assert capsys.readouterr().out == (
+        f"{name}: verified: Qubes decrypted and checked every part of the {size}-byte backup"
+        f" read through {CARRIER} (qvm-backup-restore --verify-only)\n")

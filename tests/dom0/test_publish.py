@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from dom0.backup import publish
-from dom0.carrier import CarrierClient
+from dom0.carrier import CarrierClient, Record
 from dom0.errors import CarrierError
-from dom0.replies import Record
 
 NAME = "laptop-20261122T235959Z"
 DIGEST = "c" * 64

@@ -78,6 +78,22 @@ def test_a_carrier_without_abort_is_killed_to_end_the_upload(dom0: Dom0, tmp_pat
     assert_nothing_left(dom0)
 
 
+def test_an_abort_that_claims_success_while_qubes_still_waits_is_backed_by_a_kill(
+        dom0: Dom0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dom0.engine.EXECUTE_GRACE", 1.0)
+    script = tmp_path / "service-lying-abort"
+    script.write_text(f'#!/bin/sh\n[ "$1" = abort ] && exit 0\nexec {dom0.sim.carrier_script}'
+                      ' "$@"\n')
+    script.chmod(0o755)
+    dom0.sim.carrier_script = script
+    dom0.sim.hooks.engine_fails_at = 0.3
+    dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    assert backup(dom0, "work") == errors.EXIT_SIGTERM
+    assert ("kill", CARRIER) in dom0.sim.calls
+    assert dom0.logged("but Qubes' backup still waits for it after 1 s")
+    assert_nothing_left(dom0)
+
+
 def test_a_hanging_abort_is_cut_short_and_the_carrier_killed(
         dom0: Dom0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dom0.engine.ABORT_TIMEOUT", 1.0)

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import config, replies
-from dom0.errors import ConfigError, PassphraseError, UsageError
-from dom0.estimate import parse_estimate
-from dom0.history import Run
-from dom0.names import check_prefix, is_valid_name, make_name
-from dom0.output import show_time
+from dom0 import carrier as replies
+from dom0 import config
+from dom0.backup import make_name, parse_estimate
+from dom0.carrier import Listing, Record, is_valid_name
+from dom0.errors import ConfigError, PassphraseError
+from dom0.history import Run, compare_with_server
+from dom0.log import clean_text, show_time
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, destination_path, written_profile
-from dom0.tamper import find_tampering
-from dom0.untrusted import clean_text
 from tests.qubes_sim.simulator import human
 
 DIGEST = "a" * 64
@@ -29,7 +28,7 @@ DIGEST = "a" * 64
 @pytest.mark.parametrize("prefix", ["laptop", "a", "laptop/daily", "x.y_z-1", "A" * 64,
                                     "a/b/c/d/e/f/g"])
 def test_prefix_accepts(prefix: str) -> None:
-    assert check_prefix(prefix) == prefix
+    assert config.prefix_problem(prefix) is None
     assert is_valid_name(make_name(prefix))
 
 
@@ -37,8 +36,7 @@ def test_prefix_accepts(prefix: str) -> None:
                                     "a//b", "a/../b", "A" * 65, "ä", "a\tb", "a'b", "a\"b",
                                     "a/b/c/d/e/f/g/h"])
 def test_prefix_refuses(prefix: str) -> None:
-    with pytest.raises(UsageError):
-        check_prefix(prefix)
+    assert config.prefix_problem(prefix) is not None
 
 
 def test_name_is_prefix_dash_utc_timestamp_and_sortable() -> None:
@@ -74,7 +72,7 @@ END = b'{"end": true, "count": %d, "truncated": false}'
 
 def test_listing_parses_records_and_summary() -> None:
     listing = replies.parse_listing(record() + b"\n" + END % 1 + b"\n")
-    assert listing.records == [replies.Record("a-20261122T235959Z", 5, DIGEST, 1)]
+    assert listing.records == [Record("a-20261122T235959Z", 5, DIGEST, 1)]
 
 
 @pytest.mark.parametrize("data", [
@@ -121,8 +119,12 @@ def test_show_time_survives_absurd_mtimes(epoch: float | None, shown: str) -> No
 def test_check_reply_parses() -> None:
     value = json.loads(record())
     value["ok"] = False
-    rec, ok = replies.parse_check(json.dumps(value).encode() + b"\n")
-    assert rec.name == "a-20261122T235959Z" and ok is False
+    result = replies.parse_check(json.dumps(value).encode() + b"\n")
+    assert result.record.name == "a-20261122T235959Z" and result.ok is False
+
+
+def find_tampering(runs: list[Run], listing: Listing, prefix: str = "") -> list[str]:
+    return compare_with_server(runs, listing.records, not listing.truncated, prefix).problems
 
 
 def run(name: str, size: int, sha: str = DIGEST) -> Run:
@@ -131,21 +133,21 @@ def run(name: str, size: int, sha: str = DIGEST) -> Run:
 
 @pytest.mark.parametrize(("stored", "problem"), [
     ([], "vanished"),
-    ([replies.Record("a-1", 4, DIGEST, 1)], "shrank"),
-    ([replies.Record("a-1", 6, DIGEST, 1)], "size changed"),
-    ([replies.Record("a-1", 5, "b" * 64, 1)], "digest changed"),
-    ([replies.Record("a-1", 5, None, 1)], "digest changed"),
+    ([Record("a-1", 4, DIGEST, 1)], "shrank"),
+    ([Record("a-1", 6, DIGEST, 1)], "size changed"),
+    ([Record("a-1", 5, "b" * 64, 1)], "digest changed"),
+    ([Record("a-1", 5, None, 1)], "digest changed"),
 ])
-def test_tampering_is_found(stored: list[replies.Record], problem: str) -> None:
-    [found] = find_tampering([run("a-1", 5)], replies.Listing(stored, False))
+def test_tampering_is_found(stored: list[Record], problem: str) -> None:
+    [found] = find_tampering([run("a-1", 5)], Listing(stored, False))
     assert problem in found
 
 
 def test_tampering_ignores_other_prefixes_and_failed_runs() -> None:
     runs = [run("b-1", 5), Run("job", "c", None, None, None, 0, 1, "failed: X")]
-    assert find_tampering(runs, replies.Listing([], False), "a") == []
-    stored = [replies.Record("a-1", 5, DIGEST, 1)]
-    assert find_tampering([run("a-1", 5)], replies.Listing(stored, False), "a") == []
+    assert find_tampering(runs, Listing([], False), "a") == []
+    stored = [Record("a-1", 5, DIGEST, 1)]
+    assert find_tampering([run("a-1", 5)], Listing(stored, False), "a") == []
 
 
 @pytest.mark.parametrize(("summary", "expected"), [
@@ -172,7 +174,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
 def test_config_loads_a_job_with_defaults(tmp_path: Path) -> None:
     path = write_config(tmp_path, "jobs:\n  daily:\n    carrier: sys-backup\n"
                                   "    prefix: laptop\n    passphrase_vm: vault\n")
-    job = config.find_job(path, "daily")
+    job = config.file_job(config.read_config(path), "daily")
     assert job == config.Job(name="daily", carrier="sys-backup", prefix="laptop",
                              passphrase_vm="vault")
 
@@ -189,29 +191,32 @@ jobs:
     verify: "yes"
 """)
     with pytest.raises(ConfigError) as caught:
-        config.load_jobs(path)
-    text = str(caught.value)
-    for key in ("carrier", "prefix", "vms", "retries", "colour", "verify"):
-        assert f"{path}: at 'jobs.daily.{key}'" in text, key
-    assert "exactly one of passphrase_file, passphrase_vm" in text
-    assert len(caught.value.problems) == 7
+        config.file_job(config.read_config(path), "daily")
+    lines = {"carrier": 4, "prefix": 5, "vms": 6, "retries": 7, "colour": 8, "verify": 9}
+    problems = caught.value.problems
+    for key, line in lines.items():
+        assert any(problem.startswith(f"{path}:{line}: jobs.daily.{key}: ")
+                   for problem in problems), key
+    assert f"{path}:3: jobs.daily: give exactly one of passphrase_file and passphrase_vm" \
+        in problems
+    assert len(problems) == 7
 
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("jobs: [1]\n", "expected a mapping with a 'jobs' mapping"),
-    ("jobs: {}\nextra: 1\n", "at 'extra': unknown key"),
-    ("{{{", "not valid YAML"),
+    ("jobs: {}\nextra: 1\n", ":2: extra: unknown key"),
+    ("{{{", "qbackup.yaml:1:4: YAML syntax error: expected the node content"),
 ])
 def test_config_refuses_bad_files(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        config.load_jobs(write_config(tmp_path, text))
+        config.read_config(write_config(tmp_path, text))
 
 
 def test_unknown_job_names_the_known_ones(tmp_path: Path) -> None:
     path = write_config(tmp_path, "jobs:\n  daily:\n    carrier: c\n    prefix: p\n"
                                   "    passphrase_vm: v\n")
     with pytest.raises(ConfigError, match="no job named 'weekly' \\(jobs: daily\\)"):
-        config.find_job(path, "weekly")
+        config.file_job(config.read_config(path), "weekly")
 
 
 def test_passphrase_first_line_without_line_end(tmp_path: Path) -> None:

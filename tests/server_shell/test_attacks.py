@@ -229,24 +229,7 @@ def test_scp_is_refused(backup_server: BackupServer, account: Account, tmp_path:
     source.write_bytes(DATA)
     before = snapshot(account.storage)
     for mode in ("-O", "-s"):  # legacy scp protocol, then scp over sftp
-        argv = [
-            "scp",
-            mode,
-            "-P",
-            str(backup_server.port),
-            "-i",
-            str(backup_server.client_key),
-            "-o",
-            f"UserKnownHostsFile={backup_server.known_hosts}",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-F",
-            "/dev/null",
-            str(source),
-            f"{account.name}@127.0.0.1:payload",
-        ]
+        argv = backup_server.scp_command(account, source, "payload", mode)
         assert subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode != 0
     assert snapshot(account.storage) == before
 
@@ -255,24 +238,7 @@ def test_sftp_is_refused(backup_server: BackupServer, account: Account, tmp_path
     batch = tmp_path / "batch"
     batch.write_text("ls\nget .ssh/authorized_keys\n")
     before = snapshot(account.storage)
-    argv = [
-        "sftp",
-        "-b",
-        str(batch),
-        "-P",
-        str(backup_server.port),
-        "-i",
-        str(backup_server.client_key),
-        "-o",
-        f"UserKnownHostsFile={backup_server.known_hosts}",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-F",
-        "/dev/null",
-        f"{account.name}@127.0.0.1",
-    ]
+    argv = backup_server.sftp_command(account, "-b", str(batch))
     result = subprocess.run(argv, capture_output=True, timeout=30, check=False, cwd=tmp_path)
     assert result.returncode != 0
     assert not (tmp_path / "authorized_keys").exists()

@@ -7,7 +7,7 @@ import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,16 +21,9 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def small_disk(shell_config: BackupServer) -> Iterator[Account]:
+def small_disk(shell_config: BackupServer, tmpfs: Callable[..., Path]) -> Account:
     """An account whose home (= storage) is a 64 MiB tmpfs."""
-    home = Path(tempfile.mkdtemp(prefix="tmpfs-home-", dir=shell_config.base))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(home)], check=True
-    )
-    try:
-        yield shell_config.add_account(home=home)
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    return shell_config.add_account(home=tmpfs("64m"))
 
 
 def test_full_disk_fails_cleanly_and_keeps_older_backups(
@@ -199,17 +192,9 @@ def test_a_refused_put_creates_no_directory(
 
 
 @pytest.fixture
-def few_inodes(shell_config: BackupServer) -> Iterator[Account]:
+def few_inodes(shell_config: BackupServer, tmpfs: Callable[..., Path]) -> Account:
     """An account whose storage is a tmpfs with only 300 inodes."""
-    home = Path(tempfile.mkdtemp(prefix="tmpfs-inodes-", dir=shell_config.base))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=300,mode=0700", "tmpfs", str(home)],
-        check=True,
-    )
-    try:
-        yield shell_config.add_account(home=home)
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    return shell_config.add_account(home=tmpfs("16m", inodes=300))
 
 
 # Threat: a client exhausting the filesystem's inodes (many small puts, deep

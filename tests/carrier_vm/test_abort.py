@@ -1,0 +1,102 @@
+"""``qubes.BackupCarrier+abort``: dom0 ends the put running in the carrier VM.
+
+Why: after Qubes' backup is cancelled, qubesd keeps the stream open until the
+carrier's command exits, so without abort the put would wait for data until
+the server's idle timeout. Threat covered: a cancelled backup must never be
+staged (nothing dom0 could commit by mistake) and must end within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from carrier_vm.abort import RUNTIME_SUBDIR
+from qbackup_protocol import CarrierExit
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
+from tests.carrier_vm.test_interruptions import assert_never_stored, start_put, wait_until
+from tests.carrier_vm.test_qrexec_service import call_service
+
+
+def lock_files(carrier: Carrier) -> list[str]:
+    directory = carrier.config.parent / RUNTIME_SUBDIR
+    return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def test_abort_with_no_put_running_exits_0_at_once(carrier: Carrier) -> None:
+    started = time.monotonic()
+    result = call_service(carrier, "abort")
+    assert result.returncode == CarrierExit.OK, result.stderr
+    assert time.monotonic() - started < 5
+
+
+def test_abort_ends_the_running_put_without_staging_anything(carrier: Carrier) -> None:
+    process = start_put(carrier, "cancelled")
+    assert process.stdin is not None
+    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    # Qubes keeps the stream open after Cancel: stdin stays open here too.
+    started = time.monotonic()
+    result = call_service(carrier, "abort")
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == CarrierExit.OK, result.stderr
+    assert elapsed < 10, elapsed
+    # abort returns only once the put is gone.
+    assert process.poll() is not None
+    _, stderr = process.communicate(timeout=5)
+    assert process.returncode == CarrierExit.TEMPORARY
+    assert b"interrupted by SIGTERM" in stderr
+    assert_one_safe_line(stderr)
+    assert lock_files(carrier) == []
+    assert_never_stored(carrier, "cancelled")
+
+
+def test_abort_kills_a_put_that_cannot_handle_sigterm(carrier: Carrier) -> None:
+    # A stopped (or wedged) put never acts on SIGTERM: abort still ends it
+    # within its 10 s bound.
+    process = start_put(carrier, "wedged")
+    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = call_service(carrier, "abort")
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    assert result.returncode == CarrierExit.OK, result.stderr
+    assert elapsed < 10.5, elapsed
+    process.communicate(timeout=5)
+    assert process.returncode == -signal.SIGKILL
+    assert_never_stored(carrier, "wedged")
+
+
+def test_abort_forgets_the_lock_of_a_put_that_was_killed(carrier: Carrier) -> None:
+    process = start_put(carrier, "killed")
+    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    process.kill()
+    process.communicate(timeout=5)
+    assert lock_files(carrier) == [f"{process.pid}.lock"]  # left behind
+
+    result = call_service(carrier, "abort")
+
+    assert result.returncode == CarrierExit.OK, result.stderr
+    assert lock_files(carrier) == []
+
+
+def test_abort_leaves_other_processes_alone(carrier: Carrier) -> None:
+    # A PID file naming a process that is not a put (here: a sleeping child)
+    # is never signalled: only a held lock proves the PID is the put's.
+    directory = carrier.config.parent / RUNTIME_SUBDIR
+    directory.mkdir(parents=True)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        (directory / f"{bystander.pid}.lock").write_text(f"{bystander.pid}\n")
+        result = call_service(carrier, "abort")
+        assert result.returncode == CarrierExit.OK, result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
