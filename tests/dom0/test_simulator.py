@@ -286,3 +286,12 @@ def test_kill_ends_every_process_in_the_vm_and_refuses_a_halted_one(sim: Simulat
     sim.vms["carrier"].running = True
     sim.kill("carrier")
     assert not sim.vms["carrier"].running
+
+
+def test_engine_needs_the_profile_and_a_running_destination(sim: SimulatedQubes) -> None:
+    with pytest.raises(BackupEngineError, match="does not exist"):
+        sim.backup_execute("p", lambda _: None)
+    write_profile(sim, PROFILE + "passphrase_text: x\n")
+    # qubes.Backup is started without autostart (qubes/vm/qubesvm.py run_service).
+    with pytest.raises(BackupEngineError, match="Domain not running"):
+        sim.backup_execute("p", lambda _: None)
