@@ -86,6 +86,8 @@ server-files:
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
+	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-server
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
 
 # Without DESTDIR (a real install) the account is required, and checked
@@ -153,7 +155,7 @@ uninstall-server:
 	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
 		apparmor_parser -R $(APPARMOR_DIR)/usr.sbin.qbackup-shell || true; \
 	fi
-	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
+	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(SBINDIR)/qbackup-server $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
 	rm -rf $(DESTDIR)$(LIBDIR)/server_shell
 	$(remove-shared)
 	@if [ -z "$(DESTDIR)" ] && grep -qxF "$(SBINDIR)/qbackup-shell" /etc/shells; then \

@@ -1,28 +1,12 @@
 """The carrier <-> server-shell wire protocol: the ONE definition both sides import.
 
-Pure data and pure functions, standard library only, no I/O: the server shell
-(`server_shell/`) and the carrier (`carrier_vm/`) both import this module, and
-`docs/PROTOCOL.md` describes the same rules in prose.
-
-Summary (see docs/PROTOCOL.md for the full text):
-
-* The client runs ONE command per SSH session: ``put NAME``, ``commit NAME``,
-  ``get NAME``, ``list [PREFIX]``, ``check NAME`` or ``info``. Words are
-  separated by a single space; there is no quoting, globbing or shell syntax
-  of any kind.
-* Uploads are two-phase: ``put NAME`` only STAGES a verified upload (invisible
-  to get/list/check); ``commit NAME`` PUBLISHES it under NAME. Only dom0 knows
-  whether Qubes' backup engine finished, and a stream Qubes aborted can look
-  like a clean EOF to the carrier, so dom0 commits only after its backup
-  succeeded. A second commit of one NAME finds nothing staged.
-* Binary streams (the body of ``put`` on stdin, the body of ``get`` on stdout)
-  are framed: a 5-byte header (1 type byte, 4-byte big-endian payload length)
-  and the payload. ``D`` frames carry 1..MAX_DATA_FRAME bytes of data; exactly
-  one ``E`` frame ends the stream with the total length (8 bytes, big-endian)
-  and the SHA-256 digest (32 bytes) of all data. A stream that ends without a
-  valid ``E`` frame is truncated and must never be accepted.
-* Text replies (``put``'s and ``commit``'s receipts, ``list``, ``check``, ``info``) are JSON
-  objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
+Pure data and pure functions, standard library only, no I/O: verbs, name
+rules, frames, reply records and the exit codes that cross a machine
+boundary. docs/PROTOCOL.md describes the protocol in prose (version 3: one
+command per SSH session; put stages, commit publishes; framed binary
+streams with an end frame carrying length and SHA-256; JSON reply lines;
+acks, resume and ranged get for interrupted transfers); tests check the two
+agree.
 """
 
 from __future__ import annotations
@@ -36,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: put stages, commit publishes
+PROTOCOL_VERSION = 3  # 2: put stages, commit publishes; 3: acks, resume, get OFFSET
 
 # --- commands ---------------------------------------------------------------
 VERB_PUT = "put"
@@ -46,10 +30,10 @@ VERB_LIST = "list"
 VERB_CHECK = "check"
 VERB_INFO = "info"
 # Protocol 3 (resumable uploads): continue an interrupted put of the same NAME.
-# Not in ALL_VERBS until the shell implements it.
 VERB_RESUME = "resume"
-# Verbs that take exactly one NAME, that take an optional PREFIX, that take nothing.
-VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_COMMIT, VERB_GET, VERB_CHECK})
+# Verbs that take exactly one NAME (get: and an optional OFFSET), that take an
+# optional PREFIX, that take nothing.
+VERBS_WITH_NAME = frozenset({VERB_PUT, VERB_RESUME, VERB_COMMIT, VERB_GET, VERB_CHECK})
 VERBS_WITH_OPTIONAL_PREFIX = frozenset({VERB_LIST})
 VERBS_WITHOUT_ARGUMENT = frozenset({VERB_INFO})
 ALL_VERBS = VERBS_WITH_NAME | VERBS_WITH_OPTIONAL_PREFIX | VERBS_WITHOUT_ARGUMENT
@@ -88,12 +72,12 @@ class ShellExit(enum.IntEnum):
 
     OK = 0
     USAGE = 64  # refused or malformed command, bad name
-    DATA = 65  # truncated/invalid stream, digest mismatch; check: stored bytes differ
+    DATA = 65  # invalid stream, length/digest mismatch; check: stored bytes differ
     NO_SUCH_BACKUP = 66  # no such backup; commit: nothing staged; resume: nothing to resume
     UNAVAILABLE = 69  # no space (reserve, quota, inodes) or another upload running
     SOFTWARE = 70  # internal error
     EXISTS = 73  # the name exists (committed or staged)
-    IO = 74  # I/O error on the server
+    IO = 74  # I/O error on the server, or the session was cut (client gone or silent)
     NO_PERMISSION = 77  # not allowed (interactive login, admin verbs, running as root)
     CONFIG = 78  # the server's configuration is broken
 
@@ -101,12 +85,13 @@ class ShellExit(enum.IntEnum):
 SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
     ShellExit.OK: "success",
     ShellExit.USAGE: "refused or malformed command, or a bad name",
-    ShellExit.DATA: "truncated or invalid stream, or stored bytes differ from their record",
+    ShellExit.DATA: "invalid stream or length/digest mismatch, or stored bytes differ "
+    "from their record",
     ShellExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged; resume: nothing to resume)",
     ShellExit.UNAVAILABLE: "no space (reserve, quota, inodes) or another upload is running",
     ShellExit.SOFTWARE: "internal error in the shell",
     ShellExit.EXISTS: "a backup (committed or staged) already has that name",
-    ShellExit.IO: "I/O error on the server",
+    ShellExit.IO: "I/O error on the server, or the session was cut (client gone or silent)",
     ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
     ShellExit.CONFIG: "the server's configuration is broken",
 }
@@ -144,6 +129,58 @@ CARRIER_EXIT_MEANINGS: dict[CarrierExit, str] = {
     CarrierExit.HOST_KEY: "the server's host key is not pinned or does not match",
     CarrierExit.CONFIG: "the carrier's configuration is missing or invalid",
 }
+
+
+# --- carrier -> dom0 ----------------------------------------------------------
+MAX_OUTAGES_REPORTED = 100
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """How an upload went, as the carrier tells dom0 (``qubes.BackupCarrier+transfer``
+    with NAME on stdin prints it as one JSON line): how often the connection
+    was lost and resumed, how long each outage lasted (seconds, at most
+    MAX_OUTAGES_REPORTED of them, the first ones), and how many data bytes
+    were sent again after reconnecting."""
+
+    name: str
+    lost: int
+    outages: tuple[float, ...]
+    resent: int
+
+    def to_reply(self) -> dict[str, Any]:
+        return {
+            "transfer": {
+                "name": self.name,
+                "lost": self.lost,
+                "outages": [round(seconds, 3) for seconds in self.outages],
+                "resent": self.resent,
+            }
+        }
+
+
+def parse_transfer_stats(line: bytes) -> TransferStats:
+    """Given the line ``transfer`` prints, return the TransferStats; raise
+    ProtocolError unless every field is present and well-formed."""
+    value = _load_reply_line(line)
+    if set(value) != {"transfer"} or not isinstance(value["transfer"], dict):
+        raise ProtocolError("transfer reply has unexpected fields")
+    fields = value["transfer"]
+    if set(fields) != {"name", "lost", "outages", "resent"}:
+        raise ProtocolError("transfer reply has unexpected fields")
+    outages = fields["outages"]
+    if not isinstance(outages, list) or len(outages) > MAX_OUTAGES_REPORTED:
+        raise ProtocolError("transfer outages are not a short list")
+    for seconds in outages:
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) \
+                or not 0 <= seconds < 10**9:
+            raise ProtocolError("transfer outage is not a number of seconds")
+    return TransferStats(
+        name=_require_name(fields["name"]),
+        lost=_require_int(fields["lost"], "lost"),
+        outages=tuple(float(seconds) for seconds in outages),
+        resent=_require_int(fields["resent"], "resent"),
+    )
 
 
 class ProtocolError(ValueError):

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -42,15 +42,16 @@ def runtime_dir(environ: Mapping[str, str]) -> Path:
     return Path(home) / RUNTIME_SUBDIR
 
 
-@contextlib.contextmanager
-def registered_put(environ: Mapping[str, str]) -> Iterator[Path]:
-    """Register this process as the running put for as long as the context
-    lasts: yield the lock file's path; remove it afterwards."""
+def register_put(environ: Mapping[str, str]) -> None:
+    """Register this process as a running put until it exits: its lock is
+    released by the kernel only when the process is gone, so abort never
+    reports "no put runs" while this one still could send anything."""
     directory = runtime_dir(environ)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for _, fd in running_puts(directory):  # also forgets the files of ended puts
+        os.close(fd)
     pid = os.getpid()
     temporary = directory / f"new-{pid}"
-    final = directory / f"{pid}.lock"
     fd = os.open(
         temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
     )
@@ -58,16 +59,13 @@ def registered_put(environ: Mapping[str, str]) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, f"{pid}\n".encode())
         # Only a locked file ever carries the .lock name (see the module text).
-        os.rename(temporary, final)
-        try:
-            yield final
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(final)
-    finally:
+        os.rename(temporary, directory / f"{pid}.lock")
+    except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        os.close(fd)
+        raise
+    # FD stays open (close-on-exec) for the rest of the process's life.
 
 
 def running_puts(directory: Path) -> list[tuple[int, int]]:
@@ -139,4 +137,6 @@ def abort_puts(environ: Mapping[str, str], wait: float = ABORT_WAIT) -> bool:
         return True
     finally:
         for _, fd in puts:
+            os.close(fd)
+        for _, fd in running_puts(runtime_dir(environ)):  # forgets the files of ended puts
             os.close(fd)

@@ -11,6 +11,8 @@
     qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
     qbackup-carrier check NAME      one JSON line: the record and "ok"
     qbackup-carrier info            one JSON line: protocol and space
+    qbackup-carrier transfer NAME   one JSON line: how the last put of NAME in this VM
+                                    went (connection lost, outages, bytes resent)
     qbackup-carrier abort           end the put running in this VM (no end frame is
                                     sent, so the server stages nothing); waits up to
                                     10 s; exit 0 once no put runs
@@ -21,7 +23,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import logging.handlers
 import os
@@ -30,10 +31,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from carrier_vm.abort import ABORT_WAIT, abort_puts, registered_put
+from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
 from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
+from carrier_vm.transfers import load_stats
 from qbackup_protocol import (
     CARRIER_EXIT_MEANINGS,
     CarrierExit,
@@ -53,7 +55,7 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 USAGE = (
     f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
-    " | check NAME | info | abort | qrexec-service [ARG]"
+    " | check NAME | info | abort | transfer NAME | qrexec-service [ARG]"
 )
 
 
@@ -74,7 +76,7 @@ def parse_arguments(argv: list[str]) -> Request:
         # "--commit": words starting with "--" are options of put, never names.
         if verb == "put" and rest and rest[0].startswith("--"):
             raise UsageError(USAGE)
-        if verb in ("put", "commit", "get", "check") and len(rest) == 1:
+        if verb in ("put", "commit", "get", "check", "transfer") and len(rest) == 1:
             return Request(verb, check_name(rest[0]))
         if verb == "list" and len(rest) <= 1:
             return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
@@ -117,7 +119,8 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     from carrier_vm.commit import commit_backup
     from carrier_vm.download import get_backup
     from carrier_vm.replies import run_text_command
-    from carrier_vm.ssh import open_connection
+    from carrier_vm.ssh import open_link
+    from carrier_vm.transfers import save_stats
     from carrier_vm.upload import put_backup
 
     loop = asyncio.get_running_loop()
@@ -126,8 +129,8 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     received: list[int] = []
 
     def abort(signum: int) -> None:
-        # Cancelling closes the connection without an end frame, so the
-        # server discards the partial upload.
+        # Cancelling cuts the connection without an end frame, so the
+        # server stages nothing.
         received.append(signum)
         task.cancel()
 
@@ -135,22 +138,28 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
         loop.add_signal_handler(signum, abort, signum)
     output = sys.stdout.buffer
     try:
-        async with open_connection(config) as connection:
+        async with open_link(config, lambda: bool(received)) as link:
+            name = str(request.argument)
             if request.verb == "put":
-                record = await put_backup(
-                    connection, str(request.argument), sys.stdin.fileno(), config
+                upload = await put_backup(
+                    link,
+                    name,
+                    sys.stdin.fileno(),
+                    config,
+                    lambda stats: save_stats(os.environ, stats),
                 )
+                record = upload.record
                 if request.then_commit:
-                    record = await commit_backup(connection, str(request.argument), config, record)
+                    record = await commit_backup(link.connection, name, config, record)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "commit":
-                record = await commit_backup(connection, str(request.argument), config)
+                record = await commit_backup(link.connection, name, config)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "get":
-                await get_backup(connection, str(request.argument), sys.stdout.fileno(), config)
+                await get_backup(link, name, sys.stdout.fileno(), config)
             else:
                 await run_text_command(
-                    connection, request.verb, request.argument, config, emit_to(output)
+                    link.connection, request.verb, request.argument, config, emit_to(output)
                 )
             output.flush()
     except asyncio.CancelledError:
@@ -205,12 +214,17 @@ def main(argv: list[str] | None = None) -> int:
             if not abort_puts(os.environ):
                 raise TemporaryFailure(f"the running put did not end within {ABORT_WAIT:g}s")
             return CarrierExit.OK
-        with contextlib.ExitStack() as stack:
-            if request.verb == "put":
-                # Registered before anything else, so abort can always find it.
-                stack.enter_context(registered_put(os.environ))
-            config = load_config()
-            asyncio.run(run_request(request, config))
+        if request.verb == "transfer":
+            # Local: what the last put of NAME in this VM went through.
+            stats = load_stats(os.environ, str(request.argument))
+            sys.stdout.buffer.write(encode_reply(stats.to_reply()))
+            sys.stdout.flush()
+            return CarrierExit.OK
+        if request.verb == "put":
+            # Registered before anything else, so abort can always find it.
+            register_put(os.environ)
+        config = load_config()
+        asyncio.run(run_request(request, config))
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")

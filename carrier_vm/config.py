@@ -25,7 +25,7 @@ DEFAULT_CONFIG_PATH = "~/.config/qbackup/carrier.yaml"
 MAX_CONFIG_BYTES = 64 * 1024
 
 # AES-GCM first: these CPUs have AES-NI and asyncssh's default (chacha20)
-# costs ~40% of the throughput (shared/PERFORMANCE.md).
+# costs ~40% of the throughput on such CPUs (measured; see docs/PERFORMANCE.md).
 DEFAULT_CIPHERS = (
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
@@ -38,6 +38,11 @@ DEFAULT_CIPHERS = (
 HOST_PATTERN = re.compile(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}")
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 CIPHER_PATTERN = re.compile(r"[a-z0-9@.-]{1,64}")
+
+# Unacknowledged data kept for resuming: at least two frames (one being
+# sent, one being read); at most 1 GiB (it is memory).
+MIN_RESUME_BUFFER = 2 * 1024 * 1024
+MAX_RESUME_BUFFER = 1024**3
 
 KNOWN_KEYS = frozenset(
     {
@@ -52,6 +57,8 @@ KNOWN_KEYS = frozenset(
         "keepalive_count_max",
         "reply_timeout",
         "progress_timeout",
+        "resume_window",
+        "resume_buffer",
         "rate_limit",
         "ciphers",
     }
@@ -73,6 +80,8 @@ class CarrierConfig:
     keepalive_count_max: int = 3
     reply_timeout: float = 3600.0
     progress_timeout: float = 300.0
+    resume_window: float = 900.0
+    resume_buffer: int = 32 * 1024 * 1024
     rate_limit: int | None = None
     ciphers: tuple[str, ...] = field(default=DEFAULT_CIPHERS)
     source: str = ""
@@ -99,6 +108,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -215,6 +226,18 @@ def _check_rate(value: Any) -> int:
     return value
 
 
+def _check_buffer(value: Any) -> int:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not MIN_RESUME_BUFFER <= value <= MAX_RESUME_BUFFER
+    ):
+        raise ValueError(
+            f"must be a number of bytes from {MIN_RESUME_BUFFER} to {MAX_RESUME_BUFFER}"
+        )
+    return value
+
+
 def _check_ciphers(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",")]
@@ -239,6 +262,8 @@ _CHECKS: dict[str, Any] = {
     "keepalive_count_max": _check_count,
     "reply_timeout": _positive_number(1, 7 * 24 * 3600),
     "progress_timeout": _positive_number(1, 24 * 3600),
+    "resume_window": _positive_number(0, 7 * 24 * 3600),
+    "resume_buffer": _check_buffer,
     "rate_limit": _check_rate,
     "ciphers": _check_ciphers,
 }

@@ -18,17 +18,19 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError, TemporaryFailure
+from carrier_vm.errors import DataError, OutputClosed, TemporaryFailure
 from carrier_vm.replies import find_backup
-from carrier_vm.ssh import Connection, Reader, run_session
+from carrier_vm.ssh import TIMEOUTS, Link, Reader, run_session
 from qbackup_protocol import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
     VERB_GET,
     ProtocolError,
+    ShellExit,
     build_command,
     decode_end_payload,
     decode_frame_header,
@@ -50,6 +52,12 @@ class Deframer:
         self._pending = bytearray()
         self._kind: bytes | None = None
         self._need = FRAME_HEADER_SIZE
+
+    def restart(self) -> None:
+        """Forget any partly received frame: a new session resends from the
+        first byte not yet delivered (total and the running hash stay)."""
+        self._pending.clear()
+        self._kind, self._need = None, FRAME_HEADER_SIZE
 
     def feed(self, data: bytes) -> list[bytes]:
         """Given the next bytes of the stream, return the payload pieces they
@@ -106,15 +114,43 @@ class Deframer:
             raise DataError(f"the stream was truncated after {self.total} bytes (no end frame)")
 
 
-async def get_backup(
-    connection: Connection, name: str, out_fd: int, config: CarrierConfig
-) -> int:
-    """Given a connection, a valid NAME and an output FD, write the backup's
-    bytes to OUT_FD and return its size; raise a CarrierError if the server
-    refused, stalled or the stream was malformed, truncated or did not match
-    its digest."""
-    size = (await find_backup(connection, name, config)).size
+async def get_backup(link: Link, name: str, out_fd: int, config: CarrierConfig) -> int:
+    """Given a Link, a valid NAME and an output FD, write the backup's bytes
+    to OUT_FD and return its size, resuming with ``get NAME OFFSET`` over a
+    new connection (within resume_window) when one is lost; raise a
+    CarrierError if the server refused, stalled past the window, or the
+    stream was malformed, truncated or did not match its digest."""
+    size = (await find_backup(link.connection, name, config)).size
     deframer = Deframer(limit=size)
+    lost = 0
+    while True:
+        try:
+            await get_session(link, name, deframer, out_fd, config)
+        except TemporaryFailure as failure:
+            if config.resume_window <= 0 or deframer.finished:
+                raise
+            lost += 1
+            logger.warning("connection lost during the download of %s: %s", name, failure)
+            outage = await link.reconnect_within(failure, time.monotonic())
+            logger.info(
+                "reconnected after %.1fs, resuming %s at byte %d", outage, name, deframer.total
+            )
+            continue
+        break
+    deframer.close()
+    logger.info(
+        "got %s: %d bytes, digest verified (connection lost %d times)", name, deframer.total, lost
+    )
+    return deframer.total
+
+
+async def get_session(
+    link: Link, name: str, deframer: Deframer, out_fd: int, config: CarrierConfig
+) -> None:
+    """Given the link and the deframer, run one ``get NAME [OFFSET]`` session
+    from what was already delivered; raise TemporaryFailure when the session
+    or connection is lost (resumable), another CarrierError otherwise."""
+    deframer.restart()
 
     async def relay(reader: Reader[bytes]) -> None:
         while True:
@@ -125,13 +161,19 @@ async def get_backup(
             if pieces:
                 # Writing off the loop keeps keepalives flowing while a slow
                 # consumer blocks; the read window stops the server meanwhile.
-                await write_off_loop(out_fd, b"".join(pieces))
+                try:
+                    await write_off_loop(out_fd, b"".join(pieces))
+                except OSError as error:
+                    raise OutputClosed(
+                        f"output closed by the reader ({error.strerror}); transfer aborted"
+                    ) from None
 
-    end = await run_session(connection, build_command(VERB_GET, name), config, relay)
+    command = build_command(VERB_GET, name, offset=deframer.total or None)
+    end = await run_session(link.connection, command, config, relay)
+    if end.status is None or end.status == ShellExit.IO:
+        # Killed, cut, or ended by the server's idle timeout: ask again.
+        raise TemporaryFailure(f"the server session ended before the backup did ({end.detail})")
     end.raise_for_status()
-    deframer.close()
-    logger.info("got %s: %d bytes, digest verified", name, deframer.total)
-    return deframer.total
 
 
 async def progress(read: Awaitable[bytes], config: CarrierConfig) -> bytes:
@@ -140,7 +182,7 @@ async def progress(read: Awaitable[bytes], config: CarrierConfig) -> bytes:
     stalls while sshd still answers keepalives)."""
     try:
         return await asyncio.wait_for(read, config.progress_timeout)
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"the server sent nothing for {config.progress_timeout:g}s (progress_timeout)"
         ) from None

@@ -9,7 +9,12 @@ codes are decided in cli.main from the exception that ended the run.
 
 from __future__ import annotations
 
-from qbackup_protocol import CarrierExit, ShellExit
+from collections.abc import Callable
+from typing import TypeVar
+
+from qbackup_protocol import CarrierExit, ProtocolError, ShellExit
+
+T = TypeVar("T")
 
 
 class CarrierError(Exception):
@@ -57,6 +62,13 @@ class AlreadyExists(CarrierError):
 class TemporaryFailure(CarrierError):
     """The server could not be reached, stopped making progress, or the
     connection was lost: retrying later may succeed."""
+
+    exit_code = CarrierExit.TEMPORARY
+
+
+class OutputClosed(CarrierError):
+    """Whoever reads the carrier's stdout went away (EPIPE): the transfer is
+    aborted. Not a lost connection: resuming cannot help."""
 
     exit_code = CarrierExit.TEMPORARY
 
@@ -109,3 +121,15 @@ def error_for_shell_status(status: int | None, detail: str = "") -> CarrierError
         # Unknown statuses (and 0 where failure was expected) are refusals.
         return ServerRefused(f"the server failed with exit status {status}{suffix}")
     return kind(f"{text}{suffix}")
+
+
+def parse_hostile(parse: Callable[[bytes], T], line: bytes, what: str) -> T:
+    """Given a protocol parser and a line from the server, return what it
+    parsed; raise DataError for anything the parser raises on bad input
+    (including RecursionError from deeply nested JSON: the server is hostile
+    until proven otherwise, and its input must end in a documented code)."""
+    try:
+        return parse(line)
+    except (ValueError, RecursionError) as error:
+        detail = str(error) if isinstance(error, ProtocolError) else type(error).__name__
+        raise DataError(f"the server's {what} is malformed: {detail}") from None

@@ -1,5 +1,5 @@
 """The qrexec service ``qubes.BackupCarrier+ARG``: what dom0 calls for list,
-check, info, get, commit and abort.
+check, info, get, commit, abort and transfer.
 
 qrexec hands the argument in ``$1`` and QREXEC_SERVICE_ARGUMENT and the
 caller in QREXEC_REMOTE_DOMAIN. Arguments may not contain '/', so names and
@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 # The static table of what dom0 may ask for: put is deliberately absent
 # (backups arrive through qubes.Backup), anything else is refused. commit is
 # here because only dom0 knows that Qubes' backup succeeded.
-SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit", "abort"})
-VERBS_READING_STDIN = frozenset({"list", "check", "get", "commit"})
-SERVICE_VERB_TEXT = "list, check, info, get, commit or abort"
+SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit", "abort", "transfer"})
+VERBS_READING_STDIN = frozenset({"list", "check", "get", "commit", "transfer"})
+SERVICE_VERB_TEXT = "list, check, info, get, commit, abort or transfer"
 ALLOWED_CALLER = "dom0"
 MAX_STDIN_LINE = 512
 

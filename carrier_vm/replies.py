@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import Corrupted, DataError, NoSuchBackup
+from carrier_vm.errors import Corrupted, DataError, NoSuchBackup, parse_hostile
 from carrier_vm.ssh import Connection, Reader, run_session, within
 from qbackup_protocol import (
     MAX_LIST_ENTRIES,
@@ -24,7 +23,6 @@ from qbackup_protocol import (
     BackupRecord,
     CheckResult,
     ListEnd,
-    ProtocolError,
     ShellExit,
     build_command,
     encode_reply,
@@ -36,18 +34,6 @@ from qbackup_protocol import (
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[bytes], None]
-T = TypeVar("T")
-
-
-def parse_hostile(parse: Callable[[bytes], T], line: bytes, what: str) -> T:
-    """Given a protocol parser and a line from the server, return what it
-    parsed; raise DataError for anything the parser raises on bad input
-    (including RecursionError from deeply nested JSON)."""
-    try:
-        return parse(line)
-    except (ValueError, RecursionError) as error:
-        detail = str(error) if isinstance(error, ProtocolError) else type(error).__name__
-        raise DataError(f"the server's {what} is malformed: {detail}") from None
 
 
 class LineReader:

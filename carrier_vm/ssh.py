@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,12 @@ MAX_STDERR_BYTES = 4096
 MAX_DETAIL_CHARACTERS = 200
 # How long a session may take to close once its output ended (exit status in flight).
 CLOSE_TIMEOUT = 10.0
+FIRST_BACKOFF = 1.0  # seconds before the first reconnection attempt, doubling
+MAX_BACKOFF = 30.0
+
+# Python 3.10's asyncio.wait_for raises asyncio.TimeoutError, which became the
+# builtin TimeoutError only in 3.11; catch both (the carrier runs on >= 3.10).
+TIMEOUTS = (TimeoutError, asyncio.exceptions.TimeoutError)
 
 Connection = asyncssh.SSHClientConnection
 Reader = asyncssh.SSHReader  # of bytes: every session is opened with encoding=None
@@ -105,11 +112,10 @@ def build_connect_options(config: CarrierConfig) -> dict[str, Any]:
     return options
 
 
-@asynccontextmanager
-async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHClientConnection]:
-    """Given the config, yield an authenticated asyncssh connection and close
-    it afterwards; raise a CarrierError if the server cannot be reached, its
-    host key is not pinned, or the login is refused."""
+async def connect(config: CarrierConfig) -> Connection:
+    """Given the config, return an authenticated asyncssh connection; raise a
+    CarrierError if the server cannot be reached, its host key is not pinned,
+    or the login is refused."""
     if not config.known_hosts.is_file():
         # An unpinned server is refused before any packet is exchanged.
         raise HostKeyNotTrusted(
@@ -121,7 +127,7 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
     try:
         # wait_for on top of connect_timeout: asyncssh 2.10 does not bound
         # every step of the handshake with it.
-        connection = await asyncio.wait_for(
+        return await asyncio.wait_for(
             asyncssh.connect(config.host, **options), config.connect_timeout + 5
         )
     except asyncssh.HostKeyNotVerifiable:
@@ -138,7 +144,7 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
         raise ConfigError(
             f"{config.source}: key 'identity_file': {printable(str(error))}"
         ) from None
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)} within {config.connect_timeout:g}s"
         ) from None
@@ -146,23 +152,83 @@ async def open_connection(config: CarrierConfig) -> AsyncIterator[asyncssh.SSHCl
         raise TemporaryFailure(
             f"cannot reach {server_label(config)}: {printable(describe(error))}"
         ) from None
+
+
+async def disconnect(connection: Connection, cut: bool) -> None:
+    """Given a connection, close it (CUT: abort it, so the server sees the
+    connection drop rather than an orderly end) and wait briefly for that."""
+    if cut:
+        connection.abort()
+    else:
+        connection.close()
     try:
-        yield connection
-    finally:
-        if _aborting():
-            connection.abort()  # no orderly close: the server must see a cut
-        else:
-            connection.close()
-        try:
-            await asyncio.wait_for(connection.wait_closed(), 5)
-        except (OSError, asyncssh.Error, TimeoutError):
-            pass
+        await asyncio.wait_for(connection.wait_closed(), 5)
+    except (OSError, asyncssh.Error, *TIMEOUTS):
+        pass
 
 
-def _aborting() -> bool:
-    """Return whether the current task is being cancelled (abort, don't linger)."""
-    task = asyncio.current_task()
-    return bool(task is not None and task.cancelling())
+class Link:
+    """The carrier's connection to the server, which a resuming transfer can
+    replace: ``connection`` is the current one; ``reconnect()`` drops it and
+    opens a new one."""
+
+    def __init__(
+        self,
+        config: CarrierConfig,
+        connection: Connection,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.config = config
+        self.connection = connection
+        self.stopping = stopping  # True once a signal asked the carrier to stop
+
+    async def reconnect(self) -> None:
+        """Drop the current connection and open a new one; raise a
+        CarrierError (TemporaryFailure: server still unreachable) on failure."""
+        await disconnect(self.connection, cut=True)
+        self.connection = await connect(self.config)
+
+    async def reconnect_within(self, failure: TemporaryFailure, lost_at: float) -> float:
+        """Given the failure that lost the connection at LOST_AT (monotonic),
+        reconnect with backoff until resume_window seconds after it; return
+        how long the outage lasted. Raise TemporaryFailure (FAILURE's text)
+        once the window has passed, another CarrierError (host key, login,
+        config) at once."""
+        delay = FIRST_BACKOFF
+        while True:
+            remaining = self.config.resume_window - (time.monotonic() - lost_at)
+            if remaining <= 0:
+                raise TemporaryFailure(
+                    f"{failure} (not resumed within resume_window, "
+                    f"{self.config.resume_window:g}s)"
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(2 * delay, MAX_BACKOFF)
+            if self.stopping():
+                raise asyncio.CancelledError  # never resume after an abort
+            try:
+                await self.reconnect()
+            except TemporaryFailure as error:
+                logger.info("reconnecting failed: %s", error)
+                continue
+            return time.monotonic() - lost_at
+
+
+@asynccontextmanager
+async def open_link(
+    config: CarrierConfig, stopping: Callable[[], bool] = lambda: False
+) -> AsyncIterator[Link]:
+    """Given the config, yield a Link with a fresh connection and close its
+    (current) connection afterwards: orderly on success, cut on failure or
+    cancellation (the server must see a cut, never an orderly end)."""
+    link = Link(config, await connect(config), stopping)
+    try:
+        yield link
+    except BaseException:
+        await disconnect(link.connection, cut=True)
+        raise
+    else:
+        await disconnect(link.connection, cut=False)
 
 
 def describe(error: BaseException) -> str:
@@ -260,7 +326,7 @@ async def run_session(
                 raise failure
         try:
             await asyncio.wait_for(channel.wait_closed(), CLOSE_TIMEOUT)
-        except TimeoutError:
+        except TIMEOUTS:
             raise TemporaryFailure(
                 f"the session with {server_label(config)} did not close after its output ended"
             ) from None
@@ -268,14 +334,17 @@ async def run_session(
         complete = sending is None or (sending.done() and sending.exception() is None)
         return SessionEnd(output.result(), status, printable(stderr.result()), complete)
     finally:
+        # Close the channel FIRST: a write racing the cancellation (in 3.11,
+        # wait_for can swallow a cancel) must fail, never reach the server --
+        # above all not an end frame after an abort.
+        if not channel.is_closing():
+            channel.close()
         tasks: list[asyncio.Future[Any]] = [output, stderr]
         tasks += [task for task in (sending, grace) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             await _settle(task)
-        if not channel.is_closing():
-            channel.close()
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:
@@ -292,7 +361,7 @@ async def within(work: Awaitable[T], seconds: float, what: str) -> T:
     takes more than SECONDS (a server that never finishes its reply)."""
     try:
         return await asyncio.wait_for(work, seconds)
-    except TimeoutError:
+    except TIMEOUTS:
         raise DataError(f"no {what} from the server within {seconds:g}s") from None
 
 

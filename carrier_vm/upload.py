@@ -1,12 +1,23 @@
-"""``put NAME``: stream the backup on stdin to the server and insist on its receipt.
+"""``put NAME``: stream the backup on stdin to the server, surviving lost
+connections, and insist on its receipt.
 
 The server only STAGES the upload: it becomes the backup NAME when dom0 sends
 ``commit NAME`` (commit.py) after Qubes reported success -- a stream Qubes
 aborted may end in a clean EOF here, which the carrier cannot tell from a
 complete backup. Success is claimed only when the server's shell exited 0 AND
 its receipt names the same name, size and SHA-256 the carrier computed while
-sending. Anything else -- an early exit, a lost connection, a receipt that
-does not match -- is an error, so Qubes fails the backup loudly.
+sending.
+
+Resuming (protocol 3): the server answers ``{"offset": 0}``, then
+``{"ack": N}`` each time it has stored the first N bytes durably. The carrier
+keeps every byte read from stdin until it is acknowledged (at most
+``resume_buffer`` bytes: then it stops reading stdin, and the pipe holds
+Qubes). When the connection is lost (or the server stops taking data), it
+reconnects with backoff for up to ``resume_window`` seconds, sends ``resume
+NAME``, checks that the offset D the server answers lies within what it still
+holds, and sends the data from D on; the end frame still carries the length
+and SHA-256 of the WHOLE stream, hashed once as it was read. Past the window,
+the put fails as a lost connection always did (exit 75).
 """
 
 from __future__ import annotations
@@ -14,26 +25,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import cast
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError, TemporaryFailure
+from carrier_vm.errors import (
+    AlreadyExists,
+    CarrierError,
+    DataError,
+    TemporaryFailure,
+    parse_hostile,
+)
 from carrier_vm.frames import Frame, FrameReader
-from carrier_vm.ssh import Connection, Reader, Writer, read_bounded, run_session, within
+from carrier_vm.replies import LineReader
+from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
 from qbackup_protocol import (
-    MAX_REPLY_LINE,
+    DEFAULT_DATA_FRAME,
+    MAX_OUTAGES_REPORTED,
     VERB_PUT,
+    VERB_RESUME,
+    Ack,
     BackupRecord,
-    ProtocolError,
+    ShellExit,
+    TransferStats,
     build_command,
     encode_end_frame,
+    parse_offset,
     parse_record,
+    parse_upload_line,
 )
 
 logger = logging.getLogger(__name__)
 
 # Smallest slice written at a time under a rate limit (keeps the pacing smooth).
 MIN_RATE_SLICE = 16 * 1024
+
+
+class ResumeImpossible(TemporaryFailure):
+    """The server no longer holds what the carrier would continue from: the
+    upload cannot be resumed (exit code as for any lost connection)."""
+
+
+class NothingToResume(ResumeImpossible):
+    """resume found no interrupted upload of that name on the server."""
 
 
 class RateLimiter:
@@ -60,81 +96,346 @@ class RateLimiter:
             await asyncio.sleep(ahead)
 
 
+@dataclass
+class Outbox:
+    """The stream as the carrier holds it: frames read from stdin and not yet
+    acknowledged by the server, oldest first, plus what was sent so far."""
+
+    reader: FrameReader
+    frames: deque[Frame] = field(default_factory=deque)
+    acked: int = 0  # the server holds the first ACKED bytes durably
+    taken: int = 0  # end of the last frame taken from the reader
+    sent_high: int = 0  # the furthest offset ever written to a session
+    resent: int = 0  # bytes written again after a reconnection
+    finished: bool = False  # the reader reached EOF (total and digest final)
+    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def held_from(self) -> int:
+        """The first stream offset the carrier can still send."""
+        return self.frames[0].start if self.frames else self.taken
+
+    def full(self) -> bool:
+        """Return whether every buffer holds unacknowledged data (no more
+        stdin can be read until the server acknowledges some)."""
+        return len(self.frames) >= self.reader.max_frames
+
+    async def frame_at(self, offset: int) -> Frame | None:
+        """Given a stream OFFSET, return the frame holding it (reading a new
+        one from stdin when OFFSET is where the held data ends), or None at
+        the end of the stream."""
+        for frame in self.frames:
+            if frame.start <= offset < frame.end:
+                return frame
+        if offset != self.taken:
+            raise ResumeImpossible("the carrier no longer holds the data to resume from")
+        if self.finished:
+            return None
+        new = await self.reader.next_frame()
+        if new is None:
+            self.finished = True
+            return None
+        self.frames.append(new)
+        self.taken = new.end
+        return new
+
+    def acknowledge(self, offset: int) -> None:
+        """Given the server's durable OFFSET, forget (recycle) every frame
+        wholly before it; raise DataError for an offset that goes back or
+        beyond what was sent."""
+        if offset < self.acked or offset > self.sent_high:
+            raise DataError("the server acknowledged data it was never sent")
+        self.acked = offset
+        while self.frames and self.frames[0].end <= offset:
+            self.reader.recycle(self.frames.popleft())
+        self.acked_event.set()
+
+    def note_sent(self, start: int, end: int) -> None:
+        """Given the stream range [START, END) just written, count what was
+        written before (resent) and move the high-water mark."""
+        self.resent += max(0, min(end, self.sent_high) - start)
+        self.sent_high = max(self.sent_high, end)
+
+
+@dataclass
+class Outages:
+    """How often the connection was lost, and for how long each time."""
+
+    lost: int = 0
+    durations: list[float] = field(default_factory=list)
+
+    def stats(self, name: str, outbox: Outbox) -> TransferStats:
+        return TransferStats(
+            name, self.lost, tuple(self.durations[:MAX_OUTAGES_REPORTED]), outbox.resent
+        )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What a finished put returns: the verified receipt and how it went."""
+
+    record: BackupRecord
+    stats: TransferStats
+
+
 async def put_backup(
-    connection: Connection, name: str, fd: int, config: CarrierConfig
-) -> BackupRecord:
-    """Given a connection, a valid NAME and the input FD, stream FD to the
-    server's ``put NAME`` and return the server's matching receipt; raise a
-    CarrierError if the server refused, stalled, the link broke or the
+    link: Link,
+    name: str,
+    fd: int,
+    config: CarrierConfig,
+    keep_stats: Callable[[TransferStats], None] = lambda stats: None,
+) -> Upload:
+    """Given a Link, a valid NAME and the input FD, stream FD to the server's
+    ``put NAME`` (resuming over new connections when one is lost, within
+    resume_window) and return the server's matching receipt and the transfer
+    stats (also handed to KEEP_STATS, and logged, however the put ends);
+    raise a CarrierError if the server refused, the link stayed down, or the
     receipt differs."""
-    frames = FrameReader(fd)
-    frames.start()
+    max_frames = max(2, config.resume_buffer // DEFAULT_DATA_FRAME)
+    reader = FrameReader(fd, max_frames)
+    reader.start()
+    outbox = Outbox(reader)
+    outages = Outages()
+    verb = VERB_PUT
+    try:
+        while True:
+            try:
+                record = await upload_session(link, verb, name, outbox, config)
+            except NothingToResume:
+                if outbox.held_from != 0:
+                    raise
+                # The first session was lost before the server made its
+                # partial upload: start over, the carrier still holds it all.
+                verb = VERB_PUT
+                continue
+            except TemporaryFailure as failure:
+                if isinstance(failure, ResumeImpossible) or config.resume_window <= 0:
+                    raise
+                outages.lost += 1
+                logger.warning("connection lost during the upload of %s: %s", name, failure)
+                outages.durations.append(await link.reconnect_within(failure, time.monotonic()))
+                verb = VERB_RESUME
+                logger.info(
+                    "reconnected after %.1fs, resuming %s (%d bytes acknowledged)",
+                    outages.durations[-1],
+                    name,
+                    outbox.acked,
+                )
+                continue
+            return Upload(record, outages.stats(name, outbox))
+    finally:
+        reader.stop()
+        stats = outages.stats(name, outbox)
+        log_stats(stats)
+        keep_stats(stats)
+
+
+def log_stats(stats: TransferStats) -> None:
+    """Given how an upload went, log it when the connection was ever lost."""
+    if stats.lost:
+        logger.info(
+            "upload of %s: connection lost %d times, outages %s s, %d bytes resent",
+            stats.name,
+            stats.lost,
+            ", ".join(f"{seconds:.1f}" for seconds in stats.outages),
+            stats.resent,
+        )
+
+
+async def upload_session(
+    link: Link, verb: str, name: str, outbox: Outbox, config: CarrierConfig
+) -> BackupRecord:
+    """Given the link, ``put`` or ``resume``, NAME and the outbox, run one
+    upload session to its end; return the verified receipt. Raise
+    TemporaryFailure when the connection or session was lost (resumable),
+    ResumeImpossible or another CarrierError when it cannot go on."""
+    offset_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     sent = asyncio.Event()
 
     async def send(writer: Writer[bytes]) -> None:
-        await send_stream(writer, frames, config)
+        try:
+            start = await asyncio.wait_for(asyncio.shield(offset_known), config.progress_timeout)
+        except TIMEOUTS:
+            raise TemporaryFailure(
+                f"the server did not start the upload within {config.progress_timeout:g}s "
+                "(progress_timeout)"
+            ) from None
+        await send_stream(writer, outbox, start, config)
         sent.set()
 
-    async def read_receipt(reader: Reader[bytes]) -> bytes:
-        # The receipt comes after the end frame; only then does its deadline run.
-        reading = asyncio.ensure_future(read_bounded(reader, 2 * MAX_REPLY_LINE))
-        waiting = asyncio.ensure_future(sent.wait())
-        try:
-            await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            if reading.done():
-                return reading.result()
-            return await within(reading, config.reply_timeout, "receipt")
-        finally:
-            reading.cancel()
-            waiting.cancel()
+    async def read_replies(reader: Reader[bytes]) -> BackupRecord | None:
+        return await follow_replies(
+            LineReader(reader), verb, outbox, offset_known, sent, config
+        )
 
+    command = build_command(verb, name)
     try:
-        command = build_command(VERB_PUT, name)
-        end = await run_session(connection, command, config, read_receipt, send)
+        end = await run_session(link.connection, command, config, read_replies, send)
     finally:
-        frames.stop()
+        if not offset_known.done():
+            offset_known.cancel()
+    if end.status is None or end.status == ShellExit.IO:
+        # Killed, cut, or ended by the server's idle timeout: its partial
+        # upload stays resumable.
+        raise TemporaryFailure(f"the server session ended before the upload did ({end.detail})")
+    if verb == VERB_RESUME and end.status != ShellExit.OK:
+        raise resume_refusal(end.status, end.detail, outbox)
     if not end.input_complete:
         # The server ended the session while we were still sending: whatever
         # it says, the backup is not complete.
-        if end.status == 0:
+        if end.status == ShellExit.OK:
             raise DataError("the server ended the session before the whole backup was sent")
         end.raise_for_status()
-        raise TemporaryFailure("the session ended before the whole backup was sent")
     end.raise_for_status()
-    return check_receipt(end.value, name, frames.total, frames.digest().hex())
+    if end.value is None:
+        raise DataError("the server's reply has no receipt")
+    return check_receipt_record(end.value, name, outbox.reader.total, outbox.reader.digest().hex())
 
 
-async def send_stream(writer: Writer[bytes], frames: FrameReader, config: CarrierConfig) -> None:
-    """Given the session's writer, send every frame, then the end frame and
-    EOF; raise DataError if stdin cannot be read, TemporaryFailure if the
-    server accepts nothing for progress_timeout seconds."""
-    limiter = RateLimiter(config.rate_limit)
+def resume_refusal(status: int, detail: str, outbox: Outbox) -> CarrierError:
+    """Given the exit status of a refused ``resume``, return the error: busy
+    (a left-behind session still ending) is worth another try, the rest ends
+    the upload as a lost connection would."""
+    suffix = f" ({detail})" if detail else ""
+    if status == ShellExit.UNAVAILABLE:
+        return TemporaryFailure(f"the server is still busy with the interrupted upload{suffix}")
+    if status == ShellExit.NO_SUCH_BACKUP:
+        return NothingToResume(f"the server has nothing to resume{suffix}")
+    if status == ShellExit.EXISTS:
+        if outbox.finished and outbox.sent_high == outbox.taken:
+            return ResumeImpossible(
+                "the connection was lost after the whole backup was sent; its receipt "
+                f"never came{suffix}"
+            )
+        return AlreadyExists(f"a backup of that name already exists (or is staged){suffix}")
+    return ResumeImpossible(f"the server refused to resume (exit status {status}){suffix}")
+
+
+async def follow_replies(
+    lines: LineReader,
+    verb: str,
+    outbox: Outbox,
+    offset_known: asyncio.Future[int],
+    sent: asyncio.Event,
+    config: CarrierConfig,
+) -> BackupRecord | None:
+    """Given a put/resume session's reply lines, hand the server's start
+    offset to the sender, apply each ack to the outbox, and return the final
+    receipt (None if the output ended before it: the exit status says why);
+    raise DataError for anything malformed, ResumeImpossible for an offset
+    the carrier no longer holds."""
+    first = await lines.next_line()
+    if first is None:
+        return None
+    offset = parse_hostile(parse_offset, first, "offset reply").offset
+    check_start_offset(verb, offset, outbox)
+    if offset_known.done():  # the sender gave up waiting (progress_timeout)
+        return None
+    offset_known.set_result(offset)
     while True:
+        line = await next_reply(lines, sent, config)
+        if line is None:
+            return None
+        item = parse_hostile(parse_upload_line, line, "upload reply")
+        if isinstance(item, Ack):
+            outbox.acknowledge(item.offset)
+            continue
+        if await lines.next_line() is not None:
+            raise DataError("the server sent lines after its receipt")
+        return item
+
+
+async def next_reply(lines: LineReader, sent: asyncio.Event, config: CarrierConfig) -> bytes | None:
+    """Given the reply lines, return the next one; once the end frame went
+    out, the receipt must come within reply_timeout (DataError otherwise)."""
+    reading = asyncio.ensure_future(lines.next_line())
+    waiting = asyncio.ensure_future(sent.wait())
+    try:
+        await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if reading.done():
+            return reading.result()
         try:
-            frame = await frames.next_frame()
+            return await asyncio.wait_for(reading, config.reply_timeout)
+        except TIMEOUTS:
+            raise DataError(
+                f"no receipt from the server within {config.reply_timeout:g}s"
+            ) from None
+    finally:
+        reading.cancel()
+        waiting.cancel()
+
+
+def check_start_offset(verb: str, offset: int, outbox: Outbox) -> None:
+    """Given the offset a put/resume answered, raise unless the carrier can
+    continue from it: put starts at 0; resume within the data still held."""
+    if verb == VERB_PUT:
+        if offset != 0:
+            raise DataError("the server's put did not start at offset 0")
+        if outbox.held_from != 0:
+            raise ResumeImpossible("the carrier no longer holds the start of the upload")
+        return
+    if offset > outbox.sent_high:
+        raise DataError("the server claims to hold data it was never sent")
+    # Below what it acknowledged, the server lost data it promised to keep.
+    if offset < outbox.held_from or offset < outbox.acked:
+        raise ResumeImpossible(
+            f"the server holds {offset} bytes, the carrier kept only data from "
+            f"{outbox.held_from} on: the upload cannot be resumed"
+        )
+
+
+async def send_stream(
+    writer: Writer[bytes], outbox: Outbox, start: int, config: CarrierConfig
+) -> None:
+    """Given the session's writer, the outbox and the offset to start at,
+    send every frame from START, then the end frame and EOF; raise DataError
+    if stdin cannot be read, TemporaryFailure if the server accepts nothing
+    (or, with a full outbox, acknowledges nothing) for progress_timeout s."""
+    limiter = RateLimiter(config.rate_limit)
+    position = start
+    while True:
+        if outbox.full() and position == outbox.taken:
+            await wait_for_ack(outbox, config)
+        try:
+            frame = await outbox.frame_at(position)
         except OSError as error:
             raise DataError(f"cannot read the backup from stdin: {error.strerror}") from None
         if frame is None:
             break
-        await _write_frame(writer, frame, limiter, config)
-        frames.recycle(frame)
-    logger.info("sent %d bytes, sending the end frame", frames.total)
-    writer.write(encode_end_frame(frames.total, frames.digest()))
+        await write_frame(writer, frame, position, limiter, config)
+        outbox.note_sent(position, frame.end)
+        position = frame.end
+    logger.info("sent %d bytes, sending the end frame", outbox.reader.total)
+    writer.write(encode_end_frame(outbox.reader.total, outbox.reader.digest()))
     writer.write_eof()
     # No drain here: once the end frame is queued this task must be done, so
     # a server that answers and closes quickly is never mistaken for one
     # that hung up early; the receipt is awaited next anyway.
 
 
-async def _write_frame(
-    writer: Writer[bytes], frame: Frame, limiter: RateLimiter, config: CarrierConfig
+async def wait_for_ack(outbox: Outbox, config: CarrierConfig) -> None:
+    """Wait until the server acknowledges more data; raise TemporaryFailure
+    after progress_timeout seconds without an ack."""
+    outbox.acked_event.clear()
+    try:
+        await asyncio.wait_for(outbox.acked_event.wait(), config.progress_timeout)
+    except TIMEOUTS:
+        raise TemporaryFailure(
+            f"the server acknowledged nothing for {config.progress_timeout:g}s "
+            "(progress_timeout) while the carrier's resume_buffer was full"
+        ) from None
+
+
+async def write_frame(
+    writer: Writer[bytes], frame: Frame, offset: int, limiter: RateLimiter, config: CarrierConfig
 ) -> None:
-    """Given a frame, write it (in slices under a rate limit) and wait for the
-    channel to take it; asyncssh copies the bytes, so the buffer can be reused."""
-    view = memoryview(frame.buffer)[: frame.length]
-    step = limiter.slice_size(frame.length)
-    for start in range(0, frame.length, step):
-        piece = view[start : start + step]
+    """Given a frame and the stream OFFSET to start at, write it as one D
+    frame (in slices under a rate limit) and wait for the channel to take it;
+    asyncssh copies the bytes, so the buffer stays the outbox's."""
+    data = frame.wire_bytes(offset)
+    step = limiter.slice_size(len(data))
+    for start in range(0, len(data), step):
+        piece = data[start : start + step]
         # asyncssh takes any bytes-like object and copies it (typed as bytes).
         writer.write(cast(bytes, piece))
         await drain_with_progress(writer, config)
@@ -147,17 +448,20 @@ async def drain_with_progress(writer: Writer[bytes], config: CarrierConfig) -> N
     reading -- a hung disk or process -- while sshd still answers keepalives)."""
     try:
         await asyncio.wait_for(writer.drain(), config.progress_timeout)
-    except TimeoutError:
+    except TIMEOUTS:
         raise TemporaryFailure(
             f"the server accepted no data for {config.progress_timeout:g}s (progress_timeout)"
         ) from None
 
 
-def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRecord:
-    """Given the server's whole stdout after a put (or commit), return its
-    BackupRecord if it is exactly one receipt line for NAME, SIZE and SHA256;
-    raise DataError otherwise."""
-    record = parse_receipt(output, name)
+def check_receipt_record(record: BackupRecord, name: str, size: int, sha256: str) -> BackupRecord:
+    """Given the server's parsed receipt, return it if it names NAME with
+    SIZE and SHA256; raise DataError otherwise."""
+    # A receipt for another backup proves nothing about NAME.
+    if record.name != name:
+        raise DataError("the server's receipt names a different backup")
+    if record.sha256 is None:
+        raise DataError("the server's receipt has no SHA-256")
     # The receipt is the server's word that it stored THIS stream: every
     # field must match what we sent, or the backup is not proven stored.
     if record.size != size:
@@ -167,16 +471,19 @@ def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRec
     return record
 
 
-def parse_receipt(output: bytes, name: str) -> BackupRecord:
-    """Given the server's whole stdout after a put or commit, return its
-    BackupRecord if it is exactly one well-formed line naming NAME; raise
+def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRecord:
+    """Given the server's whole stdout after a commit, return its BackupRecord
+    if it is exactly one receipt line for NAME, SIZE and SHA256; raise
     DataError otherwise."""
+    return check_receipt_record(parse_receipt(output, name), name, size, sha256)
+
+
+def parse_receipt(output: bytes, name: str) -> BackupRecord:
+    """Given the server's whole stdout after a commit, return its BackupRecord
+    if it is exactly one well-formed line naming NAME; raise DataError otherwise."""
     if not output.endswith(b"\n") or output.count(b"\n") != 1:
         raise DataError("the server's receipt is not exactly one line")
-    try:
-        record = parse_record(output)
-    except ProtocolError as error:
-        raise DataError(f"the server's receipt is malformed: {error}") from None
+    record = parse_hostile(parse_record, output, "receipt")
     # A receipt for another backup proves nothing about NAME.
     if record.name != name:
         raise DataError("the server's receipt names a different backup")

@@ -10,7 +10,6 @@ record of the new backup (size, digest) into the history; optional verify.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -37,7 +36,7 @@ from dom0.errors import (
 )
 from dom0.execute import notify
 from dom0.locking import carrier_lock
-from dom0.log import human_size, say
+from dom0.log import human_size, say, say_json
 from dom0.monitor import Monitor
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, written_profile
@@ -127,6 +126,9 @@ def report_tampering(comparison: history.Comparison) -> None:
     if comparison.problems:
         notify("qbackup: stored backups changed", "\n".join(comparison.problems[:5]),
                critical=True)
+    for name in comparison.strangers:
+        logger.warning("UNKNOWN BACKUP? %s: under this job's prefix, but this dom0 never"
+                       " committed it (a compromised carrier can plant backups)", name)
     if comparison.pruned:
         logger.info("%d earlier backup(s) removed by the retention policy, as it allows: %s",
                     len(comparison.pruned), " ".join(comparison.pruned[-5:]))
@@ -136,7 +138,7 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
             tried: set[str]) -> tuple[Record, list[str]]:
     """Given a checked job, take one backup; return (its server record,
     tampering problems found on the way); raise on any failure."""
-    client = CarrierClient(app, job.carrier)
+    client = CarrierClient(app, job.carrier, job.answer_timeout)
     info = client.info()
     logger.info("server via %s: %s available (%s free, %s reserved)", job.carrier,
                 human_size(info.available), human_size(info.free), human_size(info.reserve))
@@ -267,7 +269,7 @@ def run_all(args: argparse.Namespace, context: Context) -> int:
 def report(context: Context, outcome: Outcome) -> int:
     """Given a successful run, print its summary (a terminal) or JSON; return 0."""
     if context.json:
-        say(json.dumps(outcome.to_json(), sort_keys=True))
+        say_json(outcome.to_json())
     elif not context.quiet and sys.stdout.isatty():
         say(outcome.summary())
     return 0
@@ -281,7 +283,7 @@ def report_failure(context: Context, monitor: Monitor, error: QbackupError) -> i
         message = f"the configuration has {len(error.problems)} problem(s): see the log"
     monitor.failed(message, code)
     if context.json:
-        say(json.dumps({"job": monitor.job, "error": message, "exit": code}, sort_keys=True))
+        say_json({"job": monitor.job, "error": message, "exit": code})
     return code
 
 

@@ -27,6 +27,7 @@ from dom0.errors import (
     CarrierError,
     NoSuchBackup,
     QubesError,
+    TemporaryError,
     UsageError,
 )
 from dom0.log import last_line
@@ -39,6 +40,15 @@ Record = protocol.BackupRecord
 # is refused rather than buffered (the adapter stops reading at this bound).
 MAX_LISTING_BYTES = 32 * 1024 * 1024
 MAX_SHORT_REPLY = 64 * 1024
+# Nothing dom0 asks the carrier may wait for ever: a hung carrier, a server
+# that stops answering while sshd keeps the connection alive, a hung disk.
+# Each call gets a deadline (the job's `answer_timeout`, default 300 s); past
+# it, the call is killed and the run fails as temporary (exit 75). `check`
+# re-hashes the whole backup on the server, so it gets CHECK_SECONDS_PER_GIB
+# more per GiB of the backup's size (from a listing first).
+DEFAULT_ANSWER_TIMEOUT = 300.0
+CHECK_SECONDS_PER_GIB = 60.0  # the server re-hashes at 17 MB/s or faster
+GIB = 1024**3
 Parsed = TypeVar("Parsed")
 
 
@@ -139,17 +149,25 @@ def parse_listing(data: bytes) -> Listing:
 class CarrierClient:
     """The server as seen through one carrier VM."""
 
-    def __init__(self, app: QubesAdapter, vm: str) -> None:
+    def __init__(self, app: QubesAdapter, vm: str,
+                 answer_timeout: float = DEFAULT_ANSWER_TIMEOUT) -> None:
         self.app = app
         self.vm = vm
+        self.answer_timeout = answer_timeout
 
-    def _call(self, verb: str, argument: str, max_output: int) -> bytes:
-        """Given a verb and its one-line argument, return the service's stdout;
-        raise the error class the carrier's exit status maps to."""
+    def _call(self, verb: str, argument: str, max_output: int,
+              deadline: float | None = None) -> bytes:
+        """Given a verb, its one-line argument and a deadline in seconds (default
+        the answer timeout), return the service's stdout; raise the error class
+        the carrier's exit status maps to, TemporaryError past the deadline."""
+        deadline = deadline or self.answer_timeout
         try:
             return self.app.run_service_for_stdio(
-                self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output
-            )
+                self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
+                timeout=deadline)
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"{verb} via {self.vm}: no answer within {deadline:.0f} s;"
+                                 " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
             status = error.returncode
             try:
@@ -176,7 +194,9 @@ class CarrierClient:
         """Given a backup NAME, return (its record, whether the server's re-hash
         matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
         verdict) or another CarrierError."""
-        result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY))
+        size = self.require(name).size  # the re-hash takes time in proportion
+        deadline = self.answer_timeout + CHECK_SECONDS_PER_GIB * size / GIB
+        result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY, deadline))
         if result.record.name != name:
             raise ReplyError("the carrier's check reply names another backup")
         return result.record, result.ok

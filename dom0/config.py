@@ -79,6 +79,8 @@ SETTINGS: dict[str, Setting] = {
     "retries": Setting("extra attempts after a temporary or engine failure, 0..10", "--retries"),
     "retry_delay": Setting("seconds between attempts, 0..86400", "--retry-delay"),
     "verify": Setting("true: qvm-backup-restore --verify-only right after", "--verify"),
+    "answer_timeout": Setting("seconds to wait for each answer through the carrier, 1..86400"
+                              " (check: more per GiB)", None),
     "keep": Setting("retention policy the server's prune applies: {daily: N, weekly: N,"
                     " monthly: N, yearly: N}", None),
     "hooks": Setting("monitoring: on_start/on_success/on_failure commands (lists of words),"
@@ -102,6 +104,7 @@ class Job:
     retries: int = 0
     retry_delay: int = 60
     verify: bool = False
+    answer_timeout: int = 300
     keep: protocol.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=lambda: Hooks())
 
@@ -287,6 +290,7 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
     verify = _boolean(values.get("verify", False), "verify", problems)
     retries = _integer(values.get("retries", 0), "retries", 0, 10, problems)
     delay = _integer(values.get("retry_delay", 60), "retry_delay", 0, 86400, problems)
+    answer = _integer(values.get("answer_timeout", 300), "answer_timeout", 1, 86400, problems)
     keep_policy = _policy(values.get("keep"), problems)
     hooks = _hooks(values.get("hooks"), problems)
     if problems:
@@ -296,7 +300,7 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
         passphrase_file=Path(os.path.expanduser(passphrase_file)) if passphrase_file else None,
         passphrase_vm=passphrase_vm, vms=vms, exclude=exclude, compression=compression,
         keep_carrier=keep, retries=retries, retry_delay=delay, verify=verify,
-        keep=keep_policy, hooks=hooks,
+        answer_timeout=answer, keep=keep_policy, hooks=hooks,
     ), []
 
 
@@ -475,10 +479,19 @@ def backup_job(args: argparse.Namespace, config_path: Path | None) -> Job:
     return job
 
 
-def carrier_and_passphrase(args: argparse.Namespace,
-                           config_path: Path | None) -> tuple[str, PassphraseSource]:
-    """Given list/check/verify/restore arguments, return (carrier VM, passphrase
-    source) from the options, then the job, then the environment."""
+@dataclass(frozen=True)
+class Target:
+    """Where list/check/verify/restore go: the carrier, the passphrase source,
+    and how long to wait for each answer through the carrier."""
+
+    carrier: str
+    passphrase: PassphraseSource
+    answer_timeout: float
+
+
+def carrier_and_passphrase(args: argparse.Namespace, config_path: Path | None) -> Target:
+    """Given list/check/verify/restore arguments, return the Target: carrier and
+    passphrase source from the options, then the job, then the environment."""
     job = file_job(open_config(config_path), args.job) if args.job else None
     carrier = args.carrier or (job.carrier if job else None) or os.environ.get(ENV_CARRIER)
     if not carrier or not is_vm_name(carrier):
@@ -491,7 +504,8 @@ def carrier_and_passphrase(args: argparse.Namespace,
         passfile, passvm = job.passphrase_file, job.passphrase_vm
     if passfile is None and passvm is None and os.environ.get(ENV_PASSFILE):
         passfile = Path(os.environ[ENV_PASSFILE])
-    return carrier, PassphraseSource(file=passfile, vm=passvm)
+    return Target(carrier, PassphraseSource(file=passfile, vm=passvm),
+                  job.answer_timeout if job else 300)
 
 
 def need_passphrase(source: PassphraseSource) -> PassphraseSource:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
             app = context.get_app()
             _, vms = check_inputs(app, job)
             with running_carrier(app, job.carrier, keep=False):
-                info = CarrierClient(app, job.carrier).info()
+                info = CarrierClient(app, job.carrier, job.answer_timeout).info()
         except QbackupError as error:
             logger.error("%s: %s", name, error)
             say(f"{name}: FAILED: {error}")

@@ -186,9 +186,9 @@ def history_key(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """`qbackup drill`: given its arguments, drill the job; return 0 or raise."""
-    carrier, source = carrier_and_passphrase(args, context.config)
-    return run_drill(context.get_app(), history_key(args), carrier, need_passphrase(source),
-                     context.history, context.lock_dir)
+    target = carrier_and_passphrase(args, context.config)
+    return run_drill(context.get_app(), history_key(args), target.carrier,
+                     need_passphrase(target.passphrase), context.history, context.lock_dir)
 
 
 def run_status(args: argparse.Namespace, context: Context) -> int:

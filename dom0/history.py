@@ -13,14 +13,17 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import qbackup_protocol as protocol
 
 logger = logging.getLogger(__name__)
 OUTCOME_OK = "ok"
+FUTURE_SLACK = 3600.0  # clocks differ; a name dated later than this is suspicious
 LEGACY_FAILURE = re.compile(r"failed: [A-Za-z]+")
 MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
@@ -119,18 +122,46 @@ class Comparison:
 
     problems: list[str]
     pruned: list[str]
+    strangers: list[str] = field(default_factory=list)
+
+
+def strangers_among(mine: set[str], stored: Sequence[protocol.BackupRecord],
+                    now: float) -> list[str]:
+    """Given the names dom0 committed and what the server lists, return the
+    listed backups under one of dom0's prefixes that dom0 never committed and
+    that are not older than its first backup there, or that are dated in the
+    future. A compromised carrier can commit such names; with a chosen
+    timestamp one would win its retention period on the server. (An older
+    name is most likely from before a lost history and is left alone.)"""
+    first: dict[str, datetime] = {}
+    for name in mine:
+        parts = protocol.split_backup_name(name)
+        if parts and (parts[0] not in first or parts[1] < first[parts[0]]):
+            first[parts[0]] = parts[1]
+    future = datetime.fromtimestamp(now + FUTURE_SLACK, UTC)
+    found = []
+    for record in stored:
+        parts = protocol.split_backup_name(record.name)
+        if record.name in mine or parts is None or parts[0] not in first:
+            continue
+        if parts[1] >= first[parts[0]] or parts[1] > future:
+            found.append(record.name)
+    return sorted(found)
 
 
 def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord],
                         complete: bool, prefix: str = "",
-                        policy: protocol.RetentionPolicy | None = None) -> Comparison:
+                        policy: protocol.RetentionPolicy | None = None,
+                        now: float | None = None) -> Comparison:
     """Given the history RUNS of one job, the server's STORED records under
     PREFIX (COMPLETE: the listing was not cut short) and the job's retention
     POLICY, return the committed backups that vanished, shrank, grew or changed
-    digest (problems), and those that vanished exactly as the policy allows
-    (pruned). The policy is applied to dom0's own history only: names the
-    server lists but dom0 never committed cannot push a backup out of it, and a
-    server that prunes more than the policy allows is reported."""
+    digest (problems), those that vanished exactly as the policy allows
+    (pruned), and backups under the job's prefixes that dom0 never committed
+    (strangers, see strangers_among). The policy is applied to dom0's own
+    history only: names the server lists but dom0 never committed cannot push
+    a backup out of it, and a server that prunes more than the policy allows
+    is reported."""
     by_name = {record.name: record for record in stored}
     mine = [(run.name, run) for run in committed_runs(runs)
             if run.name and run.name.startswith(prefix)]
@@ -157,4 +188,6 @@ def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord]
             problems.append(f"{name}: size changed from {run.size} to {record.size} bytes")
         if record.sha256 != run.sha256:
             problems.append(f"{name}: digest changed on the server")
-    return Comparison(problems=problems, pruned=sorted(set(pruned)))
+    strangers = strangers_among({name for name, _ in mine}, stored,
+                                time.time() if now is None else now)
+    return Comparison(problems=problems, pruned=sorted(set(pruned)), strangers=strangers)

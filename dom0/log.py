@@ -11,6 +11,7 @@ every line that leaves qbackup, log record or stdout, passes `clean_text`.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -63,6 +64,15 @@ def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
 def say(text: str) -> None:
     """Given a line of output (which may quote carrier text), print it cleaned."""
     sys.stdout.write(clean_text(text, MAX_OUTPUT_LINE) + "\n")
+    sys.stdout.flush()
+
+
+def say_json(value: object) -> None:
+    """Given a JSON-able value (which may quote carrier text), print it as one
+    line, whole: json.dumps escapes every control and non-ASCII character (DEL
+    too, below), so nothing is cut and nothing reaches the terminal raw."""
+    text = json.dumps(value, sort_keys=True).replace("\x7f", "\\u007f")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -12,17 +12,16 @@ changed is reported (exit 4), and the backups the policy removed are counted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dom0 import config, history
-from dom0.carrier import CarrierClient
+from dom0.carrier import DEFAULT_ANSWER_TIMEOUT, CarrierClient
 from dom0.errors import StaleBackup, VerificationError
 from dom0.execute import notify
-from dom0.log import human_size, say, show_time
+from dom0.log import human_size, say, say_json, show_time
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 
@@ -40,6 +39,7 @@ class JobStatus:
     policy: str | None = None
     pruned: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    strangers: list[str] = field(default_factory=list)
 
     def age_hours(self, now: float) -> float | None:
         return None if self.success is None else (now - self.success.end) / 3600
@@ -55,7 +55,7 @@ class JobStatus:
             "last_run": None if self.last is None else history.shown_outcome(self.last.outcome),
             "stale": stale, "configuration_problems": self.broken,
             "retention": self.policy, "pruned_by_policy": self.pruned,
-            "tampering": self.problems,
+            "tampering": self.problems, "unknown_backups": self.strangers,
         }
 
 
@@ -86,7 +86,9 @@ def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
     app = get_app()
     for carrier in sorted(by_carrier):
         with running_carrier(app, carrier, keep=False):
-            listing = CarrierClient(app, carrier).listing("")
+            answer_timeout = max((job.answer_timeout for job in jobs.values()
+                                  if job.carrier == carrier), default=DEFAULT_ANSWER_TIMEOUT)
+            listing = CarrierClient(app, carrier, answer_timeout).listing("")
         for name in sorted(by_carrier[carrier]):
             mine = [run for run in runs if run.job == name and run.carrier == carrier]
             policy = jobs[name].keep if name in jobs else None
@@ -94,6 +96,7 @@ def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
                                                      not listing.truncated, "", policy)
             table[name].pruned += comparison.pruned
             table[name].problems += comparison.problems
+            table[name].strangers += comparison.strangers
 
 
 def show(status: JobStatus, now: float) -> None:
@@ -115,6 +118,9 @@ def show(status: JobStatus, now: float) -> None:
             f" ({status.policy})")
     for problem in status.problems:
         say(f"TAMPERING? {problem}")
+    for name in status.strangers:
+        say(f"UNKNOWN BACKUP? {name}: under {status.job}'s prefix, but this dom0 never"
+            " committed it")
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
@@ -140,15 +146,19 @@ def run(args: argparse.Namespace, context: Context) -> int:
         stale.append("no job in the job file and no backup in the history")
     problems = [problem for status in table.values() for problem in status.problems]
     if context.json:
-        say(json.dumps({"jobs": [status.to_json(now, any(line.startswith(f"{name}:")
+        say_json({"jobs": [status.to_json(now, any(line.startswith(f"{name}:")
                                                           for line in stale))
                                  for name, status in sorted(table.items())],
-                        "tampering": bool(problems), "stale": stale}, sort_keys=True))
+                        "tampering": bool(problems), "stale": stale})
     else:
         for _, status in sorted(table.items()):
             show(status, now)
     for problem in problems:
         logger.error("TAMPERING? %s", problem)
+    for status in table.values():
+        for name in status.strangers:
+            logger.warning("UNKNOWN BACKUP? %s: under %s's prefix, but this dom0 never"
+                           " committed it", name, status.job)
     if args.remote and not problems:
         logger.info("remote comparison: every backup as recorded or pruned by policy")
     if problems:

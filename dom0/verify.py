@@ -219,12 +219,13 @@ def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, na
 def run_verify(args: argparse.Namespace, context: Context) -> int:
     """Given `verify` arguments, verify the named backup and say what was
     verified; return 0 or raise (NoSuchBackup for a name the server lacks)."""
-    carrier, source = carrier_and_passphrase(args, context.config)
+    target = carrier_and_passphrase(args, context.config)
+    carrier = target.carrier
     name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
-    source = need_passphrase(source)
+    source = need_passphrase(target.passphrase)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        record = CarrierClient(app, carrier).require(name)
+        record = CarrierClient(app, carrier, target.answer_timeout).require(name)
         verify_backup(app, carrier, source, name, committed_record(context.history, name))
     say(f"{name}: verified: Qubes decrypted and checked every part of the"
         f" {record.size}-byte backup read through {carrier} (qvm-backup-restore --verify-only)")
@@ -233,9 +234,10 @@ def run_verify(args: argparse.Namespace, context: Context) -> int:
 
 def run_restore(args: argparse.Namespace, context: Context) -> int:
     """Given `restore` arguments, restore from the named backup; return 0 or raise."""
-    carrier, source = carrier_and_passphrase(args, context.config)
+    target = carrier_and_passphrase(args, context.config)
+    carrier = target.carrier
     name = check_name(args.name)
-    source = need_passphrase(source)
+    source = need_passphrase(target.passphrase)
     if args.paranoid_mode and source.vm is not None:
         # Paranoid mode copies the passphrase FILE into a disposable VM: an
         # answer from a passphrase VM on stdin (-p -) cannot get there.
@@ -254,7 +256,7 @@ def run_restore(args: argparse.Namespace, context: Context) -> int:
         options += ["-x", vm]
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        CarrierClient(app, carrier).require(name)
+        CarrierClient(app, carrier, target.answer_timeout).require(name)
         restore_backup(app, carrier, source, name, options, args.vms,
                        committed_record(context.history, name))
     return 0

@@ -1,196 +1,211 @@
-"""qbackup-shell: the login shell of a backup account.
+"""qbackup-shell: the login shell of a backup account. Reads top to bottom:
 
-Reads top to bottom: refuse root -> work out what argv/environment ask for
-(pure, request.py) -> load the config -> parse the one protocol command (pure)
--> run it against the storage root opened once -> one syslog line -> exit
-code. Exit codes are decided here and only here (errors.py holds the map).
+refuse root -> what argv and the environment ask for (pure) -> the config ->
+the one protocol command (pure: a static verb table; refusals never echo the
+client's input) -> a session slot -> run it against the storage root opened
+once -> one syslog line -> the exit code, decided here only (ShellExit).
+
+Modules: config.py (errors, settings), storage.py (the descriptor-based walk,
+records, locks, space), upload.py (put, resume, commit), reading.py (get,
+check, list, info). Admin actions (prune, status, scrub) live in
+`qbackup-server`, which sshd can never reach.
 """
 
-from __future__ import annotations
-
-import logging
 import os
 import pwd
+import re
 import signal
+import socket
 import sys
 from collections.abc import Mapping
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import qbackup_protocol as protocol
+from qbackup_protocol import ShellExit
 
-from . import errors
-from .commit import commit_backup
-from .config import ShellConfig, load_config
-from .errors import Interrupted, NotAllowed, ShellError
-from .listing import describe_space, list_backups
-from .log import client_address, setup_logging
-from .prune import drop_privileges, parse_prune_arguments, resolve_owner, run_prune
-from .put import store_backup
-from .reading import check_backup, send_backup
-from .request import Request, parse_command, parse_invocation
-from .signals import FATAL_SIGNALS
-from .storage import open_root
-from .streams import write_all
-
-logger = logging.getLogger(__name__)
+from .config import Interrupted, NotAllowed, Refused, ShellConfig, ShellError, load_config
+from .reading import check_backup, describe_space, list_backups, send_backup
+from .storage import open_root, take_session, write_all
+from .upload import commit, put, resume
 
 DEFAULT_CONFIG_PATH = "/etc/qbackup/qbackup-shell.conf"
 STDIN, STDOUT, STDERR = 0, 1, 2
-LIST_FLUSH_SIZE = 64 * 1024
+SHELL_NAME = "qbackup-shell"
+ADMIN_VERBS = frozenset({"prune", "status", "scrub"})
+PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))  # no NUL, newline, escape
+OFFSET_PATTERN = re.compile(r"0|[1-9][0-9]{0,18}")
+ADDRESS_PATTERN = re.compile(r"([0-9A-Fa-f.:%]{1,64}) ([0-9]{1,5})(?: |$)")
+FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
-@dataclass
-class Outcome:
-    """What one command did, for its syslog line."""
+@dataclass(frozen=True)
+class Request:
+    """One protocol command: a verb, its checked argument, get's offset."""
 
-    command: str = "(refused)"
-    result: str = "ok"
-    size: int = 0
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    # Ignore further signals: the cleanup this exception starts (joining the
-    # writer thread, removing the temporary) must not itself be interrupted.
-    for other in FATAL_SIGNALS:
-        signal.signal(other, signal.SIG_IGN)
-    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+    verb: str
+    argument: str | None = None
+    offset: int = 0
 
 
-def run_request(request: Request, config: ShellConfig, home: str, outcome: Outcome) -> int:
-    """Given a parsed request, the account's config and home, run it and
-    return the exit code; raise ShellError on any failure."""
-    root_fd = open_root(config.root or home)
+def parse_command(text: str) -> Request:
+    """Given the command text a client sent, return its Request; raise
+    NotAllowed for an admin verb, Refused for anything outside the grammar."""
+    if len(text) > protocol.MAX_COMMAND_LENGTH:
+        raise Refused("command too long")
+    # Control characters never belong in a command: refused before splitting.
+    if not set(text) <= PRINTABLE:
+        raise Refused("command contains control or non-ASCII characters")
+    # Exactly one space between words, no quoting: one way to read a command.
+    verb, *arguments = text.split(" ")
+    if verb in ADMIN_VERBS:
+        raise NotAllowed("that is an admin action: run qbackup-server on the server as root")
+    if verb not in protocol.ALL_VERBS:
+        raise Refused("unknown command (allowed: put, resume, commit, get, list, check, info)")
     try:
-        if request.verb == protocol.VERB_PUT:
-            assert request.argument is not None  # noqa: S101 (guaranteed by parse_command)
-            record = store_backup(root_fd, request.argument, STDIN, config)
-            outcome.size = record.size
-            write_all(STDOUT, protocol.encode_reply(record.to_reply()))
-            return errors.EXIT_OK
-        if request.verb == protocol.VERB_COMMIT:
-            assert request.argument is not None  # noqa: S101
-            record = commit_backup(root_fd, request.argument)
-            outcome.size = record.size
-            write_all(STDOUT, protocol.encode_reply(record.to_reply()))
-            return errors.EXIT_OK
-        if request.verb == protocol.VERB_GET:
-            assert request.argument is not None  # noqa: S101
-            outcome.size = send_backup(root_fd, request.argument, STDOUT).size
-            return errors.EXIT_OK
-        if request.verb == protocol.VERB_CHECK:
-            assert request.argument is not None  # noqa: S101
-            result = check_backup(root_fd, request.argument)
-            outcome.size = result.record.size
-            write_all(STDOUT, protocol.encode_reply(result.to_reply()))
+        if verb == protocol.VERB_GET and len(arguments) == 2:
+            if not OFFSET_PATTERN.fullmatch(arguments[1]):
+                raise Refused("get takes a name and an optional decimal offset")
+            return Request(verb, protocol.check_name(arguments[0]), int(arguments[1]))
+        if verb in protocol.VERBS_WITH_NAME:
+            if len(arguments) != 1:
+                raise Refused(f"{verb} takes exactly one name")
+            return Request(verb, protocol.check_name(arguments[0]))
+        if verb in protocol.VERBS_WITH_OPTIONAL_PREFIX:
+            if len(arguments) > 1:
+                raise Refused(f"{verb} takes at most one prefix")
+            return Request(verb, protocol.check_prefix(arguments[0]) if arguments else "")
+        if arguments:
+            raise Refused(f"{verb} takes no argument")
+        return Request(verb)
+    except protocol.InvalidName as error:
+        raise Refused(f"invalid name: {error}") from None  # the rule, never the name
+
+
+def parse_invocation(argv: list[str], environ: Mapping[str, str]) -> str:
+    """Given argv and the environment, return the client's command text; raise
+    NotAllowed for an interactive login, Refused for any other argv shape.
+
+    sshd runs a login shell as `SHELL -c COMMAND` for every exec request (scp,
+    sftp, rsync included) and as `-SHELL` for an interactive login. With
+    `command="/usr/sbin/qbackup-shell"` in authorized_keys (the forced command
+    that also stops internal-sftp), sshd runs `SHELL -c FORCED` -- or, under
+    another login shell, FORCED with no argument -- and puts the client's
+    command in SSH_ORIGINAL_COMMAND."""
+    arguments, original = argv[1:], environ.get("SSH_ORIGINAL_COMMAND")
+    if not arguments or arguments[0] == "-c" and len(arguments) == 2 and (
+        " " not in arguments[1] and os.path.basename(arguments[1]) == SHELL_NAME
+    ):
+        if original is None:
+            raise NotAllowed("interactive logins are not allowed; this account only stores backups")
+        return original
+    if arguments[0] == "-c" and len(arguments) == 2:
+        return arguments[1]
+    raise Refused("usage: qbackup-shell -c COMMAND")
+
+
+def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, Any]) -> ShellExit:
+    """Given a parsed request, the account's config and home, take a session
+    slot and run it; return the exit code; raise ShellError or OSError."""
+    timeout, name = config.idle_timeout, request.argument or ""
+
+    def reply(fields: dict[str, Any]) -> None:
+        write_all(STDOUT, protocol.encode_reply(fields), timeout)
+
+    with ExitStack() as closing:
+        root_fd = open_root(config.root or home)
+        closing.callback(os.close, root_fd)
+        closing.callback(os.close, take_session(root_fd, config.max_sessions))
+        if request.verb in (protocol.VERB_PUT, protocol.VERB_RESUME, protocol.VERB_COMMIT):
+            receive = {protocol.VERB_PUT: put, protocol.VERB_RESUME: resume}.get(request.verb)
+            record = commit(root_fd, name) if receive is None else receive(
+                root_fd, name, STDIN, config, reply)
+            outcome["bytes"] = record.size
+            reply(record.to_reply())
+        elif request.verb == protocol.VERB_GET:
+            outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
+        elif request.verb == protocol.VERB_CHECK:
+            result = check_backup(root_fd, name)
+            outcome["bytes"] = result.record.size
+            reply(result.to_reply())
             if not result.ok:
-                outcome.result = "mismatch"
-                return errors.EXIT_DATAERR
-            return errors.EXIT_OK
-        if request.verb == protocol.VERB_LIST:
-            _write_listing(root_fd, request.argument)
-            return errors.EXIT_OK
-        info = describe_space(root_fd, config.reserve, config.quota)
-        write_all(STDOUT, protocol.encode_reply(info.to_reply()))
-        return errors.EXIT_OK
-    finally:
-        os.close(root_fd)
+                outcome["result"] = "mismatch"
+                return ShellExit.DATA
+        elif request.verb == protocol.VERB_LIST:
+            pending = bytearray()
+            for item in list_backups(root_fd, name):
+                pending += protocol.encode_reply(item.to_reply())
+                if len(pending) >= 65536 or isinstance(item, protocol.ListEnd):  # few writes
+                    write_all(STDOUT, pending, timeout)
+                    pending.clear()
+        else:
+            reply(describe_space(root_fd, config.reserve, config.quota).to_reply())
+        return ShellExit.OK
 
 
-def _write_listing(root_fd: int, prefix: str | None) -> None:
-    pending = bytearray()
-    for item in list_backups(root_fd, prefix):
-        pending += protocol.encode_reply(item.to_reply())
-        if len(pending) >= LIST_FLUSH_SIZE:
-            write_all(STDOUT, pending)
-            pending.clear()
-    write_all(STDOUT, pending)
+def send_log(socket_path: str, message: str) -> None:
+    """Given the syslog socket and a line, send it as daemon.info, ident
+    qbackup-shell; logging never fails a backup."""
+    with suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(f"<30>{SHELL_NAME}: {message}\x00".encode("ascii", "replace"), socket_path)
 
 
-def serve(command: str, config: ShellConfig, home: str, outcome: Outcome) -> int:
-    """Given the client's command text, run it; return the exit code."""
-    request = parse_command(command)
-    outcome.command = request.verb
-    if request.argument is not None:
-        outcome.command += f" {request.argument}"
-    return run_request(request, config, home, outcome)
+def client_address(environ: Mapping[str, str]) -> str:
+    """Given the environment, return "ADDRESS port PORT" from SSH_CONNECTION
+    ("local" without one, "unknown" if it does not look like one: a log line
+    never carries control characters)."""
+    match = ADDRESS_PATTERN.match(environ.get("SSH_CONNECTION", ""))
+    return f"{match[1]} port {match[2]}" if match else (
+        "unknown" if environ.get("SSH_CONNECTION") else "local")
 
 
-def prune_locally(arguments: tuple[str, ...], config_path: str) -> int:
-    """Given the words after `prune`, run the admin's retention; return 0."""
-    request = parse_prune_arguments(arguments)
-    if os.getuid() == 0 and request.account is None and request.root is None:
-        raise NotAllowed("prune as root: say whose storage with --account NAME or --root PATH")
-    owner = resolve_owner(request)
-    config = load_config(config_path, owner.pw_name)
-    setup_logging(config.log_socket)
-    drop_privileges(owner.pw_uid, owner.pw_gid)
-    root_fd = open_root(request.root or config.root or owner.pw_dir)
-    try:
-        removed = run_prune(
-            root_fd, request, lambda line: write_all(STDOUT, f"{line}\n".encode()),
-            config.pending_max_age,
-        )
-    finally:
-        os.close(root_fd)
-    verb = "would remove" if request.dry_run else "removed"
-    logger.info("prune account=%s %s=%d", owner.pw_name, verb.replace(" ", "-"), removed)
-    return errors.EXIT_OK
-
-
-def report(error: BaseException) -> int:
-    """Given the error that ended the command, write the one stderr line and
-    return the exit code."""
-    if isinstance(error, ShellError):
-        message, code = str(error), error.exit_code
-    elif isinstance(error, OSError):
-        message, code = f"I/O error: {os.strerror(error.errno or 0)}", errors.EXIT_IOERR
-    else:
-        message, code = "internal error; see the server's syslog", errors.EXIT_SOFTWARE
-    try:
-        os.write(STDERR, f"qbackup-shell: {message}\n".encode("ascii", "replace"))
-    except OSError:
-        pass  # the client is gone; the exit code still tells sshd
-    return code
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Further signals are ignored: the cleanup this starts must not be cut short.
+    for other in (*FATAL_SIGNALS, signal.SIGALRM):
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted("no progress for the idle timeout; the session was abandoned"
+                      if signum == signal.SIGALRM
+                      else f"interrupted by signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = None) -> int:
     """Given argv and the config path, run the shell; return the exit code."""
     environ = os.environ if environ is None else environ
     os.umask(0o077)
-    outcome = Outcome()
-    account = "?"
+    outcome: dict[str, Any] = {"command": "(refused)", "result": "ok", "bytes": 0}
+    account, log_socket = "?", ShellConfig.log_socket  # the default until the config is read
     try:
-        invocation = parse_invocation(argv, environ)
-        if invocation.prune_arguments is not None:
-            outcome.command = "prune"
-            return prune_locally(invocation.prune_arguments, config_path)
-        # The protocol commands run with the account's rights only: as root,
-        # a mistake in the storage walk would reach the whole machine.
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise NotAllowed("refusing to run as root; log in as the backup account")
-        entry = pwd.getpwuid(os.getuid())
-        account = entry.pw_name
-        config = load_config(config_path, account)
-        setup_logging(config.log_socket)
-        for signum in FATAL_SIGNALS:
-            signal.signal(signum, _raise_interrupted)
-        assert invocation.command is not None  # noqa: S101 (parse_invocation returns one or the other)
-        code = serve(invocation.command, config, entry.pw_dir, outcome)
-        outcome.result = "ok" if code == errors.EXIT_OK else outcome.result
-    except BaseException as error:  # every failure becomes one line and an exit code
+        try:
+            # As root, a mistake in the storage walk would reach the whole machine.
+            if os.getuid() == 0 or os.geteuid() == 0:
+                raise NotAllowed("refusing to run as root; log in as the backup account")
+            entry = pwd.getpwuid(os.getuid())
+            account = entry.pw_name
+            config = load_config(config_path, account)
+            log_socket = config.log_socket
+            request = parse_command(parse_invocation(argv, environ))
+            outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
+            for signum in (*FATAL_SIGNALS, signal.SIGALRM):
+                signal.signal(signum, _interrupt)
+            code = serve(request, config, entry.pw_dir, outcome)
+        finally:  # the report must get out: a SIGPIPE while writing it must not cut it
+            signal.pthread_sigmask(signal.SIG_BLOCK, (*FATAL_SIGNALS, signal.SIGALRM))
+    except BaseException as error:  # every failure: one stderr line and an exit code
         if isinstance(error, ShellError):
-            outcome.result = error.outcome
+            message, code, outcome["result"] = str(error), error.exit_code, error.outcome
         elif isinstance(error, OSError):
-            outcome.result = "io-error"
+            message, code = f"I/O error: {error.strerror}", ShellExit.IO
+            outcome["result"] = "io-error"
         else:
-            outcome.result = f"internal-error {error.__class__.__name__}"
-        code = report(error)
-    logger.info(
-        "client=%s account=%s command=%s outcome=%s bytes=%d",
-        client_address(environ), account, outcome.command, outcome.result, outcome.size,
-    )
-    return code
+            message, code = "internal error; see the server's syslog", ShellExit.SOFTWARE
+            outcome["result"] = f"internal-error {error.__class__.__name__}"
+        with suppress(OSError):  # the client is gone; the exit code still tells sshd
+            os.write(STDERR, f"{SHELL_NAME}: {message}\n".encode("ascii", "replace"))
+    send_log(log_socket, f"client={client_address(environ)} account={account} command="
+             f"{outcome['command']} outcome={outcome['result']} bytes={outcome['bytes']}")
+    return int(code)
 
 
 def console_main() -> None:

@@ -1,112 +1,119 @@
-"""`get NAME` and `check NAME`: read a stored backup, never following a symlink.
+"""`get NAME [OFFSET]`, `check NAME`, `list [PREFIX]` and `info`: reading the
+storage, never following a symlink, never waiting for the client for more
+than idle_timeout (storage.timed).
 
-get streams D frames straight from the file to stdout with sendfile (no copy
-through Python) and ends with an E frame carrying the STORED size and digest:
-the client verifies the bytes against what was verified at put time. If the
-file does not hold exactly the stored size, get fails instead of sending an E
-frame that would not match.
+get sends D frames straight from the file (sendfile, no copy through Python)
+from OFFSET on, then an E frame with the WHOLE backup's length and digest
+from its record, so a client that resumes a download still checks every
+byte; if the file does not hold exactly the recorded size, get fails rather
+than send an E frame that would not match.
 """
 
-from __future__ import annotations
-
-import errno
-import hashlib
 import os
+import stat
+from collections.abc import Iterator
 
 import qbackup_protocol as protocol
 
-from .errors import BadStream, StorageError
-from .storage import StoredDigest, open_backup_by_name, read_record
-from .streams import enlarge_pipe, write_all
-
-READ_SIZE = 4 * 1024 * 1024
+from . import storage
+from .config import BadStream, NotFound
 
 
-def send_backup(root_fd: int, name: str, stdout_fd: int) -> StoredDigest:
-    """Given the root descriptor, a checked NAME and stdout, stream the backup
-    framed; return its stored digest. Raise NoSuchBackup if missing, BadStream
-    if it has no digest record or its size is not the recorded one."""
-    dir_fd, fd, leaf, info = open_backup_by_name(root_fd, name)
+def open_backup(root_fd: int, name: str) -> tuple[int, os.stat_result, tuple[int, str] | None]:
+    """Given the root and a checked NAME, return (read fd, stat, its record or None)."""
+    segments, leaf = storage.split_name(name)
+    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     try:
-        stored = read_record(dir_fd, leaf)
-        # Without a record there is nothing the client could verify against.
-        if stored is None:
-            raise BadStream("backup has no digest record (interrupted put?); it cannot be verified")
-        if info.st_size != stored.size:
-            raise BadStream("backup size differs from its record; run check")
-        enlarge_pipe(stdout_fd)
-        sent = 0
-        while sent < stored.size:
-            length = min(protocol.MAX_DATA_FRAME, stored.size - sent)
-            write_all(stdout_fd, protocol.encode_data_header(length))
-            _send_exactly(fd, stdout_fd, sent, length)
-            sent += length
-        # The size may have changed while we sent: then the E frame would lie.
-        if os.fstat(fd).st_size != stored.size:
-            raise BadStream("backup changed while it was being sent")
-        write_all(stdout_fd, protocol.encode_end_frame(stored.size, bytes.fromhex(stored.sha256)))
-        return stored
+        fd, info = storage.open_file(dir_fd, leaf)
+        return fd, info, storage.read_digest(dir_fd, storage.dot(leaf, "record"))
     finally:
-        os.close(fd)
         os.close(dir_fd)
 
 
-def _send_exactly(fd: int, stdout_fd: int, offset: int, length: int) -> None:
-    """Given the file, stdout, an offset and a length, copy exactly that range;
-    raise BadStream if the file ends early."""
-    end = offset + length
-    while offset < end:
-        try:
-            count = os.sendfile(stdout_fd, fd, offset, end - offset)
-        except OSError as error:
-            if error.errno in (errno.EINVAL, errno.ENOSYS):  # stdout cannot take sendfile
-                count = _copy_by_read(fd, stdout_fd, offset, end - offset)
-            else:
-                raise
-        if count == 0:
-            raise BadStream("backup shrank while it was being sent")
-        offset += count
-
-
-def _copy_by_read(fd: int, stdout_fd: int, offset: int, length: int) -> int:
-    data = os.pread(fd, min(length, READ_SIZE), offset)
-    write_all(stdout_fd, data)
-    return len(data)
-
-
-def hash_file(fd: int) -> tuple[int, str]:
-    """Given a descriptor open for reading, return (size, SHA-256 hex) of its content."""
-    hasher = hashlib.sha256()
-    buffer = bytearray(READ_SIZE)
-    view = memoryview(buffer)
-    size = 0
-    while True:
-        count = os.readv(fd, [view])
-        if count == 0:
-            return size, hasher.hexdigest()
-        hasher.update(view[:count])
-        size += count
+def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: float) -> int:
+    """Given the root, a NAME, a start OFFSET, stdout and the idle timeout,
+    stream the backup framed from OFFSET; return its size. Raise NotFound,
+    BadStream if it has no record, its size differs, or OFFSET is past its end."""
+    fd, info, stored = open_backup(root_fd, name)
+    try:
+        if stored is None:
+            raise BadStream("backup has no digest record (interrupted put?); it cannot be verified")
+        size, digest = stored
+        if info.st_size != size:
+            raise BadStream("backup size differs from its record; run check")
+        if offset > size:
+            raise BadStream("the offset is past the end of the backup")
+        storage.enlarge_pipe(stdout)
+        while offset < size:
+            length = min(protocol.MAX_DATA_FRAME, size - offset)
+            storage.write_all(stdout, protocol.encode_data_header(length), timeout)
+            end = offset + length
+            while offset < end:  # sendfile: no copy through Python (stdout: sshd's pipe)
+                count = storage.timed(lambda: os.sendfile(stdout, fd, offset, end - offset),  # noqa: B023
+                                      timeout)
+                if count == 0:
+                    raise BadStream("backup shrank while it was being sent")
+                offset += count
+        if os.fstat(fd).st_size != size:  # then the E frame would lie
+            raise BadStream("backup changed while it was being sent")
+        storage.write_all(stdout, protocol.encode_end_frame(size, bytes.fromhex(digest)), timeout)
+        return size
+    finally:
+        os.close(fd)
 
 
 def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
-    """Given the root descriptor and a checked NAME, re-hash the backup and
-    return the stored record with ok=True iff size and digest match the record."""
-    dir_fd, fd, leaf, info = open_backup_by_name(root_fd, name)
+    """Given the root and a NAME, re-hash the backup; return its record with
+    ok=True iff size and digest match the digest record."""
+    fd, info, stored = open_backup(root_fd, name)
     try:
-        stored = read_record(dir_fd, leaf)
-        try:
-            size, digest = hash_file(fd)
-        except OSError as error:
-            reason = os.strerror(error.errno or 0)
-            raise StorageError(f"reading the backup failed: {reason}") from None
+        size, hasher = storage.hash_file(fd)  # an OSError here is ShellExit.IO, "I/O error: ..."
     finally:
         os.close(fd)
-        os.close(dir_fd)
-    ok = stored is not None and stored.size == size and stored.sha256 == digest
-    record = protocol.BackupRecord(
-        name=name,
-        size=size,
-        sha256=None if stored is None else stored.sha256,
-        mtime=int(info.st_mtime),
-    )
+    ok = stored == (size, hasher.hexdigest())
+    record = protocol.BackupRecord(name, size, stored[1] if stored else None, int(info.st_mtime))
     return protocol.CheckResult(record=record, ok=ok)
+
+
+def list_backups(root_fd: int, prefix: str) -> Iterator[protocol.BackupRecord | protocol.ListEnd]:
+    """Given the root and a checked PREFIX ("" = all), yield a record per
+    committed backup whose name starts with it, in segment order, at most
+    MAX_LIST_ENTRIES, then one ListEnd. Only the directory PREFIX names is
+    walked; the rest filters (so "2024/db" matches "2024/db-1")."""
+    directory = prefix.rpartition("/")[0]
+    segments = directory.split("/") if directory else []
+    count, truncated = 0, False
+    try:
+        dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
+    except NotFound:
+        yield protocol.ListEnd(count=0, truncated=False)
+        return
+    try:
+        base = f"{directory}/" if directory else ""
+        for parent_fd, entry, name, info in storage.walk(dir_fd, base, len(segments)):
+            # Backups only: regular files a client could have named, within the name bounds.
+            if not (stat.S_ISREG(info.st_mode) and storage.is_client_name(entry)
+                    and name.startswith(prefix) and len(name) <= protocol.MAX_NAME_LENGTH):
+                continue
+            if count == protocol.MAX_LIST_ENTRIES:
+                truncated = True
+                break
+            stored = storage.read_digest(parent_fd, storage.dot(entry, "record"))
+            yield protocol.BackupRecord(name, info.st_size, stored[1] if stored else None,
+                                        int(info.st_mtime))
+            count += 1
+    finally:
+        os.close(dir_fd)
+    yield protocol.ListEnd(count=count, truncated=truncated)
+
+
+def describe_space(root_fd: int, reserve: int, quota: int | None) -> protocol.ServerInfo:
+    """Given the root, the reserve and the quota, return what `info` answers
+    (the storage.sweep's count, removing nothing)."""
+    free = storage.free_bytes(root_fd)
+    available, used = max(0, free - reserve), None
+    if quota is not None:
+        used = storage.sweep(root_fd, None)[0]
+        available = min(available, max(0, quota - used))
+    return protocol.ServerInfo(protocol.PROTOCOL_VERSION, free, reserve, available, quota, used)
+

@@ -1,330 +1,465 @@
-"""The storage tree, reached only through directory file descriptors.
+"""The storage tree, reached only through directory descriptors.
 
-Every path under the storage root is walked one segment at a time with
-`O_NOFOLLOW`, relative to the descriptor of the directory above, starting from
-the root opened once. A symlink anywhere under the root therefore fails to
-open (ELOOP/ENOTDIR) instead of being followed out of the storage; there is no
-window between "check a path" and "use it" for a planted symlink to exploit.
-
-Layout inside a directory of the tree, for a backup whose last segment is LEAF:
-  LEAF                    the backup itself (0600), never replaced once it exists
-  .LEAF.sha256            its digest record: JSON {"size": N, "sha256": HEX}
-  .LEAF.pending           a verified upload staged by `put`, waiting for `commit`
-  .LEAF.pending-sha256    the staged upload's digest record (same JSON)
-  .tmp-XXXXXXXXXXXXXXXX   a put in progress (or left by a crash), never listed;
-                          exactly 16 lowercase hex digits (TEMP_PATTERN)
-and once, in the storage root:
-  .qbackup-upload.lock    the account's upload lock (empty; flocked by a put)
-Client names never start with '.', so they can never collide with these; and
-each kind ends differently (".sha256", ".pending", "-sha256" after "pending",
-no dot after the hex of a temporary), so the shell's own names never collide
-with each other either, whatever LEAF is (`a.pending` is a valid client leaf:
-its record `.a.pending.sha256` still differs from `.a.pending-sha256`).
+Every path below the root is walked one segment at a time with O_NOFOLLOW,
+relative to the descriptor above, from the root opened once: a symlink
+anywhere fails to open instead of being followed, and there is no window
+between checking a path and using it. The files the shell keeps next to a
+backup LEAF -- `.LEAF.sha256`, `.LEAF.pending`, `.LEAF.pending-sha256`,
+`.LEAF.partial`, `.LEAF.partial-state`, `.tmp-<16 hex>` -- and its two lock
+files are listed in docs/PROTOCOL.md §5: client names never start with '.',
+and each kind ends differently, so none can collide with another.
 """
 
-from __future__ import annotations
-
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
+import select
+import signal
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
 
 import qbackup_protocol as protocol
 
-from .errors import AlreadyExists, ConfigError, NoSuchBackup, StorageError
+from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
 
-DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-DIRECTORY_MODE = 0o700
-FILE_MODE = 0o600
-TEMP_PREFIX = ".tmp-"
-TEMP_RANDOM_BYTES = 8
-# The EXACT shape of the shell's temporaries. Cleanup must match this whole
-# name, never a prefix: `.tmp-x.sha256` is the digest record of a client's
-# backup named `tmp-x`, and `.tmp-x.pending` its staged upload.
-TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # 16 = 2 * TEMP_RANDOM_BYTES
-UPLOAD_LOCK_NAME = ".qbackup-upload.lock"
-RECORD_SUFFIX = ".sha256"
-PENDING_SUFFIX = ".pending"
-PENDING_RECORD_SUFFIX = ".pending-sha256"
-MAX_RECORD_SIZE = 4096
-# errnos that mean "a symlink or a non-directory sits where we walk".
-NOT_A_DIRECTORY = (errno.ELOOP, errno.ENOTDIR)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under a backup's name cannot hang the open.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # exactly what write_digest makes
+UPLOAD_LOCK, SESSIONS_LOCK = ".qbackup-upload.lock", ".qbackup-sessions.lock"
+SUFFIXES = {"record": ".sha256", "pending": ".pending", "pending-record": ".pending-sha256",
+            "partial": ".partial", "state": ".partial-state"}
+MAX_RECORD = 4096
+STATE_SIZE = 128  # the state record is rewritten in place at this fixed size
+TEMP_AGE = 120  # seconds unwritten before a record's temporary is a crash's leftover
+MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
+CHECK_INTERVAL, SHARED_WRITERS = 32 * 1024**2, 8
+TAKEOVER_WAIT, TAKEOVER_IDLE, TAKEOVER_KILL = 10.0, 2.0, 3.0
+IN_THE_WAY = "a file, a link or another owner's directory is in the way of that name"
 
 
-@dataclass(frozen=True)
-class StoredDigest:
-    """What the digest record of a backup says."""
-
-    size: int
-    sha256: str
+def dot(leaf: str, kind: str) -> str:
+    """Given a leaf and a kind from SUFFIXES, return the shell's file name for it."""
+    return f".{leaf}{SUFFIXES[kind]}"
 
 
 def open_root(path: str) -> int:
-    """Given the storage root path, return an O_DIRECTORY descriptor of it;
-    raise ConfigError if it is missing, a symlink, or not owned by this account."""
+    """Given the storage root, return its descriptor; raise ConfigError if it
+    is missing, a symlink, or not owned by this account (an admin's mistake)."""
     try:
-        root_fd = os.open(path, DIRECTORY_FLAGS)
+        fd = os.open(path, DIR_FLAGS)
     except OSError as error:
-        reason = os.strerror(error.errno or 0)
-        raise ConfigError(f"storage root unusable ({reason}); fix [storage] root") from None
-    # A root owned by someone else would let them plant or read files: the
-    # admin made a mistake, and we refuse rather than guess.
-    if os.fstat(root_fd).st_uid != os.getuid():
-        os.close(root_fd)
+        raise ConfigError(f"storage root unusable ({error.strerror})") from None
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
         raise ConfigError("storage root is not owned by this account; fix [storage] root")
-    return root_fd
+    return fd
 
 
 def split_name(name: str) -> tuple[list[str], str]:
-    """Given a checked NAME, return (directory segments, last segment)."""
     segments = protocol.check_name(name).split("/")
     return segments[:-1], segments[-1]
 
 
-def open_directory(root_fd: int, segments: list[str], create: bool) -> int:
-    """Given the root descriptor and directory segments, return a descriptor
-    of that directory, creating missing ones (0700) if CREATE; raise
-    NoSuchBackup (reading) or AlreadyExists (creating) if a segment is missing,
-    a file or a symlink."""
-    current = os.dup(root_fd)
-    for segment in segments:
-        try:
-            next_fd = _open_segment(current, segment, create)
-        finally:
-            os.close(current)
-        current = next_fd
-    return current
-
-
-def walk_existing(root_fd: int, segments: list[str]) -> tuple[int, list[str]]:
-    """Given the root descriptor and directory segments, return (descriptor
-    of the deepest directory that exists, the segments missing below it),
-    creating nothing; raise AlreadyExists if a segment is a file or a symlink."""
+def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
+              ) -> tuple[int, list[str]]:
+    """Given the root and directory segments, return (descriptor of the
+    deepest one that exists, the segments missing below it); raise Exists
+    if a segment is a file, a symlink or another owner's directory (never
+    entered). With MISSING, raise NotFound(MISSING) unless all of them exist."""
     current = os.dup(root_fd)
     for index, segment in enumerate(segments):
         try:
-            next_fd = os.open(segment, DIRECTORY_FLAGS, dir_fd=current)
-        except FileNotFoundError:
-            return current, segments[index:]
+            next_fd = os.open(segment, DIR_FLAGS, dir_fd=current)
+            info = os.fstat(next_fd)
         except OSError as error:
+            if error.errno == errno.ENOENT and missing is None:
+                return current, segments[index:]
             os.close(current)
-            # A symlink (ELOOP) or a file (ENOTDIR) is never entered.
-            if error.errno in NOT_A_DIRECTORY:
-                raise AlreadyExists("a file or link is in the way of that name") from None
-            reason = os.strerror(error.errno or 0)
-            raise StorageError(f"cannot open a directory: {reason}") from None
+            if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                raise StorageError(f"cannot open a directory: {error.strerror}") from None
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY) from None
         os.close(current)
         current = next_fd
+        if info.st_uid != os.geteuid():  # someone else's directory: never written in
+            os.close(current)
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY)
     return current, []
 
 
-def create_directories(dir_fd: int, missing: list[str]) -> int:
-    """Given a directory descriptor and the segments missing below it, create
-    them (0700) and return a new descriptor of the last one (of DIR_FD itself
-    if none is missing); raise AlreadyExists if a file or link gets in the way."""
-    return open_directory(dir_fd, missing, create=True)
+def make_dirs(dir_fd: int, missing: list[str]) -> int:
+    """Given a directory and the segments missing below it, create them (0700,
+    each entry fsync'd) and return a descriptor of the last. Each is entered
+    with O_NOFOLLOW after mkdir: whatever is there then is entered only if it
+    is a real directory. remove_dirs undoes this for a failed put."""
+    current = os.dup(dir_fd)
+    for segment in missing:
+        try:
+            with suppress(FileExistsError):  # a concurrent put made it, or anything else
+                os.mkdir(segment, 0o700, dir_fd=current)
+                os.fsync(current)
+            next_fd, left = open_dirs(current, [segment])  # entered only if a real directory
+        finally:
+            os.close(current)
+        current = next_fd
+        if left:
+            os.close(current)
+            raise StorageError("a directory vanished while it was made")
+    return current
 
 
-def _open_segment(dir_fd: int, segment: str, create: bool) -> int:
-    """Given a directory descriptor and one segment, return the subdirectory's
-    descriptor (creating it 0700 if CREATE and missing); never follows a symlink."""
+def remove_dirs(parent_fd: int, created: list[str]) -> None:
+    """Given the directory above them and the segments a put created, remove
+    those still empty, deepest first (rmdir never removes anything else)."""
+    for end in range(len(created), 0, -1):
+        fd, left = open_dirs(parent_fd, created[: end - 1])
+        try:
+            if not left:
+                os.rmdir(created[end - 1], dir_fd=fd)
+        except OSError:
+            return  # not empty (another put's data): keep it and those above
+        finally:
+            os.close(fd)
+
+
+def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> tuple[int, os.stat_result]:
+    """Given a directory and an entry, return (descriptor, stat) of the regular
+    file there; raise NotFound if it is missing, a symlink or not a regular file."""
     try:
-        return os.open(segment, DIRECTORY_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if not create:
-            raise NoSuchBackup("no such backup") from None
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)  # the mode only for LOCK_FLAGS' O_CREAT
     except OSError as error:
-        # O_NOFOLLOW on a symlink gives ELOOP, a file gives ENOTDIR: either way
-        # this is not a directory we may enter.
-        if error.errno in NOT_A_DIRECTORY:
-            if create:
-                raise AlreadyExists("a file or link is in the way of that name") from None
-            raise NoSuchBackup("no such backup") from None
-        raise StorageError(f"cannot open a directory: {os.strerror(error.errno or 0)}") from None
-    try:
-        os.mkdir(segment, DIRECTORY_MODE, dir_fd=dir_fd)
-        # The new entry must survive a crash as much as the backup inside it.
-        os.fsync(dir_fd)
-    except FileExistsError:
-        pass  # a concurrent put made it: fine, we open it below like any other
-    except OSError as error:
-        raise StorageError(f"cannot create a directory: {os.strerror(error.errno or 0)}") from None
-    # Open again with O_NOFOLLOW: whatever is there now (ours, a concurrent
-    # put's, or something planted in between) is only entered if it is a
-    # real directory.
-    return _open_segment(dir_fd, segment, create)
-
-
-def open_backup(dir_fd: int, leaf: str) -> tuple[int, os.stat_result]:
-    """Given a directory descriptor and a backup's last segment, return an
-    open read descriptor and its stat; raise NoSuchBackup if it is missing,
-    a symlink or not a regular file."""
-    try:
-        fd = os.open(leaf, FILE_READ_FLAGS, dir_fd=dir_fd)
-    except OSError as error:
-        if error.errno in (errno.ENOENT, *NOT_A_DIRECTORY):
-            raise NoSuchBackup("no such backup") from None
-        raise StorageError(f"cannot open the backup: {os.strerror(error.errno or 0)}") from None
+        if error.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+            raise NotFound("no such backup") from None
+        raise StorageError(f"cannot open a file: {error.strerror}") from None
     info = os.fstat(fd)
-    # Only regular files are backups (not directories, FIFOs or devices).
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise NoSuchBackup("no such backup")
+        raise NotFound("no such backup")
     os.set_blocking(fd, True)
     return fd, info
 
 
-def open_backup_by_name(root_fd: int, name: str) -> tuple[int, int, str, os.stat_result]:
-    """Given the root descriptor and a NAME, return (directory fd, file fd,
-    leaf, stat); raise NoSuchBackup if any part is missing or not followable."""
-    segments, leaf = split_name(name)
-    dir_fd = open_directory(root_fd, segments, create=False)
+def lstat(dir_fd: int, name: str) -> os.stat_result | None:
     try:
-        fd, info = open_backup(dir_fd, leaf)
-    except BaseException:
-        os.close(dir_fd)
-        raise
-    return dir_fd, fd, leaf, info
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
 
 
-def record_name(leaf: str) -> str:
-    """Given a backup's last segment, return its digest record's file name."""
-    return f".{leaf}{RECORD_SUFFIX}"
+def remove_quietly(dir_fd: int, *names: str) -> None:
+    for name in names:
+        with suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
 
 
-def pending_name(leaf: str) -> str:
-    """Given a backup's last segment, return the file name of its staged upload."""
-    return f".{leaf}{PENDING_SUFFIX}"
-
-
-def pending_record_name(leaf: str) -> str:
-    """Given a backup's last segment, return its staged upload's digest record name."""
-    return f".{leaf}{PENDING_RECORD_SUFFIX}"
-
-
-def read_record(dir_fd: int, leaf: str) -> StoredDigest | None:
-    """Given a directory descriptor and a backup's last segment, return its
-    digest record, or None if it has none (or an unreadable one)."""
-    return read_digest_file(dir_fd, record_name(leaf))
-
-
-def read_digest_file(dir_fd: int, file_name: str) -> StoredDigest | None:
-    """Given a directory descriptor and a digest record's file name, return
-    the record, or None if it is missing, not a regular file or malformed."""
+def read_digest(dir_fd: int, name: str, key: str = "size") -> tuple[int, str] | None:
+    """Given a record's name (and its count field), return (count, sha256);
+    None if it is missing, not a regular file, too long or malformed."""
     try:
-        fd, _info = open_backup(dir_fd, file_name)
-    except NoSuchBackup:
+        fd, _ = open_file(dir_fd, name)
+    except NotFound:
         return None
     try:
-        raw = os.read(fd, MAX_RECORD_SIZE + 1)
+        value = json.loads(os.read(fd, MAX_RECORD).decode("ascii"))
+        count, digest = value[key], value["sha256"]
+    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+        return None
     finally:
         os.close(fd)
-    try:
-        value = json.loads(raw.decode("ascii")) if len(raw) <= MAX_RECORD_SIZE else None
-    except (UnicodeDecodeError, ValueError):
+    if type(count) is not int or count < 0 or not isinstance(digest, str):
         return None
-    if not isinstance(value, dict):
-        return None
-    size, digest = value.get("size"), value.get("sha256")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return None
-    if not isinstance(digest, str) or not protocol.SHA256_HEX_PATTERN.fullmatch(digest):
-        return None
-    return StoredDigest(size=size, sha256=digest)
+    return (count, digest) if protocol.SHA256_HEX_PATTERN.fullmatch(digest) else None
 
 
-def write_record(dir_fd: int, leaf: str, digest: StoredDigest) -> None:
-    """Given a directory descriptor, a backup's last segment and its digest,
-    store its record durably."""
-    write_digest_file(dir_fd, record_name(leaf), digest)
-
-
-def write_digest_file(dir_fd: int, file_name: str, digest: StoredDigest) -> None:
-    """Given a directory descriptor, a digest record's file name and the
-    digest, store it durably (write a temporary, fsync, rename into place)."""
-    body = json.dumps({"size": digest.size, "sha256": digest.sha256}).encode("ascii") + b"\n"
-    temp_name, fd = create_temporary(dir_fd)
+def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
+    """Given a directory, a record's name and its values, store it durably
+    (temporary, fsync, rename over: only the put or commit that won the link
+    of the data writes a record, so nobody races it)."""
+    temp = f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(temp, NEW_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
-            os.write(fd, body)
+            os.write(fd, json.dumps({"size": size, "sha256": sha256}).encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
-        # Only the put or commit that won the link of the data gets here, so
-        # replacing a record left by an interrupted prune or commit is right,
-        # and nobody else races us.
-        os.rename(temp_name, file_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        remove_quietly(dir_fd, temp_name)
+        remove_quietly(dir_fd, temp)
         raise
 
 
-def create_temporary(dir_fd: int) -> tuple[str, int]:
-    """Given a directory descriptor, create a fresh hidden temporary (0600,
-    O_EXCL so nothing existing is ever reused) and return (name, write fd)."""
-    while True:
-        name = TEMP_PREFIX + secrets.token_hex(TEMP_RANDOM_BYTES)
-        try:
-            return name, os.open(name, NEW_FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
-
-
-def is_temporary_name(entry: str) -> bool:
-    """Given a directory entry name, return True if it has the exact shape of
-    a temporary this shell creates (create_temporary)."""
-    return TEMP_PATTERN.fullmatch(entry) is not None
-
-
-def remove_quietly(dir_fd: int, name: str) -> None:
-    """Given a directory descriptor and an entry name, unlink it if it exists."""
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass
+def write_state(fd: int, offset: int, sha256: str) -> None:
+    """Given the state record's descriptor, the durable offset and the SHA-256
+    of the bytes before it, rewrite it in place (one small write) and fdatasync."""
+    body = json.dumps({"offset": offset, "sha256": sha256}).encode("ascii").ljust(STATE_SIZE)
+    os.pwrite(fd, body, 0)
+    os.fdatasync(fd)
 
 
 def is_client_name(entry: str) -> bool:
-    """Given a directory entry name, return True if a client could have named it
-    (so it may be listed); dot-files are the shell's own."""
-    return (
-        len(entry) <= protocol.MAX_SEGMENT_LENGTH
-        and protocol.SEGMENT_PATTERN.fullmatch(entry) is not None
-    )
+    return len(entry) <= protocol.MAX_SEGMENT_LENGTH and bool(
+        protocol.SEGMENT_PATTERN.fullmatch(entry))
 
 
-def iter_backups(
-    dir_fd: int, base: str, depth: int
-) -> Iterator[tuple[str, int, str, os.stat_result]]:
-    """Given a directory descriptor, the name prefix it stands for ("" for the
-    root) and its depth, yield (name, directory fd, leaf, lstat) for every
-    backup below it, in sorted order by segment; symlinks, dot-files and
-    anything not nameable by a client are skipped, never followed."""
+def walk(dir_fd: int, base: str = "", depth: int = 0
+         ) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    """Given a directory, the name prefix it stands for and its depth, yield
+    (directory fd, entry, name, lstat) for every entry below it, sorted by
+    segment, entering only real directories a client could have named (never
+    a symlink, never ~/.ssh): THE walker of list, the sweep and the admin tool."""
     with os.scandir(dir_fd) as scan:
         entries = sorted(entry.name for entry in scan)
     for entry in entries:
-        if not is_client_name(entry):
+        info = lstat(dir_fd, entry)
+        if info is None:
             continue
-        name = f"{base}{entry}"
-        try:
-            info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            if depth + 1 <= protocol.MAX_NAME_DEPTH and len(name) <= protocol.MAX_NAME_LENGTH:
-                yield name, dir_fd, entry, info
-        elif stat.S_ISDIR(info.st_mode) and depth + 1 < protocol.MAX_NAME_DEPTH:
+        yield dir_fd, entry, base + entry, info
+        deeper = depth + 1 < protocol.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
+        if stat.S_ISDIR(info.st_mode) and is_client_name(entry) and deeper:
             try:
-                child = os.open(entry, DIRECTORY_FLAGS, dir_fd=dir_fd)
+                child = os.open(entry, DIR_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue  # replaced by a symlink meanwhile: skipped, not followed
             try:
-                yield from iter_backups(child, f"{name}/", depth + 1)
+                yield from walk(child, f"{base}{entry}/", depth + 1)
             finally:
                 os.close(child)
+
+
+def lock_if(dir_fd: int, name: str, older_than: float | None) -> tuple[int, os.stat_result] | None:
+    """Given an upload's data file, return (fd, stat) with an exclusive flock
+    on it -- waiting for it if OLDER_THAN is None, else only if it was last
+    written more than OLDER_THAN s ago and nobody holds it -- once the name
+    still names that inode (the holder before us may have replaced it); else None."""
+    try:
+        fd, info = open_file(dir_fd, name)
+    except NotFound:
+        return None
+    try:
+        if older_than is None or time.time() - info.st_mtime > older_than:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if older_than is None else fcntl.LOCK_NB))
+            if getattr(lstat(dir_fd, name), "st_ino", None) == info.st_ino:  # same directory
+                return fd, info
+    except BlockingIOError:
+        pass  # live: its put, resume or commit holds it
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def remove_upload(dir_fd: int, leaf: str, kind: str) -> None:
+    """Given a leaf and "pending" or "partial", remove that upload: its record
+    first, so a crash in between leaves data without a record (refused by
+    commit and resume, swept later), never a record naming other data."""
+    remove_quietly(dir_fd, dot(leaf, "pending-record" if kind == "pending" else "state"))
+    remove_quietly(dir_fd, dot(leaf, kind))
+
+
+def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False,
+          empty_dirs: bool = True) -> tuple[int, int, list[str]]:
+    """Given the root and AGES = (pending_max_age, partial_max_age), or None to
+    only count, remove (unless DRY_RUN) staged uploads nobody committed,
+    partial uploads nobody resumed (flocked ones are live: left alone),
+    stale record temporaries, and the directories that leaves empty, anywhere
+    below; return (allocated bytes, inodes) of the rest (regular files and
+    directories, not ~/.ssh or other dot-directories, each inode once) and
+    the names removed. EMPTY_DIRS only while holding the upload lock: then no
+    upload is about to use a directory it removes."""
+    used, seen, removed = 0, set(), []
+    for dir_fd, entry, name, info in walk(root_fd):
+        kind = next((k for k in ("pending", "partial") if entry.endswith(SUFFIXES[k])), "")
+        leaf = entry[1 : -len(SUFFIXES[kind])] if kind else ""
+        if ages and kind and entry.startswith(".") and is_client_name(leaf):
+            locked = lock_if(dir_fd, entry, ages[kind == "partial"])
+            if locked is not None:
+                if not dry_run:
+                    remove_upload(dir_fd, leaf, kind)
+                os.close(locked[0])
+                removed.append(name)
+                continue
+        elif ages and TEMP_PATTERN.fullmatch(entry) and time.time() - info.st_mtime > TEMP_AGE:
+            if not dry_run:
+                remove_quietly(dir_fd, entry)
+            removed.append(name)
+            continue
+        directory = stat.S_ISDIR(info.st_mode) and is_client_name(entry)
+        if (stat.S_ISREG(info.st_mode) or directory) and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            used += info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
+    for name in sorted({name.rpartition("/")[0] for name in removed}, reverse=True):
+        if name and empty_dirs and not dry_run:
+            remove_dirs(root_fd, name.split("/"))  # those now empty, deepest first
+    return used, len(seen), removed
+
+
+def hash_file(fd: int, length: int | None = None) -> tuple[int, Any]:
+    """Given a file (and how much of it, default all), return (size, its
+    SHA-256 hasher); raise Interrupted once the client is gone (its stdout
+    hung up): nobody would read the answer of hours of hashing."""
+    hasher, size, poller = hashlib.sha256(), 0, select.poll()
+    poller.register(1, 0)  # stdout: POLLERR/POLLHUP are always reported
+    while data := os.pread(fd, 4 * 1024 * 1024 if length is None else min(
+            4 * 1024 * 1024, length - size), size):
+        hasher.update(data)
+        size += len(data)
+        if size % (64 * 1024 * 1024) == 0 and poller.poll(0):
+            raise Interrupted("the client went away")
+    return size, hasher
+
+
+def free_bytes(fd: int) -> int:
+    result = os.fstatvfs(fd)
+    return result.f_bavail * result.f_frsize
+
+
+class SpaceGuard:
+    """One upload's writes against the reserve, the quota and the inode bounds.
+    Uploads of one account never overlap (the upload lock), so the quota
+    measured at the start stays true; free space is shared, so it is re-read
+    after CHECK_INTERVAL bytes or 1/SHARED_WRITERS of the headroom last seen."""
+
+    def __init__(self, root_fd: int, config: Any, used: int, inodes: int, new_inodes: int) -> None:
+        """Given the account's config and use, and the inodes this upload adds,
+        raise Unavailable if it may not start (before any directory is made)."""
+        self.root_fd, self.reserve, self.written = root_fd, config.reserve, 0
+        self.quota_left = None if config.quota is None else config.quota - used
+        self.refresh()
+        disk = os.fstatvfs(root_fd)
+        if self.headroom < 0:
+            raise Unavailable("free space on the server is below its reserve; free some space")
+        if self.quota_left is not None and self.quota_left <= 0:
+            raise Unavailable("the account's quota is used up; prune old backups")
+        # f_files == 0: inodes are allocated dynamically (btrfs).
+        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
+        if low or inodes + new_inodes > config.max_inodes:
+            raise Unavailable("no inodes left for this account or on the filesystem; prune")
+
+    def refresh(self) -> None:
+        self.headroom, self.since_check = free_bytes(self.root_fd) - self.reserve, 0
+
+    def claim(self, count: int) -> None:
+        """Given the size of the next write, allow it; raise Unavailable if it
+        would exceed the quota or bring free space below the reserve."""
+        if self.quota_left is not None and self.written + count > self.quota_left:
+            raise Unavailable("this backup would exceed the account's quota")
+        if self.since_check + count > min(CHECK_INTERVAL, self.headroom // SHARED_WRITERS):
+            self.refresh()
+            if count > self.headroom:
+                raise Unavailable("the server's free space would drop below its reserve")
+        self.since_check += count
+        self.written += count
+
+
+def open_lock(root_fd: int, name: str) -> int:
+    """Given the root and a lock file's name, return it open read-write
+    (created 0600); raise StorageError unless it is this account's regular
+    file (one another account owned could be held locked by it for ever)."""
+    try:
+        fd, info = open_file(root_fd, name, LOCK_FLAGS)
+    except NotFound:
+        raise StorageError("a lock file is not a regular file; tell the admin") from None
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise StorageError("a lock file is not this account's; tell the admin")
+    return fd
+
+
+def take_session(root_fd: int, max_sessions: int) -> int:
+    """Given the root and the cap, return the descriptor holding one of
+    MAX_SESSIONS byte-range locks (the kernel drops it when the process ends,
+    however it ends); raise Unavailable if all are held."""
+    fd = open_lock(root_fd, SESSIONS_LOCK)
+    for slot in range(max_sessions):
+        with suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            return fd
+    os.close(fd)
+    raise Unavailable(f"too many sessions of this account at once (at most {max_sessions})")
+
+
+def activity(pid: str) -> object:
+    """Given a pid, return the bytes it has read and written so far (a new
+    object each time while it waits for the disk: busy, not idle)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as status:
+            busy = status.read().rpartition(")")[2].split()[0] == "D"
+        with open(f"/proc/{pid}/io", encoding="ascii") as io:
+            return object() if busy else io.read()
+    except (OSError, IndexError):
+        return None
+
+
+def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
+    """Given the root and the upload's NAME, return the account's upload
+    lock, taken, with "PID NAME" in it; raise Unavailable if another upload
+    holds it. With TAKE_OVER (resume), a holder uploading NAME that has read
+    and written nothing for TAKEOVER_IDLE s -- a shell left behind by a dead
+    connection, waiting for data that never comes -- gets SIGTERM, then
+    SIGKILL, within TAKEOVER_WAIT s; a live one (a second resume receiving or
+    re-hashing) is never ended. The kernel lets us signal only our own uid."""
+    fd = open_lock(root_fd, UPLOAD_LOCK)
+    started = since = time.monotonic()
+    last, signalled = object(), 0.0
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if not take_over or now - started > TAKEOVER_WAIT:
+                    raise Unavailable("another upload to this account is in progress; "
+                                      "retry when it has ended") from None
+            # The holder wrote "PID NAME" as soon as it took the lock; it has
+            # been idle for TAKEOVER_IDLE s since, so the words are its own.
+            pid, _, holding = os.pread(fd, 300, 0).decode("ascii", "replace").partition(" ")
+            seen = activity(pid) if pid.isdigit() else None
+            last, since = (seen, now) if seen != last else (last, since)
+            idle = now - since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL
+            if holding.strip() == name and pid.isdigit() and idle:
+                with suppress(OSError):  # gone already: the lock is free next round
+                    os.kill(int(pid), signal.SIGKILL if signalled else signal.SIGTERM)
+                signalled = now
+            time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {name}\n".encode("ascii"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# --- the client's pipes: every wait for the client is bounded ----------------
+# main() turns SIGALRM into Interrupted: a client that sends nothing (put) or
+# reads nothing (get, list, check) for idle_timeout seconds ends the session.
+def enlarge_pipe(fd: int) -> None:
+    with suppress(OSError):  # over the per-user pipe limit: slower, still correct
+        # sshd's 64 KiB pipes stall big transfers: 1 MiB (EBADF if not a pipe: fine).
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+
+
+def timed(call: Callable[[], int], timeout: float) -> int:
+    """Given one blocking system call and the idle timeout, run it with the timer armed."""
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview, timeout: float) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[timed(lambda: os.write(fd, view), timeout):]  # noqa: B023 (called at once)

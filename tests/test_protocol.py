@@ -194,9 +194,10 @@ def test_parse_info_and_check_round_trip() -> None:
         wire.parse_check(wire.encode_reply(RECORD))  # no "ok"
 
 
-def test_protocol_version_2_has_the_commit_verb() -> None:
-    # Version 2 is the two-phase upload: a carrier speaking it to a version-1
-    # shell would see its put published at once, so the number must change.
-    assert wire.PROTOCOL_VERSION == 2
-    assert wire.VERB_COMMIT in wire.VERBS_WITH_NAME
-    assert wire.ALL_VERBS == {"put", "commit", "get", "list", "check", "info"}
+def test_protocol_version_3_has_the_resume_verb() -> None:
+    # Version 2 is the two-phase upload (commit), version 3 the resumable one
+    # (acks, resume, get OFFSET): a carrier speaking 3 to an older shell would
+    # read its put's receipt where it expects {"offset": 0}.
+    assert wire.PROTOCOL_VERSION == 3
+    assert {wire.VERB_COMMIT, wire.VERB_RESUME} <= wire.VERBS_WITH_NAME
+    assert wire.ALL_VERBS == {"put", "resume", "commit", "get", "list", "check", "info"}

@@ -117,14 +117,18 @@ def carrier(request: pytest.FixtureRequest, tmp_path: Path) -> Carrier:
     return result
 
 
+# The shell's lock files in the storage root (every session creates them).
+SHELL_LOCKS = frozenset({".qbackup-upload.lock", ".qbackup-sessions.lock"})
+
+
 def stored_files(account: Account) -> list[str]:
     """Return every file in the account's storage except its .ssh directory
-    and the shell's upload lock (an empty file every put creates)."""
+    and the shell's lock files."""
     found = []
     for root, dirs, files in os.walk(account.storage):
         if Path(root) == account.storage:
             dirs[:] = [d for d in dirs if d != ".ssh"]
-            files = [f for f in files if f != ".qbackup-upload.lock"]
+            files = [f for f in files if f not in SHELL_LOCKS]
         found += [str(Path(root, name).relative_to(account.storage)) for name in files]
     return sorted(found)
 

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import sys
+import time
 
 MODE = open(os.path.expanduser("~/mode")).read().strip()
 OUT = sys.stdout.buffer
@@ -32,7 +33,18 @@ def endless(data):
         sys.exit(0)
 
 
+NESTED = b"[" * 4000 + b"\n"  # a short line that is deeper than json's recursion limit
+
+
 def put(name):
+    if MODE == "stall":
+        # A server that never starts (a hung disk) while sshd answers keepalives.
+        time.sleep(3600)
+    line({"offset": 0})  # protocol 3: put answers where the stream starts
+    OUT.flush()
+    if MODE == "stall-after-offset":
+        # A server that stops reading (a hung disk) while sshd answers keepalives.
+        time.sleep(3600)
     stream = sys.stdin.buffer.read()
     size, digest = struct.unpack(">Q32s", stream[-40:])
     good = record(name, size, digest.hex())
@@ -61,6 +73,8 @@ def put(name):
     elif MODE == "two-lines":
         line(good)
         line(good)
+    elif MODE == "nested":
+        OUT.write(NESTED)
     elif MODE == "silent-success":
         pass
     elif MODE == "no-newline":
@@ -95,6 +109,8 @@ def commit(name):
         line(good)
     elif MODE == "commit-silent":
         pass
+    elif MODE == "nested":
+        OUT.write(NESTED)
     elif MODE == "honest":
         line(good)
 
@@ -111,6 +127,8 @@ def listing(prefix):
         line({"end": True, "count": 1, "truncated": False})
     elif MODE == "get-unlisted":
         line({"end": True, "count": 0, "truncated": False})
+    elif MODE == "nested":
+        OUT.write(NESTED)
     elif MODE == "endless":
         endless(json.dumps(good).encode() + b"\n")
     elif MODE == "long-line":
@@ -149,6 +167,11 @@ def get(name):
         frame, end = b"\x1b[2J not a frame at all", b""
     elif MODE == "get-endless":
         endless(frame)
+    elif MODE == "get-stall":
+        # Half the data, then silence: sshd keeps answering keepalives.
+        OUT.write(frame[: len(frame) // 2])
+        OUT.flush()
+        time.sleep(3600)
     OUT.write(frame + end)
 
 
@@ -172,7 +195,7 @@ def check(name):
     elif MODE == "check-mismatch-no-line":
         sys.exit(65)
     elif MODE == "nested":
-        OUT.write(b"[" * 4000 + b"\n")
+        OUT.write(NESTED)
     else:
         line({**record("other", 1, "a" * 64), "ok": True})
 
@@ -193,7 +216,10 @@ def main():
     elif verb == "check":
         check(argument)
     elif verb == "info":
-        line({"protocol": 1, "free": -1})
+        if MODE == "nested":
+            OUT.write(NESTED)
+        else:
+            line({"protocol": 1, "free": -1})
     OUT.flush()
 
 

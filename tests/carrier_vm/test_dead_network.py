@@ -1,15 +1,20 @@
 """A network that goes silent mid-put (the sshd session frozen, no RST, no FIN):
-keepalive notices within keepalive_interval * (keepalive_count_max + 1)."""
+keepalive notices within keepalive_interval * (keepalive_count_max + 1); a
+server that stops reading is noticed by progress_timeout. Here resuming is
+switched off (resume_window 0) to see each bound alone; test_resume.py drills
+the same faults with resuming on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 
+from qbackup_protocol import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
-from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored, wait_until
+from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored, shell_pids, wait_until
 
 
 def account_pids(account_name: str) -> list[int]:
@@ -18,7 +23,7 @@ def account_pids(account_name: str) -> list[int]:
 
 
 def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
-    carrier.write_config(keepalive_interval=1, keepalive_count_max=2)
+    carrier.write_config(keepalive_interval=1, keepalive_count_max=2, resume_window=0)
     process = carrier.start("put", "frozen")
     assert process.stdin is not None
     process.stdin.write(CHUNK * 2)
@@ -39,8 +44,43 @@ def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
         elapsed = time.monotonic() - started
     finally:
         for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # it may be gone by now
+                os.kill(pid, signal.SIGCONT)
     assert process.returncode == 75, stderr
     assert elapsed < 1 * (2 + 1) + 5, elapsed
     assert_one_safe_line(stderr)
     assert_never_stored(carrier, "frozen")
+
+
+def test_stopped_shell_behind_a_live_sshd_fails_after_progress_timeout(carrier: Carrier) -> None:
+    # Only the shell is stopped (a hung disk): sshd keeps answering
+    # keepalives, so keepalive alone would wait for ever.
+    carrier.write_config(
+        progress_timeout=2, keepalive_interval=1, keepalive_count_max=2, resume_window=0
+    )
+    process = carrier.start("put", "stalled")
+    assert process.stdin is not None
+    process.stdin.write(CHUNK * 2)
+    process.stdin.flush()
+    assert wait_until(lambda: shell_pids(carrier.account))
+    stopped = shell_pids(carrier.account)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        try:
+            for _ in range(32):
+                process.stdin.write(CHUNK)
+        except BrokenPipeError:
+            pass
+        _, stderr = process.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):  # it may be gone by now
+                os.kill(pid, signal.SIGCONT)
+    assert process.returncode == CarrierExit.TEMPORARY, stderr
+    assert b"accepted no data for 2s" in stderr
+    assert elapsed < 2 + 10, elapsed
+    assert_one_safe_line(stderr)
+    assert_never_stored(carrier, "stalled")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from qbackup_protocol import CarrierExit
 from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
+from tests.carrier_vm.test_roundtrip import ALL_INTERPRETERS
 
 HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
 
@@ -232,3 +234,75 @@ def test_server_error_text_is_shown_only_as_printable_ascii(hostile: Carrier, ve
     assert_one_safe_line(result.stderr)
     assert b"no ? space" in result.stderr  # the text is kept, defanged
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("put", "b"),
+        ("put", "--commit", "b"),
+        ("commit", "b"),
+        ("get", "b"),
+        ("list",),
+        ("check", "b"),
+        ("info",),
+    ],
+    ids=["put", "put-commit", "commit", "get", "list", "check", "info"],
+)
+def test_deeply_nested_json_in_a_reply_is_a_data_error(
+    hostile: Carrier, args: tuple[str, ...]
+) -> None:
+    # Threat: a short line of "[[[[..." (deeper than json's recursion limit)
+    # used to escape as an uncaught RecursionError: a traceback and an
+    # undocumented exit 1. It must end as any malformed reply does.
+    set_mode(hostile, "nested")
+    result = hostile.run(*args, data=b"x" * 1000, timeout=30)
+    assert result.returncode == CarrierExit.DATA, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+    assert b"malformed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("stall", b"did not start the upload within 2s"),
+        ("stall-after-offset", b"accepted no data for 2s"),
+    ],
+)
+@pytest.mark.parametrize("interpreter", sorted(ALL_INTERPRETERS))
+def test_put_to_a_server_that_stops_reading_fails_after_progress_timeout(
+    hostile: Carrier, interpreter: str, mode: str, message: bytes
+) -> None:
+    # Threat: a hung disk or process on the server. sshd keeps answering
+    # keepalives, so only a progress timeout ends the wait. (Under every
+    # interpreter: Python 3.10 raises its own asyncio.TimeoutError.)
+    # resume_window 0: this drill is about the bound, not about resuming.
+    hostile.argv0 = ALL_INTERPRETERS[interpreter]
+    set_mode(hostile, mode)
+    hostile.write_config(
+        progress_timeout=2, keepalive_interval=1, keepalive_count_max=2, resume_window=0
+    )
+    started = time.monotonic()
+    result = hostile.run("put", "b", data=os.urandom(1024 * 1024) * 32, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == CarrierExit.TEMPORARY, result.stderr
+    assert message in result.stderr
+    assert_one_safe_line(result.stderr)
+    assert elapsed < 30, elapsed
+
+
+def test_get_from_a_server_that_stops_sending_fails_after_progress_timeout(
+    hostile: Carrier,
+) -> None:
+    set_mode(hostile, "get-stall")
+    hostile.write_config(
+        progress_timeout=2, keepalive_interval=1, keepalive_count_max=2, resume_window=0
+    )
+    started = time.monotonic()
+    result = hostile.run("get", "b", timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == CarrierExit.TEMPORARY, result.stderr
+    assert b"sent nothing for 2s" in result.stderr
+    assert_one_safe_line(result.stderr)
+    assert elapsed < 30, elapsed

@@ -60,7 +60,9 @@ def assert_never_stored(carrier: Carrier, name: str) -> None:
     assert carrier.run("commit", name).returncode == 66
 
 
-def test_killed_server_session_fails_the_put(carrier: Carrier) -> None:
+def test_killed_server_session_fails_the_put_without_resumption(carrier: Carrier) -> None:
+    # resume_window 0 switches resumption off: a lost session is final.
+    carrier.write_config(resume_window=0)
     process = start_put(carrier, "cut")
     for pid in shell_pids(carrier.account):
         os.kill(pid, signal.SIGKILL)
@@ -77,7 +79,12 @@ def test_killed_server_session_fails_the_put(carrier: Carrier) -> None:
 def test_signal_aborts_the_put_without_committing(carrier: Carrier, signum: int) -> None:
     process = start_put(carrier, "aborted")
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=30)
+    # stdin stays open, as Qubes keeps it after a Cancel (closing it here
+    # would race the signal with a complete stream).
+    process.wait(timeout=30)
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    stdout, stderr = process.stdout.read(), process.stderr.read()
     assert process.returncode == 75
     assert stdout == b""
     assert b"interrupted by" in stderr

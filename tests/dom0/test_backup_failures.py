@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,16 @@ def test_a_deeply_nested_info_reply_fails_the_backup_with_a_record(dom0: Dom0,
     assert history_outcomes(dom0) == [
         f"failed (exit 8): {errors.EXIT_CODES[errors.EXIT_CARRIER]}"]
     assert_nothing_stored(dom0)
+
+
+def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Path) -> None:
+    # Before: no deadline; `qbackup list` waited as long as the carrier did.
+    dom0.sim.carrier_script = write_hostile_service(tmp_path, "sleep 600\n")
+    path = tmp_path / "qbackup.yaml"
+    path.write_text(f"jobs:\n  daily:\n    carrier: {CARRIER}\n    prefix: p\n"
+                    f"    passphrase_file: {dom0.passfile}\n    answer_timeout: 1\n")
+    started = time.monotonic()
+    assert dom0.run("list", "--job", "daily", "--config", str(path)) == errors.EXIT_TEMPFAIL
+    assert time.monotonic() - started < 60  # far below the service's 600 s
+    assert dom0.logged(f"list via {CARRIER}: no answer within 1 s; stopped waiting (try again"
+                       " later)")

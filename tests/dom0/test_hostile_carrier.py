@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dom0 import carrier
 from dom0.carrier import ReplyError
-from dom0.log import clean_text, last_line
+from dom0.log import clean_text, last_line, say_json
 from dom0.qubes import RealQubes
 
 MIB = 1024 * 1024
@@ -136,3 +136,22 @@ def test_parsers_only_ever_raise_reply_error(which: str, data: bytes) -> None:
         PARSERS[which](data)
     except ReplyError:
         pass
+
+
+def test_json_output_is_whole_and_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: --json went through the 1000-character line cleaner: a long
+    # listing came out cut, as invalid JSON.
+    value = {"backups": [{"name": f"laptop-{n}"} for n in range(500)],
+             "error": "a\x1b[2J\x7f\u2028\u202e"}
+    say_json(value)
+    out = capsys.readouterr().out
+    assert json.loads(out) == value
+    assert out.endswith("}\n") and out[:-1].isascii() and out[:-1].isprintable()
+
+
+def test_a_service_that_never_answers_is_killed_at_its_deadline() -> None:
+    # `exec`: in dom0 the process is qrexec-client, which holds the only ends
+    # of the pipes; killing it ends the call.
+    adapter = adapter_with(["sh", "-c", "cat >/dev/null; exec sleep 600"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        adapter.run_service_for_stdio("carrier", "qubes.BackupCarrier+list", b"\n", timeout=1)

@@ -169,7 +169,7 @@ def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[st
     assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
     assert len(killed) == 1  # exactly the one carrier of this backup
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
-    assert drill.logged("outcome: failed")
+    assert drill.logged("outcome: FAILED (exit 1): Writing backup to VM")
     assert_only_the_good_backup(drill, capsys)
 
 

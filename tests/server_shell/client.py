@@ -54,6 +54,17 @@ def put(
     return server.run(account, f"commit {name}")
 
 
+def receipt(stdout: bytes) -> protocol.BackupRecord:
+    """Given a put's or resume's stdout, return its receipt (the last line),
+    after checking the lines before it: one offset line, then acks."""
+    lines = stdout.splitlines(keepends=True)
+    protocol.parse_offset(lines[0])
+    assert all(isinstance(protocol.parse_upload_line(line), protocol.Ack) for line in lines[1:-1])
+    record = protocol.parse_upload_line(lines[-1])
+    assert isinstance(record, protocol.BackupRecord), lines[-1]
+    return record
+
+
 def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
     """Given a get's stdout, return (data, declared size, declared digest);
     raise AssertionError if the framing is broken or truncated."""
@@ -81,22 +92,22 @@ def get(server: BackupServer, account: Account, name: str) -> tuple[bytes, int, 
     return unframe(result.stdout)
 
 
-UPLOAD_LOCK = ".qbackup-upload.lock"
+LOCKS = (".qbackup-upload.lock", ".qbackup-sessions.lock")
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, str]]:
     """Given a directory, return {relative path: (kind, content digest or link
     target)} for everything below it, without following symlinks. The
-    account's upload lock is left out while it is an EMPTY regular file in
-    the root: the first put creates it (even one refused later) and it never
-    holds data."""
+    account's two lock files are left out while they are regular files in
+    the root: the first session creates them (even one refused later); the
+    upload lock holds only "PID NAME" of its last holder."""
     found: dict[str, tuple[str, str]] = {}
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         for entry in dirnames + filenames:
             path = Path(directory) / entry
             relative = str(path.relative_to(root))
             info = path.lstat()
-            if relative == UPLOAD_LOCK and stat.S_ISREG(info.st_mode) and info.st_size == 0:
+            if relative in LOCKS and stat.S_ISREG(info.st_mode):
                 continue
             mode = info.st_mode
             if stat.S_ISLNK(mode):
@@ -130,3 +141,14 @@ def chown_tree(path: Path, account: Account) -> None:
     if path.is_dir() and not path.is_symlink():
         for child in path.rglob("*"):
             os.lchown(child, account.uid, account.gid)
+
+
+def run_admin(
+    server: BackupServer, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed admin tool, qbackup-server, locally as root (like root's cron)."""
+    return subprocess.run(
+        [str(server.shell_path.parent / "qbackup-server"), *arguments],
+        capture_output=True, timeout=60, check=False,
+        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+    )

@@ -73,7 +73,10 @@ def test_profile_writes_only_under_the_storage_root_and_dev_log() -> None:
         "owner @{QBACKUP_STORAGE}.[^.]*.sha256 rwl,",
         "owner @{QBACKUP_STORAGE}.[^.]*.pending rwkl,",
         "owner @{QBACKUP_STORAGE}.[^.]*.pending-sha256 rwl,",
+        "owner @{QBACKUP_STORAGE}.[^.]*.partial rwkl,",
+        "owner @{QBACKUP_STORAGE}.[^.]*.partial-state rw,",
         "owner @{QBACKUP_STORAGE}.qbackup-upload.lock rwk,",
+        "owner @{QBACKUP_STORAGE}.qbackup-sessions.lock rwk,",
         "/dev/log w,",
         "/run/systemd/journal/dev-log w,",
     ]
@@ -87,7 +90,7 @@ def test_every_storage_rule_is_owner_only() -> None:
         rule for rule in rules()
         if "@{QBACKUP_STORAGE}" in rule and not rule.startswith(("@{QBACKUP_STORAGE}=", "deny"))
     ]
-    assert len(allowing) == 7
+    assert len(allowing) == 10
     assert all(rule.startswith("owner @{QBACKUP_STORAGE}") for rule in allowing)
 
 
@@ -133,6 +136,7 @@ def writable_in_home(path: str) -> bool:
         ".tmp-0123456789abcdef", "a/.tmp-0123456789abcdef",
         ".backup.sha256", "a/.x.sha256", ".backup.pending", ".backup.pending-sha256",
         ".a.pending.sha256", "a/.b.pending", ".qbackup-upload.lock",
+        ".backup.partial", ".backup.partial-state", "a/.b.partial", ".qbackup-sessions.lock",
     ],
 )
 def test_profile_lets_the_shell_write_its_own_files(relative: str) -> None:
@@ -152,3 +156,24 @@ def test_profile_keeps_the_accounts_own_dot_files_read_only(relative: str) -> No
     # (run by sshd at each login) or ~/.profile. Residual risk: write access
     # under non-dot top-level entries is by prefix, not by exact file kind.
     assert not writable_in_home(HOME + relative)
+
+
+def test_profile_lets_the_shell_end_only_its_own_kind() -> None:
+    # resume ends a left-behind qbackup-shell of the same account; nothing else.
+    sending = [rule for rule in rules() if rule.startswith("signal (send)")]
+    assert sending == ["signal (send) set=(term, kill) peer=qbackup-shell,"]
+
+
+def test_profile_grants_no_capability() -> None:
+    # Threat: the admin's setuid/setgid (prune) lived in the shell's profile;
+    # prune now lives in qbackup-server, which sshd never runs.
+    assert [rule for rule in rules() if rule.startswith("capability")] == []
+
+
+def test_profile_names_every_file_kind_the_storage_module_makes() -> None:
+    from server_shell import storage
+
+    for suffix in storage.SUFFIXES.values():
+        assert writable_in_home(f"{HOME}.backup{suffix}"), suffix
+    for lock in (storage.UPLOAD_LOCK, storage.SESSIONS_LOCK):
+        assert writable_in_home(HOME + lock), lock

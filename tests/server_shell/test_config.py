@@ -6,15 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from qbackup_protocol import ShellExit
 from server_shell.config import (
-    DEFAULT_PENDING_MAX_AGE,
-    DEFAULT_RESERVE,
+    KEYS,
+    ConfigError,
     ShellConfig,
     load_config,
     parse_config,
     parse_size,
 )
-from server_shell.errors import ConfigError
+
+DEFAULT_PENDING_MAX_AGE = 24 * 3600
+DEFAULT_RESERVE = 1024**3
 
 
 @pytest.mark.parametrize(
@@ -58,8 +61,32 @@ def test_pending_max_age_accepts(text: str, seconds: int) -> None:
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(str(tmp_path / "absent.conf"), "alice") == ShellConfig(
-        root=None, reserve=DEFAULT_RESERVE, quota=None, log_socket="/dev/log"
+        root=None, reserve=DEFAULT_RESERVE, quota=None, log_socket="/dev/log",
+        max_inodes=100_000, max_sessions=4, pending_max_age=DEFAULT_PENDING_MAX_AGE,
+        partial_max_age=3600, idle_timeout=600, sync_interval=16 * 1024**2,
     )
+
+
+def test_the_keys_table_and_the_dataclass_agree() -> None:
+    # One table of keys (parser, default, floor): the dataclass's defaults are its defaults.
+    defaults = ShellConfig()
+    assert {key: getattr(defaults, key) for key in KEYS} == {
+        key: default for key, (_, default, _, _) in KEYS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        ("[storage]\nmax_sessions = 2\n", "max_sessions", 2),
+        ("[storage]\nmax_inodes = 500\n", "max_inodes", 500),
+        ("[storage]\npartial_max_age = 15m\n", "partial_max_age", 900),
+        ("[storage]\nsync_interval = 8M\n", "sync_interval", 8 * 1024**2),
+        ("[storage]\nidle_timeout = 30s\n", "idle_timeout", 30),
+    ],
+)
+def test_new_keys_are_read(text: str, field: str, value: int) -> None:
+    assert getattr(parse_config(text, "alice"), field) == value
 
 
 def test_account_section_overrides_storage() -> None:
@@ -68,9 +95,11 @@ def test_account_section_overrides_storage() -> None:
         "[account bob]\nreserve = 5M\nquota = none\n[logging]\nsocket = /run/log.sock\n"
     )
     assert parse_config(text, "alice") == ShellConfig(
-        "/srv/alice", 2 * 1024**3, 10 * 1024**3, "/run/log.sock"
+        "/srv/alice", 2 * 1024**3, 10 * 1024**3, log_socket="/run/log.sock"
     )
-    assert parse_config(text, "bob") == ShellConfig("/srv/bob", 5 * 1024**2, None, "/run/log.sock")
+    assert parse_config(text, "bob") == ShellConfig(
+        "/srv/bob", 5 * 1024**2, None, log_socket="/run/log.sock"
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,10 +119,15 @@ def test_account_section_overrides_storage() -> None:
         # dom0 commits it: refused, not obeyed.
         "[storage]\npending_max_age = 0\n",
         "[storage]\npending_max_age = 59m\n",
+        "[storage]\nmax_sessions = 0\n",
+        "[storage]\nmax_inodes = many\n",
+        "[storage]\npartial_max_age = 59s\n",
+        "[storage]\nsync_interval = 4K\n",
+        "[storage]\nidle_timeout = 0\n",
     ],
 )
 def test_bad_config_is_refused(text: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "alice")
-    assert caught.value.exit_code == 78
+    assert caught.value.exit_code == ShellExit.CONFIG
     assert "\n" not in str(caught.value)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server_shell.errors import AlreadyExists, CommandRefused
-from server_shell.request import parse_command
-from server_shell.storage import open_directory, split_name
+from server_shell.config import Exists, Refused
+from server_shell.main import parse_command
+from server_shell.storage import make_dirs, open_dirs, split_name
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import put, snapshot
 
@@ -34,14 +34,16 @@ def test_generated_names_never_leave_the_root(name: str) -> None:
         (Path(base) / "outside").mkdir()
         try:
             request = parse_command(f"put {name}")
-        except CommandRefused:
+        except Refused:
             return  # refused before touching anything
         assert request.argument is not None
         segments, leaf = split_name(request.argument)
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            dir_fd = open_directory(root_fd, segments, create=True)
-        except AlreadyExists:
+            parent, missing = open_dirs(root_fd, segments)
+            dir_fd = make_dirs(parent, missing)
+            os.close(parent)
+        except Exists:
             return
         finally:
             os.close(root_fd)

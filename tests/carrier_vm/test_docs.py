@@ -1,0 +1,20 @@
+"""The carrier's README says what the code does: its exit-code table is the
+protocol module's CarrierExit. (Config keys: carrier.yaml.example is their one
+place, checked in test_config.py.)"""
+
+from __future__ import annotations
+
+import re
+
+from qbackup_protocol import CARRIER_EXIT_MEANINGS
+from tests.carrier_vm.conftest import REPO
+
+README = (REPO / "carrier_vm" / "README.md").read_text()
+
+
+def test_readme_exit_code_table_is_carrier_exit() -> None:
+    section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.MULTILINE)
+    documented = {int(code): meaning.strip() for code, meaning in rows}
+    assert documented == {int(code): meaning for code, meaning in CARRIER_EXIT_MEANINGS.items()}
+

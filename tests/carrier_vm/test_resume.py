@@ -1,0 +1,315 @@
+"""Fault drills over the real sshd and the real shell: an upload (and a
+download) survives lost connections by resuming, and ends byte-exact -- or,
+past resume_window, fails exactly as a lost connection always did.
+
+Threat covered: hours of upload lost to a Wi-Fi roam, an ISP reset or a
+suspended laptop. Residual risk: an outage longer than resume_window still
+fails the backup (dom0 retries it with a new Qubes run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qbackup_protocol import CarrierExit, parse_transfer_stats
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
+from tests.carrier_vm.netproxy import NetProxy
+from tests.carrier_vm.test_dead_network import account_pids
+from tests.carrier_vm.test_interruptions import shell_pids, wait_until
+from tests.carrier_vm.test_qrexec_service import call_service
+
+MIB = 1024 * 1024
+# Fast failure detection and frequent acknowledgements keep the drills short.
+CARRIER_SETTINGS: dict[str, object] = {
+    "keepalive_interval": 1,
+    "keepalive_count_max": 2,
+    "progress_timeout": 10,
+    "resume_window": 60,
+}
+
+
+@pytest.fixture
+def resuming(carrier: Carrier) -> Iterator[Carrier]:
+    """The carrier with short timeouts, the shell acknowledging every MiB."""
+    carrier.write_config(**CARRIER_SETTINGS)
+    carrier.server.write_shell_config(
+        f"[account {carrier.account.name}]\nsync_interval = 1M\nidle_timeout = 4\n"
+    )
+    try:
+        yield carrier
+    finally:
+        carrier.server.write_shell_config("")
+
+
+class Feeder:
+    """Writes DATA to a put's stdin in steps the test chooses, from a thread
+    (a write may block while the carrier is reconnecting)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], data: bytes) -> None:
+        self.process = process
+        self.data = data
+        self.position = 0
+
+    def feed_to(self, end: int) -> threading.Thread:
+        start, self.position = self.position, end
+        stdin = self.process.stdin
+        assert stdin is not None
+
+        def write() -> None:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.write(self.data[start:end])
+                stdin.flush()
+                if end == len(self.data):
+                    stdin.close()
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        return thread
+
+
+def partial_size(carrier: Carrier, name: str) -> int:
+    try:
+        return (carrier.account.storage / f".{name}.partial").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def sshd_session_pids(carrier: Carrier) -> list[int]:
+    """The account's sshd session processes (killing one drops the connection)."""
+    shells = set(shell_pids(carrier.account))
+    return [pid for pid in account_pids(carrier.account.name) if pid not in shells]
+
+
+def finish_put(process: subprocess.Popen[bytes], timeout: float = 120) -> tuple[bytes, bytes]:
+    assert process.stdout is not None and process.stderr is not None
+    process.wait(timeout=timeout)
+    return process.stdout.read(), process.stderr.read()
+
+
+def assert_committed_byte_exact(carrier: Carrier, name: str, data: bytes, receipt: bytes) -> None:
+    record = json.loads(receipt)
+    assert (record["name"], record["size"]) == (name, len(data))
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    commit = carrier.run("commit", name)
+    assert commit.returncode == 0, commit.stderr
+    got = carrier.run("get", name, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == data
+
+
+def transfer_stats(carrier: Carrier, name: str) -> dict[str, object]:
+    result = call_service(carrier, "transfer", f"{name}\n".encode())
+    assert result.returncode == 0, result.stderr
+    stats = parse_transfer_stats(result.stdout)
+    return {"lost": stats.lost, "outages": stats.outages, "resent": stats.resent}
+
+
+def kill_and_wait_for_new_session(carrier: Carrier, victims: list[int], name: str, at: int) -> None:
+    """Kill VICTIMS (SIGKILL), then wait until a new shell has taken over the
+    upload and the partial file has grown to AT bytes."""
+    old = set(shell_pids(carrier.account))
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: set(shell_pids(carrier.account)) - old, timeout=60)
+    assert wait_until(lambda: partial_size(carrier, name) >= at, timeout=60)
+
+
+def test_put_survives_its_session_being_killed_three_times(resuming: Carrier) -> None:
+    carrier, name = resuming, "thrice"
+    data = os.urandom(40 * MIB)
+    process = carrier.start("put", name)
+    feeder = Feeder(process, data)
+    feeder.feed_to(10 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 6 * MIB, timeout=60)
+    # 1: the shell dies (the session ends without an exit status).
+    kill_and_wait_for_new_session(carrier, shell_pids(carrier.account), name, 6 * MIB)
+    feeder.feed_to(20 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 16 * MIB, timeout=60)
+    # 2: sshd's session process dies (the TCP connection drops).
+    kill_and_wait_for_new_session(carrier, sshd_session_pids(carrier), name, 16 * MIB)
+    feeder.feed_to(30 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 26 * MIB, timeout=60)
+    # 3: the shell again, later in the stream.
+    kill_and_wait_for_new_session(carrier, shell_pids(carrier.account), name, 26 * MIB)
+    feeder.feed_to(len(data))
+
+    stdout, stderr = finish_put(process)
+
+    assert process.returncode == 0, stderr
+    assert stderr == b""
+    stats = transfer_stats(carrier, name)
+    assert stats["lost"] == 3
+    assert_committed_byte_exact(carrier, name, data, stdout)
+
+
+def test_put_survives_a_network_stall_past_the_keepalive(resuming: Carrier) -> None:
+    # The session's sshd process and shell are stopped: no RST, no FIN, no
+    # answer to keepalives. The carrier notices, reconnects, and the server
+    # ends the left-behind shell that still holds the upload lock.
+    carrier, name = resuming, "stalled"
+    data = os.urandom(24 * MIB)
+    process = carrier.start("put", name)
+    feeder = Feeder(process, data)
+    feeder.feed_to(8 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    frozen = account_pids(carrier.account.name)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert wait_until(
+            lambda: set(shell_pids(carrier.account)) - set(frozen), timeout=60
+        ), "the carrier never resumed"
+        feeder.feed_to(len(data))
+        stdout, stderr = finish_put(process)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert process.returncode == 0, stderr
+    assert transfer_stats(carrier, name)["lost"] == 1
+    assert_committed_byte_exact(carrier, name, data, stdout)
+
+
+def test_put_survives_the_carrier_frozen_past_keepalive_and_idle_timeout(
+    resuming: Carrier,
+) -> None:
+    # A laptop suspend: the carrier stops for longer than its keepalive and
+    # the shell's idle timeout (4 s here). The shell gives up but keeps the
+    # partial upload; the carrier resumes it after waking.
+    carrier, name = resuming, "suspended"
+    data = os.urandom(24 * MIB)
+    process = carrier.start("put", name)
+    feeder = Feeder(process, data)
+    feeder.feed_to(8 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    first_shells = set(shell_pids(carrier.account))
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        # The server's idle timeout ends the old shell while the carrier sleeps.
+        assert wait_until(lambda: not (set(shell_pids(carrier.account)) & first_shells), 30)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert partial_size(carrier, name) >= 4 * MIB  # the partial upload was kept
+    feeder.feed_to(len(data))
+
+    stdout, stderr = finish_put(process)
+
+    assert process.returncode == 0, stderr
+    assert transfer_stats(carrier, name)["lost"] == 1
+    assert_committed_byte_exact(carrier, name, data, stdout)
+
+
+def test_get_survives_losing_its_connection_twice(resuming: Carrier) -> None:
+    carrier = resuming
+    data = os.urandom(24 * MIB)
+    assert carrier.run("put", "--commit", "restore-me", data=data, timeout=120).returncode == 0
+    process = carrier.start("get", "restore-me", QBACKUP_CARRIER_LOG="warning")
+    assert process.stdout is not None and process.stdin is not None
+    assert process.stderr is not None
+    process.stdin.close()
+    received = bytearray(process.stdout.read(4 * MIB))
+    # Qubes reads slowly: the pipe and the SSH window hold the server back,
+    # so the session is still sending when it is cut.
+    kill_and_wait_for_new_get(carrier, shell_pids(carrier.account))
+    received += process.stdout.read(8 * MIB)
+    kill_and_wait_for_new_get(carrier, sshd_session_pids(carrier))
+    received += process.stdout.read()
+    process.wait(timeout=60)
+    assert process.returncode == 0
+    assert bytes(received) == data
+    assert process.stderr.read().count(b"connection lost during the download") == 2
+
+
+def kill_and_wait_for_new_get(carrier: Carrier, victims: list[int]) -> None:
+    old = set(shell_pids(carrier.account))
+    assert old, "no get session to cut"
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def proxied(resuming: Carrier, tmp_path: Path) -> Iterator[tuple[Carrier, NetProxy]]:
+    """The carrier reaching sshd through a relay the test can cut."""
+    proxy = NetProxy(resuming.server.port)
+    key = resuming.server.known_hosts.read_text().split(None, 1)[1]
+    known_hosts = tmp_path / "proxied_known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+    resuming.write_config(**CARRIER_SETTINGS, port=proxy.port, known_hosts=str(known_hosts))
+    try:
+        yield resuming, proxy
+    finally:
+        proxy.close()
+
+
+def test_an_outage_shorter_than_the_window_is_resumed_and_reported(
+    proxied: tuple[Carrier, NetProxy],
+) -> None:
+    carrier, proxy = proxied
+    name = "outage"
+    data = os.urandom(16 * MIB)
+    process = carrier.start("put", name)
+    feeder = Feeder(process, data)
+    feeder.feed_to(8 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    proxy.down()
+    down_at = time.monotonic()
+    # The network stays down until the carrier has tried (and failed) to reconnect.
+    connections = proxy.accepted
+    assert wait_until(lambda: time.monotonic() - down_at >= 2, timeout=5)
+    proxy.up()
+    feeder.feed_to(len(data))
+
+    stdout, stderr = finish_put(process)
+
+    assert process.returncode == 0, stderr
+    assert proxy.accepted > connections
+    stats = transfer_stats(carrier, name)
+    assert stats["lost"] == 1
+    outages = stats["outages"]
+    assert isinstance(outages, tuple) and len(outages) == 1 and outages[0] >= 2
+    assert_committed_byte_exact(carrier, name, data, stdout)
+
+
+def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
+    proxied: tuple[Carrier, NetProxy],
+) -> None:
+    carrier, proxy = proxied
+    carrier.write_config(
+        **{**CARRIER_SETTINGS, "resume_window": 3},
+        port=proxy.port,
+        known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
+    )
+    name = "gone"
+    process = carrier.start("put", name)
+    feeder = Feeder(process, os.urandom(16 * MIB))
+    feeder.feed_to(8 * MIB)
+    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    proxy.down()
+    started = time.monotonic()
+
+    stdout, stderr = finish_put(process)
+
+    assert process.returncode == CarrierExit.TEMPORARY, stderr
+    assert time.monotonic() - started < 3 + 10
+    assert b"not resumed within resume_window" in stderr
+    assert_one_safe_line(stderr)
+    assert stdout == b""
+    proxy.up()
+    listing = carrier.run("list")
+    assert listing.returncode == 0 and name.encode() not in listing.stdout
+    assert carrier.run("commit", name).returncode == CarrierExit.NO_SUCH_BACKUP
+    assert name not in stored_files(carrier.account)
+    assert transfer_stats(carrier, name)["lost"] == 1
