@@ -224,8 +224,8 @@ def test_verify_refuses_bytes_the_server_check_finds_changed(dom0: Dom0) -> None
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
-    assert dom0.logged(f"check via {CARRIER}: the data from the server failed its integrity")
+        errors.EXIT_CORRUPTED
+    assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     assert restore_calls(dom0) == []
 
 
