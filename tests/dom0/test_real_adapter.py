@@ -117,7 +117,7 @@ class FakeDispatcher:
     def add_handler(self, event: str, handler: Any) -> None:
         self.handlers.setdefault(event, []).append(handler)
 
-    async def listen_for_events(self) -> None:
+    async def listen_for_events(self, vm: Any = None, reconnect: bool = True) -> None:
         for kwargs in self.events:
             for handler in self.handlers.get("backup-progress", []):
                 handler(None, "backup-progress", **kwargs)
