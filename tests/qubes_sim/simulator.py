@@ -494,6 +494,11 @@ class SimulatedQubes:
             return "pipe closed"
         return "sent"
 
+    def abandon_execute(self) -> None:
+        """Nothing to abandon: a simulated Execute always ends once the VM's
+        command is gone (killing the VM ends it)."""
+        self.calls.append(("abandon_execute",))
+
     def backup_cancel(self, profile: str) -> None:
         """admin.backup.Cancel: cancels the running backup task; refused when
         none runs ("Backup operation not running"). qubesd does NOT close the
