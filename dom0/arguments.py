@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from dom0 import __version__, config, errors
+from dom0.drill import add_drill_parser
 
-SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config")
+SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
 ENV_PASSFILE = config.ENV_PASSFILE
 EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
@@ -180,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit non-zero and notify if a job's last success is older")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
+    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+                        help="exit non-zero if a job's last drill is older (or failed)")
     add_json(status, "the status")
+
+    drill = add_drill_parser(commands, raw, common)
+    add_carrier(drill)
+    add_passphrase(drill)
 
     settings = commands.add_parser(
         "config", formatter_class=raw, help="check the job file and what it names",

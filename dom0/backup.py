@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from dom0 import history
 from dom0.carrier import CarrierClient, Record, check_name
 from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
+from dom0.engine import run_engine, running_vm
 from dom0.errors import (
     EXIT_CODES,
     BackupEngineError,
@@ -42,7 +43,7 @@ from dom0.profile import ProfileSpec, written_profile
 from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
-from dom0.verify import verify_backup
+from dom0.verify import Committed, verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
@@ -170,8 +171,8 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:
-            with context.guard.cancelling_with(lambda: app.backup_cancel(profile)):
-                app.backup_execute(profile, progress)
+            with running_vm(app, job.passphrase_vm, "passphrase VM"):
+                run_engine(app, job.carrier, profile, context.guard, progress)
         finally:
             progress.finish()
     record = publish(client, name)
@@ -213,7 +214,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     VerificationError if that fails or earlier backups were tampered with."""
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
-        verify_backup(app, job.carrier, source, record.name)
+        verify_backup(app, job.carrier, source, record.name,
+                      Committed(record.size, record.sha256 or "", job.compression))
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
@@ -337,7 +339,8 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
                 end = time.time()
                 history.append_run(context.history, history.Run(
                     history_job(job), job.carrier, record.name, record.size, record.sha256,
-                    start, end, history.OUTCOME_OK, transfer=transfers.get(record.name)))
+                    start, end, history.OUTCOME_OK, compression=job.compression,
+                    transfer=transfers.get(record.name)))
                 logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
                             record.name, record.size, human_size(record.size), record.sha256,
                             end - start)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, configcheck, errors, execute, listing, status, verify
+from dom0 import backup, check, configcheck, drill, errors, execute, listing, verify
 from dom0.arguments import (
     COMMON_DEFAULTS,
     COMMON_WITH_VALUE,
@@ -45,8 +45,9 @@ ACTIONS: dict[str, Action] = {
     "check": check.run,
     "verify": verify.run_verify,
     "restore": verify.run_restore,
-    "status": status.run,
+    "status": drill.run_status,  # status.run plus the drills
     "config": configcheck.run,
+    "drill": drill.run,
 }
 HELP_WORDS = frozenset({"-h", "--help", "--version"})
 

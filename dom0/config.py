@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 import qbackup_protocol as protocol
+from dom0.compression import RESTORABLE_FILTERS
 from dom0.errors import ConfigError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/qbackup/qbackup.yaml")
@@ -43,12 +44,9 @@ JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TIMESTAMP_LENGTH = len("-20261122T235959Z")
 # Compression filters a job may use: what qvm-backup-restore can undo on every
-# supported release. 4.2 restores gzip, bzip2 and xz as they are; it and
-# 4.3.13+ restore pigz, zstd, zstdmt, lzma and pbzip2 when the program is
-# installed in dom0 (qbackup passes the filter from its history). No release
+# supported release (dom0/compression.py holds the list and why). No release
 # restores lz4, so a job asking for it is refused before any backup is made.
-COMPRESSION_FILTERS = frozenset({"gzip", "bzip2", "xz", "pigz", "zstd", "zstdmt", "lzma",
-                                 "pbzip2"})
+COMPRESSION_FILTERS = RESTORABLE_FILTERS
 NEVER_RESTORABLE = {"lz4": "no Qubes release can restore lz4 backups"}
 HOOK_EVENTS = ("on_start", "on_success", "on_failure")
 HOOK_KEYS = (*HOOK_EVENTS, "ping_url", "ping_vm")

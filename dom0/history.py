@@ -46,6 +46,9 @@ class Run:
     start: float
     end: float
     outcome: str
+    # The job's `compression` (True/False/program): verify and restore pass
+    # it on (dom0/compression.py). None in runs recorded before it was kept.
+    compression: bool | str | None = None
     # How the upload went, as the carrier reported it (lost, outages, resent);
     # None when unknown (runs before it was kept, failed runs).
     transfer: dict[str, object] | None = None

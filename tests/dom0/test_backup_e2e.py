@@ -46,7 +46,7 @@ def test_backup_list_check_verify_restore_round_trip(
 
     before = dom0.sim.restore_runs
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
-    assert dom0.sim.restore_runs - before == 2  # header first, then all data
+    assert dom0.sim.restore_runs - before == 3  # header, qubes.xml, then all data
     assert dom0.logged(f"verification of {name}: ok")
 
     dom0.sim.remove_vm("personal")  # lost laptop: personal must come back byte-exact
@@ -109,7 +109,7 @@ jobs:
     [name] = dom0.stored()
     assert name.startswith("laptop/daily-")
     assert dom0.logged(f"verification of {name}: ok")  # verify: true ran at once
-    assert dom0.sim.restore_runs == 2
+    assert dom0.sim.restore_runs == 3
     capsys.readouterr()
     assert dom0.run("status", "--config", str(config), "--max-age", "24", "--remote") == 0
     out = capsys.readouterr().out
@@ -187,8 +187,10 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
     assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
     assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
+    # verify checks the stored bytes first (qubes.Restore ignores get's status).
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        errors.EXIT_CORRUPTED
+    assert not [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"]
 
 
 def test_stale_status_exits_non_zero_and_notifies(
@@ -225,9 +227,11 @@ def test_verify_says_what_it_verified(dom0: Dom0, capsys: pytest.CaptureFixture[
     dom0.sim.vms["work"].size = 64 * 1024
     assert dom0.run("-f", "v", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
     [name] = dom0.stored()
-    size = (dom0.account.storage / name).stat().st_size
+    [run] = committed(dom0)
     capsys.readouterr()
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
     assert capsys.readouterr().out == (
-        f"{name}: verified: Qubes decrypted and checked every part of the {size}-byte backup"
-        f" read through {CARRIER} (qvm-backup-restore --verify-only)\n")
+        f"{name}: verified: the server re-hashed the stored bytes and they match its digest"
+        f" record; they are the {run['size']} bytes dom0 recorded at commit (sha256"
+        f" {run['sha256'][:16]}...); Qubes decrypted and checked every part"
+        " (qvm-backup-restore --verify-only)\n")

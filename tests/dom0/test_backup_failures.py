@@ -143,18 +143,6 @@ def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0
     assert_nothing_stored(dom0)
 
 
-def test_qubes_cancelling_fails_the_backup_and_stores_nothing(dom0: Dom0) -> None:
-    # qubesd cancels by closing the stream: the carrier sees a clean end and
-    # may upload a truncated backup; only dom0's commit could publish it.
-    dom0.sim.hooks.cancel_at = 0.4
-    assert backup(dom0, "work") == errors.EXIT_BACKUP_FAILED
-    assert dom0.logged("Backup cancelled")
-    assert_nothing_stored(dom0)
-    assert not any(call[2] == "qubes.BackupCarrier+commit" for call in dom0.sim.calls
-                   if call[0] == "run_service_for_stdio")
-    assert not dom0.sim.vms[CARRIER].running
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, errors.EXIT_SIGTERM),
                                               (signal.SIGINT, errors.EXIT_SIGINT)])
 def test_signal_during_backup_sends_cancel_and_removes_the_profile(
