@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup", formatter_class=raw, help="take a backup (the default command)", parents=common,
         description="Back up VMs with Qubes' own engine, streamed into the carrier VM.",
         epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --all --json\n"
-               "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass -x untrusted\n"
+               "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass --exclude untrusted\n"
                "  qbackup -f laptop -t sys-backup -p FILE  # all VMs with include_in_backups")
     backup.add_argument("--all", action="store_true",
                         help="run every job of the job file (a broken job does not stop the"
@@ -114,9 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("-f", "--prefix", help="backup name prefix: PREFIX-YYYYmmddTHHMMSSZ")
     add_carrier(backup)
     add_passphrase(backup)
-    backup.add_argument("-x", "--exclude", action="append", metavar="VM",
-                        help="skip this VM (as qvm-backup -x)")
-    backup.add_argument("-k", "--keep-carrier", action="store_true", default=None,
+    backup.add_argument("--exclude", action="append", metavar="VM", help="skip this VM")
+    backup.add_argument("-x", "--keep-carrier", action="store_true", default=None,
                         help="leave the carrier VM running afterwards")
     backup.add_argument("--compression", metavar="FILTER",
                         help="true, false or gzip, bzip2, xz, pigz, zstd, zstdmt, lzma, pbzip2")
@@ -166,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--skip-conflicting", action="store_true")
     restore.add_argument("--paranoid-mode", action="store_true",
                          help="restore through a disposable VM (needs -p FILE)")
-    restore.add_argument("-x", "--exclude", action="append", metavar="VM", default=[],
-                         help="do not restore this VM (as qvm-backup-restore -x)")
+    restore.add_argument("--exclude", action="append", metavar="VM", default=[],
+                         help="do not restore this VM (qvm-backup-restore -x)")
     restore.add_argument("name", help="backup name")
     restore.add_argument("vms", nargs="*", metavar="VM", help="restore only these VMs")
 

@@ -57,7 +57,7 @@ def test_backup_list_check_verify_restore_round_trip(
     assert (restored / "work1.img").read_bytes() == stream.vm_data("work", 2 * MIB)
     # Pass-through options reach qvm-backup-restore unchanged.
     assert dom0.run("restore", "-t", CARRIER, "-p", passfile, "--skip-conflicting",
-                    "--paranoid-mode", "-x", "work", name, "personal") == 0
+                    "--paranoid-mode", "--exclude", "work", name, "personal") == 0
     call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
     assert call[1:] == ("--skip-conflicting", "--paranoid-mode", "-x", "work", "-d", CARRIER,
                         "-p", passfile, f"qbackup-carrier get {name}", "personal")
@@ -161,7 +161,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
     monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
-    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-k", "work") == 0
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
     assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")

@@ -272,7 +272,7 @@ BAD_NAME = "invalid backup name: use a name `qbackup list` shows (exit 2)"
     (("verify", "-p", "PASSFILE", "x\nqbackup-carrier put evil"), BAD_NAME),
     (("restore", "-p", "PASSFILE", "a-20261122T235959Z", "--", "--ignore-size-limit"),
      "not a VM name: '--ignore-size-limit' (exit 2)"),
-    (("restore", "-p", "PASSFILE", "-x", "-d", "a-20261122T235959Z"),
+    (("restore", "-p", "PASSFILE", "--exclude", "-d", "a-20261122T235959Z"),
      "invalid command line (exit 2): see qbackup --help"),
 ])
 def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str, ...],
