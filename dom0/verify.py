@@ -105,14 +105,14 @@ def passphrase_input(app: QubesAdapter, carrier: str,
         raise PassphraseError("give the passphrase with -p FILE or --passphrase-vm VM")
     require_vm(app, source.vm, "passphrase VM")
     service = f"{PASSPHRASE_SERVICE}+{profile_name(carrier)}"
-    try:
-        with running_vm(app, source.vm, "passphrase VM"):
+    with running_vm(app, source.vm, "passphrase VM"):
+        try:
             answer = app.run_service_for_stdio(source.vm, service, b"",
                                                max_output=MAX_PASSPHRASE_FILE,
                                                timeout=PASSPHRASE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise PassphraseError(f"{source.vm} did not answer {service} within"
-                              f" {PASSPHRASE_TIMEOUT:.0f} s") from None
+        except subprocess.TimeoutExpired:
+            raise PassphraseError(f"{source.vm} did not answer {service} within"
+                                  f" {PASSPHRASE_TIMEOUT:.0f} s") from None
     # qvm-backup-restore `-p -` reads ONE line from stdin and rstrips it.
     return "-", clean_vm_passphrase(answer, source.vm) + b"\n"
 

@@ -36,11 +36,11 @@ class ServiceVM:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
 
-    def is_running(self) -> bool:
-        return True
-
     def run_service(self, service: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.argv, **kwargs)  # noqa: S603
+
+    def is_running(self) -> bool:
+        return True  # already running: dom0 neither starts nor shuts it down
 
 
 def adapter_with(argv: list[str]) -> RealQubes:
