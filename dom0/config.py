@@ -77,6 +77,8 @@ SETTINGS: dict[str, Setting] = {
     "retries": Setting("extra attempts after a temporary or engine failure, 0..10", "--retries"),
     "retry_delay": Setting("seconds between attempts, 0..86400", "--retry-delay"),
     "verify": Setting("true: qvm-backup-restore --verify-only right after", "--verify"),
+    "drill_max_age": Setting("hours: status fails when the job's last restore drill is older"
+                             " (or missing); omit to not require drills", None),
     "answer_timeout": Setting("seconds to wait for each answer through the carrier, 1..86400"
                               " (check: more per GiB)", None),
     "keep": Setting("retention policy the server's prune applies: {daily: N, weekly: N,"
@@ -103,6 +105,7 @@ class Job:
     retry_delay: int = 60
     verify: bool = False
     answer_timeout: int = 300
+    drill_max_age: float | None = None
     keep: protocol.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=lambda: Hooks())
 
@@ -289,6 +292,12 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
     retries = _integer(values.get("retries", 0), "retries", 0, 10, problems)
     delay = _integer(values.get("retry_delay", 60), "retry_delay", 0, 86400, problems)
     answer = _integer(values.get("answer_timeout", 300), "answer_timeout", 1, 86400, problems)
+    drill_max_age = values.get("drill_max_age")
+    if drill_max_age is not None and (isinstance(drill_max_age, bool) or not isinstance(
+            drill_max_age, int | float) or not 1 <= drill_max_age <= 87600):
+        problems.append(Problem("drill_max_age", "expected hours from 1 to 87600, e.g. 192 for"
+                                                 " eight days"))
+        drill_max_age = None
     keep_policy = _policy(values.get("keep"), problems)
     hooks = _hooks(values.get("hooks"), problems)
     if problems:
@@ -298,7 +307,7 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
         passphrase_file=Path(os.path.expanduser(passphrase_file)) if passphrase_file else None,
         passphrase_vm=passphrase_vm, vms=vms, exclude=exclude, compression=compression,
         keep_carrier=keep, retries=retries, retry_delay=delay, verify=verify,
-        answer_timeout=answer, keep=keep_policy, hooks=hooks,
+        answer_timeout=answer, drill_max_age=drill_max_age, keep=keep_policy, hooks=hooks,
     ), []
 
 
