@@ -51,19 +51,17 @@ ACTIONS: dict[str, Action] = {
 HELP_WORDS = frozenset({"-h", "--help", "--version"})
 
 
-def normalise(argv: list[str]) -> tuple[list[str], bool]:
-    """Given argv, return (argv, whether it is the original form, to which
-    `backup` was prepended)."""
+def normalise(argv: list[str]) -> list[str]:
+    """Given argv, return it with `backup` prepended for the original form
+    (`qbackup -f PREFIX -t VM ...`, no command)."""
     position = command_position(argv)
     if position is not None:
-        if argv[position] in SUBCOMMANDS:
-            return argv, False
-        return ["backup", *argv], True
+        return argv if argv[position] in SUBCOMMANDS else ["backup", *argv]
     options = {word for word in argv if word.startswith("-")}
     if options - HELP_WORDS - {"-o", "--terminal", "-v", "--verbose", "-q", "--quiet",
                                *COMMON_WITH_VALUE}:
-        return ["backup", *argv], True  # options only, some of them backup's
-    return argv, False
+        return ["backup", *argv]  # options only, some of them backup's
+    return argv
 
 
 def dispatch(args: argparse.Namespace, context: Context) -> int:
@@ -90,7 +88,7 @@ def env_path(variable: str) -> Path | None:
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
-    arguments, _ = normalise(list(sys.argv[1:] if argv is None else argv))
+    arguments = normalise(list(sys.argv[1:] if argv is None else argv))
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)

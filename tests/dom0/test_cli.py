@@ -28,7 +28,7 @@ def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parse(*argv: str) -> dict[str, object]:
-    arguments, _ = normalise(list(argv))
+    arguments = normalise(list(argv))
     return vars(PARSER.parse_args(arguments))
 
 
