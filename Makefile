@@ -22,13 +22,13 @@ key ?=
 force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
-APT_PACKAGES := openssh-server openssh-client apparmor python3-venv python3-asyncssh python3-yaml
+APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml
 
 .PHONY: help deps venv test lint demo bench server server-files server-aa templatevm \
 	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
 
 help:
-	@echo "make test                 install what the tests need, then run them all"
+	@echo "make test                 install what the tests need, lint, then run all the tests"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
 	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
@@ -57,13 +57,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: deps $(VENV)/.installed
 
-test: venv
-	$(PY) -m pytest -q tests
-	$(MAKE) --no-print-directory lint
+# Test processes (pytest-xdist workers), each with its own sshd and accounts;
+# most of a test's time is spent waiting on ssh and child processes, so more
+# workers than cores pays. PYTEST_ARGS adds options, e.g. -x, -m "not system"
+# (the pure tests, no root needed) or -p random_order --random-order.
+TEST_WORKERS ?= 4
+PYTEST_ARGS ?=
+
+# Lint first: the last line `make test` prints is pytest's summary.
+test: venv lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim qbackup_protocol.py
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim testbed qbackup_protocol.py
 
 demo: venv
 	$(PY) -m tests.demo
@@ -79,6 +86,8 @@ server-files:
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
+	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-server
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
 
 # Without DESTDIR (a real install) the account is required, and checked
@@ -146,7 +155,7 @@ uninstall-server:
 	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
 		apparmor_parser -R $(APPARMOR_DIR)/usr.sbin.qbackup-shell || true; \
 	fi
-	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
+	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(SBINDIR)/qbackup-server $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
 	rm -rf $(DESTDIR)$(LIBDIR)/server_shell
 	$(remove-shared)
 	@if [ -z "$(DESTDIR)" ] && grep -qxF "$(SBINDIR)/qbackup-shell" /etc/shells; then \

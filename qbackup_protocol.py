@@ -1,34 +1,12 @@
 """The carrier <-> server-shell wire protocol: the ONE definition both sides import.
 
-Pure data and pure functions, standard library only, no I/O: the server shell
-(`server_shell/`) and the carrier (`carrier_vm/`) both import this module, and
-`docs/PROTOCOL.md` describes the same rules in prose.
-
-Summary (see docs/PROTOCOL.md for the full text):
-
-* The client runs ONE command per SSH session: ``put NAME``, ``resume NAME``,
-  ``commit NAME``, ``get NAME [OFFSET]``, ``list [PREFIX]``, ``check NAME`` or
-  ``info``. Words are
-  separated by a single space; there is no quoting, globbing or shell syntax
-  of any kind.
-* Uploads are two-phase: ``put NAME`` only STAGES a verified upload (invisible
-  to get/list/check); ``commit NAME`` PUBLISHES it under NAME. Only dom0 knows
-  whether Qubes' backup engine finished, and a stream Qubes aborted can look
-  like a clean EOF to the carrier, so dom0 commits only after its backup
-  succeeded. A second commit of one NAME finds nothing staged.
-* Binary streams (the body of ``put`` on stdin, the body of ``get`` on stdout)
-  are framed: a 5-byte header (1 type byte, 4-byte big-endian payload length)
-  and the payload. ``D`` frames carry 1..MAX_DATA_FRAME bytes of data; exactly
-  one ``E`` frame ends the stream with the total length (8 bytes, big-endian)
-  and the SHA-256 digest (32 bytes) of all data. A stream that ends without a
-  valid ``E`` frame is truncated and must never be accepted.
-* Text replies (``put``'s and ``commit``'s receipts, ``list``, ``check``, ``info``) are JSON
-  objects, one per line, UTF-8, each line at most MAX_REPLY_LINE bytes.
-* Protocol 3: ``put`` and ``resume`` first answer ``{"offset": D}`` (0 for put),
-  then ``{"ack": N}`` lines (the first N data bytes are durably stored), then
-  the receipt; ``resume`` continues an interrupted put from D; ``get NAME
-  OFFSET`` sends the data from OFFSET on, its E frame still carries the whole
-  backup's length and digest.
+Pure data and pure functions, standard library only, no I/O: verbs, name
+rules, frames, reply records and the exit codes that cross a machine
+boundary. docs/PROTOCOL.md describes the protocol in prose (version 3: one
+command per SSH session; put stages, commit publishes; framed binary
+streams with an end frame carrying length and SHA-256; JSON reply lines;
+acks, resume and ranged get for interrupted transfers); tests check the two
+agree.
 """
 
 from __future__ import annotations
@@ -94,12 +72,12 @@ class ShellExit(enum.IntEnum):
 
     OK = 0
     USAGE = 64  # refused or malformed command, bad name
-    DATA = 65  # truncated/invalid stream, digest mismatch; check: stored bytes differ
+    DATA = 65  # invalid stream, length/digest mismatch; check: stored bytes differ
     NO_SUCH_BACKUP = 66  # no such backup; commit: nothing staged; resume: nothing to resume
     UNAVAILABLE = 69  # no space (reserve, quota, inodes) or another upload running
     SOFTWARE = 70  # internal error
     EXISTS = 73  # the name exists (committed or staged)
-    IO = 74  # I/O error on the server
+    IO = 74  # I/O error on the server, or the session was cut (client gone or silent)
     NO_PERMISSION = 77  # not allowed (interactive login, admin verbs, running as root)
     CONFIG = 78  # the server's configuration is broken
 
@@ -107,12 +85,13 @@ class ShellExit(enum.IntEnum):
 SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
     ShellExit.OK: "success",
     ShellExit.USAGE: "refused or malformed command, or a bad name",
-    ShellExit.DATA: "truncated or invalid stream, or stored bytes differ from their record",
+    ShellExit.DATA: "invalid stream or length/digest mismatch, or stored bytes differ "
+    "from their record",
     ShellExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged; resume: nothing to resume)",
     ShellExit.UNAVAILABLE: "no space (reserve, quota, inodes) or another upload is running",
     ShellExit.SOFTWARE: "internal error in the shell",
     ShellExit.EXISTS: "a backup (committed or staged) already has that name",
-    ShellExit.IO: "I/O error on the server",
+    ShellExit.IO: "I/O error on the server, or the session was cut (client gone or silent)",
     ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
     ShellExit.CONFIG: "the server's configuration is broken",
 }

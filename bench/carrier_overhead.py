@@ -40,7 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness.server import BackupServer  # noqa: E402
+from testbed.carrier import carrier_config  # noqa: E402
+from testbed.server import BackupServer  # noqa: E402
 
 CIPHER = "aes128-gcm@openssh.com"
 MIB = 1024 * 1024
@@ -153,11 +154,7 @@ def main() -> None:
             configs = {}
             for label, account in (("carrier", sink3), ("carrier-v2", sink2), ("shell", shell)):
                 path = server.base / f"{label}.yaml"
-                path.write_text(
-                    f"host: 127.0.0.1\nport: {server.port}\nuser: {account.name}\n"
-                    f"identity_file: {server.client_key}\nknown_hosts: {server.known_hosts}\n"
-                    "ssh_config: null\n"
-                )
+                path.write_text(carrier_config(server.endpoint, account.name))
                 configs[label] = path
             base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(server.base)}
             senders = {

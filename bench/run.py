@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.sampler import ProcessSampler
-from tests.harness.carrier import write_carrier_config
-from tests.harness.server import Account, BackupServer
+from testbed.carrier import write_carrier_config
+from testbed.server import Account, BackupServer
 
 CIPHER = "aes128-gcm@openssh.com"
 MB = 1_000_000

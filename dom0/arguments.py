@@ -1,7 +1,9 @@
 """The argument parser of every qbackup command, with `--help` examples.
 
 Kept apart from `cli.py` so the command's flow reads in one sitting; the
-exit-code table in the main help comes from dom0/errors.py.
+exit-code table in the main help comes from dom0/errors.py. The common
+options work before the command (`qbackup -v list`) and after it
+(`qbackup list -v`), like git's and borg's.
 """
 
 from __future__ import annotations
@@ -9,20 +11,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dom0 import config, errors
+from dom0 import __version__, config, errors
+from dom0.drill import add_drill_parser
 
-SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status")
+SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
 ENV_PASSFILE = config.ENV_PASSFILE
 EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
+# The common options, with their defaults: given before or after the command.
+COMMON_DEFAULTS: dict[str, object] = {
+    "terminal": False, "verbose": False, "quiet": False, "config": None, "history": None,
+    "lock_dir": None, "log_socket": None,
+}
+# Common options that take a value (the legacy form's scan must skip it).
+COMMON_WITH_VALUE = frozenset({"--config", "--history", "--lock-dir", "--log-socket"})
 
 MAIN_EPILOG = f"""\
 examples:
-  qbackup -f laptop -t sys-backup -p ~/.qbackup-pass work personal
-  qbackup backup --job daily --verify
-  qbackup list -t sys-backup laptop
-  qbackup verify -t sys-backup -p ~/.qbackup-pass laptop-20261122T235959Z
+  qbackup backup --job daily
+  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass work personal
+  qbackup -v list -t sys-backup laptop/
+  qbackup verify --job daily laptop/daily-20261122T235959Z
   qbackup status --max-age 36 --remote
+  qbackup config check
+
+The original form `qbackup -f PREFIX -t VM -p FILE [VM ...]` still means `qbackup backup ...`.
 
 environment: {ENV_CARRIER} (default carrier VM), {ENV_PASSFILE} (default passphrase file)
 
@@ -31,20 +44,31 @@ exit codes:
 """
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """Given a (sub)parser, add the options every command takes."""
-    group = parser.add_argument_group("common options")
-    group.add_argument("-o", "--terminal", action="store_true",
+def common_options(suppress: bool) -> argparse.ArgumentParser:
+    """Return a parent parser with the options every command takes; with
+    SUPPRESS their defaults are left out, so a subcommand's parse does not
+    undo what was given before the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("common options (before or after the command)")
+
+    def default(name: str) -> object:
+        return argparse.SUPPRESS if suppress else COMMON_DEFAULTS[name]
+
+    group.add_argument("-o", "--terminal", action="store_true", default=default("terminal"),
                        help="log to the terminal instead of syslog (journalctl -t qbackup)")
-    group.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    group.add_argument("--config", type=Path, metavar="FILE",
+    group.add_argument("-v", "--verbose", action="store_true", default=default("verbose"),
+                       help="log debug details")
+    group.add_argument("-q", "--quiet", action="store_true", default=default("quiet"),
+                       help="no progress bar or summary on the terminal; errors only")
+    group.add_argument("--config", type=Path, metavar="FILE", default=default("config"),
                        help=f"job file (default {config.USER_CONFIG}, then {config.SYSTEM_CONFIG})")
-    group.add_argument("--history", type=Path, metavar="FILE",
+    group.add_argument("--history", type=Path, metavar="FILE", default=default("history"),
                        help="run history (default ~/.local/share/qbackup/history.jsonl)")
-    group.add_argument("--lock-dir", type=Path, metavar="DIR",
+    group.add_argument("--lock-dir", type=Path, metavar="DIR", default=default("lock_dir"),
                        help="where carrier locks live (default ~/.cache/qbackup/locks)")
-    group.add_argument("--log-socket", metavar="PATH",
+    group.add_argument("--log-socket", metavar="PATH", default=default("log_socket"),
                        help=argparse.SUPPRESS)
+    return parent
 
 
 def add_carrier(parser: argparse.ArgumentParser) -> None:
@@ -62,66 +86,77 @@ def add_passphrase(parser: argparse.ArgumentParser) -> None:
                         help="VM answering qubes.BackupPassphrase+PROFILE instead of a file")
 
 
+def add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    """Given a subparser, add --json."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON (scripts)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every qbackup command."""
     parser = argparse.ArgumentParser(
         prog="qbackup", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Scheduled, encrypted, off-site Qubes backups streamed through a carrier VM.",
-        epilog=MAIN_EPILOG)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+        epilog=MAIN_EPILOG, parents=[common_options(suppress=False)])
+    parser.add_argument("--version", action="version", version=f"qbackup {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
+    common = [common_options(suppress=True)]
 
     backup = commands.add_parser(
-        "backup", formatter_class=raw, help="take a backup (the default command)",
+        "backup", formatter_class=raw, help="take a backup (the default command)", parents=common,
         description="Back up VMs with Qubes' own engine, streamed into the carrier VM.",
-        epilog="examples:\n  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass work\n"
-               "  qbackup backup --job daily\n  qbackup -f laptop -t sys-backup -p FILE  "
-               "# all VMs with include_in_backups")
+        epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --all --json\n"
+               "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass -x untrusted\n"
+               "  qbackup -f laptop -t sys-backup -p FILE  # all VMs with include_in_backups")
+    backup.add_argument("--all", action="store_true",
+                        help="run every job of the job file (a broken job does not stop the"
+                             " others)")
     backup.add_argument("-f", "--prefix", help="backup name prefix: PREFIX-YYYYmmddTHHMMSSZ")
     add_carrier(backup)
     add_passphrase(backup)
-    backup.add_argument("-x", "--keep-carrier", action="store_true", default=None,
+    backup.add_argument("-x", "--exclude", action="append", metavar="VM",
+                        help="skip this VM (as qvm-backup -x)")
+    backup.add_argument("-k", "--keep-carrier", action="store_true", default=None,
                         help="leave the carrier VM running afterwards")
-    backup.add_argument("--exclude", action="append", metavar="VM", help="skip this VM")
     backup.add_argument("--compression", metavar="FILTER",
-                        help="true, false or gzip/bzip2/zstd/xz (default true)")
+                        help="true, false or gzip, bzip2, xz, pigz, zstd, zstdmt, lzma, pbzip2")
     backup.add_argument("--retries", type=int, help="extra attempts after a failure")
     backup.add_argument("--retry-delay", type=int, metavar="SECONDS")
     backup.add_argument("--verify", action="store_true", default=None,
                         help="run qvm-backup-restore --verify-only right after")
+    add_json(backup, "the outcome")
     backup.add_argument("vms", nargs="*", metavar="VM",
                         help="VMs to back up (default: every VM with include_in_backups)")
-    add_common(backup)
 
     listing = commands.add_parser(
-        "list", formatter_class=raw, help="list stored backups",
+        "list", formatter_class=raw, help="list stored backups", parents=common,
         description="List the backups stored on the server (name, size, time, sha256).",
-        epilog="example:\n  qbackup list -t sys-backup laptop/")
+        epilog="examples:\n  qbackup list -t sys-backup laptop/\n  qbackup list --job daily --json")
     add_carrier(listing)
+    add_json(listing, "the listing")
     listing.add_argument("prefix", nargs="?", default="", help="only names starting with this")
-    add_common(listing)
 
     check = commands.add_parser(
-        "check", formatter_class=raw, help="have the server re-hash one backup",
+        "check", formatter_class=raw, help="have the server re-hash one backup", parents=common,
         description="The server recomputes the SHA-256 of a stored backup and compares it\n"
-                    "with its record and with dom0's history.",
+                    "with its record (exit 13 if it differs: corrupted) and with dom0's\n"
+                    "history (exit 4 if the record changed: tampering).",
         epilog="example:\n  qbackup check -t sys-backup laptop-20261122T235959Z")
     add_carrier(check)
     check.add_argument("name", help="backup name (as `qbackup list` shows)")
-    add_common(check)
 
     verify = commands.add_parser(
         "verify", formatter_class=raw, help="prove a stored backup decrypts and is complete",
+        parents=common,
         description="qvm-backup-restore --verify-only reading the backup through the carrier.",
         epilog="example:\n  qbackup verify -t sys-backup -p ~/.qbackup-pass "
                "laptop-20261122T235959Z")
     add_carrier(verify)
     add_passphrase(verify)
     verify.add_argument("name", help="backup name")
-    add_common(verify)
 
     restore = commands.add_parser(
-        "restore", formatter_class=raw, help="restore VMs from a stored backup",
+        "restore", formatter_class=raw, help="restore VMs from a stored backup", parents=common,
         description="qvm-backup-restore reading the backup through the carrier.",
         epilog="example:\n  qbackup restore -t sys-backup -p FILE --rename-conflicting "
                "laptop-20261122T235959Z work")
@@ -130,20 +165,52 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--rename-conflicting", action="store_true")
     restore.add_argument("--skip-conflicting", action="store_true")
     restore.add_argument("--paranoid-mode", action="store_true",
-                         help="restore through a disposable VM (qvm-backup-restore's mode)")
+                         help="restore through a disposable VM (needs -p FILE)")
     restore.add_argument("-x", "--exclude", action="append", metavar="VM", default=[],
-                         help="do not restore this VM")
+                         help="do not restore this VM (as qvm-backup-restore -x)")
     restore.add_argument("name", help="backup name")
     restore.add_argument("vms", nargs="*", metavar="VM", help="restore only these VMs")
-    add_common(restore)
 
     status = commands.add_parser(
         "status", formatter_class=raw, help="last success per job; non-zero if stale",
-        description="Show each job's last successful backup and its age.",
-        epilog="examples:\n  qbackup status --max-age 36\n  qbackup status --remote")
+        parents=common,
+        description="Show each job's last successful backup and its age. Exits 7 when a job\n"
+                    "never succeeded or (--max-age) its last success is too old.",
+        epilog="examples:\n  qbackup status --max-age 36\n  qbackup status --remote --json")
     status.add_argument("--max-age", type=float, metavar="HOURS",
                         help="exit non-zero and notify if a job's last success is older")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
-    add_common(status)
+    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+                        help="exit non-zero if a job's last drill is older (or failed)")
+    add_json(status, "the status")
+
+    drill = add_drill_parser(commands, raw, common)
+    add_carrier(drill)
+    add_passphrase(drill)
+
+    settings = commands.add_parser(
+        "config", formatter_class=raw, help="check the job file and what it names",
+        parents=common,
+        description="`config check` validates every job (or --job NAME): settings, passphrase,\n"
+                    "VMs, the carrier and, through it, the server and its free space.\n"
+                    "It changes nothing (a halted carrier is started and shut down again).",
+        epilog="examples:\n  qbackup config check\n  qbackup config check --job daily")
+    settings.add_argument("action", choices=["check"], help="what to do: check")
+    settings.add_argument("--job", metavar="NAME", help="check only this job")
     return parser
+
+
+def command_position(argv: list[str]) -> int | None:
+    """Given argv, return the index of its first word that is not a common
+    option (or an option's value), or None if there is none."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in COMMON_WITH_VALUE:
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            return index
+    return None

@@ -12,32 +12,42 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dom0 import history
 from dom0.carrier import CarrierClient, Record, check_name
-from dom0.config import Job, PassphraseSource, backup_job
+from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
+from dom0.engine import run_engine, running_vm
 from dom0.errors import (
+    EXIT_CODES,
     BackupEngineError,
     CarrierError,
+    ConfigError,
+    Interrupted,
     NoSpaceError,
     QbackupError,
     TemporaryError,
+    UsageError,
     VerificationError,
+    exit_code_for,
 )
 from dom0.execute import notify
 from dom0.locking import carrier_lock
-from dom0.log import human_size
+from dom0.log import human_size, say, say_json
+from dom0.monitor import Monitor
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, written_profile
 from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
-from dom0.verify import verify_backup
+from dom0.verify import Committed, verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
+NAME_WAIT_STEPS = 25  # 5 s of waiting for a fresh second
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # qubesd answers admin.backup.Info with a human-readable table whose last row
 # is `Total size: <size>`, sizes written like `30`, `512.0 KiB`, `1.2 GiB`
@@ -93,31 +103,44 @@ def check_inputs(app: QubesAdapter, job: Job) -> tuple[str | None, list[str]]:
 
 def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
     """Given the prefix, the names the server lists and the names earlier
-    attempts of this run used, return a new name; raise CarrierError if it is
-    stored already (never overwrite: a clash means two runs within a second)."""
+    attempts of this run used, return a name that is neither: names carry the
+    second, so a clash (two runs within a second) waits for the next one. The
+    server never overwrites a name anyway (put refuses an existing one)."""
     name = make_name(prefix)
-    while name in tried:  # a retry within the same second: take the next one
+    for _ in range(NAME_WAIT_STEPS):
+        if name not in tried and name not in stored:
+            break
         time.sleep(0.2)
         name = make_name(prefix)
-    if name in stored:
-        raise CarrierError(f"a backup named {name} already exists; try again in a second")
+    else:
+        raise CarrierError(f"no free backup name for {prefix} (the clock seems stuck)")
     tried.add(name)
     return name
 
 
-def report_tampering(problems: list[str]) -> None:
-    """Given tampering problems found, log each as an error and notify once."""
-    for problem in problems:
+def report_tampering(comparison: history.Comparison) -> None:
+    """Given the comparison with the server, log each problem as an error and
+    notify once; log what the retention policy removed."""
+    for problem in comparison.problems:
         logger.error("TAMPERING? %s", problem)
-    if problems:
-        notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
+    if comparison.problems:
+        notify("qbackup: stored backups changed", "\n".join(comparison.problems[:5]),
+               critical=True)
+    for name in comparison.strangers:
+        logger.warning("UNKNOWN BACKUP? %s: under this job's prefix, but this dom0 never"
+                       " committed it (a compromised carrier can plant backups)", name)
+    if comparison.pruned:
+        logger.info("%d earlier backup(s) removed by the retention policy, as it allows: %s",
+                    len(comparison.pruned), " ".join(comparison.pruned[-5:]))
 
 
 def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Context,
-            tried: set[str]) -> tuple[Record, list[str]]:
+            tried: set[str], transfers: dict[str, dict[str, object] | None]
+            ) -> tuple[Record, list[str]]:
     """Given a checked job, take one backup; return (its server record,
-    tampering problems found on the way); raise on any failure."""
-    client = CarrierClient(app, job.carrier)
+    tampering problems found on the way) and put how its upload went into
+    TRANSFERS; raise on any failure."""
+    client = CarrierClient(app, job.carrier, job.answer_timeout)
     info = client.info()
     logger.info("server via %s: %s available (%s free, %s reserved)", job.carrier,
                 human_size(info.available), human_size(info.free), human_size(info.reserve))
@@ -125,8 +148,11 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
     runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]
-    problems = history.find_tampering(runs, listing.records, not listing.truncated, job.prefix)
-    report_tampering(problems)
+    stored = client.records_of({run.name for run in history.committed_runs(runs)
+                                if run.name and run.name.startswith(job.prefix)}, listing)
+    comparison = history.compare_with_server(runs, stored, True, job.prefix, job.keep)
+    report_tampering(comparison)
+    problems = comparison.problems
     name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
     spec = ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
                        compression=job.compression, passphrase_text=passphrase,
@@ -143,13 +169,30 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
                     f" need {human_size(estimate)}: free space on the server or lower its reserve"
                 )
         logger.info("backing up to %s as %s", job.carrier, name)
-        progress = ProgressReporter.for_stderr(name)
+        progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:
-            with context.guard.cancelling_with(lambda: app.backup_cancel(profile)):
-                app.backup_execute(profile, progress)
+            with running_vm(app, job.passphrase_vm, "passphrase VM"):
+                run_engine(app, job.carrier, profile, context.guard, progress)
         finally:
             progress.finish()
-    return publish(client, name), problems
+    record = publish(client, name)
+    transfers[name] = transfer_of(client, name)
+    return record, problems
+
+
+def transfer_of(client: CarrierClient, name: str) -> dict[str, object] | None:
+    """Given a committed backup's NAME, log how its upload went (the carrier's
+    own count of lost connections, outages and bytes sent again) and return it
+    for the history; None (a warning) if the carrier cannot say: the backup is
+    committed either way."""
+    try:
+        stats = client.transfer(name)
+    except QbackupError as error:
+        logger.warning("the carrier did not report how the upload of %s went: %s", name, error)
+        return None
+    record = history.transfer_record(stats)
+    logger.info("upload of %s: %s", name, history.describe_transfer(record))
+    return record
 
 
 def publish(client: CarrierClient, name: str) -> Record:
@@ -171,60 +214,154 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     VerificationError if that fails or earlier backups were tampered with."""
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
-        verify_backup(app, job.carrier, source, record.name)
+        verify_backup(app, job.carrier, source, record.name,
+                      Committed(record.size, record.sha256 or "", job.compression))
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
             " on the server (see the log)")
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A committed backup as the end of a run reports it."""
+
+    job: str
+    record: Record
+    seconds: float
+    attempts: int
+    verified: bool
+
+    def summary(self) -> str:
+        """Return one line: name, size, duration, throughput."""
+        rate = self.record.size / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.record.name}: {human_size(self.record.size)} in {self.seconds:.1f} s"
+                f" ({human_size(rate)}/s), {self.attempts} attempt(s)"
+                + (", verified" if self.verified else ""))
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.job, "name": self.record.name, "size": self.record.size,
+                "sha256": self.record.sha256, "seconds": round(self.seconds, 3),
+                "attempts": self.attempts, "verified": self.verified, "exit": 0}
+
+
 def run(args: argparse.Namespace, context: Context) -> int:
-    """`qbackup backup`: given its arguments, run the job they describe."""
-    return run_backup(context.get_app(), backup_job(args, context.config), context)
+    """`qbackup backup`: given its arguments, run the job they describe (or,
+    with --all, every job of the job file); return the exit code."""
+    if args.all:
+        return run_all(args, context)
+    try:
+        job = backup_job(args, context.config)
+    except QbackupError as error:
+        # A configuration error is a failed backup too: say so everywhere.
+        report_failure(context, Monitor(args.job or "command line", None, Hooks()), error)
+        raise
+    return report(context, run_backup(context.get_app(), job, context))
 
 
-def run_backup(app: QubesAdapter, job: Job, context: Context) -> int:
-    """Given a resolved job, run it (with retries) and return 0 or raise the
-    error of the last attempt; the outcome of every attempt goes to history."""
-    passphrase, vms = check_inputs(app, job)
-    with carrier_lock(context.lock_dir, job.carrier):
-        logger.info("backup %s started: VMs %s, carrier %s, prefix %s",
-                    history_job(job), " ".join(vms), job.carrier, job.prefix)
-        notify("qbackup started", f"{history_job(job)}: {len(vms)} VMs to {job.carrier}")
-        with running_carrier(app, job.carrier, job.keep_carrier):
-            tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
-            for number in range(job.retries + 1):
-                start = time.time()
-                try:
-                    record, problems = attempt(app, job, passphrase, context, tried)
-                except QbackupError as error:
-                    outcome = f"failed: {type(error).__name__}"
-                    history.append_run(context.history, history.Run(
-                        history_job(job), job.carrier, None, None, None, start, time.time(),
-                        outcome))
-                    if isinstance(error, RETRYABLE) and number < job.retries:
-                        logger.warning("attempt %d failed: %s; retrying in %d s", number + 1,
-                                       error, job.retry_delay)
-                        time.sleep(job.retry_delay)
-                        continue
-                    logger.error("backup %s outcome: failed after %d attempt(s), %.1f s",
-                                 history_job(job), number + 1, time.time() - start)
-                    notify("qbackup FAILED", f"{history_job(job)}: {error}", critical=True)
-                    raise
-                break
-            end = time.time()
-            history.append_run(context.history, history.Run(
-                history_job(job), job.carrier, record.name, record.size, record.sha256, start,
-                end, history.OUTCOME_OK))
-            logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
-                        record.name, record.size, human_size(record.size), record.sha256,
-                        end - start)
+def run_all(args: argparse.Namespace, context: Context) -> int:
+    """Given `backup --all`, run every valid job of the job file in turn; a
+    broken or failing job is reported and the others still run. Return 0, or
+    the exit code of the first job that failed."""
+    if args.job or args.prefix or args.carrier or args.vms:
+        raise UsageError("--all runs the job file's jobs as they are: give no job, prefix,"
+                         " carrier or VMs with it")
+    jobs, broken = all_jobs(open_config(context.config))
+    first_failure = 0
+    for name in sorted(set(jobs) | set(broken)):
+        code = 0
+        if name in broken:
+            for problem in broken[name]:
+                logger.error("%s", problem)
+            error = ConfigError(broken[name])
+            code = report_failure(context, Monitor(name, None, Hooks()), error)
+        else:
             try:
-                check_after(app, job, record, problems)
-            except QbackupError as error:
-                notify("qbackup FAILED", f"{record.name}: {error}", critical=True)
+                report(context, run_backup(context.get_app(), jobs[name], context))
+            except Interrupted:
                 raise
-        notify("qbackup finished", f"{record.name}: {human_size(record.size)}")
-        logger.info("backup %s outcome: success", history_job(job))
+            except QbackupError as error:
+                code = exit_code_for(error)  # reported by run_backup already
+        first_failure = first_failure or code
+    return first_failure
+
+
+def report(context: Context, outcome: Outcome) -> int:
+    """Given a successful run, print its summary (a terminal) or JSON; return 0."""
+    if context.json:
+        say_json(outcome.to_json())
+    elif not context.quiet and sys.stdout.isatty():
+        say(outcome.summary())
     return 0
 
+
+def report_failure(context: Context, monitor: Monitor, error: QbackupError) -> int:
+    """Given a run that failed, tell the monitor (and --json); return the exit code."""
+    code = exit_code_for(error)
+    message = str(error)
+    if isinstance(error, ConfigError):
+        message = f"the configuration has {len(error.problems)} problem(s): see the log"
+    monitor.failed(message, code)
+    if context.json:
+        say_json({"job": monitor.job, "error": message, "exit": code})
+    return code
+
+
+def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
+    """Given a resolved job, run it (with retries) and return its outcome, or
+    raise the error that ended it. Every failure, before the backup too, is
+    recorded in the history and reported (journal, notification, hooks)."""
+    monitor = Monitor(history_job(job), job.carrier, job.hooks)
+    first_start = time.time()
+    attempts = 0
+    try:
+        passphrase, vms = check_inputs(app, job)
+        with carrier_lock(context.lock_dir, job.carrier):
+            with running_carrier(app, job.carrier, job.keep_carrier):
+                monitor.started(f"VMs {' '.join(vms)}, carrier {job.carrier},"
+                                f" prefix {job.prefix}")
+                tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
+                transfers: dict[str, dict[str, object] | None] = {}
+                while True:
+                    attempts += 1
+                    start = time.time()
+                    try:
+                        record, problems = attempt(app, job, passphrase, context, tried,
+                                                   transfers)
+                        break
+                    except QbackupError as error:
+                        append_failure(context, job, start, error)
+                        if not isinstance(error, RETRYABLE) or attempts > job.retries:
+                            raise
+                        logger.warning("attempt %d failed: %s; retrying in %d s", attempts,
+                                       error, job.retry_delay)
+                        time.sleep(job.retry_delay)
+                end = time.time()
+                history.append_run(context.history, history.Run(
+                    history_job(job), job.carrier, record.name, record.size, record.sha256,
+                    start, end, history.OUTCOME_OK, compression=job.compression,
+                    transfer=transfers.get(record.name)))
+                logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
+                            record.name, record.size, human_size(record.size), record.sha256,
+                            end - start)
+                check_after(app, job, record, problems)
+    except QbackupError as error:
+        if attempts == 0:  # failed before the first attempt: still a run to remember
+            append_failure(context, job, first_start, error)
+        if attempts:
+            logger.error("backup %s: %d attempt(s) in %.1f s in total", history_job(job),
+                         attempts, time.time() - first_start)
+        report_failure(context, monitor, error)
+        raise
+    outcome = Outcome(history_job(job), record, time.time() - first_start, attempts, job.verify)
+    monitor.succeeded(record.name, outcome.summary())
+    return outcome
+
+
+def append_failure(context: Context, job: Job, start: float, error: QbackupError) -> None:
+    """Given a failed attempt (or a run that failed before its first attempt),
+    add it to the history in words a person reads."""
+    code = exit_code_for(error)
+    history.append_run(context.history, history.Run(
+        history_job(job), job.carrier, None, None, None, start, time.time(),
+        history.failed_outcome(code, EXIT_CODES.get(code, "failed"))))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from dom0.errors import (
     CarrierError,
     NoSuchBackup,
     QubesError,
+    TemporaryError,
     UsageError,
 )
 from dom0.log import last_line
@@ -39,6 +40,16 @@ Record = protocol.BackupRecord
 # is refused rather than buffered (the adapter stops reading at this bound).
 MAX_LISTING_BYTES = 32 * 1024 * 1024
 MAX_SHORT_REPLY = 64 * 1024
+# Nothing dom0 asks the carrier may wait for ever: a hung carrier, a server
+# that stops answering while sshd keeps the connection alive, a hung disk.
+# Each call gets a deadline (the job's `answer_timeout`, default 300 s); past
+# it, the call is killed and the run fails as temporary (exit 75). `check`
+# re-hashes the whole backup on the server, so it gets CHECK_SECONDS_PER_GIB
+# more per GiB of the backup's size (from a listing first).
+DEFAULT_ANSWER_TIMEOUT = 300.0
+CHECK_SECONDS_PER_GIB = 60.0  # the server re-hashes at 17 MB/s or faster
+GIB = 1024**3
+MAX_LOOKUPS = 1000  # names looked up one by one when a listing was cut short
 Parsed = TypeVar("Parsed")
 
 
@@ -131,6 +142,10 @@ def parse_listing(data: bytes) -> Listing:
         raise ReplyError("the carrier's listing lacks its summary line")
     if summary.count != len(records):
         raise ReplyError("the carrier's listing summary does not match its entries")
+    if summary.truncated and summary.count != protocol.MAX_LIST_ENTRIES:
+        # The server cuts a listing only when it is full; a carrier claiming
+        # a cut elsewhere would hide vanished backups from the tamper check.
+        raise ReplyError("the carrier's listing claims a cut the server never makes")
     if len({record.name for record in records}) != len(records):
         raise ReplyError("the carrier's listing names a backup twice")
     return Listing(records=records, truncated=summary.truncated)
@@ -139,17 +154,25 @@ def parse_listing(data: bytes) -> Listing:
 class CarrierClient:
     """The server as seen through one carrier VM."""
 
-    def __init__(self, app: QubesAdapter, vm: str) -> None:
+    def __init__(self, app: QubesAdapter, vm: str,
+                 answer_timeout: float = DEFAULT_ANSWER_TIMEOUT) -> None:
         self.app = app
         self.vm = vm
+        self.answer_timeout = answer_timeout
 
-    def _call(self, verb: str, argument: str, max_output: int) -> bytes:
-        """Given a verb and its one-line argument, return the service's stdout;
-        raise the error class the carrier's exit status maps to."""
+    def _call(self, verb: str, argument: str, max_output: int,
+              deadline: float | None = None) -> bytes:
+        """Given a verb, its one-line argument and a deadline in seconds (default
+        the answer timeout), return the service's stdout; raise the error class
+        the carrier's exit status maps to, TemporaryError past the deadline."""
+        deadline = deadline or self.answer_timeout
         try:
             return self.app.run_service_for_stdio(
-                self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output
-            )
+                self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
+                timeout=deadline)
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"{verb} via {self.vm}: no answer within {deadline:.0f} s;"
+                                 " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
             status = error.returncode
             try:
@@ -172,11 +195,31 @@ class CarrierClient:
         """Given a name PREFIX ('' for all), return the server's listing."""
         return parse_listing(self._call("list", prefix, MAX_LISTING_BYTES))
 
+    def records_of(self, names: Iterable[str], listing: Listing) -> list[Record]:
+        """Given committed NAMES and a LISTING, return the listing's records
+        plus, when the listing was cut short, those of each name it lacks
+        (asked one by one, at most MAX_LOOKUPS); raise ReplyError if there are
+        more: a cut listing must never make a vanished backup look fine."""
+        records = list(listing.records)
+        if not listing.truncated:
+            return records
+        listed = {record.name for record in records}
+        missing = sorted(set(names) - listed)
+        if len(missing) > MAX_LOOKUPS:
+            raise ReplyError(f"the server's listing is cut short and {len(missing)} recorded"
+                             " backups are not in it: give the job a narrower prefix")
+        for name in missing:
+            records += [record for record in self.listing(name).records
+                        if record.name == name]
+        return records
+
     def check(self, name: str) -> tuple[Record, bool]:
         """Given a backup NAME, return (its record, whether the server's re-hash
         matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
         verdict) or another CarrierError."""
-        result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY))
+        size = self.require(name).size  # the re-hash takes time in proportion
+        deadline = self.answer_timeout + CHECK_SECONDS_PER_GIB * size / GIB
+        result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY, deadline))
         if result.record.name != name:
             raise ReplyError("the carrier's check reply names another backup")
         return result.record, result.ok
@@ -189,6 +232,16 @@ class CarrierClient:
             if record.name == name:
                 return record
         raise no_such_backup(name)
+
+    def transfer(self, name: str) -> protocol.TransferStats:
+        """Given the NAME of a backup this carrier uploaded, return how the
+        upload went (connection losses, outages, bytes sent again)."""
+        answer = self._call("transfer", check_name(name), MAX_SHORT_REPLY)
+        stats = parse_line(protocol.parse_transfer_stats, single_line(answer, "transfer reply"),
+                           "transfer reply")
+        if stats.name != name:
+            raise ReplyError("the carrier's transfer reply names another backup")
+        return stats
 
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and

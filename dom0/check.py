@@ -26,11 +26,12 @@ def run(args: argparse.Namespace, context: Context) -> int:
     """Given `check` arguments, have the server re-hash the named backup and
     compare it with dom0's history; return 0 or raise CorruptedBackup,
     VerificationError or NoSuchBackup."""
-    carrier, _ = carrier_and_passphrase(args, context.config)
+    target = carrier_and_passphrase(args, context.config)
+    carrier = target.carrier
     name = check_name(args.name)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        record, ok = CarrierClient(app, carrier).check(name)
+        record, ok = CarrierClient(app, carrier, target.answer_timeout).check(name)
     verdict = "ok" if ok else "CORRUPTED"
     say(f"{record.name}  {record.size}  {record.sha256 or '-'}  {verdict}")
     if not ok:

@@ -2,9 +2,12 @@
 
 The original invocation still works and means `qbackup backup ...`:
 
-    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-x] [-o] [VM ...]
+    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-k] [-o] [VM ...]
 
-`main()` is the only place that turns errors into exit codes (dom0/errors.py).
+(`-x` now excludes a VM, as in qvm-backup; the original form refuses it, so an
+old line that meant "keep the carrier running" fails loudly instead of
+silently leaving a VM out.) `main()` is the only place that turns errors
+into exit codes (dom0/errors.py).
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, errors, listing, status, verify
-from dom0.arguments import SUBCOMMANDS, build_parser
-from dom0.errors import ConfigError, QbackupError, QubesError
+from dom0 import backup, check, configcheck, drill, errors, execute, listing, verify
+from dom0.arguments import (
+    COMMON_DEFAULTS,
+    COMMON_WITH_VALUE,
+    SUBCOMMANDS,
+    build_parser,
+    command_position,
+)
+from dom0.errors import ConfigError, QbackupError, QubesError, UsageError
 from dom0.history import default_history_path
 from dom0.locking import default_lock_dir
 from dom0.log import DEFAULT_SYSLOG_SOCKET, setup_logging
@@ -36,15 +45,26 @@ ACTIONS: dict[str, Action] = {
     "check": check.run,
     "verify": verify.run_verify,
     "restore": verify.run_restore,
-    "status": status.run,
+    "status": drill.run_status,  # status.run plus the drills
+    "config": configcheck.run,
+    "drill": drill.run,
 }
+HELP_WORDS = frozenset({"-h", "--help", "--version"})
 
 
-def normalise(argv: list[str]) -> list[str]:
-    """Given argv, return it with `backup` inserted for the original invocation."""
-    if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help")):
-        return argv
-    return ["backup", *argv]
+def normalise(argv: list[str]) -> tuple[list[str], bool]:
+    """Given argv, return (argv, whether it is the original form, to which
+    `backup` was prepended)."""
+    position = command_position(argv)
+    if position is not None:
+        if argv[position] in SUBCOMMANDS:
+            return argv, False
+        return ["backup", *argv], True
+    options = {word for word in argv if word.startswith("-")}
+    if options - HELP_WORDS - {"-o", "--terminal", "-v", "--verbose", "-q", "--quiet",
+                               *COMMON_WITH_VALUE}:
+        return ["backup", *argv], True  # options only, some of them backup's
+    return argv, False
 
 
 def dispatch(args: argparse.Namespace, context: Context) -> int:
@@ -71,7 +91,7 @@ def env_path(variable: str) -> Path | None:
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
-    arguments = normalise(list(sys.argv[1:] if argv is None else argv))
+    arguments, original_form = normalise(list(sys.argv[1:] if argv is None else argv))
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
@@ -80,12 +100,20 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
             # A broken crontab or unit line must show up in the journal too.
             setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
             logger.error("invalid command line (exit %d): see qbackup --help", code)
+            execute.notify("qbackup FAILED", "invalid command line: see qbackup --help",
+                           critical=True)
         return code
+    if args.command is None:  # bare `qbackup`: what can I do?
+        PARSER.print_help(sys.stdout)
+        return errors.EXIT_USAGE
+    for name, value in COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
     # Environment defaults are read per call, not when the module-level parser is built.
     args.history = args.history or env_path("QBACKUP_HISTORY")
     args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")
     socket_path = args.log_socket or os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET
-    setup_logging(args.terminal, socket_path, args.verbose)
+    setup_logging(args.terminal, socket_path, args.verbose, args.quiet)
     cache: list[QubesAdapter] = [app] if app is not None else []
 
     def get_app() -> QubesAdapter:
@@ -97,7 +125,11 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
         with SignalGuard() as guard:
             context = Context(get_app=get_app, guard=guard,
                               history=args.history or default_history_path(),
-                              lock_dir=args.lock_dir or default_lock_dir(), config=args.config)
+                              lock_dir=args.lock_dir or default_lock_dir(), config=args.config,
+                              json=getattr(args, "json", False), quiet=args.quiet)
+            if original_form and "-x" in arguments:
+                raise UsageError("-x now excludes a VM (as in qvm-backup): to keep the carrier"
+                                 " running use -k, to skip a VM use --exclude VM")
             return dispatch(args, context)
     except ConfigError as error:  # one line per problem, each naming file, line and key
         for problem in error.problems:

@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import yaml
@@ -41,7 +42,18 @@ JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 # than the protocol's name rules, which every full name must meet as well.
 PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TIMESTAMP_LENGTH = len("-20261122T235959Z")
-COMPRESSION_FILTERS = frozenset({"gzip", "bzip2", "zstd", "xz", "pigz", "lz4"})
+# Compression filters a job may use: what qvm-backup-restore can undo on every
+# supported release. 4.2 restores gzip, bzip2 and xz as they are; it and
+# 4.3.13+ restore pigz, zstd, zstdmt, lzma and pbzip2 when the program is
+# installed in dom0 (qbackup passes the filter from its history). No release
+# restores lz4, so a job asking for it is refused before any backup is made.
+COMPRESSION_FILTERS = frozenset({"gzip", "bzip2", "xz", "pigz", "zstd", "zstdmt", "lzma",
+                                 "pbzip2"})
+NEVER_RESTORABLE = {"lz4": "no Qubes release can restore lz4 backups"}
+HOOK_EVENTS = ("on_start", "on_success", "on_failure")
+HOOK_KEYS = (*HOOK_EVENTS, "ping_url", "ping_vm")
+URL = re.compile(r"https?://[!-~]{1,1000}")
+MAX_HOOK_WORDS = 64
 
 
 @dataclass(frozen=True)
@@ -61,12 +73,18 @@ SETTINGS: dict[str, Setting] = {
                              "--passphrase-vm"),
     "vms": Setting("list of VMs to back up; omit for every VM with include_in_backups",
                    "the VM arguments"),
-    "exclude": Setting("list of VMs to skip", "--exclude"),
+    "exclude": Setting("list of VMs to skip", "-x/--exclude"),
     "compression": Setting("true, false or a filter program", "--compression"),
-    "keep_carrier": Setting("true: leave the carrier VM running afterwards", "-x/--keep-carrier"),
+    "keep_carrier": Setting("true: leave the carrier VM running afterwards", "-k/--keep-carrier"),
     "retries": Setting("extra attempts after a temporary or engine failure, 0..10", "--retries"),
     "retry_delay": Setting("seconds between attempts, 0..86400", "--retry-delay"),
     "verify": Setting("true: qvm-backup-restore --verify-only right after", "--verify"),
+    "answer_timeout": Setting("seconds to wait for each answer through the carrier, 1..86400"
+                              " (check: more per GiB)", None),
+    "keep": Setting("retention policy the server's prune applies: {daily: N, weekly: N,"
+                    " monthly: N, yearly: N}", None),
+    "hooks": Setting("monitoring: on_start/on_success/on_failure commands (lists of words),"
+                     " ping_url and ping_vm", None),
 }
 
 
@@ -86,6 +104,19 @@ class Job:
     retries: int = 0
     retry_delay: int = 60
     verify: bool = False
+    answer_timeout: int = 300
+    keep: protocol.RetentionPolicy | None = None
+    hooks: Hooks = field(default_factory=lambda: Hooks())
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """A job's monitoring hooks: commands (argv lists, run in dom0 without a
+    shell) per event, and a Healthchecks-style URL pinged from a networked VM."""
+
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    ping_url: str | None = None
+    ping_vm: str | None = None  # None: the job's carrier
 
 
 @dataclass(frozen=True)
@@ -100,7 +131,7 @@ class PassphraseSource:
 class Problem:
     """One thing wrong with a job: the setting it is about (None: the job as a
     whole) and what is wrong and what to do. TEXT may name other settings as
-    `{key}`; they are filled in with the names the reader used."""
+    `$key`; they are filled in with the names the reader used."""
 
     key: str | None
     text: str
@@ -162,6 +193,63 @@ def _integer(value: Any, key: str, low: int, high: int, problems: list[Problem])
     return value
 
 
+def _policy(value: Any, problems: list[Problem]) -> protocol.RetentionPolicy | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(Problem("keep", "expected a mapping like {daily: 7, weekly: 4,"
+                                        " monthly: 12}"))
+        return None
+    rules = protocol.RETENTION_PERIODS
+    found = [Problem(f"keep.{key}", f"unknown rule (known: {', '.join(rules)})")
+             for key in value if key not in rules]
+    for key in rules:
+        count = value.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool) \
+                or not 0 <= count <= protocol.MAX_KEEP:
+            found.append(Problem(f"keep.{key}", f"expected an integer from 0 to"
+                                                f" {protocol.MAX_KEEP}"))
+    if found:
+        problems.extend(found)
+        return None
+    try:
+        return protocol.RetentionPolicy(**{key: value.get(key, 0) for key in rules})
+    except protocol.InvalidPolicy:
+        problems.append(Problem("keep", "keeps nothing: give at least one count above 0, or"
+                                        " leave keep out to forbid any prune"))
+        return None
+
+
+def _hooks(value: Any, problems: list[Problem]) -> Hooks:
+    if value is None:
+        return Hooks()
+    if not isinstance(value, dict):
+        problems.append(Problem("hooks", "expected a mapping of " + ", ".join(HOOK_KEYS)))
+        return Hooks()
+    found = [Problem(f"hooks.{key}", f"unknown hook (known: {', '.join(HOOK_KEYS)})")
+             for key in value if key not in HOOK_KEYS]
+    commands: dict[str, list[str]] = {}
+    for event in HOOK_EVENTS:
+        command = value.get(event)
+        if command is None:
+            continue
+        if not isinstance(command, list) or not 0 < len(command) <= MAX_HOOK_WORDS or not all(
+                isinstance(word, str) and word and "\0" not in word for word in command):
+            found.append(Problem(f"hooks.{event}", "expected a command as a list of words,"
+                                                   " e.g. [/usr/local/bin/report, failed]"))
+        else:
+            commands[event] = list(command)
+    url = value.get("ping_url")
+    if url is not None and not (isinstance(url, str) and URL.fullmatch(url)):
+        found.append(Problem("hooks.ping_url", "expected an http:// or https:// URL without"
+                                               " spaces"))
+    ping_vm = value.get("ping_vm")
+    if ping_vm is not None and not is_vm_name(ping_vm):
+        found.append(Problem("hooks.ping_vm", "expected the name of a networked VM"))
+    problems.extend(found)
+    return Hooks(commands=commands, ping_url=url, ping_vm=ping_vm)
+
+
 def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Problem]]:
     """Given a job NAME ('' for the command line) and its merged raw settings,
     return (the Job, []) or (None, every problem found)."""
@@ -178,22 +266,33 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
     passphrase_file = values.get("passphrase_file")
     passphrase_vm = values.get("passphrase_vm")
     if (passphrase_file is None) == (passphrase_vm is None):
-        problems.append(Problem(None, "give exactly one of {passphrase_file} and"
-                                      " {passphrase_vm}"))
+        problems.append(Problem(None, "give exactly one of $passphrase_file and"
+                                      " $passphrase_vm"))
     if passphrase_file is not None and not (isinstance(passphrase_file, str) and passphrase_file):
         problems.append(Problem("passphrase_file", "expected a path"))
     if passphrase_vm is not None and not is_vm_name(passphrase_vm):
         problems.append(Problem("passphrase_vm", "expected a VM name"))
     compression = values.get("compression", True)
-    if not isinstance(compression, bool) and compression not in COMPRESSION_FILTERS:
+    if isinstance(compression, str) and compression in NEVER_RESTORABLE:
+        problems.append(Problem("compression", f"{compression}: "
+                                f"{NEVER_RESTORABLE[compression]}; use gzip, bzip2 or xz"))
+    elif not isinstance(compression, bool) and compression not in COMPRESSION_FILTERS:
         problems.append(Problem("compression", "expected true, false or one of "
                                 + ", ".join(sorted(COMPRESSION_FILTERS))))
     vms = _vm_list(values.get("vms"), "vms", problems)
+    if vms == []:
+        # Qubes reads an empty include as "no VMs": the backup would hold
+        # nothing but qubes.xml while the log names the include_in_backups VMs.
+        problems.append(Problem("vms", "an empty list backs up no VM: name VMs, or leave vms"
+                                       " out for every VM with include_in_backups"))
     exclude = _vm_list(values.get("exclude", []), "exclude", problems) or []
     keep = _boolean(values.get("keep_carrier", False), "keep_carrier", problems)
     verify = _boolean(values.get("verify", False), "verify", problems)
     retries = _integer(values.get("retries", 0), "retries", 0, 10, problems)
     delay = _integer(values.get("retry_delay", 60), "retry_delay", 0, 86400, problems)
+    answer = _integer(values.get("answer_timeout", 300), "answer_timeout", 1, 86400, problems)
+    keep_policy = _policy(values.get("keep"), problems)
+    hooks = _hooks(values.get("hooks"), problems)
     if problems:
         return None, problems
     return Job(
@@ -201,6 +300,7 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
         passphrase_file=Path(os.path.expanduser(passphrase_file)) if passphrase_file else None,
         passphrase_vm=passphrase_vm, vms=vms, exclude=exclude, compression=compression,
         keep_carrier=keep, retries=retries, retry_delay=delay, verify=verify,
+        answer_timeout=answer, keep=keep_policy, hooks=hooks,
     ), []
 
 
@@ -216,8 +316,8 @@ def default_config_path() -> Path | None:
 def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int],
                duplicates: list[tuple[int, str]]) -> None:
     """Given a composed YAML NODE at PATH, record the line of every mapping key
-    down to jobs.NAME.KEY, and each key given twice."""
-    if not isinstance(node, yaml.MappingNode) or len(path) > 2:
+    down to jobs.NAME.KEY.SUBKEY, and each key given twice."""
+    if not isinstance(node, yaml.MappingNode) or len(path) > 3:
         return
     for key_node, value_node in node.value:
         here = (*path, str(key_node.value))
@@ -279,9 +379,10 @@ def open_config(path: Path | None) -> ConfigFile:
 
 def file_problem(config: ConfigFile, job: str, problem: Problem) -> str:
     """Given a problem of a job in CONFIG, return it as `FILE:LINE: KEY: text`."""
-    key_path = ("jobs", job) if problem.key is None else ("jobs", job, problem.key)
-    line = config.lines.get(key_path) or config.lines.get(("jobs", job), 1)
-    text = problem.text.format(**{key: key for key in SETTINGS})
+    key_path = ("jobs", job) if problem.key is None else ("jobs", job, *problem.key.split("."))
+    line = config.lines.get(key_path) or config.lines.get(key_path[:3]) \
+        or config.lines.get(("jobs", job), 1)
+    text = Template(problem.text).safe_substitute({key: key for key in SETTINGS})
     return f"{config.path}:{line}: {'.'.join(key_path)}: {text}"
 
 
@@ -310,7 +411,7 @@ def file_job(config: ConfigFile, name: str, overrides: dict[str, Any] | None = N
     job, found = build_job(name, values)
     for problem in found:
         if problem.key in overrides:
-            problems.append(option_problem(problem))
+            problems.append(option_problem(problem))  # the option's value was wrong
         else:
             problems.append(file_problem(config, name, problem))
     if problems or job is None:
@@ -333,14 +434,14 @@ def all_jobs(config: ConfigFile) -> tuple[dict[str, Job], dict[str, list[str]]]:
 # --- the command line ------------------------------------------------------------
 def option_label(key: str) -> str:
     """Given a setting KEY, return how the command line sets it."""
-    option = SETTINGS[key].option or key
+    option = SETTINGS[key.split(".")[0]].option or key
     environment = {"carrier": ENV_CARRIER, "passphrase_file": ENV_PASSFILE}.get(key)
     return f"{option} (or ${environment})" if environment else option
 
 
 def option_problem(problem: Problem) -> str:
     """Given a problem of a job given on the command line, return it naming options."""
-    text = problem.text.format(**{key: option_label(key) for key in SETTINGS})
+    text = Template(problem.text).safe_substitute({key: option_label(key) for key in SETTINGS})
     return text if problem.key is None else f"{option_label(problem.key)}: {text}"
 
 
@@ -378,10 +479,19 @@ def backup_job(args: argparse.Namespace, config_path: Path | None) -> Job:
     return job
 
 
-def carrier_and_passphrase(args: argparse.Namespace,
-                           config_path: Path | None) -> tuple[str, PassphraseSource]:
-    """Given list/check/verify/restore arguments, return (carrier VM, passphrase
-    source) from the options, then the job, then the environment."""
+@dataclass(frozen=True)
+class Target:
+    """Where list/check/verify/restore go: the carrier, the passphrase source,
+    and how long to wait for each answer through the carrier."""
+
+    carrier: str
+    passphrase: PassphraseSource
+    answer_timeout: float
+
+
+def carrier_and_passphrase(args: argparse.Namespace, config_path: Path | None) -> Target:
+    """Given list/check/verify/restore arguments, return the Target: carrier and
+    passphrase source from the options, then the job, then the environment."""
     job = file_job(open_config(config_path), args.job) if args.job else None
     carrier = args.carrier or (job.carrier if job else None) or os.environ.get(ENV_CARRIER)
     if not carrier or not is_vm_name(carrier):
@@ -394,7 +504,8 @@ def carrier_and_passphrase(args: argparse.Namespace,
         passfile, passvm = job.passphrase_file, job.passphrase_vm
     if passfile is None and passvm is None and os.environ.get(ENV_PASSFILE):
         passfile = Path(os.environ[ENV_PASSFILE])
-    return carrier, PassphraseSource(file=passfile, vm=passvm)
+    return Target(carrier, PassphraseSource(file=passfile, vm=passvm),
+                  job.answer_timeout if job else 300)
 
 
 def need_passphrase(source: PassphraseSource) -> PassphraseSource:

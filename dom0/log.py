@@ -11,6 +11,7 @@ every line that leaves qbackup, log record or stdout, passes `clean_text`.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -24,6 +25,7 @@ IDENT = "qbackup"
 MAX_MESSAGE = 2000
 MAX_OUTPUT_LINE = 1000
 DEFAULT_LIMIT = 300
+MAX_TAIL = 64 * 1024  # last_line looks at most this far back
 # Unicode categories never shown: controls (ESC, CR, NUL, NEL...), format
 # characters (bidi overrides and isolates that reorder what a reader sees),
 # surrogates, private use, unassigned, and the line and paragraph separators
@@ -52,7 +54,7 @@ def clean_text(data: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
 
 def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
     """Given untrusted stderr, return its last non-empty line, cleaned."""
-    for line in reversed(data[-64 * 1024 :].splitlines()):
+    for line in reversed(data[-MAX_TAIL:].splitlines()):
         if line.strip():
             return clean_text(line.strip(), limit)
     return ""
@@ -62,6 +64,15 @@ def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
 def say(text: str) -> None:
     """Given a line of output (which may quote carrier text), print it cleaned."""
     sys.stdout.write(clean_text(text, MAX_OUTPUT_LINE) + "\n")
+    sys.stdout.flush()
+
+
+def say_json(value: object) -> None:
+    """Given a JSON-able value (which may quote carrier text), print it as one
+    line, whole: json.dumps escapes every control and non-ASCII character (DEL
+    too, below), so nothing is cut and nothing reaches the terminal raw."""
+    text = json.dumps(value, sort_keys=True).replace("\x7f", "\\u007f")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -111,11 +122,13 @@ def make_syslog_handler(socket_path: str) -> logging.Handler:
 
 
 def setup_logging(
-    to_terminal: bool, syslog_socket: str = DEFAULT_SYSLOG_SOCKET, verbose: bool = False
+    to_terminal: bool, syslog_socket: str = DEFAULT_SYSLOG_SOCKET, verbose: bool = False,
+    quiet: bool = False,
 ) -> None:
-    """Given whether to log to the terminal (-o) and the syslog socket, (re)configure
-    the root logger once for this process: syslog, or stderr if -o or syslog
-    is unreachable; errors also reach stderr so cron mails them."""
+    """Given whether to log to the terminal (-o), the syslog socket, -v and -q,
+    (re)configure the root logger once for this process: syslog, or stderr if
+    -o or syslog is unreachable; errors also reach stderr so cron mails them.
+    -q quiets the terminal only: the journal still tells the whole story."""
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -128,11 +141,13 @@ def setup_logging(
             root.addHandler(make_syslog_handler(syslog_socket))
         except OSError as error:
             to_terminal = True
-            terminal.setLevel(logging.INFO)
+            terminal.setLevel(logging.WARNING if quiet else logging.DEBUG)
             root.addHandler(terminal)
             logging.getLogger(__name__).warning(
                 "syslog socket %s unreachable (%s): logging to the terminal", syslog_socket, error
             )
             return
         terminal.setLevel(logging.ERROR)
+    elif quiet:
+        terminal.setLevel(logging.WARNING)
     root.addHandler(terminal)

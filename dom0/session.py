@@ -35,6 +35,8 @@ class Context:
     history: Path
     lock_dir: Path
     config: Path | None  # --config, None: the default job file
+    json: bool = False  # --json: machine-readable stdout
+    quiet: bool = False  # -q: no progress bar or summary, errors only
 
 
 def require_vm(app: QubesAdapter, name: str, role: str) -> None:
@@ -57,7 +59,8 @@ def running_carrier(app: QubesAdapter, carrier: str, keep: bool) -> Iterator[Non
     try:
         yield
     finally:
-        if started and not keep:
+        # A cancelled run may have had to kill the carrier (dom0/engine.py).
+        if started and not keep and app.is_running(carrier):
             logger.info("shutting down carrier VM %s", carrier)
             try:
                 app.shutdown(carrier, wait=True)

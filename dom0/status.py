@@ -1,9 +1,12 @@
-"""`qbackup status [--max-age HOURS] [--remote]`: last success per job, for humans and monitors.
+"""`qbackup status [--max-age HOURS] [--remote] [--json]`: the last success per
+job, for people and monitors.
 
-A job whose last success is older than --max-age (or that never succeeded)
-makes the command exit non-zero and raises a critical notification: the
-failure a timer cannot report is the backup that silently stopped happening.
-`--remote` also compares the history with the server's listing (tampering).
+A job that never succeeded, or whose last success is older than --max-age,
+makes the command exit 7 and raises a critical notification: the failure a
+timer cannot report is the backup that silently stopped happening. `--remote`
+also compares the history with the servers' listings: a backup that vanished
+(unless the job's retention policy let the server prune it), shrank or
+changed is reported (exit 4), and the backups the policy removed are counted.
 """
 
 from __future__ import annotations
@@ -12,76 +15,161 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from dom0 import config, history
-from dom0.carrier import CarrierClient
+from dom0.carrier import DEFAULT_ANSWER_TIMEOUT, CarrierClient
 from dom0.errors import StaleBackup, VerificationError
 from dom0.execute import notify
-from dom0.log import say, show_time
+from dom0.log import human_size, say, say_json, show_time
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 
 logger = logging.getLogger(__name__)
 
 
-def last_runs(runs: list[history.Run]) -> dict[str, tuple[history.Run | None, history.Run]]:
-    """Given runs, return per job (last success or None, last run)."""
-    table: dict[str, tuple[history.Run | None, history.Run]] = {}
+@dataclass
+class JobStatus:
+    """What status knows about one job."""
+
+    job: str
+    success: history.Run | None = None
+    last: history.Run | None = None
+    broken: list[str] = field(default_factory=list)
+    policy: str | None = None
+    pruned: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    strangers: list[str] = field(default_factory=list)
+
+    def age_hours(self, now: float) -> float | None:
+        return None if self.success is None else (now - self.success.end) / 3600
+
+    def to_json(self, now: float, stale: bool) -> dict[str, object]:
+        success = self.success
+        return {
+            "job": self.job,
+            "last_success": None if success is None else {
+                "name": success.name, "size": success.size, "sha256": success.sha256,
+                "end": success.end},
+            "age_hours": None if success is None else round(self.age_hours(now) or 0.0, 3),
+            "last_run": None if self.last is None else history.shown_outcome(self.last.outcome),
+            "last_transfer": None if success is None else success.transfer,
+            "stale": stale, "configuration_problems": self.broken,
+            "retention": self.policy, "pruned_by_policy": self.pruned,
+            "tampering": self.problems, "unknown_backups": self.strangers,
+        }
+
+
+def job_table(runs: list[history.Run], jobs: dict[str, config.Job],
+              broken: dict[str, list[str]]) -> dict[str, JobStatus]:
+    """Given the history, the valid jobs and the broken ones, return every
+    job's status (jobs only in the history included)."""
+    table = {name: JobStatus(name) for name in {*jobs, *broken}}
     for run in runs:
-        success, _ = table.get(run.job, (None, run))
+        status = table.setdefault(run.job, JobStatus(run.job))
         if run.outcome == history.OUTCOME_OK and run.name:
-            success = run
-        table[run.job] = (success, run)
+            status.success = run
+        status.last = run
+    for name, problems in broken.items():
+        table[name].broken = problems
+    for name, job in jobs.items():
+        table[name].policy = job.keep.describe() if job.keep else None
     return table
 
 
+def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
+                   table: dict[str, JobStatus], get_app: Callable[[], QubesAdapter]) -> None:
+    """Given the history, the jobs and the status table, compare each job's
+    committed backups with its carrier's listing, filling in pruned/problems."""
+    by_carrier: dict[str, set[str]] = {}
+    for run in history.committed_runs(runs):
+        by_carrier.setdefault(run.carrier, set()).add(run.job)
+    app = get_app()
+    for carrier in sorted(by_carrier):
+        with running_carrier(app, carrier, keep=False):
+            answer_timeout = max((job.answer_timeout for job in jobs.values()
+                                  if job.carrier == carrier), default=DEFAULT_ANSWER_TIMEOUT)
+            client = CarrierClient(app, carrier, answer_timeout)
+            listing = client.listing("")
+            committed = {run.name for run in history.committed_runs(runs)
+                         if run.carrier == carrier and run.name}
+            stored = client.records_of(committed, listing)
+        for name in sorted(by_carrier[carrier]):
+            mine = [run for run in runs if run.job == name and run.carrier == carrier]
+            policy = jobs[name].keep if name in jobs else None
+            comparison = history.compare_with_server(mine, stored, True, "", policy)
+            table[name].pruned += comparison.pruned
+            table[name].problems += comparison.problems
+            table[name].strangers += comparison.strangers
+
+
+def show(status: JobStatus, now: float) -> None:
+    """Given one job's status, print its lines."""
+    last = history.shown_outcome(status.last.outcome) if status.last else "-"
+    success = status.success
+    if status.broken:
+        say(f"{status.job}: the job file entry has {len(status.broken)} problem(s)"
+            " (qbackup config check shows them)")
+    if success is None:
+        say(f"{status.job}: no successful backup yet" + (f" (last run: {last})"
+                                                          if status.last else ""))
+    else:
+        say(f"{status.job}: last success {success.name} at {show_time(success.end)}"
+            f" ({status.age_hours(now):.1f} h ago), {human_size(success.size or 0)};"
+            f" {history.describe_transfer(success.transfer)}; last run: {last}")
+    if status.pruned:
+        say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
+            f" ({status.policy})")
+    for problem in status.problems:
+        say(f"TAMPERING? {problem}")
+    for name in status.strangers:
+        say(f"UNKNOWN BACKUP? {name}: under {status.job}'s prefix, but this dom0 never"
+            " committed it")
+
+
 def run(args: argparse.Namespace, context: Context) -> int:
-    """Given `status` arguments, report every job; return 0 or raise."""
+    """Given `status` arguments, report every job; return 0 or raise
+    StaleBackup / VerificationError."""
     path = context.config or config.default_config_path()
-    jobs = sorted(config.open_config(path).jobs) if path else []
-    return run_status(context.history, jobs, args.max_age, args.remote, context.get_app)
-
-
-def run_status(history_path: Path, configured_jobs: list[str], max_age_hours: float | None,
-               remote: bool, get_app: Callable[[], QubesAdapter]) -> int:
-    """Given the history, the configured job names, an age limit and whether to
-    ask the servers, print one line per job; return 0 or raise StaleBackup /
-    VerificationError."""
-    runs = history.read_runs(history_path)
-    table = last_runs(runs)
+    jobs, broken = config.all_jobs(config.read_config(path)) if path else ({}, {})
+    runs = history.read_runs(context.history)
+    table = job_table(runs, jobs, broken)
+    if args.remote:
+        compare_remote(runs, jobs, table, context.get_app)
     now = time.time()
     stale: list[str] = []
-    for job in sorted(set(table) | set(configured_jobs)):
-        success, last = table.get(job, (None, None))
-        if success is None:
-            say(f"{job}: no successful backup" + (f" (last run: {last.outcome})" if last else ""))
-            stale.append(f"{job}: never")
-            continue
-        age = (now - success.end) / 3600
-        say(f"{job}: last success {success.name} at {show_time(success.end)} ({age:.1f} h ago),"
-            f" {success.size} bytes; last run: {last.outcome if last else '-'}")
-        if max_age_hours is not None and age > max_age_hours:
-            stale.append(f"{job}: {age:.1f} h old")
-    problems: list[str] = []
-    if remote:
-        carriers = sorted({run.carrier for run in history.committed_runs(runs)})
-        app = get_app()
-        for carrier in carriers:
-            mine = [run for run in runs if run.carrier == carrier]
-            with running_carrier(app, carrier, keep=False):
-                listing = CarrierClient(app, carrier).listing("")
-                problems += history.find_tampering(mine, listing.records, not listing.truncated)
-        for problem in problems:
-            say(f"TAMPERING? {problem}")
-            logger.error("TAMPERING? %s", problem)
-        if not problems:
-            logger.info("remote comparison: %d backup(s) as recorded",
-                        len(history.committed_runs(runs)))
+    for status in table.values():
+        age = status.age_hours(now)
+        if status.broken:
+            stale.append(f"{status.job}: job file entry broken")
+        elif age is None:
+            stale.append(f"{status.job}: no successful backup yet")
+        elif args.max_age is not None and age > args.max_age:
+            stale.append(f"{status.job}: {age:.1f} h old")
+    if not table:
+        stale.append("no job in the job file and no backup in the history")
+    problems = [problem for status in table.values() for problem in status.problems]
+    if context.json:
+        say_json({"jobs": [status.to_json(now, any(line.startswith(f"{name}:")
+                                                          for line in stale))
+                                 for name, status in sorted(table.items())],
+                        "tampering": bool(problems), "stale": stale})
+    else:
+        for _, status in sorted(table.items()):
+            show(status, now)
+    for problem in problems:
+        logger.error("TAMPERING? %s", problem)
+    for status in table.values():
+        for name in status.strangers:
+            logger.warning("UNKNOWN BACKUP? %s: under %s's prefix, but this dom0 never"
+                           " committed it", name, status.job)
+    if args.remote and not problems:
+        logger.info("remote comparison: every backup as recorded or pruned by policy")
     if problems:
         notify("qbackup: stored backups changed", "\n".join(problems[:5]), critical=True)
         raise VerificationError(f"{len(problems)} stored backup(s) vanished or changed")
-    if max_age_hours is not None and stale:
+    if stale:
         notify("qbackup: backups are stale", "\n".join(stale[:5]), critical=True)
-        raise StaleBackup(f"no backup newer than {max_age_hours} h for: {', '.join(stale)}")
+        limit = f"newer than {args.max_age} h " if args.max_age is not None else ""
+        raise StaleBackup(f"no successful backup {limit}for: {'; '.join(stale)}")
     return 0

@@ -11,8 +11,6 @@ The config is an INI file (no interpolation); a missing file means defaults.
 its parser and its floor; qbackup-shell.conf.example documents each.
 """
 
-from __future__ import annotations
-
 import configparser
 import re
 from collections.abc import Callable
@@ -24,8 +22,7 @@ from qbackup_protocol import ShellExit
 class ShellError(Exception):
     """An error shown to the client as one line, ending the session with exit_code."""
 
-    exit_code = ShellExit.SOFTWARE
-    outcome = "error"
+    exit_code, outcome = ShellExit.SOFTWARE, "error"
 
 
 class Refused(ShellError):
@@ -53,8 +50,10 @@ class StorageError(ShellError):
 
 
 class Interrupted(ShellError):
-    """A signal or the idle timeout ended the session: the client is gone or
-    stalled. Not a data error (a SIGPIPE during `list` says nothing about data)."""
+    """The session was cut: EOF before the end frame, a signal, the idle
+    timeout, a hung-up client. One code for a lost client (an upload's partial
+    is kept), and never a data error (a SIGPIPE during `list` says nothing
+    about data)."""
 
     exit_code, outcome = ShellExit.IO, "interrupted"
 
@@ -89,12 +88,6 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
 
 
-def parse_count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError("not a whole number")
-    return int(text)
-
-
 # key: (parser, default, floor, why the floor). The floors exist because:
 # a staged upload younger than 1h may still be committed; a zero idle
 # timeout would end every session at once; a session cap of 0 or an fdatasync
@@ -102,8 +95,8 @@ def parse_count(text: str) -> int:
 KEYS: dict[str, tuple[Callable[[str], int], int | None, int, str]] = {
     "reserve": (parse_size, 1024**3, 0, "0"),
     "quota": (parse_size, None, 0, "0"),
-    "max_inodes": (parse_count, 100_000, 10, "10"),
-    "max_sessions": (parse_count, 4, 1, "1"),
+    "max_inodes": (parse_size, 100_000, 10, "10"),
+    "max_sessions": (parse_size, 4, 1, "1"),
     "pending_max_age": (parse_duration, 24 * 3600, 3600, "1h"),
     "partial_max_age": (parse_duration, 3600, 60, "60s"),
     "idle_timeout": (parse_duration, 600, 1, "1s"),
@@ -162,8 +155,8 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
     root = (settings.get("root") or "").strip().replace("{account}", account) or None
     if root is not None and not root.startswith("/"):
         raise ConfigError(f"{path}: root must be an absolute path")
-    socket = parser.get("logging", "socket", fallback="").strip() or DEFAULT_LOG_SOCKET
-    return ShellConfig(root=root, log_socket=socket, **values)  # type: ignore[arg-type]
+    return ShellConfig(root=root, log_socket=parser.get("logging", "socket", fallback="").strip()
+                       or DEFAULT_LOG_SOCKET, **values)  # type: ignore[arg-type]
 
 
 def load_config(path: str, account: str) -> ShellConfig:

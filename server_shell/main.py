@@ -11,10 +11,6 @@ check, list, info). Admin actions (prune, status, scrub) live in
 `qbackup-server`, which sshd can never reach.
 """
 
-from __future__ import annotations
-
-import logging
-import logging.handlers
 import os
 import pwd
 import re
@@ -22,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -34,18 +31,14 @@ from .reading import check_backup, describe_space, list_backups, send_backup
 from .storage import open_root, take_session, write_all
 from .upload import commit, put, resume
 
-logger = logging.getLogger("server_shell")
 DEFAULT_CONFIG_PATH = "/etc/qbackup/qbackup-shell.conf"
 STDIN, STDOUT, STDERR = 0, 1, 2
 SHELL_NAME = "qbackup-shell"
-INTERACTIVE = "interactive logins are not allowed; this account only stores backups"
-ADMIN_ONLY = "that is an admin action: run qbackup-server on the server as root"
 ADMIN_VERBS = frozenset({"prune", "status", "scrub"})
 PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))  # no NUL, newline, escape
 OFFSET_PATTERN = re.compile(r"0|[1-9][0-9]{0,18}")
-ADDRESS_PATTERN = re.compile(r"[0-9A-Fa-f.:%]{1,64}")
+ADDRESS_PATTERN = re.compile(r"([0-9A-Fa-f.:%]{1,64}) ([0-9]{1,5})(?: |$)")
 FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
-LIST_FLUSH_SIZE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ def parse_command(text: str) -> Request:
     # Exactly one space between words, no quoting: one way to read a command.
     verb, *arguments = text.split(" ")
     if verb in ADMIN_VERBS:
-        raise NotAllowed(ADMIN_ONLY)
+        raise NotAllowed("that is an admin action: run qbackup-server on the server as root")
     if verb not in protocol.ALL_VERBS:
         raise Refused("unknown command (allowed: put, resume, commit, get, list, check, info)")
     try:
@@ -106,7 +99,7 @@ def parse_invocation(argv: list[str], environ: Mapping[str, str]) -> str:
         " " not in arguments[1] and os.path.basename(arguments[1]) == SHELL_NAME
     ):
         if original is None:
-            raise NotAllowed(INTERACTIVE)
+            raise NotAllowed("interactive logins are not allowed; this account only stores backups")
         return original
     if arguments[0] == "-c" and len(arguments) == 2:
         return arguments[1]
@@ -114,101 +107,67 @@ def parse_invocation(argv: list[str], environ: Mapping[str, str]) -> str:
 
 
 def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, Any]) -> ShellExit:
-    """Given a parsed request, the account's config and home, run it; return
-    the exit code; raise ShellError (or OSError) on failure."""
-    root_fd = open_root(config.root or home)
-    try:
-        session = take_session(root_fd, config.max_sessions)
-        try:
-            return _run(request, root_fd, config, outcome)
-        finally:
-            os.close(session)
-    finally:
-        os.close(root_fd)
-
-
-def _run(request: Request, root_fd: int, config: ShellConfig, outcome: dict[str, Any]) -> ShellExit:
+    """Given a parsed request, the account's config and home, take a session
+    slot and run it; return the exit code; raise ShellError or OSError."""
     timeout, name = config.idle_timeout, request.argument or ""
 
     def reply(fields: dict[str, Any]) -> None:
         write_all(STDOUT, protocol.encode_reply(fields), timeout)
 
-    if request.verb in (protocol.VERB_PUT, protocol.VERB_RESUME):
-        receive = put if request.verb == protocol.VERB_PUT else resume
-        record = receive(root_fd, name, STDIN, config, reply)
-    elif request.verb == protocol.VERB_COMMIT:
-        record = commit(root_fd, name)
-    elif request.verb == protocol.VERB_GET:
-        outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
+    with ExitStack() as closing:
+        root_fd = open_root(config.root or home)
+        closing.callback(os.close, root_fd)
+        closing.callback(os.close, take_session(root_fd, config.max_sessions))
+        if request.verb in (protocol.VERB_PUT, protocol.VERB_RESUME, protocol.VERB_COMMIT):
+            receive = {protocol.VERB_PUT: put, protocol.VERB_RESUME: resume}.get(request.verb)
+            record = commit(root_fd, name) if receive is None else receive(
+                root_fd, name, STDIN, config, reply)
+            outcome["bytes"] = record.size
+            reply(record.to_reply())
+        elif request.verb == protocol.VERB_GET:
+            outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
+        elif request.verb == protocol.VERB_CHECK:
+            result = check_backup(root_fd, name)
+            outcome["bytes"] = result.record.size
+            reply(result.to_reply())
+            if not result.ok:
+                outcome["result"] = "mismatch"
+                return ShellExit.DATA
+        elif request.verb == protocol.VERB_LIST:
+            pending = bytearray()
+            for item in list_backups(root_fd, name):
+                pending += protocol.encode_reply(item.to_reply())
+                if len(pending) >= 65536 or isinstance(item, protocol.ListEnd):  # few writes
+                    write_all(STDOUT, pending, timeout)
+                    pending.clear()
+        else:
+            reply(describe_space(root_fd, config.reserve, config.quota).to_reply())
         return ShellExit.OK
-    elif request.verb == protocol.VERB_CHECK:
-        result = check_backup(root_fd, name)
-        outcome["bytes"] = result.record.size
-        reply(result.to_reply())
-        if not result.ok:
-            outcome["result"] = "mismatch"
-            return ShellExit.DATA
-        return ShellExit.OK
-    elif request.verb == protocol.VERB_LIST:
-        pending = bytearray()
-        for item in list_backups(root_fd, name):
-            pending += protocol.encode_reply(item.to_reply())
-            if len(pending) >= LIST_FLUSH_SIZE:
-                write_all(STDOUT, pending, timeout)
-                pending.clear()
-        write_all(STDOUT, pending, timeout)
-        return ShellExit.OK
-    else:
-        reply(describe_space(root_fd, config.reserve, config.quota).to_reply())
-        return ShellExit.OK
-    outcome["bytes"] = record.size
-    reply(record.to_reply())
-    return ShellExit.OK
 
 
-class QuietSysLogHandler(logging.handlers.SysLogHandler):
-    """Logging never fails a backup: a record that cannot be sent is dropped."""
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
-        return
-
-
-def setup_logging(socket_path: str) -> None:
-    """Given the syslog socket, send one line per command there (ident
-    qbackup-shell); if it cannot be reached, log nothing."""
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-        old.close()
-    try:
-        handler: logging.Handler = QuietSysLogHandler(
-            socket_path, logging.handlers.SysLogHandler.LOG_DAEMON, socket.SOCK_DGRAM)
-        handler.ident = f"{SHELL_NAME}: "  # type: ignore[attr-defined]
-    except OSError:
-        handler = logging.NullHandler()
-    logger.addHandler(handler)
+def send_log(socket_path: str, message: str) -> None:
+    """Given the syslog socket and a line, send it as daemon.info, ident
+    qbackup-shell; logging never fails a backup."""
+    with suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(f"<30>{SHELL_NAME}: {message}\x00".encode("ascii", "replace"), socket_path)
 
 
 def client_address(environ: Mapping[str, str]) -> str:
     """Given the environment, return "ADDRESS port PORT" from SSH_CONNECTION
-    ("local" without one, "unknown" if it does not look like an address: a
-    log line never carries control characters)."""
-    words = environ.get("SSH_CONNECTION", "").split(" ")
-    if len(words) < 2 or not words[0]:
-        return "local"
-    if not all(ADDRESS_PATTERN.fullmatch(word) for word in words[:2]):
-        return "unknown"
-    return f"{words[0]} port {words[1]}"
+    ("local" without one, "unknown" if it does not look like one: a log line
+    never carries control characters)."""
+    match = ADDRESS_PATTERN.match(environ.get("SSH_CONNECTION", ""))
+    return f"{match[1]} port {match[2]}" if match else (
+        "unknown" if environ.get("SSH_CONNECTION") else "local")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Further signals are ignored: the cleanup this starts must not be cut short.
     for other in (*FATAL_SIGNALS, signal.SIGALRM):
         signal.signal(other, signal.SIG_IGN)
-    if signum == signal.SIGALRM:
-        raise Interrupted("no progress for the idle timeout; the session was abandoned")
-    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+    raise Interrupted("no progress for the idle timeout; the session was abandoned"
+                      if signum == signal.SIGALRM
+                      else f"interrupted by signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = None) -> int:
@@ -216,20 +175,23 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     os.umask(0o077)
     outcome: dict[str, Any] = {"command": "(refused)", "result": "ok", "bytes": 0}
-    account = "?"
+    account, log_socket = "?", ShellConfig.log_socket  # the default until the config is read
     try:
-        # As root, a mistake in the storage walk would reach the whole machine.
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise NotAllowed("refusing to run as root; log in as the backup account")
-        request = parse_command(parse_invocation(argv, environ))
-        outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
-        entry = pwd.getpwuid(os.getuid())
-        account = entry.pw_name
-        config = load_config(config_path, account)
-        setup_logging(config.log_socket)
-        for signum in (*FATAL_SIGNALS, signal.SIGALRM):
-            signal.signal(signum, _interrupt)
-        code = serve(request, config, entry.pw_dir, outcome)
+        try:
+            # As root, a mistake in the storage walk would reach the whole machine.
+            if os.getuid() == 0 or os.geteuid() == 0:
+                raise NotAllowed("refusing to run as root; log in as the backup account")
+            entry = pwd.getpwuid(os.getuid())
+            account = entry.pw_name
+            config = load_config(config_path, account)
+            log_socket = config.log_socket
+            request = parse_command(parse_invocation(argv, environ))
+            outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
+            for signum in (*FATAL_SIGNALS, signal.SIGALRM):
+                signal.signal(signum, _interrupt)
+            code = serve(request, config, entry.pw_dir, outcome)
+        finally:  # the report must get out: a SIGPIPE while writing it must not cut it
+            signal.pthread_sigmask(signal.SIG_BLOCK, (*FATAL_SIGNALS, signal.SIGALRM))
     except BaseException as error:  # every failure: one stderr line and an exit code
         if isinstance(error, ShellError):
             message, code, outcome["result"] = str(error), error.exit_code, error.outcome
@@ -239,12 +201,10 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
         else:
             message, code = "internal error; see the server's syslog", ShellExit.SOFTWARE
             outcome["result"] = f"internal-error {error.__class__.__name__}"
-        try:
+        with suppress(OSError):  # the client is gone; the exit code still tells sshd
             os.write(STDERR, f"{SHELL_NAME}: {message}\n".encode("ascii", "replace"))
-        except OSError:
-            pass  # the client is gone; the exit code still tells sshd
-    logger.info("client=%s account=%s command=%s outcome=%s bytes=%d", client_address(environ),
-                account, outcome["command"], outcome["result"], outcome["bytes"])
+    send_log(log_socket, f"client={client_address(environ)} account={account} command="
+             f"{outcome['command']} outcome={outcome['result']} bytes={outcome['bytes']}")
     return int(code)
 
 

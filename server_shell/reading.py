@@ -9,10 +9,6 @@ byte; if the file does not hold exactly the recorded size, get fails rather
 than send an E frame that would not match.
 """
 
-from __future__ import annotations
-
-import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -20,15 +16,13 @@ from collections.abc import Iterator
 import qbackup_protocol as protocol
 
 from . import storage
-from .config import BadStream, NotFound, StorageError
-
-READ_SIZE = 4 * 1024 * 1024
+from .config import BadStream, NotFound
 
 
 def open_backup(root_fd: int, name: str) -> tuple[int, os.stat_result, tuple[int, str] | None]:
     """Given the root and a checked NAME, return (read fd, stat, its record or None)."""
     segments, leaf = storage.split_name(name)
-    dir_fd = storage.open_dir(root_fd, segments)
+    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     try:
         fd, info = storage.open_file(dir_fd, leaf)
         return fd, info, storage.read_digest(dir_fd, storage.dot(leaf, "record"))
@@ -54,16 +48,9 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
             length = min(protocol.MAX_DATA_FRAME, size - offset)
             storage.write_all(stdout, protocol.encode_data_header(length), timeout)
             end = offset + length
-            while offset < end:
-                try:
-                    count = storage.timed(lambda: os.sendfile(stdout, fd, offset, end - offset),  # noqa: B023
-                                          timeout)
-                except OSError as error:
-                    if error.errno not in (errno.EINVAL, errno.ENOSYS):
-                        raise
-                    data = os.pread(fd, min(end - offset, READ_SIZE), offset)  # no sendfile here
-                    storage.write_all(stdout, data, timeout)
-                    count = len(data)
+            while offset < end:  # sendfile: no copy through Python (stdout: sshd's pipe)
+                count = storage.timed(lambda: os.sendfile(stdout, fd, offset, end - offset),  # noqa: B023
+                                      timeout)
                 if count == 0:
                     raise BadStream("backup shrank while it was being sent")
                 offset += count
@@ -79,13 +66,8 @@ def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
     """Given the root and a NAME, re-hash the backup; return its record with
     ok=True iff size and digest match the digest record."""
     fd, info, stored = open_backup(root_fd, name)
-    hasher, size = hashlib.sha256(), 0
     try:
-        while data := os.read(fd, READ_SIZE):
-            hasher.update(data)
-            size += len(data)
-    except OSError as error:
-        raise StorageError(f"reading the backup failed: {error.strerror}") from None
+        size, hasher = storage.hash_file(fd)  # an OSError here is ShellExit.IO, "I/O error: ..."
     finally:
         os.close(fd)
     ok = stored == (size, hasher.hexdigest())
@@ -102,7 +84,7 @@ def list_backups(root_fd: int, prefix: str) -> Iterator[protocol.BackupRecord | 
     segments = directory.split("/") if directory else []
     count, truncated = 0, False
     try:
-        dir_fd = storage.open_dir(root_fd, segments)
+        dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     except NotFound:
         yield protocol.ListEnd(count=0, truncated=False)
         return

@@ -51,7 +51,9 @@ esac
 public_key=
 if [ -n "$key_file" ]; then
 	[ -f "$key_file" ] || fail "$key_file is not a file (give the carrier's .pub file)"
-	public_key=$(head -c 16384 -- "$key_file")
+	# timeout: a FIFO swapped in after the test above must not hang root's run.
+	public_key=$(timeout 10 head -c 16384 -- "$key_file") ||
+		fail "$key_file could not be read within 10 s"
 	key_types='ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com'
 	if [ "$(printf '%s\n' "$public_key" | wc -l)" -ne 1 ] ||
 		! printf '%s\n' "$public_key" | LC_ALL=C grep -Eqx "($key_types)[ 	]+[A-Za-z0-9+/]+={0,3}([ 	][ -~]*)?"; then
@@ -189,12 +191,21 @@ PYTHON
 # controlling terminal, so nothing the account makes the helper do can push
 # keystrokes into root's terminal (TIOCSTI); stdin is /dev/null; env -i: none
 # of root's environment; setpriv drops every privilege before python starts.
+# The account can steer its own helper (ptrace, same uid), so what root keeps
+# of it is bounded: at most 64 KiB of output (a hard file-size limit the
+# account cannot raise) and 120 s of time.
 run_as_account() {
 	run_uid=$1 run_gid=$2
 	shift 2
-	(cd / && umask 077 && env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
+	helper_output=$(mktemp) || fail "cannot create a temporary file"
+	run_status=0
+	(cd / && umask 077 && ulimit -f 128 &&
+		exec timeout -k 5 120 env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 \
 		setsid -w setpriv --reuid="$run_uid" --regid="$run_gid" --clear-groups --no-new-privs \
-		/usr/bin/python3 -I -S -c "$helper" "$@" </dev/null 2>&1)
+		/usr/bin/python3 -I -S -c "$helper" "$@" </dev/null >"$helper_output" 2>&1) || run_status=$?
+	head -c 65536 -- "$helper_output"
+	rm -f -- "$helper_output"
+	return "$run_status"
 }
 
 # prepare_home UID GID HOME: run the helper; show its output without control

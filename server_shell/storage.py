@@ -2,48 +2,39 @@
 
 Every path below the root is walked one segment at a time with O_NOFOLLOW,
 relative to the descriptor above, from the root opened once: a symlink
-anywhere fails to open (ELOOP/ENOTDIR) instead of being followed, and there
-is no window between checking a path and using it.
-
-In the directory of a backup whose last segment is LEAF:
-  LEAF                   the backup (0600), never replaced
-  .LEAF.sha256           its digest record {"size": N, "sha256": HEX}
-  .LEAF.pending          an upload `put` verified and staged, waiting for `commit`
-  .LEAF.pending-sha256   the staged upload's digest record
-  .LEAF.partial          an upload being received, or interrupted and resumable
-  .LEAF.partial-state    its durable offset and the SHA-256 of the bytes before it
-  .tmp-<16 hex>          a record being written (renamed into place)
-and in the root: .qbackup-upload.lock (one upload at a time; holds "PID NAME")
-and .qbackup-sessions.lock (one byte-range lock per session).
-Client names never start with '.', and each kind ends differently, so no
-client name and no two kinds can collide (`a.pending` is a valid leaf: its
-record `.a.pending.sha256` still differs from `.a.pending-sha256`).
+anywhere fails to open instead of being followed, and there is no window
+between checking a path and using it. The files the shell keeps next to a
+backup LEAF -- `.LEAF.sha256`, `.LEAF.pending`, `.LEAF.pending-sha256`,
+`.LEAF.partial`, `.LEAF.partial-state`, `.tmp-<16 hex>` -- and its two lock
+files are listed in docs/PROTOCOL.md §5: client names never start with '.',
+and each kind ends differently, so none can collide with another.
 """
-
-from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
+import select
 import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from typing import Any
 
 import qbackup_protocol as protocol
 
-from .config import ConfigError, Exists, NotFound, StorageError, Unavailable
+from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a backup's name cannot hang the open.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # exactly what new_temporary makes
+TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # exactly what write_digest makes
 UPLOAD_LOCK, SESSIONS_LOCK = ".qbackup-upload.lock", ".qbackup-sessions.lock"
 SUFFIXES = {"record": ".sha256", "pending": ".pending", "pending-record": ".pending-sha256",
             "partial": ".partial", "state": ".partial-state"}
@@ -53,8 +44,7 @@ TEMP_AGE = 120  # seconds unwritten before a record's temporary is a crash's lef
 MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
 CHECK_INTERVAL, SHARED_WRITERS = 32 * 1024**2, 8
 TAKEOVER_WAIT, TAKEOVER_IDLE, TAKEOVER_KILL = 10.0, 2.0, 3.0
-IN_THE_WAY = "a file or link is in the way of that name"
-BUSY = "another upload to this account is in progress; retry when it has ended"
+IN_THE_WAY = "a file, a link or another owner's directory is in the way of that name"
 
 
 def dot(leaf: str, kind: str) -> str:
@@ -80,60 +70,50 @@ def split_name(name: str) -> tuple[list[str], str]:
     return segments[:-1], segments[-1]
 
 
-def open_dirs(root_fd: int, segments: list[str]) -> tuple[int, list[str]]:
+def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
+              ) -> tuple[int, list[str]]:
     """Given the root and directory segments, return (descriptor of the
     deepest one that exists, the segments missing below it); raise Exists
-    if a segment is a file or a symlink (never entered)."""
+    if a segment is a file, a symlink or another owner's directory (never
+    entered). With MISSING, raise NotFound(MISSING) unless all of them exist."""
     current = os.dup(root_fd)
     for index, segment in enumerate(segments):
         try:
             next_fd = os.open(segment, DIR_FLAGS, dir_fd=current)
-        except FileNotFoundError:
-            return current, segments[index:]
+            info = os.fstat(next_fd)
         except OSError as error:
+            if error.errno == errno.ENOENT and missing is None:
+                return current, segments[index:]
             os.close(current)
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Exists(IN_THE_WAY) from None
-            raise StorageError(f"cannot open a directory: {error.strerror}") from None
+            if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                raise StorageError(f"cannot open a directory: {error.strerror}") from None
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY) from None
         os.close(current)
         current = next_fd
+        if info.st_uid != os.geteuid():  # someone else's directory: never written in
+            os.close(current)
+            raise NotFound(missing) if missing else Exists(IN_THE_WAY)
     return current, []
 
 
-def open_dir(root_fd: int, segments: list[str]) -> int:
-    """Given the root and segments, return the directory's descriptor; raise
-    NotFound if it is missing or anything on the way is not a real directory."""
-    try:
-        fd, missing = open_dirs(root_fd, segments)
-    except Exists:
-        raise NotFound("no such backup") from None
-    if missing:
-        os.close(fd)
-        raise NotFound("no such backup")
-    return fd
-
-
 def make_dirs(dir_fd: int, missing: list[str]) -> int:
-    """Given a directory and the segments missing below it, create them
-    (0700, each entry fsync'd) and return a new descriptor of the last one.
-    mkdir, then open with O_NOFOLLOW: whatever is there is entered only if
-    it is a real directory; remove_dirs undoes this for a failed put."""
+    """Given a directory and the segments missing below it, create them (0700,
+    each entry fsync'd) and return a descriptor of the last. Each is entered
+    with O_NOFOLLOW after mkdir: whatever is there then is entered only if it
+    is a real directory. remove_dirs undoes this for a failed put."""
     current = os.dup(dir_fd)
     for segment in missing:
         try:
-            os.mkdir(segment, 0o700, dir_fd=current)
-            os.fsync(current)
-        except FileExistsError:
-            pass
-        except OSError as error:
+            with suppress(FileExistsError):  # a concurrent put made it, or anything else
+                os.mkdir(segment, 0o700, dir_fd=current)
+                os.fsync(current)
+            next_fd, left = open_dirs(current, [segment])  # entered only if a real directory
+        finally:
             os.close(current)
-            raise StorageError(f"cannot make a directory: {error.strerror}") from None
-        next_fd, left = open_dirs(current, [segment])
-        os.close(current)
-        if left:  # removed again in between
-            os.close(next_fd)
-            raise StorageError("a directory vanished while it was created")
         current = next_fd
+        if left:
+            os.close(current)
+            raise StorageError("a directory vanished while it was made")
     return current
 
 
@@ -146,7 +126,7 @@ def remove_dirs(parent_fd: int, created: list[str]) -> None:
             if not left:
                 os.rmdir(created[end - 1], dir_fd=fd)
         except OSError:
-            return  # not empty (a concurrent put's data): keep it and those above
+            return  # not empty (another put's data): keep it and those above
         finally:
             os.close(fd)
 
@@ -155,7 +135,7 @@ def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> tuple[int, os.
     """Given a directory and an entry, return (descriptor, stat) of the regular
     file there; raise NotFound if it is missing, a symlink or not a regular file."""
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)  # the mode only for LOCK_FLAGS' O_CREAT
     except OSError as error:
         if error.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
             raise NotFound("no such backup") from None
@@ -168,74 +148,47 @@ def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> tuple[int, os.
     return fd, info
 
 
-def exists(dir_fd: int, name: str) -> bool:
+def lstat(dir_fd: int, name: str) -> os.stat_result | None:
     try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def same_inode(dir_fd: int, name: str, info: os.stat_result) -> bool:
-    try:
-        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
-        return False
-    return (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
+        return None
 
 
 def remove_quietly(dir_fd: int, *names: str) -> None:
     for name in names:
-        try:
+        with suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)
-        except OSError:
-            pass
 
 
-def read_json(dir_fd: int, name: str) -> dict[str, object] | None:
-    """Given a directory and a record's name, return its JSON object, or None
-    if it is missing, not a regular file, too long or malformed."""
+def read_digest(dir_fd: int, name: str, key: str = "size") -> tuple[int, str] | None:
+    """Given a record's name (and its count field), return (count, sha256);
+    None if it is missing, not a regular file, too long or malformed."""
     try:
         fd, _ = open_file(dir_fd, name)
     except NotFound:
         return None
     try:
-        raw = os.read(fd, MAX_RECORD + 1)
+        value = json.loads(os.read(fd, MAX_RECORD).decode("ascii"))
+        count, digest = value[key], value["sha256"]
+    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+        return None
     finally:
         os.close(fd)
-    try:
-        value = json.loads(raw.decode("ascii")) if len(raw) <= MAX_RECORD else None
-    except ValueError:  # UnicodeDecodeError is one
+    if type(count) is not int or count < 0 or not isinstance(digest, str):
         return None
-    return value if isinstance(value, dict) else None
-
-
-def read_digest(dir_fd: int, name: str, key: str = "size") -> tuple[int, str] | None:
-    """Given a record's name (and its count field), return (count, sha256), or None."""
-    value = read_json(dir_fd, name) or {}
-    count, digest = value.get(key), value.get("sha256")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        return None
-    if not isinstance(digest, str) or not protocol.SHA256_HEX_PATTERN.fullmatch(digest):
-        return None
-    return count, digest
+    return (count, digest) if protocol.SHA256_HEX_PATTERN.fullmatch(digest) else None
 
 
 def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
     """Given a directory, a record's name and its values, store it durably
     (temporary, fsync, rename over: only the put or commit that won the link
     of the data writes a record, so nobody races it)."""
-    body = json.dumps({"size": size, "sha256": sha256}).encode("ascii") + b"\n"
-    while True:
-        temp = f".tmp-{secrets.token_hex(8)}"
-        try:
-            fd = os.open(temp, NEW_FLAGS, 0o600, dir_fd=dir_fd)
-            break
-        except FileExistsError:
-            continue
+    temp = f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(temp, NEW_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
-            os.write(fd, body)
+            os.write(fd, json.dumps({"size": size, "sha256": sha256}).encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -248,8 +201,8 @@ def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
 def write_state(fd: int, offset: int, sha256: str) -> None:
     """Given the state record's descriptor, the durable offset and the SHA-256
     of the bytes before it, rewrite it in place (one small write) and fdatasync."""
-    body = json.dumps({"offset": offset, "sha256": sha256}).encode("ascii")
-    os.pwrite(fd, body.ljust(STATE_SIZE - 1) + b"\n", 0)
+    body = json.dumps({"offset": offset, "sha256": sha256}).encode("ascii").ljust(STATE_SIZE)
+    os.pwrite(fd, body, 0)
     os.fdatasync(fd)
 
 
@@ -258,10 +211,8 @@ def is_client_name(entry: str) -> bool:
         protocol.SEGMENT_PATTERN.fullmatch(entry))
 
 
-Entry = tuple[int, str, str, os.stat_result]
-
-
-def walk(dir_fd: int, base: str = "", depth: int = 0) -> Iterator[Entry]:
+def walk(dir_fd: int, base: str = "", depth: int = 0
+         ) -> Iterator[tuple[int, str, str, os.stat_result]]:
     """Given a directory, the name prefix it stands for and its depth, yield
     (directory fd, entry, name, lstat) for every entry below it, sorted by
     segment, entering only real directories a client could have named (never
@@ -269,12 +220,11 @@ def walk(dir_fd: int, base: str = "", depth: int = 0) -> Iterator[Entry]:
     with os.scandir(dir_fd) as scan:
         entries = sorted(entry.name for entry in scan)
     for entry in entries:
-        try:
-            info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
+        info = lstat(dir_fd, entry)
+        if info is None:
             continue
         yield dir_fd, entry, base + entry, info
-        deeper = depth + 1 < protocol.MAX_NAME_DEPTH
+        deeper = depth + 1 < protocol.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
         if stat.S_ISDIR(info.st_mode) and is_client_name(entry) and deeper:
             try:
                 child = os.open(entry, DIR_FLAGS, dir_fd=dir_fd)
@@ -287,23 +237,21 @@ def walk(dir_fd: int, base: str = "", depth: int = 0) -> Iterator[Entry]:
 
 
 def lock_if(dir_fd: int, name: str, older_than: float | None) -> tuple[int, os.stat_result] | None:
-    """Given a staged or partial upload's data file, return (fd, stat) with an
-    exclusive flock on it (waiting if OLDER_THAN is None, else only if it was
-    last written more than OLDER_THAN seconds ago and nobody holds it), after
-    checking that the name still names that inode; None otherwise."""
+    """Given an upload's data file, return (fd, stat) with an exclusive flock
+    on it -- waiting for it if OLDER_THAN is None, else only if it was last
+    written more than OLDER_THAN s ago and nobody holds it -- once the name
+    still names that inode (the holder before us may have replaced it); else None."""
     try:
         fd, info = open_file(dir_fd, name)
     except NotFound:
         return None
     try:
-        if older_than is not None and time.time() - info.st_mtime <= older_than:
-            os.close(fd)
-            return None
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if older_than is None else fcntl.LOCK_NB))
-        if same_inode(dir_fd, name, info):
-            return fd, info
+        if older_than is None or time.time() - info.st_mtime > older_than:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if older_than is None else fcntl.LOCK_NB))
+            if getattr(lstat(dir_fd, name), "st_ino", None) == info.st_ino:  # same directory
+                return fd, info
     except BlockingIOError:
-        pass
+        pass  # live: its put, resume or commit holds it
     except BaseException:
         os.close(fd)
         raise
@@ -319,22 +267,22 @@ def remove_upload(dir_fd: int, leaf: str, kind: str) -> None:
     remove_quietly(dir_fd, dot(leaf, kind))
 
 
-def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False
-          ) -> tuple[int, int, list[str]]:
+def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False,
+          empty_dirs: bool = True) -> tuple[int, int, list[str]]:
     """Given the root and AGES = (pending_max_age, partial_max_age), or None to
     only count, remove (unless DRY_RUN) staged uploads nobody committed,
-    partial uploads nobody resumed (flocked ones are live: left alone) and
-    stale record temporaries anywhere below; return (allocated bytes, inodes)
-    of the rest and the names removed. Counts regular files and directories
-    (not ~/.ssh or other dot-directories), each inode once."""
-    used = inodes = 0
-    seen: set[tuple[int, int]] = set()
-    removed: list[str] = []
+    partial uploads nobody resumed (flocked ones are live: left alone),
+    stale record temporaries, and the directories that leaves empty, anywhere
+    below; return (allocated bytes, inodes) of the rest (regular files and
+    directories, not ~/.ssh or other dot-directories, each inode once) and
+    the names removed. EMPTY_DIRS only while holding the upload lock: then no
+    upload is about to use a directory it removes."""
+    used, seen, removed = 0, set(), []
     for dir_fd, entry, name, info in walk(root_fd):
         kind = next((k for k in ("pending", "partial") if entry.endswith(SUFFIXES[k])), "")
         leaf = entry[1 : -len(SUFFIXES[kind])] if kind else ""
         if ages and kind and entry.startswith(".") and is_client_name(leaf):
-            locked = lock_if(dir_fd, entry, ages[0] if kind == "pending" else ages[1])
+            locked = lock_if(dir_fd, entry, ages[kind == "partial"])
             if locked is not None:
                 if not dry_run:
                     remove_upload(dir_fd, leaf, kind)
@@ -349,10 +297,26 @@ def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False
         directory = stat.S_ISDIR(info.st_mode) and is_client_name(entry)
         if (stat.S_ISREG(info.st_mode) or directory) and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
-            # Blocks, not st_size: a thousand 1-byte backups fill a thousand blocks.
-            used += info.st_blocks * 512
-            inodes += 1
-    return used, inodes, removed
+            used += info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
+    for name in sorted({name.rpartition("/")[0] for name in removed}, reverse=True):
+        if name and empty_dirs and not dry_run:
+            remove_dirs(root_fd, name.split("/"))  # those now empty, deepest first
+    return used, len(seen), removed
+
+
+def hash_file(fd: int, length: int | None = None) -> tuple[int, Any]:
+    """Given a file (and how much of it, default all), return (size, its
+    SHA-256 hasher); raise Interrupted once the client is gone (its stdout
+    hung up): nobody would read the answer of hours of hashing."""
+    hasher, size, poller = hashlib.sha256(), 0, select.poll()
+    poller.register(1, 0)  # stdout: POLLERR/POLLHUP are always reported
+    while data := os.pread(fd, 4 * 1024 * 1024 if length is None else min(
+            4 * 1024 * 1024, length - size), size):
+        hasher.update(data)
+        size += len(data)
+        if size % (64 * 1024 * 1024) == 0 and poller.poll(0):
+            raise Interrupted("the client went away")
+    return size, hasher
 
 
 def free_bytes(fd: int) -> int:
@@ -380,7 +344,7 @@ class SpaceGuard:
         # f_files == 0: inodes are allocated dynamically (btrfs).
         low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
         if low or inodes + new_inodes > config.max_inodes:
-            raise Unavailable("too many files (the account's or the filesystem's inode bound)")
+            raise Unavailable("no inodes left for this account or on the filesystem; prune")
 
     def refresh(self) -> None:
         self.headroom, self.since_check = free_bytes(self.root_fd) - self.reserve, 0
@@ -398,69 +362,56 @@ class SpaceGuard:
         self.written += count
 
 
-def size_of(dir_fd: int, leaf: str) -> int | None:
-    """Given a directory and a leaf, return the size of its partial upload (None if none)."""
-    try:
-        return os.stat(dot(leaf, "partial"), dir_fd=dir_fd, follow_symlinks=False).st_size
-    except OSError:
-        return None
-
-
 def open_lock(root_fd: int, name: str) -> int:
     """Given the root and a lock file's name, return it open read-write
-    (created 0600); raise StorageError unless it is this account's regular file."""
+    (created 0600); raise StorageError unless it is this account's regular
+    file (one another account owned could be held locked by it for ever)."""
     try:
-        fd = os.open(name, LOCK_FLAGS, 0o600, dir_fd=root_fd)
-    except OSError as error:
-        raise StorageError(f"cannot open a lock: {error.strerror}") from None
-    info = os.fstat(fd)
-    # A file another account owns could be held locked by it for ever.
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        fd, info = open_file(root_fd, name, LOCK_FLAGS)
+    except NotFound:
+        raise StorageError("a lock file is not a regular file; tell the admin") from None
+    if info.st_uid != os.geteuid():
         os.close(fd)
-        raise StorageError("a lock file is not this account's regular file; tell the admin")
+        raise StorageError("a lock file is not this account's; tell the admin")
     return fd
 
 
 def take_session(root_fd: int, max_sessions: int) -> int:
     """Given the root and the cap, return the descriptor holding one of
-    MAX_SESSIONS byte-range locks (released by the kernel when the process
-    ends, however); raise Unavailable if all are held."""
+    MAX_SESSIONS byte-range locks (the kernel drops it when the process ends,
+    however it ends); raise Unavailable if all are held."""
     fd = open_lock(root_fd, SESSIONS_LOCK)
     for slot in range(max_sessions):
-        try:
+        with suppress(OSError):
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
             return fd
-        except OSError:
-            continue
     os.close(fd)
     raise Unavailable(f"too many sessions of this account at once (at most {max_sessions})")
 
 
-def flock_holder(fd: int) -> int | None:
-    """Given a locked file's descriptor, return the pid /proc/locks names as
-    its flock's holder (None if none or unreadable)."""
-    info = os.fstat(fd)
-    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+def activity(pid: str) -> object:
+    """Given a pid, return the bytes it has read and written so far (a new
+    object each time while it waits for the disk: busy, not idle)."""
     try:
-        with open("/proc/locks", encoding="ascii") as locks:
-            for words in (line.split() for line in locks):
-                if words[1:2] == ["FLOCK"] and words[5:6] == [device]:
-                    return int(words[4])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        with open(f"/proc/{pid}/stat", encoding="ascii") as status:
+            busy = status.read().rpartition(")")[2].split()[0] == "D"
+        with open(f"/proc/{pid}/io", encoding="ascii") as io:
+            return object() if busy else io.read()
+    except (OSError, IndexError):
+        return None
 
 
-def take_upload_lock(root_fd: int, name: str, progress: Callable[[], object] | None = None) -> int:
-    """Given the root, the upload's NAME and (for resume) a function telling
-    how far the holder's partial of NAME has got, return the account's upload
+def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
+    """Given the root and the upload's NAME, return the account's upload
     lock, taken, with "PID NAME" in it; raise Unavailable if another upload
-    holds it. With PROGRESS, a holder uploading NAME that made no progress for
-    TAKEOVER_IDLE s (a process left behind by a dead connection) gets SIGTERM,
-    then SIGKILL; one making progress (a second live resume) is never ended."""
+    holds it. With TAKE_OVER (resume), a holder uploading NAME that has read
+    and written nothing for TAKEOVER_IDLE s -- a shell left behind by a dead
+    connection, waiting for data that never comes -- gets SIGTERM, then
+    SIGKILL, within TAKEOVER_WAIT s; a live one (a second resume receiving or
+    re-hashing) is never ended. The kernel lets us signal only our own uid."""
     fd = open_lock(root_fd, UPLOAD_LOCK)
-    deadline = time.monotonic() + TAKEOVER_WAIT
-    last, since, signalled = object(), time.monotonic(), 0.0
+    started = since = time.monotonic()
+    last, signalled = object(), 0.0
     try:
         while True:
             try:
@@ -468,21 +419,20 @@ def take_upload_lock(root_fd: int, name: str, progress: Callable[[], object] | N
                 break
             except BlockingIOError:
                 now = time.monotonic()
-                if progress is None or now > deadline:
-                    raise Unavailable(BUSY) from None
-                seen = progress()
-                if seen != last:
-                    last, since = seen, now
-                pid, _, holding = os.pread(fd, 300, 0).decode("ascii", "replace").partition(" ")
-                if holding.strip() == name and pid.isdigit() and flock_holder(fd) == int(pid) \
-                        and now - since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL:
-                    sent = signal.SIGKILL if signalled else signal.SIGTERM
-                    signalled = now
-                    try:
-                        os.kill(int(pid), sent)
-                    except OSError:
-                        pass  # gone already (the lock is free next round)
-                time.sleep(0.1)
+                if not take_over or now - started > TAKEOVER_WAIT:
+                    raise Unavailable("another upload to this account is in progress; "
+                                      "retry when it has ended") from None
+            # The holder wrote "PID NAME" as soon as it took the lock; it has
+            # been idle for TAKEOVER_IDLE s since, so the words are its own.
+            pid, _, holding = os.pread(fd, 300, 0).decode("ascii", "replace").partition(" ")
+            seen = activity(pid) if pid.isdigit() else None
+            last, since = (seen, now) if seen != last else (last, since)
+            idle = now - since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL
+            if holding.strip() == name and pid.isdigit() and idle:
+                with suppress(OSError):  # gone already: the lock is free next round
+                    os.kill(int(pid), signal.SIGKILL if signalled else signal.SIGTERM)
+                signalled = now
+            time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {name}\n".encode("ascii"), 0)
     except BaseException:
@@ -494,15 +444,10 @@ def take_upload_lock(root_fd: int, name: str, progress: Callable[[], object] | N
 # --- the client's pipes: every wait for the client is bounded ----------------
 # main() turns SIGALRM into Interrupted: a client that sends nothing (put) or
 # reads nothing (get, list, check) for idle_timeout seconds ends the session.
-PIPE_SIZE = 1024 * 1024  # sshd's 64 KiB pipes stall big transfers
-
-
 def enlarge_pipe(fd: int) -> None:
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # over the per-user pipe limit: slower, still correct
+    with suppress(OSError):  # over the per-user pipe limit: slower, still correct
+        # sshd's 64 KiB pipes stall big transfers: 1 MiB (EBADF if not a pipe: fine).
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
 
 
 def timed(call: Callable[[], int], timeout: float) -> int:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from dom0.cli import main as qbackup
-from tests.harness.carrier import write_carrier_config
-from tests.harness.server import BackupServer, SyslogSink, remove_stale_accounts
+from testbed.carrier import write_carrier_config
+from testbed.server import BackupServer, SyslogSink, remove_stale_accounts
 from tests.qubes_sim import SimulatedQubes, simulated_dom0
 from tests.qubes_sim.stream import vm_data
 
@@ -86,8 +86,7 @@ def demo(work: Path) -> None:
         [record] = [json.loads(line) for line in (work / "history.jsonl").read_text().splitlines()]
         name = record["name"]
         print("what `journalctl -t qbackup` shows of that run:")
-        journal.wait_for("outcome:")  # the sink reads its socket in a thread
-        for line in journal.messages():
+        for line in journal.flush():  # everything the run sent
             print("  " + line.split(">", 1)[-1].strip())  # drop the syslog priority
 
         say("5. list, check (server re-hashes), verify (Qubes decrypts every part)")

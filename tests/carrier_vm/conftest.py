@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
+from testbed.carrier import carrier_config
+from testbed.openssh import Endpoint
+from testbed.server import Account, BackupServer
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")
@@ -23,12 +25,14 @@ INTERPRETERS = {"venv": [VENV_CARRIER], "debian": DEBIAN_CARRIER}
 
 @dataclass
 class Carrier:
-    """Runs qbackup-carrier against one account with its own config file."""
+    """Runs qbackup-carrier against one account with its own config file
+    (server and account are None for an offline carrier)."""
 
     config: Path
-    server: BackupServer
-    account: Account
+    server: BackupServer | None
+    account: Account | None
     argv0: Sequence[str] = (VENV_CARRIER,)
+    nowhere: Endpoint | None = None  # where an offline carrier's config points
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -41,19 +45,14 @@ class Carrier:
         return env
 
     def write_config(self, **overrides: object) -> None:
-        """Write the config file: the account on the test server, plus OVERRIDES."""
-        values: dict[str, object] = {
-            "host": "127.0.0.1",
-            "port": self.server.port,
-            "user": self.account.name,
-            "identity_file": str(self.server.client_key),
-            "known_hosts": str(self.server.known_hosts),
-            "connect_timeout": 5,
-            "ssh_config": None,
-        }
-        values.update(overrides)
-        lines = [f"{key}: {'null' if value is None else value}" for key, value in values.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        """Write the config file: the account on the test server (or, offline,
+        a port nobody listens on), plus OVERRIDES (None writes null)."""
+        if self.server is None or self.account is None:
+            assert self.nowhere is not None
+            text = carrier_config(self.nowhere, "offline", **overrides)
+        else:
+            text = carrier_config(self.server.endpoint, self.account.name, **overrides)
+        self.config.write_text(text)
 
     def run(
         self, *args: str, data: bytes = b"", timeout: float = 60, **env: str
@@ -85,11 +84,35 @@ def add_account(server: BackupServer, shell: str) -> Account:
     return server.add_account(login_shell=Path(shell))
 
 
+@pytest.fixture(scope="session")
+def stranger_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A client key no server knows (an offline carrier's identity)."""
+    key = tmp_path_factory.mktemp("stranger") / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "stranger", "-f", str(key)],
+        check=True,
+    )
+    return key
+
+
 @pytest.fixture
-def carrier(backup_server: BackupServer, account: Account, tmp_path: Path) -> Carrier:
-    """A carrier configured for a fresh account on the session's server."""
+def carrier(request: pytest.FixtureRequest, tmp_path: Path) -> Carrier:
+    """A carrier configured for a fresh account on the session's server. A test
+    marked `offline` (its request must be refused before any contact) gets one
+    pointed at a port nobody listens on instead: no sshd, no account, no root."""
     tmp_path.chmod(0o755)
-    result = Carrier(config=tmp_path / "carrier.yaml", server=backup_server, account=account)
+    config = tmp_path / "carrier.yaml"
+    if request.node.get_closest_marker("offline") is not None:
+        # Nothing listens on port 1 and no host key is pinned: a carrier that
+        # did try to log in would fail with 75 or 77, never succeed.
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.touch()
+        nowhere = Endpoint(port=1, identity=request.getfixturevalue("stranger_key"),
+                           known_hosts=known_hosts)
+        result = Carrier(config=config, server=None, account=None, nowhere=nowhere)
+    else:
+        server = request.getfixturevalue("backup_server")
+        result = Carrier(config=config, server=server, account=request.getfixturevalue("account"))
     result.write_config()
     return result
 

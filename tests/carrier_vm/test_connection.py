@@ -53,6 +53,7 @@ def test_config_cannot_switch_host_key_checking_off(carrier: Carrier) -> None:
     assert stored_files(carrier.account) == []
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 def test_closed_port_is_a_temporary_failure(carrier: Carrier) -> None:
     carrier.write_config(port=free_port())
     started = time.monotonic()
@@ -74,6 +75,7 @@ def silent_listener() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 def test_silent_server_times_out_within_the_connect_timeout(
     carrier: Carrier, silent_listener: int
 ) -> None:

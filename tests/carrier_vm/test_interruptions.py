@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,18 +99,8 @@ def test_killed_carrier_leaves_no_backup(carrier: Carrier) -> None:
 
 
 @pytest.fixture
-def small_tmpfs(carrier: Carrier) -> Iterator[Path]:
-    # Under the server's base: the account must be able to traverse to it.
-    mount = carrier.server.base / f"small-{carrier.account.name}"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True
-    )
-    os.chown(mount, carrier.account.uid, carrier.account.gid)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_tmpfs(carrier: Carrier, tmpfs: Callable[..., Path]) -> Path:
+    return tmpfs("2m", owner=carrier.account)
 
 
 @pytest.mark.parametrize("limit", ["quota", "reserve", "tmpfs"])

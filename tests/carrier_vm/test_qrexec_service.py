@@ -93,6 +93,7 @@ def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
         listener.close()
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 @pytest.mark.parametrize(
     ("argument", "stdin", "env_argument"),
     [

@@ -88,6 +88,7 @@ def test_get_of_a_missing_backup_exits_66(carrier: Carrier) -> None:
     assert result.stdout == b""
 
 
+@pytest.mark.offline  # reaches no sshd: needs no account
 @pytest.mark.parametrize(
     "args",
     [

@@ -46,7 +46,7 @@ def test_backup_list_check_verify_restore_round_trip(
 
     before = dom0.sim.restore_runs
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
-    assert dom0.sim.restore_runs - before == 2  # header first, then all data
+    assert dom0.sim.restore_runs - before == 3  # header, qubes.xml, then all data
     assert dom0.logged(f"verification of {name}: ok")
 
     dom0.sim.remove_vm("personal")  # lost laptop: personal must come back byte-exact
@@ -109,7 +109,7 @@ jobs:
     [name] = dom0.stored()
     assert name.startswith("laptop/daily-")
     assert dom0.logged(f"verification of {name}: ok")  # verify: true ran at once
-    assert dom0.sim.restore_runs == 2
+    assert dom0.sim.restore_runs == 3
     capsys.readouterr()
     assert dom0.run("status", "--config", str(config), "--max-age", "24", "--remote") == 0
     out = capsys.readouterr().out
@@ -141,18 +141,17 @@ def test_passphrase_vm_keeps_the_passphrase_out_of_the_profile(dom0: Dom0) -> No
         errors.EXIT_VERIFY
 
 
-def test_second_backup_in_the_same_second_is_an_error_not_an_overwrite(dom0: Dom0) -> None:
+def test_a_second_backup_within_the_same_second_gets_the_next_name(dom0: Dom0) -> None:
+    # Names carry the second: a run that would clash waits for a fresh one
+    # rather than fail, and nothing stored is ever overwritten.
     args = ("-f", "twice", "-t", CARRIER, "-p", str(dom0.passfile), "work")
     dom0.sim.vms["work"].size = 64 * 1024
-    first = dom0.run(*args)
-    second = dom0.run(*args)
-    stored = dom0.stored()
-    # Either the clock moved on (two distinct names) or the second run refused.
-    if second != 0:
-        assert second == errors.EXIT_CARRIER and len(stored) == 1
-    else:
-        assert len(stored) == 2
-    assert first == 0
+    assert dom0.run(*args) == 0
+    [first] = dom0.stored()
+    before = (dom0.account.storage / first).read_bytes()
+    assert dom0.run(*args) == 0
+    assert len(dom0.stored()) == 2 and first in dom0.stored()
+    assert (dom0.account.storage / first).read_bytes() == before
 
 
 def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
@@ -162,7 +161,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
     monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
-    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-k", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
     assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")
@@ -187,9 +186,11 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     path.write_bytes(bytes(data))
     # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
     assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
-    assert dom0.logged("the stored backup is CORRUPTED")
+    assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
+    # verify checks the stored bytes first (qubes.Restore ignores get's status).
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        errors.EXIT_CORRUPTED
+    assert not [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"]
 
 
 def test_stale_status_exits_non_zero_and_notifies(
@@ -207,5 +208,28 @@ def test_stale_status_exits_non_zero_and_notifies(
     assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
     assert not record.exists()
     assert dom0.run("status", "--max-age", "36") == errors.EXIT_STALE
-    assert dom0.logged("no backup newer than 36.0 h for: daily: 50.0 h old")
+    assert dom0.logged("no successful backup newer than 36.0 h for: daily: 50.0 h old")
     assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()
+
+
+@pytest.mark.parametrize("command", [("check",), ("verify", "-p", "PASSFILE"),
+                                     ("restore", "-p", "PASSFILE")])
+def test_no_such_backup_is_the_same_line_and_code_everywhere(
+        dom0: Dom0, command: tuple[str, ...]) -> None:
+    argv = [str(dom0.passfile) if word == "PASSFILE" else word for word in command]
+    missing = "laptop-20200101T000000Z"
+    assert dom0.run(*argv, "-t", CARRIER, missing) == errors.EXIT_NO_SUCH_BACKUP
+    assert dom0.logged(f"no such backup on the server: {missing} (see qbackup list) (exit 9)")
+    assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
+
+
+def test_verify_says_what_it_verified(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    dom0.sim.vms["work"].size = 64 * 1024
+    assert dom0.run("-f", "v", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
+    [name] = dom0.stored()
+    size = (dom0.account.storage / name).stat().st_size
+    capsys.readouterr()
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
+    assert capsys.readouterr().out == (
+        f"{name}: verified: Qubes decrypted and checked every part of the {size}-byte backup"
+        f" read through {CARRIER} (qvm-backup-restore --verify-only)\n")

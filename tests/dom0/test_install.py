@@ -37,3 +37,23 @@ def test_every_subcommand_help_has_examples() -> None:
             capture_output=True, text=True, check=False)
         assert result.returncode == 0
         assert "example" in result.stdout, command
+
+
+def unit_seconds(value: str) -> float:
+    """Given a systemd time span like '12h', '90min', '120', return seconds."""
+    units = {"h": 3600, "min": 60, "s": 1, "": 1}
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return float(number) * units[value[len(number):]]
+
+
+def test_the_backup_unit_has_a_finite_start_timeout_that_fits_a_long_backup() -> None:
+    settings = dict(line.split("=", 1) for line in
+                    (REPO / "dom0/systemd/qbackup@.service").read_text().splitlines()
+                    if "=" in line and not line.startswith("#"))
+    start = settings["TimeoutStartSec"]
+    assert start != "infinity"
+    # Long enough for 300 GiB at 10 MB/s; the stop timeout leaves qbackup's
+    # cancel (at most 30 s) time before SIGKILL.
+    assert unit_seconds(start) >= 300 * 2**30 / 10e6
+    assert unit_seconds(settings["TimeoutStopSec"]) >= 60
+    assert settings["KillMode"] == "mixed"

@@ -37,7 +37,7 @@ class ScriptedCarrier:
         self.asked: list[tuple[str, bytes]] = []
 
     def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
-                              max_output: int = 65536) -> bytes:
+                              max_output: int = 65536, timeout: float | None = None) -> bytes:
         verb = service.removeprefix("qubes.BackupCarrier+")
         self.asked.append((verb, input_data))
         answer = self.answers[verb]

@@ -88,3 +88,30 @@ def test_newer_backups_never_bring_a_pruned_one_back(
     before = set(prunable(names_at(old), policy))
     after = set(prunable(names_at(old + newer), policy))
     assert before <= after
+
+
+# --- planted backups (a compromised carrier holds the account's key) ---------
+def test_backups_dom0_never_committed_are_named_not_counted() -> None:
+    from dom0.history import Run, compare_with_server
+    from qbackup_protocol import BackupRecord
+
+    def run(name: str) -> Run:
+        return Run("daily", "c", name, 5, "a" * 64, 0.0, 1.0, "ok")
+
+    def record(name: str) -> BackupRecord:
+        return BackupRecord(name, 5, "a" * 64, 1)
+
+    mine = ["p-20261120T030000Z", "p-20261121T030000Z"]
+    planted = "p-20261120T235959Z"  # would win Nov 20's daily bucket on the server
+    future = "p-20991231T000000Z"
+    before_history = "p-20250101T000000Z"  # most likely from a lost history: left alone
+    other_prefix = "q-20261121T000000Z"
+    listed = [record(name) for name in [*mine, planted, future, before_history, other_prefix]]
+    now = datetime(2026, 11, 22, tzinfo=UTC).timestamp()
+    comparison = compare_with_server([run(name) for name in mine], listed, True, "p",
+                                     RetentionPolicy(daily=1), now)
+    assert comparison.strangers == [planted, future]
+    assert comparison.problems == []
+    # The policy counts dom0's own backups only: Nov 20's vanishing would be
+    # allowed because Nov 21 is newer, never because of the planted one.
+    assert comparison.pruned == []

@@ -16,8 +16,7 @@ from dom0 import config
 from dom0.backup import make_name, parse_estimate
 from dom0.carrier import Listing, Record, is_valid_name
 from dom0.errors import ConfigError, PassphraseError
-from dom0.history import Run
-from dom0.history import find_tampering as find_tampering_in
+from dom0.history import Run, compare_with_server
 from dom0.log import clean_text, show_time
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, destination_path, written_profile
@@ -125,7 +124,7 @@ def test_check_reply_parses() -> None:
 
 
 def find_tampering(runs: list[Run], listing: Listing, prefix: str = "") -> list[str]:
-    return find_tampering_in(runs, listing.records, not listing.truncated, prefix)
+    return compare_with_server(runs, listing.records, not listing.truncated, prefix).problems
 
 
 def run(name: str, size: int, sha: str = DIGEST) -> Run:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from dom0 import errors
+from testbed.carrier import write_carrier_config
 from tests.dom0.conftest import CARRIER, MIB, Dom0
-from tests.harness.carrier import write_carrier_config
 
 BIG = "big"  # a VM large enough that a fault lands while the stream still flows
 BIG_SIZE = 24 * MIB
@@ -62,11 +64,18 @@ def leftovers(dom0: Dom0) -> list[str]:
     )
 
 
-def assert_only_the_good_backup(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+def assert_only_the_good_backup(
+    dom0: Dom0, capsys: pytest.CaptureFixture[str], left_behind: Sequence[str] = ()
+) -> None:
+    """Assert the server holds the good backup only (plus exactly LEFT_BEHIND,
+    hidden files a killed shell could not remove), listed and intact."""
+    # dom0 returns when the carrier is done; the shell of a cut session may
+    # still be cleaning up. It exits when it is done.
+    wait_until(lambda: not shells_running(dom0), "the failed put's shell to exit")
     good = dom0.good  # type: ignore[attr-defined]
     assert dom0.stored() == good
     assert listed(dom0, capsys) == good
-    assert leftovers(dom0) == []
+    assert leftovers(dom0) == list(left_behind)
     assert dom0.run("check", "-t", CARRIER, good[0]) == 0  # the earlier backup is intact
 
 
@@ -88,34 +97,100 @@ def account_processes(dom0: Dom0) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+def shells_running(dom0: Dom0) -> list[int]:
+    """PIDs of the storage account's qbackup-shell processes."""
+    found = []
+    for pid in account_processes(dom0):
+        with contextlib.suppress(OSError):
+            if b"qbackup-shell" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
 def signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
 
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Return as soon as CONDITION() is true; fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.02)
+
+
 # --- the drills ---------------------------------------------------------------
 
 
+def carrier_puts(dom0: Dom0) -> list[int]:
+    """PIDs of the `qbackup-carrier put` processes of THIS dom0 (their
+    environment names its carrier config): never another test's or run's."""
+    wanted = f"QBACKUP_CARRIER_CONFIG={dom0.carrier_config}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"put" in argv and any(b"qbackup-carrier" in arg for arg in argv) and (
+            wanted in environ
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def test_carrier_puts_are_only_this_runs(dom0: Dom0, tmp_path: Path) -> None:
+    # Another test process's (or checkout's) carrier put runs meanwhile: the
+    # drill below must never kill it.
+    decoy = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "qbackup-carrier", "put", "x"],
+        env={**os.environ, "QBACKUP_CARRIER_CONFIG": str(tmp_path / "another.yaml")},
+    )
+    try:
+        assert carrier_puts(dom0) == []
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
 def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    killed: list[int] = []
+
     def kill_carrier() -> None:
-        found = subprocess.run(
-            ["pgrep", "-f", "qbackup-carrier put"], capture_output=True, text=True
-        )
-        signal_all([int(pid) for pid in found.stdout.split()], signal.SIGKILL)
+        killed.extend(carrier_puts(drill))
+        signal_all(killed, signal.SIGKILL)
 
     at_progress(drill, 30, kill_carrier)
     assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert len(killed) == 1  # exactly the one carrier of this backup
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
-    assert drill.logged("outcome: failed")
+    assert drill.logged("outcome: FAILED (exit 1): Writing backup to VM")
     assert_only_the_good_backup(drill, capsys)
 
 
 def test_sshd_session_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
-    at_progress(drill, 30, lambda: signal_all(account_processes(drill), signal.SIGKILL))
+    # SIGKILL for the session and its shell once the shell writes its
+    # temporary: nothing can clean up, so the temporary stays -- hidden, never
+    # listed, never committable -- until the next put there finds it stale.
+    def kill_session() -> None:
+        wait_until(lambda: leftovers(drill), "the shell's temporary")
+        signal_all(account_processes(drill), signal.SIGKILL)
+
+    at_progress(drill, 30, kill_session)
     assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
-    assert_only_the_good_backup(drill, capsys)
+    [temporary] = leftovers(drill)
+    assert re.fullmatch(r"\.tmp-[0-9a-f]{16}", temporary)
+    assert_only_the_good_backup(drill, capsys, left_behind=[temporary])
+    stale = time.time() - 3600
+    os.utime(drill.account.storage / temporary, (stale, stale))
+    assert backup(drill, "work") == 0
+    assert leftovers(drill) == []
 
 
 def test_network_stalled_until_keepalive_fires(
@@ -146,20 +221,14 @@ def test_network_stalled_until_keepalive_fires(
 
 
 @pytest.fixture
-def small_disk(drill: Dom0) -> Iterator[Path]:
+def small_disk(drill: Dom0, tmpfs: Callable[..., Path]) -> Iterator[Path]:
     """The account's storage moved onto a 64 MiB tmpfs (the good backup with it)."""
-    mount = drill.server.base / f"disk-{drill.account.name}"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)], check=True
-    )
+    mount = tmpfs("64m", owner=drill.account)
     try:
-        os.chown(mount, drill.account.uid, drill.account.gid)
         subprocess.run(["cp", "-a", f"{drill.account.storage}/.", str(mount)], check=True)
         yield mount
     finally:
         drill.server.write_shell_config("")
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def use_storage(drill: Dom0, mount: Path, reserve: str) -> None:
@@ -209,7 +278,9 @@ def test_server_reserve_refuses_before_qubes_runs(
     use_storage(drill, small_disk, reserve="50M")  # 64 MiB disk: less than 24 MiB left
     calls = len(drill.sim.calls)
     assert backup(drill, BIG) == errors.EXIT_NO_SPACE
-    assert drill.logged("space")
+    assert drill.logged(
+        "but the backup may need 24.0 MiB: free space on the server or lower its reserve"
+    )
     assert "admin.backup.Execute" not in {call[0] for call in drill.sim.calls[calls:]}
     assert_only_the_good_backup(drill, capsys)
 
@@ -279,5 +350,5 @@ def test_tampered_carrier_lies_about_the_commit(
     drill.sim.carrier_script = real  # the carrier is honest again (rebuilt from its template)
     assert drill.run("status", "--remote") == errors.EXIT_VERIFY
     [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
-    assert drill.logged(name)
+    assert drill.logged(f"TAMPERING? {name}: digest changed on the server")
     assert leftovers(drill) == []

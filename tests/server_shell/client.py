@@ -141,3 +141,14 @@ def chown_tree(path: Path, account: Account) -> None:
     if path.is_dir() and not path.is_symlink():
         for child in path.rglob("*"):
             os.lchown(child, account.uid, account.gid)
+
+
+def run_admin(
+    server: BackupServer, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed admin tool, qbackup-server, locally as root (like root's cron)."""
+    return subprocess.run(
+        [str(server.shell_path.parent / "qbackup-server"), *arguments],
+        capture_output=True, timeout=60, check=False,
+        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import BackupServer
+from testbed.server import BackupServer
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import chown_tree, frame_stream, put, snapshot
+from tests.server_shell.client import chown_tree, frame_stream, put, snapshot, unframe
 
 DATA = b"attacker data\n"
 
@@ -91,16 +91,10 @@ def test_injection_strings_are_refused(
     assert snapshot(account.storage) == before
 
 
-def test_nul_in_the_command_never_reaches_storage(
-    backup_server: BackupServer, account: Account
-) -> None:
-    # The OpenSSH client refuses argv with NUL itself; the wire cannot carry
-    # it to sshd via ssh(1), so this checks the client refuses and parse_command
-    # (tested in test_request) covers the shell side.
-    before = snapshot(account.storage)
-    with pytest.raises(ValueError):
-        backup_server.run(account, "put a\x00b", frame_stream(DATA))
-    assert snapshot(account.storage) == before
+# A NUL byte cannot reach the shell by any path: argv and the environment
+# are C strings, and sshd reads the exec request's command as one too
+# (sshpkt_get_cstring refuses an embedded NUL). The shell still refuses one
+# (test_request.py: "put a\x00b"); no test here could exercise that.
 
 
 def test_refusal_does_not_echo_the_command(backup_server: BackupServer, account: Account) -> None:
@@ -229,24 +223,7 @@ def test_scp_is_refused(backup_server: BackupServer, account: Account, tmp_path:
     source.write_bytes(DATA)
     before = snapshot(account.storage)
     for mode in ("-O", "-s"):  # legacy scp protocol, then scp over sftp
-        argv = [
-            "scp",
-            mode,
-            "-P",
-            str(backup_server.port),
-            "-i",
-            str(backup_server.client_key),
-            "-o",
-            f"UserKnownHostsFile={backup_server.known_hosts}",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-F",
-            "/dev/null",
-            str(source),
-            f"{account.name}@127.0.0.1:payload",
-        ]
+        argv = backup_server.scp_command(account, source, "payload", mode)
         assert subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode != 0
     assert snapshot(account.storage) == before
 
@@ -255,24 +232,7 @@ def test_sftp_is_refused(backup_server: BackupServer, account: Account, tmp_path
     batch = tmp_path / "batch"
     batch.write_text("ls\nget .ssh/authorized_keys\n")
     before = snapshot(account.storage)
-    argv = [
-        "sftp",
-        "-b",
-        str(batch),
-        "-P",
-        str(backup_server.port),
-        "-i",
-        str(backup_server.client_key),
-        "-o",
-        f"UserKnownHostsFile={backup_server.known_hosts}",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-F",
-        "/dev/null",
-        f"{account.name}@127.0.0.1",
-    ]
+    argv = backup_server.sftp_command(account, "-b", str(batch))
     result = subprocess.run(argv, capture_output=True, timeout=30, check=False, cwd=tmp_path)
     assert result.returncode != 0
     assert not (tmp_path / "authorized_keys").exists()
@@ -350,6 +310,11 @@ def test_forced_command_takes_the_command_from_ssh_original_command(
     )
     assert put(backup_server, forced, "via/forced", b"ok").returncode == 0
     assert (forced.storage / "via/forced").read_bytes() == b"ok"
+    ranged = backup_server.run(forced, "get via/forced 1")
+    assert (ranged.returncode, unframe(ranged.stdout)[0]) == (0, b"k")
+    # What a forced command must stop (issue 9): sftp/scp/rsync are commands too.
+    for command in ("internal-sftp", "/usr/lib/openssh/sftp-server", "scp -t x", "rsync --server"):
+        assert_refused(backup_server.run(forced, command), 64)
     assert_refused(backup_server.run(forced, "put ../x", frame_stream(DATA)), 64)
     assert_refused(backup_server.run(forced, None, b"", extra=("-T",)), 77)
 

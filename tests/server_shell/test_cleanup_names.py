@@ -5,12 +5,11 @@ record or staged upload whose name merely starts like one of them."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put, snapshot, stage, temporaries
+from tests.server_shell.client import put, run_admin, snapshot, stage, temporaries
 
 # Client names that look like the shell's own files once a dot is put in front.
 LOOKALIKES = [
@@ -20,6 +19,9 @@ LOOKALIKES = [
     "tmp-0123456789abcdef",
     "tmp-0123456789abcdef.pending",
     "tmp-",
+    "x.partial",
+    "x.partial-state",
+    "tmp-x.partial",
 ]
 
 
@@ -66,11 +68,7 @@ def test_prune_keeps_records_and_staged_uploads_of_tmp_lookalike_names(
         assert stage(backup_server, account, f"s/{leaf}", b"staged").returncode == 0
     age_everything(account, 600)
     before = snapshot(account.storage)
-    result = subprocess.run(
-        [str(backup_server.shell_path), "prune", "--account", account.name,
-         "--keep-last", str(len(LOOKALIKES))],
-        capture_output=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"},
-    )
+    result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "1")
     assert result.returncode == 0, result.stderr
     assert snapshot(account.storage) == before
     assert temporaries(account.storage) == []

@@ -20,7 +20,6 @@ import pytest
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import get, pending, put, receipt, snapshot, stage, temporaries
-from tests.server_shell.test_prune import run_prune
 
 DAY = 86400
 EMPTY_LISTING = b'{"count":0,"end":true,"truncated":false}\n'
@@ -231,20 +230,6 @@ def test_pending_max_age_is_configurable(
     age(account.storage / ".young.pending", 3600)
     assert put(shell_config, account, "trigger", b"t").returncode == 0
     assert sorted(pending(account.storage)) == [".young.pending", ".young.pending-sha256"]
-
-
-def test_prune_removes_stale_staged_uploads_but_not_fresh_ones(
-    backup_server: BackupServer, account: Account
-) -> None:
-    for name in ("p/stale", "p/deep/er/stale", "p/fresh"):
-        assert stage(backup_server, account, name, b"abandoned").returncode == 0
-    age(account.storage / "p/.stale.pending", DAY + 60)
-    age(account.storage / "p/deep/er/.stale.pending", DAY + 60)
-    dry = run_prune(backup_server, "--account", account.name, "--keep-last", "1", "--dry-run")
-    assert dry.returncode == 0 and len(pending(account.storage)) == 6
-    result = run_prune(backup_server, "--account", account.name, "--keep-last", "1")
-    assert result.returncode == 0, result.stderr
-    assert sorted(pending(account.storage)) == ["p/.fresh.pending", "p/.fresh.pending-sha256"]
 
 
 def test_staged_uploads_count_toward_the_quota(

@@ -265,3 +265,132 @@ def test_a_second_live_resume_is_refused_69_and_the_first_goes_on(
     assert first.returncode == 0, stderr
     assert shell_config.run(resumable, "commit twice").returncode == 0
     assert (resumable.storage / "twice").read_bytes() == DATA
+
+
+ZERO_GIB = 5
+
+
+def big_sparse_partial(account: Account, name: str) -> hashlib._Hash:
+    """A kept partial of NAME: ZERO_GIB GiB of zeros (sparse: no disk used)
+    and its state record; return the hasher of those bytes."""
+    hasher = hashlib.sha256()
+    zeros = bytes(64 * MIB)
+    for _ in range(ZERO_GIB * 16):
+        hasher.update(zeros)
+    partial = account.storage / f".{name}.partial"
+    with open(partial, "wb") as file:
+        file.truncate(ZERO_GIB * 1024 * MIB)
+    state = account.storage / f".{name}.partial-state"
+    state.write_text(f'{{"offset": {ZERO_GIB * 1024 * MIB}, "sha256": "{hasher.hexdigest()}"}}')
+    for path in (partial, state):
+        os.chown(path, account.uid, account.gid)
+    return hasher
+
+
+# Threat (review R1, finding 1): a second `resume NAME` took a LIVE first
+# resume, busy re-hashing a big partial (its size does not change), for a
+# process left behind, and killed it. Now only a holder that reads and
+# writes nothing (/proc/PID/io) for 2 s is ended.
+def test_a_second_resume_never_ends_a_first_one_that_is_rehashing(
+    shell_config: BackupServer, resumable: Account
+) -> None:
+    hasher = big_sparse_partial(resumable, "huge")
+    tail = b"the end of the stream"
+    whole = hasher.copy()
+    whole.update(tail)
+    first = start(shell_config, resumable, "resume huge")
+    # The first holds the upload lock once its shell runs; then the second starts.
+    deadline = time.monotonic() + 20
+    while not (resumable.storage / ".qbackup-upload.lock").exists() or b"huge" not in (
+            resumable.storage / ".qbackup-upload.lock").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    second = start(shell_config, resumable, "resume huge")
+    assert protocol.parse_offset(read_line(first)).offset == ZERO_GIB * 1024 * MIB
+    assert first.stdin is not None
+    rest = protocol.encode_data_header(len(tail)) + tail + protocol.encode_end_frame(
+        ZERO_GIB * 1024 * MIB + len(tail), whole.digest())
+    # The first, live, receives a byte every 0.3 s (far inside the 2 s idle
+    # the takeover needs) until the second has given up.
+    sent = 0
+    while second.poll() is None and sent < len(rest) - 1:
+        first.stdin.write(rest[sent : sent + 1])
+        first.stdin.flush()
+        sent += 1
+        time.sleep(0.3)
+    _, second_err = second.communicate(timeout=60)
+    assert second.returncode == 69, second_err
+    stdout, stderr = first.communicate(rest[sent:], timeout=120)
+    assert first.returncode == 0, stderr
+    assert protocol.parse_upload_line(stdout.splitlines()[-1]).sha256 == whole.hexdigest()  # type: ignore[union-attr]
+
+
+# Threat (review R1, finding 5): a crash while staging (after linking the
+# partial to the pending name) leaves one inode under both names; a resume
+# must never write into what is staged.
+def test_resume_refuses_a_partial_that_is_also_staged_data(
+    shell_config: BackupServer, resumable: Account
+) -> None:
+    interrupted_put(shell_config, resumable, "linked", 2 * MIB)
+    wait_for_no_shell(resumable)
+    os.link(resumable.storage / ".linked.partial", resumable.storage / "elsewhere-link")
+    os.lchown(resumable.storage / "elsewhere-link", resumable.uid, resumable.gid)
+    before = snapshot(resumable.storage)
+    result = shell_config.run(resumable, "resume linked", frames_from(DATA, 0))
+    assert (result.returncode, result.stdout) == (66, b""), result.stderr
+    assert snapshot(resumable.storage) == before
+
+
+# Threat (review R1, finding 2): a few bytes (`check huge`) made the server
+# hash a whole file and go on for many seconds after the client had left.
+def test_check_stops_when_its_client_goes_away(
+    shell_config: BackupServer, resumable: Account
+) -> None:
+    size = 48 * 1024 * MIB  # sparse: ~30 s of hashing if nobody stopped it
+    path = resumable.storage / "huge"
+    with open(path, "wb") as file:
+        file.truncate(size)
+    record = resumable.storage / ".huge.sha256"
+    record.write_text(f'{{"size": {size}, "sha256": "{"0" * 64}"}}')
+    for entry in (path, record):
+        os.chown(entry, resumable.uid, resumable.gid)
+    client = start(shell_config, resumable, "check huge")
+    deadline = time.monotonic() + 20
+    while not checking(resumable):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.kill()
+    client.wait()
+    line = f"account={resumable.name} command=check huge outcome=interrupted"
+    assert shell_config.syslog.wait_for(line, timeout=10), "the check went on hashing"
+
+
+def checking(account: Account) -> bool:
+    """Whether a shell of ACCOUNT is running `check` (found via /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == account.uid and b"check" in Path(
+                f"/proc/{pid}/cmdline"
+            ).read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+# Issue 13: quota and reserve count a resumable upload's bytes (a client
+# cannot park data outside its quota in interrupted uploads).
+def test_a_kept_partial_counts_toward_the_quota(
+    shell_config: BackupServer, resumable: Account
+) -> None:
+    interrupted_put(shell_config, resumable, "parked", 3 * MIB)
+    wait_for_no_shell(resumable)
+    shell_config.write_shell_config(
+        f"[account {resumable.name}]\nsync_interval = 1M\nquota = 4M\nreserve = 0\n"
+    )
+    info = protocol.parse_info(shell_config.run(resumable, "info").stdout)
+    assert info.used is not None and info.used >= 3 * MIB
+    before = snapshot(resumable.storage)
+    result = stage(shell_config, resumable, "more", os.urandom(2 * MIB))
+    assert result.returncode == 69, result.stderr
+    assert snapshot(resumable.storage) == before

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed import openssh
 from tests.harness.server import SSHD, Account, BackupServer, free_port, remove_account
 from tests.server_shell.client import put, snapshot
 
@@ -125,20 +126,7 @@ def storage(sftp_server: SubsystemServer) -> Iterator[Account]:
 
 
 def client_options(server: BackupServer, port_flag: str) -> list[str]:
-    return [
-        port_flag,
-        str(server.port),
-        "-i",
-        str(server.client_key),
-        "-o",
-        f"UserKnownHostsFile={server.known_hosts}",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-F",
-        "/dev/null",
-    ]
+    return [port_flag, str(server.port), *openssh.client_options(server.endpoint)]
 
 
 def sftp(server: BackupServer, account: Account, batch: str, cwd: Path) -> int:

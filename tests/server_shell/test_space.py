@@ -7,7 +7,8 @@ import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,22 +16,15 @@ import pytest
 import qbackup_protocol as protocol
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import frame_stream, put, snapshot, stage, temporaries
-from tests.server_shell.test_streams import feed_until_temporary, start_put, wait_for
+from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture
-def small_disk(shell_config: BackupServer) -> Iterator[Account]:
+def small_disk(shell_config: BackupServer, tmpfs: Callable[..., Path]) -> Account:
     """An account whose home (= storage) is a 64 MiB tmpfs."""
-    home = Path(tempfile.mkdtemp(prefix="tmpfs-home-", dir=shell_config.base))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(home)], check=True
-    )
-    try:
-        yield shell_config.add_account(home=home)
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    return shell_config.add_account(home=tmpfs("64m"))
 
 
 def test_full_disk_fails_cleanly_and_keeps_older_backups(
@@ -174,9 +168,7 @@ def test_parallel_puts_to_one_account_cannot_exceed_the_quota_or_the_reserve(
 
 # Threat: directories were created before the space/quota refusal, so 20
 # refused puts of `zN/a/b/c/d/e/f/x` left 141 directories (and inodes) behind.
-# Residual risk: an ADMITTED put that then fails mid-stream (bad stream, disk
-# full) leaves the directories it created; they are empty, and the put was
-# within the quota and reserve when it started.
+# An admitted put that then fails (next test) removes them too.
 @pytest.mark.parametrize("reason", ["reserve", "quota", "busy"])
 def test_a_refused_put_creates_no_directory(
     shell_config: BackupServer, account: Account, reason: str
@@ -186,12 +178,12 @@ def test_a_refused_put_creates_no_directory(
     shell_config.write_shell_config(f"[account {account.name}]\n{settings}\n")
     holder = start_put(shell_config, account, "holder") if reason == "busy" else None
     if holder is not None:
-        feed_until_temporary(holder, account)
+        feed_until_partial(holder, account)
     before = snapshot(account.storage)
     for index in range(3):
         result = shell_config.run(account, f"put z{index}/a/b/c/d/e/f/x", frame_stream(b"data"))
         assert result.returncode == 69, result.stderr
-    # The same entries (the holder's temporary may still be growing).
+    # The same entries (the holder's partial may still be growing).
     assert set(snapshot(account.storage)) == set(before)
     if holder is not None:
         holder.kill()
@@ -199,17 +191,9 @@ def test_a_refused_put_creates_no_directory(
 
 
 @pytest.fixture
-def few_inodes(shell_config: BackupServer) -> Iterator[Account]:
+def few_inodes(shell_config: BackupServer, tmpfs: Callable[..., Path]) -> Account:
     """An account whose storage is a tmpfs with only 300 inodes."""
-    home = Path(tempfile.mkdtemp(prefix="tmpfs-inodes-", dir=shell_config.base))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=300,mode=0700", "tmpfs", str(home)],
-        check=True,
-    )
-    try:
-        yield shell_config.add_account(home=home)
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    return shell_config.add_account(home=tmpfs("16m", inodes=300))
 
 
 # Threat: a client exhausting the filesystem's inodes (many small puts, deep
@@ -269,3 +253,78 @@ def test_tiny_backups_run_into_the_quota_by_their_blocks(
     # blocks): refused after about eight, where st_size would allow thousands.
     assert codes[0] == 0 and 69 in codes, codes
     assert disk_use(account.storage) <= 64 * 1024 + 8 * 1024
+
+
+# Threat (issue 9): a put admitted and then failed (bad stream, quota) kept
+# the directories it had created: a client could fill the inodes with them.
+# Residual risk: a put whose client is LOST keeps its directories with its
+# resumable partial until partial_max_age (the partial is swept then; the
+# empty directories stay, bounded by max_inodes).
+@pytest.mark.parametrize("failure", ["bad-stream", "quota"])
+def test_a_failed_put_removes_the_directories_it_created(
+    shell_config: BackupServer, account: Account, failure: str
+) -> None:
+    assert put(shell_config, account, "keep/me", b"x").returncode == 0
+    shell_config.write_shell_config(f"[account {account.name}]\nquota = 256K\n")
+    before = snapshot(account.storage)
+    data = os.urandom(MIB if failure == "quota" else 1000)
+    stream = frame_stream(data, declared_digest=b"\x00" * 32 if failure == "bad-stream" else None)
+    for name in ("n1/a/b/c/x", "keep/d/e/x"):  # all new, or below an existing one
+        result = shell_config.run(account, f"put {name}", stream)
+        assert result.returncode == (65 if failure == "bad-stream" else 69), result.stderr
+    assert snapshot(account.storage) == before
+
+
+# Threat (issue 9): only a fixed floor of free inodes protected the
+# filesystem: one account could take nearly all of them. Now each account
+# has max_inodes (files and directories of its storage, ~/.ssh excluded).
+def test_an_account_cannot_use_more_inodes_than_its_bound(
+    shell_config: BackupServer, account: Account
+) -> None:
+    shell_config.write_shell_config(f"[account {account.name}]\nmax_inodes = 20\n")
+    codes = [put(shell_config, account, f"i/{n}", b"x").returncode for n in range(12)]
+    # Each backup takes 2 inodes (data, record), a put needs room for 4 more.
+    assert codes == [0] * 7 + [69] * 5, codes
+    before = snapshot(account.storage)
+    result = shell_config.run(account, "put j/k/x", frame_stream(b"x"))
+    assert result.returncode == 69
+    assert result.stderr == (
+        b"qbackup-shell: no inodes left for this account or on the filesystem; prune\n"
+    )
+    assert snapshot(account.storage) == before
+
+
+# Threat (review R1, finding 4): the directories an interrupted put made
+# outlived its partial once that expired, and counted against max_inodes (an
+# account with no backup got 69). The sweep that removes an expired upload
+# removes the directories it leaves empty.
+def test_expired_uploads_take_their_empty_directories_with_them(
+    shell_config: BackupServer, account: Account
+) -> None:
+    process = start_put(shell_config, account, "a/b/c/gone")
+    feed_until_partial(process, account)
+    process.kill()  # a lost client: the partial (and its directories) stay, resumable
+    process.wait()
+    wait_for(lambda: not shell_pids(account), "the shell to exit")
+    assert put(shell_config, account, "a/kept/x", b"x").returncode == 0
+    assert (account.storage / "a/b/c/.gone.partial").exists()
+    old = time.time() - 3601
+    os.utime(account.storage / "a/b/c/.gone.partial", (old, old))
+    assert put(shell_config, account, "z", b"z").returncode == 0
+    assert not (account.storage / "a/b").exists()
+    assert (account.storage / "a/kept/x").read_bytes() == b"x"
+
+
+# Threat (review R1, finding 6): a directory of another owner inside the
+# storage (a converted account's, or root's) was entered and written in.
+def test_a_put_never_writes_into_another_owners_directory(
+    shell_config: BackupServer, account: Account
+) -> None:
+    foreign = account.storage / "shared"
+    foreign.mkdir(mode=0o777)
+    foreign.chmod(0o777)  # writable by the account, but not its own
+    before = snapshot(account.storage)
+    for name in ("shared/x", "shared/deeper/x"):
+        result = shell_config.run(account, f"put {name}", frame_stream(b"data"))
+        assert result.returncode == 73, result.stderr
+    assert snapshot(account.storage) == before

@@ -1,9 +1,9 @@
 """Ad-hoc throughput and memory benchmark of qbackup-carrier (not a test).
 
     head -c 4G /dev/urandom > /tmp/data4g
-    python -m tests.carrier_vm.perf_carrier --data /tmp/data4g [--rounds 2]
+    python -m bench.perf_carrier --data /tmp/data4g [--rounds 2]
 
-Run as root: it starts a harness server (real sshd + installed qbackup-shell)
+Run as root, from the repo: it starts a test-bed server (real sshd + installed qbackup-shell)
 with one shell account and one plain /bin/sh account for the 'cat' baselines
 (or uses --server JSON naming port, key, known_hosts, shell_user, cat_user).
 DATA is a pre-made incompressible file (in page cache).
@@ -29,30 +29,21 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from qbackup_protocol import DEFAULT_DATA_FRAME, encode_data_header, encode_end_frame  # noqa: E402
+from qbackup_protocol import DEFAULT_DATA_FRAME, encode_data_header, encode_end_frame
+from testbed.carrier import carrier_config
+from testbed.openssh import Endpoint, ssh_argv
+from testbed.server import BackupServer
+
+REPO = Path(__file__).resolve().parents[1]
+CIPHER = ("-c", "aes128-gcm@openssh.com")
 
 
-def ssh_argv(server: dict, user: str) -> list[str]:
-    return [
-        "ssh",
-        "-p",
-        str(server["port"]),
-        "-i",
-        server["key"],
-        "-c",
-        "aes128-gcm@openssh.com",
-        "-o",
-        f"UserKnownHostsFile={server['known_hosts']}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-F",
-        "/dev/null",
-        f"{user}@127.0.0.1",
-    ]
+def endpoint(server: dict) -> Endpoint:
+    """Given the server's coordinates, return where the clients log in."""
+    return Endpoint(
+        port=int(server["port"]), identity=Path(server["key"]),
+        known_hosts=Path(server["known_hosts"]),
+    )
 
 
 def framed_copy(data: Path, out: Path) -> None:
@@ -122,17 +113,14 @@ def main() -> None:
         server = json.loads(Path(args.server).read_text())
         run(args, server)
         return
-    from tests.carrier_vm.conftest import add_account
-    from tests.harness.server import BackupServer
-
     with BackupServer.create() as harness:
         harness.start()
         server = {
             "port": harness.port,
             "key": str(harness.client_key),
             "known_hosts": str(harness.known_hosts),
-            "shell_user": add_account(harness, str(harness.shell_path)).name,
-            "cat_user": add_account(harness, "/bin/sh").name,
+            "shell_user": harness.add_account().name,
+            "cat_user": harness.add_account(login_shell=Path("/bin/sh")).name,
         }
         run(args, server)
 
@@ -144,12 +132,9 @@ def run(args: argparse.Namespace, server: dict) -> None:
     framed = Path(tempfile.mkstemp(dir="/tmp", prefix="perf-framed-")[1])
     framed_copy(args.data, framed)
     config = Path(tempfile.mkstemp(dir="/tmp", prefix="perf-carrier-", suffix=".yaml")[1])
-    config.write_text(
-        f"host: 127.0.0.1\nport: {server['port']}\nuser: {server['shell_user']}\n"
-        f"identity_file: {server['key']}\nknown_hosts: {server['known_hosts']}\n"
-    )
+    config.write_text(carrier_config(endpoint(server), server["shell_user"]))
     cat_config = Path(str(config) + ".cat")
-    cat_config.write_text(config.read_text().replace(server["shell_user"], server["cat_user"]))
+    cat_config.write_text(carrier_config(endpoint(server), server["cat_user"]))
     env = {**os.environ, "QBACKUP_CARRIER_CONFIG": str(config), "PYTHONPATH": str(REPO)}
     cat_env = {**env, "QBACKUP_CARRIER_CONFIG": str(cat_config)}
     rows: dict[str, list[tuple[float, int]]] = {}
@@ -159,11 +144,11 @@ def run(args: argparse.Namespace, server: dict) -> None:
             tag = f"perf/{stamp}-{round_number}"
             cases = {
                 "openssh->cat": (
-                    ssh_argv(server, server["cat_user"]) + ["cat > perf.out"],
+                    [*ssh_argv(endpoint(server), server["cat_user"], *CIPHER), "cat > perf.out"],
                     args.data,
                 ),
                 "openssh->shell": (
-                    ssh_argv(server, server["shell_user"]) + [f"put {tag}-o"],
+                    [*ssh_argv(endpoint(server), server["shell_user"], *CIPHER), f"put {tag}-o"],
                     framed,
                 ),
                 "carrier->shell": (
@@ -171,7 +156,7 @@ def run(args: argparse.Namespace, server: dict) -> None:
                     args.data,
                 ),
                 "carrier->cat": (
-                    [sys.executable, "-m", "tests.carrier_vm.perf_carrier", "--to-cat"],
+                    [sys.executable, "-m", "bench.perf_carrier", "--to-cat"],
                     args.data,
                 ),
                 "carrier210->shell": (

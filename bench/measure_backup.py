@@ -1,6 +1,6 @@
 """Ad-hoc measurement (not a test): dom0 backup/verify throughput end to end.
 
-    /opt/qbackup-venv/bin/python -m tests.dom0.measure_backup [MIB]
+    /opt/qbackup-venv/bin/python -m bench.measure_backup [MIB]    (as root, from the repo)
 
 Runs the simulated Qubes engine into the REAL carrier, sshd and shell, and
 compares with the carrier alone (`qbackup-carrier put` reading a file: staging only) and
@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 
 from dom0.cli import main
-from tests.dom0.conftest import CARRIER
-from tests.harness.carrier import write_carrier_config
-from tests.harness.server import BackupServer, remove_stale_accounts
+from testbed.carrier import write_carrier_config
+from testbed.server import BackupServer, remove_stale_accounts
+
+# The one import from tests/: the simulated Qubes (dom0's engine) that drives
+# the real carrier. It stays there until it moves into testbed/ with its tests.
 from tests.qubes_sim import simulated_dom0, stream
 
+CARRIER = "sys-backup"
 MIB = 1024 * 1024
 
 

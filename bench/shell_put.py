@@ -1,9 +1,9 @@
 """Ad-hoc throughput check (not a test): OpenSSH client -> `put` vs -> `cat > file`.
 
-Usage (as root, from the repo): python -m tests.server_shell.bench_put [--gib 2] [--reps 3]
+Usage (as root, from the repo): python -m bench.shell_put [--gib 2] [--reps 3]
 
 Pre-makes GIB of /dev/urandom data in /tmp (raw and framed, both then in the
-page cache), starts the test harness's real sshd, and alternates uploads of
+page cache), starts the test bed's real sshd, and alternates uploads of
 the same bytes: the framed stream into qbackup-shell's `put`, the raw stream
 into `cat > file` of an account whose login shell is /bin/sh. Prints MB/s
 per run, the medians and the ratio, per cipher.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import qbackup_protocol as protocol
-from tests.harness.server import BackupServer
+from testbed.server import BackupServer
 
 CHUNK = protocol.DEFAULT_DATA_FRAME
 
@@ -65,8 +65,7 @@ def main() -> None:
     with BackupServer.create() as server:
         server.start()
         shell_account = server.add_account()
-        plain_account = server.add_account()
-        subprocess.run(["usermod", "-s", "/bin/sh", plain_account.name], check=True)
+        plain_account = server.add_account(login_shell=Path("/bin/sh"))
         raw, framed = make_inputs(server.base, size)
         for cipher in ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"):
             speeds: dict[str, list[float]] = {"put": [], "cat": []}

@@ -1,0 +1,124 @@
+"""The command line behaves like the tools people know: options before or
+after the command, --version, help for a bare `qbackup`, one meaning of -x,
+status that fails without a success and never shows Python class names.
+No server needed."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dom0 import __version__, errors
+from dom0.cli import PARSER, main, normalise
+from tests.harness.server import REPO
+
+
+@pytest.fixture(autouse=True)
+def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No journal, no default config, no history of this machine's user."""
+    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
+    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", "/nonexistent/notify-send")
+    monkeypatch.delenv("QBKP_DEST_VM", raising=False)
+    monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
+
+
+def parse(*argv: str) -> dict[str, object]:
+    arguments, _ = normalise(list(argv))
+    return vars(PARSER.parse_args(arguments))
+
+
+def test_bare_qbackup_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == errors.EXIT_USAGE
+    out = capsys.readouterr().out
+    assert out.startswith("usage: qbackup") and "exit codes:" in out
+
+
+def test_version_is_the_project_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out == f"qbackup {project['version']}\n"
+    assert __version__ == project["version"]
+
+
+@pytest.mark.parametrize("argv", [
+    ("-v", "list", "-t", "c"), ("list", "-v", "-t", "c"), ("list", "-t", "c", "-v"),
+    ("-v", "--config", "x.yaml", "list", "-t", "c"),
+])
+def test_common_options_work_before_and_after_the_command(argv: tuple[str, ...]) -> None:
+    args = parse(*argv)
+    assert args["command"] == "list" and args["verbose"] is True and args["carrier"] == "c"
+
+
+def test_an_option_after_the_command_keeps_one_given_before() -> None:
+    args = parse("--config", "a.yaml", "-q", "status", "--max-age", "3")
+    assert args["config"] == Path("a.yaml") and args["quiet"] is True
+
+
+@pytest.mark.parametrize("command", [("backup", "-f", "p"), ("restore", "NAME")])
+def test_x_excludes_a_vm_in_every_command(command: tuple[str, ...]) -> None:
+    assert parse(*command, "-x", "untrusted")["exclude"] == ["untrusted"]
+
+
+def test_keep_carrier_is_k() -> None:
+    assert parse("backup", "-f", "p", "-k")["keep_carrier"] is True
+
+
+def test_original_form_still_means_backup() -> None:
+    args = parse("-f", "laptop", "-t", "sys-backup", "-p", "/x", "work")
+    assert args["command"] == "backup" and args["vms"] == ["work"]
+
+
+def test_original_form_refuses_the_old_x(capsys: pytest.CaptureFixture[str]) -> None:
+    # Once "keep the carrier running"; now it would silently leave `work` out.
+    assert main(["-f", "laptop", "-t", "sys-backup", "-p", "/x", "-x", "work"]) == \
+        errors.EXIT_USAGE
+    assert "-x now excludes a VM (as in qvm-backup): to keep the carrier running use -k" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["backup", "list", "check", "verify", "restore", "status",
+                                     "config"])
+def test_every_command_has_help_with_examples(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_status_without_any_success_fails(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-o", "status"]) == errors.EXIT_STALE
+    assert "no successful backup for: no job in the job file and no backup in the history" \
+        in capsys.readouterr().err
+
+
+def test_status_names_outcomes_in_words_never_python_classes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = {"job": "daily", "carrier": "c", "name": None, "size": None, "sha256": None,
+              "start": 1.0, "end": 2.0}
+    (tmp_path / "history.jsonl").write_text(
+        json.dumps({**record, "outcome": "failed: TemporaryError"}) + "\n")  # an old record
+    assert main(["status"]) == errors.EXIT_STALE
+    assert capsys.readouterr().out == "daily: no successful backup yet (last run: failed)\n"
+    (tmp_path / "history.jsonl").write_text(json.dumps(
+        {**record, "outcome": f"failed (exit 75): {errors.EXIT_CODES[75]}"}) + "\n")
+    assert main(["status", "--json"]) == errors.EXIT_STALE
+    [job] = json.loads(capsys.readouterr().out)["jobs"]
+    assert job["last_run"] == f"failed (exit 75): {errors.EXIT_CODES[75]}"
+    assert job["last_success"] is None and job["stale"] is True
+
+
+def test_config_check_reports_each_broken_job_and_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "qbackup.yaml"
+    path.write_text("jobs:\n  weekly:\n    carrier: c\n    prefix: w\n    passphrase_vm: v\n"
+                    "    vms: []\n    colour: blue\n")
+    assert main(["-o", "config", "check", "--config", str(path)]) == errors.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == "weekly: 2 problem(s) in the job file (see above)\n"
+    assert f"{path}:7: jobs.weekly.colour: unknown setting" in captured.err
+    assert f"{path}:6: jobs.weekly.vms: an empty list backs up no VM" in captured.err

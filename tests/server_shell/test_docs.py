@@ -1,0 +1,50 @@
+"""docs/PROTOCOL.md and the config example say what the code does: each
+table is checked against its one definition in the code."""
+
+from __future__ import annotations
+
+import re
+
+import qbackup_protocol as protocol
+from server_shell.config import KEYS
+from tests.harness.server import REPO
+
+DOC = (REPO / "docs" / "PROTOCOL.md").read_text()
+EXAMPLE = (REPO / "server_shell" / "qbackup-shell.conf.example").read_text()
+
+
+def section(title: str) -> str:
+    start = DOC.index(title)
+    end = DOC.find("\n## ", start + 1)
+    return DOC[start : end if end > 0 else None]
+
+
+def test_the_exit_code_table_is_shell_exit() -> None:
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| (.+) \|$", section("## 4. Exit codes"), re.M)
+    assert [(int(code), name, meaning) for code, name, meaning in rows] == [
+        (int(code), code.name, protocol.SHELL_EXIT_MEANINGS[code]) for code in protocol.ShellExit
+    ]
+
+
+def test_the_command_table_lists_every_verb_and_nothing_else() -> None:
+    rows = re.findall(r"^\| `(\w+)[ `]", section("## 1. Sessions and commands"), re.M)
+    assert set(rows) == set(protocol.ALL_VERBS) and len(rows) == len(protocol.ALL_VERBS)
+
+
+def test_the_version_is_the_code_s() -> None:
+    assert DOC.splitlines()[0].endswith(f"version {protocol.PROTOCOL_VERSION}")
+    assert f"Protocol version: **{protocol.PROTOCOL_VERSION}**" in DOC
+    assert f'"protocol": {protocol.PROTOCOL_VERSION}' in DOC
+    assert "protocol 1" not in DOC.lower() and "version 1" not in DOC.lower()
+
+
+def test_the_config_example_documents_every_key_with_its_default() -> None:
+    documented = set(re.findall(r"^#(\w+) = ", EXAMPLE, re.M))
+    assert documented == {"root", "socket", *KEYS}
+
+
+def test_the_readme_table_of_server_keys_is_the_code_s() -> None:
+    readme = (REPO / "README.md").read_text()
+    keys = set(re.findall(r"^\| `(\w+)` \| `?[^|]*\| ", readme, re.M))
+    assert {"root", *KEYS} <= keys
+    assert "qbackup-shell prune" not in readme
