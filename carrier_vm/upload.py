@@ -43,6 +43,7 @@ from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
 from qbackup_protocol import (
     DEFAULT_DATA_FRAME,
+    FRAME_HEADER_SIZE,
     MAX_OUTAGES_REPORTED,
     VERB_PUT,
     VERB_RESUME,
@@ -402,8 +403,7 @@ async def send_stream(
             raise DataError(f"cannot read the backup from stdin: {error.strerror}") from None
         if frame is None:
             break
-        await write_frame(writer, frame, position, limiter, config)
-        outbox.note_sent(position, frame.end)
+        await write_frame(writer, outbox, frame, position, limiter, config)
         position = frame.end
     logger.info("sent %d bytes, sending the end frame", outbox.reader.total)
     writer.write(encode_end_frame(outbox.reader.total, outbox.reader.digest()))
@@ -427,17 +427,28 @@ async def wait_for_ack(outbox: Outbox, config: CarrierConfig) -> None:
 
 
 async def write_frame(
-    writer: Writer[bytes], frame: Frame, offset: int, limiter: RateLimiter, config: CarrierConfig
+    writer: Writer[bytes],
+    outbox: Outbox,
+    frame: Frame,
+    offset: int,
+    limiter: RateLimiter,
+    config: CarrierConfig,
 ) -> None:
     """Given a frame and the stream OFFSET to start at, write it as one D
     frame (in slices under a rate limit) and wait for the channel to take it;
     asyncssh copies the bytes, so the buffer stays the outbox's."""
     data = frame.wire_bytes(offset)
     step = limiter.slice_size(len(data))
+    sent = offset
     for start in range(0, len(data), step):
         piece = data[start : start + step]
         # asyncssh takes any bytes-like object and copies it (typed as bytes).
         writer.write(cast(bytes, piece))
+        # Counted as sent at once, before any pause: the server may
+        # acknowledge these bytes while the rate limiter sleeps.
+        data_end = min(frame.end, offset + start + len(piece) - FRAME_HEADER_SIZE)
+        outbox.note_sent(sent, max(sent, data_end))
+        sent = max(sent, data_end)
         await drain_with_progress(writer, config)
         await limiter.account(len(piece))
 

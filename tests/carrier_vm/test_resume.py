@@ -336,3 +336,18 @@ def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
     assert carrier.run("commit", name).returncode == CarrierExit.NO_SUCH_BACKUP
     assert name not in stored_files(carrier.account)
     assert transfer_stats(carrier, name)["lost"] == 1
+
+
+def test_rate_limited_put_with_frequent_acks_succeeds(carrier: Carrier) -> None:
+    # R2 finding 1: the server acknowledged a frame's bytes while the rate
+    # limiter slept after writing it, before the carrier counted them as
+    # sent: "acknowledged data it was never sent", exit 65, on an honest server.
+    carrier.write_config(rate_limit=2_796_216)
+    carrier.server.write_shell_config(f"[account {carrier.account.name}]\nsync_interval = 1M\n")
+    try:
+        data = os.urandom(4 * MIB)
+        put = carrier.run("put", "--commit", "paced", data=data, timeout=60)
+        assert put.returncode == 0, put.stderr
+        assert json.loads(put.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        carrier.server.write_shell_config("")
