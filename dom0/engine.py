@@ -29,8 +29,11 @@ ABORT_TIMEOUT = 12.0
 # After a successful abort, how long Execute may take to return before the
 # carrier is killed anyway (abort vouches for its put, not for qubes.Backup).
 EXECUTE_GRACE = 8.0
-# abort, the grace and killing the VM: well inside 30 s of the signal.
-ENDING_TIMEOUT = 25.0
+# After killing the carrier, how long Execute may take to return before dom0
+# stops waiting for it (a qubesd that never answers must not hold dom0).
+KILLED_GRACE = 4.0
+# abort, the graces and killing the VM: well inside 30 s of the signal.
+ENDING_TIMEOUT = 28.0
 ABORT_REPLY_LIMIT = 4096
 
 
@@ -59,6 +62,10 @@ def end_upload(app: QubesAdapter, carrier: str,
         app.kill(carrier)
     except QubesError as error:
         logger.error("could not kill the carrier VM %s: %s", carrier, error)
+    if execute_done is not None and not execute_done.wait(KILLED_GRACE):
+        logger.error("Qubes' backup still runs after the carrier was killed: no longer"
+                     " waiting for it")
+        app.abandon_execute()
 
 
 class UploadEnder:

@@ -10,6 +10,7 @@ subprocess.CalledProcessError / TimeoutExpired for a failed service call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -74,6 +75,11 @@ class QubesAdapter(Protocol):
     def backup_cancel(self, profile: str) -> None:
         """Given the profile of a running Execute, send admin.backup.Cancel."""
 
+    def abandon_execute(self) -> None:
+        """Stop waiting for a running backup_execute (it raises
+        BackupEngineError at once); for a Qubes that does not end it even
+        after Cancel, abort and kill. Called from another thread."""
+
     def backup_restore(
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
     ) -> tuple[int, bytes]:
@@ -107,6 +113,7 @@ class RealQubes:
         import qubesadmin  # noqa: PLC0415 - only dom0 has it; tests never import it
 
         self.app = qubesadmin.Qubes()
+        self._abandon: Callable[[], object] | None = None
 
     def _vm(self, name: str) -> Any:
         try:
@@ -226,8 +233,10 @@ class RealQubes:
             raise QubesError(f"Qubes refused the backup profile: {error}") from None
 
     def backup_execute(self, profile: str, on_progress: ProgressCallback) -> None:
-        """Run admin.backup.Execute in an executor thread while an
-        EventsDispatcher relays backup-progress events (what qvm-backup does)."""
+        """Run admin.backup.Execute in a DAEMON thread while an EventsDispatcher
+        relays backup-progress events (what qvm-backup does). Not asyncio's
+        executor: its worker thread is joined at interpreter exit, so a
+        qubesd that never answers would keep dom0 from exiting at all."""
         import asyncio  # noqa: PLC0415
 
         import qubesadmin.events  # noqa: PLC0415
@@ -247,12 +256,29 @@ class RealQubes:
         dispatcher = qubesadmin.events.EventsDispatcher(self.app, enable_cache=False)
         dispatcher.add_handler("backup-progress", handler)
         events = loop.create_task(dispatcher.listen_for_events())
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not finished.done():
+                if error is None:
+                    finished.set_result(None)
+                else:
+                    finished.set_exception(error)
+
+        def execute() -> None:
+            error: BaseException | None = None
+            try:
+                self.app.qubesd_call("dom0", "admin.backup.Execute", profile)
+            except BaseException as failure:  # noqa: BLE001 - handed to the waiting loop
+                error = failure
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, error)
+
+        self._abandon = lambda: loop.call_soon_threadsafe(
+            settle, BackupEngineError("Qubes' backup did not end after cancel; abandoned"))
+        threading.Thread(target=execute, daemon=True, name="qbackup-execute").start()
         try:
-            loop.run_until_complete(
-                loop.run_in_executor(
-                    None, self.app.qubesd_call, "dom0", "admin.backup.Execute", profile
-                )
-            )
+            loop.run_until_complete(finished)
         except QubesException as error:
             raise BackupEngineError(f"Qubes backup failed: {error}") from None
         finally:
@@ -261,7 +287,14 @@ class RealQubes:
                 loop.run_until_complete(events)
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
                 pass
+            self._abandon = None
             loop.close()
+
+    def abandon_execute(self) -> None:
+        abandon = self._abandon
+        if abandon is not None:
+            with contextlib.suppress(RuntimeError):
+                abandon()
 
     def backup_cancel(self, profile: str) -> None:
         from qubesadmin.exc import QubesException  # noqa: PLC0415

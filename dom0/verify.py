@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from dom0.session import Context, require_vm, running_carrier
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
 PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
+PASSPHRASE_TIMEOUT = 120.0  # a person may have to type it in the passphrase VM
 EXTRACTION_ERROR = b"Error extracting data"  # qubesadmin/backup/restore.py restore_do
 PARANOID_OPTIONS = frozenset({"--paranoid-mode", "--plan-b"})
 
@@ -104,8 +106,13 @@ def passphrase_input(app: QubesAdapter, carrier: str,
     require_vm(app, source.vm, "passphrase VM")
     service = f"{PASSPHRASE_SERVICE}+{profile_name(carrier)}"
     with running_vm(app, source.vm, "passphrase VM"):
-        answer = app.run_service_for_stdio(source.vm, service, b"",
-                                           max_output=MAX_PASSPHRASE_FILE)
+        try:
+            answer = app.run_service_for_stdio(source.vm, service, b"",
+                                               max_output=MAX_PASSPHRASE_FILE,
+                                               timeout=PASSPHRASE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise PassphraseError(f"{source.vm} did not answer {service} within"
+                                  f" {PASSPHRASE_TIMEOUT:.0f} s") from None
     # qvm-backup-restore `-p -` reads ONE line from stdin and rstrips it.
     return "-", clean_vm_passphrase(answer, source.vm) + b"\n"
 

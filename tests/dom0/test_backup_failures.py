@@ -357,3 +357,16 @@ def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Pat
     assert time.monotonic() - started < 60  # far below the service's 600 s
     assert dom0.logged(f"list via {CARRIER}: no answer within 1 s; stopped waiting (try again"
                        " later)")
+
+
+def test_a_carrier_claiming_a_cut_listing_cannot_hide_a_vanished_backup(
+        dom0: Dom0, tmp_path: Path) -> None:
+    # Before: {"count":0,"end":true,"truncated":true} made status --remote say
+    # all was well although the recorded backup was gone (R2 finding 5).
+    dom0.history.write_text(json.dumps({
+        "job": "nightly", "carrier": CARRIER, "name": "nightly-20260101T000000Z",
+        "size": 1048576, "sha256": "a" * 64, "start": 1.0, "end": 2.0, "outcome": "ok"}) + "\n")
+    dom0.sim.carrier_script = write_hostile_service(
+        tmp_path, "printf '{\"count\":0,\"end\":true,\"truncated\":true}\\n'")
+    assert dom0.run("status", "--remote") == errors.EXIT_CARRIER
+    assert dom0.logged("the carrier's listing claims a cut the server never makes")

@@ -8,9 +8,11 @@ lacks is a TypeError here as it is there. FakeVM43 adds what 4.3 changed."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +267,96 @@ def test_service_failure_keeps_status_and_stderr(fake_qubesadmin: dict[str, Any]
     assert caught.value.returncode == 75
     assert caught.value.stdout == b"line\n" and caught.value.stderr == b"broken\n"
     assert vm.log == [("run_service", "qubes.BackupCarrier+info")]
+
+
+# A whole dom0 process against a qubesadmin stand-in whose Execute blocks
+# like qubesd after a Cancel: it returns only once Cancel AND the carrier's
+# abort came (MODE=ends), or never (MODE=hangs: a qubesd that does not answer).
+FAKE_QUBESADMIN = '''
+import subprocess, sys, threading
+LOG = []
+class QubesException(Exception):
+    pass
+class VM:
+    def __init__(self, app, name):
+        self.app, self.name = app, name
+    def kill(self):
+        self.app.note("kill " + self.name)
+    def run_service(self, service, user=None, *, filter_esc=False, localcmd=None, wait=True,
+                    autostart=True, **kwargs):
+        self.app.note("service " + service)
+        if service.endswith("+abort"):
+            self.app.aborted.set()
+        return subprocess.Popen(["sh", "-c", "cat >/dev/null"], **kwargs)
+class Qubes:
+    def __init__(self):
+        self.cancelled, self.aborted = threading.Event(), threading.Event()
+        self.domains = {"carrier": VM(self, "carrier")}
+        self.cache_enabled = False
+    def note(self, text):
+        print(text, flush=True)
+    def qubesd_call(self, dest, method, arg=None, payload=None, payload_stream=None):
+        self.note(method)
+        if method == "admin.backup.Cancel":
+            self.cancelled.set()
+        elif method == "admin.backup.Execute":
+            if MODE == "hangs":
+                threading.Event().wait()
+            self.cancelled.wait()
+            self.aborted.wait()
+            raise QubesException("Backup cancelled")
+        return b""
+'''
+FAKE_EVENTS = '''
+import asyncio
+class EventsDispatcher:
+    def __init__(self, app, api_method="admin.Events", enable_cache=True):
+        pass
+    def add_handler(self, event, handler):
+        pass
+    async def listen_for_events(self, vm=None, reconnect=True):
+        await asyncio.sleep(3600)
+'''
+DOM0_RUN = '''
+import sys
+from dom0 import engine
+from dom0.errors import QbackupError, exit_code_for
+from dom0.qubes import RealQubes
+from dom0.session import SignalGuard
+engine.EXECUTE_GRACE = engine.KILLED_GRACE = 1.0
+try:
+    with SignalGuard() as guard:
+        engine.run_engine(RealQubes(), "carrier", "p", guard, lambda _: None)
+except QbackupError as error:
+    print("dom0 exits", exit_code_for(error), flush=True)
+    sys.exit(exit_code_for(error))
+'''
+
+
+@pytest.mark.parametrize("mode", ["ends", "hangs"])
+def test_sigterm_ends_a_dom0_whose_execute_blocks(tmp_path: Path, mode: str) -> None:
+    package = tmp_path / "fake" / "qubesadmin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        f"MODE = {mode!r}\n" + FAKE_QUBESADMIN + "from qubesadmin import exc, events\n")
+    (package / "exc.py").write_text("from qubesadmin import QubesException\n")
+    (package / "events.py").write_text(FAKE_EVENTS)
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", DOM0_RUN], stdout=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": f"{tmp_path / 'fake'}:{repo}", "PATH": "/usr/bin:/bin"})
+    assert process.stdout is not None
+    try:
+        assert process.stdout.readline() == "admin.backup.Execute\n"  # it blocks now
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        output = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started < 30
+    assert process.returncode == 143
+    assert "admin.backup.Cancel\nservice qubes.BackupCarrier+abort\n" in output
+    # abort sufficed when Qubes then ended Execute; otherwise the carrier is
+    # killed and dom0 stops waiting for a qubesd that never answers.
+    assert ("kill carrier" in output) == (mode == "hangs")

@@ -295,3 +295,21 @@ def test_engine_needs_the_profile_and_a_running_destination(sim: SimulatedQubes)
     # qubes.Backup is started without autostart (qubes/vm/qubesvm.py run_service).
     with pytest.raises(BackupEngineError, match="Domain not running"):
         sim.backup_execute("p", lambda _: None)
+
+
+@pytest.mark.parametrize(("release", "options", "expected"), [
+    ("4.2", [], 1), ("4.3", [], 0),  # 4.3.13+ takes an installed zstd from the header
+    ("4.2", ["--compression-filter", "zstd"], 0), ("4.3", ["--compression-filter", "zstd"], 0),
+])
+def test_what_qbackup_passes_restores_zstd_on_both_releases(
+        sim: SimulatedQubes, tmp_path: Path, release: str, options: list[str],
+        expected: int) -> None:
+    # qbackup always passes --compression-filter for a named filter: that
+    # works on 4.2 and 4.3 alike (a forced value skips the header check).
+    written = backup_into(sim, tmp_path / "target", "zstd")
+    passfile = tmp_path / "pass"
+    passfile.write_text("pass\n")
+    sim.restore_release = release
+    code, _ = sim.backup_restore(["--verify-only", *options, "-d", "carrier", "-p",
+                                  str(passfile), f"cat {written}"], capture=True)
+    assert code == expected

@@ -43,8 +43,10 @@ else
     exit 2
 fi
 """
-# backup/restore.py, release4.2: KNOWN_COMPRESSION_FILTERS and the header value rule.
+# backup/restore.py, release4.2: KNOWN_COMPRESSION_FILTERS and the header value rule;
+# release4.3 (from v4.3.13) adds OPTIONAL_COMPRESSION_FILTERS when installed.
 KNOWN_COMPRESSION_FILTERS = ("gzip", "bzip2", "xz")
+OPTIONAL_COMPRESSION_FILTERS = ("lzma", "pbzip2", "pigz", "zstd", "zstdmt")
 HEADER_VALUE = re.compile(r"^[A-Za-z0-9-]*$")
 HEADER_LIMIT = 1024 * 1024
 
@@ -57,15 +59,20 @@ class RestoreRefused(Exception):
     """qvm-backup-restore refuses the backup (its QubesException)."""
 
 
-def header_filter(header: Any, forced: str | None) -> str:
-    """Given the parsed header and -Z's value (or None), return the filter
-    restore uses; raise RestoreRefused as BackupHeader.load does: a forced
-    value skips the check, otherwise only gzip, bzip2 and xz pass (4.2)."""
+def header_filter(header: Any, forced: str | None, release: str = "4.2",
+                  installed: frozenset[str] = frozenset()) -> str:
+    """Given the parsed header, -Z's value (or None), the Qubes release and
+    the programs dom0 has, return the filter restore uses; raise
+    RestoreRefused as BackupHeader.load does: a forced value skips the check,
+    otherwise 4.2 takes only gzip, bzip2 and xz, 4.3 also the optional
+    filters that are installed."""
     if forced is not None:
         return forced
     value = header.compression_filter
     if not HEADER_VALUE.match(value):
         raise RestoreRefused("Invalid backup header (value)")
+    if release == "4.3" and value in OPTIONAL_COMPRESSION_FILTERS and value in installed:
+        return value
     if value not in KNOWN_COMPRESSION_FILTERS:
         raise RestoreRefused(f"Unusual compression filter '{value}' found. Use "
                              f"--compression-filter={value} to use it anyway.")

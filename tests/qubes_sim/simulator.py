@@ -114,6 +114,9 @@ class SimulatedQubes:
     carrier_stderr: list[bytes] = field(default_factory=list)
     restore_runs: int = 0
     restore_installed_filters: frozenset[str] = frozenset({"gzip", "bzip2", "xz", "zstd"})
+    # Only the restore side differs between the releases qbackup supports
+    # (docs/QUBES.md, "Supported releases"): "4.2" (the default) or "4.3".
+    restore_release: str = "4.2"
     _running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _cancelled: set[str] = field(default_factory=set)
     _vm_processes: dict[str, set[subprocess.Popen[bytes]]] = field(default_factory=dict)
@@ -491,6 +494,11 @@ class SimulatedQubes:
             return "pipe closed"
         return "sent"
 
+    def abandon_execute(self) -> None:
+        """Nothing to abandon: a simulated Execute always ends once the VM's
+        command is gone (killing the VM ends it)."""
+        self.calls.append(("abandon_execute",))
+
     def backup_cancel(self, profile: str) -> None:
         """admin.backup.Cancel: cancels the running backup task; refused when
         none runs ("Backup operation not running"). qubesd does NOT close the
@@ -530,7 +538,9 @@ class SimulatedQubes:
         header_bytes, _ = self._run_location(location, header_only=True)
         try:
             header = stream.parse_header(header_bytes, passphrase)
-            filter_used = restore.header_filter(header, options["compression"])
+            filter_used = restore.header_filter(header, options["compression"],
+                                                self.restore_release,
+                                                self.restore_installed_filters)
         except (stream.StreamError, restore.RestoreRefused) as error:
             return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
         self._run_location(location, header_only=True)  # qubes.xml.000.enc
