@@ -171,7 +171,7 @@ class CarrierClient:
                 self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
                 timeout=deadline)
         except subprocess.TimeoutExpired:
-            raise TemporaryError(f"{verb} via {self.vm}: no answer within {deadline:.0f} s;"
+            raise TemporaryError(f"{verb} via {self.vm}: no answer within {deadline:g} s;"
                                  " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
             status = error.returncode

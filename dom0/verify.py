@@ -112,7 +112,7 @@ def passphrase_input(app: QubesAdapter, carrier: str,
                                                timeout=PASSPHRASE_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise PassphraseError(f"{source.vm} did not answer {service} within"
-                                  f" {PASSPHRASE_TIMEOUT:.0f} s") from None
+                                  f" {PASSPHRASE_TIMEOUT:g} s") from None
     # qvm-backup-restore `-p -` reads ONE line from stdin and rstrips it.
     return "-", clean_vm_passphrase(answer, source.vm) + b"\n"
 
