@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dom0 import history
-from dom0.carrier import CarrierClient, check_name
+from dom0.carrier import CarrierClient, check_name, seconds
 from dom0.compression import restore_options
 from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
 from dom0.engine import running_vm
@@ -112,7 +112,7 @@ def passphrase_input(app: QubesAdapter, carrier: str,
                                                timeout=PASSPHRASE_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise PassphraseError(f"{source.vm} did not answer {service} within"
-                                  f" {PASSPHRASE_TIMEOUT:g} s") from None
+                                  f" {seconds(PASSPHRASE_TIMEOUT)} s") from None
     # qvm-backup-restore `-p -` reads ONE line from stdin and rstrips it.
     return "-", clean_vm_passphrase(answer, source.vm) + b"\n"
 
