@@ -42,7 +42,6 @@ MAX_LISTING_BYTES = 32 * 1024 * 1024
 MAX_SHORT_REPLY = 64 * 1024
 # Nothing dom0 asks the carrier may wait for ever: a hung carrier, a server
 # that stops answering while sshd keeps the connection alive, a hung disk.
-
 # Each call gets a deadline (the job's `answer_timeout`, default 300 s); past
 # it, the call is killed and the run fails as temporary (exit 75). `check`
 # re-hashes the whole backup on the server, so it gets CHECK_SECONDS_PER_GIB
@@ -55,6 +54,8 @@ GIB = 1024**3
 def seconds(value: float) -> str:
     """Given a duration, return it as a person reads it: 300, 0.2, 1234.5."""
     return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
 MAX_LOOKUPS = 1000  # names looked up one by one when a listing was cut short
 Parsed = TypeVar("Parsed")
 
