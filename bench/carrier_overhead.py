@@ -40,8 +40,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.sampler import PeakRss  # noqa: E402
 from testbed.carrier import carrier_config  # noqa: E402
-from testbed.server import BackupServer  # noqa: E402
+from testbed.server import Account, BackupServer  # noqa: E402
 
 CIPHER = "aes128-gcm@openssh.com"
 MIB = 1024 * 1024
@@ -97,13 +98,40 @@ def run_sender(
         cwd=cwd,
     )
     feeder.stdout.close()
-    _, status, usage = os.wait4(child.pid, 0)
+    with PeakRss(child.pid) as peak:  # not ru_maxrss: see PeakRss
+        _, status, usage = os.wait4(child.pid, 0)
     feeder.wait()
     wall = time.monotonic() - started
     stderr = child.stderr.read() if child.stderr else b""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[:3]} failed: {stderr.decode(errors='replace')[-400:]}")
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+    return usage.ru_utime + usage.ru_stime, wall, peak.peak_kib
+
+
+def add_sink_account(server: BackupServer, protocol: int = 3) -> Account:
+    """Add an account whose login shell is bench/protocol_sink.py speaking
+    PROTOCOL (3 or 2); return it."""
+    sink = server.base / "protocol_sink.py"
+    if not sink.exists():
+        shutil.copy(REPO / "bench" / "protocol_sink.py", sink)
+        sink.chmod(0o755)
+    account = server.add_account(login_shell=sink)
+    if protocol != 3:
+        (account.home / "protocol").write_text(str(protocol))
+    return account
+
+
+def bare_argv(server: BackupServer, account: Account, extra: list[str] | None = None) -> list[str]:
+    """Return the argv of the bare asyncssh client logging in as ACCOUNT
+    (whose shell must take `cat > /dev/null`); EXTRA goes before -c."""
+    return [sys.executable, *(extra or []), "-c", BARE_CLIENT, str(server.port), account.name,
+            str(server.client_key), str(server.known_hosts)]
+
+
+def carrier_argv(extra: list[str] | None = None) -> list[str]:
+    """Return the argv of the carrier's `put b` (run with cwd and PYTHONPATH
+    at the tree whose carrier is meant)."""
+    return [sys.executable, *(extra or []), "-m", "carrier_vm.cli", "put", "b"]
 
 
 def profiling(output: Path | None) -> list[str]:
@@ -143,12 +171,8 @@ def main() -> None:
     try:
         with BackupServer.create() as server:
             server.start()
-            sink = server.base / "protocol_sink.py"
-            shutil.copy(REPO / "bench" / "protocol_sink.py", sink)
-            sink.chmod(0o755)
-            sink3 = server.add_account(login_shell=sink)
-            sink2 = server.add_account(login_shell=sink)
-            (sink2.home / "protocol").write_text("2")
+            sink3 = add_sink_account(server)
+            sink2 = add_sink_account(server, protocol=2)
             cat = server.add_account(login_shell=Path("/bin/sh"))
             shell = server.add_account()
             configs = {}
@@ -159,13 +183,13 @@ def main() -> None:
             base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(server.base)}
             senders = {
                 "bare": (
-                    [sys.executable, *profiling(args.profile and args.profile.with_suffix(".bare")),
-                     "-c", BARE_CLIENT, str(server.port), cat.name,
-                     str(server.client_key), str(server.known_hosts)],
+                    bare_argv(
+                        server, cat, profiling(args.profile and args.profile.with_suffix(".bare"))
+                    ),
                     base_env,
                 ),
                 "carrier": (
-                    [sys.executable, *profiling(args.profile), "-m", "carrier_vm.cli", "put", "b"],
+                    carrier_argv(profiling(args.profile)),
                     {**base_env, "PYTHONPATH": str(REPO),
                      "QBACKUP_CARRIER_CONFIG": str(configs["carrier"])},
                 ),

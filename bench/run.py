@@ -1,15 +1,27 @@
 """make bench: qbackup's streaming path against plain OpenSSH, in ONE run.
 
-Paths measured (all into a real sshd on 127.0.0.1, same cipher):
+Everything into a real sshd on 127.0.0.1, same cipher, one invocation:
   (1) openssh    OpenSSH `ssh host 'cat > file'` from a pre-made file: the floor.
-  (2) qbackup    qbackup-carrier put -> sshd -> qbackup-shell (hash, fsync) -> disk.
+  (2) qbackup    qbackup-carrier put --commit -> sshd -> qbackup-shell (hash,
+                 acks, fsync) -> disk.
   (3) staged     the original tool's way: the whole backup written to a local
                  file first (fsynced), then sent with `ssh host 'cat > file'`.
 (2) and (3) run twice: from a pre-made file, and from a producer throttled to a
-Qubes-like rate (--rate), timing first byte produced -> backup committed.
-Then qbackup once more with --flat-gib of data to show memory stays flat.
+Qubes-like rate (--rate-mb), timing first byte produced -> backup committed.
+Then, in the same run:
+  acks       qbackup with the shell's default sync_interval (ack every 16M)
+             against sync_interval = 1T (no ack during the run; the carrier's
+             resume_buffer raised to its 1 GiB maximum so it never waits for
+             one), alternated A B B A, at min(--gib, 1000 MiB);
+  sender CPU OpenSSH client, a bare asyncssh client and the carrier (into a
+             frame-parsing sink) at the same size (bench/carrier_overhead.py);
+  shell loop the shell's one-thread receive loop against the old writer
+             thread (bench/shell_loop.py);
+  memory     qbackup once more with --flat-gib of data: carrier and shell
+             peak RSS must not grow with the backup.
 
 Usage: python -m bench.run [--gib 2] [--rate-mb 150] [--flat-gib 8]
+                           [--rounds 3] [--ack-reps 2] [--loop-reps 3]
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,13 +37,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.sampler import ProcessSampler
-from testbed.carrier import write_carrier_config
+from bench import shell_loop
+from bench.carrier_overhead import add_sink_account, bare_argv, carrier_argv, run_sender
+from bench.sampler import PeakRss, ProcessSampler
+from testbed.carrier import carrier_config, write_carrier_config
 from testbed.server import Account, BackupServer
 
 CIPHER = "aes128-gcm@openssh.com"
 MB = 1_000_000
+MIB = 1024**2
 GIB = 1024**3
+SHELL_CONFIG = "[storage]\nreserve = 1G\n"
+# The acks comparison: at most this much data, so that with no ack at all the
+# carrier's resume_buffer (at most 1 GiB) never fills and waits for one.
+ACKS_MAX = 1000 * MIB
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 LOG = logging.getLogger("bench")
@@ -58,10 +78,11 @@ def run_child(
     """Run ARGV with STDIN; return (exit status, wall seconds, peak RSS KiB, CPU seconds)."""
     started = time.monotonic()
     child = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(child.pid, 0)
+    with PeakRss(child.pid) as peak:
+        _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
-    return child.returncode, elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    return child.returncode, elapsed, peak.peak_kib, usage.ru_utime + usage.ru_stime
 
 
 def openssh_argv(server: BackupServer, account: Account, command: str) -> list[str]:
@@ -103,6 +124,7 @@ def bench_qbackup(
     check(status == 0, f"{label}: qbackup-carrier exited {status}")
     stored = account.storage / name
     check(stored.stat().st_size == size, f"{label}: stored size differs")
+    stored.unlink()  # keep the disk free for the next run
     return Result(label, size, seconds, rss, cpu, sampler.peak_rss_kib, sampler.cpu_seconds)
 
 
@@ -209,6 +231,88 @@ def format_table(results: list[Result], baseline: Result) -> str:
     return "\n".join(lines)
 
 
+def bench_acks(
+    server: BackupServer,
+    account: Account,
+    workdir: Path,
+    data: Path,
+    reps: int,
+) -> tuple[list[Result], list[Result]]:
+    """qbackup from DATA with the shell's default sync_interval (acks every
+    16M) and with sync_interval = 1T (no ack during the run), alternated
+    A B B A ... REPS times each; return (with acks, without)."""
+    size = data.stat().st_size
+    configs = {}
+    for label, overrides in (("acks", {}), ("noacks", {"resume_buffer": GIB})):
+        path = workdir / f"carrier-{label}.yaml"
+        path.write_text(carrier_config(server.endpoint, account.name, **overrides))
+        configs[label] = {**os.environ, "QBACKUP_CARRIER_CONFIG": str(path)}
+    order = [("acks", "noacks"), ("noacks", "acks")]
+    results: dict[str, list[Result]] = {"acks": [], "noacks": []}
+    try:
+        for rep in range(reps):
+            for label in order[rep % 2]:
+                shell_config = SHELL_CONFIG + ("sync_interval = 1T\n" if label == "noacks" else "")
+                server.write_shell_config(shell_config)
+                with open(data, "rb") as stdin:
+                    results[label].append(
+                        bench_qbackup(server, account, configs[label], stdin.fileno(), size,
+                                      label, f"bench-{label}-{rep}")
+                    )
+                LOG.info("  %s: %.0f MB/s", label, results[label][-1].mb_per_s)
+    finally:
+        server.write_shell_config(SHELL_CONFIG)
+    return results["acks"], results["noacks"]
+
+
+@dataclass
+class Sender:
+    label: str
+    cpu_per_gib: float
+    mib_per_s: float
+    peak_rss_kib: int
+
+
+def bench_senders(
+    server: BackupServer, cat: Account, workdir: Path, data: Path, rounds: int
+) -> list[Sender]:
+    """Sender CPU per GiB of OpenSSH's client, a bare asyncssh client (both
+    into `cat > /dev/null`) and the carrier (into the frame-parsing sink), DATA
+    fed through a pipe, ROUNDS interleaved rounds; medians."""
+    sink = add_sink_account(server)
+    config = workdir / "carrier-sink.yaml"
+    config.write_text(carrier_config(server.endpoint, sink.name))
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(server.base)}
+    senders = {
+        "OpenSSH client": (openssh_argv(server, cat, "cat > /dev/null"), dict(os.environ)),
+        "bare asyncssh client": (bare_argv(server, cat), base_env),
+        "qbackup-carrier": (
+            carrier_argv(),
+            {**base_env, "PYTHONPATH": str(REPO), "QBACKUP_CARRIER_CONFIG": str(config)},
+        ),
+    }
+    size = data.stat().st_size
+    runs: dict[str, list[tuple[float, float, int]]] = {label: [] for label in senders}
+    for _ in range(rounds):
+        for label, (argv, env) in senders.items():
+            runs[label].append(run_sender(argv, data, env, REPO))
+            cpu, wall, _ = runs[label][-1]
+            LOG.info("  %s: %.2f CPU-s/GiB", label, cpu / size * GIB)
+    return [
+        Sender(
+            label,
+            statistics.median(c for c, _, _ in values) / size * GIB,
+            statistics.median(size / w for _, w, _ in values) / MIB,
+            max(r for _, _, r in values),
+        )
+        for label, values in runs.items()
+    ]
+
+
+def median_rate(results: list[Result]) -> float:
+    return statistics.median(r.mb_per_s for r in results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -220,17 +324,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flat-gib", type=float, default=8.0, help="one extra qbackup run of this size (0: skip)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="sender CPU rounds (default 3)")
+    parser.add_argument("--ack-reps", type=int, default=2, help="runs per acks variant (default 2)")
+    parser.add_argument("--loop-reps", type=int, default=3, help="shell loop reps (default 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
 
     size = int(args.gib * GIB)
     rate = args.rate_mb * MB
+    small = min(size, ACKS_MAX)
+    began = time.monotonic()
     with (
         BackupServer.create() as server,
         tempfile.TemporaryDirectory(prefix="qbackup-bench-", dir="/var/tmp") as work,
     ):
         workdir = Path(work)
-        server.write_shell_config("[storage]\nreserve = 1G\n")
+        server.write_shell_config(SHELL_CONFIG)
         account = server.add_account()
         plain = server.add_account(login_shell=Path("/bin/sh"))
         server.start()
@@ -239,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             "QBACKUP_CARRIER_CONFIG": str(write_carrier_config(server, account, workdir)),
         }
         source = workdir / "source.bin"
-        LOG.info("making %.1f GiB of incompressible data", args.gib)
+        LOG.info("making %.2f GiB of incompressible data", args.gib)
         subprocess.run([*producer_argv(size, 0), "--output", str(source)], check=True)
 
         results: list[Result] = []
@@ -281,35 +390,100 @@ def main(argv: list[str] | None = None) -> int:
                 [*producer_argv(size, rate), "--output", str(staging)],
             )
         )
+        head = workdir / "head.bin"
+        with open(source, "rb") as whole, open(head, "wb") as part:
+            for _ in range(0, small, MIB):  # 1 MiB at a time: our RSS would become children's
+                part.write(whole.read(min(MIB, small - part.tell())))
         source.unlink()
+        LOG.info("acks: every 16M vs none, %d MiB, A B B A", small // MIB)
+        with_acks, without_acks = bench_acks(server, account, workdir, head, args.ack_reps)
+        LOG.info("sender CPU, %d MiB, %d rounds", small // MIB, args.rounds)
+        senders = bench_senders(server, plain, workdir, head, args.rounds)
+        head.unlink()
+        flat: Result | None = None
         if args.flat_gib > 0:
-            flat = int(args.flat_gib * GIB)
             LOG.info(
                 "(2) qbackup, %.0f GiB from an unthrottled producer (memory stays flat?)",
                 args.flat_gib,
             )
             label = f"(2) qbackup, {args.flat_gib:g} GiB producer"
-            results.append(
-                bench_qbackup_streamed(server, account, env, flat, 0, label, "bench-flat")
+            flat = bench_qbackup_streamed(
+                server, account, env, int(args.flat_gib * GIB), 0, label, "bench-flat"
             )
+            results.append(flat)
+    loop_mib = small // MIB
+    LOG.info("shell loop, %d MiB, %d reps", loop_mib, args.loop_reps)
+    loop = shell_loop.measure(loop_mib, args.loop_reps, "/var/tmp")
+    minutes = (time.monotonic() - began) / 60
 
     print()
-    print(f"{args.gib:g} GiB per path; {versions()}; {os.cpu_count()} cores")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"`make bench` ({minutes:.1f} min), {when}; "
+          f"{args.gib:g} GiB per path; {versions()}; {os.cpu_count()} cores")
+    print()
     print(format_table(results, baseline))
     by_label = {r.label: r for r in results}
     q_file, s_file = by_label["(2) qbackup, from file"], by_label["(3) staged, from file"]
     print()
-    print(f"qbackup / OpenSSH (from file): {q_file.mb_per_s / baseline.mb_per_s:.2f}")
-    print(f"qbackup / staged  (from file): {q_file.mb_per_s / s_file.mb_per_s:.2f}")
-    q_rate = results[3]
-    s_rate = results[4]
+    print(f"- qbackup / OpenSSH (from file, same run): {q_file.mb_per_s / baseline.mb_per_s:.2f}")
+    print(f"- qbackup / staged (from file): {q_file.mb_per_s / s_file.mb_per_s:.2f}")
+    q_rate, s_rate = results[3], results[4]
     print(
-        f"throttled producer: qbackup committed {s_rate.seconds - q_rate.seconds:.1f} s sooner "
+        f"- throttled producer: qbackup committed {s_rate.seconds - q_rate.seconds:.1f} s sooner "
         f"({q_rate.seconds:.1f} s vs {s_rate.seconds:.1f} s); staging used "
         f"{s_rate.staged_bytes / GIB:.2f} GiB on the sender, qbackup none"
     )
+    if flat is not None:
+        print(
+            f"- memory: carrier peak RSS {_rss(q_file.sender_rss_kib)} at {args.gib:g} GiB, "
+            f"{_rss(flat.sender_rss_kib)} at {args.flat_gib:g} GiB; shell peak RSS "
+            f"{_rss(q_file.server_rss_kib)} at {args.gib:g} GiB, "
+            f"{_rss(flat.server_rss_kib)} at {args.flat_gib:g} GiB"
+        )
+    print()
+    print(f"Resumption acks, qbackup from a file, {small / MIB:.0f} MiB, medians of "
+          f"{args.ack_reps} (alternated):")
+    print()
+    print("| shell sync_interval | MB/s | carrier peak RSS | shell CPU s/GiB |")
+    print("|---|---|---|---|")
+    for name, runs in (("16M (default): an ack every 16 MiB", with_acks),
+                       ("1T: no ack during the run (carrier resume_buffer 1 GiB)", without_acks)):
+        peak = max(r.sender_rss_kib or 0 for r in runs)
+        print(f"| {name} | {median_rate(runs):.0f} | {_rss(peak)} "
+              f"| {statistics.median(r.server_cpu or 0 for r in runs) / (small / GIB):.2f} |")
+    print()
+    print(f"- with acks / without: {median_rate(with_acks) / median_rate(without_acks):.3f} "
+          "(target >= 0.95)")
+    print()
+    print(f"Sender CPU, {small / MIB:.0f} MiB through a pipe, medians of {args.rounds} rounds "
+          "(OpenSSH and bare into `cat > /dev/null`, the carrier into a frame-parsing sink):")
+    print()
+    print("| sender | CPU s/GiB | x OpenSSH | MiB/s | peak RSS |")
+    print("|---|---|---|---|---|")
+    by_sender = {s.label: s for s in senders}
+    openssh = by_sender["OpenSSH client"]
+    for sender in senders:
+        print(f"| {sender.label} | {sender.cpu_per_gib:.2f} "
+              f"| {sender.cpu_per_gib / openssh.cpu_per_gib:.2f} | {sender.mib_per_s:.0f} "
+              f"| {_rss(sender.peak_rss_kib)} |")
+    overhead = (by_sender["qbackup-carrier"].cpu_per_gib
+                - by_sender["bare asyncssh client"].cpu_per_gib)
+    print()
+    print(f"- carrier overhead above the bare asyncssh client: {overhead:.2f} CPU-s/GiB "
+          "(target <= 0.70)")
+    print()
+    print(f"Shell receive loop, no sshd, {loop_mib} MiB through a 1 MiB pipe into a file, "
+          f"medians of {args.loop_reps}:")
+    print()
+    print("| variant | MB/s | CPU s/GiB |")
+    print("|---|---|---|")
+    for name, (loop_rate, loop_cpu) in loop.items():
+        print(f"| {name} | {loop_rate:.0f} | {loop_cpu:.2f} |")
+    single, threaded = loop["single thread, no acks"][0], loop["writer thread (before)"][0]
+    print()
+    print(f"- writer thread / one thread: {threaded / single:.2f} "
+          "(the thread would be kept only at >= 1.10)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -59,3 +59,39 @@ class ProcessSampler:
                 self._peak_kib[pid] = max(self._peak_kib.get(pid, 0), int(line.split()[1]))
         # utime and stime are fields 14 and 15 of /proc/PID/stat (12 and 13 after the ')').
         self._cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class PeakRss:
+    """Watch one process (by PID) we started; record its highest VmHWM.
+
+    Not wait4()'s ru_maxrss: a child spawned with vfork (what subprocess
+    does) inherits at exec the PARENT's peak RSS as its own, so every child
+    of a big parent would report at least the parent's peak."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return  # gone (or a zombie: no VmHWM line below)
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
