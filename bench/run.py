@@ -12,7 +12,8 @@ Then, in the same run:
   acks       qbackup with the shell's default sync_interval (ack every 16M)
              against sync_interval = 1T (no ack during the run; the carrier's
              resume_buffer raised to its 1 GiB maximum so it never waits for
-             one), alternated A B B A, at min(--gib, 1000 MiB);
+             one; 16M is measured with that buffer too), in turn forwards and
+             backwards (A B C C B A), at min(--gib, 1000 MiB);
   sender CPU OpenSSH client, a bare asyncssh client and the carrier (into a
              frame-parsing sink) at the same size (bench/carrier_overhead.py);
   shell loop the shell's one-thread receive loop against the old writer
@@ -231,38 +232,45 @@ def format_table(results: list[Result], baseline: Result) -> str:
     return "\n".join(lines)
 
 
+ACK_VARIANTS = {
+    # label: (shell sync_interval or None for its default, carrier overrides)
+    "16M (default), carrier resume_buffer 32 MiB (default)": (None, {}),
+    "16M (default), carrier resume_buffer 1 GiB": (None, {"resume_buffer": GIB}),
+    "1T: no ack during the run, carrier resume_buffer 1 GiB": ("1T", {"resume_buffer": GIB}),
+}
+
+
 def bench_acks(
     server: BackupServer,
     account: Account,
     workdir: Path,
     data: Path,
     reps: int,
-) -> tuple[list[Result], list[Result]]:
-    """qbackup from DATA with the shell's default sync_interval (acks every
-    16M) and with sync_interval = 1T (no ack during the run), alternated
-    A B B A ... REPS times each; return (with acks, without)."""
+) -> dict[str, list[Result]]:
+    """qbackup from DATA with each of ACK_VARIANTS, in turn forwards then
+    backwards (A B C C B A ...), REPS times each; return {variant: results}."""
     size = data.stat().st_size
-    configs = {}
-    for label, overrides in (("acks", {}), ("noacks", {"resume_buffer": GIB})):
-        path = workdir / f"carrier-{label}.yaml"
+    envs = {}
+    for number, (label, (_, overrides)) in enumerate(ACK_VARIANTS.items()):
+        path = workdir / f"carrier-acks-{number}.yaml"
         path.write_text(carrier_config(server.endpoint, account.name, **overrides))
-        configs[label] = {**os.environ, "QBACKUP_CARRIER_CONFIG": str(path)}
-    order = [("acks", "noacks"), ("noacks", "acks")]
-    results: dict[str, list[Result]] = {"acks": [], "noacks": []}
+        envs[label] = {**os.environ, "QBACKUP_CARRIER_CONFIG": str(path)}
+    results: dict[str, list[Result]] = {label: [] for label in ACK_VARIANTS}
     try:
         for rep in range(reps):
-            for label in order[rep % 2]:
-                shell_config = SHELL_CONFIG + ("sync_interval = 1T\n" if label == "noacks" else "")
-                server.write_shell_config(shell_config)
+            order = list(ACK_VARIANTS.items())
+            for number, (label, (interval, _)) in enumerate(order[:: -1 if rep % 2 else 1]):
+                extra = f"sync_interval = {interval}\n" if interval else ""
+                server.write_shell_config(SHELL_CONFIG + extra)
                 with open(data, "rb") as stdin:
                     results[label].append(
-                        bench_qbackup(server, account, configs[label], stdin.fileno(), size,
-                                      label, f"bench-{label}-{rep}")
+                        bench_qbackup(server, account, envs[label], stdin.fileno(), size,
+                                      label, f"bench-acks-{rep}-{number}")
                     )
                 LOG.info("  %s: %.0f MB/s", label, results[label][-1].mb_per_s)
     finally:
         server.write_shell_config(SHELL_CONFIG)
-    return results["acks"], results["noacks"]
+    return results
 
 
 @dataclass
@@ -395,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(0, small, MIB):  # 1 MiB at a time: our RSS would become children's
                 part.write(whole.read(min(MIB, small - part.tell())))
         source.unlink()
-        LOG.info("acks: every 16M vs none, %d MiB, A B B A", small // MIB)
-        with_acks, without_acks = bench_acks(server, account, workdir, head, args.ack_reps)
+        LOG.info("acks: every 16M vs none, %d MiB, A B C C B A", small // MIB)
+        acks = bench_acks(server, account, workdir, head, args.ack_reps)
         LOG.info("sender CPU, %d MiB, %d rounds", small // MIB, args.rounds)
         senders = bench_senders(server, plain, workdir, head, args.rounds)
         head.unlink()
@@ -442,18 +450,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(f"Resumption acks, qbackup from a file, {small / MIB:.0f} MiB, medians of "
-          f"{args.ack_reps} (alternated):")
+          f"{args.ack_reps} (order A B C C B A):")
     print()
-    print("| shell sync_interval | MB/s | carrier peak RSS | shell CPU s/GiB |")
+    print("| shell sync_interval, carrier | MB/s | carrier peak RSS | shell CPU s/GiB |")
     print("|---|---|---|---|")
-    for name, runs in (("16M (default): an ack every 16 MiB", with_acks),
-                       ("1T: no ack during the run (carrier resume_buffer 1 GiB)", without_acks)):
+    for name, runs in acks.items():
         peak = max(r.sender_rss_kib or 0 for r in runs)
         print(f"| {name} | {median_rate(runs):.0f} | {_rss(peak)} "
               f"| {statistics.median(r.server_cpu or 0 for r in runs) / (small / GIB):.2f} |")
+    default, same_buffer, without = (median_rate(runs) for runs in acks.values())
     print()
-    print(f"- with acks / without: {median_rate(with_acks) / median_rate(without_acks):.3f} "
-          "(target >= 0.95)")
+    print(f"- with acks / without: {default / without:.3f} with the default carrier, "
+          f"{same_buffer / without:.3f} with the same carrier buffer (target >= 0.95)")
     print()
     print(f"Sender CPU, {small / MIB:.0f} MiB through a pipe, medians of {args.rounds} rounds "
           "(OpenSSH and bare into `cat > /dev/null`, the carrier into a frame-parsing sink):")
