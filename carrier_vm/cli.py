@@ -120,7 +120,7 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     from carrier_vm.download import get_backup
     from carrier_vm.replies import run_text_command
     from carrier_vm.ssh import open_link
-    from carrier_vm.transfers import save_stats
+    from carrier_vm.transfers import load_receipt, save_receipt, save_stats
     from carrier_vm.upload import put_backup
 
     loop = asyncio.get_running_loop()
@@ -149,11 +149,14 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                     lambda stats: save_stats(os.environ, stats),
                 )
                 record = upload.record
+                save_receipt(os.environ, record)
                 if request.then_commit:
                     record = await commit_backup(link.connection, name, config, record)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "commit":
-                record = await commit_backup(link.connection, name, config)
+                # dom0's path: compare with what the put in this VM verified.
+                sent = load_receipt(os.environ, name)
+                record = await commit_backup(link.connection, name, config, sent)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "get":
                 await get_backup(link, name, sys.stdout.fileno(), config)

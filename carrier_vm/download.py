@@ -39,13 +39,15 @@ from qbackup_protocol import (
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1024 * 1024
+MAX_RECONNECTS = 1000  # per transfer: a bound even for a server that cuts every session
 
 
 class Deframer:
     """Incremental decoder of a D...D E stream: feed() bytes, get payload back."""
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = limit  # most data bytes accepted (the listed size); None = no cap
+    def __init__(self, limit: int | None = None, listed_sha256: str | None = None) -> None:
+        self.limit = limit  # the listed size: exactly this many bytes; None = no listing
+        self.listed_sha256 = listed_sha256
         self.total = 0
         self.finished = False
         self._hash = hashlib.sha256()
@@ -105,6 +107,13 @@ class Deframer:
             raise DataError(f"size mismatch: the end frame says {total} bytes, {self.total} came")
         if digest != self._hash.digest():
             raise DataError("SHA-256 mismatch: the backup read back differs from the one stored")
+        # The listing named the backup's size and digest before a byte came: a
+        # stream that is shorter (or another backup) is not NAME, even when
+        # its own end frame agrees with it.
+        if self.limit is not None and total != self.limit:
+            raise DataError(f"size mismatch: the server listed {self.limit} bytes, sent {total}")
+        if self.listed_sha256 is not None and digest.hex() != self.listed_sha256:
+            raise DataError("SHA-256 mismatch: the stream differs from the backup's listed digest")
         self.finished = True
         self._kind, self._need = None, 1
 
@@ -120,18 +129,26 @@ async def get_backup(link: Link, name: str, out_fd: int, config: CarrierConfig) 
     new connection (within resume_window) when one is lost; raise a
     CarrierError if the server refused, stalled past the window, or the
     stream was malformed, truncated or did not match its digest."""
-    size = (await find_backup(link.connection, name, config)).size
-    deframer = Deframer(limit=size)
+    listed = await find_backup(link.connection, name, config)
+    deframer = Deframer(limit=listed.size, listed_sha256=listed.sha256)
     lost = 0
+    # The window runs from the first loss after the last delivered byte.
+    lost_at, progress_mark = 0.0, -1
     while True:
         try:
             await get_session(link, name, deframer, out_fd, config)
         except TemporaryFailure as failure:
             if config.resume_window <= 0 or deframer.finished:
                 raise
+            if lost >= MAX_RECONNECTS:
+                raise TemporaryFailure(
+                    f"{failure} (gave up after {MAX_RECONNECTS} reconnections)"
+                ) from None
             lost += 1
             logger.warning("connection lost during the download of %s: %s", name, failure)
-            outage = await link.reconnect_within(failure, time.monotonic())
+            if deframer.total > progress_mark:
+                lost_at, progress_mark = time.monotonic(), deframer.total
+            outage = await link.reconnect_within(failure, lost_at)
             logger.info(
                 "reconnected after %.1fs, resuming %s at byte %d", outage, name, deframer.total
             )

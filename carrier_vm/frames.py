@@ -37,6 +37,11 @@ PIPE_SIZE = 1024 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PAYLOAD_AT = 64  # aligned payload start; the header is written just before it
 MIN_FRAMES = 2
+READER_CHECK = 5.0  # seconds between checks that the reader thread still lives
+
+
+class ReaderGone(OSError):
+    """The stdin reader thread ended without handing over EOF or its error."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class FrameReader:
         self._loop = asyncio.get_running_loop()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stdin-reader", daemon=True)
+        self._getter: asyncio.Future[Frame | BaseException | None] | None = None
 
     def start(self) -> None:
         widen_pipe(self.fd)
@@ -101,6 +107,8 @@ class FrameReader:
         """Ask the thread to stop (it is a daemon: never joined)."""
         self._stopped.set()
         self._pool.put(None)  # wakes a thread waiting for a buffer
+        if self._getter is not None:
+            self._getter.cancel()
 
     def digest(self) -> bytes:
         """Return the SHA-256 of everything read (final only after EOF)."""
@@ -111,8 +119,21 @@ class FrameReader:
         self._pool.put(frame.buffer)
 
     async def next_frame(self) -> Frame | None:
-        """Return the next frame, or None at EOF; re-raise a read error (OSError)."""
-        item = await self._frames.get()
+        """Return the next frame, or None at EOF; re-raise a read error
+        (OSError). Raise ReaderGone if the thread ended without handing over
+        its last item (a bug, but never a put that waits for ever)."""
+        while True:
+            if self._getter is None:
+                self._getter = asyncio.ensure_future(self._frames.get())
+            # Waiting for stdin is unbounded (Qubes may be slow), but a dead
+            # reader thread is noticed within READER_CHECK seconds.
+            done, _ = await asyncio.wait({self._getter}, timeout=READER_CHECK)
+            if done:
+                break
+            if not self._thread.is_alive() and self._frames.empty():
+                raise ReaderGone("the stdin reader ended without reporting EOF")
+        item = self._getter.result()
+        self._getter = None
         if isinstance(item, BaseException):
             raise item
         return item
@@ -133,6 +154,12 @@ class FrameReader:
         return self._pool.get()
 
     def _run(self) -> None:
+        try:
+            self._read_frames()
+        except BaseException as error:  # noqa: BLE001 - always hand over a last item
+            self._hand_over(error if isinstance(error, Exception) else ReaderGone(repr(error)))
+
+    def _read_frames(self) -> None:
         try:
             while not self._stopped.is_set():
                 buffer = self._buffer()

@@ -1,9 +1,13 @@
-"""How the last upload of each NAME went, kept for dom0 to fetch.
+"""What the last upload of each NAME left behind in this VM, kept for later.
 
 ``put`` records its TransferStats (times the connection was lost, each
 outage's length, bytes resent) here when it ends; dom0 asks for them with
 ``qubes.BackupCarrier+transfer`` (NAME on stdin) after the commit and logs
 them. The carrier's own log has the same story.
+
+``put`` also keeps the receipt it verified (name, size, SHA-256 of what it
+sent): a later ``commit NAME`` -- dom0's path -- refuses a commit receipt
+that differs from it, as ``put --commit`` does.
 """
 
 from __future__ import annotations
@@ -18,36 +22,63 @@ from pathlib import Path
 from carrier_vm.errors import DataError
 from qbackup_protocol import (
     MAX_REPLY_LINE,
+    BackupRecord,
     ProtocolError,
     TransferStats,
     encode_reply,
+    parse_record,
     parse_transfer_stats,
 )
 
 logger = logging.getLogger(__name__)
 
 TRANSFERS_SUBDIR = ".cache/qbackup-carrier/transfers"
+RECEIPTS_SUBDIR = ".cache/qbackup-carrier/receipts"
 
 
-def stats_path(environ: Mapping[str, str], name: str) -> Path:
+def stats_path(environ: Mapping[str, str], name: str, subdir: str = TRANSFERS_SUBDIR) -> Path:
     """Given the environment and a valid backup NAME, return where its stats
-    live (the name hashed: names contain '/')."""
+    (or, with RECEIPTS_SUBDIR, its receipt) live (the name hashed: names
+    contain '/')."""
     home = environ.get("HOME") or os.path.expanduser("~")
     digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:32]
-    return Path(home) / TRANSFERS_SUBDIR / f"{digest}.json"
+    return Path(home) / subdir / f"{digest}.json"
 
 
 def save_stats(environ: Mapping[str, str], stats: TransferStats) -> None:
     """Given the environment and an upload's stats, store them (replacing
     any earlier ones for the name); a failure to store is only logged."""
-    path = stats_path(environ, stats.name)
+    keep(stats_path(environ, stats.name), encode_reply(stats.to_reply()), stats.name)
+
+
+def save_receipt(environ: Mapping[str, str], record: BackupRecord) -> None:
+    """Given the environment and the receipt a put verified, keep it for commit."""
+    path = stats_path(environ, record.name, RECEIPTS_SUBDIR)
+    keep(path, encode_reply(record.to_reply()), record.name)
+
+
+def load_receipt(environ: Mapping[str, str], name: str) -> BackupRecord | None:
+    """Given the environment and a valid NAME, return the receipt the last put
+    of NAME in this VM verified, or None if there is none (or it is damaged:
+    then commit checks what it can without it)."""
+    try:
+        with open(stats_path(environ, name, RECEIPTS_SUBDIR), "rb") as handle:
+            record = parse_record(handle.read(MAX_REPLY_LINE + 1))
+    except (OSError, ProtocolError, RecursionError):
+        return None
+    return record if record.name == name else None
+
+
+def keep(path: Path, line: bytes, name: str) -> None:
+    """Given a path, one line and the backup NAME it is about, store the line
+    atomically; a failure to store is only logged."""
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary.write_bytes(encode_reply(stats.to_reply()))
+        temporary.write_bytes(line)
         os.replace(temporary, path)
-    except (OSError, ProtocolError) as error:
-        logger.warning("cannot keep the transfer stats of %s: %s", stats.name, error)
+    except OSError as error:
+        logger.warning("cannot keep %s for %s: %s", path.parent.name, name, error)
         with contextlib.suppress(OSError):
             temporary.unlink()
 

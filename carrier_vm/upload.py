@@ -43,6 +43,7 @@ from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
 from qbackup_protocol import (
     DEFAULT_DATA_FRAME,
+    FRAME_HEADER_SIZE,
     MAX_OUTAGES_REPORTED,
     VERB_PUT,
     VERB_RESUME,
@@ -59,6 +60,7 @@ from qbackup_protocol import (
 
 logger = logging.getLogger(__name__)
 
+MAX_RECONNECTS = 1000  # per transfer: a bound even for a server that cuts at every resume
 # Smallest slice written at a time under a rate limit (keeps the pacing smooth).
 MIN_RATE_SLICE = 16 * 1024
 
@@ -145,6 +147,8 @@ class Outbox:
         beyond what was sent."""
         if offset < self.acked or offset > self.sent_high:
             raise DataError("the server acknowledged data it was never sent")
+        if offset == self.acked:
+            return  # no progress: it must not count as any (a drip of useless acks)
         self.acked = offset
         while self.frames and self.frames[0].end <= offset:
             self.reader.recycle(self.frames.popleft())
@@ -197,23 +201,33 @@ async def put_backup(
     outbox = Outbox(reader)
     outages = Outages()
     verb = VERB_PUT
+    restarted = False
+    # The window runs from the first loss after the last progress: failed
+    # resumes (busy, refused, cut again) without progress stay one outage.
+    lost_at, progress_mark = 0.0, -1
     try:
         while True:
             try:
                 record = await upload_session(link, verb, name, outbox, config)
             except NothingToResume:
-                if outbox.held_from != 0:
+                if outbox.held_from != 0 or restarted:
                     raise
                 # The first session was lost before the server made its
-                # partial upload: start over, the carrier still holds it all.
-                verb = VERB_PUT
+                # partial upload: start over (once), the carrier holds it all.
+                restarted, verb = True, VERB_PUT
                 continue
             except TemporaryFailure as failure:
                 if isinstance(failure, ResumeImpossible) or config.resume_window <= 0:
                     raise
+                if outages.lost >= MAX_RECONNECTS:
+                    raise TemporaryFailure(
+                        f"{failure} (gave up after {MAX_RECONNECTS} reconnections)"
+                    ) from None
                 outages.lost += 1
                 logger.warning("connection lost during the upload of %s: %s", name, failure)
-                outages.durations.append(await link.reconnect_within(failure, time.monotonic()))
+                if outbox.acked > progress_mark:
+                    lost_at, progress_mark = time.monotonic(), outbox.acked
+                outages.durations.append(await link.reconnect_within(failure, lost_at))
                 verb = VERB_RESUME
                 logger.info(
                     "reconnected after %.1fs, resuming %s (%d bytes acknowledged)",
@@ -264,9 +278,7 @@ async def upload_session(
         sent.set()
 
     async def read_replies(reader: Reader[bytes]) -> BackupRecord | None:
-        return await follow_replies(
-            LineReader(reader), verb, outbox, offset_known, sent, config
-        )
+        return await follow_replies(LineReader(reader), verb, outbox, offset_known, sent, config)
 
     command = build_command(verb, name)
     try:
@@ -332,8 +344,9 @@ async def follow_replies(
     if offset_known.done():  # the sender gave up waiting (progress_timeout)
         return None
     offset_known.set_result(offset)
+    receipt_due: list[float] = []  # set once, when the end frame has gone out
     while True:
-        line = await next_reply(lines, sent, config)
+        line = await next_reply(lines, sent, receipt_due, config)
         if line is None:
             return None
         item = parse_hostile(parse_upload_line, line, "upload reply")
@@ -345,17 +358,22 @@ async def follow_replies(
         return item
 
 
-async def next_reply(lines: LineReader, sent: asyncio.Event, config: CarrierConfig) -> bytes | None:
+async def next_reply(
+    lines: LineReader, sent: asyncio.Event, receipt_due: list[float], config: CarrierConfig
+) -> bytes | None:
     """Given the reply lines, return the next one; once the end frame went
-    out, the receipt must come within reply_timeout (DataError otherwise)."""
+    out, the receipt must come within reply_timeout of that moment, however
+    many other lines come meanwhile (DataError otherwise)."""
     reading = asyncio.ensure_future(lines.next_line())
     waiting = asyncio.ensure_future(sent.wait())
     try:
         await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
         if reading.done():
             return reading.result()
+        if not receipt_due:
+            receipt_due.append(time.monotonic() + config.reply_timeout)
         try:
-            return await asyncio.wait_for(reading, config.reply_timeout)
+            return await asyncio.wait_for(reading, max(0.0, receipt_due[0] - time.monotonic()))
         except TIMEOUTS:
             raise DataError(
                 f"no receipt from the server within {config.reply_timeout:g}s"
@@ -402,8 +420,7 @@ async def send_stream(
             raise DataError(f"cannot read the backup from stdin: {error.strerror}") from None
         if frame is None:
             break
-        await write_frame(writer, frame, position, limiter, config)
-        outbox.note_sent(position, frame.end)
+        await write_frame(writer, outbox, frame, position, limiter, config)
         position = frame.end
     logger.info("sent %d bytes, sending the end frame", outbox.reader.total)
     writer.write(encode_end_frame(outbox.reader.total, outbox.reader.digest()))
@@ -427,17 +444,28 @@ async def wait_for_ack(outbox: Outbox, config: CarrierConfig) -> None:
 
 
 async def write_frame(
-    writer: Writer[bytes], frame: Frame, offset: int, limiter: RateLimiter, config: CarrierConfig
+    writer: Writer[bytes],
+    outbox: Outbox,
+    frame: Frame,
+    offset: int,
+    limiter: RateLimiter,
+    config: CarrierConfig,
 ) -> None:
     """Given a frame and the stream OFFSET to start at, write it as one D
     frame (in slices under a rate limit) and wait for the channel to take it;
     asyncssh copies the bytes, so the buffer stays the outbox's."""
     data = frame.wire_bytes(offset)
     step = limiter.slice_size(len(data))
+    sent = offset
     for start in range(0, len(data), step):
         piece = data[start : start + step]
         # asyncssh takes any bytes-like object and copies it (typed as bytes).
         writer.write(cast(bytes, piece))
+        # Counted as sent at once, before any pause: the server may
+        # acknowledge these bytes while the rate limiter sleeps.
+        data_end = min(frame.end, offset + start + len(piece) - FRAME_HEADER_SIZE)
+        outbox.note_sent(sent, max(sent, data_end))
+        sent = max(sent, data_end)
         await drain_with_progress(writer, config)
         await limiter.account(len(piece))
 

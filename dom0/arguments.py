@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from dom0 import __version__, config, errors
+from dom0.drill import add_drill_parser
 
-SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config")
+SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
 ENV_PASSFILE = config.ENV_PASSFILE
 EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup", formatter_class=raw, help="take a backup (the default command)", parents=common,
         description="Back up VMs with Qubes' own engine, streamed into the carrier VM.",
         epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --all --json\n"
-               "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass -x untrusted\n"
+               "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass --exclude untrusted\n"
                "  qbackup -f laptop -t sys-backup -p FILE  # all VMs with include_in_backups")
     backup.add_argument("--all", action="store_true",
                         help="run every job of the job file (a broken job does not stop the"
@@ -113,9 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("-f", "--prefix", help="backup name prefix: PREFIX-YYYYmmddTHHMMSSZ")
     add_carrier(backup)
     add_passphrase(backup)
-    backup.add_argument("-x", "--exclude", action="append", metavar="VM",
-                        help="skip this VM (as qvm-backup -x)")
-    backup.add_argument("-k", "--keep-carrier", action="store_true", default=None,
+    backup.add_argument("--exclude", action="append", metavar="VM", help="skip this VM")
+    backup.add_argument("-x", "--keep-carrier", action="store_true", default=None,
                         help="leave the carrier VM running afterwards")
     backup.add_argument("--compression", metavar="FILTER",
                         help="true, false or gzip, bzip2, xz, pigz, zstd, zstdmt, lzma, pbzip2")
@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--skip-conflicting", action="store_true")
     restore.add_argument("--paranoid-mode", action="store_true",
                          help="restore through a disposable VM (needs -p FILE)")
-    restore.add_argument("-x", "--exclude", action="append", metavar="VM", default=[],
-                         help="do not restore this VM (as qvm-backup-restore -x)")
+    restore.add_argument("--exclude", action="append", metavar="VM", default=[],
+                         help="do not restore this VM (qvm-backup-restore -x)")
     restore.add_argument("name", help="backup name")
     restore.add_argument("vms", nargs="*", metavar="VM", help="restore only these VMs")
 
@@ -180,7 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit non-zero and notify if a job's last success is older")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
+    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+                        help="exit non-zero if a job's last drill is older (or failed)")
     add_json(status, "the status")
+
+    drill = add_drill_parser(commands, raw, common)
+    add_carrier(drill)
+    add_passphrase(drill)
 
     settings = commands.add_parser(
         "config", formatter_class=raw, help="check the job file and what it names",

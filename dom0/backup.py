@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from dom0 import history
 from dom0.carrier import CarrierClient, Record, check_name
 from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
+from dom0.engine import run_engine, running_vm
 from dom0.errors import (
     EXIT_CODES,
     BackupEngineError,
@@ -42,7 +43,7 @@ from dom0.profile import ProfileSpec, written_profile
 from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
-from dom0.verify import verify_backup
+from dom0.verify import Committed, verify_backup
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
@@ -134,9 +135,11 @@ def report_tampering(comparison: history.Comparison) -> None:
 
 
 def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Context,
-            tried: set[str]) -> tuple[Record, list[str]]:
+            tried: set[str], transfers: dict[str, dict[str, object] | None]
+            ) -> tuple[Record, list[str]]:
     """Given a checked job, take one backup; return (its server record,
-    tampering problems found on the way); raise on any failure."""
+    tampering problems found on the way) and put how its upload went into
+    TRANSFERS; raise on any failure."""
     client = CarrierClient(app, job.carrier, job.answer_timeout)
     info = client.info()
     logger.info("server via %s: %s available (%s free, %s reserved)", job.carrier,
@@ -145,8 +148,9 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
     runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]
-    comparison = history.compare_with_server(runs, listing.records, not listing.truncated,
-                                             job.prefix, job.keep)
+    stored = client.records_of({run.name for run in history.committed_runs(runs)
+                                if run.name and run.name.startswith(job.prefix)}, listing)
+    comparison = history.compare_with_server(runs, stored, True, job.prefix, job.keep)
     report_tampering(comparison)
     problems = comparison.problems
     name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
@@ -167,11 +171,28 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:
-            with context.guard.cancelling_with(lambda: app.backup_cancel(profile)):
-                app.backup_execute(profile, progress)
+            with running_vm(app, job.passphrase_vm, "passphrase VM"):
+                run_engine(app, job.carrier, profile, context.guard, progress)
         finally:
             progress.finish()
-    return publish(client, name), problems
+    record = publish(client, name)
+    transfers[name] = transfer_of(client, name)
+    return record, problems
+
+
+def transfer_of(client: CarrierClient, name: str) -> dict[str, object] | None:
+    """Given a committed backup's NAME, log how its upload went (the carrier's
+    own count of lost connections, outages and bytes sent again) and return it
+    for the history; None (a warning) if the carrier cannot say: the backup is
+    committed either way."""
+    try:
+        stats = client.transfer(name)
+    except QbackupError as error:
+        logger.warning("the carrier did not report how the upload of %s went: %s", name, error)
+        return None
+    record = history.transfer_record(stats)
+    logger.info("upload of %s: %s", name, history.describe_transfer(record))
+    return record
 
 
 def publish(client: CarrierClient, name: str) -> Record:
@@ -193,7 +214,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     VerificationError if that fails or earlier backups were tampered with."""
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
-        verify_backup(app, job.carrier, source, record.name)
+        verify_backup(app, job.carrier, source, record.name,
+                      Committed(record.size, record.sha256 or "", job.compression))
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
@@ -299,11 +321,13 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
                 monitor.started(f"VMs {' '.join(vms)}, carrier {job.carrier},"
                                 f" prefix {job.prefix}")
                 tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
+                transfers: dict[str, dict[str, object] | None] = {}
                 while True:
                     attempts += 1
                     start = time.time()
                     try:
-                        record, problems = attempt(app, job, passphrase, context, tried)
+                        record, problems = attempt(app, job, passphrase, context, tried,
+                                                   transfers)
                         break
                     except QbackupError as error:
                         append_failure(context, job, start, error)
@@ -315,7 +339,8 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
                 end = time.time()
                 history.append_run(context.history, history.Run(
                     history_job(job), job.carrier, record.name, record.size, record.sha256,
-                    start, end, history.OUTCOME_OK))
+                    start, end, history.OUTCOME_OK, compression=job.compression,
+                    transfer=transfers.get(record.name)))
                 logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
                             record.name, record.size, human_size(record.size), record.sha256,
                             end - start)

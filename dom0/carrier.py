@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,6 +49,14 @@ MAX_SHORT_REPLY = 64 * 1024
 DEFAULT_ANSWER_TIMEOUT = 300.0
 CHECK_SECONDS_PER_GIB = 60.0  # the server re-hashes at 17 MB/s or faster
 GIB = 1024**3
+
+
+def seconds(value: float) -> str:
+    """Given a duration, return it as a person reads it: 300, 0.2, 1234.5."""
+    return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+MAX_LOOKUPS = 1000  # names looked up one by one when a listing was cut short
 Parsed = TypeVar("Parsed")
 
 
@@ -141,6 +149,10 @@ def parse_listing(data: bytes) -> Listing:
         raise ReplyError("the carrier's listing lacks its summary line")
     if summary.count != len(records):
         raise ReplyError("the carrier's listing summary does not match its entries")
+    if summary.truncated and summary.count != protocol.MAX_LIST_ENTRIES:
+        # The server cuts a listing only when it is full; a carrier claiming
+        # a cut elsewhere would hide vanished backups from the tamper check.
+        raise ReplyError("the carrier's listing claims a cut the server never makes")
     if len({record.name for record in records}) != len(records):
         raise ReplyError("the carrier's listing names a backup twice")
     return Listing(records=records, truncated=summary.truncated)
@@ -166,7 +178,7 @@ class CarrierClient:
                 self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
                 timeout=deadline)
         except subprocess.TimeoutExpired:
-            raise TemporaryError(f"{verb} via {self.vm}: no answer within {deadline:.0f} s;"
+            raise TemporaryError(f"{verb} via {self.vm}: no answer within {seconds(deadline)} s;"
                                  " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
             status = error.returncode
@@ -190,6 +202,24 @@ class CarrierClient:
         """Given a name PREFIX ('' for all), return the server's listing."""
         return parse_listing(self._call("list", prefix, MAX_LISTING_BYTES))
 
+    def records_of(self, names: Iterable[str], listing: Listing) -> list[Record]:
+        """Given committed NAMES and a LISTING, return the listing's records
+        plus, when the listing was cut short, those of each name it lacks
+        (asked one by one, at most MAX_LOOKUPS); raise ReplyError if there are
+        more: a cut listing must never make a vanished backup look fine."""
+        records = list(listing.records)
+        if not listing.truncated:
+            return records
+        listed = {record.name for record in records}
+        missing = sorted(set(names) - listed)
+        if len(missing) > MAX_LOOKUPS:
+            raise ReplyError(f"the server's listing is cut short and {len(missing)} recorded"
+                             " backups are not in it: give the job a narrower prefix")
+        for name in missing:
+            records += [record for record in self.listing(name).records
+                        if record.name == name]
+        return records
+
     def check(self, name: str) -> tuple[Record, bool]:
         """Given a backup NAME, return (its record, whether the server's re-hash
         matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
@@ -209,6 +239,16 @@ class CarrierClient:
             if record.name == name:
                 return record
         raise no_such_backup(name)
+
+    def transfer(self, name: str) -> protocol.TransferStats:
+        """Given the NAME of a backup this carrier uploaded, return how the
+        upload went (connection losses, outages, bytes sent again)."""
+        answer = self._call("transfer", check_name(name), MAX_SHORT_REPLY)
+        stats = parse_line(protocol.parse_transfer_stats, single_line(answer, "transfer reply"),
+                           "transfer reply")
+        if stats.name != name:
+            raise ReplyError("the carrier's transfer reply names another backup")
+        return stats
 
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and

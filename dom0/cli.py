@@ -2,11 +2,10 @@
 
 The original invocation still works and means `qbackup backup ...`:
 
-    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-k] [-o] [VM ...]
+    qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-x] [-o] [VM ...]
 
-(`-x` now excludes a VM, as in qvm-backup; the original form refuses it, so an
-old line that meant "keep the carrier running" fails loudly instead of
-silently leaving a VM out.) `main()` is the only place that turns errors
+`-x` keeps the carrier running, as in the original tool, in every command
+that has it (`--exclude VM` skips a VM). `main()` is the only place that turns errors
 into exit codes (dom0/errors.py).
 """
 
@@ -19,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, configcheck, errors, execute, listing, status, verify
+from dom0 import backup, check, configcheck, drill, errors, execute, listing, verify
 from dom0.arguments import (
     COMMON_DEFAULTS,
     COMMON_WITH_VALUE,
@@ -27,7 +26,7 @@ from dom0.arguments import (
     build_parser,
     command_position,
 )
-from dom0.errors import ConfigError, QbackupError, QubesError, UsageError
+from dom0.errors import ConfigError, QbackupError, QubesError
 from dom0.history import default_history_path
 from dom0.locking import default_lock_dir
 from dom0.log import DEFAULT_SYSLOG_SOCKET, setup_logging
@@ -45,25 +44,24 @@ ACTIONS: dict[str, Action] = {
     "check": check.run,
     "verify": verify.run_verify,
     "restore": verify.run_restore,
-    "status": status.run,
+    "status": drill.run_status,  # status.run plus the drills
     "config": configcheck.run,
+    "drill": drill.run,
 }
 HELP_WORDS = frozenset({"-h", "--help", "--version"})
 
 
-def normalise(argv: list[str]) -> tuple[list[str], bool]:
-    """Given argv, return (argv, whether it is the original form, to which
-    `backup` was prepended)."""
+def normalise(argv: list[str]) -> list[str]:
+    """Given argv, return it with `backup` prepended for the original form
+    (`qbackup -f PREFIX -t VM ...`, no command)."""
     position = command_position(argv)
     if position is not None:
-        if argv[position] in SUBCOMMANDS:
-            return argv, False
-        return ["backup", *argv], True
+        return argv if argv[position] in SUBCOMMANDS else ["backup", *argv]
     options = {word for word in argv if word.startswith("-")}
     if options - HELP_WORDS - {"-o", "--terminal", "-v", "--verbose", "-q", "--quiet",
                                *COMMON_WITH_VALUE}:
-        return ["backup", *argv], True  # options only, some of them backup's
-    return argv, False
+        return ["backup", *argv]  # options only, some of them backup's
+    return argv
 
 
 def dispatch(args: argparse.Namespace, context: Context) -> int:
@@ -90,7 +88,7 @@ def env_path(variable: str) -> Path | None:
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
-    arguments, original_form = normalise(list(sys.argv[1:] if argv is None else argv))
+    arguments = normalise(list(sys.argv[1:] if argv is None else argv))
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
@@ -126,9 +124,6 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
                               history=args.history or default_history_path(),
                               lock_dir=args.lock_dir or default_lock_dir(), config=args.config,
                               json=getattr(args, "json", False), quiet=args.quiet)
-            if original_form and "-x" in arguments:
-                raise UsageError("-x now excludes a VM (as in qvm-backup): to keep the carrier"
-                                 " running use -k, to skip a VM use --exclude VM")
             return dispatch(args, context)
     except ConfigError as error:  # one line per problem, each naming file, line and key
         for problem in error.problems:

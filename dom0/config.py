@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 import qbackup_protocol as protocol
+from dom0.compression import RESTORABLE_FILTERS
 from dom0.errors import ConfigError, UsageError
 
 SYSTEM_CONFIG = Path("/etc/qbackup/qbackup.yaml")
@@ -43,12 +44,9 @@ JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TIMESTAMP_LENGTH = len("-20261122T235959Z")
 # Compression filters a job may use: what qvm-backup-restore can undo on every
-# supported release. 4.2 restores gzip, bzip2 and xz as they are; it and
-# 4.3.13+ restore pigz, zstd, zstdmt, lzma and pbzip2 when the program is
-# installed in dom0 (qbackup passes the filter from its history). No release
+# supported release (dom0/compression.py holds the list and why). No release
 # restores lz4, so a job asking for it is refused before any backup is made.
-COMPRESSION_FILTERS = frozenset({"gzip", "bzip2", "xz", "pigz", "zstd", "zstdmt", "lzma",
-                                 "pbzip2"})
+COMPRESSION_FILTERS = RESTORABLE_FILTERS
 NEVER_RESTORABLE = {"lz4": "no Qubes release can restore lz4 backups"}
 HOOK_EVENTS = ("on_start", "on_success", "on_failure")
 HOOK_KEYS = (*HOOK_EVENTS, "ping_url", "ping_vm")
@@ -73,12 +71,14 @@ SETTINGS: dict[str, Setting] = {
                              "--passphrase-vm"),
     "vms": Setting("list of VMs to back up; omit for every VM with include_in_backups",
                    "the VM arguments"),
-    "exclude": Setting("list of VMs to skip", "-x/--exclude"),
+    "exclude": Setting("list of VMs to skip", "--exclude"),
     "compression": Setting("true, false or a filter program", "--compression"),
-    "keep_carrier": Setting("true: leave the carrier VM running afterwards", "-k/--keep-carrier"),
+    "keep_carrier": Setting("true: leave the carrier VM running afterwards", "-x/--keep-carrier"),
     "retries": Setting("extra attempts after a temporary or engine failure, 0..10", "--retries"),
     "retry_delay": Setting("seconds between attempts, 0..86400", "--retry-delay"),
     "verify": Setting("true: qvm-backup-restore --verify-only right after", "--verify"),
+    "drill_max_age": Setting("hours: status fails when the job's last restore drill is older"
+                             " (or missing); omit to not require drills", None),
     "answer_timeout": Setting("seconds to wait for each answer through the carrier, 1..86400"
                               " (check: more per GiB)", None),
     "keep": Setting("retention policy the server's prune applies: {daily: N, weekly: N,"
@@ -105,6 +105,7 @@ class Job:
     retry_delay: int = 60
     verify: bool = False
     answer_timeout: int = 300
+    drill_max_age: float | None = None
     keep: protocol.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=lambda: Hooks())
 
@@ -291,6 +292,12 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
     retries = _integer(values.get("retries", 0), "retries", 0, 10, problems)
     delay = _integer(values.get("retry_delay", 60), "retry_delay", 0, 86400, problems)
     answer = _integer(values.get("answer_timeout", 300), "answer_timeout", 1, 86400, problems)
+    drill_max_age = values.get("drill_max_age")
+    if drill_max_age is not None and (isinstance(drill_max_age, bool) or not isinstance(
+            drill_max_age, int | float) or not 1 <= drill_max_age <= 87600):
+        problems.append(Problem("drill_max_age", "expected hours from 1 to 87600, e.g. 192 for"
+                                                 " eight days"))
+        drill_max_age = None
     keep_policy = _policy(values.get("keep"), problems)
     hooks = _hooks(values.get("hooks"), problems)
     if problems:
@@ -300,7 +307,7 @@ def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Probl
         passphrase_file=Path(os.path.expanduser(passphrase_file)) if passphrase_file else None,
         passphrase_vm=passphrase_vm, vms=vms, exclude=exclude, compression=compression,
         keep_carrier=keep, retries=retries, retry_delay=delay, verify=verify,
-        answer_timeout=answer, keep=keep_policy, hooks=hooks,
+        answer_timeout=answer, drill_max_age=drill_max_age, keep=keep_policy, hooks=hooks,
     ), []
 
 

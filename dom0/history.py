@@ -46,6 +46,12 @@ class Run:
     start: float
     end: float
     outcome: str
+    # The job's `compression` (True/False/program): verify and restore pass
+    # it on (dom0/compression.py). None in runs recorded before it was kept.
+    compression: bool | str | None = None
+    # How the upload went, as the carrier reported it (lost, outages, resent);
+    # None when unknown (runs before it was kept, failed runs).
+    transfer: dict[str, object] | None = None
 
 
 def append_run(path: Path, run: Run) -> None:
@@ -188,3 +194,24 @@ def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord]
     strangers = strangers_among({name for name, _ in mine}, stored,
                                 time.time() if now is None else now)
     return Comparison(problems=problems, pruned=sorted(set(pruned)), strangers=strangers)
+
+
+def transfer_record(stats: protocol.TransferStats) -> dict[str, object]:
+    """Given the carrier's transfer stats, return what the history keeps."""
+    return {"lost": stats.lost, "outages": list(stats.outages), "resent": stats.resent}
+
+
+def describe_transfer(transfer: dict[str, object] | None) -> str:
+    """Given a history record's transfer field, return it for people."""
+    if not isinstance(transfer, dict) or not transfer:
+        return "transfer: not reported"
+    lost, outages, resent = transfer.get("lost"), transfer.get("outages"), transfer.get("resent")
+    if not isinstance(lost, int) or not isinstance(resent, int) or not isinstance(outages, list):
+        return "transfer: not reported"
+    if lost == 0:
+        return "transfer: no connection lost"
+    shown = ", ".join(f"{seconds:.1f} s" for seconds in outages[:5]
+                      if isinstance(seconds, int | float))
+    more = ", ..." if len(outages) > 5 else ""
+    return (f"transfer: connection lost {lost} time(s) (outages {shown}{more}),"
+            f" {resent} bytes sent again")

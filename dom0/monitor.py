@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 QVM_RUN = "qvm-run"
 HOOK_TIMEOUT = 120.0
 PING_TIMEOUT = 60.0
+HOOK_OUTPUT_KEPT = 4096  # the end of a failing hook's output, for the log
 # Healthchecks.io's convention: URL (success), URL/start, URL/fail.
 PING_SUFFIX = {"on_start": "/start", "on_success": "", "on_failure": "/fail"}
 
@@ -56,7 +57,8 @@ class Monitor:
         if command:
             env = {**os.environ, "QBACKUP_JOB": self.job, "QBACKUP_EVENT": event, **environment}
             try:
-                result = execute.run(command, timeout=HOOK_TIMEOUT, env=env)
+                result = execute.run(command, timeout=HOOK_TIMEOUT, env=env,
+                                     max_capture=HOOK_OUTPUT_KEPT)
             except (OSError, execute.TimeoutExpired) as error:
                 logger.warning("hook %s of %s could not run: %s", event, self.job, error)
             else:
@@ -67,7 +69,9 @@ class Monitor:
         if self.hooks.ping_url and vm:
             url = self.hooks.ping_url.rstrip("/") + PING_SUFFIX[event]
             try:
-                result = execute.run(ping_argv(vm, url), timeout=PING_TIMEOUT)
+                # The ping VM is networked and less trusted: its output is
+                # never read into dom0.
+                result = execute.run(ping_argv(vm, url), discard=True, timeout=PING_TIMEOUT)
             except (OSError, execute.TimeoutExpired) as error:
                 logger.warning("ping %s through %s failed: %s", event, vm, error)
             else:

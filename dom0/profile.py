@@ -2,7 +2,7 @@
 
 A profile may hold `passphrase_text`, the key to every backup: it is created
 with O_EXCL|O_NOFOLLOW and mode 0600 from the first byte, and removed in a
-`finally` (QUBES-INTERFACES.md section 3).
+`finally` (docs/QUBES.md, "Driving a backup").
 """
 
 from __future__ import annotations

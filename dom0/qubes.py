@@ -1,14 +1,16 @@
 """The Qubes adapter: the ONLY module that imports qubesadmin (lazily).
 
 `QubesAdapter` lists everything dom0's qbackup asks of Qubes; `RealQubes`
-implements it with qubesadmin exactly as QUBES-INTERFACES.md sections 3-5
-describe, and tests hand `cli.main(app=...)` a simulator instead. Every method
-raises dom0's own errors (VMNotFound, QubesError, BackupEngineError) or
-subprocess.CalledProcessError for a failed service call.
+implements it with qubesadmin as docs/QUBES.md ("Driving a backup", "Our own
+services") describes, using only calls that exist on BOTH Qubes 4.2 and 4.3,
+and tests hand `cli.main(app=...)` a simulator instead. Every method raises
+dom0's own errors (VMNotFound, QubesError, BackupEngineError) or
+subprocess.CalledProcessError / TimeoutExpired for a failed service call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -24,6 +26,7 @@ PROFILE_DIR = Path("/etc/qubes/backup")
 QVM_BACKUP_RESTORE = "qvm-backup-restore"
 DEFAULT_MAX_OUTPUT = 64 * 1024
 MAX_STDERR = 64 * 1024
+MAX_SHOWN_OUTPUT = 1024 * 1024
 ProgressCallback = Callable[[float], None]
 
 
@@ -43,6 +46,12 @@ class QubesAdapter(Protocol):
 
     def shutdown(self, name: str, wait: bool = True) -> None:
         """Given a running VM, shut it down (waiting until halted if WAIT)."""
+
+    def kill(self, name: str) -> None:
+        """Given a running VM, destroy it at once (every process in it ends)."""
+
+    def vm_names(self) -> set[str]:
+        """Return the names of every VM Qubes knows."""
 
     def vms_in_backups(self) -> list[str]:
         """Return the VMs whose include_in_backups is set, sorted."""
@@ -66,11 +75,19 @@ class QubesAdapter(Protocol):
     def backup_cancel(self, profile: str) -> None:
         """Given the profile of a running Execute, send admin.backup.Cancel."""
 
+    def abandon_execute(self) -> None:
+        """Stop waiting for a running backup_execute (it raises
+        BackupEngineError at once); for a Qubes that does not end it even
+        after Cancel, abort and kill. Called from another thread."""
+
     def backup_restore(
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
     ) -> tuple[int, bytes]:
         """Given qvm-backup-restore's arguments, run it (output captured or on
-        the terminal, INPUT_DATA on stdin) and return (status, output)."""
+        the terminal, INPUT_DATA on stdin) and return (status, output).
+        Uncaptured output still comes back (bounded): it is shown as it
+        arrives AND returned, because qvm-backup-restore can exit 0 after a
+        failed restore and only its output tells (docs/QUBES.md, "Restore")."""
 
 
 def read_bounded(stream: Any, limit: int) -> tuple[bytes, bool]:
@@ -96,6 +113,7 @@ class RealQubes:
         import qubesadmin  # noqa: PLC0415 - only dom0 has it; tests never import it
 
         self.app = qubesadmin.Qubes()
+        self._abandon: Callable[[], object] | None = None
 
     def _vm(self, name: str) -> Any:
         try:
@@ -118,12 +136,27 @@ class RealQubes:
             raise QubesError(f"cannot start VM {name}: {error}") from None
 
     def shutdown(self, name: str, wait: bool = True) -> None:
+        """qubesadmin's vm.shutdown() has no `wait` before 4.3.33 (a TypeError
+        on 4.2), but qubesd's admin.vm.Shutdown takes the argument `wait` on
+        4.2 and 4.3 alike: call that (docs/QUBES.md, "Shutting a VM down")."""
+        from qubesadmin.exc import QubesException  # noqa: PLC0415
+
+        self._vm(name)  # VMNotFound for an unknown name, like the other calls
+        try:
+            self.app.qubesd_call(name, "admin.vm.Shutdown", "wait" if wait else None)
+        except QubesException as error:
+            raise QubesError(f"cannot shut down VM {name}: {error}") from None
+
+    def kill(self, name: str) -> None:
         from qubesadmin.exc import QubesException  # noqa: PLC0415
 
         try:
-            self._vm(name).shutdown(force=False, wait=wait)
+            self._vm(name).kill()
         except QubesException as error:
-            raise QubesError(f"cannot shut down VM {name}: {error}") from None
+            raise QubesError(f"cannot kill VM {name}: {error}") from None
+
+    def vm_names(self) -> set[str]:
+        return {vm.name for vm in self.app.domains}
 
     def vms_in_backups(self) -> list[str]:
         return sorted(
@@ -200,8 +233,10 @@ class RealQubes:
             raise QubesError(f"Qubes refused the backup profile: {error}") from None
 
     def backup_execute(self, profile: str, on_progress: ProgressCallback) -> None:
-        """Run admin.backup.Execute in an executor thread while an
-        EventsDispatcher relays backup-progress events (what qvm-backup does)."""
+        """Run admin.backup.Execute in a DAEMON thread while an EventsDispatcher
+        relays backup-progress events (what qvm-backup does). Not asyncio's
+        executor: its worker thread is joined at interpreter exit, so a
+        qubesd that never answers would keep dom0 from exiting at all."""
         import asyncio  # noqa: PLC0415
 
         import qubesadmin.events  # noqa: PLC0415
@@ -215,15 +250,35 @@ class RealQubes:
                     pass
 
         loop = asyncio.new_event_loop()
-        dispatcher = qubesadmin.events.EventsDispatcher(self.app)
+        # enable_cache=True (the default) would switch qubesadmin's property
+        # cache on for good: once we stop listening, vm.is_running() could
+        # answer stale values (docs/QUBES.md, "Progress events").
+        dispatcher = qubesadmin.events.EventsDispatcher(self.app, enable_cache=False)
         dispatcher.add_handler("backup-progress", handler)
         events = loop.create_task(dispatcher.listen_for_events())
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not finished.done():
+                if error is None:
+                    finished.set_result(None)
+                else:
+                    finished.set_exception(error)
+
+        def execute() -> None:
+            error: BaseException | None = None
+            try:
+                self.app.qubesd_call("dom0", "admin.backup.Execute", profile)
+            except BaseException as failure:  # noqa: BLE001 - handed to the waiting loop
+                error = failure
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, error)
+
+        self._abandon = lambda: loop.call_soon_threadsafe(
+            settle, BackupEngineError("Qubes' backup did not end after cancel; abandoned"))
+        threading.Thread(target=execute, daemon=True, name="qbackup-execute").start()
         try:
-            loop.run_until_complete(
-                loop.run_in_executor(
-                    None, self.app.qubesd_call, "dom0", "admin.backup.Execute", profile
-                )
-            )
+            loop.run_until_complete(finished)
         except QubesException as error:
             raise BackupEngineError(f"Qubes backup failed: {error}") from None
         finally:
@@ -232,7 +287,14 @@ class RealQubes:
                 loop.run_until_complete(events)
             except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
                 pass
+            self._abandon = None
             loop.close()
+
+    def abandon_execute(self) -> None:
+        abandon = self._abandon
+        if abandon is not None:
+            with contextlib.suppress(RuntimeError):
+                abandon()
 
     def backup_cancel(self, profile: str) -> None:
         from qubesadmin.exc import QubesException  # noqa: PLC0415
@@ -245,5 +307,30 @@ class RealQubes:
     def backup_restore(
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
     ) -> tuple[int, bytes]:
-        result = execute.run([QVM_BACKUP_RESTORE, *args], capture=capture, input_data=input_data)
-        return result.returncode, result.stdout or b""
+        if capture:
+            result = execute.run([QVM_BACKUP_RESTORE, *args], input_data=input_data)
+            return result.returncode, result.stdout or b""
+        return execute_shown([QVM_BACKUP_RESTORE, *args], input_data)
+
+
+def execute_shown(argv: list[str], input_data: bytes | None) -> tuple[int, bytes]:
+    """Given an argv, run it with its output (stdout and stderr together)
+    copied to our stderr as it arrives; return (status, the output's last
+    MAX_SHOWN_OUTPUT bytes)."""
+    import sys  # noqa: PLC0415
+
+    with subprocess.Popen(  # noqa: S603 - argv list from our own code, no shell
+            argv, stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        if process.stdin is not None:
+            try:
+                process.stdin.write(input_data or b"")
+                process.stdin.close()
+            except OSError:
+                pass
+        kept = b""
+        for line in process.stdout or ():
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+            kept = (kept + line)[-MAX_SHOWN_OUTPUT:]
+        return process.wait(), kept

@@ -59,7 +59,8 @@ def running_carrier(app: QubesAdapter, carrier: str, keep: bool) -> Iterator[Non
     try:
         yield
     finally:
-        if started and not keep:
+        # A cancelled run may have had to kill the carrier (dom0/engine.py).
+        if started and not keep and app.is_running(carrier):
             logger.info("shutting down carrier VM %s", carrier)
             try:
                 app.shutdown(carrier, wait=True)

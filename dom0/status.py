@@ -53,6 +53,7 @@ class JobStatus:
                 "end": success.end},
             "age_hours": None if success is None else round(self.age_hours(now) or 0.0, 3),
             "last_run": None if self.last is None else history.shown_outcome(self.last.outcome),
+            "last_transfer": None if success is None else success.transfer,
             "stale": stale, "configuration_problems": self.broken,
             "retention": self.policy, "pruned_by_policy": self.pruned,
             "tampering": self.problems, "unknown_backups": self.strangers,
@@ -88,12 +89,15 @@ def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
         with running_carrier(app, carrier, keep=False):
             answer_timeout = max((job.answer_timeout for job in jobs.values()
                                   if job.carrier == carrier), default=DEFAULT_ANSWER_TIMEOUT)
-            listing = CarrierClient(app, carrier, answer_timeout).listing("")
+            client = CarrierClient(app, carrier, answer_timeout)
+            listing = client.listing("")
+            committed = {run.name for run in history.committed_runs(runs)
+                         if run.carrier == carrier and run.name}
+            stored = client.records_of(committed, listing)
         for name in sorted(by_carrier[carrier]):
             mine = [run for run in runs if run.job == name and run.carrier == carrier]
             policy = jobs[name].keep if name in jobs else None
-            comparison = history.compare_with_server(mine, listing.records,
-                                                     not listing.truncated, "", policy)
+            comparison = history.compare_with_server(mine, stored, True, "", policy)
             table[name].pruned += comparison.pruned
             table[name].problems += comparison.problems
             table[name].strangers += comparison.strangers
@@ -112,7 +116,7 @@ def show(status: JobStatus, now: float) -> None:
     else:
         say(f"{status.job}: last success {success.name} at {show_time(success.end)}"
             f" ({status.age_hours(now):.1f} h ago), {human_size(success.size or 0)};"
-            f" last run: {last}")
+            f" {history.describe_transfer(success.transfer)}; last run: {last}")
     if status.pruned:
         say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
             f" ({status.policy})")

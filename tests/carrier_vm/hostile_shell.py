@@ -37,6 +37,12 @@ NESTED = b"[" * 4000 + b"\n"  # a short line that is deeper than json's recursio
 
 
 def put(name):
+    if MODE == "cut-then-busy":
+        # The session ends (as by the server's idle timeout) mid-upload...
+        line({"offset": 0})
+        OUT.flush()
+        sys.stdin.buffer.read(1000)
+        sys.exit(74)
     if MODE == "stall":
         # A server that never starts (a hung disk) while sshd answers keepalives.
         time.sleep(3600)
@@ -167,6 +173,13 @@ def get(name):
         frame, end = b"\x1b[2J not a frame at all", b""
     elif MODE == "get-endless":
         endless(frame)
+    elif MODE in ("get-short", "get-other"):
+        # A stream whose own end frame agrees with it, but that is not the
+        # listed backup: half of it, or other bytes of the same size.
+        data = data[: len(data) // 2] if MODE == "get-short" else data.upper()
+        digest = hashlib.sha256(data).digest()
+        frame = struct.pack(">cI", b"D", len(data)) + data
+        end = struct.pack(">cI", b"E", 40) + struct.pack(">Q32s", len(data), digest)
     elif MODE == "get-stall":
         # Half the data, then silence: sshd keeps answering keepalives.
         OUT.write(frame[: len(frame) // 2])
@@ -205,6 +218,8 @@ def main():
     if MODE == "refuse-with-escapes":
         sys.stderr.buffer.write(b"\x1b[2J\x1b]0;owned\x07 no \xff\n space\r\n")
         sys.exit(69)
+    if verb == "resume" and MODE == "cut-then-busy":
+        sys.exit(69)  # ...and every resume finds the upload still busy
     if verb == "put":
         put(argument)
     elif verb == "commit":

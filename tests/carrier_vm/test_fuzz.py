@@ -80,7 +80,7 @@ NESTED = [b"[" * 4000 + b"\n", b'{"a":' * 2000 + b"\n", b"[" * 100_000]
 @given(line=st.binary(max_size=600))
 @example(line=NESTED[0])
 @example(line=NESTED[1])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_reply_parsers_end_in_data_error_or_a_result(
     parse: Callable[[bytes], Any], line: bytes
 ) -> None:
@@ -92,7 +92,7 @@ def test_reply_parsers_end_in_data_error_or_a_result(
 
 @pytest.mark.parametrize("parse", PARSERS, ids=lambda parse: parse.__name__)
 @given(value=json_values)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_reply_parsers_on_json_values(parse: Callable[[bytes], Any], value: object) -> None:
     line = json.dumps(value).encode() + b"\n"
     try:
@@ -110,7 +110,7 @@ def test_nested_json_is_a_data_error_for_every_parser(line: bytes) -> None:
 
 @given(output=st.binary(max_size=600) | json_values.map(lambda v: json.dumps(v).encode() + b"\n"))
 @example(output=NESTED[0])
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_receipt_parser_ends_in_data_error(output: bytes) -> None:
     try:
         record = parse_receipt(output, "name")
@@ -124,7 +124,7 @@ def test_receipt_parser_ends_in_data_error(output: bytes) -> None:
 )
 @example(chunks=[NESTED[0]], prefix="")
 @example(chunks=[b"[" * 5000], prefix="")
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_listing_relay_ends_in_data_error(chunks: list[bytes], prefix: str) -> None:
     seen: list[object] = []
 
@@ -156,7 +156,7 @@ GOOD_STREAM = (
     splits=st.lists(st.integers(1, 700), max_size=6),
     limit=st.none() | st.integers(0, 5000),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_deframer_ends_in_data_error_or_the_exact_data(
     stream: bytes, splits: list[int], limit: int | None
 ) -> None:
@@ -179,7 +179,7 @@ def test_deframer_ends_in_data_error_or_the_exact_data(
 
 
 @given(stdin=st.binary(max_size=700), argument=st.sampled_from(["list", "check", "get", "commit"]))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_qrexec_stdin_ends_in_usage_error_or_a_valid_request(stdin: bytes, argument: str) -> None:
     read_fd, write_fd = os.pipe()
     try:
@@ -204,7 +204,7 @@ def test_qrexec_stdin_ends_in_usage_error_or_a_valid_request(stdin: bytes, argum
 )
 @example(raw=b"host: h\nport: " + b"[" * 5000 + b"]" * 5000)
 @example(raw=b"[" * 5000)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_config_file_ends_in_config_error_or_a_config(tmp_path_factory: Any, raw: bytes) -> None:
     path = tmp_path_factory.mktemp("config") / "carrier.yaml"
     path.write_bytes(raw)

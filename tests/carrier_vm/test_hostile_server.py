@@ -306,3 +306,39 @@ def test_get_from_a_server_that_stops_sending_fails_after_progress_timeout(
     assert b"sent nothing for 2s" in result.stderr
     assert_one_safe_line(result.stderr)
     assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("mode", ["get-short", "get-other"])
+def test_get_refuses_a_stream_that_is_not_the_listed_backup(hostile: Carrier, mode: str) -> None:
+    # R2 finding 7: the listing's size was only an upper bound; a shorter
+    # stream (or other bytes) with a self-consistent end frame passed.
+    set_mode(hostile, mode)
+    result = hostile.run("get", "b", timeout=30)
+    assert result.returncode == CarrierExit.DATA, result.stderr
+    assert_one_safe_line(result.stderr)
+
+
+@pytest.mark.parametrize("mode", ["commit-wrong-digest", "commit-wrong-size"])
+def test_commit_after_a_put_in_this_vm_refuses_a_receipt_that_differs(
+    hostile: Carrier, mode: str
+) -> None:
+    # R2 finding 8: dom0's path is a plain commit after the put; it must
+    # compare the commit receipt with what the put verified, as put --commit does.
+    set_mode(hostile, mode)
+    assert hostile.run("put", "b", data=os.urandom(10_000)).returncode == 0
+    result = hostile.run("commit", "b", timeout=30)
+    assert result.returncode == CarrierExit.DATA, result.stderr
+    assert result.stdout == b""
+    assert_one_safe_line(result.stderr)
+
+
+def test_resumes_refused_as_busy_do_not_extend_the_window(hostile: Carrier) -> None:
+    # R2 finding 2: each failed resume restarted resume_window, so a server
+    # answering "busy" for ever kept the put alive for ever.
+    set_mode(hostile, "cut-then-busy")
+    hostile.write_config(resume_window=3)
+    started = time.monotonic()
+    result = hostile.run("put", "b", data=os.urandom(100_000), timeout=60)
+    assert result.returncode == CarrierExit.TEMPORARY, result.stderr
+    assert b"not resumed within resume_window" in result.stderr
+    assert time.monotonic() - started < 3 + 10

@@ -112,3 +112,14 @@ def test_resent_bytes_are_counted_once_per_resend() -> None:
     box.note_sent(0, 3000)
     box.note_sent(2000, 4000)  # a resume from 2000: 1000 bytes again
     assert (box.resent, box.sent_high) == (1000, 4000)
+
+
+def test_a_repeated_ack_is_no_progress() -> None:
+    # R2 finding 3: useless acks (the same offset again) must not count as
+    # progress, or a server dripping them keeps a full outbox waiting for ever.
+    box = outbox_holding(0, 4, 1000, 4000)
+    box.acked_event.clear()
+    box.acknowledge(1000)
+    assert not box.acked_event.is_set()
+    box.acknowledge(2000)
+    assert box.acked_event.is_set()

@@ -211,33 +211,56 @@ def test_put_survives_the_carrier_frozen_past_keepalive_and_idle_timeout(
     assert_committed_byte_exact(carrier, name, data, stdout)
 
 
+class SlowReader:
+    """Reads a process's stdout in a thread at about RATE bytes/s (Qubes'
+    restore reading slowly), so the server cannot finish before a cut, while
+    the carrier's pending output keeps draining (it notices a lost session
+    only once it can write again)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], rate: int = 16 * MIB) -> None:
+        self.received = bytearray()
+        self.stdout = process.stdout
+        self.rate = rate
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.stdout is not None
+        while chunk := self.stdout.read(MIB // 4):
+            self.received += chunk
+            time.sleep(len(chunk) / self.rate)
+
+
 def test_get_survives_losing_its_connection_twice(resuming: Carrier) -> None:
     carrier = resuming
-    data = os.urandom(24 * MIB)
-    assert carrier.run("put", "--commit", "restore-me", data=data, timeout=120).returncode == 0
+    # The shell's default idle timeout: a session must not end on its own
+    # while the reader is slow.
+    carrier.server.write_shell_config(f"[account {carrier.account.name}]\nsync_interval = 1M\n")
+    data = os.urandom(64 * MIB)
+    assert carrier.run("put", "--commit", "restore-me", data=data, timeout=180).returncode == 0
     process = carrier.start("get", "restore-me", QBACKUP_CARRIER_LOG="warning")
-    assert process.stdout is not None and process.stdin is not None
-    assert process.stderr is not None
+    assert process.stdin is not None and process.stderr is not None
     process.stdin.close()
-    received = bytearray(process.stdout.read(4 * MIB))
-    # Qubes reads slowly: the pipe and the SSH window hold the server back,
-    # so the session is still sending when it is cut.
-    kill_and_wait_for_new_get(carrier, shell_pids(carrier.account))
-    received += process.stdout.read(8 * MIB)
-    kill_and_wait_for_new_get(carrier, sshd_session_pids(carrier))
-    received += process.stdout.read()
-    process.wait(timeout=60)
+    reader = SlowReader(process)
+    assert wait_until(lambda: len(reader.received) >= 8 * MIB, timeout=60)
+    cut_get_session(carrier, shell_pids(carrier.account))  # the shell dies
+    assert wait_until(lambda: len(reader.received) >= 24 * MIB, timeout=60)
+    cut_get_session(carrier, sshd_session_pids(carrier))  # the connection drops
+    process.wait(timeout=120)
+    reader.thread.join(timeout=60)
     assert process.returncode == 0
-    assert bytes(received) == data
+    assert bytes(reader.received) == data
     assert process.stderr.read().count(b"connection lost during the download") == 2
 
 
-def kill_and_wait_for_new_get(carrier: Carrier, victims: list[int]) -> None:
-    old = set(shell_pids(carrier.account))
-    assert old, "no get session to cut"
+def cut_get_session(carrier: Carrier, victims: list[int]) -> None:
+    """Kill VICTIMS of the get's session, then wait for the carrier's next session."""
+    before = set(shell_pids(carrier.account))
+    assert before, "no get session to cut"
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: set(shell_pids(carrier.account)) - before, timeout=60)
 
 
 @pytest.fixture
@@ -313,3 +336,18 @@ def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
     assert carrier.run("commit", name).returncode == CarrierExit.NO_SUCH_BACKUP
     assert name not in stored_files(carrier.account)
     assert transfer_stats(carrier, name)["lost"] == 1
+
+
+def test_rate_limited_put_with_frequent_acks_succeeds(carrier: Carrier) -> None:
+    # R2 finding 1: the server acknowledged a frame's bytes while the rate
+    # limiter slept after writing it, before the carrier counted them as
+    # sent: "acknowledged data it was never sent", exit 65, on an honest server.
+    carrier.write_config(rate_limit=2_796_216)
+    carrier.server.write_shell_config(f"[account {carrier.account.name}]\nsync_interval = 1M\n")
+    try:
+        data = os.urandom(4 * MIB)
+        put = carrier.run("put", "--commit", "paced", data=data, timeout=60)
+        assert put.returncode == 0, put.stderr
+        assert json.loads(put.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        carrier.server.write_shell_config("")

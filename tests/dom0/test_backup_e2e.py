@@ -46,7 +46,7 @@ def test_backup_list_check_verify_restore_round_trip(
 
     before = dom0.sim.restore_runs
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
-    assert dom0.sim.restore_runs - before == 2  # header first, then all data
+    assert dom0.sim.restore_runs - before == 3  # header, qubes.xml, then all data
     assert dom0.logged(f"verification of {name}: ok")
 
     dom0.sim.remove_vm("personal")  # lost laptop: personal must come back byte-exact
@@ -57,7 +57,7 @@ def test_backup_list_check_verify_restore_round_trip(
     assert (restored / "work1.img").read_bytes() == stream.vm_data("work", 2 * MIB)
     # Pass-through options reach qvm-backup-restore unchanged.
     assert dom0.run("restore", "-t", CARRIER, "-p", passfile, "--skip-conflicting",
-                    "--paranoid-mode", "-x", "work", name, "personal") == 0
+                    "--paranoid-mode", "--exclude", "work", name, "personal") == 0
     call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
     assert call[1:] == ("--skip-conflicting", "--paranoid-mode", "-x", "work", "-d", CARRIER,
                         "-p", passfile, f"qbackup-carrier get {name}", "personal")
@@ -109,7 +109,7 @@ jobs:
     [name] = dom0.stored()
     assert name.startswith("laptop/daily-")
     assert dom0.logged(f"verification of {name}: ok")  # verify: true ran at once
-    assert dom0.sim.restore_runs == 2
+    assert dom0.sim.restore_runs == 3
     capsys.readouterr()
     assert dom0.run("status", "--config", str(config), "--max-age", "24", "--remote") == 0
     out = capsys.readouterr().out
@@ -161,7 +161,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
     monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
-    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-k", "work") == 0
+    assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
     assert sent[0].startswith("--app-name=qbackup|--urgency=normal|qbackup started|")
@@ -187,8 +187,10 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
     assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
     assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
+    # verify checks the stored bytes first (qubes.Restore ignores get's status).
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        errors.EXIT_CORRUPTED
+    assert not [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"]
 
 
 def test_stale_status_exits_non_zero_and_notifies(
@@ -225,9 +227,11 @@ def test_verify_says_what_it_verified(dom0: Dom0, capsys: pytest.CaptureFixture[
     dom0.sim.vms["work"].size = 64 * 1024
     assert dom0.run("-f", "v", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
     [name] = dom0.stored()
-    size = (dom0.account.storage / name).stat().st_size
+    [run] = committed(dom0)
     capsys.readouterr()
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == 0
     assert capsys.readouterr().out == (
-        f"{name}: verified: Qubes decrypted and checked every part of the {size}-byte backup"
-        f" read through {CARRIER} (qvm-backup-restore --verify-only)\n")
+        f"{name}: verified: the server re-hashed the stored bytes and they match its digest"
+        f" record; they are the {run['size']} bytes dom0 recorded at commit (sha256"
+        f" {run['sha256'][:16]}...); Qubes decrypted and checked every part"
+        " (qvm-backup-restore --verify-only)\n")

@@ -143,18 +143,6 @@ def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0
     assert_nothing_stored(dom0)
 
 
-def test_qubes_cancelling_fails_the_backup_and_stores_nothing(dom0: Dom0) -> None:
-    # qubesd cancels by closing the stream: the carrier sees a clean end and
-    # may upload a truncated backup; only dom0's commit could publish it.
-    dom0.sim.hooks.cancel_at = 0.4
-    assert backup(dom0, "work") == errors.EXIT_BACKUP_FAILED
-    assert dom0.logged("Backup cancelled")
-    assert_nothing_stored(dom0)
-    assert not any(call[2] == "qubes.BackupCarrier+commit" for call in dom0.sim.calls
-                   if call[0] == "run_service_for_stdio")
-    assert not dom0.sim.vms[CARRIER].running
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, errors.EXIT_SIGTERM),
                                               (signal.SIGINT, errors.EXIT_SIGINT)])
 def test_signal_during_backup_sends_cancel_and_removes_the_profile(
@@ -284,7 +272,7 @@ BAD_NAME = "invalid backup name: use a name `qbackup list` shows (exit 2)"
     (("verify", "-p", "PASSFILE", "x\nqbackup-carrier put evil"), BAD_NAME),
     (("restore", "-p", "PASSFILE", "a-20261122T235959Z", "--", "--ignore-size-limit"),
      "not a VM name: '--ignore-size-limit' (exit 2)"),
-    (("restore", "-p", "PASSFILE", "-x", "-d", "a-20261122T235959Z"),
+    (("restore", "-p", "PASSFILE", "--exclude", "-d", "a-20261122T235959Z"),
      "invalid command line (exit 2): see qbackup --help"),
 ])
 def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str, ...],
@@ -369,3 +357,16 @@ def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Pat
     assert time.monotonic() - started < 60  # far below the service's 600 s
     assert dom0.logged(f"list via {CARRIER}: no answer within 1 s; stopped waiting (try again"
                        " later)")
+
+
+def test_a_carrier_claiming_a_cut_listing_cannot_hide_a_vanished_backup(
+        dom0: Dom0, tmp_path: Path) -> None:
+    # Before: {"count":0,"end":true,"truncated":true} made status --remote say
+    # all was well although the recorded backup was gone (R2 finding 5).
+    dom0.history.write_text(json.dumps({
+        "job": "nightly", "carrier": CARRIER, "name": "nightly-20260101T000000Z",
+        "size": 1048576, "sha256": "a" * 64, "start": 1.0, "end": 2.0, "outcome": "ok"}) + "\n")
+    dom0.sim.carrier_script = write_hostile_service(
+        tmp_path, "printf '{\"count\":0,\"end\":true,\"truncated\":true}\\n'")
+    assert dom0.run("status", "--remote") == errors.EXIT_CARRIER
+    assert dom0.logged("the carrier's listing claims a cut the server never makes")

@@ -28,7 +28,7 @@ def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parse(*argv: str) -> dict[str, object]:
-    arguments, _ = normalise(list(argv))
+    arguments = normalise(list(argv))
     return vars(PARSER.parse_args(arguments))
 
 
@@ -60,25 +60,18 @@ def test_an_option_after_the_command_keeps_one_given_before() -> None:
 
 
 @pytest.mark.parametrize("command", [("backup", "-f", "p"), ("restore", "NAME")])
-def test_x_excludes_a_vm_in_every_command(command: tuple[str, ...]) -> None:
-    assert parse(*command, "-x", "untrusted")["exclude"] == ["untrusted"]
+def test_exclude_is_spelled_out_in_every_command(command: tuple[str, ...]) -> None:
+    assert parse(*command, "--exclude", "untrusted")["exclude"] == ["untrusted"]
 
 
-def test_keep_carrier_is_k() -> None:
-    assert parse("backup", "-f", "p", "-k")["keep_carrier"] is True
+def test_x_keeps_the_carrier_as_in_the_original_tool() -> None:
+    assert parse("backup", "-f", "p", "-x")["keep_carrier"] is True
+    assert parse("-f", "p", "-x")["keep_carrier"] is True
 
 
 def test_original_form_still_means_backup() -> None:
     args = parse("-f", "laptop", "-t", "sys-backup", "-p", "/x", "work")
     assert args["command"] == "backup" and args["vms"] == ["work"]
-
-
-def test_original_form_refuses_the_old_x(capsys: pytest.CaptureFixture[str]) -> None:
-    # Once "keep the carrier running"; now it would silently leave `work` out.
-    assert main(["-f", "laptop", "-t", "sys-backup", "-p", "/x", "-x", "work"]) == \
-        errors.EXIT_USAGE
-    assert "-x now excludes a VM (as in qvm-backup): to keep the carrier running use -k" \
-        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["backup", "list", "check", "verify", "restore", "status",
@@ -122,3 +115,32 @@ def test_config_check_reports_each_broken_job_and_fails(
     assert captured.out == "weekly: 2 problem(s) in the job file (see above)\n"
     assert f"{path}:7: jobs.weekly.colour: unknown setting" in captured.err
     assert f"{path}:6: jobs.weekly.vms: an empty list backs up no VM" in captured.err
+
+
+def test_a_job_drill_max_age_makes_status_fail_when_its_drill_is_old(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from dom0.drill import Drill, append_drill, drills_path
+
+    path = tmp_path / "qbackup.yaml"
+    path.write_text("jobs:\n  daily:\n    carrier: c\n    prefix: p\n    passphrase_vm: v\n"
+                    "    drill_max_age: 24\n  weekly:\n    carrier: c\n    prefix: w\n"
+                    "    passphrase_vm: v\n")
+    now = time.time()
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps({
+        "job": job, "carrier": "c", "name": f"{prefix}-20261122T000000Z", "size": 1,
+        "sha256": "a" * 64, "start": now - 60, "end": now, "outcome": "ok"}) + "\n"
+        for job, prefix in (("daily", "p"), ("weekly", "w"))))
+    # weekly has no drill_max_age: never drilled is fine for it.
+    assert main(["-o", "status", "--config", str(path)]) == errors.EXIT_STALE
+    assert "no recent enough drill for: daily: never" in capsys.readouterr().err
+    append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 50 * 3600,
+                                             now - 48 * 3600, "ok"))
+    assert main(["-o", "status", "--config", str(path)]) == errors.EXIT_STALE
+    assert "no recent enough drill for: daily: 48.0 h old (limit 24 h)" \
+        in capsys.readouterr().err
+    append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 60, now,
+                                             "ok"))
+    assert main(["-o", "status", "--config", str(path)]) == 0

@@ -213,3 +213,29 @@ def test_the_summary_names_size_duration_and_throughput() -> None:
     assert outcome.to_json() == {
         "job": "daily", "name": record.name, "size": record.size, "sha256": "a" * 64,
         "seconds": 60.0, "attempts": 2, "verified": True, "exit": 0}
+
+
+def test_how_the_upload_went_is_logged_kept_and_shown(
+        dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
+    dom0.sim.vms["work"].size = 64 * KIB
+    config = write_jobs(dom0, job("daily", "laptop", passfile=str(dom0.passfile)))
+    assert dom0.run("backup", "--job", "daily", "--config", str(config)) == 0
+    [name] = dom0.stored()
+    assert dom0.logged(f"upload of {name}: transfer: no connection lost")
+    [run] = [json.loads(line) for line in dom0.history.read_text().splitlines()]
+    assert run["transfer"] == {"lost": 0, "outages": [], "resent": 0}
+    capsys.readouterr()
+    assert dom0.run("status", "--config", str(config)) == 0
+    assert "; transfer: no connection lost; last run: ok" in capsys.readouterr().out
+    assert dom0.run("status", "--json", "--config", str(config)) == 0
+    [entry] = json.loads(capsys.readouterr().out)["jobs"]
+    assert entry["last_transfer"] == {"lost": 0, "outages": [], "resent": 0}
+
+
+def test_transfer_with_losses_reads_like_a_sentence() -> None:
+    from dom0.history import describe_transfer
+
+    assert describe_transfer({"lost": 2, "outages": [3.14, 40.0], "resent": 16777216}) == \
+        "transfer: connection lost 2 time(s) (outages 3.1 s, 40.0 s), 16777216 bytes sent again"
+    assert describe_transfer(None) == "transfer: not reported"
+    assert describe_transfer("garbage") == "transfer: not reported"  # type: ignore[arg-type]

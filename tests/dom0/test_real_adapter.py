@@ -1,14 +1,21 @@
 """RealQubes against a strict fake `qubesadmin`: every Qubes call must be one the
-table expects, with exactly the expected arguments (the qubesadmin test model)."""
+table expects, with exactly the expected arguments (the qubesadmin test model).
+
+The fake mirrors the signatures of qubesadmin on Qubes 4.2 (the oldest release
+qbackup supports; qubes-core-admin-client, branch release4.2): a keyword 4.2
+lacks is a TypeError here as it is there. FakeVM43 adds what 4.3 changed."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +27,12 @@ class FakeQubesException(Exception):
     pass
 
 
+POPEN_STDIO = frozenset({"stdin", "stdout", "stderr"})
+
+
 class FakeVM:
+    """qubesadmin/vm/__init__.py QubesVM, release4.2 signatures."""
+
     def __init__(self, name: str, running: bool = True, include: bool = True,
                  service_argv: list[str] | None = None) -> None:
         self.name = name
@@ -35,15 +47,29 @@ class FakeVM:
     def start(self) -> None:
         self.log.append(("start",))
 
-    def shutdown(self, force: bool = False, wait: bool = False) -> None:
-        self.log.append(("shutdown", force, wait))
+    def shutdown(self, force: bool = False) -> None:  # 4.2: no `wait`
+        self.log.append(("shutdown", force))
 
-    def run_service(self, service: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def kill(self) -> None:
+        self.log.append(("kill",))
+
+    # vm.run_service(service, **kwargs) passes on to app.run_service(dest,
+    # service, user=None, *, filter_esc=False, localcmd=None, wait=True,
+    # autostart=True, **kwargs), whose leftover kwargs go to Popen.
+    def run_service(self, service: str, user: str | None = None, *, filter_esc: bool = False,
+                    localcmd: str | None = None, wait: bool = True, autostart: bool = True,
+                    **kwargs: Any) -> subprocess.Popen[bytes]:
         self.log.append(("run_service", service))
-        assert kwargs == {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
-                          "stderr": subprocess.PIPE}
+        assert set(kwargs) <= POPEN_STDIO, f"not a Popen stdio argument: {set(kwargs)}"
         assert self.service_argv is not None, f"unexpected service call {service}"
         return subprocess.Popen(self.service_argv, **kwargs)
+
+
+class FakeVM43(FakeVM):
+    """What qubesadmin 4.3.33 changed: shutdown(force=False, wait=False)."""
+
+    def shutdown(self, force: bool = False, wait: bool = False) -> None:  # type: ignore[override]
+        self.log.append(("shutdown", force, wait))
 
 
 class FakeApp:
@@ -54,6 +80,7 @@ class FakeApp:
         self.expected = list(expected)
         self.events_done = threading.Event()
         self.domains = self
+        self.cache_enabled = False  # qubesadmin/app.py QubesBase.cache_enabled
 
     def __getitem__(self, name: str) -> FakeVM:
         return self.vms[name]
@@ -65,7 +92,7 @@ class FakeApp:
         return iter(self.vms.values())
 
     def qubesd_call(self, dest: str, method: str, arg: str | None = None,
-                    payload: bytes | None = None) -> Any:
+                    payload: bytes | None = None, payload_stream: Any = None) -> Any:
         assert payload is None
         assert self.expected, f"unexpected qubesd call {(dest, method, arg)}"
         call, answer = self.expected.pop(0)
@@ -78,16 +105,21 @@ class FakeApp:
 
 
 class FakeDispatcher:
+    """qubesadmin/events/__init__.py EventsDispatcher, release4.2."""
+
     events: list[dict[str, Any]] = []
 
-    def __init__(self, app: FakeApp) -> None:
+    def __init__(self, app: FakeApp, api_method: str = "admin.Events",
+                 enable_cache: bool = True) -> None:
         self.app = app
         self.handlers: dict[str, list[Any]] = {}
+        if enable_cache:
+            app.cache_enabled = True  # and nothing turns it off again
 
     def add_handler(self, event: str, handler: Any) -> None:
         self.handlers.setdefault(event, []).append(handler)
 
-    async def listen_for_events(self) -> None:
+    async def listen_for_events(self, vm: Any = None, reconnect: bool = True) -> None:
         for kwargs in self.events:
             for handler in self.handlers.get("backup-progress", []):
                 handler(None, "backup-progress", **kwargs)
@@ -153,17 +185,71 @@ def test_info_and_cancel_use_the_admin_api(fake_qubesadmin: dict[str, Any]) -> N
         app.backup_info("bad")
 
 
-def test_vm_lookups_start_and_shutdown(fake_qubesadmin: dict[str, Any]) -> None:
+def test_vm_lookups_start_and_kill(fake_qubesadmin: dict[str, Any]) -> None:
     vms = [FakeVM("dom0"), FakeVM("work"), FakeVM("carrier", running=False, include=False)]
     app = make(fake_qubesadmin, vms, [])
     assert app.vm_exists("work") and not app.vm_exists("nope")
     assert app.vms_in_backups() == ["work"]
+    assert app.vm_names() == {"dom0", "work", "carrier"}
     assert app.is_running("carrier") is False
     with pytest.raises(VMNotFound):
         app.is_running("nope")
     app.start("carrier")
+    app.kill("carrier")
+    assert vms[2].log == [("start",), ("kill",)]
+
+
+@pytest.mark.parametrize("vm_class", [FakeVM, FakeVM43], ids=["qubes-4.2", "qubes-4.3"])
+def test_shutdown_waits_through_qubesd_on_both_releases(
+        fake_qubesadmin: dict[str, Any], vm_class: type[FakeVM]) -> None:
+    # vm.shutdown(wait=True) is a TypeError on 4.2; admin.vm.Shutdown with the
+    # argument 'wait' exists on both (qubes/api/admin.py vm_shutdown).
+    carrier = vm_class("carrier")
+    app = make(fake_qubesadmin, [carrier], [
+        (("carrier", "admin.vm.Shutdown", "wait"), None),
+        (("carrier", "admin.vm.Shutdown", None), None),
+        (("carrier", "admin.vm.Shutdown", "wait"), FakeQubesException("Domain is powered off")),
+    ])
     app.shutdown("carrier", wait=True)
-    assert vms[2].log == [("start",), ("shutdown", False, True)]
+    app.shutdown("carrier", wait=False)
+    with pytest.raises(QubesError, match="powered off"):
+        app.shutdown("carrier")
+    assert fake_qubesadmin["app"].expected == []
+    with pytest.raises(VMNotFound):
+        app.shutdown("nope")
+
+
+def test_execute_leaves_the_property_cache_off(fake_qubesadmin: dict[str, Any]) -> None:
+    # A cache switched on by the dispatcher goes stale once it stops listening:
+    # is_running() of a carrier halted afterwards would still say True.
+    app = make(fake_qubesadmin, [], [(("dom0", "admin.backup.Execute", "p"), None)])
+    app.backup_execute("p", lambda _: None)
+    assert fake_qubesadmin["app"].cache_enabled is False
+
+
+def test_service_call_past_its_timeout_is_killed(fake_qubesadmin: dict[str, Any]) -> None:
+    vm = FakeVM("carrier", service_argv=["sleep", "60"])
+    app = make(fake_qubesadmin, [vm], [])
+    with pytest.raises(subprocess.TimeoutExpired):
+        app.run_service_for_stdio("carrier", "qubes.BackupCarrier+abort", b"", timeout=0.5)
+
+
+def test_shown_restore_output_is_also_returned(fake_qubesadmin: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    # qvm-backup-restore exits 0 after "Error extracting data": dom0 must see
+    # the output of a restore the user watches, too.
+    script = tmp_path / "qvm-backup-restore"
+    script.write_text("#!/bin/sh\nread line\necho \"got $line $*\"\n"
+                      "echo 'Error extracting data: x' >&2\n")
+    script.chmod(0o755)
+    monkeypatch.setattr("dom0.qubes.QVM_BACKUP_RESTORE", str(script))
+    app = make(fake_qubesadmin, [], [])
+    code, output = app.backup_restore(["-p", "-", "cmd"], capture=False, input_data=b"pw\n")
+    assert code == 0
+    assert output == b"got pw -p - cmd\nError extracting data: x\n"
+    assert "Error extracting data" in capfd.readouterr().err
 
 
 def test_service_output_is_bounded(fake_qubesadmin: dict[str, Any]) -> None:
@@ -181,3 +267,96 @@ def test_service_failure_keeps_status_and_stderr(fake_qubesadmin: dict[str, Any]
     assert caught.value.returncode == 75
     assert caught.value.stdout == b"line\n" and caught.value.stderr == b"broken\n"
     assert vm.log == [("run_service", "qubes.BackupCarrier+info")]
+
+
+# A whole dom0 process against a qubesadmin stand-in whose Execute blocks
+# like qubesd after a Cancel: it returns only once Cancel AND the carrier's
+# abort came (MODE=ends), or never (MODE=hangs: a qubesd that does not answer).
+FAKE_QUBESADMIN = '''
+import subprocess, sys, threading
+LOG = []
+class QubesException(Exception):
+    pass
+class VM:
+    def __init__(self, app, name):
+        self.app, self.name = app, name
+    def kill(self):
+        self.app.note("kill " + self.name)
+    def run_service(self, service, user=None, *, filter_esc=False, localcmd=None, wait=True,
+                    autostart=True, **kwargs):
+        self.app.note("service " + service)
+        if service.endswith("+abort"):
+            self.app.aborted.set()
+        return subprocess.Popen(["sh", "-c", "cat >/dev/null"], **kwargs)
+class Qubes:
+    def __init__(self):
+        self.cancelled, self.aborted = threading.Event(), threading.Event()
+        self.domains = {"carrier": VM(self, "carrier")}
+        self.cache_enabled = False
+    def note(self, text):
+        print(text, flush=True)
+    def qubesd_call(self, dest, method, arg=None, payload=None, payload_stream=None):
+        self.note(method)
+        if method == "admin.backup.Cancel":
+            self.cancelled.set()
+        elif method == "admin.backup.Execute":
+            if MODE == "hangs":
+                threading.Event().wait()
+            self.cancelled.wait()
+            self.aborted.wait()
+            raise QubesException("Backup cancelled")
+        return b""
+'''
+FAKE_EVENTS = '''
+import asyncio
+class EventsDispatcher:
+    def __init__(self, app, api_method="admin.Events", enable_cache=True):
+        pass
+    def add_handler(self, event, handler):
+        pass
+    async def listen_for_events(self, vm=None, reconnect=True):
+        await asyncio.sleep(3600)
+'''
+DOM0_RUN = '''
+import sys
+from dom0 import engine
+from dom0.errors import QbackupError, exit_code_for
+from dom0.qubes import RealQubes
+from dom0.session import SignalGuard
+engine.EXECUTE_GRACE = engine.KILLED_GRACE = 1.0
+try:
+    with SignalGuard() as guard:
+        engine.run_engine(RealQubes(), "carrier", "p", guard, lambda _: None)
+except QbackupError as error:
+    print("dom0 exits", exit_code_for(error), flush=True)
+    sys.exit(exit_code_for(error))
+'''
+
+
+@pytest.mark.parametrize("mode", ["ends", "hangs"])
+def test_sigterm_ends_a_dom0_whose_execute_blocks(tmp_path: Path, mode: str) -> None:
+    package = tmp_path / "fake" / "qubesadmin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        f"MODE = {mode!r}\n" + FAKE_QUBESADMIN + "from qubesadmin import exc, events\n")
+    (package / "exc.py").write_text("from qubesadmin import QubesException\n")
+    (package / "events.py").write_text(FAKE_EVENTS)
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", DOM0_RUN], stdout=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": f"{tmp_path / 'fake'}:{repo}", "PATH": "/usr/bin:/bin"})
+    assert process.stdout is not None
+    try:
+        assert process.stdout.readline() == "admin.backup.Execute\n"  # it blocks now
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        output = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started < 30
+    assert process.returncode == 143
+    assert "admin.backup.Cancel\nservice qubes.BackupCarrier+abort\n" in output
+    # abort sufficed when Qubes then ended Execute; otherwise the carrier is
+    # killed and dom0 stops waiting for a qubesd that never answers.
+    assert ("kill carrier" in output) == (mode == "hangs")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from dom0.errors import BackupEngineError, QubesError, VMNotFound
+from dom0.errors import BackupEngineError, QubesError
 from tests.qubes_sim import SimulatedQubes, SimulationError
 from tests.qubes_sim.stream import StreamError, build_stream, check_stream, vm_data
 
@@ -29,26 +30,74 @@ def write_profile(sim: SimulatedQubes, text: str, mode: int = 0o600) -> None:
     path.chmod(mode)
 
 
-@pytest.mark.parametrize(("text", "mode", "error"), [
-    (PROFILE + "passphrase_text: x\n", 0o644, SimulationError),  # readable passphrase
-    (PROFILE, 0o600, QubesError),  # no passphrase source
-    (PROFILE + "passphrase_text: x\npassphrase_vm: v\n", 0o600, QubesError),
-    ("destination_vm: carrier\ndestination_path: cat\npassphrase_text: x\n", 0o600, QubesError),
-    (PROFILE + "passphrase_text: x\ncolour: blue\n", 0o600, QubesError),
-    (PROFILE.replace("[work]", "[nope]") + "passphrase_text: x\n", 0o600, VMNotFound),
+# qubes/api/admin.py _load_backup_profile and backup_execute (release4.2).
+@pytest.mark.parametrize(("text", "mode", "error", "message"), [
+    (PROFILE + "passphrase_text: x\n", 0o644, SimulationError, "not 600"),  # our own promise
+    (PROFILE, 0o600, BackupEngineError, "specify passphrase_text or passphrase_vm"),
+    ("destination_vm: carrier\ndestination_path: cat\npassphrase_text: x\n", 0o600,
+     BackupEngineError, "missing 'include'"),
+    (PROFILE.replace("carrier", "nowhere") + "passphrase_text: x\n", 0o600, BackupEngineError,
+     "Invalid destination_vm"),
+    (PROFILE + "passphrase_vm: vault\n", 0o600, BackupEngineError,
+     "Domain not running (either powered off or paused): 'vault'"),
 ])
-def test_engine_refuses_bad_profiles(sim: SimulatedQubes, text: str, mode: int,
-                                     error: type[Exception]) -> None:
+def test_execute_refuses_bad_profiles(sim: SimulatedQubes, text: str, mode: int,
+                                      error: type[Exception], message: str) -> None:
+    sim.add_vm("vault")
+    sim.passphrase_vms["vault"] = "secret"
+    sim.vms["carrier"].running = True
     write_profile(sim, text, mode)
-    with pytest.raises(error):
-        sim.backup_info("p")
-
-
-def test_engine_needs_the_profile_and_a_running_destination(sim: SimulatedQubes) -> None:
-    with pytest.raises(QubesError, match="does not exist"):
+    with pytest.raises(error, match=re.escape(message)):
         sim.backup_execute("p", lambda _: None)
-    write_profile(sim, PROFILE + "passphrase_text: x\n")
-    with pytest.raises(QubesError, match="not running"):
+
+
+def test_info_needs_no_passphrase_and_ignores_unknown_keys_and_vms(sim: SimulatedQubes) -> None:
+    # skip_passphrase=True for Info; unknown profile keys are never read; an
+    # include name no VM has selects nothing (a set comprehension over domains).
+    write_profile(sim, "include: [work, nope]\ndestination_vm: carrier\n"
+                       "destination_path: cat\ncolour: blue\n")
+    summary = sim.backup_info("p").decode()
+    assert "work" in summary and "nope" not in summary
+    write_profile(sim, "include: []\ndestination_vm: carrier\ndestination_path: cat\n")
+    assert "work" not in sim.backup_info("p").decode()  # an empty include: no VM
+
+
+def test_passphrase_text_wins_over_passphrase_vm(sim: SimulatedQubes, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    sim.vms["carrier"].running = True
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\ndestination_path: {target}\n"
+                       "passphrase_text: pass\npassphrase_vm: vault\n")
+    sim.backup_execute("p", lambda _: None)
+    [written] = list(target.iterdir())
+    assert check_stream(written.read_bytes(), "pass")
+
+
+@pytest.mark.parametrize(("answer", "used"), [
+    ("  pass  ", "pass"),  # .strip() both sides ("echo passphrase" implementations)
+    ("pass\n\n", "pass"),
+])
+def test_passphrase_vm_answer_is_stripped_like_qubesd(sim: SimulatedQubes, tmp_path: Path,
+                                                      answer: str, used: str) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    sim.add_vm("vault", running=True)
+    sim.passphrase_vms["vault"] = answer
+    sim.vms["carrier"].running = True
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\ndestination_path: {target}\n"
+                       "passphrase_vm: vault\n")
+    sim.backup_execute("p", lambda _: None)
+    [written] = list(target.iterdir())
+    assert check_stream(written.read_bytes(), used)
+    assert ("qubesd asks", "vault", "qubes.BackupPassphrase+p") in sim.calls
+
+
+def test_passphrase_vm_answer_with_inner_newline_is_refused(sim: SimulatedQubes) -> None:
+    sim.add_vm("vault", running=True)
+    sim.passphrase_vms["vault"] = "one\ntwo"
+    sim.vms["carrier"].running = True
+    write_profile(sim, PROFILE + "passphrase_vm: vault\n")
+    with pytest.raises(BackupEngineError):
         sim.backup_execute("p", lambda _: None)
 
 
@@ -116,7 +165,7 @@ def test_qubes_backup_writes_into_an_existing_directory(sim: SimulatedQubes,
     assert progress and progress == sorted(progress)
 
 
-@pytest.mark.parametrize("destination", ["no-such-command put x", "false"])
+@pytest.mark.parametrize("destination", ["no-such-command put x", "'false'"])
 def test_a_failing_destination_command_fails_execute(sim: SimulatedQubes,
                                                      destination: str) -> None:
     write_profile(sim, f"include: [work]\ndestination_vm: carrier\n"
@@ -124,3 +173,143 @@ def test_a_failing_destination_command_fails_execute(sim: SimulatedQubes,
     sim.vms["carrier"].running = True
     with pytest.raises(BackupEngineError, match="Writing backup to VM carrier failed"):
         sim.backup_execute("p", lambda _: None)
+
+
+def test_on_cancel_qubesd_waits_for_the_vm_command_before_closing_the_stream(
+        sim: SimulatedQubes, tmp_path: Path) -> None:
+    # qubes/backup.py backup_do (release4.2): on cancel or failure it awaits
+    # the VM's process, and closes the pipe only in the `finally` after it.
+    seen_eof = tmp_path / "eof"
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\n"
+                       f"destination_path: sh -c \"cat >/dev/null; touch {seen_eof}\"\n"
+                       "passphrase_text: pass\n")
+    sim.vms["carrier"].running = True
+    sim.hooks.on_progress = lambda _: sim.backup_cancel("p") if "p" not in sim._cancelled else None
+    stdin_open: list[bool] = []
+
+    def end_it() -> None:
+        stdin_open.append(not sim._running["p"].stdin.closed)  # type: ignore[union-attr]
+        sim.kill("carrier")  # what dom0 does when the carrier cannot abort
+
+    sim.hooks.on_engine_waits = end_it
+    with pytest.raises(BackupEngineError, match="Writing backup to VM carrier failed"):
+        sim.backup_execute("p", lambda _: None)
+    assert stdin_open == [True]
+    assert not seen_eof.exists()  # the command never saw the end of its input
+    assert not sim.vms["carrier"].running
+
+
+def test_cancel_after_the_vm_command_ended_by_itself_reports_cancelled(
+        sim: SimulatedQubes, tmp_path: Path) -> None:
+    # The command reads nothing and exits 0 once the cancel was sent: qubesd
+    # then re-raises the cancellation (qubes/api/admin.py backup_execute).
+    cancelled = tmp_path / "cancelled"
+    write_profile(sim, PROFILE.replace(
+        "cat", f"sh -c \"exec <&-; while [ ! -e {cancelled} ]; do sleep 0.05; done\"")
+        + "passphrase_text: pass\n")
+    sim.vms["carrier"].running = True
+
+    def cancel(_: float) -> None:
+        if "p" not in sim._cancelled:
+            sim.backup_cancel("p")
+            cancelled.touch()
+
+    sim.hooks.on_progress = cancel
+    with pytest.raises(BackupEngineError, match="^Backup cancelled$"):
+        sim.backup_execute("p", lambda _: None)
+
+
+def backup_into(sim: SimulatedQubes, directory: Path, compression: str) -> Path:
+    directory.mkdir()
+    write_profile(sim, f"include: [work]\ndestination_vm: carrier\ndestination_path: {directory}\n"
+                       f"passphrase_text: pass\ncompression: {compression}\n")
+    sim.vms["carrier"].running = True
+    sim.backup_execute("p", lambda _: None)
+    [written] = list(directory.iterdir())
+    return written
+
+
+def test_restore_runs_the_command_three_times_and_ignores_its_status(
+        sim: SimulatedQubes, tmp_path: Path) -> None:
+    # qubesadmin/backup/restore.py: header files, qubes.xml, then the data;
+    # qubes.Restore exits with tar2qfile's status, not the command's.
+    written = backup_into(sim, tmp_path / "target", "true")
+    passfile = tmp_path / "pass"
+    passfile.write_text("pass\n")
+    location = f'sh -c "cat {written}; exit 3"'
+    code, output = sim.backup_restore(["--verify-only", "-d", "carrier", "-p", str(passfile),
+                                       location], capture=True)
+    assert (code, sim.restore_runs) == (0, 3)
+    assert b"-> Verified work" in output
+
+
+@pytest.mark.parametrize(("compression", "options", "expected"), [
+    ("gzip", [], 0), ("bzip2", [], 0), ("xz", [], 0),
+    ("zstd", [], 1),  # 4.2: "Unusual compression filter" (4.3.13+ would take it)
+    ("zstd", ["--compression-filter", "zstd"], 0),
+    ("zstd", ["-Z", "gzip"], 1),  # forced, but the wrong program: extraction fails
+    ("lz4", ["-Z", "lz4"], 1),  # not installed in the simulated dom0
+])
+def test_restore_refuses_the_compression_filters_qubes_4_2_refuses(
+        sim: SimulatedQubes, tmp_path: Path, compression: str, options: list[str],
+        expected: int) -> None:
+    written = backup_into(sim, tmp_path / "target", compression)
+    passfile = tmp_path / "pass"
+    passfile.write_text("pass\n")
+    code, _ = sim.backup_restore(["--verify-only", *options, "-d", "carrier", "-p",
+                                  str(passfile), f"cat {written}"], capture=True)
+    assert code == expected
+
+
+def test_a_normal_restore_logs_an_extraction_error_and_exits_0(sim: SimulatedQubes,
+                                                               tmp_path: Path) -> None:
+    # restore_do: VMs are created first; a failed extraction is only logged.
+    written = backup_into(sim, tmp_path / "target", "true")
+    data = bytearray(written.read_bytes())
+    data[-200] ^= 0xFF
+    written.write_bytes(bytes(data))
+    passfile = tmp_path / "pass"
+    passfile.write_text("pass\n")
+    sim.remove_vm("work")
+    code, output = sim.backup_restore(["-d", "carrier", "-p", str(passfile), f"cat {written}"],
+                                      capture=False)
+    assert code == 0 and b"Error extracting data" in output
+    assert "work" in sim.vms  # created, but without its data
+    code, _ = sim.backup_restore(["--verify-only", "-d", "carrier", "-p", str(passfile),
+                                  f"cat {written}"], capture=True)
+    assert code == 1
+
+
+def test_kill_ends_every_process_in_the_vm_and_refuses_a_halted_one(sim: SimulatedQubes) -> None:
+    with pytest.raises(QubesError, match="powered off"):
+        sim.kill("carrier")
+    sim.vms["carrier"].running = True
+    sim.kill("carrier")
+    assert not sim.vms["carrier"].running
+
+
+def test_engine_needs_the_profile_and_a_running_destination(sim: SimulatedQubes) -> None:
+    with pytest.raises(BackupEngineError, match="does not exist"):
+        sim.backup_execute("p", lambda _: None)
+    write_profile(sim, PROFILE + "passphrase_text: x\n")
+    # qubes.Backup is started without autostart (qubes/vm/qubesvm.py run_service).
+    with pytest.raises(BackupEngineError, match="Domain not running"):
+        sim.backup_execute("p", lambda _: None)
+
+
+@pytest.mark.parametrize(("release", "options", "expected"), [
+    ("4.2", [], 1), ("4.3", [], 0),  # 4.3.13+ takes an installed zstd from the header
+    ("4.2", ["--compression-filter", "zstd"], 0), ("4.3", ["--compression-filter", "zstd"], 0),
+])
+def test_what_qbackup_passes_restores_zstd_on_both_releases(
+        sim: SimulatedQubes, tmp_path: Path, release: str, options: list[str],
+        expected: int) -> None:
+    # qbackup always passes --compression-filter for a named filter: that
+    # works on 4.2 and 4.3 alike (a forced value skips the header check).
+    written = backup_into(sim, tmp_path / "target", "zstd")
+    passfile = tmp_path / "pass"
+    passfile.write_text("pass\n")
+    sim.restore_release = release
+    code, _ = sim.backup_restore(["--verify-only", *options, "-d", "carrier", "-p",
+                                  str(passfile), f"cat {written}"], capture=True)
+    assert code == expected

@@ -1,8 +1,13 @@
-"""qvm-backup-restore, simulated: argument parsing, the qubes.Restore runs, conflicts."""
+"""qvm-backup-restore, simulated: argument parsing, the qubes.Restore runs, conflicts.
+
+Follows qubesadmin release4.2 (tools/qvm_backup_restore.py, backup/restore.py)
+and the carrier VM's qubes.Restore (qubes-core-agent-linux, release4.2).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -12,26 +17,78 @@ from typing import Any
 from tests.qubes_sim import stream
 from tests.qubes_sim.errors import SimulationError
 
-# What qubes.Restore does: location line, paths line, then eval the command.
+# What qubes.Restore does: location line, paths line, eval the command, run it
+# in the background into a fifo read by tar2qfile (here: cat), and exit with
+# the READER's status: the command's own status is lost.
 QUBES_RESTORE_SH = r"""
-read -r location || exit 1
-read -r paths || exit 1
-if [ -f "$location" ]; then
-    exec cat "$location"
+read -r args || exit 1
+read -r paths
+if [ -f "$args" ]; then
+    exec cat "$args"
 fi
-first=${location%% *}
-if ! command -v "$first" >/dev/null 2>&1; then
-    echo "Invalid command $first" >&2
+COMMAND=$(echo "$args" | cut -d ' ' -f 1)
+if command -v "$COMMAND" >/dev/null; then
+    tmpdir=$(mktemp -d)
+    mkfifo "$tmpdir/backup-data"
+    eval "set -- $args"
+    "$@" > "$tmpdir/backup-data" < /dev/null &
+    cat "$tmpdir/backup-data"
+    retcode=$?
+    wait $!
+    rm "$tmpdir/backup-data"
+    rmdir "$tmpdir"
+    exit "$retcode"
+else
+    echo "Invalid file or command: $args" >&2
     exit 2
 fi
-eval "set -- $location"
-"$@" </dev/null
 """
+# backup/restore.py, release4.2: KNOWN_COMPRESSION_FILTERS and the header value rule;
+# release4.3 (from v4.3.13) adds OPTIONAL_COMPRESSION_FILTERS when installed.
+KNOWN_COMPRESSION_FILTERS = ("gzip", "bzip2", "xz")
+OPTIONAL_COMPRESSION_FILTERS = ("lzma", "pbzip2", "pigz", "zstd", "zstdmt")
+HEADER_VALUE = re.compile(r"^[A-Za-z0-9-]*$")
 HEADER_LIMIT = 1024 * 1024
 
 
 class Conflict(Exception):
     """A VM to restore exists and no conflict option was given."""
+
+
+class RestoreRefused(Exception):
+    """qvm-backup-restore refuses the backup (its QubesException)."""
+
+
+def header_filter(header: Any, forced: str | None, release: str = "4.2",
+                  installed: frozenset[str] = frozenset()) -> str:
+    """Given the parsed header, -Z's value (or None), the Qubes release and
+    the programs dom0 has, return the filter restore uses; raise
+    RestoreRefused as BackupHeader.load does: a forced value skips the check,
+    otherwise 4.2 takes only gzip, bzip2 and xz, 4.3 also the optional
+    filters that are installed."""
+    if forced is not None:
+        return forced
+    value = header.compression_filter
+    if not HEADER_VALUE.match(value):
+        raise RestoreRefused("Invalid backup header (value)")
+    if release == "4.3" and value in OPTIONAL_COMPRESSION_FILTERS and value in installed:
+        return value
+    if value not in KNOWN_COMPRESSION_FILTERS:
+        raise RestoreRefused(f"Unusual compression filter '{value}' found. Use "
+                             f"--compression-filter={value} to use it anyway.")
+    return value
+
+
+def check_decompression(header: Any, filter_used: str, installed: frozenset[str]) -> None:
+    """Given the header, the filter restore runs and the programs dom0 has,
+    raise RestoreRefused if decompressing would fail (wrong or missing program)."""
+    if not header.compressed:
+        return
+    if filter_used not in installed:
+        raise RestoreRefused(f"failed to run the compression filter {filter_used}")
+    if filter_used != header.compression_filter:
+        raise RestoreRefused(f"{filter_used} cannot decompress the data (made with"
+                             f" {header.compression_filter})")
 
 
 def run_location(env: dict[str, str], location: str, header_only: bool) -> tuple[bytes, int, bytes]:
@@ -99,9 +156,10 @@ def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type:
     raise SimulationError for anything qbackup should not pass."""
     options: dict = {"verify_only": False, "dest_vm": None, "passphrase_file": None,  # type: ignore[type-arg]
                      "rename_conflicting": False, "skip_conflicting": False,
-                     "paranoid_mode": False, "exclude": []}
+                     "paranoid_mode": False, "exclude": [], "compression": None}
     flags = {"--verify-only": "verify_only", "--rename-conflicting": "rename_conflicting",
-             "--skip-conflicting": "skip_conflicting", "--paranoid-mode": "paranoid_mode"}
+             "--skip-conflicting": "skip_conflicting", "--paranoid-mode": "paranoid_mode",
+             "--plan-b": "paranoid_mode"}
     positional: list[str] = []
     index = 0
     while index < len(args):
@@ -114,6 +172,11 @@ def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type:
         elif word in ("-p", "--passphrase-file"):
             index += 1
             options["passphrase_file"] = args[index]
+        elif word in ("-Z", "--compression-filter"):
+            index += 1
+            options["compression"] = args[index]
+        elif word.startswith("--compression-filter="):
+            options["compression"] = word.split("=", 1)[1]
         elif word in ("-x", "--exclude"):
             index += 1
             options["exclude"].append(args[index])

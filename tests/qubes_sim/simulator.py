@@ -1,12 +1,15 @@
-"""SimulatedQubes: the Qubes adapter as QUBES-INTERFACES.md describes it, no kinder.
+"""SimulatedQubes: the Qubes adapter as Qubes 4.2 behaves, no kinder.
 
-Only Qubes is simulated. The carrier side is real: the backup stream goes into
-`qbackup-carrier put NAME` run by a shell that behaves like the carrier VM's
-qubes.Backup service (read ONE line, `command -v`, `eval "set -- $line"`), in
-an environment the test chooses (PATH with the real qbackup-carrier,
-QBACKUP_CARRIER_CONFIG pointing at the real sshd). qubes.BackupCarrier calls
-run the real service script; qvm-backup-restore runs the location command
-like qubes.Restore, twice.
+Only Qubes is simulated, and where Qubes 4.2 and 4.3 differ it behaves like
+4.2 (the oldest release qbackup supports). Each behaviour names the Qubes
+source it follows; docs/QUBES.md explains them. The carrier side is real: the
+backup stream goes into `qbackup-carrier put NAME` run by a shell that behaves
+like the carrier VM's qubes.Backup service (read ONE line, `command -v`,
+`eval "set -- $line"`), in an environment the test chooses (PATH with the real
+qbackup-carrier, QBACKUP_CARRIER_CONFIG pointing at the real sshd).
+qubes.BackupCarrier calls run the real service script; qvm-backup-restore
+runs the location command like qubes.Restore, three times, ignoring its
+exit status.
 
 Strictness: anything dom0 asks that real Qubes would refuse raises, and
 anything the simulator does not model raises SimulationError (a test bug).
@@ -35,29 +38,40 @@ from tests.qubes_sim.errors import SimulationError
 
 REPO = Path(__file__).resolve().parents[2]
 CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
-PROFILE_KEYS = frozenset({"include", "exclude", "compression", "destination_vm",
-                          "destination_path", "passphrase_text", "passphrase_vm"})
 WRITE_CHUNK = 1024 * 1024
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
 
-# What the carrier VM's qubes.Backup does with the line dom0's engine sends.
+# The carrier VM's qubes.Backup (qubes-core-agent-linux, qubes-rpc/qubes.Backup,
+# release4.2 = release4.3), its messages going to stdout, which qubesd sends
+# to /dev/null. An unknown command exits 1; the command's status is the
+# service's (`"$@" && sync`).
 QUBES_BACKUP_SH = r"""
-read -r line || exit 1
-if [ -d "$line" ]; then
-    cat > "$line/qubes-backup-$(date +%Y-%m-%dT%H%M%S)"
-    exit $?
+echo Starting Backupcopy
+read -r args
+if [ -d "$args" ]; then
+    TARGET="$args/qubes-backup-$(date +'%Y-%m-%dT%H%M%S')"
+    dd bs=128K iflag=fullblock conv=fsync of="$TARGET" 2>/dev/null && sync -- "$args"
+else
+    COMMAND=$(echo "$args" | cut -d ' ' -f 1)
+    if command -v "$COMMAND" >/dev/null; then
+        sync
+        eval "set -- $args"
+        "$@" && sync
+    else
+        echo "Invalid command $COMMAND"
+        exit 1
+    fi
 fi
-first=${line%% *}
-if command -v "$first" >/dev/null 2>&1; then
-    eval "set -- $line"
-    "$@"
-    status=$?
-    sync
-    exit $status
-fi
-echo "Invalid command $first" >&2
-exit 2
 """
+# qubes/backup.py _monitor_process: the VM's stderr joins the error message,
+# keeping printable ASCII minus CR, LF, '%', '{', '}'.
+PRINTABLE = frozenset(chr(code) for code in range(32, 127)) | {"\t", "\x0b", "\x0c"}
+
+
+def filtered_stderr(data: bytes) -> str:
+    """Given the VM command's stderr, return it as qubesd quotes it."""
+    text = data.decode("ascii", errors="ignore")
+    return "".join(c for c in text if c in PRINTABLE and c not in "\r\n%{}")
 
 
 @dataclass
@@ -76,9 +90,12 @@ class SimVM:
 class Hooks:
     """Ways a test makes Qubes misbehave or reacts to progress."""
 
-    cancel_at: float | None = None  # Qubes cancels at this fraction of the stream
+    engine_fails_at: float | None = None  # qubesd's archiving fails at this fraction
     kill_carrier_at: float | None = None  # the carrier process dies at this fraction
     on_progress: Callable[[float], None] | None = None
+    # Called once when qubesd, after a cancel or failure, starts waiting for
+    # the VM's command to exit (the moment a real run would hang).
+    on_engine_waits: Callable[[], None] | None = None
     corrupt_stream_byte: int | None = None  # flip this byte of the stream in transit
 
 
@@ -96,8 +113,13 @@ class SimulatedQubes:
     calls: list[tuple[str, ...]] = field(default_factory=list)
     carrier_stderr: list[bytes] = field(default_factory=list)
     restore_runs: int = 0
+    restore_installed_filters: frozenset[str] = frozenset({"gzip", "bzip2", "xz", "zstd"})
+    # Only the restore side differs between the releases qbackup supports
+    # (docs/QUBES.md, "Supported releases"): "4.2" (the default) or "4.3".
+    restore_release: str = "4.2"
     _running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _cancelled: set[str] = field(default_factory=set)
+    _vm_processes: dict[str, set[subprocess.Popen[bytes]]] = field(default_factory=dict)
 
     # -- VMs -------------------------------------------------------------
     def add_vm(self, name: str, size: int = 0, running: bool = False,
@@ -132,11 +154,47 @@ class SimulatedQubes:
         vm.running = True
 
     def shutdown(self, name: str, wait: bool = True) -> None:
+        """admin.vm.Shutdown (qubes/api/admin.py vm_shutdown, qubes/vm/qubesvm.py
+        shutdown, release4.2): a halted VM is refused."""
         self.calls.append(("shutdown", name, str(wait)))
         vm = self._vm(name)
         if not vm.running:
-            raise QubesError(f"VM {name} is not running")
+            raise QubesError(f"Domain is powered off: {name!r}")
+        self._end_processes(name)
         vm.running = False
+
+    def kill(self, name: str) -> None:
+        """admin.vm.Kill (qubes/vm/qubesvm.py kill, release4.2): refused for a
+        halted VM; otherwise every process in the VM ends at once."""
+        self.calls.append(("kill", name))
+        vm = self._vm(name)
+        if not vm.running:
+            raise QubesError(f"Domain is powered off: {name!r}")
+        self._end_processes(name)
+        vm.running = False
+
+    def vm_names(self) -> set[str]:
+        self.calls.append(("vm_names",))
+        return set(self.vms)
+
+    def _end_processes(self, name: str) -> None:
+        for process in list(self._vm_processes.get(name, ())):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def _spawn_in(self, vm: str, argv: list[str], extra_env: dict[str, str] | None = None,
+                  stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+        """Given a VM, start ARGV as a process "in" it (killed with the VM)."""
+        process = subprocess.Popen(  # noqa: S603
+            argv, stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE,
+            start_new_session=True, env=self._carrier_env(extra_env))
+        self._vm_processes.setdefault(vm, set()).add(process)
+        return process
+
+    def _reap(self, vm: str, process: subprocess.Popen[bytes]) -> int:
+        status = process.wait()
+        self._vm_processes.get(vm, set()).discard(process)
+        return status
 
     def vms_in_backups(self) -> list[str]:
         self.calls.append(("vms_in_backups",))
@@ -165,6 +223,8 @@ class SimulatedQubes:
 
     def run_service_for_stdio(self, vm: str, service: str, input_data: bytes = b"",
                               max_output: int = 64 * 1024, timeout: float | None = None) -> bytes:
+        """A dom0 qrexec call: qubesadmin's run_service starts a halted VM
+        (app.py run_service autostart=True, release4.2)."""
         self.calls.append(("run_service_for_stdio", vm, service))
         self._autostart(vm)
         base, _, argument = service.partition("+")
@@ -175,11 +235,9 @@ class SimulatedQubes:
         # qrexec rule: arguments use only A-Z a-z 0-9 - _ . +
         if not all(c.isalnum() or c in "-_.+" for c in argument):
             raise SimulationError(f"qrexec would refuse the argument {argument!r}")
-        process = subprocess.Popen(  # noqa: S603
-            [str(self.carrier_script), argument], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            env=self._carrier_env({"QREXEC_SERVICE_ARGUMENT": argument,
-                                   "QREXEC_REMOTE_DOMAIN": "dom0"}))
+        process = self._spawn_in(vm, [str(self.carrier_script), argument],
+                                 {"QREXEC_SERVICE_ARGUMENT": argument,
+                                  "QREXEC_REMOTE_DOMAIN": "dom0"})
         expired = threading.Event()
 
         def expire() -> None:
@@ -219,7 +277,7 @@ class SimulatedQubes:
                 os.killpg(process.pid, signal.SIGKILL)
                 break
             chunks.append(chunk)
-        returncode = process.wait()
+        returncode = self._reap(vm, process)
         if timer is not None:
             timer.cancel()
         for thread in threads:
@@ -237,45 +295,48 @@ class SimulatedQubes:
 
     # -- backup engine ---------------------------------------------------
     def _load_profile(self, profile: str) -> dict[str, object]:
+        """Read a profile like qubesd's _load_backup_profile (qubes/api/admin.py,
+        release4.2): include, destination_vm and destination_path are required,
+        exclude defaults to [], compression to True; other keys are ignored."""
         path = self.profile_dir / f"{profile}.conf"
         try:
             info = path.lstat()
         except FileNotFoundError:
-            raise QubesError(f"backup profile {profile} does not exist") from None
+            raise QubesError(f"Backup profile {profile} does not exist") from None
         if not stat.S_ISREG(info.st_mode):
-            raise QubesError(f"backup profile {profile} is not a regular file")
+            raise SimulationError(f"backup profile {profile} is not a regular file")
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
-            raise QubesError("backup profile is not a YAML mapping")
+            raise QubesError("Invalid backup profile")
         if "passphrase_text" in data and stat.S_IMODE(info.st_mode) != 0o600:
+            # Not a Qubes refusal: qbackup's own promise (docs/QUBES.md).
             raise SimulationError(f"profile holding passphrase_text has mode "
                                   f"{stat.S_IMODE(info.st_mode):o}, not 600")
-        unknown = set(data) - PROFILE_KEYS
-        if unknown:
-            raise QubesError(f"backup profile has unknown keys {sorted(unknown)}")
-        for key in ("include", "destination_vm", "destination_path"):
+        for key in ("destination_vm", "destination_path", "include"):
             if key not in data:
-                raise QubesError(f"backup profile lacks required key {key}")
-        if ("passphrase_text" in data) == ("passphrase_vm" in data):
-            raise QubesError("backup profile needs exactly one passphrase source")
+                raise QubesError(f"Invalid backup profile - missing '{key}'")
+        if str(data["destination_vm"]) not in self.vms:
+            raise QubesError("Invalid destination_vm specified in backup profile")
         return data
 
     def _selected_vms(self, data: dict[str, object]) -> list[SimVM]:
+        """include: null = every VM with include_in_backups; a list selects the
+        VMs it names (names no VM has select nothing); then exclude."""
         include = data["include"]
-        exclude = data.get("exclude") or []
+        exclude = data.get("exclude", [])
+        if not isinstance(exclude, list):
+            raise QubesError("exclude must be a list")  # qubesd: a TypeError
         if include is None:
             names = [vm.name for vm in self.vms.values() if vm.include_in_backups]
         elif isinstance(include, list):
-            names = [str(name) for name in include]
+            names = [vm for vm in self.vms if vm in {str(name) for name in include}]
         else:
-            raise QubesError("include must be a list or null")
-        if not isinstance(exclude, list):
-            raise QubesError("exclude must be a list")
-        return [self._vm(name) for name in names if name not in exclude]
+            raise QubesError("include must be a list or null")  # qubesd: a TypeError
+        return [self.vms[name] for name in names if name not in exclude]
 
     def backup_info(self, profile: str) -> bytes:
         self.calls.append(("admin.backup.Info", profile))
-        data = self._load_profile(profile)
+        data = self._load_profile(profile)  # skip_passphrase=True: no passphrase needed
         vms = self._selected_vms(data)
         rows = "".join(f"{vm.name:>20} |   VM | {human(vm.size):>12} |\n" for vm in vms)
         total = sum(vm.size for vm in vms)
@@ -283,51 +344,90 @@ class SimulatedQubes:
                 f"{'Total size:':>27} | {human(total):>12}\n").encode()
 
     def _passphrase(self, profile: str, data: dict[str, object]) -> str:
+        """The passphrase as qubesd gets it: passphrase_text wins; a
+        passphrase_vm is asked WITHOUT autostart and its answer stripped, a
+        newline inside refused (qubes/api/admin.py, qubes/vm/qubesvm.py
+        run_service autostart=False, release4.2)."""
         if "passphrase_text" in data:
             return str(data["passphrase_text"])
-        vm = str(data["passphrase_vm"])
-        self._vm(vm)
-        if vm not in self.passphrase_vms:
-            raise QubesError(f"qubes.BackupPassphrase+{profile} in {vm} failed")
-        # Assumed: qubesd takes the answer's first line without its line end.
-        return self.passphrase_vms[vm].split("\n", 1)[0].rstrip()
+        if "passphrase_vm" not in data:
+            raise BackupEngineError("Invalid backup profile - you need to specify"
+                                    " passphrase_text or passphrase_vm")
+        name = str(data["passphrase_vm"])
+        vm = self.vms.get(name)
+        if vm is None:
+            raise BackupEngineError("Invalid backup profile - invalid passphrase_vm")
+        if not vm.running:
+            raise BackupEngineError(
+                f"Domain not running (either powered off or paused): {name!r}")
+        self.calls.append(("qubesd asks", name, f"qubes.BackupPassphrase+{profile}"))
+        if name not in self.passphrase_vms:
+            raise BackupEngineError(f"Failed to retrieve passphrase from '{name}' VM")
+        answer = (self.passphrase_vms[name] + "\n").encode().strip()
+        if b"\n" in answer:
+            raise BackupEngineError("Got empty response from qubesd")  # PermissionDenied
+        return answer.decode()
 
     def backup_execute(self, profile: str, on_progress: Callable[[float], None]) -> None:
-        """Like qubesd: read the profile, start qubes.Backup in the destination
-        VM, send ONE line then the stream; fail if the command fails."""
+        """Like qubesd's backup_execute and backup_do (qubes/backup.py,
+        release4.2): start qubes.Backup in the (running) destination VM, send
+        ONE line then the stream. When the archiving is cancelled or fails,
+        qubesd first waits for the VM's command to EXIT and only then closes
+        the stream; then Execute fails. Every failure comes back as
+        BackupEngineError, as RealQubes maps qubesd's."""
         self.calls.append(("admin.backup.Execute", profile))
-        data = self._load_profile(profile)
+        try:
+            data = self._load_profile(profile)
+        except QubesError as error:
+            raise BackupEngineError(str(error)) from None
+        if profile in self._running:
+            raise BackupEngineError("Backup already running")
         vms = self._selected_vms(data)
         destination = str(data["destination_vm"])
-        self._require_running(destination)
         passphrase = self._passphrase(profile, data)
-        line = str(data["destination_path"]).replace("\r", "").replace("\n", "")
+        if not self.vms[destination].running:  # run_service without autostart
+            raise BackupEngineError(
+                f"Domain not running (either powered off or paused): {destination!r}")
+        compression = data.get("compression", True)
+        if not isinstance(data["destination_path"], str):  # qubesd calls .replace() on it
+            raise BackupEngineError("'bool' object has no attribute 'replace'")
+        line = data["destination_path"].replace("\r", "").replace("\n", "")
         salt = stream.derive_key(line, b"salt")[:16]
         chunks = stream.build_stream([(vm.name, vm.size) for vm in vms], passphrase, salt,
-                                     data.get("compression"))
+                                     compression)
         total = len(stream.MAGIC) + sum(vm.size for vm in vms) + 400
-        process = subprocess.Popen(  # noqa: S603
-            ["/bin/sh", "-c", QUBES_BACKUP_SH], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            env=self._carrier_env())
+        process = self._spawn_in(destination, ["/bin/sh", "-c", QUBES_BACKUP_SH],
+                                 stdout=subprocess.DEVNULL)
+        assert process.stdin is not None
         self._running[profile] = process
         stderr_box: list[bytes] = []
         drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
         drainer.start()
         try:
-            delivered = self._deliver(profile, process, line, self._pieces(chunks), total,
-                                      on_progress)
+            outcome = self._deliver(profile, process, line, self._pieces(chunks), total,
+                                    on_progress)
+            if outcome != "sent" and self.hooks.on_engine_waits is not None:
+                waits, self.hooks.on_engine_waits = self.hooks.on_engine_waits, None
+                waits()
+            # The order that matters: wait for the VM's command, THEN close.
+            returncode = self._reap(destination, process)
         finally:
-            returncode = process.wait()
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+            self._reap(destination, process)
             drainer.join()
             self.carrier_stderr.append(stderr_box[0] if stderr_box else b"")
             del self._running[profile]
-            cancelled = profile in self._cancelled
             self._cancelled.discard(profile)
-        if cancelled:
+        if returncode != 0:
+            raise BackupEngineError(f"Writing backup to VM {destination} failed: "
+                                    f"{filtered_stderr(stderr_box[0] if stderr_box else b'')}")
+        if outcome == "cancelled":
             raise BackupEngineError("Backup cancelled")
-        if not delivered or returncode != 0:
-            raise BackupEngineError(f"Writing backup to VM {destination} failed")
+        if outcome == "failed":
+            raise BackupEngineError("ERROR: the backup engine failed (simulated)")
+        if outcome == "pipe closed":
+            raise BackupEngineError("ERROR: Failed to write the backup, out of disk space?")
         for vm in vms:
             vm.backup_timestamp = int(time.time())
 
@@ -345,59 +445,68 @@ class SimulatedQubes:
                 sent += len(piece)
                 yield piece
 
-    def _misbehave(self, profile: str, process: subprocess.Popen[bytes], fraction: float) -> None:
-        """Given how far the stream got, fire the kill/cancel hooks once."""
+    def _misbehave(self, process: subprocess.Popen[bytes], fraction: float) -> bool:
+        """Given how far the stream got, fire the kill hook once; return
+        whether the engine fails here (hooks.engine_fails_at)."""
         kill_at = self.hooks.kill_carrier_at
         if kill_at is not None and fraction >= kill_at:
             self.hooks.kill_carrier_at = None
             os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(0.1)
-        if self.hooks.cancel_at is not None and fraction >= self.hooks.cancel_at:
-            self.hooks.cancel_at = None
-            self._cancel_process(profile)
+            process.wait()
+        fail_at = self.hooks.engine_fails_at
+        if fail_at is not None and fraction >= fail_at:
+            self.hooks.engine_fails_at = None
+            return True
+        return False
 
     def _deliver(self, profile: str, process: subprocess.Popen[bytes], line: str,
                  pieces: Iterator[bytes], total: int,
-                 on_progress: Callable[[float], None]) -> bool:
+                 on_progress: Callable[[float], None]) -> str:
         """Write the line and the stream to qubes.Backup's stdin, reporting
-        progress; return False if the VM side closed it (or a cancel stopped it)."""
+        progress; return "sent" (all written, stdin closed: the VM sees the
+        end), "cancelled", "failed" or "pipe closed" (stdin left OPEN)."""
         stdin = process.stdin
         assert stdin is not None
-        with contextlib.suppress(OSError):  # like qrexec's big buffers; see PERFORMANCE.md
+        with contextlib.suppress(OSError):
+            # Big pipe buffers, like qrexec's (docs/QUBES.md, "The stream").
             fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, WRITE_CHUNK)
         sent = 0
         try:
+            # qubesd writes the line with os.write at once (no buffer): flush.
             stdin.write(line.encode() + b"\n")
+            stdin.flush()
             for piece in pieces:
-                self._misbehave(profile, process, (sent + len(piece)) / total)
+                if self._misbehave(process, (sent + len(piece)) / total):
+                    return "failed"
                 if profile in self._cancelled:
-                    return False
+                    return "cancelled"
                 stdin.write(piece)
+                stdin.flush()
                 sent += len(piece)
                 percent = min(100.0, 100.0 * sent / total)
                 on_progress(percent)
                 if self.hooks.on_progress is not None:
                     self.hooks.on_progress(percent)
+            if profile in self._cancelled:
+                return "cancelled"
             stdin.close()
         except BrokenPipeError:
-            return False
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
-        return profile not in self._cancelled
+            return "pipe closed"
+        return "sent"
 
-    def _cancel_process(self, profile: str) -> None:
-        """Cancel as qubesd does: it terminates its end of the qrexec
-        connection, so the VM side sees a clean END of its stdin, NOT a
-        killed command (the carrier may well take it for a complete stream).
-        _deliver stops writing and closes stdin at its next piece."""
-        if profile not in self._running:
-            raise QubesError(f"no backup running for profile {profile}")
-        self._cancelled.add(profile)
+    def abandon_execute(self) -> None:
+        """Nothing to abandon: a simulated Execute always ends once the VM's
+        command is gone (killing the VM ends it)."""
+        self.calls.append(("abandon_execute",))
 
     def backup_cancel(self, profile: str) -> None:
+        """admin.backup.Cancel: cancels the running backup task; refused when
+        none runs ("Backup operation not running"). qubesd does NOT close the
+        stream: backup_execute then waits for the VM's command to exit."""
         self.calls.append(("admin.backup.Cancel", profile))
-        self._cancel_process(profile)
+        if profile not in self._running:
+            raise QubesError("Backup operation not running")
+        self._cancelled.add(profile)
 
     # -- qvm-backup-restore ----------------------------------------------
     def _run_location(self, location: str, header_only: bool) -> tuple[bytes, int]:
@@ -409,35 +518,60 @@ class SimulatedQubes:
 
     def backup_restore(self, args: Sequence[str], capture: bool,
                        input_data: bytes | None = None) -> tuple[int, bytes]:
+        """qvm-backup-restore as in qubesadmin 4.2 (tools/qvm_backup_restore.py,
+        backup/restore.py): qubes.Restore runs THREE times (header files,
+        qubes.xml, data) and its exit status is ignored; the header's
+        compression filter must be gzip, bzip2 or xz unless -Z forces one;
+        --verify-only fails on an extraction error, a normal restore creates
+        the VMs first, then only LOGS "Error extracting data" and exits 0."""
         self.calls.append(("qvm-backup-restore", *args))
         options, location, wanted = restore.parse_restore_args(list(args))
-        vm = self._autostart(options["dest_vm"])
+        if options["dest_vm"] not in self.vms:
+            message = f"qvm-backup-restore: error: no such domain: {options['dest_vm']!r}\n"
+            return 2, message.encode()
+        if options["paranoid_mode"] and options["passphrase_file"] == "-":
+            # dispvm.py transfer_pass_file: qvm-copy-to-vm of the FILE '-'
+            return 1, b"qvm-backup-restore: error: cannot copy the passphrase file '-'\n"
+        self._autostart(options["dest_vm"])
         passphrase = restore.read_passphrase(options["passphrase_file"], input_data)
+        output = b"Checking backup content...\n"
         header_bytes, _ = self._run_location(location, header_only=True)
         try:
             header = stream.parse_header(header_bytes, passphrase)
-        except stream.StreamError as error:
-            return 1, f"ERROR: {error}\n".encode()
-        body, status = self._run_location(location, header_only=False)
-        if status != 0:
-            return 1, f"ERROR: reading the backup from {vm.name} failed ({status})\n".encode()
-        try:
-            volumes = stream.check_stream(body, passphrase)
-        except stream.StreamError as error:
-            return 1, f"ERROR: {error}\n".encode()
+            filter_used = restore.header_filter(header, options["compression"],
+                                                self.restore_release,
+                                                self.restore_installed_filters)
+        except (stream.StreamError, restore.RestoreRefused) as error:
+            return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
+        self._run_location(location, header_only=True)  # qubes.xml.000.enc
+        body, _ = self._run_location(location, header_only=False)  # status ignored
         names = [name for name, _ in header.vms
                  if (not wanted or name in wanted) and name not in options["exclude"]]
+        try:
+            volumes = stream.check_stream(body, passphrase)
+            restore.check_decompression(header, filter_used, self.restore_installed_filters)
+            extraction_error = None
+        except (stream.StreamError, restore.RestoreRefused) as error:
+            extraction_error = str(error)
         if options["verify_only"]:
-            return 0, b"".join(f"-> Verified {name}\n".encode() for name in names) + b"-> Done.\n"
+            if extraction_error is not None:
+                return 1, output + f"qvm-backup-restore: error: {extraction_error}\n".encode()
+            return 0, output + b"".join(f"-> Verified {name}\n".encode()
+                                        for name in names) + b"-> Done.\n"
         try:
             targets = restore.plan_targets(names, set(self.vms), options)
         except restore.Conflict as error:
-            return 1, f"ERROR: {error}\n".encode()
+            return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
         self.restore_dir.mkdir(parents=True, exist_ok=True)
+        for target in targets.values():  # metadata (the VMs) first
+            self.add_vm(target, include_in_backups=False)
+        if extraction_error is not None:
+            return 0, output + f"Error extracting data: {extraction_error}\n-> Done.\n".encode()
         for name, target in targets.items():
             (self.restore_dir / f"{target}.img").write_bytes(volumes[name])
-            self.add_vm(target, size=len(volumes[name]), include_in_backups=False)
-        return 0, b"".join(f"-> Restored {n} as {t}\n".encode() for n, t in targets.items())
+            self.vms[target].size = len(volumes[name])
+        return 0, output + b"".join(f"-> Restored {n} as {t}\n".encode()
+                                    for n, t in targets.items()) + b"-> Done.\n"
 
 
 def human(size: int) -> str:

@@ -3,7 +3,8 @@
 Layout (all one byte stream, like Qubes' tar of encrypted parts):
 
     MAGIC
-    header JSON line: {"vms": [[name, size], ...], "compression": ..., "salt": hex}
+    header JSON line: {"vms": [[name, size], ...], "compressed": bool,
+                       "compression_filter": name, "salt": hex}
     header HMAC line: 64 hex digits, HMAC-SHA256(key, MAGIC + header line)
     the VMs' data, concatenated in header order
     trailer: 64 hex digits + "\n", HMAC-SHA256(key, everything before)
@@ -53,7 +54,11 @@ def build_stream(vms: list[tuple[str, int]], passphrase: str, salt: bytes,
                  compression: object) -> Iterator[bytes]:
     """Given (name, size) pairs, the passphrase and a salt, yield the stream in chunks."""
     key = derive_key(passphrase, salt)
-    header = json.dumps({"vms": vms, "compression": compression, "salt": salt.hex()}).encode()
+    # Like qubesd: compressed = bool(compression); the filter is the program
+    # named, else gzip (qubes/api/admin.py, qubes/backup.py, release4.2).
+    header = json.dumps({"vms": vms, "compressed": bool(compression),
+                         "compression_filter": compression if isinstance(compression, str)
+                         else "gzip", "salt": salt.hex()}).encode()
     head = MAGIC + header + b"\n"
     head += hmac.new(key, head, hashlib.sha256).hexdigest().encode() + b"\n"
     whole = hmac.new(key, head, hashlib.sha256)
@@ -70,6 +75,8 @@ class Header:
     vms: list[tuple[str, int]]
     raw: bytes
     key: bytes
+    compressed: bool
+    compression_filter: str
 
 
 def parse_header(data: bytes, passphrase: str) -> Header:
@@ -85,6 +92,8 @@ def parse_header(data: bytes, passphrase: str) -> Header:
         header = json.loads(header_line)
         salt = bytes.fromhex(header["salt"])
         vms = [(str(name), int(size)) for name, size in header["vms"]]
+        compressed = bool(header["compressed"])
+        compression_filter = str(header["compression_filter"])
     except (ValueError, KeyError, TypeError):
         raise StreamError("backup header corrupted") from None
     key = derive_key(passphrase, salt)
@@ -92,7 +101,8 @@ def parse_header(data: bytes, passphrase: str) -> Header:
     expected = hmac.new(key, raw, hashlib.sha256).hexdigest().encode()
     if not hmac.compare_digest(expected, mac_line):
         raise StreamError("header HMAC mismatch: wrong passphrase or corrupted header")
-    return Header(vms=vms, raw=raw + mac_line + b"\n", key=key)
+    return Header(vms=vms, raw=raw + mac_line + b"\n", key=key, compressed=compressed,
+                  compression_filter=compression_filter)
 
 
 def header_length_needed(data: bytes) -> bool:
