@@ -70,7 +70,7 @@ test: venv lint
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 tests/qubes_sim testbed qbackup_protocol.py
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol.py
 
 demo: venv
 	$(PY) -m tests.demo

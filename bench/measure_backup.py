@@ -18,11 +18,8 @@ from pathlib import Path
 
 from dom0.cli import main
 from testbed.carrier import write_carrier_config
+from testbed.qubes_sim import simulated_dom0, stream
 from testbed.server import BackupServer, remove_stale_accounts
-
-# The one import from tests/: the simulated Qubes (dom0's engine) that drives
-# the real carrier. It stays there until it moves into testbed/ with its tests.
-from tests.qubes_sim import simulated_dom0, stream
 
 CARRIER = "sys-backup"
 MIB = 1024 * 1024

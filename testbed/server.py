@@ -18,7 +18,7 @@ each BackupServer has its own directory, sshd, port and accounts, and account
 names carry the creating process's id, so no two live processes ever pick the
 same name and no session removes another's accounts.
 
-Nothing here is Qubes: the only simulated boundary lives in tests/qubes_sim.
+Nothing here is Qubes: the only simulated boundary lives in testbed/qubes_sim.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ verify and restore it.
     simulated dom0 (Qubes' engine)  ->  qbackup-carrier  ->  OpenSSH sshd
         ->  qbackup-shell (login shell of a demo account)  ->  disk
 
-Only Qubes is simulated (tests/qubes_sim); everything after the stream leaves
+Only Qubes is simulated (testbed/qubes_sim); everything after the stream leaves
 "dom0" is the real code: the carrier over SSH, a real sshd on 127.0.0.1, the
 installed shell as the account's login shell, a real filesystem. Everything the
 demo starts is stopped and removed at the end, so it can run again.
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from dom0.cli import main as qbackup
 from testbed.carrier import write_carrier_config
+from testbed.qubes_sim import SimulatedQubes, simulated_dom0
+from testbed.qubes_sim.stream import vm_data
 from testbed.server import BackupServer, SyslogSink, remove_stale_accounts
-from tests.qubes_sim import SimulatedQubes, simulated_dom0
-from tests.qubes_sim.stream import vm_data
 
 MIB = 1024 * 1024
 CARRIER = "sys-backup"

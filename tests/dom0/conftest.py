@@ -13,8 +13,8 @@ import pytest
 
 from dom0.cli import main
 from testbed.carrier import write_carrier_config
+from testbed.qubes_sim import SimulatedQubes, simulated_dom0
 from testbed.server import Account, BackupServer, SyslogSink
-from tests.qubes_sim import SimulatedQubes, simulated_dom0
 
 CARRIER = "sys-backup"
 PASSPHRASE = "correct horse battery staple"

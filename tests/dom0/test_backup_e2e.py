@@ -10,8 +10,8 @@ import pytest
 
 from dom0 import errors
 from dom0.profile import profile_name
+from testbed.qubes_sim import stream
 from tests.dom0.conftest import CARRIER, MIB, Dom0
-from tests.qubes_sim import stream
 
 
 def committed(dom0: Dom0) -> list[dict]:

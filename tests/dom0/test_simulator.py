@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dom0.errors import BackupEngineError, QubesError
-from tests.qubes_sim import SimulatedQubes, SimulationError
-from tests.qubes_sim.stream import StreamError, build_stream, check_stream, vm_data
+from testbed.qubes_sim import SimulatedQubes, SimulationError
+from testbed.qubes_sim.stream import StreamError, build_stream, check_stream, vm_data
 
 PROFILE = "include: [work]\ndestination_vm: carrier\ndestination_path: cat\n"
 

@@ -20,7 +20,7 @@ from dom0.history import Run, compare_with_server
 from dom0.log import clean_text, show_time
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, destination_path, written_profile
-from tests.qubes_sim.simulator import human
+from testbed.qubes_sim.simulator import human
 
 DIGEST = "a" * 64
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 
 from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
-from tests.qubes_sim import restore, stream
-from tests.qubes_sim.errors import SimulationError
+from testbed.qubes_sim import restore, stream
+from testbed.qubes_sim.errors import SimulationError
 
 REPO = Path(__file__).resolve().parents[2]
 CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"

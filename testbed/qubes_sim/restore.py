@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.qubes_sim import stream
-from tests.qubes_sim.errors import SimulationError
+from testbed.qubes_sim import stream
+from testbed.qubes_sim.errors import SimulationError
 
 # What qubes.Restore does: location line, paths line, eval the command, run it
 # in the background into a fifo read by tar2qfile (here: cat), and exit with
