@@ -62,7 +62,12 @@ def test_stopped_shell_behind_a_live_sshd_fails_after_progress_timeout(carrier: 
     assert process.stdin is not None
     process.stdin.write(CHUNK * 2)
     process.stdin.flush()
-    assert wait_until(lambda: shell_pids(carrier.account))
+    # Stop the shell only once it has written data into its partial: it has
+    # then answered the offset line, so the upload has started and what the
+    # carrier meets is a server that stopped taking bytes (not one that never
+    # began the upload, which is another message).
+    partial = carrier.account.storage / ".stalled.partial"
+    assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0)
     stopped = shell_pids(carrier.account)
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
