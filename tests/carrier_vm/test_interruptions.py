@@ -103,7 +103,15 @@ def small_tmpfs(carrier: Carrier, tmpfs: Callable[..., Path]) -> Path:
     return tmpfs("2m", owner=carrier.account)
 
 
-@pytest.mark.parametrize("limit", ["quota", "reserve", "tmpfs"])
+# What the shell says for each limit, relayed by the carrier after its own words.
+SPACE_REFUSALS = {
+    "quota": "this backup would exceed the account's quota",  # met mid-stream
+    "reserve": "free space on the server is below its reserve; free some space",  # up front
+    "tmpfs": "the server's free space would drop below its reserve",  # re-read mid-stream
+}
+
+
+@pytest.mark.parametrize("limit", sorted(SPACE_REFUSALS))
 def test_full_server_disk_fails_the_put(
     carrier: Carrier, request: pytest.FixtureRequest, limit: str
 ) -> None:
@@ -119,7 +127,9 @@ def test_full_server_disk_fails_the_put(
     try:
         result = carrier.run("put", "toolarge", data=CHUNK * 6)
         assert result.returncode == 69, result.stderr
-        assert b"space" in result.stderr or b"quota" in result.stderr, result.stderr
+        assert result.stderr.decode() == (
+            "qbackup-carrier: the server refused: no space (reserve, quota, inodes) or another"
+            f" upload is running (qbackup-shell: {SPACE_REFUSALS[limit]})\n")
         assert_one_safe_line(result.stderr)
         assert result.stdout == b""
         listing = carrier.run("list")
