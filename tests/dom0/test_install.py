@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.harness.server import REPO
 
 
@@ -46,9 +48,11 @@ def unit_seconds(value: str) -> float:
     return float(number) * units[value[len(number):]]
 
 
-def test_the_backup_unit_has_a_finite_start_timeout_that_fits_a_long_backup() -> None:
+@pytest.mark.parametrize("unit", ["qbackup@.service", "qbackup-drill@.service"])
+def test_the_backup_and_drill_units_have_a_finite_start_timeout_that_fits_a_long_backup(
+        unit: str) -> None:
     settings = dict(line.split("=", 1) for line in
-                    (REPO / "dom0/systemd/qbackup@.service").read_text().splitlines()
+                    (REPO / "dom0/systemd" / unit).read_text().splitlines()
                     if "=" in line and not line.startswith("#"))
     start = settings["TimeoutStartSec"]
     assert start != "infinity"
