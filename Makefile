@@ -24,11 +24,12 @@ DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
 APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml
 
-.PHONY: help deps venv test lint demo bench server server-files server-aa templatevm \
+.PHONY: help deps venv test test-pure lint demo bench server server-files server-aa templatevm \
 	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
 
 help:
 	@echo "make test                 install what the tests need, lint, then run all the tests"
+	@echo "make test-pure            the pure tests only (no root, no sshd; needs the venv of make test)"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
 	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
@@ -67,6 +68,12 @@ PYTEST_ARGS ?=
 # Lint first: the last line `make test` prints is pytest's summary.
 test: venv lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
+
+# The pure tests only (parsers, protocol, names, config, docs): no root, no
+# sshd, no accounts; three workers because a few of them wait on deadlines or
+# start the carrier. Needs the venv `make test` made.
+test-pure:
+	$(PY) -m pytest -q -n 3 -m "not system" tests
 
 lint: venv
 	$(VENV)/bin/ruff check .
