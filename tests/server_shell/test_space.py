@@ -320,11 +320,11 @@ def test_expired_uploads_take_their_empty_directories_with_them(
 def test_a_put_never_writes_into_another_owners_directory(
     shell_config: BackupServer, account: Account
 ) -> None:
-    foreign = account.storage / "shared"
+    foreign = account.storage / "foreign"
     foreign.mkdir(mode=0o777)
     foreign.chmod(0o777)  # writable by the account, but not its own
     before = snapshot(account.storage)
-    for name in ("shared/x", "shared/deeper/x"):
+    for name in ("foreign/x", "foreign/deeper/x"):
         result = shell_config.run(account, f"put {name}", frame_stream(b"data"))
         assert result.returncode == 73, result.stderr
     assert snapshot(account.storage) == before
