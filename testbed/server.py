@@ -165,6 +165,9 @@ class BackupServer:
     base: Path
     port: int = 0
     accounts: list[Account] = field(default_factory=list)
+    # A real server has an sftp subsystem; sshd runs it through the login
+    # shell, which must refuse it. Tests may choose `internal-sftp` instead.
+    sftp_subsystem: str = "/usr/lib/openssh/sftp-server"
     shell_path: Path = field(init=False)
     config_path: Path = field(init=False)
     client_key: Path = field(init=False)
@@ -326,9 +329,7 @@ class BackupServer:
                     "PermitUserEnvironment no",
                     "MaxStartups 100:30:200",
                     "MaxSessions 50",
-                    # A real server has an sftp subsystem; sshd runs it through the
-                    # login shell, which must refuse it.
-                    "Subsystem sftp /usr/lib/openssh/sftp-server",
+                    f"Subsystem sftp {self.sftp_subsystem}",
                     "LogLevel VERBOSE",
                     "",
                 ]

@@ -18,16 +18,14 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testbed import openssh
-from tests.harness.server import SSHD, Account, BackupServer, free_port, remove_account
+from tests.harness.server import Account, BackupServer, remove_account
 from tests.server_shell.client import put, snapshot
 
 SCRIPT = Path(__file__).resolve().parents[2] / "server_shell" / "setup-account.sh"
@@ -35,63 +33,12 @@ SUBSYSTEMS = ["/usr/lib/openssh/sftp-server", "internal-sftp"]
 COMMITTED = b"a committed backup\n"
 
 
-def write_sshd_config(server: BackupServer, subsystem: str) -> Path:
-    """Write an sshd_config for SERVER whose sftp subsystem is SUBSYSTEM."""
-    config = server.base / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {server.port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {server.host_key}",
-                f"PidFile {server.base / 'sshd.pid'}",
-                "UsePAM no",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "PermitRootLogin no",
-                "StrictModes yes",
-                "PermitUserEnvironment no",
-                f"Subsystem sftp {subsystem}",
-                "LogLevel VERBOSE",
-                "",
-            ]
-        )
-    )
-    return config
-
-
-class SubsystemServer(BackupServer):
-    """The harness's server (installed shell, keys, syslog), but with an sshd
-    whose sftp subsystem the test chooses."""
-
-    subsystem = SUBSYSTEMS[0]
-
-    def start(self) -> None:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.port = free_port()
-        config = write_sshd_config(self, self.subsystem)
-        self._sshd_log = open(self.base / "sshd.log", "ab")  # noqa: SIM115
-        self._sshd = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=self._sshd_log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while True:  # up when it accepts a connection (or dead: then say why)
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if self._sshd.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((self.base / "sshd.log").read_text()) from None
-                time.sleep(0.05)
-        public = self.host_key.with_suffix(".pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
-
-
 @pytest.fixture(scope="module", params=SUBSYSTEMS)
-def sftp_server(request: pytest.FixtureRequest) -> Iterator[SubsystemServer]:
-    server = SubsystemServer.create()
-    server.subsystem = request.param
+def sftp_server(request: pytest.FixtureRequest) -> Iterator[BackupServer]:
+    """The harness's server (installed shell, keys, syslog) with an sshd whose
+    sftp subsystem is the parameter."""
+    server = BackupServer.create()
+    server.sftp_subsystem = request.param
     try:
         server.start()
         yield server
@@ -100,7 +47,7 @@ def sftp_server(request: pytest.FixtureRequest) -> Iterator[SubsystemServer]:
 
 
 @pytest.fixture(scope="module")
-def storage(sftp_server: SubsystemServer) -> Iterator[Account]:
+def storage(sftp_server: BackupServer) -> Iterator[Account]:
     """An account made by setup-account.sh with the server's client key, holding
     one committed backup."""
     name = f"qbs-{secrets.token_hex(4)}"
@@ -137,7 +84,7 @@ def sftp(server: BackupServer, account: Account, batch: str, cwd: Path) -> int:
 
 
 def test_the_key_line_is_the_forced_command_line(
-    sftp_server: SubsystemServer, storage: Account
+    sftp_server: BackupServer, storage: Account
 ) -> None:
     public = sftp_server.client_key.with_suffix(".pub").read_text().strip()
     keys = (storage.home / ".ssh/authorized_keys").read_text().splitlines()
@@ -147,7 +94,7 @@ def test_the_key_line_is_the_forced_command_line(
 
 
 def test_put_and_list_work_through_the_forced_command(
-    sftp_server: SubsystemServer, storage: Account
+    sftp_server: BackupServer, storage: Account
 ) -> None:
     result = put(sftp_server, storage, "through-forced-command", b"data")
     assert result.returncode == 0, result.stderr
@@ -156,7 +103,7 @@ def test_put_and_list_work_through_the_forced_command(
     assert b'"through-forced-command"' in listing.stdout and b'"committed"' in listing.stdout
 
 
-def test_sftp_is_refused(sftp_server: SubsystemServer, storage: Account, tmp_path: Path) -> None:
+def test_sftp_is_refused(sftp_server: BackupServer, storage: Account, tmp_path: Path) -> None:
     (tmp_path / "payload").write_bytes(b"planted")
     before = snapshot(storage.home)
     batch = (
@@ -173,7 +120,7 @@ def test_sftp_is_refused(sftp_server: SubsystemServer, storage: Account, tmp_pat
 
 @pytest.mark.parametrize("mode", ["-O", "-s"])  # legacy scp protocol, scp over sftp
 def test_scp_is_refused(
-    sftp_server: SubsystemServer, storage: Account, tmp_path: Path, mode: str
+    sftp_server: BackupServer, storage: Account, tmp_path: Path, mode: str
 ) -> None:
     (tmp_path / "payload").write_bytes(b"planted")
     before = snapshot(storage.home)
@@ -187,7 +134,7 @@ def test_scp_is_refused(
     assert snapshot(storage.home) == before
 
 
-def test_rsync_is_refused(sftp_server: SubsystemServer, storage: Account, tmp_path: Path) -> None:
+def test_rsync_is_refused(sftp_server: BackupServer, storage: Account, tmp_path: Path) -> None:
     (tmp_path / "payload").write_bytes(b"planted")
     before = snapshot(storage.home)
     ssh = " ".join(["ssh", *client_options(sftp_server, "-p")])
@@ -204,7 +151,7 @@ def test_rsync_is_refused(sftp_server: SubsystemServer, storage: Account, tmp_pa
 
 
 def test_without_the_forced_command_only_internal_sftp_gets_through(
-    sftp_server: SubsystemServer, tmp_path: Path
+    sftp_server: BackupServer, tmp_path: Path
 ) -> None:
     # The control: the same sftp probe against a key line with `restrict`
     # only. With sftp-server sshd runs the login shell, which refuses; with
@@ -214,5 +161,5 @@ def test_without_the_forced_command_only_internal_sftp_gets_through(
     os.chmod(account.home.parent, 0o755)
     (account.home / "committed").write_bytes(COMMITTED)
     served = sftp(sftp_server, account, "get committed\n", tmp_path) == 0
-    assert served == (sftp_server.subsystem == "internal-sftp")
+    assert served == (sftp_server.sftp_subsystem == "internal-sftp")
     assert (tmp_path / "committed").exists() == served
