@@ -454,11 +454,27 @@ def new_account_name() -> str:
     return name
 
 
+USERDEL_DONE = (0, 6)  # userdel(8): deleted, or no such user
+
+
 def remove_account(name: str) -> None:
-    """Delete account NAME (and its group), killing its processes first."""
-    subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+    """Delete account NAME (and its group), killing its processes first.
+
+    userdel fails for a moment while a killed process has not exited yet
+    (SIGKILL is asynchronous: exit 8) or while another test process's
+    useradd holds /etc/passwd's lock (exit 1 or 10): try again, bounded, and
+    say so if the account could still not be deleted."""
+    deadline = time.monotonic() + 10
+    while True:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+        with accounts_lock(exclusive=False):
+            result = subprocess.run(["userdel", name], check=False, capture_output=True)
+        if result.returncode in USERDEL_DONE:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"userdel {name} kept failing for 10 s: {result.stderr!r}")
+        time.sleep(0.02)
     with accounts_lock(exclusive=False):
-        subprocess.run(["userdel", name], check=False, capture_output=True)
         try:
             grp.getgrnam(name)
             subprocess.run(["groupdel", name], check=False, capture_output=True)
