@@ -1,13 +1,18 @@
-"""Turn the backup on stdin into data frames, off the event loop.
+"""Turn the backup on stdin into data frames, on the event loop.
 
-A reader thread fills 1 MiB frame buffers with large reads and hashes every
-byte once as it goes (hashlib releases the GIL on big buffers, so hashing
-overlaps the event loop's SSH work on the other core). Frames travel to the
-event loop through a queue; their buffers come from a fixed pool and go back
-to it only once the server has acknowledged their bytes (or, without
-acknowledgements, once sent): when the pool is empty the thread stops reading
-stdin, which holds Qubes' producer through the pipe. Memory is therefore
+Frames are filled by non-blocking reads on the event loop's own thread:
+when stdin has nothing to give, the read waits for it to become readable
+(keepalives and acknowledgements go on meanwhile). Each piece is hashed
+(SHA-256) right after it is read, while it is still in the CPU's cache.
+Buffers come from a fixed pool and go back to it only once the server has
+acknowledged their bytes; when the pool is used up the carrier stops
+reading, which holds Qubes' producer through the pipe. Memory is therefore
 bounded by the pool, whatever the stream's length.
+
+An earlier version read and hashed in a separate thread to overlap hashing
+with encryption; on two cores it cost more CPU (0.1 s/GiB of thread
+switching and GIL hand-overs after every short read) and was no faster:
+docs/PERFORMANCE.md has the numbers.
 
 Each buffer is page-aligned memory (an anonymous mmap) with the payload at
 offset PAYLOAD_AT, a multiple of 64: the kernel's copy from the pipe into an
@@ -24,9 +29,7 @@ import hashlib
 import logging
 import mmap
 import os
-import queue
 import stat
-import threading
 from dataclasses import dataclass
 
 from qbackup_protocol import DEFAULT_DATA_FRAME, FRAME_HEADER_SIZE, encode_data_header
@@ -37,11 +40,11 @@ PIPE_SIZE = 1024 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PAYLOAD_AT = 64  # aligned payload start; the header is written just before it
 MIN_FRAMES = 2
-READER_CHECK = 5.0  # seconds between checks that the reader thread still lives
 
 
-class ReaderGone(OSError):
-    """The stdin reader thread ended without handing over EOF or its error."""
+class PoolExhausted(RuntimeError):
+    """next_frame was called while every buffer holds unacknowledged data
+    (a bug in the caller: it must wait for an acknowledgement first)."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,11 @@ def widen_pipe(fd: int) -> None:
 
 
 class FrameReader:
-    """Reads FD to EOF in a daemon thread into at most MAX_FRAMES buffers;
-    ``await next_frame()`` yields Frames, then None at EOF. ``total`` and
-    ``digest()`` are final once None came. ``recycle(frame)`` returns a buffer."""
+    """Reads FD to EOF into at most MAX_FRAMES buffers; ``await
+    next_frame()`` returns the next Frame, then None at EOF. ``total`` and
+    ``digest()`` are final once None came. ``recycle(frame)`` returns a
+    frame's buffer to the pool; next_frame must not be called while every
+    buffer is out (PoolExhausted)."""
 
     def __init__(
         self, fd: int, max_frames: int, frame_size: int = DEFAULT_DATA_FRAME
@@ -90,25 +95,29 @@ class FrameReader:
         self.max_frames = max(MIN_FRAMES, max_frames)
         self.total = 0
         self._hash = hashlib.sha256()
-        self._frames: asyncio.Queue[Frame | BaseException | None] = asyncio.Queue()
-        self._pool: queue.SimpleQueue[mmap.mmap | None] = queue.SimpleQueue()
+        self._free: list[mmap.mmap] = []
         self._made = 0
-        self._made_lock = threading.Lock()
-        self._loop = asyncio.get_running_loop()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stdin-reader", daemon=True)
-        self._getter: asyncio.Future[Frame | BaseException | None] | None = None
+        self._was_blocking: bool | None = None
+        self._waiting = False
 
     def start(self) -> None:
+        """Prepare FD: a wider pipe, non-blocking reads (undone by stop)."""
         widen_pipe(self.fd)
-        self._thread.start()
+        self._was_blocking = os.get_blocking(self.fd)
+        os.set_blocking(self.fd, False)
 
     def stop(self) -> None:
-        """Ask the thread to stop (it is a daemon: never joined)."""
-        self._stopped.set()
-        self._pool.put(None)  # wakes a thread waiting for a buffer
-        if self._getter is not None:
-            self._getter.cancel()
+        """Stop watching FD and give it back its blocking mode (the file
+        description may be shared with the process that started us)."""
+        if self._waiting:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self._waiting = False
+        if self._was_blocking is not None:
+            try:
+                os.set_blocking(self.fd, self._was_blocking)
+            except OSError as error:  # closed meanwhile: nothing to give back
+                logger.debug("cannot restore stdin's blocking mode: %s", error.strerror)
+            self._was_blocking = None
 
     def digest(self) -> bytes:
         """Return the SHA-256 of everything read (final only after EOF)."""
@@ -116,80 +125,62 @@ class FrameReader:
 
     def recycle(self, frame: Frame) -> None:
         """Given a frame whose bytes are no longer needed, return its buffer."""
-        self._pool.put(frame.buffer)
+        self._free.append(frame.buffer)
 
     async def next_frame(self) -> Frame | None:
-        """Return the next frame, or None at EOF; re-raise a read error
-        (OSError). Raise ReaderGone if the thread ended without handing over
-        its last item (a bug, but never a put that waits for ever)."""
-        while True:
-            if self._getter is None:
-                self._getter = asyncio.ensure_future(self._frames.get())
-            # Waiting for stdin is unbounded (Qubes may be slow), but a dead
-            # reader thread is noticed within READER_CHECK seconds.
-            done, _ = await asyncio.wait({self._getter}, timeout=READER_CHECK)
-            if done:
-                break
-            if not self._thread.is_alive() and self._frames.empty():
-                raise ReaderGone("the stdin reader ended without reporting EOF")
-        item = self._getter.result()
-        self._getter = None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        """Return the next frame (full, or shorter only at EOF), or None at
+        EOF; raise OSError if FD cannot be read."""
+        buffer = self._buffer()
+        filled = await self._fill(buffer)
+        if filled == 0:
+            self._free.append(buffer)
+            return None
+        frame = Frame(buffer, self.total, filled)
+        self.total += filled
+        return frame
 
-    def _hand_over(self, item: Frame | BaseException | None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._frames.put_nowait, item)
-        except RuntimeError:
-            self._stopped.set()  # the loop is gone: the transfer is over
+    def _buffer(self) -> mmap.mmap:
+        """Return a free buffer, making one while fewer than max_frames exist."""
+        if self._free:
+            return self._free.pop()
+        if self._made < self.max_frames:
+            self._made += 1
+            return mmap.mmap(-1, PAYLOAD_AT + self.frame_size)
+        raise PoolExhausted("every frame buffer holds unacknowledged data")
 
-    def _buffer(self) -> mmap.mmap | None:
-        """Return a free buffer, making one while fewer than max_frames exist,
-        else waiting for one to be recycled; None once stopped."""
-        with self._made_lock:
-            if self._made < self.max_frames:
-                self._made += 1
-                return mmap.mmap(-1, PAYLOAD_AT + self.frame_size)
-        return self._pool.get()
-
-    def _run(self) -> None:
-        try:
-            self._read_frames()
-        except BaseException as error:  # noqa: BLE001 - always hand over a last item
-            self._hand_over(error if isinstance(error, Exception) else ReaderGone(repr(error)))
-
-    def _read_frames(self) -> None:
-        try:
-            while not self._stopped.is_set():
-                buffer = self._buffer()
-                if buffer is None or self._stopped.is_set():
-                    return
-                filled = self._fill(buffer)
-                if filled == 0:
-                    break
-                # Hash here, in this thread: hashlib drops the GIL for large
-                # buffers, so the event loop keeps encrypting meanwhile.
-                self._hash.update(memoryview(buffer)[PAYLOAD_AT : PAYLOAD_AT + filled])
-                frame = Frame(buffer, self.total, filled)
-                self.total += filled
-                self._hand_over(frame)
-        except OSError as error:
-            self._hand_over(error)
-            return
-        self._hand_over(None)
-
-    def _fill(self, buffer: mmap.mmap) -> int:
-        """Given a frame buffer, fill its payload from the fd; return how many
-        bytes came (fewer than a frame only at EOF)."""
-        view = memoryview(buffer)[PAYLOAD_AT:]
+    async def _fill(self, buffer: mmap.mmap) -> int:
+        """Given a frame buffer, fill its payload from FD, hashing each piece
+        as it comes; return how many bytes came (fewer than a frame only at EOF)."""
+        view = memoryview(buffer)[PAYLOAD_AT : PAYLOAD_AT + self.frame_size]
         filled = 0
         try:
             while filled < self.frame_size:
-                count = os.readv(self.fd, [view[filled:]])
+                try:
+                    count = os.readv(self.fd, [view[filled:]])
+                except BlockingIOError:
+                    await self._readable()
+                    continue
                 if count == 0:
                     break
+                self._hash.update(view[filled : filled + count])
                 filled += count
         finally:
             view.release()
         return filled
+
+    async def _readable(self) -> None:
+        """Wait until FD has data (or EOF) to read."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self.fd, wake)
+        self._waiting = True
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+            self._waiting = False

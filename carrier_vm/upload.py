@@ -412,7 +412,8 @@ async def send_stream(
     limiter = RateLimiter(config.rate_limit)
     position = start
     while True:
-        if outbox.full() and position == outbox.taken:
+        # An ack inside the oldest frame frees no buffer: wait for the next.
+        while outbox.full() and position == outbox.taken:
             await wait_for_ack(outbox, config)
         try:
             frame = await outbox.frame_at(position)

@@ -1,30 +1,31 @@
-"""The stdin reader thread always ends in a terminal item the put sees: EOF,
-its error, or -- if it vanished without either -- ReaderGone within
-READER_CHECK seconds. A put never waits for ever on a reader that is gone
-(seen under load: dom0 had closed the stream, the put waited idle)."""
+"""The stdin reader: whole frames from whatever pieces the pipe delivers,
+the SHA-256 of every byte exactly once, a bounded pool of buffers, and
+stdin handed back in the blocking mode it came in (its file description
+may be shared with the process that started the carrier)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 
 import pytest
 
-import carrier_vm.frames as frames
-from carrier_vm.frames import FrameReader, ReaderGone
+from carrier_vm.frames import PAYLOAD_AT, FrameReader, PoolExhausted
 
 
-async def read_all(fd: int) -> list[int]:
-    reader = FrameReader(fd, max_frames=4, frame_size=1024)
+async def read_all(fd: int, frame_size: int = 1024) -> tuple[list[bytes], bytes]:
+    """Read FD to EOF; return the frames' payloads and the reader's digest."""
+    reader = FrameReader(fd, max_frames=4, frame_size=frame_size)
     reader.start()
-    sizes = []
+    payloads = []
     try:
         while (frame := await reader.next_frame()) is not None:
-            sizes.append(frame.length)
+            payloads.append(bytes(frame.buffer[PAYLOAD_AT : PAYLOAD_AT + frame.length]))
             reader.recycle(frame)
     finally:
         reader.stop()
-    return sizes
+    return payloads, reader.digest()
 
 
 def pipe_with(data: bytes) -> int:
@@ -34,35 +35,89 @@ def pipe_with(data: bytes) -> int:
     return read_fd
 
 
-def test_reader_hands_over_frames_then_eof() -> None:
-    fd = pipe_with(b"x" * 2500)
+def test_reader_hands_over_whole_frames_then_eof() -> None:
+    data = os.urandom(2500)
+    fd = pipe_with(data)
     try:
-        assert asyncio.run(read_all(fd)) == [1024, 1024, 452]
+        payloads, digest = asyncio.run(read_all(fd))
+    finally:
+        os.close(fd)
+    assert [len(p) for p in payloads] == [1024, 1024, 452]
+    assert b"".join(payloads) == data
+    assert digest == hashlib.sha256(data).digest()
+
+
+def test_frames_are_whole_however_the_pipe_delivers_the_pieces() -> None:
+    # qrexec writes 64 KiB at a time; here 100-byte pieces, each written only
+    # once the reader has found the pipe empty and waits for it.
+    data = os.urandom(3000)
+    read_fd, write_fd = os.pipe()
+    pieces = [data[i : i + 100] for i in range(0, len(data), 100)]
+
+    async def feed_and_read() -> tuple[list[bytes], bytes]:
+        loop = asyncio.get_running_loop()
+
+        def write_next() -> None:
+            if pieces:
+                os.write(write_fd, pieces.pop(0))
+                loop.call_soon(write_next)
+            else:
+                os.close(write_fd)
+
+        loop.call_soon(write_next)
+        return await read_all(read_fd)
+
+    try:
+        payloads, digest = asyncio.run(feed_and_read())
+    finally:
+        os.close(read_fd)
+    assert [len(p) for p in payloads] == [1024, 1024, 952]
+    assert b"".join(payloads) == data
+    assert digest == hashlib.sha256(data).digest()
+
+
+def test_a_read_error_reaches_the_put() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(write_fd)
+    os.close(read_fd)  # reading a closed descriptor: EBADF
+
+    async def read_closed() -> None:
+        reader = FrameReader(read_fd, max_frames=2, frame_size=1024)
+        await reader.next_frame()
+
+    with pytest.raises(OSError):
+        asyncio.run(read_closed())
+
+
+def test_the_pool_never_grows_past_max_frames() -> None:
+    # Memory is bounded by the pool: a caller that asks for more frames than
+    # it returned gets an error, never another buffer.
+    fd = pipe_with(b"x" * 10_000)
+
+    async def take_without_returning() -> int:
+        reader = FrameReader(fd, max_frames=3, frame_size=1024)
+        reader.start()
+        taken = 0
+        try:
+            while True:
+                await reader.next_frame()
+                taken += 1
+        except PoolExhausted:
+            return taken
+        finally:
+            reader.stop()
+
+    try:
+        assert asyncio.run(take_without_returning()) == 3
     finally:
         os.close(fd)
 
 
-def test_an_unexpected_error_in_the_reader_reaches_the_put(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: FrameReader, buffer: object) -> int:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(FrameReader, "_fill", broken)
-    fd = pipe_with(b"x" * 100)
+def test_stdin_gets_back_its_blocking_mode() -> None:
+    fd = pipe_with(b"x" * 10)
     try:
-        with pytest.raises(RuntimeError, match="boom"):
-            asyncio.run(asyncio.wait_for(read_all(fd), 10))
-    finally:
-        os.close(fd)
-
-
-def test_a_reader_that_vanishes_silently_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The thread ends without handing over EOF or an error.
-    monkeypatch.setattr(FrameReader, "_read_frames", lambda self: None)
-    monkeypatch.setattr(FrameReader, "_hand_over", lambda self, item: None)
-    monkeypatch.setattr(frames, "READER_CHECK", 0.2)
-    fd = pipe_with(b"x" * 100)
-    try:
-        with pytest.raises(ReaderGone):
-            asyncio.run(asyncio.wait_for(read_all(fd), 10))
+        assert os.get_blocking(fd)
+        asyncio.run(read_all(fd))
+        assert os.get_blocking(fd)
     finally:
         os.close(fd)

@@ -10,15 +10,26 @@ is the second line of defence.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
+import os
 from collections import deque
+from pathlib import Path
 
 import pytest
 
+from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError
-from carrier_vm.frames import PAYLOAD_AT, Frame
-from carrier_vm.upload import Outbox, ResumeImpossible, check_start_offset
-from qbackup_protocol import VERB_PUT, VERB_RESUME, CarrierExit, decode_frame_header
+from carrier_vm.frames import PAYLOAD_AT, Frame, FrameReader
+from carrier_vm.upload import Outbox, ResumeImpossible, check_start_offset, send_stream
+from qbackup_protocol import (
+    FRAME_END,
+    FRAME_HEADER_SIZE,
+    VERB_PUT,
+    VERB_RESUME,
+    CarrierExit,
+    decode_frame_header,
+)
 
 FRAME = 1000
 
@@ -123,3 +134,76 @@ def test_a_repeated_ack_is_no_progress() -> None:
     assert not box.acked_event.is_set()
     box.acknowledge(2000)
     assert box.acked_event.is_set()
+
+
+class RecordingWriter:
+    """Stands in for the SSH channel's writer: keeps what was written."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+
+def payload_of(wire: bytes) -> bytes:
+    """Given D frames then an E frame, return the D frames' payload."""
+    payload, view = bytearray(), memoryview(wire)
+    while True:
+        kind, length = decode_frame_header(bytes(view[:FRAME_HEADER_SIZE]))
+        if kind == FRAME_END:
+            return bytes(payload)
+        payload += view[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
+        view = view[FRAME_HEADER_SIZE + length :]
+
+
+def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> None:
+    # Both buffers hold unacknowledged data and the sender waits for an ack.
+    # The server acknowledges half of the first frame (it syncs on its own
+    # cadence, not on frame boundaries): no buffer is free yet, so the sender
+    # must go on waiting -- not take a third buffer (memory would no longer be
+    # bounded), nor fail -- until an ack frees one.
+    data = os.urandom(3 * FRAME)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    config = CarrierConfig(host="server", known_hosts=Path("/dev/null"), progress_timeout=30)
+
+    async def send() -> tuple[RecordingWriter, Outbox]:
+        reader = FrameReader(read_fd, max_frames=2, frame_size=FRAME)
+        reader.start()
+        box = Outbox(reader)
+        writer = RecordingWriter()
+        sender = asyncio.ensure_future(send_stream(writer, box, 0, config))  # type: ignore[arg-type]
+        try:
+            # Until the sender waits for an ack with both buffers out (only
+            # that wait clears the event).
+            box.acked_event.set()
+            while box.acked_event.is_set():
+                await asyncio.sleep(0)
+            assert box.sent_high == 2 * FRAME and box.full()
+            box.acknowledge(FRAME // 2)
+            for _ in range(20):  # the sender runs (and must not take a buffer)
+                await asyncio.sleep(0)
+            assert not sender.done()
+            assert box.sent_high == 2 * FRAME
+            box.acknowledge(2 * FRAME)
+            await sender
+        finally:
+            sender.cancel()
+            reader.stop()
+        return writer, box
+
+    try:
+        writer, box = asyncio.run(asyncio.wait_for(send(), 30))
+    finally:
+        os.close(read_fd)
+    assert writer.eof
+    assert payload_of(bytes(writer.written)) == data
