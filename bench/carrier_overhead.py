@@ -3,14 +3,14 @@
     python -m bench.carrier_overhead [--mib 1024] [--rounds 3] [--data FILE]
 
 Starts the test harness (a real sshd on 127.0.0.1, run as root) and sends
-the same incompressible data (a file in page cache, fed through a pipe as
-qrexec does) to each sender, taking
+the same incompressible data (a file in page cache, fed as qrexec feeds a
+service: through a socketpair, in 64 KiB writes) to each sender, taking
 the sender's user+system CPU seconds from wait4(); every sender uses
 aes128-gcm and the same sshd:
 
-  bare        a minimal asyncssh client: pipe widened to 1 MiB, fill a 1 MiB
-              buffer with readinto, write, drain, into `cat > /dev/null` (the
-              floor any asyncssh sender pays)
+  bare        a minimal asyncssh client: fill a 1 MiB buffer with readinto
+              (blocking), write, drain, into `cat > /dev/null` (the floor any
+              asyncssh sender pays)
   carrier     `qbackup-carrier put` (protocol 3: offset, acks, resumable; SHA-256
               of every byte) into a sink that speaks protocol 3 and discards
   carrier-v2  the carrier as it was before resumption (git commit V2_COMMIT,
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,10 @@ async def main():
             client_keys=[key], known_hosts=known, encryption_algs=["CIPHER"],
             compression_algs=None) as conn:
         writer, reader, errors = await conn.open_session("cat > /dev/null", encoding=None)
-        fcntl.fcntl(0, 1031, 1024 * 1024)  # F_SETPIPE_SZ, as the carrier does
+        try:
+            fcntl.fcntl(0, 1031, 1024 * 1024)  # F_SETPIPE_SZ, as the carrier does
+        except OSError:
+            pass  # not a pipe (qrexec's socketpair)
         buffer = bytearray(1024 * 1024)
         view = memoryview(buffer)
         stdin = sys.stdin.buffer.raw
@@ -79,25 +83,47 @@ asyncio.run(main())
 """.replace("CIPHER", CIPHER)
 
 
+# Writes the file named in argv[1] to fd 1 in 64 KiB pieces: qrexec's
+# largest data message, and how it hands Qubes' stream to the carrier.
+QREXEC_FEEDER = """
+import os, sys
+with open(sys.argv[1], "rb", buffering=0) as source:
+    while piece := source.read(65536):
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(1, view):]
+"""
+
+
+def start_feeder(data: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start feeding DATA as qrexec feeds a service: through one end of an
+    AF_UNIX socketpair, in 64 KiB writes; return the feeder and the other
+    end's fd (for the sender's stdin; the caller closes it)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours:
+        feeder = subprocess.Popen(
+            [sys.executable, "-c", QREXEC_FEEDER, str(data)], stdout=ours.fileno()
+        )
+    return feeder, theirs.detach()
+
+
 def run_sender(
     argv: list[str], data: Path, env: dict[str, str], cwd: Path
 ) -> tuple[float, float, int]:
-    """Run ARGV in CWD with DATA on stdin; return (CPU seconds, wall seconds,
-    peak RSS in KiB)."""
+    """Run ARGV in CWD with DATA on stdin, fed as qrexec feeds it; return
+    (CPU seconds, wall seconds, peak RSS in KiB). Only the sender's own CPU
+    (its rusage) is counted, not the feeder's."""
     started = time.monotonic()
-    # Through a pipe, as qrexec hands Qubes' stream to the carrier (cat's own
-    # CPU is not counted: only the sender's rusage is).
-    feeder = subprocess.Popen(["cat", str(data)], stdout=subprocess.PIPE)
-    assert feeder.stdout is not None
+    feeder, stdin = start_feeder(data)
     child = subprocess.Popen(
         argv,
-        stdin=feeder.stdout,
+        stdin=stdin,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
         cwd=cwd,
     )
-    feeder.stdout.close()
+    os.close(stdin)
     with PeakRss(child.pid) as peak:  # not ru_maxrss: see PeakRss
         _, status, usage = os.wait4(child.pid, 0)
     feeder.wait()

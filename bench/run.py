@@ -286,7 +286,8 @@ def bench_senders(
 ) -> list[Sender]:
     """Sender CPU per GiB of OpenSSH's client, a bare asyncssh client (both
     into `cat > /dev/null`) and the carrier (into the frame-parsing sink), DATA
-    fed through a pipe, ROUNDS interleaved rounds; medians."""
+    fed as qrexec feeds a service (a socketpair, 64 KiB writes), ROUNDS
+    interleaved rounds; medians."""
     sink = add_sink_account(server)
     config = workdir / "carrier-sink.yaml"
     config.write_text(carrier_config(server.endpoint, sink.name))
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- with acks / without: {default / without:.3f} with the default carrier, "
           f"{same_buffer / without:.3f} with the same carrier buffer (target >= 0.95)")
     print()
-    print(f"Sender CPU, {small / MIB:.0f} MiB through a pipe, medians of {args.rounds} rounds "
+    print(f"Sender CPU, {small / MIB:.0f} MiB fed as qrexec feeds it (socketpair, 64 KiB "
+          f"writes), medians of {args.rounds} rounds "
           "(OpenSSH and bare into `cat > /dev/null`, the carrier into a frame-parsing sink):")
     print()
     print("| sender | CPU s/GiB | x OpenSSH | MiB/s | peak RSS |")

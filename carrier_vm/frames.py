@@ -1,24 +1,27 @@
 """Turn the backup on stdin into data frames, on the event loop.
 
-Frames are filled by non-blocking reads on the event loop's own thread:
-when stdin has nothing to give, the read waits for it to become readable
-(keepalives and acknowledgements go on meanwhile). Each piece is hashed
-(SHA-256) right after it is read, while it is still in the CPU's cache.
-Buffers come from a fixed pool and go back to it only once the server has
-acknowledged their bytes; when the pool is used up the carrier stops
-reading, which holds Qubes' producer through the pipe. Memory is therefore
-bounded by the pool, whatever the stream's length.
+Under Qubes, stdin is one end of the socketpair qrexec gives a service, fed
+in writes of at most 64 KiB; run by hand or by the tests it may be a pipe
+(then widened to 1 MiB). Frames are filled by non-blocking reads on the
+event loop's own thread: when stdin has nothing to give, the read waits for
+it to become readable (keepalives and acknowledgements go on meanwhile).
+Each piece is hashed (SHA-256) right after it is read, while it is still in
+the CPU's cache. Buffers come from a fixed pool and go back to it only once
+the server has acknowledged their bytes; when the pool is used up the
+carrier stops reading, which holds Qubes' producer (qrexec stops reading
+from its side). Memory is therefore bounded by the pool, whatever the
+stream's length.
 
 An earlier version read and hashed in a separate thread to overlap hashing
-with encryption; on two cores it cost more CPU (0.1 s/GiB of thread
-switching and GIL hand-overs after every short read) and was no faster:
-docs/PERFORMANCE.md has the numbers.
+with encryption; on two cores it cost 0.15 CPU-s/GiB more (thread switches
+and GIL hand-overs after every short read) and was slower: the carrier's
+README has the numbers.
 
 Each buffer is page-aligned memory (an anonymous mmap) with the payload at
-offset PAYLOAD_AT, a multiple of 64: the kernel's copy from the pipe into an
-unaligned destination costs several times more per byte. The 5-byte frame
-header goes right before the payload byte a write starts at, so header and
-payload leave in one write.
+offset PAYLOAD_AT, a multiple of 64: the kernel's copy into an unaligned
+destination costs several times more per byte. The 5-byte frame header goes
+right before the payload byte a write starts at, so header and payload
+leave in one write.
 """
 
 from __future__ import annotations
@@ -85,7 +88,11 @@ class FrameReader:
     next_frame()`` returns the next Frame, then None at EOF. ``total`` and
     ``digest()`` are final once None came. ``recycle(frame)`` returns a
     frame's buffer to the pool; next_frame must not be called while every
-    buffer is out (PoolExhausted)."""
+    buffer is out (PoolExhausted) unless ``at_eof``.
+
+    The frame being filled lives on the reader, not in next_frame: a caller
+    cancelled while it waits for stdin (its session was lost) loses nothing;
+    the next call goes on filling the same buffer."""
 
     def __init__(
         self, fd: int, max_frames: int, frame_size: int = DEFAULT_DATA_FRAME
@@ -93,18 +100,25 @@ class FrameReader:
         self.fd = fd
         self.frame_size = frame_size
         self.max_frames = max(MIN_FRAMES, max_frames)
-        self.total = 0
+        self.total = 0  # bytes handed over in frames
+        self.at_eof = False  # FD reached its end: no more buffer is needed
         self._hash = hashlib.sha256()
         self._free: list[mmap.mmap] = []
         self._made = 0
+        self._filling: mmap.mmap | None = None  # the buffer being filled ...
+        self._filled = 0  # ... and how much of it holds (hashed) data
         self._was_blocking: bool | None = None
         self._waiting = False
 
     def start(self) -> None:
-        """Prepare FD: a wider pipe, non-blocking reads (undone by stop)."""
+        """Prepare FD: a wider pipe; non-blocking reads if it is a pipe or a
+        socket (undone by stop). Other files never make a read wait long
+        (a regular file, /dev/null) and are read as they are."""
         widen_pipe(self.fd)
-        self._was_blocking = os.get_blocking(self.fd)
-        os.set_blocking(self.fd, False)
+        mode = os.fstat(self.fd).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self._was_blocking = os.get_blocking(self.fd)
+            os.set_blocking(self.fd, False)
 
     def stop(self) -> None:
         """Stop watching FD and give it back its blocking mode (the file
@@ -130,8 +144,13 @@ class FrameReader:
     async def next_frame(self) -> Frame | None:
         """Return the next frame (full, or shorter only at EOF), or None at
         EOF; raise OSError if FD cannot be read."""
-        buffer = self._buffer()
-        filled = await self._fill(buffer)
+        if self._filling is None:
+            if self.at_eof:
+                return None
+            self._filling, self._filled = self._buffer(), 0
+        await self._fill()
+        buffer, filled = self._filling, self._filled
+        self._filling, self._filled = None, 0
         if filled == 0:
             self._free.append(buffer)
             return None
@@ -148,25 +167,28 @@ class FrameReader:
             return mmap.mmap(-1, PAYLOAD_AT + self.frame_size)
         raise PoolExhausted("every frame buffer holds unacknowledged data")
 
-    async def _fill(self, buffer: mmap.mmap) -> int:
-        """Given a frame buffer, fill its payload from FD, hashing each piece
-        as it comes; return how many bytes came (fewer than a frame only at EOF)."""
-        view = memoryview(buffer)[PAYLOAD_AT : PAYLOAD_AT + self.frame_size]
-        filled = 0
+    async def _fill(self) -> None:
+        """Fill the current buffer's payload from FD, hashing each piece as it
+        comes, until it is full or FD is at its end."""
+        assert self._filling is not None  # noqa: S101 - next_frame set it
+        view = memoryview(self._filling)[PAYLOAD_AT : PAYLOAD_AT + self.frame_size]
         try:
-            while filled < self.frame_size:
+            while self._filled < self.frame_size:
                 try:
-                    count = os.readv(self.fd, [view[filled:]])
+                    count = os.readv(self.fd, [view[self._filled :]])
                 except BlockingIOError:
                     await self._readable()
                     continue
                 if count == 0:
+                    self.at_eof = True
                     break
-                self._hash.update(view[filled : filled + count])
-                filled += count
+                # No await between the read and these two lines: a cancelled
+                # caller never leaves bytes read but not counted, or counted
+                # but not hashed.
+                self._hash.update(view[self._filled : self._filled + count])
+                self._filled += count
         finally:
             view.release()
-        return filled
 
     async def _readable(self) -> None:
         """Wait until FD has data (or EOF) to read."""

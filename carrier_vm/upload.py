@@ -11,7 +11,7 @@ sending.
 Resuming (protocol 3): the server answers ``{"offset": 0}``, then
 ``{"ack": N}`` each time it has stored the first N bytes durably. The carrier
 keeps every byte read from stdin until it is acknowledged (at most
-``resume_buffer`` bytes: then it stops reading stdin, and the pipe holds
+``resume_buffer`` bytes: then it stops reading stdin, which holds
 Qubes). When the connection is lost (or the server stops taking data), it
 reconnects with backoff for up to ``resume_window`` seconds, sends ``resume
 NAME``, checks that the offset D the server answers lies within what it still
@@ -413,7 +413,9 @@ async def send_stream(
     position = start
     while True:
         # An ack inside the oldest frame frees no buffer: wait for the next.
-        while outbox.full() and position == outbox.taken:
+        # At EOF no buffer is needed (a server whose sync_interval exceeds
+        # what is left unacknowledged would never send the ack).
+        while outbox.full() and position == outbox.taken and not outbox.reader.at_eof:
             await wait_for_ack(outbox, config)
         try:
             frame = await outbox.frame_at(position)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +49,8 @@ def test_reader_hands_over_whole_frames_then_eof() -> None:
 
 
 def test_frames_are_whole_however_the_pipe_delivers_the_pieces() -> None:
-    # qrexec writes 64 KiB at a time; here 100-byte pieces, each written only
-    # once the reader has found the pipe empty and waits for it.
+    # qrexec writes 64 KiB at a time; here 100-byte pieces, one per turn of
+    # the event loop, so the reader keeps finding the pipe empty and waiting.
     data = os.urandom(3000)
     read_fd, write_fd = os.pipe()
     pieces = [data[i : i + 100] for i in range(0, len(data), 100)]
@@ -76,17 +77,82 @@ def test_frames_are_whole_however_the_pipe_delivers_the_pieces() -> None:
     assert digest == hashlib.sha256(data).digest()
 
 
-def test_a_read_error_reaches_the_put() -> None:
+def test_a_read_error_reaches_the_put(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)  # reading a directory: EISDIR
+
+    async def read_directory() -> None:
+        reader = FrameReader(fd, max_frames=2, frame_size=1024)
+        reader.start()
+        try:
+            await reader.next_frame()
+        finally:
+            reader.stop()
+
+    try:
+        with pytest.raises(IsADirectoryError):
+            asyncio.run(asyncio.wait_for(read_directory(), 10))
+    finally:
+        os.close(fd)
+
+
+def test_a_caller_cancelled_while_waiting_for_stdin_loses_no_byte() -> None:
+    # The session is lost while the carrier waits for Qubes mid-frame: the
+    # send task is cancelled. The bytes already read (and hashed) must come
+    # out in the next frame, once, or the resumed stream has a hole.
+    data = os.urandom(2500)
     read_fd, write_fd = os.pipe()
-    os.close(write_fd)
-    os.close(read_fd)  # reading a closed descriptor: EBADF
+    os.write(write_fd, data[:700])
 
-    async def read_closed() -> None:
+    async def cancel_then_read() -> tuple[list[bytes], bytes, int]:
         reader = FrameReader(read_fd, max_frames=2, frame_size=1024)
-        await reader.next_frame()
+        reader.start()
+        try:
+            waiting = asyncio.ensure_future(reader.next_frame())
+            while not reader._waiting:  # noqa: SLF001 - until it waits for more
+                await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            os.write(write_fd, data[700:])
+            os.close(write_fd)
+            payloads = []
+            while (frame := await reader.next_frame()) is not None:
+                payloads.append(bytes(frame.buffer[PAYLOAD_AT : PAYLOAD_AT + frame.length]))
+                reader.recycle(frame)
+        finally:
+            reader.stop()
+        return payloads, reader.digest(), reader.total
 
-    with pytest.raises(OSError):
-        asyncio.run(read_closed())
+    try:
+        payloads, digest, total = asyncio.run(asyncio.wait_for(cancel_then_read(), 10))
+    finally:
+        os.close(read_fd)
+    assert b"".join(payloads) == data
+    assert (total, digest) == (len(data), hashlib.sha256(data).digest())
+    assert [len(p) for p in payloads] == [1024, 1024, 452]
+
+
+def test_eof_needs_no_free_buffer() -> None:
+    # Every buffer holds unacknowledged data when the stream ends in a short
+    # frame: the end is known without another buffer (waiting for an ack
+    # that frees one could wait for ever).
+    fd = pipe_with(b"x" * 1500)
+
+    async def hold_all() -> tuple[list[int], object]:
+        reader = FrameReader(fd, max_frames=2, frame_size=1024)
+        reader.start()
+        try:
+            first, second = await reader.next_frame(), await reader.next_frame()
+            assert first is not None and second is not None
+            return [first.length, second.length], await reader.next_frame()
+        finally:
+            reader.stop()
+
+    try:
+        lengths, last = asyncio.run(asyncio.wait_for(hold_all(), 10))
+    finally:
+        os.close(fd)
+    assert (lengths, last) == ([1024, 476], None)
 
 
 def test_the_pool_never_grows_past_max_frames() -> None:

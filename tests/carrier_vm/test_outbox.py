@@ -207,3 +207,31 @@ def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> N
         os.close(read_fd)
     assert writer.eof
     assert payload_of(bytes(writer.written)) == data
+
+
+def test_a_stream_ending_while_every_buffer_is_out_ends_without_an_ack() -> None:
+    # The last, short frame takes the last buffer: the end frame must go out
+    # without waiting for an ack. The server acknowledges only every
+    # sync_interval bytes, and fewer than that may be left unacknowledged.
+    data = os.urandom(FRAME + FRAME // 2)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    config = CarrierConfig(host="server", known_hosts=Path("/dev/null"), progress_timeout=60)
+
+    async def send() -> RecordingWriter:
+        reader = FrameReader(read_fd, max_frames=2, frame_size=FRAME)
+        reader.start()
+        writer = RecordingWriter()
+        try:
+            await send_stream(writer, Outbox(reader), 0, config)  # type: ignore[arg-type]
+        finally:
+            reader.stop()
+        return writer
+
+    try:
+        writer = asyncio.run(asyncio.wait_for(send(), 10))
+    finally:
+        os.close(read_fd)
+    assert writer.eof
+    assert payload_of(bytes(writer.written)) == data
