@@ -62,7 +62,7 @@ venv: deps $(VENV)/.installed
 # most of a test's time is spent waiting on ssh and child processes, so more
 # workers than cores pays. PYTEST_ARGS adds options, e.g. -x, -m "not system"
 # (the pure tests, no root needed) or -p random_order --random-order.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 PYTEST_ARGS ?=
 
 # Lint first: the last line `make test` prints is pytest's summary.
