@@ -24,6 +24,8 @@ import pytest
 
 from dom0 import errors
 from testbed.carrier import write_carrier_config
+from testbed.qubes_sim import stream
+from tests.carrier_vm.netproxy import NetProxy
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 
 BIG = "big"  # a VM large enough that a fault lands while the stream still flows
@@ -375,3 +377,39 @@ def test_tampered_carrier_lies_about_the_commit(
     [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
     assert drill.logged(f"TAMPERING? {name}: digest changed on the server")
     assert leftovers(drill) == []
+
+
+def test_a_restore_whose_get_loses_its_connection_twice_still_succeeds(
+    drill: Dom0, tmp_path: Path
+) -> None:
+    # The restore's data pass (Qubes runs `qbackup-carrier get` three times:
+    # header, qubes.xml, data) loses its connection twice mid-stream, once
+    # 8 MiB after it was made each time: the carrier resumes the ranged read
+    # and Qubes' restore gets every byte once. The header passes stop
+    # reading after a few KiB, which SSH flow control keeps far below 8 MiB,
+    # so both drops land in the data pass.
+    assert backup(drill, BIG) == 0
+    [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
+    proxy = NetProxy(drill.server.port)
+    try:
+        key = drill.server.known_hosts.read_text().split(None, 1)[1]
+        known_hosts = tmp_path / "proxied_known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+        write_carrier_config(
+            drill.server, drill.account, tmp_path, port=proxy.port,
+            known_hosts=str(known_hosts), resume_window=60,
+        )
+        proxy.cut_each_after(8 * MIB, times=2)
+        drill.sim.carrier_env["QBACKUP_CARRIER_LOG"] = "warning"  # its story on stderr
+        drill.sim.remove_vm(BIG)  # the VM is lost: the backup must bring it back
+
+        assert drill.run("restore", "-t", CARRIER, "-p", str(drill.passfile), name, BIG) == 0
+
+        assert proxy.cuts == 2
+        assert (drill.sim.restore_dir / f"{BIG}.img").read_bytes() == stream.vm_data(
+            BIG, BIG_SIZE
+        )
+        data_pass = drill.sim.carrier_stderr[-1]
+        assert data_pass.count(b"connection lost during the download") == 2, data_pass
+    finally:
+        proxy.close()
