@@ -413,3 +413,36 @@ def test_a_restore_whose_get_loses_its_connection_twice_still_succeeds(
         assert data_pass.count(b"connection lost during the download") == 2, data_pass
     finally:
         proxy.close()
+
+
+def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
+    drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The network goes down mid-backup and stays down past the carrier's
+    # resume_window (3 s here): the backup fails as a lost connection always
+    # did (exit 1, Qubes' "Writing backup ... failed" with the carrier's
+    # reason), nothing is committed or listed, and the partial upload stays
+    # on the server until partial_max_age (the carrier tests drill its sweep).
+    proxy = NetProxy(drill.server.port)
+    try:
+        key = drill.server.known_hosts.read_text().split(None, 1)[1]
+        known_hosts = tmp_path / "proxied_known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+        write_carrier_config(
+            drill.server, drill.account, tmp_path, port=proxy.port,
+            known_hosts=str(known_hosts), resume_window=3, keepalive_interval=1,
+            keepalive_count_max=2,
+        )
+
+        def network_down() -> None:
+            wait_until(lambda: leftovers(drill), "the shell's partial upload")
+            proxy.down()
+
+        at_progress(drill, 30, network_down)
+        assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+        assert drill.logged("not resumed within resume_window")
+        assert drill.logged(f"outcome: FAILED (exit 1): Writing backup to VM {CARRIER} failed")
+        proxy.up()
+        assert_only_the_good_backup(drill, capsys, left_behind=partial_upload(drill))
+    finally:
+        proxy.close()
