@@ -403,9 +403,14 @@ class BackupServer:
             self._sshd_log.close()
 
     def remove_accounts(self, keep: int = 0) -> None:
-        """Delete every account but the first KEEP made here (their processes too)."""
+        """Delete every account but the first KEEP made here (their processes
+        too), and their homes in this server's tree: a test's backups (the
+        drills write GiBs) must not stay on disk for the rest of the session,
+        nor show up in a later test's view of the tree."""
         while len(self.accounts) > keep:
-            remove_account(self.accounts.pop().name)
+            name = self.accounts.pop().name
+            remove_account(name)
+            shutil.rmtree(self.base / "home" / name, ignore_errors=True)
 
     def close(self) -> None:
         """Stop sshd, delete the accounts and the whole temporary tree."""

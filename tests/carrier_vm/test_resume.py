@@ -28,6 +28,7 @@ from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_dead_network import account_pids
 from tests.carrier_vm.test_interruptions import shell_pids, wait_until
 from tests.carrier_vm.test_qrexec_service import call_service
+from tests.server_shell.client import file_sha256
 
 MIB = 1024 * 1024
 # Fast failure detection and frequent acknowledgements keep the drills short.
@@ -166,14 +167,6 @@ class LongStream:
                 self.sha256.update(piece)
                 position += len(piece)
             stdin.close()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def test_a_2_gib_put_survives_its_session_being_killed_three_times(

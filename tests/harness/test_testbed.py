@@ -197,10 +197,13 @@ def test_remove_accounts_deletes_those_made_since(backup_server: BackupServer) -
     before = len(backup_server.accounts)
     first = backup_server.add_account()
     second = backup_server.add_account()
+    (first.home / "backup").write_bytes(b"a test's backup")
     backup_server.remove_accounts(keep=before)
     for account in (first, second):
         with pytest.raises(KeyError):
             pwd.getpwnam(account.name)
+        # Its files go too: a drill's GiBs must not outlive the test.
+        assert not account.home.exists()
     assert len(backup_server.accounts) == before
 
 
