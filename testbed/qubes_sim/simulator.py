@@ -97,6 +97,9 @@ class Hooks:
     # the VM's command to exit (the moment a real run would hang).
     on_engine_waits: Callable[[], None] | None = None
     corrupt_stream_byte: int | None = None  # flip this byte of the stream in transit
+    # Called before each run of the restore command, with header_only (the
+    # two header passes: True; the data pass: False).
+    on_restore_pass: Callable[[bool], None] | None = None
 
 
 @dataclass
@@ -512,6 +515,8 @@ class SimulatedQubes:
     def _run_location(self, location: str, header_only: bool) -> tuple[bytes, int]:
         """Run the location command like qubes.Restore; return (stdout, status)."""
         self.restore_runs += 1
+        if self.hooks.on_restore_pass is not None:
+            self.hooks.on_restore_pass(header_only)
         data, status, stderr = restore.run_location(self._carrier_env(), location, header_only)
         self.carrier_stderr.append(stderr)
         return data, status

@@ -1,8 +1,9 @@
 """A TCP relay between the carrier and the test sshd that a test can cut:
 ``down()`` drops every relayed connection and refuses new ones (the network
 is gone), ``up()`` lets connections through again; ``cut_each_after(N,
-times)`` drops a connection once N bytes have come from the server over it,
-TIMES times in all (a drop mid-download, placed by bytes, not by time).
+times)`` drops each connection made from then on once N bytes have come from
+the server over it, TIMES times in all (a drop mid-download, placed by
+bytes, not by time).
 Threads only, stdlib only."""
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ class NetProxy:
         self._closed = False
         self._cut_after = 0
         self._cuts_left = 0
+        self._cut_from = 0  # the first connection (by number) that may be cut
         self.cuts = 0  # connections dropped by cut_each_after
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut_each_after(self, downstream: int, times: int) -> None:
-        """Drop any connection once DOWNSTREAM bytes came from the server
-        over it, until TIMES connections were dropped."""
+        """Drop each connection made from now on once DOWNSTREAM bytes came
+        from the server over it, until TIMES connections were dropped."""
         with self._lock:
             self._cut_after, self._cuts_left = downstream, times
+            self._cut_from = self.accepted + 1
 
     def down(self) -> None:
         """Cut every relayed connection and refuse new ones until up()."""
@@ -78,17 +81,19 @@ class NetProxy:
                 self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
             threading.Thread(
-                target=self._pump, args=(server, client, True), daemon=True
+                target=self._pump, args=(server, client, self.accepted), daemon=True
             ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool = False) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, number: int = 0) -> None:
+        """Relay SOURCE to SINK; NUMBER is the connection's number when this is
+        its server-to-client direction (0 for the other one)."""
         relayed = 0
         try:
             while True:
                 data = source.recv(262144)
                 if not data:
                     break
-                if downstream and self._cut_here(relayed, len(data)):
+                if number and self._cut_here(number, relayed, len(data)):
                     data = data[: self._cut_after - relayed]
                     sink.sendall(data)
                     for sock in (source, sink):
@@ -101,11 +106,13 @@ class NetProxy:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
-    def _cut_here(self, relayed: int, coming: int) -> bool:
-        """Given what a connection relayed from the server and what comes
-        next, return whether it is dropped now (counting the cut)."""
+    def _cut_here(self, number: int, relayed: int, coming: int) -> bool:
+        """Given a connection's number, what it relayed from the server and
+        what comes next, return whether it is dropped now (counting the cut)."""
         with self._lock:
-            if self._cuts_left and relayed + coming >= self._cut_after:
+            if self._cuts_left and number >= self._cut_from and (
+                relayed < self._cut_after <= relayed + coming
+            ):
                 self._cuts_left -= 1
                 self.cuts += 1
                 return True

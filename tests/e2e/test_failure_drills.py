@@ -379,27 +379,42 @@ def test_tampered_carrier_lies_about_the_commit(
     assert leftovers(drill) == []
 
 
+@contextlib.contextmanager
+def through_relay(dom0: Dom0, directory: Path, **settings: object) -> Iterator[NetProxy]:
+    """Point dom0's carrier at sshd through a relay the test can cut (its
+    config rewritten in DIRECTORY with SETTINGS); close the relay after."""
+    proxy = NetProxy(dom0.server.port)
+    try:
+        key = dom0.server.known_hosts.read_text().split(None, 1)[1]
+        known_hosts = directory / "proxied_known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+        write_carrier_config(
+            dom0.server, dom0.account, directory, port=proxy.port,
+            known_hosts=str(known_hosts), **settings,
+        )
+        yield proxy
+    finally:
+        proxy.close()
+
+
 def test_a_restore_whose_get_loses_its_connection_twice_still_succeeds(
     drill: Dom0, tmp_path: Path
 ) -> None:
     # The restore's data pass (Qubes runs `qbackup-carrier get` three times:
-    # header, qubes.xml, data) loses its connection twice mid-stream, once
-    # 8 MiB after it was made each time: the carrier resumes the ranged read
-    # and Qubes' restore gets every byte once. The header passes stop
-    # reading after a few KiB, which SSH flow control keeps far below 8 MiB,
-    # so both drops land in the data pass.
+    # header, qubes.xml, data) loses its connection twice mid-stream, each
+    # time 8 MiB after it was made: the carrier resumes the ranged read and
+    # Qubes' restore gets every byte once. The drops are armed when the data
+    # pass starts (a header pass, killed once Qubes has the header, may
+    # still have carried MiBs).
     assert backup(drill, BIG) == 0
     [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
-    proxy = NetProxy(drill.server.port)
-    try:
-        key = drill.server.known_hosts.read_text().split(None, 1)[1]
-        known_hosts = tmp_path / "proxied_known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
-        write_carrier_config(
-            drill.server, drill.account, tmp_path, port=proxy.port,
-            known_hosts=str(known_hosts), resume_window=60,
-        )
-        proxy.cut_each_after(8 * MIB, times=2)
+    with through_relay(drill, tmp_path, resume_window=60) as proxy:
+
+        def arm_on_the_data_pass(header_only: bool) -> None:
+            if not header_only:
+                proxy.cut_each_after(8 * MIB, times=2)
+
+        drill.sim.hooks.on_restore_pass = arm_on_the_data_pass
         drill.sim.carrier_env["QBACKUP_CARRIER_LOG"] = "warning"  # its story on stderr
         drill.sim.remove_vm(BIG)  # the VM is lost: the backup must bring it back
 
@@ -411,8 +426,6 @@ def test_a_restore_whose_get_loses_its_connection_twice_still_succeeds(
         )
         data_pass = drill.sim.carrier_stderr[-1]
         assert data_pass.count(b"connection lost during the download") == 2, data_pass
-    finally:
-        proxy.close()
 
 
 def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
@@ -423,16 +436,8 @@ def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
     # did (exit 1, Qubes' "Writing backup ... failed" with the carrier's
     # reason), nothing is committed or listed, and the partial upload stays
     # on the server until partial_max_age (the carrier tests drill its sweep).
-    proxy = NetProxy(drill.server.port)
-    try:
-        key = drill.server.known_hosts.read_text().split(None, 1)[1]
-        known_hosts = tmp_path / "proxied_known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
-        write_carrier_config(
-            drill.server, drill.account, tmp_path, port=proxy.port,
-            known_hosts=str(known_hosts), resume_window=3, keepalive_interval=1,
-            keepalive_count_max=2,
-        )
+    settings = {"resume_window": 3, "keepalive_interval": 1, "keepalive_count_max": 2}
+    with through_relay(drill, tmp_path, **settings) as proxy:
 
         def network_down() -> None:
             wait_until(lambda: leftovers(drill), "the shell's partial upload")
@@ -444,5 +449,3 @@ def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
         assert drill.logged(f"outcome: FAILED (exit 1): Writing backup to VM {CARRIER} failed")
         proxy.up()
         assert_only_the_good_backup(drill, capsys, left_behind=partial_upload(drill))
-    finally:
-        proxy.close()
