@@ -2,11 +2,13 @@
 
     simulated Qubes (dom0) -> real qbackup-carrier -> real sshd -> real qbackup-shell -> disk
 
-Every drill first stores one good backup, then runs a second backup and breaks
-something while the stream flows (or just before). Each asserts the exit code
-cron sees, the journal line a user would search for, that the failed backup is
-neither on the server's disk (not even staged) nor in `qbackup list`, and that
-the earlier backup is still there and still checks out.
+Every drill first stores one good backup, then runs a second backup (or a
+restore) and breaks something while the stream flows (or just before). A
+drill the backup must survive asserts it is stored whole; one it must not
+survive asserts the exit code cron sees, the journal line a user would search
+for, that the failed backup is neither on the server's disk (not even staged)
+nor in `qbackup list`, and that the earlier backup is still there and still
+checks out.
 """
 
 from __future__ import annotations
