@@ -119,7 +119,7 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     from carrier_vm.commit import commit_backup
     from carrier_vm.download import get_backup
     from carrier_vm.replies import run_text_command
-    from carrier_vm.ssh import open_link
+    from carrier_vm.ssh import SETTLE_RETRY, open_link
     from carrier_vm.transfers import load_receipt, save_receipt, save_stats
     from carrier_vm.upload import put_backup
 
@@ -127,12 +127,20 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     task = asyncio.current_task()
     assert task is not None  # noqa: S101 - always inside asyncio.run
     received: list[int] = []
+    cancel_arrived: list[bool] = []
 
     def abort(signum: int) -> None:
         # Cancelling cuts the connection without an end frame, so the
         # server stages nothing.
         received.append(signum)
-        task.cancel()
+        cancel_until_done()
+
+    def cancel_until_done() -> None:
+        # Again until the cancel arrives: Python 3.11's wait_for can swallow
+        # one, and an aborted put must not carry on as if nothing came.
+        if not task.done() and not cancel_arrived:
+            task.cancel()
+            loop.call_later(SETTLE_RETRY, cancel_until_done)
 
     for signum in ABORT_SIGNALS:
         loop.add_signal_handler(signum, abort, signum)
@@ -166,6 +174,7 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                 )
             output.flush()
     except asyncio.CancelledError:
+        cancel_arrived.append(True)
         if not received:
             raise
         name = signal.Signals(received[0]).name

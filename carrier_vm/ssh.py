@@ -42,6 +42,9 @@ MAX_STDERR_BYTES = 4096
 MAX_DETAIL_CHARACTERS = 200
 # How long a session may take to close once its output ended (exit status in flight).
 CLOSE_TIMEOUT = 10.0
+# Seconds between cancels of a task that went on after being cancelled
+# (Python 3.11's wait_for can swallow a cancel).
+SETTLE_RETRY = 1.0
 FIRST_BACKOFF = 1.0  # seconds before the first reconnection attempt, doubling
 MAX_BACKOFF = 30.0
 
@@ -349,9 +352,17 @@ async def run_session(
 
 async def _settle(task: asyncio.Future[Any]) -> None:
     """Given a finished or cancelled task, wait for it, ignoring its outcome
-    (its failure, if any, was already reported)."""
+    (its failure, if any, was already reported). While it goes on, cancel it
+    again every SETTLE_RETRY seconds: in Python 3.11 a wait_for whose inner
+    future completes at the moment of the cancel swallows it, and the task
+    would go on -- an aborted put waiting for stdin that never ends."""
+    while not task.done():
+        await asyncio.wait({task}, timeout=SETTLE_RETRY)
+        if not task.done():
+            logger.debug("a cancelled session task went on: cancelling it again")
+            task.cancel()
     try:
-        await task
+        task.result()
     except (asyncio.CancelledError, Exception):  # noqa: S110
         pass
 
