@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,7 @@ def test_the_status_timer_runs_status_with_max_age_daily() -> None:
     assert timer["Timer.OnCalendar"] == ["*-*-* 12:00:00"] and timer["Timer.Persistent"] == ["true"]
     assert timer["Install.WantedBy"] == ["timers.target"]
     # The subcommand and option the unit uses exist (the installed CLI's own help).
-    result = subprocess.run(["/opt/qbackup-venv/bin/python", "-m", "dom0.cli", "status", "--help"],
+    result = subprocess.run([sys.executable, "-m", "dom0.cli", "status", "--help"],
                             capture_output=True, text=True, check=False, cwd=REPO)
     assert result.returncode == 0 and "--max-age" in result.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_make_dom0_installs_launcher_modules_and_units(tmp_path: Path) -> None:
 def test_every_subcommand_help_has_examples() -> None:
     for command in ("backup", "list", "check", "verify", "restore", "status"):
         result = subprocess.run(
-            ["/opt/qbackup-venv/bin/qbackup", command, "--help"],
+            [str(Path(sys.executable).parent / "qbackup"), command, "--help"],
             capture_output=True, text=True, check=False)
         assert result.returncode == 0
         assert "example" in result.stdout, command

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -285,7 +286,7 @@ def test_running_as_root_is_refused(backup_server: BackupServer, launcher: str) 
     program = (
         str(backup_server.shell_path)
         if launcher == "installed"
-        else "/opt/qbackup-venv/bin/qbackup-shell"
+        else str(Path(sys.executable).parent / "qbackup-shell")  # the test venv's
     )
     before = sorted(os.listdir("/root"))
     result = subprocess.run(
