@@ -66,10 +66,21 @@ def resumable(shell_config: BackupServer, account: Account) -> Account:
 
 def wait_for_no_shell(account: Account) -> None:
     deadline = time.monotonic() + 15
-    while any(os.stat(f"/proc/{pid}").st_uid == account.uid
-              for pid in os.listdir("/proc") if pid.isdigit() and Path(f"/proc/{pid}").exists()):
+    while account.uid in process_owners():
         assert time.monotonic() < deadline, "the shell did not end"
         time.sleep(0.05)
+
+
+def process_owners() -> set[int]:
+    """Return the uids of the processes running now (one that exits while
+    /proc is read is simply not counted)."""
+    owners = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            owners.add(os.stat(f"/proc/{pid}").st_uid)
+        except FileNotFoundError:
+            continue
+    return owners
 
 
 def test_put_acks_what_it_holds_durably_then_sends_its_receipt(
