@@ -163,10 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_passphrase(restore)
     restore.add_argument("--rename-conflicting", action="store_true")
     restore.add_argument("--skip-conflicting", action="store_true")
+    restore.add_argument("--skip-dom0-home", action="store_true",
+                         help="do not restore dom0's home directory from the backup (Qubes"
+                              " restores it into ~/home-restore-DATE; name the VM dom0 to"
+                              " restore only that)")
     restore.add_argument("--paranoid-mode", action="store_true",
-                         help="restore through a disposable VM (needs -p FILE)")
+                         help="restore through a disposable VM (needs -p FILE; never restores"
+                              " dom0's home)")
     restore.add_argument("--exclude", action="append", metavar="VM", default=[],
                          help="do not restore this VM (qvm-backup-restore -x)")
+    add_json(restore, "what was restored")
     restore.add_argument("name", help="backup name")
     restore.add_argument("vms", nargs="*", metavar="VM", help="restore only these VMs")
 

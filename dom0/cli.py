@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, configcheck, drill, errors, execute, listing, verify
+from dom0 import backup, check, configcheck, drill, errors, execute, listing, restore, verify
 from dom0.arguments import (
     COMMON_DEFAULTS,
     COMMON_WITH_VALUE,
@@ -43,7 +43,7 @@ ACTIONS: dict[str, Action] = {
     "list": listing.run,
     "check": check.run,
     "verify": verify.run_verify,
-    "restore": verify.run_restore,
+    "restore": restore.run,
     "status": drill.run_status,  # status.run plus the drills
     "config": configcheck.run,
     "drill": drill.run,

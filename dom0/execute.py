@@ -7,13 +7,18 @@ a timer unit, and secrets masked in what is logged. Desktop notifications
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
 import shlex
+import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from dom0.log import clean_text
 
@@ -23,6 +28,50 @@ NOTIFY_SEND = "notify-send"
 TimeoutExpired = subprocess.TimeoutExpired
 MAX_CAPTURE = 1024 * 1024
 MAX_NOTIFICATION_LINE = 300
+# A program stopped by a signal to qbackup gets this long after SIGTERM before
+# its whole process group is killed: qvm-backup-restore's extraction runs in
+# child processes, and systemd gives a stopping unit 60 s at most.
+STOP_GRACE = 5.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Given a process started by `started` (leader of its own process group),
+    end the group: SIGTERM, then SIGKILL for whatever still runs STOP_GRACE
+    seconds later; return once the leader has been reaped. A second signal
+    to qbackup meanwhile waits until this is done."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s ignored SIGTERM for %.0f s: killing it", process.args,
+                           STOP_GRACE)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # children that outlived it, too
+        except ProcessLookupError:
+            pass
+        process.wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextmanager
+def started(argv: Sequence[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """Given an argv and Popen's options, start it as the leader of a process
+    group of its own and yield it. If the block raises (above all Interrupted
+    from a signal), the whole group is ended before the error goes on:
+    Popen's own exit would wait for a program that never got the signal."""
+    with subprocess.Popen(list(argv), process_group=0, **options) as process:  # noqa: S603
+        try:
+            yield process
+        except BaseException:
+            stop_group(process)
+            raise
 
 
 def describe(argv: Sequence[str], secrets: Sequence[str] = ()) -> str:
@@ -51,15 +100,15 @@ def run(
     DISCARD sends both to /dev/null; neither: they go where ours go."""
     logger.debug("running %s", describe(argv, secrets))
     output = subprocess.DEVNULL if discard else subprocess.PIPE if capture else None
-    with subprocess.Popen(  # noqa: S603 - argv list from our own code, no shell
-            list(argv), stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
-            stdout=output, stderr=subprocess.STDOUT if output is not None else None,
-            env=env) as process:
+    with started(argv, stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
+                 stdout=output, stderr=subprocess.STDOUT if output is not None else None,
+                 env=env) as process:
         expired = threading.Event()
 
         def expire() -> None:
             expired.set()
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, expire) if timeout is not None else None
         if timer is not None:
@@ -90,6 +139,24 @@ def _feed(process: subprocess.Popen[bytes], data: bytes | None) -> None:
         process.stdin.close()
     except OSError:  # it exited without reading: its status tells
         pass
+
+
+def run_shown(argv: Sequence[str], input_data: bytes | None,
+              max_kept: int = MAX_CAPTURE) -> tuple[int, bytes]:
+    """Given an argv, run it with its output (stdout and stderr together)
+    copied to our stderr as it arrives; return (status, the output's last
+    MAX_KEPT bytes). A person watches it; qbackup still judges it."""
+    logger.debug("running %s", describe(argv))
+    with started(argv, stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        feeder = threading.Thread(target=_feed, args=(process, input_data), daemon=True)
+        feeder.start()
+        kept = b""
+        for line in process.stdout or ():
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+            kept = (kept + line)[-max_kept:]
+        return process.wait(), kept
 
 
 def run_optional(argv: Sequence[str], timeout: float = 10) -> bool:

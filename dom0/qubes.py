@@ -26,7 +26,6 @@ PROFILE_DIR = Path("/etc/qubes/backup")
 QVM_BACKUP_RESTORE = "qvm-backup-restore"
 DEFAULT_MAX_OUTPUT = 64 * 1024
 MAX_STDERR = 64 * 1024
-MAX_SHOWN_OUTPUT = 1024 * 1024
 ProgressCallback = Callable[[float], None]
 
 
@@ -51,7 +50,12 @@ class QubesAdapter(Protocol):
         """Given a running VM, destroy it at once (every process in it ends)."""
 
     def vm_names(self) -> set[str]:
-        """Return the names of every VM Qubes knows."""
+        """Return the names of every VM Qubes knows, as last listed (see
+        refresh_vms: VMs another process created or removed since the first
+        listing do not show until then)."""
+
+    def refresh_vms(self) -> None:
+        """Forget the client-side VM list, so the next lookup asks Qubes."""
 
     def vms_in_backups(self) -> list[str]:
         """Return the VMs whose include_in_backups is set, sorted."""
@@ -87,7 +91,9 @@ class QubesAdapter(Protocol):
         the terminal, INPUT_DATA on stdin) and return (status, output).
         Uncaptured output still comes back (bounded): it is shown as it
         arrives AND returned, because qvm-backup-restore can exit 0 after a
-        failed restore and only its output tells (docs/QUBES.md, "Restore")."""
+        failed restore and only its output tells (docs/QUBES.md, "Restore").
+        An exception raised meanwhile (Interrupted by a signal) goes on only
+        once the restore and every process it started have ended."""
 
 
 def read_bounded(stream: Any, limit: int) -> tuple[bytes, bool]:
@@ -156,11 +162,20 @@ class RealQubes:
             raise QubesError(f"cannot kill VM {name}: {error}") from None
 
     def vm_names(self) -> set[str]:
-        return {vm.name for vm in self.app.domains}
+        return set(self.app.domains.keys())
+
+    def refresh_vms(self) -> None:
+        """qubesadmin's VMCollection lists the VMs ONCE: refresh_cache()
+        returns at once while its _vm_list is set, and `in`, iteration,
+        keys() and [] all answer from that list (qubesadmin/app.py
+        VMCollection, release4.2 and release4.3). VMs another process made
+        (qvm-backup-restore creates them in its own) stay unknown to this
+        process until clear_cache()."""
+        self.app.domains.clear_cache()
 
     def vms_in_backups(self) -> list[str]:
         return sorted(
-            vm.name for vm in self.app.domains if vm.name != "dom0" and vm.include_in_backups
+            vm.name for vm in self.app.domains if vm.include_in_backups
         )
 
     def run_service_for_stdio(
@@ -307,30 +322,9 @@ class RealQubes:
     def backup_restore(
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
     ) -> tuple[int, bytes]:
+        # Both end qvm-backup-restore's whole process group when a signal
+        # interrupts qbackup (execute.started): it gets no signal of its own.
         if capture:
             result = execute.run([QVM_BACKUP_RESTORE, *args], input_data=input_data)
             return result.returncode, result.stdout or b""
-        return execute_shown([QVM_BACKUP_RESTORE, *args], input_data)
-
-
-def execute_shown(argv: list[str], input_data: bytes | None) -> tuple[int, bytes]:
-    """Given an argv, run it with its output (stdout and stderr together)
-    copied to our stderr as it arrives; return (status, the output's last
-    MAX_SHOWN_OUTPUT bytes)."""
-    import sys  # noqa: PLC0415
-
-    with subprocess.Popen(  # noqa: S603 - argv list from our own code, no shell
-            argv, stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-        if process.stdin is not None:
-            try:
-                process.stdin.write(input_data or b"")
-                process.stdin.close()
-            except OSError:
-                pass
-        kept = b""
-        for line in process.stdout or ():
-            sys.stderr.buffer.write(line)
-            sys.stderr.buffer.flush()
-            kept = (kept + line)[-MAX_SHOWN_OUTPUT:]
-        return process.wait(), kept
+        return execute.run_shown([QVM_BACKUP_RESTORE, *args], input_data)

@@ -1,4 +1,4 @@
-"""`qbackup verify` and `qbackup restore`: qvm-backup-restore reading from the carrier.
+"""`qbackup verify`: qvm-backup-restore --verify-only reading from the carrier.
 
 qvm-backup-restore runs the location command in the carrier through
 qubes.Restore (eval, like qubes.Backup), so the command holds only a checked
@@ -12,9 +12,6 @@ The passphrase comes from a 0600 file (`-p FILE`) or, for a job with
 `passphrase_vm`, from that VM's `qubes.BackupPassphrase+PROFILE` (the call
 qubesd makes for a backup), cleaned exactly as qubesd cleans it and handed to
 qvm-backup-restore on stdin (`-p -`). No passphrase file ever exists in dom0.
-
-A normal restore that fails to extract data only LOGS "Error extracting data"
-and exits 0: success is judged from its output and the VMs that now exist.
 """
 
 from __future__ import annotations
@@ -29,9 +26,9 @@ from pathlib import Path
 from dom0 import history
 from dom0.carrier import CarrierClient, check_name, seconds
 from dom0.compression import restore_options
-from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
+from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.engine import running_vm
-from dom0.errors import PassphraseError, UsageError, VerificationError
+from dom0.errors import PassphraseError, VerificationError
 from dom0.log import clean_text, say
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
@@ -42,8 +39,6 @@ logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40
 PASSPHRASE_SERVICE = "qubes.BackupPassphrase"  # noqa: S105 - a service name, no secret
 PASSPHRASE_TIMEOUT = 120.0  # a person may have to type it in the passphrase VM
-EXTRACTION_ERROR = b"Error extracting data"  # qubesadmin/backup/restore.py restore_do
-PARANOID_OPTIONS = frozenset({"--paranoid-mode", "--plan-b"})
 
 
 @dataclass(frozen=True)
@@ -173,56 +168,7 @@ def verify_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, nam
     logger.info("verification of %s: ok", name)
 
 
-def restore_problem(code: int, output: bytes, created: set[str], vms: Sequence[str],
-                    options: Sequence[str]) -> str | None:
-    """Given how qvm-backup-restore ended, what it printed, the VMs that exist
-    now and did not before, and what was asked, return why the restore
-    failed, or None if it did not."""
-    if code != 0:
-        return f"qvm-backup-restore exit {code}" + (f": {last_error(output)}"
-                                                     if last_error(output) else "")
-    if EXTRACTION_ERROR in output:
-        return last_error(output) or "Error extracting data"
-    if "--skip-conflicting" in options:
-        return None  # every VM may rightly have been skipped
-    if vms and "--rename-conflicting" not in options:
-        missing = [vm for vm in vms if vm not in created]
-        if missing:
-            return f"VMs not restored: {' '.join(missing)}"
-    if not created:
-        return "no VM was restored"
-    return None
-
-
-def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str,
-                   options: Sequence[str], vms: Sequence[str],
-                   committed: Committed | None = None) -> None:
-    """Given the carrier, passphrase source, backup NAME, pass-through OPTIONS,
-    VMs and dom0's record of the backup, run qvm-backup-restore; raise
-    UsageError for --paranoid-mode with a passphrase VM, VerificationError
-    if the restore failed."""
-    if source.vm is not None and PARANOID_OPTIONS & set(options):
-        # Paranoid mode copies the passphrase FILE into a disposable VM
-        # (qubesadmin/backup/dispvm.py): `-p -` cannot reach it.
-        raise UsageError("--paranoid-mode needs the passphrase in a file (-p FILE), not from a"
-                         " passphrase VM")
-    require_vm(app, carrier, "carrier VM")
-    argument, stdin = passphrase_input(app, carrier, source)
-    logger.info("restoring %s through %s%s", name, carrier,
-                f" (VMs {' '.join(vms)})" if vms else "")
-    before = app.vm_names()
-    all_options = [*options, *restore_options(committed.compression if committed else None)]
-    code, output = app.backup_restore(
-        restore_arguments(carrier, argument, name, False, all_options, vms), capture=False,
-        input_data=stdin)
-    log_output(output)
-    problem = restore_problem(code, output, app.vm_names() - before, vms, options)
-    if problem is not None:
-        raise VerificationError(f"restore of {name} FAILED: {problem}")
-    logger.info("restore of %s: done", name)
-
-
-# --- the `verify` and `restore` actions (argument handling only) -------------
+# --- the `verify` action (argument handling only) ----------------------------
 def run_verify(args: argparse.Namespace, context: Context) -> int:
     """Given `verify` arguments, verify the named backup and say what was
     verified; return 0 or raise (NoSuchBackup for a name the server lacks)."""
@@ -249,33 +195,3 @@ def what_was_verified(committed: Committed | None) -> str:
         proofs.append("dom0 has no record of this backup to compare them with")
     proofs.append("Qubes decrypted and checked every part (qvm-backup-restore --verify-only)")
     return "; ".join(proofs)
-
-
-def run_restore(args: argparse.Namespace, context: Context) -> int:
-    """Given `restore` arguments, restore from the named backup; return 0 or raise."""
-    target = carrier_and_passphrase(args, context.config)
-    carrier = target.carrier
-    name = check_name(args.name)
-    source = need_passphrase(target.passphrase)
-    if args.paranoid_mode and source.vm is not None:
-        # Paranoid mode copies the passphrase FILE into a disposable VM: an
-        # answer from a passphrase VM on stdin (-p -) cannot get there.
-        raise UsageError("--paranoid-mode needs the passphrase in a file (-p FILE), not from a"
-                         " passphrase VM")
-    # They become qvm-backup-restore arguments: a word like '--x' must not
-    # turn into one of its options.
-    for vm in [*args.vms, *args.exclude]:
-        if not is_vm_name(vm):
-            raise UsageError(f"not a VM name: {vm!r}")
-    options = [flag for flag, wanted in (
-        ("--rename-conflicting", args.rename_conflicting),
-        ("--skip-conflicting", args.skip_conflicting),
-        ("--paranoid-mode", args.paranoid_mode)) if wanted]
-    for vm in args.exclude:
-        options += ["-x", vm]
-    app = context.get_app()
-    with running_carrier(app, carrier, keep=False):
-        CarrierClient(app, carrier, target.answer_timeout).require(name)
-        restore_backup(app, carrier, source, name, options, args.vms,
-                       committed_record(context.history, name))
-    return 0

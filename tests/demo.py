@@ -40,6 +40,7 @@ def run(*argv: str, app: SimulatedQubes) -> tuple[int, str]:
     """Run `qbackup ARGV` against the simulated dom0; echo and return its output."""
     print("$ qbackup " + " ".join(argv), flush=True)
     captured = io.StringIO()
+    app.new_process()  # each qbackup is a process of its own: nothing cached yet
     with contextlib.redirect_stdout(captured):
         code = qbackup(list(argv), app=app)
     out = captured.getvalue()

@@ -106,13 +106,21 @@ def run_location(env: dict[str, str], location: str, header_only: bool) -> tuple
     drainer = threading.Thread(target=lambda: stderr_box.append(process.stderr.read()))  # type: ignore[union-attr]
     drainer.start()
     chunks: list[bytes] = []
-    while chunk := process.stdout.read(65536):
-        chunks.append(chunk)
-        if header_only:
-            data = b"".join(chunks)
-            if stream.header_length_needed(data) or len(data) > HEADER_LIMIT:
-                os.killpg(process.pid, signal.SIGKILL)
-                break
+    try:
+        while chunk := process.stdout.read(65536):
+            chunks.append(chunk)
+            if header_only:
+                data = b"".join(chunks)
+                if stream.header_length_needed(data) or len(data) > HEADER_LIMIT:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    break
+    except BaseException:
+        # The restore was ended (qbackup got a signal): its qrexec connection
+        # closes, and so does the service at the other end.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        drainer.join()
+        raise
     status = process.wait()
     drainer.join()
     return b"".join(chunks), status, (stderr_box[0] if stderr_box else b"")
@@ -131,9 +139,13 @@ def read_passphrase(passphrase_file: str, input_data: bytes | None) -> str:
     return source.split("\n", 1)[0].rstrip()
 
 
-def plan_targets(names: list[str], existing: set[str], options: dict[str, Any]) -> dict[str, str]:
-    """Given the VMs to restore and those that exist, return {backup name:
-    restored name}; raise Conflict like qvm-backup-restore without an option."""
+def plan_targets(names: list[str], existing: set[str], options: dict[str, Any],
+                 release: str = "4.2") -> dict[str, str]:
+    """Given the VMs to restore, those that exist and the release, return
+    {backup name: restored name}; raise Conflict like qvm-backup-restore
+    without an option. A conflict is renamed with a number suffix: work1 on
+    4.2, work-1 on 4.3 (restore.py new_name_for_conflicting_vm)."""
+    separator = "-" if release == "4.3" else ""
     targets: dict[str, str] = {}
     for name in names:
         target = name
@@ -141,14 +153,33 @@ def plan_targets(names: list[str], existing: set[str], options: dict[str, Any]) 
             if options["skip_conflicting"]:
                 continue
             if not options["rename_conflicting"]:
-                raise Conflict(f"VM {name} already exists: use --skip-conflicting or"
-                               " --rename-conflicting")
+                raise Conflict("Remove VMs with conflicting names from the host before"
+                               " proceeding.")
             number = 1
-            while f"{name}{number}" in existing:
+            taken = existing | set(names) | set(targets.values())
+            while f"{name[:29]}{separator}{number}" in taken:
                 number += 1
-            target = f"{name}{number}"
+            target = f"{name[:29]}{separator}{number}"
         targets[name] = target
     return targets
+
+
+def summary(names: list[str], targets: dict[str, str], home: bool) -> bytes:
+    """Given the backup's VMs to restore, their targets and whether dom0's
+    home is restored, return get_restore_summary's table (restore.py)."""
+    rows = []
+    for name in names:
+        if name not in targets:
+            note = " <-- A VM with the same name already exists on the host!"
+        elif targets[name] != name:
+            note = f" <-- Will be renamed to '{targets[name]}'"
+        else:
+            note = ""
+        rows.append(f"{name:>10} |   AppVM |{note}\n")
+    if home:
+        rows.append(f"{'dom0':>10} | AdminVM |\n")
+    return ("The following VMs are included in the backup:\n\n"
+            f"{'name':>10} |    type |\n" + "".join(rows)).encode()
 
 
 def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type: ignore[type-arg]
@@ -156,10 +187,12 @@ def parse_restore_args(args: list[str]) -> tuple[dict, str, list[str]]:  # type:
     raise SimulationError for anything qbackup should not pass."""
     options: dict = {"verify_only": False, "dest_vm": None, "passphrase_file": None,  # type: ignore[type-arg]
                      "rename_conflicting": False, "skip_conflicting": False,
-                     "paranoid_mode": False, "exclude": [], "compression": None}
+                     "paranoid_mode": False, "exclude": [], "compression": None,
+                     "auto_close": False, "skip_dom0_home": False}
     flags = {"--verify-only": "verify_only", "--rename-conflicting": "rename_conflicting",
              "--skip-conflicting": "skip_conflicting", "--paranoid-mode": "paranoid_mode",
-             "--plan-b": "paranoid_mode"}
+             "--plan-b": "paranoid_mode", "--auto-close": "auto_close",
+             "--skip-dom0-home": "skip_dom0_home"}
     positional: list[str] = []
     index = 0
     while index < len(args):

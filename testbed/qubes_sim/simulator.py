@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import os
 import signal
 import stat
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -39,6 +41,7 @@ from testbed.qubes_sim.errors import SimulationError
 REPO = Path(__file__).resolve().parents[2]
 CARRIER_SERVICE_SCRIPT = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
 WRITE_CHUNK = 1024 * 1024
+DOM0 = "dom0"  # the AdminVM: backed up and restored as the dom0 user's home
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
 
 # The carrier VM's qubes.Backup (qubes-core-agent-linux, qubes-rpc/qubes.Backup,
@@ -108,6 +111,7 @@ class SimulatedQubes:
 
     profile_dir: Path
     restore_dir: Path
+    dom0_home: Path  # the dom0 user's home, where Qubes restores dom0's home
     carrier_env: dict[str, str]
     carrier_script: Path = CARRIER_SERVICE_SCRIPT
     vms: dict[str, SimVM] = field(default_factory=dict)
@@ -120,6 +124,12 @@ class SimulatedQubes:
     # Only the restore side differs between the releases qbackup supports
     # (docs/QUBES.md, "Supported releases"): "4.2" (the default) or "4.3".
     restore_release: str = "4.2"
+    # The VM list qubesadmin's client caches in this process (VMCollection
+    # _vm_list, qubesadmin/app.py, release4.2 and 4.3): taken at the first
+    # lookup, then every `in`, listing and [] answers from it until the code
+    # calls refresh_vms. VMs made or removed meanwhile by another process
+    # (qvm-backup-restore, a test's remove_vm) do not show.
+    _listed: set[str] | None = None
     _running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _cancelled: set[str] = field(default_factory=set)
     _vm_processes: dict[str, set[subprocess.Popen[bytes]]] = field(default_factory=dict)
@@ -132,22 +142,50 @@ class SimulatedQubes:
         return vm
 
     def remove_vm(self, name: str) -> None:
-        """Hook: make a VM unknown from now on."""
+        """Hook: another process removes a VM (this one's cached list still
+        names it until refresh_vms or the next process)."""
         del self.vms[name]
 
+    def new_process(self) -> None:
+        """A new qbackup process: a new qubesadmin.Qubes(), nothing cached."""
+        self._listed = None
+
+    def refresh_vms(self) -> None:
+        """VMCollection.clear_cache(): the next lookup lists the VMs again."""
+        self.calls.append(("refresh_vms",))
+        self._listed = None
+
+    def _vm_list(self) -> set[str]:
+        """The cached list; admin.vm.List only when there is none."""
+        if self._listed is None:
+            self.calls.append(("admin.vm.List",))
+            self._listed = set(self.vms)
+        return self._listed
+
     def _vm(self, name: str) -> SimVM:
+        """VMCollection.__getitem__: KeyError for a name the CACHED list lacks
+        (a VM created since); a VM removed since is still handed out, and
+        qubesd refuses what is then asked of it (QubesVMNotFoundError)."""
+        if name not in self._vm_list():
+            raise VMNotFound(f"no VM named {name}")
         try:
             return self.vms[name]
         except KeyError:
-            raise VMNotFound(f"no VM named {name}") from None
+            raise QubesError(f"No such domain: {name!r}") from None
 
     def vm_exists(self, name: str) -> bool:
         self.calls.append(("vm_exists", name))
-        return name in self.vms
+        return name in self._vm_list()
 
     def is_running(self, name: str) -> bool:
+        """QubesVM.is_running: the power state comes from qubesd each time
+        (the property cache is off); a VM gone meanwhile is 'NA', not running
+        (get_power_state catches QubesVMNotFoundError)."""
         self.calls.append(("is_running", name))
-        return self._vm(name).running
+        if name not in self._vm_list():
+            raise VMNotFound(f"no VM named {name}")
+        vm = self.vms.get(name)
+        return vm is not None and vm.running
 
     def start(self, name: str) -> None:
         self.calls.append(("start", name))
@@ -178,7 +216,7 @@ class SimulatedQubes:
 
     def vm_names(self) -> set[str]:
         self.calls.append(("vm_names",))
-        return set(self.vms)
+        return set(self._vm_list())
 
     def _end_processes(self, name: str) -> None:
         for process in list(self._vm_processes.get(name, ())):
@@ -200,8 +238,9 @@ class SimulatedQubes:
         return status
 
     def vms_in_backups(self) -> list[str]:
+        """The cached list, each VM's include_in_backups read from qubesd."""
         self.calls.append(("vms_in_backups",))
-        return sorted(vm.name for vm in self.vms.values() if vm.include_in_backups)
+        return sorted(name for name in self._vm_list() if self._vm(name).include_in_backups)
 
     # -- processes in the "carrier VM" -----------------------------------
     def _carrier_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -524,22 +563,41 @@ class SimulatedQubes:
     def backup_restore(self, args: Sequence[str], capture: bool,
                        input_data: bytes | None = None) -> tuple[int, bytes]:
         """qvm-backup-restore as in qubesadmin 4.2 (tools/qvm_backup_restore.py,
-        backup/restore.py): qubes.Restore runs THREE times (header files,
-        qubes.xml, data) and its exit status is ignored; the header's
-        compression filter must be gzip, bzip2 or xz unless -Z forces one;
-        --verify-only fails on an extraction error, a normal restore creates
-        the VMs first, then only LOGS "Error extracting data" and exits 0."""
+        backup/restore.py, backup/dispvm.py), a process of its own: the VMs it
+        creates are unknown to qbackup's cached VM list until refresh_vms, and
+        an exception in qbackup meanwhile (a signal) ends it together with the
+        qubes.Restore calls it made (qrexec closes them). Paranoid mode runs
+        the inner restore in a disposable VM whose log comes back only with
+        --auto-close, and the outer tool exits 0 whenever the inner one did."""
         self.calls.append(("qvm-backup-restore", *args))
         options, location, wanted = restore.parse_restore_args(list(args))
         if options["dest_vm"] not in self.vms:
             message = f"qvm-backup-restore: error: no such domain: {options['dest_vm']!r}\n"
             return 2, message.encode()
-        if options["paranoid_mode"] and options["passphrase_file"] == "-":
+        if not options["paranoid_mode"]:
+            return self._restore(options, location, wanted, input_data)
+        if options["passphrase_file"] == "-":
             # dispvm.py transfer_pass_file: qvm-copy-to-vm of the FILE '-'
             return 1, b"qvm-backup-restore: error: cannot copy the passphrase file '-'\n"
+        head = (b"app: Starting restore process in a DisposableVM...\n"
+                b"app: When operation completes, close its window manually.\n")
+        # qvm_backup_restore.main: paranoid mode sets dom0_home False.
+        inner = dict(options, paranoid_mode=False, skip_dom0_home=True)
+        code, log = self._restore(inner, location, wanted, input_data)
+        log += f"exit code: {code}\n".encode()  # what dispvm.py run() reads back
+        if code != 0:  # BackupRestoreError: its log is printed, then error_runtime
+            return 1, head + log + (f"qvm-backup-restore: error: qvm-backup-restore failed"
+                                    f" with {code}\n").encode()
+        return 0, head + (log if options["auto_close"] else b"")
+
+    def _restore(self, options: dict[str, Any], location: str, wanted: list[str],
+                 input_data: bytes | None) -> tuple[int, bytes]:
+        """One (inner or plain) qvm-backup-restore: three qubes.Restore runs,
+        the summary, the VMs created (metadata first), then their data; a
+        data error only LOGGED. Return (status, output)."""
         self._autostart(options["dest_vm"])
         passphrase = restore.read_passphrase(options["passphrase_file"], input_data)
-        output = b"Checking backup content...\n"
+        output = b"app: Checking backup content...\n"
         header_bytes, _ = self._run_location(location, header_only=True)
         try:
             header = stream.parse_header(header_bytes, passphrase)
@@ -549,34 +607,52 @@ class SimulatedQubes:
         except (stream.StreamError, restore.RestoreRefused) as error:
             return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
         self._run_location(location, header_only=True)  # qubes.xml.000.enc
-        body, _ = self._run_location(location, header_only=False)  # status ignored
         names = [name for name, _ in header.vms
                  if (not wanted or name in wanted) and name not in options["exclude"]]
+        home = DOM0 in names and not options["skip_dom0_home"]
+        names = [name for name in names if name != DOM0]
+        if options["verify_only"]:
+            body, _ = self._run_location(location, header_only=False)
+            try:
+                stream.check_stream(body, passphrase)
+                restore.check_decompression(header, filter_used, self.restore_installed_filters)
+            except (stream.StreamError, restore.RestoreRefused) as error:
+                return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
+            return 0, output + b"".join(f"qubesadmin.backup: -> Verifying {name}...\n".encode()
+                                        for name in names) + b"qubesadmin.backup: -> Done.\n"
+        try:
+            targets = restore.plan_targets(names, set(self.vms), options, self.restore_release)
+        except restore.Conflict as error:
+            return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
+        output += restore.summary(names, targets, home)
+        for name, target in targets.items():  # restore_do: metadata (the VMs) first
+            output += f"qubesadmin.backup: -> Restoring {name}...\n".encode()
+            self.add_vm(target, include_in_backups=False)
+        if home:  # announced like a VM; its "VM" is dom0 itself, nothing is created
+            output += f"qubesadmin.backup: -> Restoring {DOM0}...\n".encode()
+        body, _ = self._run_location(location, header_only=False)  # status ignored
         try:
             volumes = stream.check_stream(body, passphrase)
             restore.check_decompression(header, filter_used, self.restore_installed_filters)
-            extraction_error = None
         except (stream.StreamError, restore.RestoreRefused) as error:
-            extraction_error = str(error)
-        if options["verify_only"]:
-            if extraction_error is not None:
-                return 1, output + f"qvm-backup-restore: error: {extraction_error}\n".encode()
-            return 0, output + b"".join(f"-> Verified {name}\n".encode()
-                                        for name in names) + b"-> Done.\n"
-        try:
-            targets = restore.plan_targets(names, set(self.vms), options)
-        except restore.Conflict as error:
-            return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
+            return 0, output + (f"qubesadmin.backup: Error extracting data: {error}\n"
+                                f"qubesadmin.backup: -> Done.\n").encode()
         self.restore_dir.mkdir(parents=True, exist_ok=True)
-        for target in targets.values():  # metadata (the VMs) first
-            self.add_vm(target, include_in_backups=False)
-        if extraction_error is not None:
-            return 0, output + f"Error extracting data: {extraction_error}\n-> Done.\n".encode()
         for name, target in targets.items():
             (self.restore_dir / f"{target}.img").write_bytes(volumes[name])
             self.vms[target].size = len(volumes[name])
-        return 0, output + b"".join(f"-> Restored {n} as {t}\n".encode()
-                                    for n, t in targets.items()) + b"-> Done.\n"
+        if home:
+            output += self._restore_dom0_home(volumes[DOM0])
+        return 0, output + b"qubesadmin.backup: -> Done.\n"
+
+    def _restore_dom0_home(self, data: bytes) -> bytes:
+        """restore.py _handle_dom0: a new home-restore-DATE directory in the
+        dom0 user's home (no VM is created); return the line it logs."""
+        directory = f"home-restore-{time.strftime('%Y-%m-%d-%H%M%S')}"
+        (self.dom0_home / directory).mkdir(parents=True)
+        (self.dom0_home / directory / "home.data").write_bytes(data)
+        return (f"qubesadmin.backup: Restoring home of user '{getpass.getuser()}' to"
+                f" '{directory}' directory...\n").encode()
 
 
 def human(size: int) -> str:
@@ -599,6 +675,7 @@ def simulated_dom0(work: Path, carrier_config: Path) -> SimulatedQubes:
     sim = SimulatedQubes(
         profile_dir=work / "profiles",
         restore_dir=work / "restored",
+        dom0_home=work / "home",
         carrier_env={
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(carrier_home),

@@ -35,7 +35,9 @@ class Dom0:
     server: BackupServer
 
     def run(self, *argv: str) -> int:
-        """Run `qbackup ARGV` against the simulator; return its exit code."""
+        """Run `qbackup ARGV` against the simulator, as a new process (its
+        qubesadmin caches start empty); return its exit code."""
+        self.sim.new_process()
         return main(list(argv), app=self.sim)
 
     def lines(self) -> list[str]:

@@ -38,7 +38,7 @@ def test_qubes_doc_sections_the_code_cites_exist() -> None:
     headings = {line[3:] for line in (REPO / "docs" / "QUBES.md").read_text().splitlines()
                 if line.startswith("## ")}
     cited: set[str] = set()
-    for path in [*(REPO / "dom0").glob("*.py"), *(REPO / "tests" / "qubes_sim").glob("*.py")]:
+    for path in [*(REPO / "dom0").glob("*.py"), *(REPO / "testbed" / "qubes_sim").glob("*.py")]:
         text = " ".join(path.read_text().split())  # citations may wrap lines
         for group in re.findall(r'docs/QUBES\.md,? \(?((?:"[^"]+"(?:, )?)+)', text):
             cited |= set(re.findall(r'"([^"]+)"', group))

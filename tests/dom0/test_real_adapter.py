@@ -40,11 +40,15 @@ class FakeVM:
         self.include_in_backups = include
         self.service_argv = service_argv
         self.log: list[tuple[Any, ...]] = []
+        self.removed = False  # qubesd no longer knows it (another process removed it)
 
     def is_running(self) -> bool:
-        return self.running
+        # get_power_state: QubesVMNotFoundError from qubesd becomes 'NA'.
+        return self.running and not self.removed
 
     def start(self) -> None:
+        if self.removed:
+            raise FakeQubesException(f"No such domain: '{self.name}'")
         self.log.append(("start",))
 
     def shutdown(self, force: bool = False) -> None:  # 4.2: no `wait`
@@ -72,6 +76,49 @@ class FakeVM43(FakeVM):
         self.log.append(("shutdown", force, wait))
 
 
+class FakeVMCollection:
+    """qubesadmin/app.py VMCollection (release4.2 = release4.3): the VM list
+    is fetched from qubesd ONCE; `in`, iteration, keys() and [] answer from it
+    until clear_cache() (or refresh_cache(force=True)). [] of a name the list
+    lacks is a KeyError even if qubesd knows it now; a VM removed since is
+    still handed out (get_blind), and qubesd refuses what is asked of it."""
+
+    def __init__(self, qubesd: dict[str, FakeVM]) -> None:
+        self.qubesd = qubesd  # what qubesd knows NOW (other processes change it)
+        self._vm_list: dict[str, FakeVM] | None = None
+        self.listings = 0  # admin.vm.List calls
+
+    def clear_cache(self, invalidate_name: str | None = None) -> None:
+        self._vm_list = None
+
+    def refresh_cache(self, force: bool = False) -> None:
+        if not force and self._vm_list is not None:
+            return
+        self.listings += 1
+        self._vm_list = dict(self.qubesd)
+
+    def __getitem__(self, name: str) -> FakeVM:
+        if name not in self:
+            raise KeyError(name)
+        assert self._vm_list is not None
+        return self._vm_list[name]
+
+    def __contains__(self, name: object) -> bool:
+        self.refresh_cache()
+        assert self._vm_list is not None
+        return name in self._vm_list
+
+    def __iter__(self) -> Iterator[FakeVM]:
+        self.refresh_cache()
+        assert self._vm_list is not None
+        return iter([self._vm_list[name] for name in sorted(self._vm_list)])
+
+    def keys(self) -> Any:
+        self.refresh_cache()
+        assert self._vm_list is not None
+        return self._vm_list.keys()
+
+
 class FakeApp:
     """Answers qubesd_call from a table of expected calls, in order."""
 
@@ -79,17 +126,16 @@ class FakeApp:
         self.vms = {vm.name: vm for vm in vms}
         self.expected = list(expected)
         self.events_done = threading.Event()
-        self.domains = self
+        self.domains = FakeVMCollection(self.vms)
         self.cache_enabled = False  # qubesadmin/app.py QubesBase.cache_enabled
 
-    def __getitem__(self, name: str) -> FakeVM:
-        return self.vms[name]
+    def create_elsewhere(self, vm: FakeVM) -> None:
+        """Another process (qvm-backup-restore) creates a VM through qubesd."""
+        self.vms[vm.name] = vm
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.vms
-
-    def __iter__(self) -> Iterator[FakeVM]:
-        return iter(self.vms.values())
+    def remove_elsewhere(self, name: str) -> None:
+        """Another process removes a VM through qubesd."""
+        self.vms.pop(name).removed = True
 
     def qubesd_call(self, dest: str, method: str, arg: str | None = None,
                     payload: bytes | None = None, payload_stream: Any = None) -> Any:
@@ -189,7 +235,9 @@ def test_vm_lookups_start_and_kill(fake_qubesadmin: dict[str, Any]) -> None:
     vms = [FakeVM("dom0"), FakeVM("work"), FakeVM("carrier", running=False, include=False)]
     app = make(fake_qubesadmin, vms, [])
     assert app.vm_exists("work") and not app.vm_exists("nope")
-    assert app.vms_in_backups() == ["work"]
+    # dom0 too: Qubes' default set is every VM with include_in_backups, and
+    # the AdminVM's stands for dom0's home (qubes/backup.py Backup.__init__).
+    assert app.vms_in_backups() == ["dom0", "work"]
     assert app.vm_names() == {"dom0", "work", "carrier"}
     assert app.is_running("carrier") is False
     with pytest.raises(VMNotFound):
@@ -197,6 +245,30 @@ def test_vm_lookups_start_and_kill(fake_qubesadmin: dict[str, Any]) -> None:
     app.start("carrier")
     app.kill("carrier")
     assert vms[2].log == [("start",), ("kill",)]
+
+
+def test_vms_another_process_made_or_removed_show_only_after_a_refresh(
+        fake_qubesadmin: dict[str, Any]) -> None:
+    # qvm-backup-restore creates the restored VMs in its own process: the
+    # list this process cached does not show them (qubesadmin/app.py
+    # VMCollection.refresh_cache returns at once while _vm_list is set).
+    app = make(fake_qubesadmin, [FakeVM("dom0"), FakeVM("work")], [])
+    fake = fake_qubesadmin["app"]
+    assert app.vm_names() == {"dom0", "work"}
+    fake.create_elsewhere(FakeVM("work1"))
+    fake.remove_elsewhere("work")
+    assert app.vm_names() == {"dom0", "work"}
+    assert not app.vm_exists("work1") and app.vm_exists("work")
+    with pytest.raises(VMNotFound):
+        app.is_running("work1")
+    assert app.is_running("work") is False  # 'NA': qubesd no longer knows it
+    with pytest.raises(QubesError, match="No such domain"):
+        app.start("work")
+    assert fake.domains.listings == 1
+    app.refresh_vms()
+    assert app.vm_names() == {"dom0", "work1"}
+    assert app.vm_exists("work1") and not app.vm_exists("work")
+    assert fake.domains.listings == 2
 
 
 @pytest.mark.parametrize("vm_class", [FakeVM, FakeVM43], ids=["qubes-4.2", "qubes-4.3"])
@@ -360,3 +432,70 @@ def test_sigterm_ends_a_dom0_whose_execute_blocks(tmp_path: Path, mode: str) -> 
     # abort sufficed when Qubes then ended Execute; otherwise the carrier is
     # killed and dom0 stops waiting for a qubesd that never answers.
     assert ("kill carrier" in output) == (mode == "hangs")
+
+
+# qvm-backup-restore gets no signal of its own when qbackup is stopped: this
+# one ignores SIGTERM (as a program stuck in a call may), and so does its
+# child, so only killing the whole group ends them.
+FAKE_RESTORE = '''#!/bin/bash
+trap '' TERM
+sleep 300 &
+echo "$!" > "$PIDFILE.new" && mv "$PIDFILE.new" "$PIDFILE"
+wait
+'''
+DOM0_RESTORE = '''
+import sys
+from dom0 import execute, qubes
+from dom0.errors import QbackupError, exit_code_for
+from dom0.session import SignalGuard
+qubes.QVM_BACKUP_RESTORE = sys.argv[1]
+execute.STOP_GRACE = 1.0
+try:
+    with SignalGuard():
+        qubes.RealQubes().backup_restore(["-p", "-", "x"], capture=sys.argv[2] == "capture",
+                                         input_data=b"pw\\n")
+except QbackupError as error:
+    sys.exit(exit_code_for(error))
+'''
+
+
+def process_gone(pid: int) -> bool:
+    """Return whether PID has ended (gone, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("mode", ["capture", "shown"])  # verify and drill / restore
+def test_sigterm_during_a_restore_ends_it_and_its_children(tmp_path: Path, mode: str) -> None:
+    package = tmp_path / "fake" / "qubesadmin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "MODE = 'ends'\n" + FAKE_QUBESADMIN + "from qubesadmin import exc, events\n")
+    (package / "exc.py").write_text("from qubesadmin import QubesException\n")
+    (package / "events.py").write_text(FAKE_EVENTS)
+    script = tmp_path / "qvm-backup-restore"
+    script.write_text(FAKE_RESTORE)
+    script.chmod(0o755)
+    pidfile = tmp_path / "child.pid"
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-c", DOM0_RESTORE, str(script), mode], stdout=subprocess.DEVNULL,
+        env={"PYTHONPATH": f"{tmp_path / 'fake'}:{repo}", "PATH": "/usr/bin:/bin",
+             "PIDFILE": str(pidfile)})
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():  # the restore and its child run now
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert time.monotonic() - started < 30
+    assert process.returncode == 143
+    assert process_gone(child)
