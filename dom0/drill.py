@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dom0 import config, history, status
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
-from dom0.errors import QbackupError, StaleBackup, UsageError, VerificationError
+from dom0.errors import Interrupted, QbackupError, StaleBackup, UsageError, VerificationError
 from dom0.execute import notify
 from dom0.locking import carrier_lock
 from dom0.log import say, show_time
@@ -106,13 +106,19 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
         raise VerificationError(f"drill {job_key}: dom0 has no committed backup of this job")
     names = [run.name or "" for run in chosen]
     logger.info("drill %s: verifying %s", job_key, " and ".join(names))
-    outcome = "failed: interrupted"
+    outcome = "interrupted"
     try:
         with carrier_lock(lock_dir, carrier), running_carrier(app, carrier, keep=False):
             for run in chosen:
                 verify_backup(app, carrier, source, run.name or "",
                               Committed(run.size or 0, run.sha256 or "", run.compression))
         outcome = OUTCOME_OK
+    except Interrupted as error:
+        # Stopped (a timer unit stopped, the laptop shutting down): the drill
+        # proved nothing, and says so; the restore and the carrier's transfer
+        # were ended before this (execute.started, running_carrier).
+        outcome = f"interrupted: {error}"
+        raise
     except QbackupError as error:
         outcome = f"failed: {error}"
         notify("qbackup drill FAILED", f"{job_key}: {error}", critical=True)

@@ -45,8 +45,8 @@ EXIT_CODES = {
     EXIT_LOGIN_REFUSED: "the server refused the carrier's login key",
     EXIT_CORRUPTED: "the stored backup is corrupted (differs from its digest record)",
     EXIT_TEMPFAIL: "temporary failure (server unreachable): try again later",
-    EXIT_SIGINT: "interrupted (SIGINT), backup cancelled",
-    EXIT_SIGTERM: "terminated (SIGTERM), backup cancelled",
+    EXIT_SIGINT: "interrupted (SIGINT): the run stopped cleanly",
+    EXIT_SIGTERM: "terminated (SIGTERM): the run stopped cleanly",
 }
 
 
@@ -143,11 +143,12 @@ class StaleBackup(QbackupError):
 
 
 class Interrupted(QbackupError):
-    """A signal stopped the run after the backup was cancelled."""
+    """A signal stopped the run, after a running backup was cancelled and a
+    running restore ended."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        super().__init__(f"stopped by signal {signum} (a running backup is cancelled first)")
+        super().__init__(f"stopped by signal {signum}")
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

@@ -3,7 +3,8 @@
 is gone), ``up()`` lets connections through again; ``cut_each_after(N,
 times)`` drops each connection made from then on once N bytes have come from
 the server over it, TIMES times in all (a drop mid-download, placed by
-bytes, not by time).
+bytes, not by time); ``hold_each_after(N, reached)`` stalls such connections
+at N bytes instead (nothing more passes until close) and sets REACHED.
 Threads only, stdlib only."""
 
 from __future__ import annotations
@@ -32,7 +33,20 @@ class NetProxy:
         self._cuts_left = 0
         self._cut_from = 0  # the first connection (by number) that may be cut
         self.cuts = 0  # connections dropped by cut_each_after
+        self._hold_after = 0
+        self._hold_from = 0
+        self._held = threading.Event()  # set once a connection stalls at the mark
+        self._released = threading.Event()  # set by close(): stalled pumps end
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold_each_after(self, downstream: int, reached: threading.Event) -> None:
+        """Stall each connection made from now on once DOWNSTREAM bytes came
+        from the server over it (a server that stops sending); set REACHED
+        when one does."""
+        with self._lock:
+            self._hold_after = downstream
+            self._hold_from = self.accepted + 1
+            self._held = reached
 
     def cut_each_after(self, downstream: int, times: int) -> None:
         """Drop each connection made from now on once DOWNSTREAM bytes came
@@ -57,6 +71,7 @@ class NetProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._released.set()
         self.down()
         self.listener.close()
 
@@ -93,6 +108,11 @@ class NetProxy:
                 data = source.recv(262144)
                 if not data:
                     break
+                if number and self._hold_here(number, relayed, len(data)):
+                    sink.sendall(data[: self._hold_after - relayed])
+                    self._held.set()
+                    self._released.wait()
+                    return
                 if number and self._cut_here(number, relayed, len(data)):
                     data = data[: self._cut_after - relayed]
                     sink.sendall(data)
@@ -117,3 +137,11 @@ class NetProxy:
                 self.cuts += 1
                 return True
         return False
+
+    def _hold_here(self, number: int, relayed: int, coming: int) -> bool:
+        """Given a connection's number, what it relayed from the server and
+        what comes next, return whether it stalls now."""
+        with self._lock:
+            return bool(self._hold_after) and number >= self._hold_from and (
+                relayed < self._hold_after <= relayed + coming
+            )

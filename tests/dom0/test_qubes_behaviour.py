@@ -129,7 +129,7 @@ def test_an_engine_failure_mid_stream_leaves_the_upload_waiting_until_dom0_ends_
     assert_nothing_left(dom0)
     history = [json.loads(line) for line in dom0.history.read_text().splitlines()]
     assert [run["outcome"] for run in history] == [
-        "failed (exit 143): terminated (SIGTERM), backup cancelled"]
+        "failed (exit 143): terminated (SIGTERM): the run stopped cleanly"]
 
 
 def test_a_halted_passphrase_vm_is_started_for_the_backup_and_halted_after(dom0: Dom0) -> None:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -451,3 +452,64 @@ def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
         assert drill.logged(f"outcome: FAILED (exit 1): Writing backup to VM {CARRIER} failed")
         proxy.up()
         assert_only_the_good_backup(drill, capsys, left_behind=partial_upload(drill))
+
+
+def carrier_gets(dom0: Dom0) -> list[int]:
+    """PIDs of `qbackup-carrier get` processes still running in dom0's
+    carrier (known by the carrier's HOME: other tests' carriers run too)."""
+    home = f"HOME={dom0.sim.carrier_env['HOME']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"get" in words and any(word.endswith(b"qbackup-carrier") for word in words) \
+                        and home in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("command", ["restore", "drill"])
+def test_sigterm_mid_restore_ends_it_and_its_transfer_within_30_s(
+    drill: Dom0, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # A timer unit stopped (or a person's Ctrl-C) while Qubes' restore reads
+    # the data: the server has stalled mid-stream (the relay holds the bytes),
+    # so nothing would end by itself. SIGTERM must end qvm-backup-restore,
+    # its qubes.Restore call and the carrier's get, record the drill as
+    # interrupted and report nothing as restored, well inside 30 s.
+    assert backup(drill, BIG) == 0
+    [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
+    drill.sim.remove_vm(BIG)
+    with through_relay(drill, tmp_path) as proxy:
+        stalled = threading.Event()
+        signalled: list[float] = []
+
+        def stall_the_data_pass(header_only: bool) -> None:
+            if not header_only:
+                proxy.hold_each_after(4 * MIB, stalled)
+
+        def terminate() -> None:
+            if stalled.wait(120):
+                signalled.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        drill.sim.hooks.on_restore_pass = stall_the_data_pass
+        threading.Thread(target=terminate, daemon=True).start()
+        capsys.readouterr()
+        if command == "restore":
+            code = drill.run("restore", "-t", CARRIER, "-p", str(drill.passfile), name, BIG)
+        else:
+            code = drill.run("drill", "-f", "laptop", "-t", CARRIER, "-p", str(drill.passfile))
+        ended = time.monotonic()
+        assert code == errors.EXIT_SIGTERM
+        assert signalled and ended - signalled[0] < 30
+        assert carrier_gets(drill) == []
+        assert "restored" not in capsys.readouterr().out
+    if command == "restore":
+        # Qubes creates the VMs before their data: say which may be incomplete.
+        assert drill.logged("the interrupted restore left VMs that may be incomplete: big")
+    else:
+        last = drill.history.with_name("drills.jsonl").read_text().splitlines()[-1]
+        assert '"outcome": "interrupted: stopped by signal 15"' in last
+        assert drill.run("status") == errors.EXIT_VERIFY  # a drill that proved nothing
