@@ -159,12 +159,12 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                 record = upload.record
                 save_receipt(os.environ, record)
                 if request.then_commit:
-                    record = await commit_backup(link.connection, name, config, record)
+                    record = await commit_backup(link, name, config, record)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "commit":
                 # dom0's path: compare with what the put in this VM verified.
                 sent = load_receipt(os.environ, name)
-                record = await commit_backup(link.connection, name, config, sent)
+                record = await commit_backup(link, name, config, sent)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "get":
                 await get_backup(link, name, sys.stdout.fileno(), config)
