@@ -23,6 +23,9 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +215,100 @@ def test_a_commit_that_cannot_learn_its_outcome_within_the_window_exits_75(
     assert b"not resumed within resume_window" in stderr
     assert_one_safe_line(stderr)
     assert stdout == b""
+
+
+# --- the first connection of a put --------------------------------------------
+
+
+class StderrLines:
+    """Collects a process's stderr lines from a thread; wait_for(TEXT) returns
+    once a line containing TEXT came."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self.stream = process.stderr
+        self.lines: list[bytes] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append(b"")  # EOF
+            self.changed.notify_all()
+
+    def wait_for(self, text: bytes, timeout: float = 30) -> bool:
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: any(text in line for line in self.lines), timeout
+            )
+
+    def text(self) -> bytes:
+        with self.changed:
+            return b"".join(self.lines)
+
+
+def test_a_put_whose_server_comes_up_after_it_started_completes(
+    resuming: Carrier, tmp_path: Path
+) -> None:
+    # sshd restarting when the put starts: nothing listens on the port (the
+    # relay's socket is bound, not listening: connections are refused). Once
+    # the carrier's first attempt has failed, the listener comes up.
+    carrier = resuming
+    late = NetProxy(carrier.server.port, listen=False)
+    try:
+        key = carrier.server.known_hosts.read_text().split(None, 1)[1]
+        known_hosts = tmp_path / "late_known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{late.port} {key}")
+        carrier.write_config(**CARRIER_SETTINGS, port=late.port, known_hosts=str(known_hosts))
+        name, data = "late-server", os.urandom(2 * MIB + 5)
+        process = carrier.start("put", "--commit", name, QBACKUP_CARRIER_LOG="info")
+        errors = StderrLines(process)
+        assert errors.wait_for(b"cannot reach"), errors.text()
+        late.listen()
+        assert process.stdin is not None
+        process.stdin.write(data)
+        process.stdin.close()
+        process.wait(timeout=60)
+    finally:
+        late.close()
+        carrier.write_config(**CARRIER_SETTINGS)  # straight to sshd again
+
+    assert process.returncode == 0, errors.text()
+    assert late.accepted == 1
+    assert_listed_byte_exact(carrier, name, data)
+
+
+@pytest.mark.offline  # reaches no sshd: needs no account
+def test_a_put_whose_server_stays_down_past_the_window_exits_75(carrier: Carrier) -> None:
+    nobody = NetProxy(1, listen=False)  # bound, never listening: every connection refused
+    try:
+        carrier.write_config(port=nobody.port, resume_window=2)
+        started = time.monotonic()
+        result = carrier.run("put", "never", data=b"x" * 1000)
+        elapsed = time.monotonic() - started
+    finally:
+        nobody.close()
+    assert result.returncode == CarrierExit.TEMPORARY
+    assert b"cannot reach" in result.stderr and b"resume_window" in result.stderr
+    assert_one_safe_line(result.stderr)
+    assert 2 <= elapsed < 2 + 8, elapsed
+
+
+@pytest.mark.offline  # reaches no sshd: needs no account
+def test_queries_still_fail_fast_when_the_server_is_down(carrier: Carrier) -> None:
+    # dom0 asks `info` before it starts Qubes' engine: a down server must
+    # fail that at once, whatever resume_window says.
+    nobody = NetProxy(1, listen=False)
+    try:
+        carrier.write_config(port=nobody.port, resume_window=60)
+        for verb in (["info"], ["list"], ["check", "x"]):
+            started = time.monotonic()
+            result = carrier.run(*verb)
+            assert result.returncode == CarrierExit.TEMPORARY, verb
+            assert time.monotonic() - started < 5, verb
+    finally:
+        nobody.close()
