@@ -27,6 +27,7 @@ class NetProxy:
         self.listener.bind(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
+        self.refused = 0  # connections reset while down()
         self._up = True
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -89,6 +90,7 @@ class NetProxy:
                 return
             with self._lock:
                 if not self._up:
+                    self.refused += 1
                     # A closed door: the connection is reset at once.
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                     client.close()
