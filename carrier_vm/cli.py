@@ -53,6 +53,10 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 # surfaces as EPIPE at the very write, which aborts the transfer with the
 # precise reason (stdout reader gone, connection lost) instead of a signal name.
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# A backup being made (its put started, or its commit after Qubes succeeded)
+# outlasts a brief outage of the server from its first connection on; every
+# other verb fails fast (dom0's `info` before Qubes' engine starts relies on that).
+PATIENT_VERBS = frozenset({"put", "commit"})
 USAGE = (
     f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
     " | check NAME | info | abort | transfer NAME | qrexec-service [ARG]"
@@ -146,7 +150,8 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
         loop.add_signal_handler(signum, abort, signum)
     output = sys.stdout.buffer
     try:
-        async with open_link(config, lambda: bool(received)) as link:
+        patient = request.verb in PATIENT_VERBS
+        async with open_link(config, lambda: bool(received), patient) as link:
             name = str(request.argument)
             if request.verb == "put":
                 upload = await put_backup(
@@ -159,12 +164,12 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                 record = upload.record
                 save_receipt(os.environ, record)
                 if request.then_commit:
-                    record = await commit_backup(link.connection, name, config, record)
+                    record = await commit_backup(link, name, config, record)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "commit":
                 # dom0's path: compare with what the put in this VM verified.
                 sent = load_receipt(os.environ, name)
-                record = await commit_backup(link.connection, name, config, sent)
+                record = await commit_backup(link, name, config, sent)
                 output.write(encode_reply(record.to_reply()))
             elif request.verb == "get":
                 await get_backup(link, name, sys.stdout.fileno(), config)

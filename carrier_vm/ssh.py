@@ -172,8 +172,8 @@ async def disconnect(connection: Connection, cut: bool) -> None:
 
 class Link:
     """The carrier's connection to the server, which a resuming transfer can
-    replace: ``connection`` is the current one; ``reconnect()`` drops it and
-    opens a new one."""
+    replace: ``connection`` is the current one; ``reconnect_within()`` drops
+    it and opens a new one."""
 
     def __init__(
         self,
@@ -185,46 +185,61 @@ class Link:
         self.connection = connection
         self.stopping = stopping  # True once a signal asked the carrier to stop
 
-    async def reconnect(self) -> None:
-        """Drop the current connection and open a new one; raise a
-        CarrierError (TemporaryFailure: server still unreachable) on failure."""
-        await disconnect(self.connection, cut=True)
-        self.connection = await connect(self.config)
-
     async def reconnect_within(self, failure: TemporaryFailure, lost_at: float) -> float:
         """Given the failure that lost the connection at LOST_AT (monotonic),
-        reconnect with backoff until resume_window seconds after it; return
-        how long the outage lasted. Raise TemporaryFailure (FAILURE's text)
-        once the window has passed, another CarrierError (host key, login,
-        config) at once."""
-        delay = FIRST_BACKOFF
-        while True:
-            remaining = self.config.resume_window - (time.monotonic() - lost_at)
-            if remaining <= 0:
-                raise TemporaryFailure(
-                    f"{failure} (not resumed within resume_window, "
-                    f"{self.config.resume_window:g}s)"
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(2 * delay, MAX_BACKOFF)
-            if self.stopping():
-                raise asyncio.CancelledError  # never resume after an abort
-            try:
-                await self.reconnect()
-            except TemporaryFailure as error:
-                logger.info("reconnecting failed: %s", error)
-                continue
-            return time.monotonic() - lost_at
+        drop it and reconnect (connect_within); return how long the outage
+        lasted. Raise as connect_within does."""
+        await disconnect(self.connection, cut=True)
+        self.connection = await connect_within(self.config, failure, lost_at, self.stopping)
+        return time.monotonic() - lost_at
+
+
+async def connect_within(
+    config: CarrierConfig,
+    failure: TemporaryFailure,
+    lost_at: float,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Connection:
+    """Given the config and the failure that left the carrier without a
+    connection at LOST_AT (monotonic), connect with backoff until
+    resume_window seconds after it; return the connection. Raise
+    TemporaryFailure (FAILURE's text) once the window has passed, another
+    CarrierError (host key, login, config) at once, CancelledError once
+    STOPPING() (a signal asked the carrier to stop)."""
+    delay = FIRST_BACKOFF
+    while True:
+        remaining = config.resume_window - (time.monotonic() - lost_at)
+        if remaining <= 0:
+            raise TemporaryFailure(
+                f"{failure} (not resumed within resume_window, {config.resume_window:g}s)"
+            )
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(2 * delay, MAX_BACKOFF)
+        if stopping():
+            raise asyncio.CancelledError  # never resume after an abort
+        try:
+            return await connect(config)
+        except TemporaryFailure as error:
+            logger.info("reconnecting failed: %s", error)
 
 
 @asynccontextmanager
 async def open_link(
-    config: CarrierConfig, stopping: Callable[[], bool] = lambda: False
+    config: CarrierConfig, stopping: Callable[[], bool] = lambda: False, patient: bool = False
 ) -> AsyncIterator[Link]:
     """Given the config, yield a Link with a fresh connection and close its
     (current) connection afterwards: orderly on success, cut on failure or
-    cancellation (the server must see a cut, never an orderly end)."""
-    link = Link(config, await connect(config), stopping)
+    cancellation (the server must see a cut, never an orderly end). PATIENT:
+    a server that cannot be reached is tried again as a lost connection is
+    (connect_within, from now); else its TemporaryFailure is raised at once."""
+    try:
+        connection = await connect(config)
+    except TemporaryFailure as failure:
+        if not patient or config.resume_window <= 0:
+            raise
+        logger.warning("%s: trying again for up to resume_window", failure)
+        connection = await connect_within(config, failure, time.monotonic(), stopping)
+    link = Link(config, connection, stopping)
     try:
         yield link
     except BaseException:

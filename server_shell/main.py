@@ -123,6 +123,8 @@ def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, A
             record = commit(root_fd, name) if receive is None else receive(
                 root_fd, name, STDIN, config, reply)
             outcome["bytes"] = record.size
+            if receive is None:  # NAME is published: a failure from here on loses the receipt only
+                outcome["failed"] = "committed-receipt-lost"
             reply(record.to_reply())
         elif request.verb == protocol.VERB_GET:
             outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
@@ -201,6 +203,7 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
         else:
             message, code = "internal error; see the server's syslog", ShellExit.SOFTWARE
             outcome["result"] = f"internal-error {error.__class__.__name__}"
+        outcome["result"] = outcome.get("failed", outcome["result"])  # the log says what happened
         with suppress(OSError):  # the client is gone; the exit code still tells sshd
             os.write(STDERR, f"{SHELL_NAME}: {message}\n".encode("ascii", "replace"))
     send_log(log_socket, f"client={client_address(environ)} account={account} command="

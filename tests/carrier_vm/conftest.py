@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import pytest
 from testbed.carrier import carrier_config
 from testbed.openssh import Endpoint
 from testbed.server import Account, BackupServer
+from tests.carrier_vm.netproxy import NetProxy
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")
@@ -137,3 +138,39 @@ def assert_one_safe_line(stderr: bytes) -> None:
     """Assert STDERR is one line of printable ASCII (nothing a terminal would obey)."""
     assert stderr.endswith(b"\n") and stderr.count(b"\n") == 1, stderr
     assert all(0x20 <= byte < 0x7F for byte in stderr[:-1]), stderr
+
+
+# Fast failure detection and frequent acknowledgements keep the drills short.
+CARRIER_SETTINGS: dict[str, object] = {
+    "keepalive_interval": 1,
+    "keepalive_count_max": 2,
+    "progress_timeout": 10,
+    "resume_window": 60,
+}
+
+
+@pytest.fixture
+def resuming(carrier: Carrier) -> Iterator[Carrier]:
+    """The carrier with short timeouts, the shell acknowledging every MiB."""
+    carrier.write_config(**CARRIER_SETTINGS)
+    carrier.server.write_shell_config(
+        f"[account {carrier.account.name}]\nsync_interval = 1M\nidle_timeout = 4\n"
+    )
+    try:
+        yield carrier
+    finally:
+        carrier.server.write_shell_config("")
+
+
+@pytest.fixture
+def proxied(resuming: Carrier, tmp_path: Path) -> Iterator[tuple[Carrier, NetProxy]]:
+    """The carrier reaching sshd through a relay the test can cut."""
+    proxy = NetProxy(resuming.server.port)
+    key = resuming.server.known_hosts.read_text().split(None, 1)[1]
+    known_hosts = tmp_path / "proxied_known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+    resuming.write_config(**CARRIER_SETTINGS, port=proxy.port, known_hosts=str(known_hosts))
+    try:
+        yield resuming, proxy
+    finally:
+        proxy.close()

@@ -4,7 +4,12 @@ is gone), ``up()`` lets connections through again; ``cut_each_after(N,
 times)`` drops each connection made from then on once N bytes have come from
 the server over it, TIMES times in all (a drop mid-download, placed by
 bytes, not by time); ``hold_each_after(N, reached)`` stalls such connections
-at N bytes instead (nothing more passes until close) and sets REACHED.
+at N bytes instead (nothing more passes until close) and sets REACHED;
+``down(cut=False)`` refuses new connections but
+leaves the open ones alone; ``hold()``/``release()`` stop and restart
+relaying what the server sends (the client's bytes still flow);
+``listen=False`` reserves the port but refuses connections until
+``listen()`` (a server that is not up yet).
 Threads only, stdlib only."""
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ import threading
 class NetProxy:
     """Listens on 127.0.0.1:port and relays each connection to TARGET_PORT."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, listen: bool = True) -> None:
         self.target_port = target_port
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
+        self.refused = 0  # connections reset while down()
         self._up = True
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -37,7 +42,23 @@ class NetProxy:
         self._hold_from = 0
         self._held = threading.Event()  # set once a connection stalls at the mark
         self._released = threading.Event()  # set by close(): stalled pumps end
+        self._flowing = threading.Event()  # cleared while hold() stops the server's bytes
+        self._flowing.set()
+        if listen:
+            self.listen()
+
+    def listen(self) -> None:
+        """Start accepting connections (a bound socket that does not listen
+        refuses them: ECONNREFUSED, as a port nobody listens on)."""
+        self.listener.listen(16)
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        """Stop relaying what the server sends, on every connection, until release()."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def hold_each_after(self, downstream: int, reached: threading.Event) -> None:
         """Stall each connection made from now on once DOWNSTREAM bytes came
@@ -55,15 +76,16 @@ class NetProxy:
             self._cut_after, self._cuts_left = downstream, times
             self._cut_from = self.accepted + 1
 
-    def down(self) -> None:
-        """Cut every relayed connection and refuse new ones until up()."""
+    def down(self, cut: bool = True) -> None:
+        """Refuse new connections until up(); CUT: and cut every relayed one."""
         with self._lock:
             self._up = False
-            for sock in self._sockets:
+            for sock in self._sockets if cut else ():
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-            self._sockets.clear()
+            if cut:
+                self._sockets.clear()
 
     def up(self) -> None:
         with self._lock:
@@ -72,6 +94,7 @@ class NetProxy:
     def close(self) -> None:
         self._closed = True
         self._released.set()
+        self._flowing.set()
         self.down()
         self.listener.close()
 
@@ -83,6 +106,7 @@ class NetProxy:
                 return
             with self._lock:
                 if not self._up:
+                    self.refused += 1
                     # A closed door: the connection is reset at once.
                     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                     client.close()
@@ -113,6 +137,8 @@ class NetProxy:
                     self._held.set()
                     self._released.wait()
                     return
+                if number:
+                    self._flowing.wait()
                 if number and self._cut_here(number, relayed, len(data)):
                     data = data[: self._cut_after - relayed]
                     sink.sendall(data)

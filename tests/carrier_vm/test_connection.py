@@ -79,7 +79,9 @@ def silent_listener() -> Iterator[int]:
 def test_silent_server_times_out_within_the_connect_timeout(
     carrier: Carrier, silent_listener: int
 ) -> None:
-    carrier.write_config(port=silent_listener, connect_timeout=2)
+    # resume_window 0: this is about one attempt's bound (a put tries again
+    # within resume_window; tests/carrier_vm/test_commit_lost.py drills that).
+    carrier.write_config(port=silent_listener, connect_timeout=2, resume_window=0)
     started = time.monotonic()
     result = carrier.run("put", "b", data=b"x" * 1000, timeout=30)
     elapsed = time.monotonic() - started

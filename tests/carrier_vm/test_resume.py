@@ -17,13 +17,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from qbackup_protocol import CarrierExit, parse_transfer_stats
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
+from tests.carrier_vm.conftest import CARRIER_SETTINGS, Carrier, assert_one_safe_line, stored_files
 from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_dead_network import account_pids
 from tests.carrier_vm.test_interruptions import shell_pids, wait_until
@@ -31,28 +28,6 @@ from tests.carrier_vm.test_qrexec_service import call_service
 from tests.server_shell.client import file_sha256
 
 MIB = 1024 * 1024
-# Fast failure detection and frequent acknowledgements keep the drills short.
-CARRIER_SETTINGS: dict[str, object] = {
-    "keepalive_interval": 1,
-    "keepalive_count_max": 2,
-    "progress_timeout": 10,
-    "resume_window": 60,
-}
-
-
-@pytest.fixture
-def resuming(carrier: Carrier) -> Iterator[Carrier]:
-    """The carrier with short timeouts, the shell acknowledging every MiB."""
-    carrier.write_config(**CARRIER_SETTINGS)
-    carrier.server.write_shell_config(
-        f"[account {carrier.account.name}]\nsync_interval = 1M\nidle_timeout = 4\n"
-    )
-    try:
-        yield carrier
-    finally:
-        carrier.server.write_shell_config("")
-
-
 class Feeder:
     """Writes DATA to a put's stdin in steps the test chooses, from a thread
     (a write may block while the carrier is reconnecting)."""
@@ -321,20 +296,6 @@ def cut_get_session(carrier: Carrier, victims: list[int]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: set(shell_pids(carrier.account)) - before, timeout=60)
-
-
-@pytest.fixture
-def proxied(resuming: Carrier, tmp_path: Path) -> Iterator[tuple[Carrier, NetProxy]]:
-    """The carrier reaching sshd through a relay the test can cut."""
-    proxy = NetProxy(resuming.server.port)
-    key = resuming.server.known_hosts.read_text().split(None, 1)[1]
-    known_hosts = tmp_path / "proxied_known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
-    resuming.write_config(**CARRIER_SETTINGS, port=proxy.port, known_hosts=str(known_hosts))
-    try:
-        yield resuming, proxy
-    finally:
-        proxy.close()
 
 
 def test_an_outage_shorter_than_the_window_is_resumed_and_reported(

@@ -14,6 +14,7 @@ checks out.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,14 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors
+from dom0 import errors, history
 from testbed.carrier import write_carrier_config
 from testbed.qubes_sim import stream
 from tests.carrier_vm.netproxy import NetProxy
+from tests.carrier_vm.test_commit_lost import kill_the_waiting_commit, staged_upload_locked
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 
 BIG = "big"  # a VM large enough that a fault lands while the stream still flows
 BIG_SIZE = 24 * MIB
+CARRIER_PROGRAM = Path(sys.executable).parent / "qbackup-carrier"  # the venv's, as dom0's sim runs
 
 
 @pytest.fixture
@@ -513,3 +516,102 @@ def test_sigterm_mid_restore_ends_it_and_its_transfer_within_30_s(
         last = drill.history.with_name("drills.jsonl").read_text().splitlines()[-1]
         assert '"outcome": "interrupted: stopped by signal 15"' in last
         assert drill.run("status") == errors.EXIT_VERIFY  # a drill that proved nothing
+
+
+def gated_carrier(dom0: Dom0, directory: Path, verb: str) -> Path:
+    """Make the carrier VM's `VERB` wait, before it starts, until DIRECTORY/go
+    exists (it touches DIRECTORY/called when it got there); return DIRECTORY."""
+    real = dom0.sim.carrier_script
+    wrapper = directory / "qubes.BackupCarrier"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = {verb} ]; then\n'
+        f'    touch "{directory}/called"\n'
+        f'    while [ ! -e "{directory}/go" ]; do sleep 0.02; done\n'
+        "fi\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    dom0.sim.carrier_script = wrapper
+    return directory
+
+
+def test_a_commit_whose_session_dies_after_publishing_is_recorded_as_committed(
+    drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Issue 23: the sshd session serving dom0's commit is killed while the
+    # shell is inside the commit step (held there by the staged upload's lock,
+    # see tests/carrier_vm/test_commit_lost.py); the left-behind shell
+    # publishes and cannot deliver the receipt. The carrier learns that the
+    # backup is committed: dom0 records it as committed, and its tamper check
+    # finds exactly the backups it recorded.
+    (tmp_path / "gate").mkdir()
+    gate = gated_carrier(drill, tmp_path / "gate", "commit")
+    failures: list[BaseException] = []
+    with through_relay(drill, tmp_path, resume_window=60) as proxy:
+
+        def kill_the_commit() -> None:
+            try:
+                wait_until(lambda: (gate / "called").exists(), "dom0's commit")
+                [staged] = [path.name for path in drill.account.storage.glob(".*.pending")]
+                name = staged[1 : -len(".pending")]
+                with staged_upload_locked(drill.account, name) as inode:
+                    (gate / "go").touch()
+                    kill_the_waiting_commit(proxy, inode)
+                assert drill.server.syslog.wait_for(
+                    f"command=commit {name} outcome=committed-receipt-lost", timeout=30
+                )
+            except BaseException as error:  # noqa: BLE001 - reported by the test below
+                failures.append(error)
+            finally:
+                proxy.up()
+
+        killer = threading.Thread(target=kill_the_commit, daemon=True)
+        killer.start()
+        assert backup(drill, "personal") == 0
+        killer.join(timeout=60)
+        assert failures == []
+        [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
+        last = json.loads(drill.history.read_text().splitlines()[-1])
+        assert last["name"] == name and last["outcome"] == history.OUTCOME_OK, last
+        assert drill.logged(f"backup {name} committed")
+        assert drill.run("status", "--remote") == 0  # no name it never recorded
+        assert_the_good_and_one_new_backup(drill, capsys)
+
+
+def test_a_put_that_starts_while_the_server_restarts_still_backs_up(
+    drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Issue 23: dom0's `info` found the server up; the moment Qubes starts the
+    # put, the server refuses connections (sshd restarting); it is back once
+    # the put's first connection has been refused. The put waits for it.
+    (tmp_path / "gate").mkdir()
+    with through_relay(drill, tmp_path, resume_window=60) as proxy:
+        gate = tmp_path / "gate"
+        path = gate / "bin"
+        path.mkdir()
+        wrapper = path / "qbackup-carrier"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            'if [ "$1" = put ]; then\n'
+            f'    touch "{gate}/called"\n'
+            f'    while [ ! -e "{gate}/go" ]; do sleep 0.02; done\n'
+            "fi\n"
+            f'exec "{CARRIER_PROGRAM}" "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        drill.sim.carrier_env["PATH"] = f"{path}:{drill.sim.carrier_env['PATH']}"
+
+        def restart_the_server() -> None:
+            wait_until(lambda: (gate / "called").exists(), "Qubes' put")
+            proxy.down()
+            (gate / "go").touch()
+            wait_until(lambda: proxy.refused, "the put's first connection")
+            proxy.up()
+
+        restarter = threading.Thread(target=restart_the_server, daemon=True)
+        restarter.start()
+        assert backup(drill, "personal") == 0
+        restarter.join(timeout=60)
+        assert proxy.refused >= 1
+        assert_the_good_and_one_new_backup(drill, capsys)
