@@ -49,7 +49,8 @@ async def commit_backup(
     TemporaryFailure if the outcome cannot be learned within resume_window,
     another CarrierError otherwise."""
     lost: TemporaryFailure | None = None
-    lost_at, reconnects = 0.0, 0
+    lost_at = 0.0
+    reconnects = 0
     while True:
         try:
             return await commit_session(link.connection, name, config, sent)

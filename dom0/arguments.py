@@ -156,13 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = commands.add_parser(
         "restore", formatter_class=raw, help="restore VMs from a stored backup", parents=common,
-        description="qvm-backup-restore reading the backup through the carrier.",
-        epilog="example:\n  qbackup restore -t sys-backup -p FILE --rename-conflicting "
-               "laptop-20261122T235959Z work")
+        description="qvm-backup-restore reading the backup through the carrier. On success it\n"
+                    "prints each VM restored (under its new name, if renamed) and where dom0's\n"
+                    "home went; exit 4 if Qubes did not restore what it set out to.",
+        epilog="examples:\n  qbackup restore -t sys-backup -p FILE --rename-conflicting "
+               "laptop-20261122T235959Z work\n"
+               "  qbackup restore --job daily laptop-20261122T235959Z dom0   # dom0's home only")
     add_carrier(restore)
     add_passphrase(restore)
-    restore.add_argument("--rename-conflicting", action="store_true")
-    restore.add_argument("--skip-conflicting", action="store_true")
+    restore.add_argument("--rename-conflicting", action="store_true",
+                         help="restore a VM whose name exists here under a new name (work1)")
+    restore.add_argument("--skip-conflicting", action="store_true",
+                         help="do not restore VMs whose names exist here")
     restore.add_argument("--skip-dom0-home", action="store_true",
                          help="do not restore dom0's home directory from the backup (Qubes"
                               " restores it into ~/home-restore-DATE; name the VM dom0 to"

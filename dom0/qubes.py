@@ -174,9 +174,14 @@ class RealQubes:
         self.app.domains.clear_cache()
 
     def vms_in_backups(self) -> list[str]:
-        return sorted(
-            vm.name for vm in self.app.domains if vm.include_in_backups
-        )
+        """Qubes' default set (qubes/backup.py Backup.__init__): every VM whose
+        include_in_backups is set, dom0 (its home) included."""
+        from qubesadmin.exc import QubesException  # noqa: PLC0415
+
+        try:
+            return sorted(vm.name for vm in self.app.domains if vm.include_in_backups)
+        except QubesException as error:  # a VM removed since the list was taken
+            raise QubesError(f"cannot list the VMs to back up: {error}") from None
 
     def run_service_for_stdio(
         self, vm: str, service: str, input_data: bytes = b"", max_output: int = DEFAULT_MAX_OUTPUT,
