@@ -68,7 +68,8 @@ async def commit_backup(
                     f"{failure} (gave up after {MAX_RECONNECTS} reconnections)"
                 ) from None
             if lost is None:
-                lost, lost_at = failure, time.monotonic()
+                lost = failure
+                lost_at = time.monotonic()
             reconnects += 1
             logger.warning("connection lost while committing %s: %s", name, failure)
             outage = await link.reconnect_within(failure, lost_at)

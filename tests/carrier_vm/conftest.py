@@ -174,3 +174,13 @@ def proxied(resuming: Carrier, tmp_path: Path) -> Iterator[tuple[Carrier, NetPro
         yield resuming, proxy
     finally:
         proxy.close()
+
+
+def reconfigure_proxied(carrier: Carrier, proxy: NetProxy, **settings: object) -> None:
+    """Given the `proxied` carrier and its relay, rewrite its config with
+    SETTINGS over the usual ones, still reaching sshd through the relay."""
+    carrier.write_config(
+        **{**CARRIER_SETTINGS, **settings},
+        port=proxy.port,
+        known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
+    )

@@ -33,7 +33,13 @@ import pytest
 
 from qbackup_protocol import CarrierExit
 from testbed.server import Account
-from tests.carrier_vm.conftest import CARRIER_SETTINGS, Carrier, assert_one_safe_line, stored_files
+from tests.carrier_vm.conftest import (
+    CARRIER_SETTINGS,
+    Carrier,
+    assert_one_safe_line,
+    reconfigure_proxied,
+    stored_files,
+)
 from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_interruptions import wait_until
 from tests.carrier_vm.test_resume import finish_put
@@ -130,13 +136,11 @@ def test_put_commit_whose_commit_session_dies_after_publishing_exits_0(
     # holds back the server's bytes while the put ends, so the test holds the
     # staged upload's lock before the carrier can even send its commit.
     carrier, proxy = proxied
-    carrier.write_config(  # the hold must not look like a dead network
-        **{**CARRIER_SETTINGS, "keepalive_interval": 30},
-        port=proxy.port,
-        known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
-    )
+    # The hold must not look like a dead network.
+    reconfigure_proxied(carrier, proxy, keepalive_interval=30)
     # Whole frames (1 MiB): the carrier sends a short last frame only at EOF.
-    name, data = "put-commit", os.urandom(2 * MIB)
+    name = "put-commit"
+    data = os.urandom(2 * MIB)
     process = carrier.start("put", "--commit", name, QBACKUP_CARRIER_LOG="warning")
     assert process.stdin is not None
     process.stdin.write(data)
@@ -198,11 +202,7 @@ def test_a_commit_that_cannot_learn_its_outcome_within_the_window_exits_75(
     proxied: tuple[Carrier, NetProxy],
 ) -> None:
     carrier, proxy = proxied
-    carrier.write_config(
-        **{**CARRIER_SETTINGS, "resume_window": 2},
-        port=proxy.port,
-        known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
-    )
+    reconfigure_proxied(carrier, proxy, resume_window=2)
     name = "unknown"
     assert carrier.run("put", name, data=os.urandom(MIB)).returncode == 0
     with staged_upload_locked(carrier.account, name) as inode:

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 
 from qbackup_protocol import CarrierExit, parse_transfer_stats
-from tests.carrier_vm.conftest import CARRIER_SETTINGS, Carrier, assert_one_safe_line, stored_files
+from tests.carrier_vm.conftest import (
+    CARRIER_SETTINGS,
+    Carrier,
+    assert_one_safe_line,
+    reconfigure_proxied,
+    stored_files,
+)
 from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_dead_network import account_pids
 from tests.carrier_vm.test_interruptions import shell_pids, wait_until
@@ -331,11 +337,7 @@ def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
     proxied: tuple[Carrier, NetProxy],
 ) -> None:
     carrier, proxy = proxied
-    carrier.write_config(
-        **{**CARRIER_SETTINGS, "resume_window": 3},
-        port=proxy.port,
-        known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
-    )
+    reconfigure_proxied(carrier, proxy, resume_window=3)
     name = "gone"
     process = carrier.start("put", name)
     feeder = Feeder(process, os.urandom(16 * MIB))
