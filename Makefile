@@ -77,7 +77,7 @@ test-pure:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol.py
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol
 
 demo: venv
 	$(PY) -m tests.demo
@@ -85,11 +85,21 @@ demo: venv
 bench: venv
 	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)
 
+# --- what each part needs of qbackup_protocol/ ----------------------------------
+# The server: the wire protocol (the login shell imports nothing else) and
+# names (qbackup-server's prune); the carrier: the wire protocol and its
+# contract with dom0; dom0: all three.
+PROTOCOL_SERVER := qbackup_protocol/__init__.py qbackup_protocol/wire.py qbackup_protocol/names.py
+PROTOCOL_TEMPLATEVM := qbackup_protocol/__init__.py qbackup_protocol/wire.py \
+	qbackup_protocol/carrier_service.py
+PROTOCOL_DOM0 := $(wildcard qbackup_protocol/*.py)
+
 # --- server ------------------------------------------------------------------
 # Files only (what the tests install into a temporary tree, too).
 server-files:
-	install -d -m 0755 $(DESTDIR)$(LIBDIR)/server_shell $(DESTDIR)$(SBINDIR) $(DESTDIR)$(CONFDIR)
-	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
+	install -d -m 0755 $(DESTDIR)$(LIBDIR)/server_shell $(DESTDIR)$(SBINDIR) $(DESTDIR)$(CONFDIR) \
+		$(DESTDIR)$(LIBDIR)/qbackup_protocol
+	install -m 0644 $(PROTOCOL_SERVER) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
@@ -123,8 +133,9 @@ templatevm-deps:
 	$(PKG_TOOL) install -y $(TEMPLATEVM_PACKAGES)
 
 templatevm:
-	install -d -m 0755 $(DESTDIR)$(LIBDIR)/carrier_vm $(DESTDIR)$(BINDIR) $(DESTDIR)$(QUBES_RPC_DIR)
-	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
+	install -d -m 0755 $(DESTDIR)$(LIBDIR)/carrier_vm $(DESTDIR)$(BINDIR) $(DESTDIR)$(QUBES_RPC_DIR) \
+		$(DESTDIR)$(LIBDIR)/qbackup_protocol
+	install -m 0644 $(PROTOCOL_TEMPLATEVM) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
 	install -m 0644 carrier_vm/*.py $(DESTDIR)$(LIBDIR)/carrier_vm/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' carrier_vm/qbackup-carrier.in > $(DESTDIR)$(BINDIR)/qbackup-carrier
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup-carrier
@@ -136,8 +147,9 @@ templatevm:
 # The example config goes to DOCDIR only: a config under /etc/qbackup would
 # start failing (and notifying) before its jobs were edited to fit.
 dom0:
-	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR)
-	install -m 0644 qbackup_protocol.py $(DESTDIR)$(LIBDIR)/
+	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR) \
+		$(DESTDIR)$(LIBDIR)/qbackup_protocol
+	install -m 0644 $(PROTOCOL_DOM0) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
 	install -m 0644 dom0/*.py $(DESTDIR)$(LIBDIR)/dom0/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' dom0/qbackup.in > $(DESTDIR)$(BINDIR)/qbackup
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup
@@ -154,7 +166,7 @@ define remove-shared
 	@for part in server_shell carrier_vm dom0; do \
 		[ ! -e $(DESTDIR)$(LIBDIR)/$$part ] || exit 0; \
 	done; \
-	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol.py $(DESTDIR)$(LIBDIR)/__pycache__; \
+	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol $(DESTDIR)$(LIBDIR)/__pycache__; \
 	rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null || true
 endef
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qbackup_protocol import DEFAULT_DATA_FRAME, encode_data_header, encode_end_frame
+from qbackup_protocol.wire import DEFAULT_DATA_FRAME, encode_data_header, encode_end_frame
 from testbed.carrier import carrier_config
 from testbed.openssh import Endpoint, ssh_argv
 from testbed.server import BackupServer

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from server_shell import storage, upload
 from server_shell.config import ShellConfig
 
@@ -42,9 +42,9 @@ def produce(write_fd: int, total: int) -> None:
         length = min(MIB, total - sent)
         piece = block[sent % (16 * MIB) : sent % (16 * MIB) + length]
         hasher.update(piece)
-        storage.write_all(write_fd, protocol.encode_data_header(length) + piece, 0)
+        storage.write_all(write_fd, wire.encode_data_header(length) + piece, 0)
         sent += length
-    storage.write_all(write_fd, protocol.encode_end_frame(total, hasher.digest()), 0)
+    storage.write_all(write_fd, wire.encode_end_frame(total, hasher.digest()), 0)
 
 
 class Unlimited:
@@ -84,18 +84,18 @@ def threaded(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
     try:
         while True:
             read_exactly(stdin, header)
-            kind, length = protocol.decode_frame_header(bytes(header))
-            if kind == protocol.FRAME_END:
+            kind, length = wire.decode_frame_header(bytes(header))
+            if kind == wire.FRAME_END:
                 break
             if allocated < 4 and free.empty():
                 allocated += 1
-                buffer = bytearray(protocol.MAX_DATA_FRAME)
+                buffer = bytearray(wire.MAX_DATA_FRAME)
             else:
                 buffer = free.get()
             read_exactly(stdin, memoryview(buffer)[:length])
             work.put((buffer, length))
             total += length
-        read_exactly(stdin, memoryview(bytearray(protocol.END_PAYLOAD.size)))
+        read_exactly(stdin, memoryview(bytearray(wire.END_PAYLOAD.size)))
     finally:
         work.put(None)
         thread.join()

@@ -18,10 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from testbed.server import BackupServer
 
-CHUNK = protocol.DEFAULT_DATA_FRAME
+CHUNK = wire.DEFAULT_DATA_FRAME
 
 
 def make_inputs(directory: Path, size: int) -> tuple[Path, Path]:
@@ -37,9 +37,9 @@ def make_inputs(directory: Path, size: int) -> tuple[Path, Path]:
             piece = source.read(min(CHUNK, left))
             hasher.update(piece)
             raw_out.write(piece)
-            framed_out.write(protocol.encode_data_header(len(piece)) + piece)
+            framed_out.write(wire.encode_data_header(len(piece)) + piece)
             left -= len(piece)
-        framed_out.write(protocol.encode_end_frame(size, hasher.digest()))
+        framed_out.write(wire.encode_end_frame(size, hasher.digest()))
     for path in (raw, framed):
         path.chmod(0o644)
         path.read_bytes()  # into the page cache

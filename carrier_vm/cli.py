@@ -36,14 +36,8 @@ from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, lo
 from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
-from qbackup_protocol import (
-    CARRIER_EXIT_MEANINGS,
-    CarrierExit,
-    InvalidName,
-    check_name,
-    check_prefix,
-    encode_reply,
-)
+from qbackup_protocol.carrier_service import CARRIER_EXIT_MEANINGS, CarrierExit
+from qbackup_protocol.wire import InvalidName, check_name, check_prefix, encode_reply
 
 logger = logging.getLogger("carrier_vm")
 

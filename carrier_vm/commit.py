@@ -27,7 +27,13 @@ from carrier_vm.errors import AlreadyExists, DataError, NoSuchBackup, TemporaryF
 from carrier_vm.replies import find_backup
 from carrier_vm.ssh import Connection, Link, bounded_output, run_session, within
 from carrier_vm.upload import parse_receipt
-from qbackup_protocol import MAX_REPLY_LINE, VERB_COMMIT, BackupRecord, ShellExit, build_command
+from qbackup_protocol.wire import (
+    MAX_REPLY_LINE,
+    VERB_COMMIT,
+    BackupRecord,
+    ShellExit,
+    build_command,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, OutputClosed, TemporaryFailure
 from carrier_vm.replies import find_backup
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, run_session
-from qbackup_protocol import (
+from qbackup_protocol.wire import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
     VERB_GET,

@@ -1,9 +1,9 @@
 """The carrier's exceptions, each carrying its exit code, and how the server
 shell's exit statuses map to them.
 
-The numbers themselves live in ``qbackup_protocol`` (``CarrierExit`` for what
-the carrier reports to dom0, ``ShellExit`` for what the server shell reports
-to the carrier); this module only says which exception means which. Exit
+The numbers themselves live in ``qbackup_protocol`` (``carrier_service.CarrierExit``
+for what the carrier reports to dom0, ``wire.ShellExit`` for what the server
+shell reports to the carrier); this module only says which exception means which. Exit
 codes are decided in cli.main from the exception that ended the run.
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from qbackup_protocol import CarrierExit, ProtocolError, ShellExit
+from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.wire import ProtocolError, ShellExit
 
 T = TypeVar("T")
 

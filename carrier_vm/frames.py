@@ -35,7 +35,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from qbackup_protocol import DEFAULT_DATA_FRAME, FRAME_HEADER_SIZE, encode_data_header
+from qbackup_protocol.wire import DEFAULT_DATA_FRAME, FRAME_HEADER_SIZE, encode_data_header
 
 logger = logging.getLogger(__name__)
 

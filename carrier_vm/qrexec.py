@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from carrier_vm.errors import UsageError
 from carrier_vm.ssh import printable
-from qbackup_protocol import InvalidName, check_name, check_prefix
+from qbackup_protocol.wire import InvalidName, check_name, check_prefix
 
 logger = logging.getLogger(__name__)
 

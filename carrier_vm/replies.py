@@ -14,7 +14,7 @@ from collections.abc import Callable
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import Corrupted, DataError, NoSuchBackup, parse_hostile
 from carrier_vm.ssh import Connection, Reader, run_session, within
-from qbackup_protocol import (
+from qbackup_protocol.wire import (
     MAX_LIST_ENTRIES,
     MAX_REPLY_LINE,
     VERB_CHECK,

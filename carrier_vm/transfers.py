@@ -20,14 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from carrier_vm.errors import DataError
-from qbackup_protocol import (
+from qbackup_protocol.carrier_service import TransferStats, parse_transfer_stats
+from qbackup_protocol.wire import (
     MAX_REPLY_LINE,
     BackupRecord,
     ProtocolError,
-    TransferStats,
     encode_reply,
     parse_record,
-    parse_transfer_stats,
 )
 
 logger = logging.getLogger(__name__)

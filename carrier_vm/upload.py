@@ -41,16 +41,15 @@ from carrier_vm.errors import (
 from carrier_vm.frames import Frame, FrameReader
 from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
-from qbackup_protocol import (
+from qbackup_protocol.carrier_service import MAX_OUTAGES_REPORTED, TransferStats
+from qbackup_protocol.wire import (
     DEFAULT_DATA_FRAME,
     FRAME_HEADER_SIZE,
-    MAX_OUTAGES_REPORTED,
     VERB_PUT,
     VERB_RESUME,
     Ack,
     BackupRecord,
     ShellExit,
-    TransferStats,
     build_command,
     encode_end_frame,
     parse_offset,

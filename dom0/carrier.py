@@ -1,7 +1,7 @@
 """The server as seen through the carrier VM's `qubes.BackupCarrier` service.
 
 What goes out: backup names, checked against the protocol's name rules
-(`qbackup_protocol`, the one definition all three parts share) before they
+(`qbackup_protocol.wire`, the one definition all three parts share) before they
 reach the carrier's `eval` or its stdin. The verb travels in the service name
 (`qubes.BackupCarrier+list`) and the name or prefix as ONE line on stdin:
 qrexec arguments cannot hold '/'.
@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import qbackup_protocol as protocol
 from dom0.errors import (
     CARRIER_STATUS_ERRORS,
     CarrierError,
@@ -32,10 +31,11 @@ from dom0.errors import (
 )
 from dom0.log import last_line
 from dom0.qubes import QubesAdapter
+from qbackup_protocol import carrier_service, wire
 
 logger = logging.getLogger(__name__)
 SERVICE = "qubes.BackupCarrier"
-Record = protocol.BackupRecord
+Record = wire.BackupRecord
 # The largest listing dom0 reads: MAX_LIST_ENTRIES short lines; a longer answer
 # is refused rather than buffered (the adapter stops reading at this bound).
 MAX_LISTING_BYTES = 32 * 1024 * 1024
@@ -69,16 +69,16 @@ def check_name(name: str) -> str:
     protocol's naming rules (and so shell safety: no quote, space, '$' or
     newline can reach the carrier's `eval`) hold."""
     try:
-        return protocol.check_name(name)
-    except protocol.InvalidName:
+        return wire.check_name(name)
+    except wire.InvalidName:
         raise UsageError("invalid backup name: use a name `qbackup list` shows") from None
 
 
 def is_valid_name(name: object) -> bool:
     """Given anything, return whether it is a name the server could hold."""
     try:
-        protocol.check_name(name)  # type: ignore[arg-type]
-    except protocol.InvalidName:
+        wire.check_name(name)  # type: ignore[arg-type]
+    except wire.InvalidName:
         return False
     return True
 
@@ -103,13 +103,13 @@ def parse_line(parser: Callable[[bytes], Parsed], line: bytes, what: str) -> Par
     `[[[[...` makes json raise RecursionError, not ValueError)."""
     try:
         return parser(line)
-    except (protocol.ProtocolError, ValueError, RecursionError, MemoryError):
+    except (wire.ProtocolError, ValueError, RecursionError, MemoryError):
         raise ReplyError(f"the carrier sent a malformed {what}") from None
 
 
 def single_line(data: bytes, what: str) -> bytes:
     """Given a reply that must be one line, return it without its newline."""
-    if len(data) > protocol.MAX_REPLY_LINE + 1 or not data.endswith(b"\n") \
+    if len(data) > wire.MAX_REPLY_LINE + 1 or not data.endswith(b"\n") \
             or data.count(b"\n") != 1:
         raise ReplyError(f"the carrier's {what} is not exactly one line")
     return data[:-1]
@@ -117,20 +117,20 @@ def single_line(data: bytes, what: str) -> bytes:
 
 def parse_receipt(data: bytes) -> Record:
     """Given the stdout of `commit NAME`, return the committed Record."""
-    record = parse_line(protocol.parse_record, single_line(data, "receipt"), "receipt")
+    record = parse_line(wire.parse_record, single_line(data, "receipt"), "receipt")
     if record.sha256 is None:
         raise ReplyError("the carrier's receipt lacks a digest")
     return record
 
 
-def parse_info(data: bytes) -> protocol.ServerInfo:
+def parse_info(data: bytes) -> wire.ServerInfo:
     """Given the stdout of `info`, return ServerInfo; raise ReplyError otherwise."""
-    return parse_line(protocol.parse_info, single_line(data, "info reply"), "info reply")
+    return parse_line(wire.parse_info, single_line(data, "info reply"), "info reply")
 
 
-def parse_check(data: bytes) -> protocol.CheckResult:
+def parse_check(data: bytes) -> wire.CheckResult:
     """Given the stdout of `check NAME`, return its CheckResult."""
-    return parse_line(protocol.parse_check, single_line(data, "check reply"), "check reply")
+    return parse_line(wire.parse_check, single_line(data, "check reply"), "check reply")
 
 
 def parse_listing(data: bytes) -> Listing:
@@ -141,15 +141,15 @@ def parse_listing(data: bytes) -> Listing:
     if not data.endswith(b"\n"):
         raise ReplyError("the carrier's listing is truncated")
     lines = data[:-1].split(b"\n")
-    if len(lines) > protocol.MAX_LIST_ENTRIES + 1:
+    if len(lines) > wire.MAX_LIST_ENTRIES + 1:
         raise ReplyError("the carrier's listing has too many entries")
-    records = [parse_line(protocol.parse_record, line, "listing entry") for line in lines[:-1]]
-    summary = parse_line(protocol.parse_list_line, lines[-1], "listing summary")
-    if not isinstance(summary, protocol.ListEnd):
+    records = [parse_line(wire.parse_record, line, "listing entry") for line in lines[:-1]]
+    summary = parse_line(wire.parse_list_line, lines[-1], "listing summary")
+    if not isinstance(summary, wire.ListEnd):
         raise ReplyError("the carrier's listing lacks its summary line")
     if summary.count != len(records):
         raise ReplyError("the carrier's listing summary does not match its entries")
-    if summary.truncated and summary.count != protocol.MAX_LIST_ENTRIES:
+    if summary.truncated and summary.count != wire.MAX_LIST_ENTRIES:
         # The server cuts a listing only when it is full; a carrier claiming
         # a cut elsewhere would hide vanished backups from the tamper check.
         raise ReplyError("the carrier's listing claims a cut the server never makes")
@@ -183,7 +183,7 @@ class CarrierClient:
         except subprocess.CalledProcessError as error:
             status = error.returncode
             try:
-                cls, reason = CARRIER_STATUS_ERRORS[protocol.CarrierExit(status)]
+                cls, reason = CARRIER_STATUS_ERRORS[carrier_service.CarrierExit(status)]
             except (ValueError, KeyError):
                 cls, reason = CarrierError, f"the carrier failed (status {status})"
             if cls is NoSuchBackup:  # one message, whichever command asked
@@ -194,7 +194,7 @@ class CarrierClient:
         except OSError as error:
             raise QubesError(f"cannot call {SERVICE} in {self.vm}: {error}") from None
 
-    def info(self) -> protocol.ServerInfo:
+    def info(self) -> wire.ServerInfo:
         """Return the server's space report; raise TemporaryError if unreachable."""
         return parse_info(self._call("info", "", MAX_SHORT_REPLY))
 
@@ -240,12 +240,12 @@ class CarrierClient:
                 return record
         raise no_such_backup(name)
 
-    def transfer(self, name: str) -> protocol.TransferStats:
+    def transfer(self, name: str) -> carrier_service.TransferStats:
         """Given the NAME of a backup this carrier uploaded, return how the
         upload went (connection losses, outages, bytes sent again)."""
         answer = self._call("transfer", check_name(name), MAX_SHORT_REPLY)
-        stats = parse_line(protocol.parse_transfer_stats, single_line(answer, "transfer reply"),
-                           "transfer reply")
+        stats = parse_line(carrier_service.parse_transfer_stats,
+                           single_line(answer, "transfer reply"), "transfer reply")
         if stats.name != name:
             raise ReplyError("the carrier's transfer reply names another backup")
         return stats

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-import qbackup_protocol as protocol
 from dom0.compression import RESTORABLE_FILTERS
 from dom0.errors import ConfigError, UsageError
+from qbackup_protocol import names, wire
 
 SYSTEM_CONFIG = Path("/etc/qbackup/qbackup.yaml")
 USER_CONFIG = Path("~/.config/qbackup/qbackup.yaml")
@@ -106,7 +106,7 @@ class Job:
     verify: bool = False
     answer_timeout: int = 300
     drill_max_age: float | None = None
-    keep: protocol.RetentionPolicy | None = None
+    keep: names.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=lambda: Hooks())
 
 
@@ -162,10 +162,10 @@ def prefix_problem(prefix: object) -> str | None:
     if not all(PREFIX_SEGMENT.fullmatch(segment) for segment in segments):
         return ("invalid prefix: use letters, digits, '.', '_', '-' (segments start with a"
                 " letter or digit, '/' separates segments)")
-    if len(segments) >= protocol.MAX_NAME_DEPTH or \
-            len(prefix) + TIMESTAMP_LENGTH > protocol.MAX_NAME_LENGTH:
-        limit = protocol.MAX_NAME_LENGTH - TIMESTAMP_LENGTH
-        return f"prefix too long: at most {limit} characters in {protocol.MAX_NAME_DEPTH - 1}" \
+    if len(segments) >= wire.MAX_NAME_DEPTH or \
+            len(prefix) + TIMESTAMP_LENGTH > wire.MAX_NAME_LENGTH:
+        limit = wire.MAX_NAME_LENGTH - TIMESTAMP_LENGTH
+        return f"prefix too long: at most {limit} characters in {wire.MAX_NAME_DEPTH - 1}" \
                " segments"
     return None
 
@@ -194,28 +194,28 @@ def _integer(value: Any, key: str, low: int, high: int, problems: list[Problem])
     return value
 
 
-def _policy(value: Any, problems: list[Problem]) -> protocol.RetentionPolicy | None:
+def _policy(value: Any, problems: list[Problem]) -> names.RetentionPolicy | None:
     if value is None:
         return None
     if not isinstance(value, dict):
         problems.append(Problem("keep", "expected a mapping like {daily: 7, weekly: 4,"
                                         " monthly: 12}"))
         return None
-    rules = protocol.RETENTION_PERIODS
+    rules = names.RETENTION_PERIODS
     found = [Problem(f"keep.{key}", f"unknown rule (known: {', '.join(rules)})")
              for key in value if key not in rules]
     for key in rules:
         count = value.get(key, 0)
         if not isinstance(count, int) or isinstance(count, bool) \
-                or not 0 <= count <= protocol.MAX_KEEP:
+                or not 0 <= count <= names.MAX_KEEP:
             found.append(Problem(f"keep.{key}", f"expected an integer from 0 to"
-                                                f" {protocol.MAX_KEEP}"))
+                                                f" {names.MAX_KEEP}"))
     if found:
         problems.extend(found)
         return None
     try:
-        return protocol.RetentionPolicy(**{key: value.get(key, 0) for key in rules})
-    except protocol.InvalidPolicy:
+        return names.RetentionPolicy(**{key: value.get(key, 0) for key in rules})
+    except names.InvalidPolicy:
         problems.append(Problem("keep", "keeps nothing: give at least one count above 0, or"
                                         " leave keep out to forbid any prune"))
         return None

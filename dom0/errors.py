@@ -7,7 +7,7 @@ so callers can catch either. Only `cli.main()` turns them into exit codes.
 
 from __future__ import annotations
 
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 
 # --- exit codes: the ONE table (`qbackup --help` and dom0/README.md show it;
 # tests/dom0/test_docs.py compares the README with it) -------------------------

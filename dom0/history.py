@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import qbackup_protocol as protocol
+from qbackup_protocol import carrier_service, names, wire
 
 logger = logging.getLogger(__name__)
 OUTCOME_OK = "ok"
@@ -75,8 +75,8 @@ def _run_from(value: object) -> Run | None:
         return None
     if run.name is not None:
         try:
-            protocol.check_name(run.name)
-        except protocol.InvalidName:
+            wire.check_name(run.name)
+        except wire.InvalidName:
             return None
     return run
 
@@ -128,7 +128,7 @@ class Comparison:
     strangers: list[str] = field(default_factory=list)
 
 
-def strangers_among(mine: set[str], stored: Sequence[protocol.BackupRecord],
+def strangers_among(mine: set[str], stored: Sequence[wire.BackupRecord],
                     now: float) -> list[str]:
     """Given the names dom0 committed and what the server lists, return the
     listed backups under one of dom0's prefixes that dom0 never committed and
@@ -138,13 +138,13 @@ def strangers_among(mine: set[str], stored: Sequence[protocol.BackupRecord],
     name is most likely from before a lost history and is left alone.)"""
     first: dict[str, datetime] = {}
     for name in mine:
-        parts = protocol.split_backup_name(name)
+        parts = names.split_backup_name(name)
         if parts and (parts[0] not in first or parts[1] < first[parts[0]]):
             first[parts[0]] = parts[1]
     future = datetime.fromtimestamp(now + FUTURE_SLACK, UTC)
     found = []
     for record in stored:
-        parts = protocol.split_backup_name(record.name)
+        parts = names.split_backup_name(record.name)
         if record.name in mine or parts is None or parts[0] not in first:
             continue
         if parts[1] >= first[parts[0]] or parts[1] > future:
@@ -152,9 +152,9 @@ def strangers_among(mine: set[str], stored: Sequence[protocol.BackupRecord],
     return sorted(found)
 
 
-def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord],
+def compare_with_server(runs: list[Run], stored: Sequence[wire.BackupRecord],
                         complete: bool, prefix: str = "",
-                        policy: protocol.RetentionPolicy | None = None,
+                        policy: names.RetentionPolicy | None = None,
                         now: float | None = None) -> Comparison:
     """Given the history RUNS of one job, the server's STORED records under
     PREFIX (COMPLETE: the listing was not cut short) and the job's retention
@@ -168,7 +168,7 @@ def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord]
     by_name = {record.name: record for record in stored}
     mine = [(run.name, run) for run in committed_runs(runs)
             if run.name and run.name.startswith(prefix)]
-    allowed = set(protocol.prunable({name for name, _ in mine}, policy)) if policy else set()
+    allowed = set(names.prunable({name for name, _ in mine}, policy)) if policy else set()
     problems: list[str] = []
     pruned: list[str] = []
     for name, run in mine:
@@ -196,7 +196,7 @@ def compare_with_server(runs: list[Run], stored: Sequence[protocol.BackupRecord]
     return Comparison(problems=problems, pruned=sorted(set(pruned)), strangers=strangers)
 
 
-def transfer_record(stats: protocol.TransferStats) -> dict[str, object]:
+def transfer_record(stats: carrier_service.TransferStats) -> dict[str, object]:
     """Given the carrier's transfer stats, return what the history keeps."""
     return {"lost": stats.lost, "outages": list(stats.outages), "resent": stats.resent}
 

@@ -17,7 +17,7 @@ committed backup younger than --max-age; check: a damaged backup), 3 UNKNOWN
 (cannot run: not root, bad arguments, not a qbackup account, or an account's
 storage could not be read or changed).
 
-Retention is qbackup_protocol.prunable, the rule dom0's tamper check also
+Retention is qbackup_protocol.names.prunable, the rule dom0's tamper check also
 applies (so a prune never looks like an attack there): per prefix (a name
 without the timestamp dom0 appends: `laptop/daily-20261201T020000Z` is in
 `laptop/daily`), so one policy over `laptop/daily` and `laptop/weekly` keeps
@@ -38,14 +38,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import qbackup_protocol as protocol
+from qbackup_protocol import names
 
 from . import storage
 from .config import ShellError, load_config, parse_duration
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
-RULES = tuple(protocol.RETENTION_PERIODS)
+RULES = tuple(names.RETENTION_PERIODS)
 # A backup's name carries the time its backup started; its file's mtime is
 # when its upload ended: within two days of the start (a long backup, a
 # resumed one), give or take an hour of clock skew between dom0 and server.
@@ -101,14 +101,14 @@ def implausible(name: str, info: os.stat_result) -> bool:
     planted with a chosen date to win a period's bucket and push the real
     backup of that period out. Such a backup never counts for retention (it
     neither fills a bucket nor is pruned by policy); status warns about it."""
-    parts = protocol.split_backup_name(name)
+    parts = names.split_backup_name(name)
     return parts is not None and not (
         info.st_mtime - PLAUSIBLE_BEFORE <= parts[1].timestamp() <= info.st_mtime + CLOCK_SKEW)
 
 
 def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
     backups = [name for name, info in committed(root_fd) if not implausible(name, info)]
-    removable = protocol.prunable(backups, options.policy)
+    removable = names.prunable(backups, options.policy)
     lines = [f"keep {name}" for name in backups if name not in removable]
     for name in removable:
         if not options.dry_run:
@@ -232,9 +232,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.command == "prune":
         try:  # without one keep rule above 0 prune would delete everything: refused
-            options.policy = protocol.RetentionPolicy(
+            options.policy = names.RetentionPolicy(
                 **{rule: getattr(options, f"keep_{rule}") for rule in RULES})
-        except protocol.InvalidPolicy as error:
+        except names.InvalidPolicy as error:
             raise AdminError(f"prune: {error}") from None
     return options
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qbackup_protocol import ShellExit
+from qbackup_protocol.wire import ShellExit
 
 
 class ShellError(Exception):

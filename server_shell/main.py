@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import qbackup_protocol as protocol
-from qbackup_protocol import ShellExit
+from qbackup_protocol import wire
+from qbackup_protocol.wire import ShellExit
 
 from .config import Interrupted, NotAllowed, Refused, ShellConfig, ShellError, load_config
 from .reading import check_backup, describe_space, list_backups, send_backup
@@ -53,7 +53,7 @@ class Request:
 def parse_command(text: str) -> Request:
     """Given the command text a client sent, return its Request; raise
     NotAllowed for an admin verb, Refused for anything outside the grammar."""
-    if len(text) > protocol.MAX_COMMAND_LENGTH:
+    if len(text) > wire.MAX_COMMAND_LENGTH:
         raise Refused("command too long")
     # Control characters never belong in a command: refused before splitting.
     if not set(text) <= PRINTABLE:
@@ -62,25 +62,25 @@ def parse_command(text: str) -> Request:
     verb, *arguments = text.split(" ")
     if verb in ADMIN_VERBS:
         raise NotAllowed("that is an admin action: run qbackup-server on the server as root")
-    if verb not in protocol.ALL_VERBS:
+    if verb not in wire.ALL_VERBS:
         raise Refused("unknown command (allowed: put, resume, commit, get, list, check, info)")
     try:
-        if verb == protocol.VERB_GET and len(arguments) == 2:
+        if verb == wire.VERB_GET and len(arguments) == 2:
             if not OFFSET_PATTERN.fullmatch(arguments[1]):
                 raise Refused("get takes a name and an optional decimal offset")
-            return Request(verb, protocol.check_name(arguments[0]), int(arguments[1]))
-        if verb in protocol.VERBS_WITH_NAME:
+            return Request(verb, wire.check_name(arguments[0]), int(arguments[1]))
+        if verb in wire.VERBS_WITH_NAME:
             if len(arguments) != 1:
                 raise Refused(f"{verb} takes exactly one name")
-            return Request(verb, protocol.check_name(arguments[0]))
-        if verb in protocol.VERBS_WITH_OPTIONAL_PREFIX:
+            return Request(verb, wire.check_name(arguments[0]))
+        if verb in wire.VERBS_WITH_OPTIONAL_PREFIX:
             if len(arguments) > 1:
                 raise Refused(f"{verb} takes at most one prefix")
-            return Request(verb, protocol.check_prefix(arguments[0]) if arguments else "")
+            return Request(verb, wire.check_prefix(arguments[0]) if arguments else "")
         if arguments:
             raise Refused(f"{verb} takes no argument")
         return Request(verb)
-    except protocol.InvalidName as error:
+    except wire.InvalidName as error:
         raise Refused(f"invalid name: {error}") from None  # the rule, never the name
 
 
@@ -112,34 +112,34 @@ def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, A
     timeout, name = config.idle_timeout, request.argument or ""
 
     def reply(fields: dict[str, Any]) -> None:
-        write_all(STDOUT, protocol.encode_reply(fields), timeout)
+        write_all(STDOUT, wire.encode_reply(fields), timeout)
 
     with ExitStack() as closing:
         root_fd = open_root(config.root or home)
         closing.callback(os.close, root_fd)
         closing.callback(os.close, take_session(root_fd, config.max_sessions))
-        if request.verb in (protocol.VERB_PUT, protocol.VERB_RESUME, protocol.VERB_COMMIT):
-            receive = {protocol.VERB_PUT: put, protocol.VERB_RESUME: resume}.get(request.verb)
+        if request.verb in (wire.VERB_PUT, wire.VERB_RESUME, wire.VERB_COMMIT):
+            receive = {wire.VERB_PUT: put, wire.VERB_RESUME: resume}.get(request.verb)
             record = commit(root_fd, name) if receive is None else receive(
                 root_fd, name, STDIN, config, reply)
             outcome["bytes"] = record.size
             if receive is None:  # NAME is published: a failure from here on loses the receipt only
                 outcome["failed"] = "committed-receipt-lost"
             reply(record.to_reply())
-        elif request.verb == protocol.VERB_GET:
+        elif request.verb == wire.VERB_GET:
             outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
-        elif request.verb == protocol.VERB_CHECK:
+        elif request.verb == wire.VERB_CHECK:
             result = check_backup(root_fd, name)
             outcome["bytes"] = result.record.size
             reply(result.to_reply())
             if not result.ok:
                 outcome["result"] = "mismatch"
                 return ShellExit.DATA
-        elif request.verb == protocol.VERB_LIST:
+        elif request.verb == wire.VERB_LIST:
             pending = bytearray()
             for item in list_backups(root_fd, name):
-                pending += protocol.encode_reply(item.to_reply())
-                if len(pending) >= 65536 or isinstance(item, protocol.ListEnd):  # few writes
+                pending += wire.encode_reply(item.to_reply())
+                if len(pending) >= 65536 or isinstance(item, wire.ListEnd):  # few writes
                     write_all(STDOUT, pending, timeout)
                     pending.clear()
         else:

@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 
 from . import storage
 from .config import BadStream, NotFound
@@ -45,8 +45,8 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
             raise BadStream("the offset is past the end of the backup")
         storage.enlarge_pipe(stdout)
         while offset < size:
-            length = min(protocol.MAX_DATA_FRAME, size - offset)
-            storage.write_all(stdout, protocol.encode_data_header(length), timeout)
+            length = min(wire.MAX_DATA_FRAME, size - offset)
+            storage.write_all(stdout, wire.encode_data_header(length), timeout)
             end = offset + length
             while offset < end:  # sendfile: no copy through Python (stdout: sshd's pipe)
                 count = storage.timed(lambda: os.sendfile(stdout, fd, offset, end - offset),  # noqa: B023
@@ -56,13 +56,13 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
                 offset += count
         if os.fstat(fd).st_size != size:  # then the E frame would lie
             raise BadStream("backup changed while it was being sent")
-        storage.write_all(stdout, protocol.encode_end_frame(size, bytes.fromhex(digest)), timeout)
+        storage.write_all(stdout, wire.encode_end_frame(size, bytes.fromhex(digest)), timeout)
         return size
     finally:
         os.close(fd)
 
 
-def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
+def check_backup(root_fd: int, name: str) -> wire.CheckResult:
     """Given the root and a NAME, re-hash the backup; return its record with
     ok=True iff size and digest match the digest record."""
     fd, info, stored = open_backup(root_fd, name)
@@ -71,11 +71,11 @@ def check_backup(root_fd: int, name: str) -> protocol.CheckResult:
     finally:
         os.close(fd)
     ok = stored == (size, hasher.hexdigest())
-    record = protocol.BackupRecord(name, size, stored[1] if stored else None, int(info.st_mtime))
-    return protocol.CheckResult(record=record, ok=ok)
+    record = wire.BackupRecord(name, size, stored[1] if stored else None, int(info.st_mtime))
+    return wire.CheckResult(record=record, ok=ok)
 
 
-def list_backups(root_fd: int, prefix: str) -> Iterator[protocol.BackupRecord | protocol.ListEnd]:
+def list_backups(root_fd: int, prefix: str) -> Iterator[wire.BackupRecord | wire.ListEnd]:
     """Given the root and a checked PREFIX ("" = all), yield a record per
     committed backup whose name starts with it, in segment order, at most
     MAX_LIST_ENTRIES, then one ListEnd. Only the directory PREFIX names is
@@ -86,28 +86,28 @@ def list_backups(root_fd: int, prefix: str) -> Iterator[protocol.BackupRecord | 
     try:
         dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
     except NotFound:
-        yield protocol.ListEnd(count=0, truncated=False)
+        yield wire.ListEnd(count=0, truncated=False)
         return
     try:
         base = f"{directory}/" if directory else ""
         for parent_fd, entry, name, info in storage.walk(dir_fd, base, len(segments)):
             # Backups only: regular files a client could have named, within the name bounds.
             if not (stat.S_ISREG(info.st_mode) and storage.is_client_name(entry)
-                    and name.startswith(prefix) and len(name) <= protocol.MAX_NAME_LENGTH):
+                    and name.startswith(prefix) and len(name) <= wire.MAX_NAME_LENGTH):
                 continue
-            if count == protocol.MAX_LIST_ENTRIES:
+            if count == wire.MAX_LIST_ENTRIES:
                 truncated = True
                 break
             stored = storage.read_digest(parent_fd, storage.dot(entry, "record"))
-            yield protocol.BackupRecord(name, info.st_size, stored[1] if stored else None,
+            yield wire.BackupRecord(name, info.st_size, stored[1] if stored else None,
                                         int(info.st_mtime))
             count += 1
     finally:
         os.close(dir_fd)
-    yield protocol.ListEnd(count=count, truncated=truncated)
+    yield wire.ListEnd(count=count, truncated=truncated)
 
 
-def describe_space(root_fd: int, reserve: int, quota: int | None) -> protocol.ServerInfo:
+def describe_space(root_fd: int, reserve: int, quota: int | None) -> wire.ServerInfo:
     """Given the root, the reserve and the quota, return what `info` answers
     (the storage.sweep's count, removing nothing)."""
     free = storage.free_bytes(root_fd)
@@ -115,5 +115,5 @@ def describe_space(root_fd: int, reserve: int, quota: int | None) -> protocol.Se
     if quota is not None:
         used = storage.sweep(root_fd, None)[0]
         available = min(available, max(0, quota - used))
-    return protocol.ServerInfo(protocol.PROTOCOL_VERSION, free, reserve, available, quota, used)
+    return wire.ServerInfo(wire.PROTOCOL_VERSION, free, reserve, available, quota, used)
 

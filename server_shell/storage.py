@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 
 from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
 
@@ -66,7 +66,7 @@ def open_root(path: str) -> int:
 
 
 def split_name(name: str) -> tuple[list[str], str]:
-    segments = protocol.check_name(name).split("/")
+    segments = wire.check_name(name).split("/")
     return segments[:-1], segments[-1]
 
 
@@ -177,7 +177,7 @@ def read_digest(dir_fd: int, name: str, key: str = "size") -> tuple[int, str] | 
         os.close(fd)
     if type(count) is not int or count < 0 or not isinstance(digest, str):
         return None
-    return (count, digest) if protocol.SHA256_HEX_PATTERN.fullmatch(digest) else None
+    return (count, digest) if wire.SHA256_HEX_PATTERN.fullmatch(digest) else None
 
 
 def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
@@ -207,8 +207,8 @@ def write_state(fd: int, offset: int, sha256: str) -> None:
 
 
 def is_client_name(entry: str) -> bool:
-    return len(entry) <= protocol.MAX_SEGMENT_LENGTH and bool(
-        protocol.SEGMENT_PATTERN.fullmatch(entry))
+    return len(entry) <= wire.MAX_SEGMENT_LENGTH and bool(
+        wire.SEGMENT_PATTERN.fullmatch(entry))
 
 
 def walk(dir_fd: int, base: str = "", depth: int = 0
@@ -224,7 +224,7 @@ def walk(dir_fd: int, base: str = "", depth: int = 0
         if info is None:
             continue
         yield dir_fd, entry, base + entry, info
-        deeper = depth + 1 < protocol.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
+        deeper = depth + 1 < wire.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
         if stat.S_ISDIR(info.st_mode) and is_client_name(entry) and deeper:
             try:
                 child = os.open(entry, DIR_FLAGS, dir_fd=dir_fd)

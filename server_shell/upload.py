@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 
 from . import storage
 from .config import BadStream, Exists, Interrupted, NotFound, ShellConfig, StorageError, Unavailable
@@ -33,7 +33,7 @@ STAGED = "an upload of that name is already staged; commit it or choose a new na
 NOTHING_STAGED = "nothing staged under that name (never put, already committed, or expired)"
 NOTHING_TO_RESUME = "nothing to resume under that name (never put, finished, or expired)"
 Reply = Callable[[dict[str, Any]], None]
-Record = protocol.BackupRecord
+Record = wire.BackupRecord
 
 
 def read_into(fd: int, view: memoryview, timeout: float, whole: bool = False) -> int:
@@ -54,7 +54,7 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
     first OFFSET bytes, the guard and the config, append the stream's data;
     return the total length. Raise Interrupted at EOF, BadStream unless an E
     frame matching length and digest, then EOF, ends the stream."""
-    header = memoryview(bytearray(protocol.FRAME_HEADER_SIZE))
+    header = memoryview(bytearray(wire.FRAME_HEADER_SIZE))
     buffer = memoryview(bytearray(READ_SIZE))
     synced, timeout, start, frames = offset, config.idle_timeout, offset, 0
     while True:
@@ -64,10 +64,10 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
         if frames > 1024 and offset - start < (frames - 1) * 4096:
             raise BadStream("data frames too small (under 4 KiB on average)")
         try:
-            kind, length = protocol.decode_frame_header(bytes(header))
-        except protocol.ProtocolError:
+            kind, length = wire.decode_frame_header(bytes(header))
+        except wire.ProtocolError:
             raise BadStream("malformed frame in the upload") from None
-        if kind == protocol.FRAME_END:
+        if kind == wire.FRAME_END:
             break
         while length:  # one thread: read, hash, write (bench/shell_loop.py measured it)
             count = read_into(stdin, buffer[: min(length, READ_SIZE)], timeout)
@@ -80,11 +80,11 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
         if offset - synced >= config.sync_interval:
             os.fdatasync(fd)  # the data first: the record never promises more
             storage.write_state(state_fd, offset, hasher.hexdigest())
-            reply(protocol.Ack(offset).to_reply())
+            reply(wire.Ack(offset).to_reply())
             synced = offset
-    end = memoryview(bytearray(protocol.END_PAYLOAD.size))
+    end = memoryview(bytearray(wire.END_PAYLOAD.size))
     read_into(stdin, end, timeout, whole=True)
-    size, digest = protocol.decode_end_payload(bytes(end))
+    size, digest = wire.decode_end_payload(bytes(end))
     # Nothing may follow: a stream with trailing bytes is not the one the client hashed.
     if storage.timed(lambda: len(os.read(stdin, 1)), timeout):
         raise BadStream("bytes after the end frame")
@@ -98,7 +98,7 @@ def stage(stdin: int, dir_fd: int, leaf: str, name: str, fds: tuple[int, int], h
     """Receive the rest of the stream into the partial and stage it; any
     failure but a lost client (Interrupted) removes the partial."""
     try:
-        reply(protocol.ResumeOffset(offset).to_reply())
+        reply(wire.ResumeOffset(offset).to_reply())
         storage.enlarge_pipe(stdin)
         try:
             size = receive(stdin, *fds, hasher, offset, guard, config, reply)

@@ -93,14 +93,15 @@ class Part:
 
 PARTS = {
     "server": Part("server", "uninstall-server", {
-        "usr/sbin/qbackup-shell", "usr/lib/qbackup/qbackup_protocol.py",
+        "usr/sbin/qbackup-shell", "usr/lib/qbackup/qbackup_protocol/wire.py",
         "usr/lib/qbackup/server_shell/main.py", "etc/qbackup/qbackup-shell.conf"}),
     "templatevm": Part("templatevm", "uninstall-templatevm", {
-        "usr/bin/qbackup-carrier", "usr/lib/qbackup/qbackup_protocol.py",
+        "usr/bin/qbackup-carrier", "usr/lib/qbackup/qbackup_protocol/wire.py",
         "usr/lib/qbackup/carrier_vm/cli.py", "etc/qubes-rpc/qubes.BackupCarrier",
         "usr/share/doc/qbackup/carrier.yaml.example"}),
     "dom0": Part("dom0", "uninstall-dom0", {
-        "usr/bin/qbackup", "usr/lib/qbackup/qbackup_protocol.py", "usr/lib/qbackup/dom0/cli.py",
+        "usr/bin/qbackup", "usr/lib/qbackup/qbackup_protocol/wire.py",
+        "usr/lib/qbackup/dom0/cli.py",
         "etc/qubes/policy.d/30-qbackup.policy", "usr/share/doc/qbackup/qbackup.yaml.example",
         *(f"usr/lib/systemd/user/{unit}" for unit in UNITS)}),
 }

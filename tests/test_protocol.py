@@ -1,6 +1,6 @@
 """The shared wire protocol: name rules, framing and strict reply parsing.
 
-Both the carrier and the shell import qbackup_protocol, so a rule broken here
+Both the carrier and the shell import qbackup_protocol.wire, so a rule broken here
 is broken on both sides at once: each rule has a table of accepted and refused
 inputs, and hypothesis looks for a name that is accepted yet unsafe.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import qbackup_protocol as wire
+from qbackup_protocol import wire
 
 
 @pytest.mark.parametrize(

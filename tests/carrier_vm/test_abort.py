@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from carrier_vm.abort import RUNTIME_SUBDIR
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
 from tests.carrier_vm.test_interruptions import assert_never_stored, start_put, wait_until
 from tests.carrier_vm.test_qrexec_service import call_service

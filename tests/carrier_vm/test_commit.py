@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 from tests.carrier_vm.test_qrexec_service import call_service
 

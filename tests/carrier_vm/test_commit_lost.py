@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from testbed.server import Account
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,

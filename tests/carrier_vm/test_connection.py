@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import CARRIER_EXIT_MEANINGS, CarrierExit
+from qbackup_protocol.carrier_service import CARRIER_EXIT_MEANINGS, CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 from tests.harness.server import free_port
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
 from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored, shell_pids, wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from qbackup_protocol import CARRIER_EXIT_MEANINGS
+from qbackup_protocol.carrier_service import CARRIER_EXIT_MEANINGS
 from tests.carrier_vm.conftest import REPO
 
 README = (REPO / "carrier_vm" / "README.md").read_text()

@@ -19,13 +19,8 @@ from carrier_vm.errors import (
 )
 from carrier_vm.ssh import printable
 from carrier_vm.upload import check_receipt
-from qbackup_protocol import (
-    CarrierExit,
-    ShellExit,
-    encode_data_header,
-    encode_end_frame,
-    encode_reply,
-)
+from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.wire import ShellExit, encode_data_header, encode_end_frame, encode_reply
 
 DATA = os.urandom(3000)
 DIGEST = hashlib.sha256(DATA).digest()

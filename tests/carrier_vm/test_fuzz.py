@@ -26,7 +26,7 @@ from carrier_vm.errors import ConfigError, DataError, UsageError, parse_hostile
 from carrier_vm.qrexec import service_request
 from carrier_vm.replies import LineReader, relay_listing
 from carrier_vm.upload import parse_receipt
-from qbackup_protocol import (
+from qbackup_protocol.wire import (
     encode_data_header,
     encode_end_frame,
     parse_check,

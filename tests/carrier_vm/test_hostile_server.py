@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
 from tests.carrier_vm.test_roundtrip import ALL_INTERPRETERS
 

@@ -22,12 +22,12 @@ from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError
 from carrier_vm.frames import PAYLOAD_AT, Frame, FrameReader
 from carrier_vm.upload import Outbox, ResumeImpossible, check_start_offset, send_stream
-from qbackup_protocol import (
+from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.wire import (
     FRAME_END,
     FRAME_HEADER_SIZE,
     VERB_PUT,
     VERB_RESUME,
-    CarrierExit,
     decode_frame_header,
 )
 

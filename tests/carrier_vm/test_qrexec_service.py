@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import PROTOCOL_VERSION
+from qbackup_protocol.wire import PROTOCOL_VERSION
 from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
 
 SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from qbackup_protocol import CarrierExit, parse_transfer_stats
+from qbackup_protocol.carrier_service import CarrierExit, parse_transfer_stats
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from qbackup_protocol import DEFAULT_DATA_FRAME, PROTOCOL_VERSION, CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.wire import DEFAULT_DATA_FRAME, PROTOCOL_VERSION
 from tests.carrier_vm.conftest import INTERPRETERS, Carrier
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from dom0 import config
 from dom0.errors import ConfigError, UsageError
-from qbackup_protocol import RetentionPolicy
+from qbackup_protocol.names import RetentionPolicy
 
 GOOD = "    carrier: sys-backup\n    prefix: laptop\n    passphrase_vm: vault\n"
 

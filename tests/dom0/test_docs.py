@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 from dom0 import config, errors
-from qbackup_protocol import CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 
 README = Path(__file__).resolve().parents[2] / "dom0" / "README.md"
 
@@ -74,7 +74,7 @@ def test_dom0_never_imports_carrier_or_shell_code() -> None:
 
 
 def test_dom0_spells_no_carrier_exit_status() -> None:
-    # The carrier's statuses come from qbackup_protocol.CarrierExit only; the
+    # The carrier's statuses come from carrier_service.CarrierExit only; the
     # one number dom0 shares with it, 75, is dom0's own EXIT_TEMPFAIL.
     statuses = {int(status) for status in CarrierExit if status != CarrierExit.OK}
     for module in sorted(DOM0.glob("*.py")):

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import qbackup_protocol as protocol
 from dom0 import carrier, execute
 from dom0.carrier import ReplyError
 from dom0.config import Hooks
@@ -26,6 +25,7 @@ from dom0.errors import TemporaryError
 from dom0.log import clean_text, last_line, say_json
 from dom0.monitor import Monitor
 from dom0.qubes import RealQubes
+from qbackup_protocol import wire
 
 MIB = 1024 * 1024
 
@@ -197,7 +197,7 @@ class ListingCarrier:
 
 
 def test_names_missing_from_a_cut_listing_are_looked_up_one_by_one() -> None:
-    full = [f"other-{n:06d}" for n in range(protocol.MAX_LIST_ENTRIES)]
+    full = [f"other-{n:06d}" for n in range(wire.MAX_LIST_ENTRIES)]
     cut = b"".join(record_line(name) for name in full) + summary_line(len(full), True)
     kept, gone = "laptop-20261120T000000Z", "laptop-20261121T000000Z"
     app = ListingCarrier({"": cut, kept: record_line(kept) + summary_line(1, False),

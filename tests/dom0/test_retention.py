@@ -1,4 +1,4 @@
-"""The retention rule both sides apply (qbackup_protocol's "retention" section):
+"""The retention rule both sides apply (qbackup_protocol.names):
 dom0's tamper check accepts exactly what it lets a prune remove, and the
 server admin's prune removes exactly that."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qbackup_protocol import InvalidPolicy, RetentionPolicy, prunable, retained
+from qbackup_protocol.names import InvalidPolicy, RetentionPolicy, prunable, retained
 
 
 def daily_names(prefix: str, first: datetime, days: int) -> list[str]:
@@ -93,7 +93,7 @@ def test_newer_backups_never_bring_a_pruned_one_back(
 # --- planted backups (a compromised carrier holds the account's key) ---------
 def test_backups_dom0_never_committed_are_named_not_counted() -> None:
     from dom0.history import Run, compare_with_server
-    from qbackup_protocol import BackupRecord
+    from qbackup_protocol.wire import BackupRecord
 
     def run(name: str) -> Run:
         return Run("daily", "c", name, 5, "a" * 64, 0.0, 1.0, "ok")

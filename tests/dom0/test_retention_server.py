@@ -1,5 +1,5 @@
 """Retention that does not look like an attack: the server's admin prunes
-with the job's policy (the same rule, qbackup_protocol.prunable), and dom0's
+with the job's policy (the same rule, qbackup_protocol.names.prunable), and dom0's
 `status --remote` and the next backup stay clean and say what went by policy;
 a deletion beyond the policy is still caught.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dom0 import errors
-from qbackup_protocol import RetentionPolicy, prunable
+from qbackup_protocol.names import RetentionPolicy, prunable
 from tests.dom0.conftest import CARRIER, Dom0
 
 

@@ -1,6 +1,6 @@
 """A tiny test-side client of the wire protocol, plus storage snapshots.
 
-Frames data with qbackup_protocol (never a second copy of the framing) and
+Frames data with qbackup_protocol.wire (never a second copy of the framing) and
 runs commands through the real OpenSSH client via BackupServer.run.
 """
 
@@ -13,13 +13,13 @@ import stat
 import subprocess
 from pathlib import Path
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from tests.harness.server import Account, BackupServer
 
 
 def frame_stream(
     data: bytes,
-    chunk: int = protocol.DEFAULT_DATA_FRAME,
+    chunk: int = wire.DEFAULT_DATA_FRAME,
     declared_size: int | None = None,
     declared_digest: bytes | None = None,
 ) -> bytes:
@@ -28,10 +28,10 @@ def frame_stream(
     out = bytearray()
     for offset in range(0, len(data), chunk):
         piece = data[offset : offset + chunk]
-        out += protocol.encode_data_header(len(piece)) + piece
+        out += wire.encode_data_header(len(piece)) + piece
     size = len(data) if declared_size is None else declared_size
     digest = hashlib.sha256(data).digest() if declared_digest is None else declared_digest
-    out += protocol.encode_end_frame(size, digest)
+    out += wire.encode_end_frame(size, digest)
     return bytes(out)
 
 
@@ -54,14 +54,14 @@ def put(
     return server.run(account, f"commit {name}")
 
 
-def receipt(stdout: bytes) -> protocol.BackupRecord:
+def receipt(stdout: bytes) -> wire.BackupRecord:
     """Given a put's or resume's stdout, return its receipt (the last line),
     after checking the lines before it: one offset line, then acks."""
     lines = stdout.splitlines(keepends=True)
-    protocol.parse_offset(lines[0])
-    assert all(isinstance(protocol.parse_upload_line(line), protocol.Ack) for line in lines[1:-1])
-    record = protocol.parse_upload_line(lines[-1])
-    assert isinstance(record, protocol.BackupRecord), lines[-1]
+    wire.parse_offset(lines[0])
+    assert all(isinstance(wire.parse_upload_line(line), wire.Ack) for line in lines[1:-1])
+    record = wire.parse_upload_line(lines[-1])
+    assert isinstance(record, wire.BackupRecord), lines[-1]
     return record
 
 
@@ -71,15 +71,15 @@ def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
     data = bytearray()
     offset = 0
     while True:
-        kind, length = protocol.decode_frame_header(
-            stream[offset : offset + protocol.FRAME_HEADER_SIZE]
+        kind, length = wire.decode_frame_header(
+            stream[offset : offset + wire.FRAME_HEADER_SIZE]
         )
-        offset += protocol.FRAME_HEADER_SIZE
+        offset += wire.FRAME_HEADER_SIZE
         payload = stream[offset : offset + length]
         assert len(payload) == length, "truncated frame"
         offset += length
-        if kind == protocol.FRAME_END:
-            size, digest = protocol.decode_end_payload(payload)
+        if kind == wire.FRAME_END:
+            size, digest = wire.decode_end_payload(payload)
             assert offset == len(stream), "bytes after the end frame"
             return bytes(data), size, digest
         data += payload

@@ -2,11 +2,12 @@
 
 Starts at `server_shell/main.py` (what the installed launcher imports) and
 follows every import of a `server_shell` module (statically, through the
-AST), so a module added later is counted too. Of `qbackup_protocol` (shared
-with the carrier) it counts what the shell can reach: the module's docstring
-and imports, every top-level definition the shell's modules name, and,
-transitively, every top-level definition those name; the carrier's exit
-codes and the client-side reply parsers are not reachable from the shell.
+AST), and of every `qbackup_protocol` module (the wire protocol, shared with
+the carrier, and the package's `__init__`), so a module added later is
+counted too. Of a `qbackup_protocol` module it counts what the shell can
+reach: the module's docstring and imports, every top-level definition the
+shell's modules name, and, transitively, every top-level definition those
+name; the client-side reply parsers are not reachable from the shell.
 For each reached file: `lines` = every physical line (docstrings, comments
 and blank lines included); `code` = statements (Python's logical lines, as
 the AST counts them: a call wrapped over three lines is one, a docstring is
@@ -26,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = REPO / "server_shell" / "main.py"
-PROTOCOL = REPO / "qbackup_protocol.py"
+PROTOCOL = REPO / "qbackup_protocol"  # the package
 SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
            tokenize.ENDMARKER}
 
@@ -43,9 +44,7 @@ def imported_files(path: Path) -> set[Path]:
             module = f"{base}.{node.module}" if node.level and node.module else base
             names = [module] + [f"{module}.{alias.name}" for alias in node.names]
         for name in names:
-            if name == "qbackup_protocol":
-                found.add(PROTOCOL)
-            elif name.startswith("server_shell"):
+            if name.split(".")[0] in ("server_shell", "qbackup_protocol"):
                 parts = name.split(".")
                 for end in range(1, len(parts) + 1):
                     candidate = REPO.joinpath(*parts[:end])
@@ -83,18 +82,19 @@ def docstring_lines(tree: ast.AST) -> set[int]:
 
 
 def names_in(node: ast.AST) -> set[str]:
-    """Given an AST node, return every bare name and `protocol.X` attribute it uses."""
+    """Given an AST node, return every bare name and `module.X` attribute it uses."""
     found = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
     found |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
     for n in ast.walk(node):
-        if isinstance(n, ast.ImportFrom) and n.module == "qbackup_protocol":
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("qbackup_protocol"):
             found |= {alias.name for alias in n.names}
     return found
 
 
-def protocol_lines(shell_files: list[Path]) -> set[int]:
-    """Given the shell's files, return the protocol module's reachable line numbers."""
-    tree = ast.parse(PROTOCOL.read_text())
+def protocol_lines(module: Path, shell_files: list[Path]) -> set[int]:
+    """Given a protocol MODULE and the shell's files, return the MODULE's
+    reachable line numbers."""
+    tree = ast.parse(module.read_text())
     wanted: set[str] = set()
     for path in shell_files:
         wanted |= names_in(ast.parse(path.read_text()))
@@ -161,8 +161,8 @@ def count(path: Path, only: set[int] | None = None) -> tuple[int, int, int]:
 def measure() -> tuple[list[tuple[Path, int, int, int]], int, int, int]:
     """Return ([(file, lines, code, physical)], total lines, total code, total physical)."""
     files = reachable()
-    shell = [path for path in files if path != PROTOCOL]
-    rows = [(path, *count(path, protocol_lines(shell) if path == PROTOCOL else None))
+    shell = [path for path in files if path.parent != PROTOCOL]
+    rows = [(path, *count(path, protocol_lines(path, shell) if path.parent == PROTOCOL else None))
             for path in files]
     return rows, sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows)
 

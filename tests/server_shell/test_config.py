@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import ShellExit
+from qbackup_protocol.wire import ShellExit
 from server_shell.config import (
     KEYS,
     ConfigError,

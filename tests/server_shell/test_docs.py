@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from server_shell.config import KEYS
 from tests.harness.server import REPO
 
@@ -22,19 +22,19 @@ def section(title: str) -> str:
 def test_the_exit_code_table_is_shell_exit() -> None:
     rows = re.findall(r"^\| (\d+) \| (\w+) \| (.+) \|$", section("## 4. Exit codes"), re.M)
     assert [(int(code), name, meaning) for code, name, meaning in rows] == [
-        (int(code), code.name, protocol.SHELL_EXIT_MEANINGS[code]) for code in protocol.ShellExit
+        (int(code), code.name, wire.SHELL_EXIT_MEANINGS[code]) for code in wire.ShellExit
     ]
 
 
 def test_the_command_table_lists_every_verb_and_nothing_else() -> None:
     rows = re.findall(r"^\| `(\w+)[ `]", section("## 1. Sessions and commands"), re.M)
-    assert set(rows) == set(protocol.ALL_VERBS) and len(rows) == len(protocol.ALL_VERBS)
+    assert set(rows) == set(wire.ALL_VERBS) and len(rows) == len(wire.ALL_VERBS)
 
 
 def test_the_version_is_the_code_s() -> None:
-    assert DOC.splitlines()[0].endswith(f"version {protocol.PROTOCOL_VERSION}")
-    assert f"Protocol version: **{protocol.PROTOCOL_VERSION}**" in DOC
-    assert f'"protocol": {protocol.PROTOCOL_VERSION}' in DOC
+    assert DOC.splitlines()[0].endswith(f"version {wire.PROTOCOL_VERSION}")
+    assert f"Protocol version: **{wire.PROTOCOL_VERSION}**" in DOC
+    assert f'"protocol": {wire.PROTOCOL_VERSION}' in DOC
     assert "protocol 1" not in DOC.lower() and "version 1" not in DOC.lower()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import chown_tree, frame_stream, put, snapshot
 from tests.server_shell.test_streams import shell_pids, start_put, wait_for
@@ -81,10 +81,10 @@ def test_a_slow_but_steady_put_is_not_timed_out(
     for index in range(4):  # 4.5 s in all, never 2 s without a byte
         piece = bytes([index]) * 1000
         body += piece
-        process.stdin.write(protocol.encode_data_header(len(piece)) + piece)
+        process.stdin.write(wire.encode_data_header(len(piece)) + piece)
         process.stdin.flush()
         time.sleep(1.1)
-    process.stdin.write(protocol.encode_end_frame(len(body), hashlib.sha256(body).digest()))
+    process.stdin.write(wire.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     process.stdin.close()
     assert process.wait(timeout=30) == 0
     assert (account.storage / ".slow.pending").read_bytes() == body

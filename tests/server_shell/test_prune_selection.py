@@ -1,11 +1,11 @@
 """qbackup-server's arguments (the retention rule itself is
-qbackup_protocol.prunable, tested with the protocol module)."""
+qbackup_protocol.names.prunable, tested in tests/dom0/test_retention.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-import qbackup_protocol as protocol
+from qbackup_protocol import names
 from server_shell.admin import AdminError, parse
 
 
@@ -33,5 +33,5 @@ def test_prune_arguments_become_the_shared_retention_policy() -> None:
     options = parse(["prune", "--account", "bk", "--keep-daily", "7", "--keep-yearly", "2",
                      "--dry-run"])
     assert (options.account, options.dry_run) == ("bk", True)
-    assert options.policy == protocol.RetentionPolicy(daily=7, yearly=2)
+    assert options.policy == names.RetentionPolicy(daily=7, yearly=2)
     assert parse(["status", "--max-age", "36h", "--json"]).max_age == 36 * 3600

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from server_shell.config import NotAllowed
 from server_shell.config import Refused as CommandRefused
 from server_shell.main import Request, parse_command, parse_invocation
@@ -96,7 +96,7 @@ def test_parse_command_accepts_the_grammar(text: str, expected: Request) -> None
         "git-upload-pack x",
         "put " + "a" * 101,
         "put " + "/".join(["a"] * 9),
-        "put " + "a" * (protocol.MAX_COMMAND_LENGTH + 1),
+        "put " + "a" * (wire.MAX_COMMAND_LENGTH + 1),
     ],
 )
 def test_parse_command_refuses_everything_else(text: str) -> None:
@@ -121,9 +121,9 @@ def test_refusal_never_echoes_the_input() -> None:
 @given(st.text(max_size=60))
 def test_parse_command_accepts_a_put_iff_the_name_is_valid(name: str) -> None:
     try:
-        protocol.check_name(name)
+        wire.check_name(name)
         valid = " " not in name
-    except protocol.InvalidName:
+    except wire.InvalidName:
         valid = False
     try:
         request = parse_command(f"put {name}")

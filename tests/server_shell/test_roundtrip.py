@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import get, put, snapshot, temporaries
 
-FRAME = protocol.DEFAULT_DATA_FRAME
+FRAME = wire.DEFAULT_DATA_FRAME
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ FRAME = protocol.DEFAULT_DATA_FRAME
         (FRAME, FRAME),
         (2 * FRAME, FRAME),
         (3 * 1024 * 1024 + 7, 65536),
-        (protocol.MAX_DATA_FRAME * 2, protocol.MAX_DATA_FRAME),
+        (wire.MAX_DATA_FRAME * 2, wire.MAX_DATA_FRAME),
     ],
     ids=["empty", "one-byte", "one-frame", "two-frames", "small-frames", "max-frames"],
 )
@@ -32,7 +32,7 @@ def test_put_then_get_is_byte_exact(
     data = os.urandom(size)
     result = put(backup_server, account, "lap/2024/b1", data, chunk=chunk)
     assert result.returncode == 0, result.stderr
-    record = protocol.parse_record(result.stdout)
+    record = wire.parse_record(result.stdout)
     digest = hashlib.sha256(data).hexdigest()
     assert (record.name, record.size, record.sha256) == ("lap/2024/b1", size, digest)
     assert (account.storage / "lap/2024/b1").read_bytes() == data
@@ -64,12 +64,12 @@ def test_list_shows_records_sorted_then_end(backup_server: BackupServer, account
         assert put(backup_server, account, name, data).returncode == 0
     result = backup_server.run(account, "list")
     assert result.returncode == 0, result.stderr
-    lines = [protocol.parse_list_line(line) for line in result.stdout.splitlines()]
-    assert lines[-1] == protocol.ListEnd(count=4, truncated=False)
+    lines = [wire.parse_list_line(line) for line in result.stdout.splitlines()]
+    assert lines[-1] == wire.ListEnd(count=4, truncated=False)
     records = lines[:-1]
     assert [r.name for r in records] == ["a/x", "a/y/z", "a-b", "z"]  # segment order
     for record in records:
-        assert isinstance(record, protocol.BackupRecord)
+        assert isinstance(record, wire.BackupRecord)
         assert record.size == len(payloads[record.name])
         assert record.sha256 == hashlib.sha256(payloads[record.name]).hexdigest()
         assert record.mtime is not None
@@ -92,9 +92,9 @@ def test_list_filters_by_prefix(
         assert put(backup_server, account, name, b"d").returncode == 0
     result = backup_server.run(account, f"list {prefix}")
     assert result.returncode == 0, result.stderr
-    lines = [protocol.parse_list_line(line) for line in result.stdout.splitlines()]
+    lines = [wire.parse_list_line(line) for line in result.stdout.splitlines()]
     assert [line.name for line in lines[:-1]] == expected  # type: ignore[union-attr]
-    assert lines[-1] == protocol.ListEnd(count=len(expected), truncated=False)
+    assert lines[-1] == wire.ListEnd(count=len(expected), truncated=False)
 
 
 def test_list_of_empty_storage_is_just_the_end(
@@ -111,7 +111,7 @@ def test_check_reports_ok_for_an_intact_backup(
     assert put(backup_server, account, "c", data).returncode == 0
     result = backup_server.run(account, "check c")
     assert result.returncode == 0, result.stderr
-    check = protocol.parse_check(result.stdout)
+    check = wire.parse_check(result.stdout)
     assert check.ok and check.record.sha256 == hashlib.sha256(data).hexdigest()
 
 
@@ -121,7 +121,7 @@ def test_check_fails_for_a_corrupted_backup(backup_server: BackupServer, account
     before = snapshot(account.storage)
     result = backup_server.run(account, "check c")
     assert result.returncode == 65
-    assert protocol.parse_check(result.stdout).ok is False
+    assert wire.parse_check(result.stdout).ok is False
     assert snapshot(account.storage) == before
 
 
@@ -132,7 +132,7 @@ def test_get_refuses_a_backup_whose_size_changed(
     (account.storage / "g").write_bytes(b"01234")
     result = backup_server.run(account, "get g")
     assert result.returncode == 65
-    assert protocol.FRAME_END not in result.stdout[:1]  # no E frame vouching for wrong data
+    assert wire.FRAME_END not in result.stdout[:1]  # no E frame vouching for wrong data
 
 
 @pytest.mark.parametrize("verb", ["get", "check"])
@@ -145,7 +145,7 @@ def test_missing_backup_is_66(backup_server: BackupServer, account: Account, ver
 def test_info_reports_space(backup_server: BackupServer, account: Account) -> None:
     result = backup_server.run(account, "info")
     assert result.returncode == 0, result.stderr
-    info = protocol.parse_info(result.stdout)
-    assert info.protocol == protocol.PROTOCOL_VERSION
+    info = wire.parse_info(result.stdout)
+    assert info.protocol == wire.PROTOCOL_VERSION
     assert info.reserve == 1024**3 and info.quota is None and info.used is None
     assert info.available == max(0, info.free - info.reserve)

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-import qbackup_protocol as protocol
+from qbackup_protocol import wire
 from tests.harness.server import Account, BackupServer
 from tests.server_shell.client import frame_stream, put, run_admin, snapshot
 
 DATA = os.urandom(3 * 1024 * 1024 + 11)
 GOOD = frame_stream(DATA)
-END = protocol.encode_end_frame(len(DATA), hashlib.sha256(DATA).digest())
-ONE_FRAME = protocol.encode_data_header(1000) + DATA[:1000]
+END = wire.encode_end_frame(len(DATA), hashlib.sha256(DATA).digest())
+ONE_FRAME = wire.encode_data_header(1000) + DATA[:1000]
 
 
 GARBAGE = random.Random(7).randbytes(200_000)
@@ -38,7 +38,7 @@ OFFSET_LINE = b'{"offset":0}\n'
         pytest.param(b"X\x00\x00\x00\x01x" + END, id="unknown-frame-type"),
         pytest.param(b"D\x00\x00\x00\x00" + END, id="empty-data-frame"),
         pytest.param(
-            b"D" + (protocol.MAX_DATA_FRAME + 1).to_bytes(4, "big") + b"x" * 64,
+            b"D" + (wire.MAX_DATA_FRAME + 1).to_bytes(4, "big") + b"x" * 64,
             id="oversized-frame",
         ),
         pytest.param(b"E\x00\x00\x00\x05hello", id="end-frame-wrong-length"),
@@ -68,7 +68,7 @@ def test_broken_stream_is_refused_and_leaves_nothing(
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"D\x00", id="short-header"),
-        pytest.param(protocol.encode_data_header(100) + b"x" * 50, id="short-payload"),
+        pytest.param(wire.encode_data_header(100) + b"x" * 50, id="short-payload"),
         pytest.param(GOOD[: -len(END)], id="no-end-frame"),
         pytest.param(GOOD[:-1], id="end-frame-cut"),
     ],
@@ -185,7 +185,7 @@ def test_concurrent_puts_of_one_name_exactly_one_stages(
     assert b"another upload to this account is in progress" in second.stderr
     assert first.stdin is not None
     body = DATA[:1000]
-    first.stdin.write(protocol.encode_end_frame(len(body), hashlib.sha256(body).digest()))
+    first.stdin.write(wire.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     first.stdin.close()
     assert first.wait(timeout=30) == 0
     assert (account.storage / ".race.pending").read_bytes() == body
@@ -234,7 +234,7 @@ def test_a_live_puts_partial_is_never_removed(
     assert partials(account.storage) == live
     assert slow.stdin is not None
     body = DATA[:1000]
-    slow.stdin.write(protocol.encode_end_frame(len(body), hashlib.sha256(body).digest()))
+    slow.stdin.write(wire.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     slow.stdin.close()
     assert slow.wait(timeout=30) == 0
     assert backup_server.run(account, "commit dir/slow").returncode == 0
@@ -297,8 +297,8 @@ def test_a_stream_of_tiny_frames_is_refused(
     backup_server: BackupServer, account: Account
 ) -> None:
     before = snapshot(account.storage)
-    tiny = b"".join(protocol.encode_data_header(1) + b"x" for _ in range(2000))
-    stream = tiny + protocol.encode_end_frame(2000, hashlib.sha256(b"x" * 2000).digest())
+    tiny = b"".join(wire.encode_data_header(1) + b"x" for _ in range(2000))
+    stream = tiny + wire.encode_end_frame(2000, hashlib.sha256(b"x" * 2000).digest())
     result = backup_server.run(account, "put tiny", stream)
     assert (result.returncode, result.stderr) == (
         65, b"qbackup-shell: data frames too small (under 4 KiB on average)\n")

@@ -1,12 +1,13 @@
 """The carrier <-> server-shell wire protocol: the ONE definition both sides import.
 
 Pure data and pure functions, standard library only, no I/O: verbs, name
-rules, frames, reply records and the exit codes that cross a machine
-boundary. docs/PROTOCOL.md describes the protocol in prose (version 3: one
-command per SSH session; put stages, commit publishes; framed binary
-streams with an end frame carrying length and SHA-256; JSON reply lines;
-acks, resume and ranged get for interrupted transfers); tests check the two
-agree.
+rules, frames, reply records and the shell's exit codes. The login shell
+imports this module and no other of the package: with the shell's own
+modules it is all that sshd can reach. docs/PROTOCOL.md describes the
+protocol in prose (version 3: one command per SSH session; put stages,
+commit publishes; framed binary streams with an end frame carrying length
+and SHA-256; JSON reply lines; acks, resume and ranged get for interrupted
+transfers); tests check the two agree.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import enum
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 PROTOCOL_VERSION = 3  # 2: put stages, commit publishes; 3: acks, resume, get OFFSET
@@ -95,92 +94,6 @@ SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
     ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
     ShellExit.CONFIG: "the server's configuration is broken",
 }
-
-
-class CarrierExit(enum.IntEnum):
-    """How ``qbackup-carrier`` (and the ``qubes.BackupCarrier`` service) ends.
-    dom0 reads these; nothing else may spell the numbers."""
-
-    OK = 0
-    USAGE = 64  # bad arguments or request
-    DATA = 65  # a stream was truncated or garbled, or a digest/length mismatched in transit
-    NO_SUCH_BACKUP = 66  # no such backup (commit: nothing staged)
-    CORRUPTED = 68  # check: the server re-hashed the stored backup and it differs from its record
-    REFUSED = 69  # the server refused: no space, quota, another upload running
-    SOFTWARE = 70  # internal error in the carrier
-    EXISTS = 73  # a backup of that name already exists
-    TEMPORARY = 75  # server unreachable or connection lost: try again later
-    LOGIN_REFUSED = 76  # the server refused our key (authentication failed)
-    HOST_KEY = 77  # the server's host key is not pinned or does not match
-    CONFIG = 78  # the carrier's configuration is missing or invalid
-
-
-CARRIER_EXIT_MEANINGS: dict[CarrierExit, str] = {
-    CarrierExit.OK: "success",
-    CarrierExit.USAGE: "bad arguments or request",
-    CarrierExit.DATA: "stream truncated or garbled, or a length/digest mismatch in transit",
-    CarrierExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged under that name)",
-    CarrierExit.CORRUPTED: "the stored backup differs from its digest record on the server",
-    CarrierExit.REFUSED: "the server refused (no space, quota, another upload running)",
-    CarrierExit.SOFTWARE: "internal error in the carrier",
-    CarrierExit.EXISTS: "a backup of that name already exists",
-    CarrierExit.TEMPORARY: "server unreachable or connection lost: try again later",
-    CarrierExit.LOGIN_REFUSED: "the server refused the carrier's key",
-    CarrierExit.HOST_KEY: "the server's host key is not pinned or does not match",
-    CarrierExit.CONFIG: "the carrier's configuration is missing or invalid",
-}
-
-
-# --- carrier -> dom0 ----------------------------------------------------------
-MAX_OUTAGES_REPORTED = 100
-
-
-@dataclass(frozen=True)
-class TransferStats:
-    """How an upload went, as the carrier tells dom0 (``qubes.BackupCarrier+transfer``
-    with NAME on stdin prints it as one JSON line): how often the connection
-    was lost and resumed, how long each outage lasted (seconds, at most
-    MAX_OUTAGES_REPORTED of them, the first ones), and how many data bytes
-    were sent again after reconnecting."""
-
-    name: str
-    lost: int
-    outages: tuple[float, ...]
-    resent: int
-
-    def to_reply(self) -> dict[str, Any]:
-        return {
-            "transfer": {
-                "name": self.name,
-                "lost": self.lost,
-                "outages": [round(seconds, 3) for seconds in self.outages],
-                "resent": self.resent,
-            }
-        }
-
-
-def parse_transfer_stats(line: bytes) -> TransferStats:
-    """Given the line ``transfer`` prints, return the TransferStats; raise
-    ProtocolError unless every field is present and well-formed."""
-    value = _load_reply_line(line)
-    if set(value) != {"transfer"} or not isinstance(value["transfer"], dict):
-        raise ProtocolError("transfer reply has unexpected fields")
-    fields = value["transfer"]
-    if set(fields) != {"name", "lost", "outages", "resent"}:
-        raise ProtocolError("transfer reply has unexpected fields")
-    outages = fields["outages"]
-    if not isinstance(outages, list) or len(outages) > MAX_OUTAGES_REPORTED:
-        raise ProtocolError("transfer outages are not a short list")
-    for seconds in outages:
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) \
-                or not 0 <= seconds < 10**9:
-            raise ProtocolError("transfer outage is not a number of seconds")
-    return TransferStats(
-        name=_require_name(fields["name"]),
-        lost=_require_int(fields["lost"], "lost"),
-        outages=tuple(float(seconds) for seconds in outages),
-        resent=_require_int(fields["resent"], "resent"),
-    )
 
 
 class ProtocolError(ValueError):
@@ -301,7 +214,7 @@ def encode_reply(fields: dict[str, Any]) -> bytes:
     return line
 
 
-def _load_reply_line(line: bytes) -> dict[str, Any]:
+def load_reply_line(line: bytes) -> dict[str, Any]:
     """Given one raw reply line (newline optional), return the JSON object it
     holds; raise ProtocolError if it is too long, not ASCII JSON, or not an object."""
     if len(line) > MAX_REPLY_LINE:
@@ -316,7 +229,9 @@ def _load_reply_line(line: bytes) -> dict[str, Any]:
     return value
 
 
-def _require_int(value: Any, what: str) -> int:
+def require_int(value: Any, what: str) -> int:
+    """Given a reply field's VALUE and WHAT it is, return it; raise
+    ProtocolError unless it is an integer in [0, 2**63)."""
     # bool is a subclass of int: refuse it explicitly.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
         raise ProtocolError(f"{what} is not a non-negative integer")
@@ -329,7 +244,9 @@ def _require_digest(value: Any) -> str:
     return value
 
 
-def _require_name(value: Any) -> str:
+def require_name(value: Any) -> str:
+    """Given a reply field's VALUE, return it; raise ProtocolError unless it
+    is a valid backup name."""
     try:
         return check_name(value)
     except InvalidName as error:
@@ -352,16 +269,16 @@ class BackupRecord:
 def parse_record(line: bytes) -> BackupRecord:
     """Given one reply line describing a backup, return a BackupRecord; raise
     ProtocolError unless every field is present and well-formed."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     if set(value) != {"name", "size", "sha256", "mtime"}:
         raise ProtocolError("backup record has unexpected fields")
     digest = value["sha256"]
     mtime = value["mtime"]
     return BackupRecord(
-        name=_require_name(value["name"]),
-        size=_require_int(value["size"], "size"),
+        name=require_name(value["name"]),
+        size=require_int(value["size"], "size"),
         sha256=None if digest is None else _require_digest(digest),
-        mtime=None if mtime is None else _require_int(mtime, "mtime"),
+        mtime=None if mtime is None else require_int(mtime, "mtime"),
     )
 
 
@@ -380,13 +297,13 @@ class ListEnd:
 def parse_list_line(line: bytes) -> BackupRecord | ListEnd:
     """Given one line of a listing, return a BackupRecord or, for the final
     summary line, a ListEnd; raise ProtocolError otherwise."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     if "end" in value:
         if set(value) != {"end", "count", "truncated"} or value["end"] is not True:
             raise ProtocolError("malformed listing summary")
         if not isinstance(value["truncated"], bool):
             raise ProtocolError("malformed listing summary")
-        return ListEnd(count=_require_int(value["count"], "count"), truncated=value["truncated"])
+        return ListEnd(count=require_int(value["count"], "count"), truncated=value["truncated"])
     return parse_record(line)
 
 
@@ -416,18 +333,18 @@ class ServerInfo:
 def parse_info(line: bytes) -> ServerInfo:
     """Given the single line ``info`` answers, return a ServerInfo; raise
     ProtocolError unless every field is present and well-formed."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     if set(value) != {"protocol", "free", "reserve", "available", "quota", "used"}:
         raise ProtocolError("info reply has unexpected fields")
     quota = value["quota"]
     used = value["used"]
     return ServerInfo(
-        protocol=_require_int(value["protocol"], "protocol"),
-        free=_require_int(value["free"], "free"),
-        reserve=_require_int(value["reserve"], "reserve"),
-        available=_require_int(value["available"], "available"),
-        quota=None if quota is None else _require_int(quota, "quota"),
-        used=None if used is None else _require_int(used, "used"),
+        protocol=require_int(value["protocol"], "protocol"),
+        free=require_int(value["free"], "free"),
+        reserve=require_int(value["reserve"], "reserve"),
+        available=require_int(value["available"], "available"),
+        quota=None if quota is None else require_int(quota, "quota"),
+        used=None if used is None else require_int(used, "used"),
     )
 
 
@@ -445,7 +362,7 @@ class CheckResult:
 def parse_check(line: bytes) -> CheckResult:
     """Given the single line ``check`` answers, return a CheckResult; raise
     ProtocolError unless it is well-formed."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     ok = value.pop("ok", None)
     if not isinstance(ok, bool):
         raise ProtocolError("check reply lacks a boolean 'ok'")
@@ -481,116 +398,18 @@ class Ack:
 def parse_offset(line: bytes) -> ResumeOffset:
     """Given the first line of a put/resume reply, return a ResumeOffset; raise
     ProtocolError unless it is exactly ``{"offset": N}``."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     if set(value) != {"offset"}:
         raise ProtocolError("offset reply has unexpected fields")
-    return ResumeOffset(offset=_require_int(value["offset"], "offset"))
+    return ResumeOffset(offset=require_int(value["offset"], "offset"))
 
 
 def parse_upload_line(line: bytes) -> Ack | BackupRecord:
     """Given a line a put/resume prints after its offset line, return an Ack or,
     for the final receipt, a BackupRecord; raise ProtocolError otherwise."""
-    value = _load_reply_line(line)
+    value = load_reply_line(line)
     if "ack" in value:
         if set(value) != {"ack"}:
             raise ProtocolError("ack line has unexpected fields")
-        return Ack(offset=_require_int(value["ack"], "ack"))
+        return Ack(offset=require_int(value["ack"], "ack"))
     return parse_record(line)
-
-
-# ---------------------------------------------------------------------------
-# retention: which backups a policy keeps (dom0's tamper check and the
-# server admin's prune apply this SAME rule, so a prune never looks like an attack)
-# ---------------------------------------------------------------------------
-# Backup names dom0 makes: PREFIX-YYYYmmddTHHMMSSZ (UTC).
-BACKUP_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-TIMESTAMPED_NAME = re.compile(r"(.+)-([0-9]{8}T[0-9]{6}Z)")
-MAX_KEEP = 100_000
-# Each rule: the period a backup's UTC time falls in.
-RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
-    "daily": lambda moment: (moment.year, moment.month, moment.day),
-    "weekly": lambda moment: tuple(moment.isocalendar())[:2],
-    "monthly": lambda moment: (moment.year, moment.month),
-    "yearly": lambda moment: (moment.year,),
-}
-
-
-class InvalidPolicy(ValueError):
-    """Raised when a retention policy keeps nothing or has a bad count."""
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """How many periods of backups to keep, per prefix: e.g. daily=7 keeps the
-    newest backup of each of the 7 newest days that have one."""
-
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
-    yearly: int = 0
-
-    def __post_init__(self) -> None:
-        counts = [getattr(self, rule) for rule in RETENTION_PERIODS]
-        for count in counts:
-            if not isinstance(count, int) or isinstance(count, bool) \
-                    or not 0 <= count <= MAX_KEEP:
-                raise InvalidPolicy(f"keep counts are integers from 0 to {MAX_KEEP}")
-        if not any(counts):
-            raise InvalidPolicy("a retention policy must keep at least one period")
-
-    def describe(self) -> str:
-        """Return the policy as e.g. 'daily 7, weekly 4, monthly 12'."""
-        return ", ".join(f"{rule} {getattr(self, rule)}" for rule in RETENTION_PERIODS
-                         if getattr(self, rule))
-
-
-def split_backup_name(name: str) -> tuple[str, datetime] | None:
-    """Given a backup NAME, return (prefix, UTC time) if it is
-    PREFIX-YYYYmmddTHHMMSSZ with a real date, else None."""
-    found = TIMESTAMPED_NAME.fullmatch(name)
-    if found is None:
-        return None
-    try:
-        moment = datetime.strptime(found.group(2), BACKUP_TIMESTAMP_FORMAT)
-    except ValueError:
-        return None
-    # timezone.utc, not datetime.UTC: the carrier runs on Python 3.10.
-    return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
-
-
-def retained(names: Iterable[str], policy: RetentionPolicy) -> set[str]:
-    """Given backup NAMES (of any prefixes) and a POLICY, return the names the
-    policy keeps. Per prefix, separately: for each rule with a count N, the
-    newest backup of each of the N newest periods (days, ISO weeks, months,
-    years, in UTC, from the name's timestamp) that hold a backup; a backup
-    kept by one rule also counts for the others. Names that are not
-    PREFIX-TIMESTAMP are always kept. Pure: the same names give the same
-    answer on every machine, whenever it runs."""
-    by_prefix: dict[str, list[tuple[datetime, str]]] = {}
-    kept: set[str] = set()
-    for name in set(names):
-        parts = split_backup_name(name)
-        if parts is None:
-            kept.add(name)
-        else:
-            by_prefix.setdefault(parts[0], []).append((parts[1], name))
-    for backups in by_prefix.values():
-        backups.sort(reverse=True)  # newest first
-        for rule, period_of in RETENTION_PERIODS.items():
-            count = getattr(policy, rule)
-            seen: set[tuple[int, ...]] = set()
-            for moment, name in backups:
-                if len(seen) == count:
-                    break
-                period = period_of(moment)
-                if period not in seen:
-                    seen.add(period)
-                    kept.add(name)
-    return kept
-
-
-def prunable(names: Iterable[str], policy: RetentionPolicy) -> list[str]:
-    """Given backup NAMES and a POLICY, return the names it lets a prune
-    remove, sorted."""
-    names = set(names)
-    return sorted(names - retained(names, policy))

@@ -1,0 +1,110 @@
+"""Backup names and retention: how dom0 names a backup, and which backups a
+retention policy keeps.
+
+Pure data and pure functions, standard library only. dom0 makes the names
+(PREFIX-TIMESTAMP) and checks the server against its policy; the server
+admin's tool, ``qbackup-server``, prunes by the same policy. Both apply the
+SAME rule, so a prune never looks like an attack. The login shell never
+imports this module: names are opaque to it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+# Backup names dom0 makes: PREFIX-YYYYmmddTHHMMSSZ (UTC).
+BACKUP_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+TIMESTAMPED_NAME = re.compile(r"(.+)-([0-9]{8}T[0-9]{6}Z)")
+MAX_KEEP = 100_000
+# Each rule: the period a backup's UTC time falls in.
+RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
+    "daily": lambda moment: (moment.year, moment.month, moment.day),
+    "weekly": lambda moment: tuple(moment.isocalendar())[:2],
+    "monthly": lambda moment: (moment.year, moment.month),
+    "yearly": lambda moment: (moment.year,),
+}
+
+
+class InvalidPolicy(ValueError):
+    """Raised when a retention policy keeps nothing or has a bad count."""
+
+
+def split_backup_name(name: str) -> tuple[str, datetime] | None:
+    """Given a backup NAME, return (prefix, UTC time) if it is
+    PREFIX-YYYYmmddTHHMMSSZ with a real date, else None."""
+    found = TIMESTAMPED_NAME.fullmatch(name)
+    if found is None:
+        return None
+    try:
+        moment = datetime.strptime(found.group(2), BACKUP_TIMESTAMP_FORMAT)
+    except ValueError:
+        return None
+    # timezone.utc, not datetime.UTC (3.11+): qbackup-server runs on the
+    # server distribution's python3.
+    return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many periods of backups to keep, per prefix: e.g. daily=7 keeps the
+    newest backup of each of the 7 newest days that have one."""
+
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    def __post_init__(self) -> None:
+        counts = [getattr(self, rule) for rule in RETENTION_PERIODS]
+        for count in counts:
+            if not isinstance(count, int) or isinstance(count, bool) \
+                    or not 0 <= count <= MAX_KEEP:
+                raise InvalidPolicy(f"keep counts are integers from 0 to {MAX_KEEP}")
+        if not any(counts):
+            raise InvalidPolicy("a retention policy must keep at least one period")
+
+    def describe(self) -> str:
+        """Return the policy as e.g. 'daily 7, weekly 4, monthly 12'."""
+        return ", ".join(f"{rule} {getattr(self, rule)}" for rule in RETENTION_PERIODS
+                         if getattr(self, rule))
+
+
+def retained(names: Iterable[str], policy: RetentionPolicy) -> set[str]:
+    """Given backup NAMES (of any prefixes) and a POLICY, return the names the
+    policy keeps. Per prefix, separately: for each rule with a count N, the
+    newest backup of each of the N newest periods (days, ISO weeks, months,
+    years, in UTC, from the name's timestamp) that hold a backup; a backup
+    kept by one rule also counts for the others. Names that are not
+    PREFIX-TIMESTAMP are always kept. Pure: the same names give the same
+    answer on every machine, whenever it runs."""
+    by_prefix: dict[str, list[tuple[datetime, str]]] = {}
+    kept: set[str] = set()
+    for name in set(names):
+        parts = split_backup_name(name)
+        if parts is None:
+            kept.add(name)
+        else:
+            by_prefix.setdefault(parts[0], []).append((parts[1], name))
+    for backups in by_prefix.values():
+        backups.sort(reverse=True)  # newest first
+        for rule, period_of in RETENTION_PERIODS.items():
+            count = getattr(policy, rule)
+            seen: set[tuple[int, ...]] = set()
+            for moment, name in backups:
+                if len(seen) == count:
+                    break
+                period = period_of(moment)
+                if period not in seen:
+                    seen.add(period)
+                    kept.add(name)
+    return kept
+
+
+def prunable(names: Iterable[str], policy: RetentionPolicy) -> list[str]:
+    """Given backup NAMES and a POLICY, return the names it lets a prune
+    remove, sorted."""
+    names = set(names)
+    return sorted(names - retained(names, policy))
