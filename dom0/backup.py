@@ -44,11 +44,11 @@ from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
 from dom0.verify import Committed, verify_backup
+from qbackup_protocol import names
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryError, BackupEngineError)
 NAME_WAIT_STEPS = 25  # 5 s of waiting for a fresh second
-TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # qubesd answers admin.backup.Info with a human-readable table whose last row
 # is `Total size: <size>`, sizes written like `30`, `512.0 KiB`, `1.2 GiB`
 # (qubes.backup's size_to_human). The estimate is of the volumes' data before
@@ -72,8 +72,7 @@ def parse_estimate(summary: bytes) -> int | None:
 
 def make_name(prefix: str, now: datetime | None = None) -> str:
     """Given a valid PREFIX and a time (default: now), return PREFIX-<UTC stamp>."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return check_name(f"{prefix}-{moment.strftime(TIMESTAMP_FORMAT)}")
+    return check_name(names.timestamped_name(prefix, now or datetime.now(UTC)))
 
 
 def history_job(job: Job) -> str:

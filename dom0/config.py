@@ -42,7 +42,6 @@ JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 # hidden file, an option or '..'); the rest adds only '.', '_', '-'. Stricter
 # than the protocol's name rules, which every full name must meet as well.
 PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-TIMESTAMP_LENGTH = len("-20261122T235959Z")
 # Compression filters a job may use: what qvm-backup-restore can undo on every
 # supported release (dom0/compression.py holds the list and why). No release
 # restores lz4, so a job asking for it is refused before any backup is made.
@@ -163,8 +162,8 @@ def prefix_problem(prefix: object) -> str | None:
         return ("invalid prefix: use letters, digits, '.', '_', '-' (segments start with a"
                 " letter or digit, '/' separates segments)")
     if len(segments) >= wire.MAX_NAME_DEPTH or \
-            len(prefix) + TIMESTAMP_LENGTH > wire.MAX_NAME_LENGTH:
-        limit = wire.MAX_NAME_LENGTH - TIMESTAMP_LENGTH
+            len(prefix) + names.TIMESTAMP_SUFFIX_LENGTH > wire.MAX_NAME_LENGTH:
+        limit = wire.MAX_NAME_LENGTH - names.TIMESTAMP_SUFFIX_LENGTH
         return f"prefix too long: at most {limit} characters in {wire.MAX_NAME_DEPTH - 1}" \
                " segments"
     return None

@@ -15,9 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-# Backup names dom0 makes: PREFIX-YYYYmmddTHHMMSSZ (UTC).
+# Backup names dom0 makes: PREFIX-YYYYmmddTHHMMSSZ (UTC). The format, the
+# pattern that finds it in a name and the suffix's length are spelled here
+# only (a test checks the three agree): if making and parsing drifted apart,
+# retention would silently keep every backup.
 BACKUP_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 TIMESTAMPED_NAME = re.compile(r"(.+)-([0-9]{8}T[0-9]{6}Z)")
+TIMESTAMP_SUFFIX_LENGTH = len("-20261122T235959Z")
 MAX_KEEP = 100_000
 # Each rule: the period a backup's UTC time falls in.
 RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
@@ -32,6 +36,16 @@ class InvalidPolicy(ValueError):
     """Raised when a retention policy keeps nothing or has a bad count."""
 
 
+def timestamped_name(prefix: str, moment: datetime) -> str:
+    """Given a PREFIX and a MOMENT (naive: local time), return
+    PREFIX-<its UTC timestamp>. Whether that is a valid backup name is the
+    wire's rule (check_name), for the caller to apply."""
+    # timezone.utc, not datetime.UTC (3.11+): qbackup-server runs on the
+    # server distribution's python3.
+    stamp = moment.astimezone(timezone.utc).strftime(BACKUP_TIMESTAMP_FORMAT)  # noqa: UP017
+    return f"{prefix}-{stamp}"
+
+
 def split_backup_name(name: str) -> tuple[str, datetime] | None:
     """Given a backup NAME, return (prefix, UTC time) if it is
     PREFIX-YYYYmmddTHHMMSSZ with a real date, else None."""
@@ -42,8 +56,6 @@ def split_backup_name(name: str) -> tuple[str, datetime] | None:
         moment = datetime.strptime(found.group(2), BACKUP_TIMESTAMP_FORMAT)
     except ValueError:
         return None
-    # timezone.utc, not datetime.UTC (3.11+): qbackup-server runs on the
-    # server distribution's python3.
     return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
 
 
