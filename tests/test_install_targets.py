@@ -130,6 +130,39 @@ def test_uninstall_removes_what_install_put_and_nothing_else(tmp_path: Path, nam
         assert (tmp_path / relative).read_text() == text
 
 
+# What each part's modules import of the protocol package (issue 18): the
+# carrier's contract with dom0 is not on the server, retention not in the carrier.
+PART_PROTOCOL = {
+    "server": ("server_shell", {"wire", "names"}),
+    "templatevm": ("carrier_vm", {"wire", "carrier_service"}),
+    "dom0": ("dom0", {"wire", "names", "carrier_service"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PART_PROTOCOL))
+def test_each_part_installs_exactly_the_protocol_modules_it_imports(
+    tmp_path: Path, name: str
+) -> None:
+    package, modules = PART_PROTOCOL[name]
+    make(PARTS[name].install, f"DESTDIR={tmp_path}")
+    lib = tmp_path / "usr/lib/qbackup"
+    installed = {p.stem for p in (lib / "qbackup_protocol").glob("*.py")} - {"__init__"}
+    assert installed == modules
+    # Every module of the part imports from the installed tree alone, on the
+    # system's python (-I: no venv, no current directory on sys.path).
+    loaded = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", "import importlib, pkgutil, sys\n"
+         f"sys.path.insert(0, {str(lib)!r})\n"
+         f"for module in pkgutil.iter_modules([{str(lib / package)!r}]):\n"
+         f"    importlib.import_module({package!r} + '.' + module.name)\n"
+         "print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=False, cwd="/",
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert {m.removeprefix("qbackup_protocol.") for m in loaded.stdout.split()
+            if m.startswith("qbackup_protocol.")} == modules
+
+
 def test_uninstalling_one_part_keeps_what_another_part_shares(tmp_path: Path) -> None:
     make("dom0", f"DESTDIR={tmp_path}")
     make("templatevm", f"DESTDIR={tmp_path}")
