@@ -93,6 +93,9 @@ PROTOCOL_SERVER := qbackup_protocol/__init__.py qbackup_protocol/wire.py qbackup
 PROTOCOL_TEMPLATEVM := qbackup_protocol/__init__.py qbackup_protocol/wire.py \
 	qbackup_protocol/carrier_service.py
 PROTOCOL_DOM0 := $(wildcard qbackup_protocol/*.py)
+# Versions before the package installed one module; the package would shadow
+# it, but an upgrade must not leave it behind for an uninstall to miss.
+OLD_PROTOCOL = $(DESTDIR)$(LIBDIR)/qbackup_protocol.py
 
 # --- server ------------------------------------------------------------------
 # Files only (what the tests install into a temporary tree, too).
@@ -100,6 +103,7 @@ server-files:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/server_shell $(DESTDIR)$(SBINDIR) $(DESTDIR)$(CONFDIR) \
 		$(DESTDIR)$(LIBDIR)/qbackup_protocol
 	install -m 0644 $(PROTOCOL_SERVER) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
+	rm -f $(OLD_PROTOCOL)
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
@@ -136,6 +140,7 @@ templatevm:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/carrier_vm $(DESTDIR)$(BINDIR) $(DESTDIR)$(QUBES_RPC_DIR) \
 		$(DESTDIR)$(LIBDIR)/qbackup_protocol
 	install -m 0644 $(PROTOCOL_TEMPLATEVM) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
+	rm -f $(OLD_PROTOCOL)
 	install -m 0644 carrier_vm/*.py $(DESTDIR)$(LIBDIR)/carrier_vm/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' carrier_vm/qbackup-carrier.in > $(DESTDIR)$(BINDIR)/qbackup-carrier
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup-carrier
@@ -150,6 +155,7 @@ dom0:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR) \
 		$(DESTDIR)$(LIBDIR)/qbackup_protocol
 	install -m 0644 $(PROTOCOL_DOM0) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
+	rm -f $(OLD_PROTOCOL)
 	install -m 0644 dom0/*.py $(DESTDIR)$(LIBDIR)/dom0/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' dom0/qbackup.in > $(DESTDIR)$(BINDIR)/qbackup
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup
@@ -166,7 +172,7 @@ define remove-shared
 	@for part in server_shell carrier_vm dom0; do \
 		[ ! -e $(DESTDIR)$(LIBDIR)/$$part ] || exit 0; \
 	done; \
-	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol $(DESTDIR)$(LIBDIR)/__pycache__; \
+	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol $(OLD_PROTOCOL) $(DESTDIR)$(LIBDIR)/__pycache__; \
 	rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null || true
 endef
 

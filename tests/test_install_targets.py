@@ -130,13 +130,24 @@ def test_uninstall_removes_what_install_put_and_nothing_else(tmp_path: Path, nam
         assert (tmp_path / relative).read_text() == text
 
 
-# What each part's modules import of the protocol package (issue 18): the
-# carrier's contract with dom0 is not on the server, retention not in the carrier.
+# What each part's modules import of the protocol package: the carrier's
+# contract with dom0 is not on the server, retention not in the carrier.
 PART_PROTOCOL = {
     "server": ("server_shell", {"wire", "names"}),
     "templatevm": ("carrier_vm", {"wire", "carrier_service"}),
     "dom0": ("dom0", {"wire", "names", "carrier_service"}),
 }
+
+
+@pytest.mark.parametrize("name", sorted(PARTS))
+def test_an_upgrade_removes_the_single_protocol_module_of_older_versions(
+    tmp_path: Path, name: str
+) -> None:
+    old = tmp_path / "usr/lib/qbackup/qbackup_protocol.py"
+    old.parent.mkdir(parents=True)
+    old.write_text("PROTOCOL_VERSION = 3\n")
+    make(PARTS[name].install, f"DESTDIR={tmp_path}")
+    assert not old.exists()
 
 
 @pytest.mark.parametrize("name", sorted(PART_PROTOCOL))

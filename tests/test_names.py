@@ -1,4 +1,4 @@
-"""Backup names (issue 18): dom0 makes PREFIX-TIMESTAMP names and retention
+"""Backup names: dom0 makes PREFIX-TIMESTAMP names and retention
 parses them with the one format in qbackup_protocol.names; if making and
 parsing drifted apart, retention would silently keep every backup."""
 

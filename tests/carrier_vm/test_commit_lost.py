@@ -1,5 +1,5 @@
 """A commit whose session is lost: the carrier learns what happened instead
-of guessing (issue 23), over the real sshd and the real shell.
+of guessing, over the real sshd and the real shell.
 
 The kill point is gated, not timed: the test holds the flock on the staged
 upload, so the real shell's `commit NAME` waits inside the commit step (seen

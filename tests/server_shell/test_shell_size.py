@@ -1,7 +1,7 @@
-"""Issue 11: everything sshd can reach is auditable in one sitting -- at most
-8 modules (7 until issue 18 made the protocol a package, whose `__init__` is
-a docstring), 1,500 lines, 900 of them code (how it counts: shell_size.py).
-Issue 18: of the protocol package, the login shell imports the wire module only."""
+"""Everything sshd can reach is auditable in one sitting -- at most 8
+modules (the protocol package's `__init__` is one: a docstring), 1,500
+lines, 900 of them code (how it counts: shell_size.py). Of the protocol
+package, the login shell imports the wire module only."""
 
 from __future__ import annotations
 
