@@ -18,7 +18,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dom0 import backup, check, configcheck, drill, errors, execute, listing, restore, verify
+from dom0 import (
+    backup,
+    check,
+    configcheck,
+    drill,
+    errors,
+    execute,
+    listing,
+    restore,
+    status,
+    verify,
+)
 from dom0.arguments import (
     COMMON_DEFAULTS,
     COMMON_WITH_VALUE,
@@ -44,7 +55,7 @@ ACTIONS: dict[str, Action] = {
     "check": check.run,
     "verify": verify.run_verify,
     "restore": restore.run,
-    "status": drill.run_status,  # status.run plus the drills
+    "status": status.run,
     "config": configcheck.run,
     "drill": drill.run,
 }

@@ -17,16 +17,15 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dom0 import config, history, status
+from dom0 import history
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
-from dom0.errors import Interrupted, QbackupError, StaleBackup, UsageError, VerificationError
+from dom0.errors import Interrupted, QbackupError, UsageError, VerificationError
 from dom0.execute import notify
 from dom0.locking import carrier_lock
-from dom0.log import say, show_time
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 from dom0.verify import Committed, verify_backup
@@ -130,46 +129,6 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
     return 0
 
 
-def drill_status(history_path: Path, limits: Mapping[str, float | None],
-                 max_age_hours: float | None, show: bool = True) -> None:
-    """Given the history, each configured job's own age limit (its
-    `drill_max_age`, None: none) and an age limit for every job (--max-drill-age,
-    None: none), print the last drill per job; raise VerificationError if one
-    failed, StaleBackup if one is older than its limit (or missing)."""
-
-    def limit_of(job: str) -> float | None:
-        return max_age_hours if max_age_hours is not None else limits.get(job)
-
-    last: dict[str, Drill] = {}
-    for recorded in read_drills(drills_path(history_path)):
-        last[recorded.job] = recorded
-    now = time.time()
-    failed: list[str] = []
-    stale: list[str] = []
-    for job in sorted(set(last) | {job for job in limits if limit_of(job) is not None}):
-        limit = limit_of(job)
-        entry = last.get(job)
-        if entry is None:
-            if show:
-                say(f"{job}: never drilled")
-            stale.append(f"{job}: never")
-            continue
-        age = (now - entry.end) / 3600
-        if show:
-            say(f"{job}: last drill at {show_time(entry.end)} ({age:.1f} h ago):"
-                f" {entry.outcome} ({', '.join(entry.names) or '-'})")
-        if entry.outcome != OUTCOME_OK:
-            failed.append(job)
-        elif limit is not None and age > limit:
-            stale.append(f"{job}: {age:.1f} h old (limit {limit:g} h)")
-    if failed:
-        notify("qbackup: drill failed", ", ".join(failed), critical=True)
-        raise VerificationError(f"the last drill failed for: {', '.join(failed)}")
-    if stale:
-        notify("qbackup: drills are stale", "\n".join(stale[:5]), critical=True)
-        raise StaleBackup(f"no recent enough drill for: {', '.join(stale)}")
-
-
 def add_drill_parser(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
                      formatter: type[argparse.HelpFormatter],
                      parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -201,15 +160,3 @@ def run(args: argparse.Namespace, context: Context) -> int:
     target = carrier_and_passphrase(args, context.config)
     return run_drill(context.get_app(), history_key(args), target.carrier,
                      need_passphrase(target.passphrase), context.history, context.lock_dir)
-
-
-def run_status(args: argparse.Namespace, context: Context) -> int:
-    """`qbackup status`: the backups' status, then the last drill per job
-    (shown and judged whatever the backups' state; not shown with --json)."""
-    path = context.config or config.default_config_path()
-    jobs = config.all_jobs(config.read_config(path))[0] if path else {}
-    limits = {name: job.drill_max_age for name, job in jobs.items()}
-    try:
-        return status.run(args, context)
-    finally:
-        drill_status(context.history, limits, args.max_drill_age, show=not context.json)

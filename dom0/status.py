@@ -7,6 +7,8 @@ timer cannot report is the backup that silently stopped happening. `--remote`
 also compares the history with the servers' listings: a backup that vanished
 (unless the job's retention policy let the server prune it), shrank or
 changed is reported (exit 4), and the backups the policy removed are counted.
+Then the last restore drill per job (dom0/drill.py records them): one that
+failed exits 4, one older than its limit 7.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dom0 import config, history
 from dom0.carrier import DEFAULT_ANSWER_TIMEOUT, CarrierClient
+from dom0.drill import OUTCOME_OK, Drill, drills_path, read_drills
 from dom0.errors import StaleBackup, VerificationError
 from dom0.execute import notify
 from dom0.log import human_size, say, say_json, show_time
@@ -127,9 +131,9 @@ def show(status: JobStatus, now: float) -> None:
             " committed it")
 
 
-def run(args: argparse.Namespace, context: Context) -> int:
-    """Given `status` arguments, report every job; return 0 or raise
-    StaleBackup / VerificationError."""
+def backup_status(args: argparse.Namespace, context: Context) -> int:
+    """Given `status` arguments, report every job's backups; return 0 or
+    raise StaleBackup / VerificationError."""
     path = context.config or config.default_config_path()
     jobs, broken = config.all_jobs(config.read_config(path)) if path else ({}, {})
     runs = history.read_runs(context.history)
@@ -173,3 +177,55 @@ def run(args: argparse.Namespace, context: Context) -> int:
         limit = f"newer than {args.max_age} h " if args.max_age is not None else ""
         raise StaleBackup(f"no successful backup {limit}for: {'; '.join(stale)}")
     return 0
+
+
+def drill_status(history_path: Path, limits: Mapping[str, float | None],
+                 max_age_hours: float | None, show: bool = True) -> None:
+    """Given the history, each configured job's own age limit (its
+    `drill_max_age`, None: none) and an age limit for every job (--max-drill-age,
+    None: none), print the last drill per job; raise VerificationError if one
+    failed, StaleBackup if one is older than its limit (or missing)."""
+
+    def limit_of(job: str) -> float | None:
+        return max_age_hours if max_age_hours is not None else limits.get(job)
+
+    last: dict[str, Drill] = {}
+    for recorded in read_drills(drills_path(history_path)):
+        last[recorded.job] = recorded
+    now = time.time()
+    failed: list[str] = []
+    stale: list[str] = []
+    for job in sorted(set(last) | {job for job in limits if limit_of(job) is not None}):
+        limit = limit_of(job)
+        entry = last.get(job)
+        if entry is None:
+            if show:
+                say(f"{job}: never drilled")
+            stale.append(f"{job}: never")
+            continue
+        age = (now - entry.end) / 3600
+        if show:
+            say(f"{job}: last drill at {show_time(entry.end)} ({age:.1f} h ago):"
+                f" {entry.outcome} ({', '.join(entry.names) or '-'})")
+        if entry.outcome != OUTCOME_OK:
+            failed.append(job)
+        elif limit is not None and age > limit:
+            stale.append(f"{job}: {age:.1f} h old (limit {limit:g} h)")
+    if failed:
+        notify("qbackup: drill failed", ", ".join(failed), critical=True)
+        raise VerificationError(f"the last drill failed for: {', '.join(failed)}")
+    if stale:
+        notify("qbackup: drills are stale", "\n".join(stale[:5]), critical=True)
+        raise StaleBackup(f"no recent enough drill for: {', '.join(stale)}")
+
+
+def run(args: argparse.Namespace, context: Context) -> int:
+    """`qbackup status`: the backups' status, then the last drill per job
+    (shown and judged whatever the backups' state; not shown with --json)."""
+    path = context.config or config.default_config_path()
+    jobs = config.all_jobs(config.read_config(path))[0] if path else {}
+    limits = {name: job.drill_max_age for name, job in jobs.items()}
+    try:
+        return backup_status(args, context)
+    finally:
+        drill_status(context.history, limits, args.max_drill_age, show=not context.json)
