@@ -250,13 +250,19 @@ def restore_choices(args: argparse.Namespace, source: PassphraseSource) -> list[
         # --skip-dom0-home: tools/qvm_backup_restore.py).
         raise UsageError("dom0 (its home) cannot be restored with --skip-dom0-home or"
                          " --paranoid-mode")
+    # Qubes restores dom0's home whatever VMs are named or excluded
+    # (restore.py restore_info_verify skips 'dom0'): only --skip-dom0-home
+    # leaves it out. Naming VMs without dom0, or excluding dom0, means that.
+    skip_home = (args.skip_dom0_home or DOM0 in args.exclude
+                 or bool(args.vms and DOM0 not in args.vms))
     options = [flag for flag, wanted in (
         ("--rename-conflicting", args.rename_conflicting),
         ("--skip-conflicting", args.skip_conflicting),
-        ("--skip-dom0-home", args.skip_dom0_home),
+        ("--skip-dom0-home", skip_home),
         ("--paranoid-mode", args.paranoid_mode)) if wanted]
     for vm in args.exclude:
-        options += ["-x", vm]
+        if vm != DOM0:
+            options += ["-x", vm]
     return options
 
 

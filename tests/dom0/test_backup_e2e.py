@@ -59,9 +59,11 @@ def test_backup_list_check_verify_restore_round_trip(
     assert dom0.run("restore", "-t", CARRIER, "-p", passfile, "--skip-conflicting",
                     "--paranoid-mode", "--exclude", "work", name, "personal") == 0
     call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
-    # --auto-close: only with it does the disposable VM's log come back to judge.
-    assert call[1:] == ("--skip-conflicting", "--paranoid-mode", "-x", "work", "--auto-close",
-                        "-d", CARRIER, "-p", passfile, f"qbackup-carrier get {name}", "personal")
+    # --auto-close: only with it does the disposable VM's log come back to judge;
+    # --skip-dom0-home: VMs are named, and Qubes would restore dom0's home too.
+    assert call[1:] == ("--skip-conflicting", "--skip-dom0-home", "--paranoid-mode", "-x",
+                        "work", "--auto-close", "-d", CARRIER, "-p", passfile,
+                        f"qbackup-carrier get {name}", "personal")
 
 
 PASSPHRASE_WORD = "battery"

@@ -78,9 +78,21 @@ def test_the_default_set_takes_dom0s_home_which_can_be_skipped_or_chosen_alone(
     assert restore(dom0, "--skip-conflicting", "--skip-dom0-home", name) == 0
     assert capsys.readouterr().out.splitlines() == [f"{name}: restored", "  VM work"]
     assert restored_homes() == 0
+    # Qubes restores dom0's home also when VMs are named, and ignores -x dom0:
+    # qbackup passes --skip-dom0-home for both.
+    for choice in (["work"], ["--exclude", "dom0"]):
+        dom0.sim.remove_vm("work")
+        assert restore(dom0, "--skip-conflicting", name, *choice) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{name}: restored", "  VM work"]
+        assert restored_homes() == 0
+    code, output = dom0.sim.backup_restore(
+        ["--skip-conflicting", "-x", "dom0", "-d", CARRIER, "-p", str(dom0.passfile),
+         f"qbackup-carrier get {name}", "work"], capture=False)
+    assert code == 0 and b"Restoring home of user" in output  # what Qubes itself does
+    assert restored_homes() == 1
     assert restore(dom0, name, "dom0") == 0
     assert "dom0's home:" in capsys.readouterr().out
-    assert restored_homes() == 1
+    assert restored_homes() == 2
     # dom0 named AND skipped: refused before anything runs.
     calls = len(dom0.sim.calls)
     assert restore(dom0, "--skip-dom0-home", name, "dom0") == errors.EXIT_USAGE
