@@ -9,12 +9,14 @@ staged (nothing dom0 could commit by mistake) and must end within seconds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
-from carrier_vm.abort import RUNTIME_SUBDIR
+from carrier_vm.abort import RUNTIME_SUBDIR, abort_puts, runtime_dir
 from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
 from tests.carrier_vm.test_interruptions import assert_never_stored, start_put, wait_until
@@ -38,12 +40,11 @@ def test_abort_ends_the_running_put_without_staging_anything(carrier: Carrier) -
     assert process.stdin is not None
     assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
     # Qubes keeps the stream open after Cancel: stdin stays open here too.
-    started = time.monotonic()
     result = call_service(carrier, "abort")
-    elapsed = time.monotonic() - started
 
+    # OK means the put ended within abort's own ABORT_WAIT (it answers 75
+    # otherwise); a stopwatch here would also time the service's start-up.
     assert result.returncode == CarrierExit.OK, result.stderr
-    assert elapsed < 10, elapsed
     # abort returns only once the put released its lock, which the kernel
     # does as the process exits.
     process.wait(timeout=2)
@@ -63,15 +64,13 @@ def test_abort_kills_a_put_that_cannot_handle_sigterm(carrier: Carrier) -> None:
     assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
     os.kill(process.pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
         result = call_service(carrier, "abort")
-        elapsed = time.monotonic() - started
     finally:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGCONT)
+    # OK: the put was gone within abort's ABORT_WAIT (see above).
     assert result.returncode == CarrierExit.OK, result.stderr
-    assert elapsed < 10.5, elapsed
     process.communicate(timeout=5)
     assert process.returncode == -signal.SIGKILL
     assert_never_stored(carrier, "wedged")
@@ -111,3 +110,22 @@ def test_abort_leaves_other_processes_alone(carrier: Carrier) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_abort_answers_false_when_a_put_outlives_its_wait(tmp_path: Path) -> None:
+    # What the tests above rely on: abort's OK means the put ended within its
+    # wait. Here the put's lock is held by this test, so no signal to the
+    # put's pid can release it: abort must say the put still runs.
+    environ = {"HOME": str(tmp_path)}
+    directory = runtime_dir(environ)
+    directory.mkdir(parents=True)
+    decoy = subprocess.Popen(["sleep", "60"])
+    fd = os.open(directory / f"{decoy.pid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{decoy.pid}\n".encode())
+        assert abort_puts(environ, wait=0.5) is False
+    finally:
+        os.close(fd)
+        decoy.kill()
+        decoy.wait()
