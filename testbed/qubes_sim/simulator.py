@@ -613,12 +613,9 @@ class SimulatedQubes:
         names = [name for name, _ in header.vms if name != DOM0
                  and (not wanted or name in wanted) and name not in options["exclude"]]
         if options["verify_only"]:
-            body, _ = self._run_location(location, header_only=False)
-            try:
-                stream.check_stream(body, passphrase)
-                restore.check_decompression(header, filter_used, self.restore_installed_filters)
-            except (stream.StreamError, restore.RestoreRefused) as error:
-                return 1, output + f"qvm-backup-restore: error: {error}\n".encode()
+            volumes, failure = self._extract(location, passphrase, header, filter_used)
+            if failure is not None:
+                return 1, output + f"qvm-backup-restore: error: {failure}\n".encode()
             return 0, output + b"".join(f"qubesadmin.backup: -> Verifying {name}...\n".encode()
                                         for name in names) + b"qubesadmin.backup: -> Done.\n"
         try:
@@ -631,12 +628,9 @@ class SimulatedQubes:
             self.add_vm(target, include_in_backups=False)
         if home:  # announced like a VM; its "VM" is dom0 itself, nothing is created
             output += f"qubesadmin.backup: -> Restoring {DOM0}...\n".encode()
-        body, _ = self._run_location(location, header_only=False)  # status ignored
-        try:
-            volumes = stream.check_stream(body, passphrase)
-            restore.check_decompression(header, filter_used, self.restore_installed_filters)
-        except (stream.StreamError, restore.RestoreRefused) as error:
-            return 0, output + (f"qubesadmin.backup: Error extracting data: {error}\n"
+        volumes, failure = self._extract(location, passphrase, header, filter_used)
+        if failure is not None:
+            return 0, output + (f"qubesadmin.backup: Error extracting data: {failure}\n"
                                 f"qubesadmin.backup: -> Done.\n").encode()
         self.restore_dir.mkdir(parents=True, exist_ok=True)
         for name, target in targets.items():
@@ -645,6 +639,18 @@ class SimulatedQubes:
         if home:
             output += self._restore_dom0_home(volumes[DOM0])
         return 0, output + b"qubesadmin.backup: -> Done.\n"
+
+    def _extract(self, location: str, passphrase: str, header: Any,
+                 filter_used: str) -> tuple[dict[str, bytes], str | None]:
+        """The data pass (its status ignored): return (each VM's data, None),
+        or ({}, why) if its parts fail their HMAC or cannot be decompressed."""
+        body, _ = self._run_location(location, header_only=False)
+        try:
+            volumes = stream.check_stream(body, passphrase)
+            restore.check_decompression(header, filter_used, self.restore_installed_filters)
+        except (stream.StreamError, restore.RestoreRefused) as error:
+            return {}, str(error)
+        return volumes, None
 
     def _restore_dom0_home(self, data: bytes) -> bytes:
         """restore.py _handle_dom0: a new home-restore-DATE directory in the
