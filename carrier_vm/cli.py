@@ -36,7 +36,7 @@ from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, lo
 from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
-from qbackup_protocol.carrier_service import CARRIER_EXIT_MEANINGS, CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from qbackup_protocol.wire import InvalidName, check_name, check_prefix, encode_reply
 
 logger = logging.getLogger("carrier_vm")
@@ -198,7 +198,7 @@ def emit_to(output: BinaryIO) -> Callable[[bytes], None]:
 def help_text() -> str:
     """Return the --help text: the commands, where the config lives, the exit codes."""
     codes = "\n".join(
-        f"  {int(code):3d}  {meaning}" for code, meaning in sorted(CARRIER_EXIT_MEANINGS.items())
+        f"  {int(code):3d}  {code.meaning}" for code in CarrierExit
     )
     return (
         f"{__doc__}\n"

@@ -17,7 +17,7 @@ from dom0.drill import add_drill_parser
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
 ENV_PASSFILE = config.ENV_PASSFILE
-EXIT_TABLE = "\n".join(f"  {code:>3}  {text}" for code, text in errors.EXIT_CODES.items())
+EXIT_TABLE = "\n".join(f"  {int(code):>3}  {code.meaning}" for code in errors.QbackupExit)
 # The common options, with their defaults: given before or after the command.
 COMMON_DEFAULTS: dict[str, object] = {
     "terminal": False, "verbose": False, "quiet": False, "config": None, "history": None,

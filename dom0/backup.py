@@ -22,7 +22,6 @@ from dom0.carrier import CarrierClient, Record, check_name
 from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
 from dom0.engine import run_engine, running_vm
 from dom0.errors import (
-    EXIT_CODES,
     BackupEngineError,
     CarrierError,
     ConfigError,
@@ -33,6 +32,7 @@ from dom0.errors import (
     UsageError,
     VerificationError,
     exit_code_for,
+    exit_meaning,
 )
 from dom0.execute import notify
 from dom0.locking import carrier_lock
@@ -363,4 +363,4 @@ def append_failure(context: Context, job: Job, start: float, error: QbackupError
     code = exit_code_for(error)
     history.append_run(context.history, history.Run(
         history_job(job), job.carrier, None, None, None, start, time.time(),
-        history.failed_outcome(code, EXIT_CODES.get(code, "failed"))))
+        history.failed_outcome(code, exit_meaning(code))))

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     try:
         args = PARSER.parse_args(arguments)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
-        code = exit_request.code if isinstance(exit_request.code, int) else errors.EXIT_USAGE
+        code = exit_request.code if isinstance(exit_request.code, int) else errors.QbackupExit.USAGE
         if code != 0:
             # A broken crontab or unit line must show up in the journal too.
             setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
         return code
     if args.command is None:  # bare `qbackup`: what can I do?
         PARSER.print_help(sys.stdout)
-        return errors.EXIT_USAGE
+        return errors.QbackupExit.USAGE
     for name, value in COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, value)
@@ -147,11 +147,11 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
         logger.error("%s (exit %d)", error, code)
         return code
     except OSError as error:  # dom0's own disk or files: full, unreadable, missing
-        logger.error("%s (exit %d)", error, errors.EXIT_BACKUP_FAILED)
-        return errors.EXIT_BACKUP_FAILED
+        logger.error("%s (exit %d)", error, errors.QbackupExit.BACKUP_FAILED)
+        return errors.QbackupExit.BACKUP_FAILED
     except KeyboardInterrupt:
-        logger.error("interrupted (exit %d)", errors.EXIT_SIGINT)
-        return errors.EXIT_SIGINT
+        logger.error("interrupted (exit %d)", errors.QbackupExit.SIGINT)
+        return errors.QbackupExit.SIGINT
 
 
 def console_main() -> None:

@@ -8,64 +8,58 @@ so callers can catch either. Only `cli.main()` turns them into exit codes.
 from __future__ import annotations
 
 from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.wire import ExitStatus
 
-# --- exit codes: the ONE table (`qbackup --help` and dom0/README.md show it;
-# tests/dom0/test_docs.py compares the README with it) -------------------------
-EXIT_OK = 0
-EXIT_BACKUP_FAILED = 1  # Qubes' engine or the carrier failed during a transfer
-EXIT_USAGE = 2  # bad arguments or configuration (incl. prefix, passphrase file)
-EXIT_QUBES = 3  # unknown VM, missing carrier, a Qubes call refused
-EXIT_VERIFY = 4  # verification failed or tampering detected
-EXIT_LOCKED = 5  # another backup through the same carrier is running
-EXIT_NO_SPACE = 6  # the server has not enough space for the estimate
-EXIT_STALE = 7  # status: a job has no (recent enough) successful backup
-EXIT_CARRIER = 8  # the carrier answered something unusable or refused
-EXIT_NO_SUCH_BACKUP = 9  # verify/restore/check: the server has no backup of that name
-EXIT_CARRIER_CONFIG = 10  # the carrier's configuration is missing or invalid
-EXIT_HOST_KEY = 11  # the server's host key is not pinned in the carrier, or differs
-EXIT_LOGIN_REFUSED = 12  # the server refused the carrier's key
-EXIT_CORRUPTED = 13  # check: the stored backup differs from its digest record
-EXIT_TEMPFAIL = 75  # server unreachable / temporary: retry later (EX_TEMPFAIL)
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
-EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_BACKUP_FAILED: "backup failed (Qubes backup engine or carrier transfer)",
-    EXIT_USAGE: "usage or configuration error",
-    EXIT_QUBES: "Qubes error (unknown VM, missing carrier, refused call)",
-    EXIT_VERIFY: "verification failed or tampering detected",
-    EXIT_LOCKED: "another backup through this carrier is running",
-    EXIT_NO_SPACE: "not enough space on the server",
-    EXIT_STALE: "a job has no recent enough successful backup",
-    EXIT_CARRIER: "the carrier or server refused or answered garbage",
-    EXIT_NO_SUCH_BACKUP: "no such backup on the server",
-    EXIT_CARRIER_CONFIG: "the carrier's configuration is missing or invalid",
-    EXIT_HOST_KEY: "the server's host key is not pinned in the carrier (or differs)",
-    EXIT_LOGIN_REFUSED: "the server refused the carrier's login key",
-    EXIT_CORRUPTED: "the stored backup is corrupted (differs from its digest record)",
-    EXIT_TEMPFAIL: "temporary failure (server unreachable): try again later",
-    EXIT_SIGINT: "interrupted (SIGINT): the run stopped cleanly",
-    EXIT_SIGTERM: "terminated (SIGTERM): the run stopped cleanly",
-}
+class QbackupExit(ExitStatus):
+    """How `qbackup` ends: the ONE table (`qbackup --help` and dom0/README.md
+    show it; the docs tests compare the README with it). Only `cli.main()`
+    turns an error into one of these."""
+
+    OK = 0, "success"
+    BACKUP_FAILED = 1, "backup failed (Qubes backup engine or carrier transfer)"
+    USAGE = 2, "usage or configuration error"
+    QUBES = 3, "Qubes error (unknown VM, missing carrier, refused call)"
+    VERIFY = 4, "verification failed or tampering detected"
+    LOCKED = 5, "another backup through this carrier is running"
+    NO_SPACE = 6, "not enough space on the server"
+    STALE = 7, "a job has no recent enough successful backup"
+    CARRIER = 8, "the carrier or server refused or answered garbage"
+    NO_SUCH_BACKUP = 9, "no such backup on the server"
+    CARRIER_CONFIG = 10, "the carrier's configuration is missing or invalid"
+    HOST_KEY = 11, "the server's host key is not pinned in the carrier (or differs)"
+    LOGIN_REFUSED = 12, "the server refused the carrier's login key"
+    CORRUPTED = 13, "the stored backup is corrupted (differs from its digest record)"
+    TEMPFAIL = 75, "temporary failure (server unreachable): try again later"
+    SIGINT = 130, "interrupted (SIGINT): the run stopped cleanly"
+    SIGTERM = 143, "terminated (SIGTERM): the run stopped cleanly"
+
+
+def exit_meaning(code: int) -> str:
+    """Given an exit code, return what it means ("failed" for one outside the
+    table: a signal other than SIGINT and SIGTERM)."""
+    try:
+        return QbackupExit(code).meaning
+    except ValueError:
+        return "failed"
 
 
 class QbackupError(Exception):
     """An error that can be shown to the user as one line."""
 
-    exit_code = EXIT_BACKUP_FAILED
+    exit_code = QbackupExit.BACKUP_FAILED
 
 
 class UsageError(QbackupError, ValueError):
     """Bad command line arguments."""
 
-    exit_code = EXIT_USAGE
+    exit_code = QbackupExit.USAGE
 
 
 class ConfigError(QbackupError, ValueError):
     """The configuration file (or a value given for it) is wrong."""
 
-    exit_code = EXIT_USAGE
+    exit_code = QbackupExit.USAGE
 
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -75,13 +69,13 @@ class ConfigError(QbackupError, ValueError):
 class PassphraseError(QbackupError, PermissionError):
     """The passphrase file is missing, empty or readable by others."""
 
-    exit_code = EXIT_USAGE
+    exit_code = QbackupExit.USAGE
 
 
 class QubesError(QbackupError):
     """Qubes refused a call or a VM is missing."""
 
-    exit_code = EXIT_QUBES
+    exit_code = QbackupExit.QUBES
 
 
 class VMNotFound(QubesError, KeyError):
@@ -94,13 +88,13 @@ class VMNotFound(QubesError, KeyError):
 class BackupEngineError(QbackupError):
     """Qubes' backup engine (admin.backup.Execute) failed."""
 
-    exit_code = EXIT_BACKUP_FAILED
+    exit_code = QbackupExit.BACKUP_FAILED
 
 
 class CarrierError(QbackupError):
     """The carrier failed or answered something that breaks the rules."""
 
-    exit_code = EXIT_CARRIER
+    exit_code = QbackupExit.CARRIER
 
 
 class CarrierRefused(CarrierError):
@@ -115,31 +109,31 @@ class ReplyTooLarge(CarrierError):
 class TemporaryError(CarrierError):
     """The server could not be reached: a later run may succeed."""
 
-    exit_code = EXIT_TEMPFAIL
+    exit_code = QbackupExit.TEMPFAIL
 
 
 class NoSpaceError(QbackupError):
     """The server has not enough space for the backup."""
 
-    exit_code = EXIT_NO_SPACE
+    exit_code = QbackupExit.NO_SPACE
 
 
 class VerificationError(QbackupError):
     """A stored backup failed verification, a check, or the tamper comparison."""
 
-    exit_code = EXIT_VERIFY
+    exit_code = QbackupExit.VERIFY
 
 
 class LockHeld(QbackupError, BlockingIOError):
     """Another qbackup holds the carrier's lock."""
 
-    exit_code = EXIT_LOCKED
+    exit_code = QbackupExit.LOCKED
 
 
 class StaleBackup(QbackupError):
     """status: a job's last success is too old (or missing)."""
 
-    exit_code = EXIT_STALE
+    exit_code = QbackupExit.STALE
 
 
 class Interrupted(QbackupError):
@@ -160,38 +154,38 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, QbackupError):
         return int(error.exit_code)
     if isinstance(error, KeyboardInterrupt):
-        return EXIT_SIGINT
-    return EXIT_BACKUP_FAILED
+        return QbackupExit.SIGINT
+    return QbackupExit.BACKUP_FAILED
 
 
 class NoSuchBackup(QbackupError):
     """The server has no backup of that name (verify, restore, check alike)."""
 
-    exit_code = EXIT_NO_SUCH_BACKUP
+    exit_code = QbackupExit.NO_SUCH_BACKUP
 
 
 class CarrierConfigError(CarrierError):
     """The carrier's own configuration is missing or invalid."""
 
-    exit_code = EXIT_CARRIER_CONFIG
+    exit_code = QbackupExit.CARRIER_CONFIG
 
 
 class HostKeyError(CarrierError):
     """The carrier has no pinned host key for the server, or it differs."""
 
-    exit_code = EXIT_HOST_KEY
+    exit_code = QbackupExit.HOST_KEY
 
 
 class LoginRefused(CarrierError):
     """The server refused the carrier's login key."""
 
-    exit_code = EXIT_LOGIN_REFUSED
+    exit_code = QbackupExit.LOGIN_REFUSED
 
 
 class CorruptedBackup(QbackupError):
     """The server re-hashed a stored backup and it differs from its record."""
 
-    exit_code = EXIT_CORRUPTED
+    exit_code = QbackupExit.CORRUPTED
 
 
 # The carrier's exit statuses (CarrierExit, its documented contract) -> the

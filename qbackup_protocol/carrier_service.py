@@ -9,45 +9,34 @@ import this module; the server never does (it is not installed there).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any
 
-from qbackup_protocol.wire import ProtocolError, load_reply_line, require_int, require_name
+from qbackup_protocol.wire import (
+    ExitStatus,
+    ProtocolError,
+    load_reply_line,
+    require_int,
+    require_name,
+)
 
 
-class CarrierExit(enum.IntEnum):
+class CarrierExit(ExitStatus):
     """How ``qbackup-carrier`` (and the ``qubes.BackupCarrier`` service) ends.
     dom0 reads these; nothing else may spell the numbers."""
 
-    OK = 0
-    USAGE = 64  # bad arguments or request
-    DATA = 65  # a stream was truncated or garbled, or a digest/length mismatched in transit
-    NO_SUCH_BACKUP = 66  # no such backup (commit: nothing staged)
-    CORRUPTED = 68  # check: the server re-hashed the stored backup and it differs from its record
-    REFUSED = 69  # the server refused: no space, quota, another upload running
-    SOFTWARE = 70  # internal error in the carrier
-    EXISTS = 73  # a backup of that name already exists
-    TEMPORARY = 75  # server unreachable or connection lost: try again later
-    LOGIN_REFUSED = 76  # the server refused our key (authentication failed)
-    HOST_KEY = 77  # the server's host key is not pinned or does not match
-    CONFIG = 78  # the carrier's configuration is missing or invalid
-
-
-CARRIER_EXIT_MEANINGS: dict[CarrierExit, str] = {
-    CarrierExit.OK: "success",
-    CarrierExit.USAGE: "bad arguments or request",
-    CarrierExit.DATA: "stream truncated or garbled, or a length/digest mismatch in transit",
-    CarrierExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged under that name)",
-    CarrierExit.CORRUPTED: "the stored backup differs from its digest record on the server",
-    CarrierExit.REFUSED: "the server refused (no space, quota, another upload running)",
-    CarrierExit.SOFTWARE: "internal error in the carrier",
-    CarrierExit.EXISTS: "a backup of that name already exists",
-    CarrierExit.TEMPORARY: "server unreachable or connection lost: try again later",
-    CarrierExit.LOGIN_REFUSED: "the server refused the carrier's key",
-    CarrierExit.HOST_KEY: "the server's host key is not pinned or does not match",
-    CarrierExit.CONFIG: "the carrier's configuration is missing or invalid",
-}
+    OK = 0, "success"
+    USAGE = 64, "bad arguments or request"
+    DATA = 65, "stream truncated or garbled, or a length/digest mismatch in transit"
+    NO_SUCH_BACKUP = 66, "no such backup (commit: nothing staged under that name)"
+    CORRUPTED = 68, "the stored backup differs from its digest record on the server"
+    REFUSED = 69, "the server refused (no space, quota, another upload running)"
+    SOFTWARE = 70, "internal error in the carrier"
+    EXISTS = 73, "a backup of that name already exists"
+    TEMPORARY = 75, "server unreachable or connection lost: try again later"
+    LOGIN_REFUSED = 76, "the server refused the carrier's key"
+    HOST_KEY = 77, "the server's host key is not pinned or does not match"
+    CONFIG = 78, "the carrier's configuration is missing or invalid"
 
 
 # --- how an upload went -------------------------------------------------------

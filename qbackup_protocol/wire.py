@@ -65,6 +65,20 @@ SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
 # --- exit codes --------------------------------------------------------------
+class ExitStatus(enum.IntEnum):
+    """The one style of exit codes in qbackup: each member is its number and
+    the one line that says what it means (``help`` tables and docs derive
+    from ``meaning``). Subclasses declare ``NAME = number, "meaning"``."""
+
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str = "") -> ExitStatus:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+
 class ShellExit(enum.IntEnum):
     """How ``qbackup-shell`` ends a session (sysexits.h numbers). The carrier
     reads these from the SSH exit status; nothing else may spell the numbers."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol.carrier_service import CARRIER_EXIT_MEANINGS, CarrierExit
+from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 from tests.harness.server import free_port
 
@@ -137,8 +137,8 @@ def test_help_names_the_config_file_and_every_exit_code(carrier: Carrier) -> Non
     assert result.returncode == 0
     text = result.stdout.decode()
     assert "~/.config/qbackup/carrier.yaml" in text and "QBACKUP_CARRIER_CONFIG" in text
-    for code, meaning in CARRIER_EXIT_MEANINGS.items():
-        assert f"{int(code):3d}  {meaning}\n" in text
+    for code in CarrierExit:
+        assert f"{int(code):3d}  {code.meaning}\n" in text
 
 
 def test_ssh_conn_supplies_user_and_host(carrier: Carrier) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors
+from dom0.errors import QbackupExit
 from dom0.profile import profile_name
 from testbed.qubes_sim import stream
 from tests.dom0.conftest import CARRIER, MIB, Dom0
@@ -106,7 +106,7 @@ jobs:
     compression: zstd
     verify: true
 """)
-    assert dom0.run("status", "--config", str(config), "--max-age", "24") == errors.EXIT_STALE
+    assert dom0.run("status", "--config", str(config), "--max-age", "24") == QbackupExit.STALE
     assert "daily: no successful backup" in capsys.readouterr().out
     assert dom0.run("backup", "--job", "daily", "--config", str(config)) == 0
     [name] = dom0.stored()
@@ -141,7 +141,7 @@ def test_passphrase_vm_keeps_the_passphrase_out_of_the_profile(dom0: Dom0) -> No
     assert verify_call[verify_call.index("-p") + 1] == "-"
     dom0.sim.passphrase_vms["vault"] = "another passphrase"
     assert dom0.run("verify", "-t", CARRIER, "--passphrase-vm", "vault", name) == \
-        errors.EXIT_VERIFY
+        QbackupExit.VERIFY
 
 
 def test_a_second_backup_within_the_same_second_gets_the_next_name(dom0: Dom0) -> None:
@@ -171,11 +171,11 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     assert sent[-1].startswith("--app-name=qbackup|--urgency=normal|qbackup finished|kept-")
     dom0.sim.remove_vm("work")
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
-        errors.EXIT_QUBES
+        QbackupExit.QUBES
     dom0.sim.add_vm("work", size=MIB)
     dom0.sim.hooks.kill_carrier_at = 0.5
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
-        errors.EXIT_BACKUP_FAILED
+        QbackupExit.BACKUP_FAILED
     assert record.read_text().splitlines()[-1].startswith(
         "--app-name=qbackup|--urgency=critical|qbackup FAILED|")
 
@@ -188,11 +188,11 @@ def test_check_reports_a_stored_backup_whose_bytes_changed(dom0: Dom0) -> None:
     data[1000] ^= 0xFF  # bit rot (or a hostile server) with the size unchanged
     path.write_bytes(bytes(data))
     # The server's check answers ok=false (65); the carrier relays it as CORRUPTED.
-    assert dom0.run("check", "-t", CARRIER, name) == errors.EXIT_CORRUPTED
+    assert dom0.run("check", "-t", CARRIER, name) == QbackupExit.CORRUPTED
     assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     # verify checks the stored bytes first (qubes.Restore ignores get's status).
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_CORRUPTED
+        QbackupExit.CORRUPTED
     assert not [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"]
 
 
@@ -210,7 +210,7 @@ def test_stale_status_exits_non_zero_and_notifies(
     assert dom0.run("status", "--max-age", "60") == 0
     assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
     assert not record.exists()
-    assert dom0.run("status", "--max-age", "36") == errors.EXIT_STALE
+    assert dom0.run("status", "--max-age", "36") == QbackupExit.STALE
     assert dom0.logged("no successful backup newer than 36.0 h for: daily: 50.0 h old")
     assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()
 
@@ -221,7 +221,7 @@ def test_no_such_backup_is_the_same_line_and_code_everywhere(
         dom0: Dom0, command: tuple[str, ...]) -> None:
     argv = [str(dom0.passfile) if word == "PASSFILE" else word for word in command]
     missing = "laptop-20200101T000000Z"
-    assert dom0.run(*argv, "-t", CARRIER, missing) == errors.EXIT_NO_SUCH_BACKUP
+    assert dom0.run(*argv, "-t", CARRIER, missing) == QbackupExit.NO_SUCH_BACKUP
     assert dom0.logged(f"no such backup on the server: {missing} (see qbackup list) (exit 9)")
     assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
 

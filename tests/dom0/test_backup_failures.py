@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors
+from dom0.errors import QbackupExit
 from dom0.profile import profile_name
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 from tests.harness.carrier import write_carrier_config
@@ -41,7 +41,7 @@ def assert_untouched(dom0: Dom0) -> None:
                           "run_service_for_stdio"}
 
 
-TEMPFAIL_OUTCOME = f"failed (exit 75): {errors.EXIT_CODES[errors.EXIT_TEMPFAIL]}"
+TEMPFAIL_OUTCOME = f"failed (exit 75): {QbackupExit.TEMPFAIL.meaning}"
 
 
 def history_outcomes(dom0: Dom0) -> list[str]:
@@ -51,14 +51,14 @@ def history_outcomes(dom0: Dom0) -> list[str]:
 
 
 def test_unknown_vm_is_a_qubes_error_and_touches_nothing(dom0: Dom0) -> None:
-    assert backup(dom0, "work", "no-such-vm") == errors.EXIT_QUBES
+    assert backup(dom0, "work", "no-such-vm") == QbackupExit.QUBES
     assert dom0.logged("the VM to back up no-such-vm does not exist")
     assert_untouched(dom0)
 
 
 def test_missing_carrier_is_a_qubes_error_and_touches_nothing(dom0: Dom0) -> None:
     dom0.sim.remove_vm(CARRIER)
-    assert backup(dom0, "work") == errors.EXIT_QUBES
+    assert backup(dom0, "work") == QbackupExit.QUBES
     assert dom0.logged(f"the carrier VM {CARRIER} does not exist")
     assert_untouched(dom0)
 
@@ -78,20 +78,20 @@ def test_passphrase_file_is_refused(dom0: Dom0, mode: int | None, content: str |
     else:
         dom0.passfile.write_text(content or "")
         dom0.passfile.chmod(mode)
-    assert backup(dom0, "work") == errors.EXIT_USAGE
+    assert backup(dom0, "work") == QbackupExit.USAGE
     assert dom0.logged(problem)
     assert_untouched(dom0)
 
 
 def test_unparsable_command_line_still_reaches_the_journal(dom0: Dom0) -> None:
-    assert dom0.run("backup", "--no-such-option") == errors.EXIT_USAGE
+    assert dom0.run("backup", "--no-such-option") == QbackupExit.USAGE
     assert dom0.logged("invalid command line")
 
 
 def test_passphrase_symlink_is_refused(dom0: Dom0) -> None:
     link = dom0.passfile.with_name("link")
     link.symlink_to(dom0.passfile)
-    assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(link), "work") == errors.EXIT_USAGE
+    assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(link), "work") == QbackupExit.USAGE
     assert_untouched(dom0)
 
 
@@ -100,7 +100,7 @@ def test_passphrase_symlink_is_refused(dom0: Dom0) -> None:
     "a\nqbackup-carrier put evil", "ümlaut", "a//b", "trailing/", "x" * 190, "'quoted'",
 ])
 def test_bad_prefix_is_refused_before_anything_runs(dom0: Dom0, prefix: str) -> None:
-    assert backup(dom0, f"--prefix={prefix}", "work") == errors.EXIT_USAGE
+    assert backup(dom0, f"--prefix={prefix}", "work") == QbackupExit.USAGE
     assert dom0.logged("-f/--prefix: ")
     assert_untouched(dom0)
 
@@ -108,7 +108,7 @@ def test_bad_prefix_is_refused_before_anything_runs(dom0: Dom0, prefix: str) -> 
 def test_server_full_is_reported_by_info_before_the_backup(dom0: Dom0) -> None:
     dom0.server.write_shell_config("[storage]\nreserve = 100T\n")
     try:
-        assert backup(dom0, "work") == errors.EXIT_NO_SPACE
+        assert backup(dom0, "work") == QbackupExit.NO_SPACE
     finally:
         dom0.server.write_shell_config("")
     assert dom0.logged("the server has 0 B available but the backup may need 2.0 MiB")
@@ -123,7 +123,7 @@ def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> No
         write_carrier_config(dom0.server, dom0.account, dom0.carrier_config.parent)
     finally:
         dom0.server.port = real_port
-    assert backup(dom0, "--retries", "1", "--retry-delay", "0", "work") == errors.EXIT_TEMPFAIL
+    assert backup(dom0, "--retries", "1", "--retry-delay", "0", "work") == QbackupExit.TEMPFAIL
     assert dom0.logged("unreachable")
     assert dom0.logged("retrying")
     assert history_outcomes(dom0) == [TEMPFAIL_OUTCOME] * 2
@@ -133,18 +133,18 @@ def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> No
 
 def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0) -> None:
     dom0.sim.hooks.kill_carrier_at = 0.5
-    assert backup(dom0, "work") == errors.EXIT_BACKUP_FAILED
+    assert backup(dom0, "work") == QbackupExit.BACKUP_FAILED
     assert dom0.logged(f"Writing backup to VM {CARRIER} failed")
     assert dom0.logged("progress laptop-")  # it did start streaming
     assert dom0.logged("outcome: FAILED (exit 1): Writing backup to VM")
     assert dom0.logged("backup cli:laptop: 1 attempt(s) in ")
     assert history_outcomes(dom0) == [
-        f"failed (exit 1): {errors.EXIT_CODES[errors.EXIT_BACKUP_FAILED]}"]
+        f"failed (exit 1): {QbackupExit.BACKUP_FAILED.meaning}"]
     assert_nothing_stored(dom0)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, errors.EXIT_SIGTERM),
-                                              (signal.SIGINT, errors.EXIT_SIGINT)])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, QbackupExit.SIGTERM),
+                                              (signal.SIGINT, QbackupExit.SIGINT)])
 def test_signal_during_backup_sends_cancel_and_removes_the_profile(
         dom0: Dom0, signum: int, code: int) -> None:
     sent: list[bool] = []
@@ -166,7 +166,7 @@ def test_lock_held_by_another_run_exits_at_once_and_touches_nothing(dom0: Dom0) 
     dom0.lock_dir.mkdir()
     with open(dom0.lock_dir / f"carrier-{CARRIER}.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert backup(dom0, "work") == errors.EXIT_LOCKED
+        assert backup(dom0, "work") == QbackupExit.LOCKED
     assert dom0.logged(f"another qbackup run is using carrier {CARRIER}")
     assert_untouched(dom0)
     assert backup(dom0, "work") == 0  # released: the next run works
@@ -174,7 +174,7 @@ def test_lock_held_by_another_run_exits_at_once_and_touches_nothing(dom0: Dom0) 
 
 def test_corrupted_stream_is_caught_by_verify(dom0: Dom0) -> None:
     dom0.sim.hooks.corrupt_stream_byte = MIB
-    assert backup(dom0, "--verify", "work") == errors.EXIT_VERIFY
+    assert backup(dom0, "--verify", "work") == QbackupExit.VERIFY
     [name] = dom0.stored()
     assert dom0.logged(f"verification of {name} FAILED")
 
@@ -185,7 +185,7 @@ def test_verify_with_the_wrong_passphrase_fails(dom0: Dom0) -> None:
     wrong = dom0.passfile.with_name("wrong")
     wrong.write_text("not the passphrase\n")
     wrong.chmod(0o600)
-    assert dom0.run("verify", "-t", CARRIER, "-p", str(wrong), name) == errors.EXIT_VERIFY
+    assert dom0.run("verify", "-t", CARRIER, "-p", str(wrong), name) == QbackupExit.VERIFY
     assert dom0.logged("wrong passphrase")
 
 
@@ -207,11 +207,11 @@ def test_tampering_is_detected_by_status_remote_and_the_next_backup(dom0: Dom0) 
     with open(stored[first], "r+b") as handle:  # a broken or hostile server truncates
         handle.truncate(1000)
     stored[second].unlink()  # ... and deletes
-    assert dom0.run("status", "--remote") == errors.EXIT_VERIFY
+    assert dom0.run("status", "--remote") == QbackupExit.VERIFY
     assert dom0.logged(f"{first}: shrank")
     assert dom0.logged(f"{second}: vanished from the server")
     before = set(dom0.stored())
-    assert backup(dom0, "work") == errors.EXIT_VERIFY  # backs up, then reports
+    assert backup(dom0, "work") == QbackupExit.VERIFY  # backs up, then reports
     assert len(set(dom0.stored()) - before) == 1
 
 
@@ -224,17 +224,17 @@ def write_hostile_service(tmp: Path, body: str) -> Path:
 
 HOSTILE = {
     "huge": ("yes '{\"name\":\"a\",\"size\":1,\"sha256\":null,\"mtime\":null}' | head -c 40000000",
-             0, errors.EXIT_CARRIER),
+             0, QbackupExit.CARRIER),
     "escape-in-name": ("printf '{\"name\":\"\\033]0;pwned\\007\",\"size\":1,\"sha256\":null,"
                        "\"mtime\":null}\\n{\"end\":true,\"count\":1,\"truncated\":false}\\n'",
-                       0, errors.EXIT_CARRIER),
-    "invalid-utf8": ("printf '\\377\\376\\033[2J\\n'", 0, errors.EXIT_CARRIER),
+                       0, QbackupExit.CARRIER),
+    "invalid-utf8": ("printf '\\377\\376\\033[2J\\n'", 0, QbackupExit.CARRIER),
     "escape-in-stderr": ("printf 'refused \\033[31mRED\\033[0m \\r\\nforged: qbackup ok\\377' >&2;"
-                         " exit 69", 0, errors.EXIT_CARRIER),
+                         " exit 69", 0, QbackupExit.CARRIER),
     "count-mismatch": ("printf '{\"end\":true,\"count\":5,\"truncated\":false}\\n'",
-                       0, errors.EXIT_CARRIER),
-    "long-line": ("head -c 10000 /dev/zero | tr '\\0' 'a'; echo", 0, errors.EXIT_CARRIER),
-    "deep-json": ("head -c 4000 /dev/zero | tr '\\0' '['; echo", 0, errors.EXIT_CARRIER),
+                       0, QbackupExit.CARRIER),
+    "long-line": ("head -c 10000 /dev/zero | tr '\\0' 'a'; echo", 0, QbackupExit.CARRIER),
+    "deep-json": ("head -c 4000 /dev/zero | tr '\\0' '['; echo", 0, QbackupExit.CARRIER),
 }
 
 
@@ -256,7 +256,7 @@ def test_hostile_carrier_info_stops_the_backup_before_qubes_runs(
         dom0: Dom0, tmp_path: Path) -> None:
     dom0.sim.carrier_script = write_hostile_service(
         tmp_path, "printf '{\"protocol\":1,\"free\":-5}\\n'")
-    assert backup(dom0, "work") == errors.EXIT_CARRIER
+    assert backup(dom0, "work") == QbackupExit.CARRIER
     assert "admin.backup.Execute" not in {call[0] for call in dom0.sim.calls}
     assert_nothing_stored(dom0)
 
@@ -278,7 +278,7 @@ BAD_NAME = "invalid backup name: use a name `qbackup list` shows (exit 2)"
 def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str, ...],
                                                   message: str) -> None:
     argv = [str(dom0.passfile) if word == "PASSFILE" else word for word in command]
-    assert dom0.run(argv[0], "-t", CARRIER, *argv[1:]) == errors.EXIT_USAGE
+    assert dom0.run(argv[0], "-t", CARRIER, *argv[1:]) == QbackupExit.USAGE
     assert dom0.logged(message)
     assert_untouched(dom0)
     assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
@@ -296,7 +296,7 @@ def test_sigterm_between_attempts_stops_cleanly(dom0: Dom0) -> None:
         code = backup(dom0, "--retries", "3", "--retry-delay", "30", "work")
     finally:
         timer.cancel()
-    assert code == errors.EXIT_SIGTERM
+    assert code == QbackupExit.SIGTERM
     assert dom0.logged("stopped by signal 15")
     # The signal came while waiting to retry: one attempt, no second one.
     assert history_outcomes(dom0) == [TEMPFAIL_OUTCOME]
@@ -308,17 +308,17 @@ def test_config_errors_name_file_and_key_in_the_journal(dom0: Dom0) -> None:
     path = dom0.passfile.parent / "qbackup.yaml"
     path.write_text(f"jobs:\n  daily:\n    carrier: {CARRIER}\n    prefix: 'bad prefix'\n"
                     "    passphrase_file: /x\n    retries: many\n")
-    assert dom0.run("backup", "--job", "daily", "--config", str(path)) == errors.EXIT_USAGE
+    assert dom0.run("backup", "--job", "daily", "--config", str(path)) == QbackupExit.USAGE
     assert dom0.logged(f"{path}:4: jobs.daily.prefix: invalid prefix")
     assert dom0.logged(f"{path}:6: jobs.daily.retries: expected an integer from 0 to 10")
     assert dom0.logged("configuration refused: 2 problem(s) (exit 2)")
-    assert dom0.run("backup", "--job", "weekly", "--config", str(path)) == errors.EXIT_USAGE
+    assert dom0.run("backup", "--job", "weekly", "--config", str(path)) == QbackupExit.USAGE
     assert_untouched(dom0)
 
 
 def test_a_broken_carrier_config_has_its_own_code(dom0: Dom0) -> None:
     dom0.carrier_config.write_text("host: [unclosed\n")
-    assert dom0.run("list", "-t", CARRIER) == errors.EXIT_CARRIER_CONFIG
+    assert dom0.run("list", "-t", CARRIER) == QbackupExit.CARRIER_CONFIG
     assert dom0.logged("list via sys-backup: the carrier's configuration is missing or invalid:"
                        " see qbackup-carrier --help in the carrier")
 
@@ -329,7 +329,7 @@ def test_a_refused_login_has_its_own_code(dom0: Dom0, tmp_path: Path) -> None:
                    check=True)
     dom0.carrier_config.write_text(
         dom0.carrier_config.read_text().replace(str(dom0.server.client_key), str(stranger)))
-    assert dom0.run("list", "-t", CARRIER) == errors.EXIT_LOGIN_REFUSED
+    assert dom0.run("list", "-t", CARRIER) == QbackupExit.LOGIN_REFUSED
     assert dom0.logged("list via sys-backup: the server refused the carrier's login key:"
                        " install the carrier's public key for the backup account")
 
@@ -339,10 +339,10 @@ def test_a_deeply_nested_info_reply_fails_the_backup_with_a_record(dom0: Dom0,
     # Before: RecursionError, a traceback, exit 1, no history record.
     dom0.sim.carrier_script = write_hostile_service(
         tmp_path, "head -c 4000 /dev/zero | tr '\\0' '['; echo")
-    assert backup(dom0, "work") == errors.EXIT_CARRIER
+    assert backup(dom0, "work") == QbackupExit.CARRIER
     assert dom0.logged("the carrier sent a malformed info reply")
     assert history_outcomes(dom0) == [
-        f"failed (exit 8): {errors.EXIT_CODES[errors.EXIT_CARRIER]}"]
+        f"failed (exit 8): {QbackupExit.CARRIER.meaning}"]
     assert_nothing_stored(dom0)
 
 
@@ -353,7 +353,7 @@ def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Pat
     path.write_text(f"jobs:\n  daily:\n    carrier: {CARRIER}\n    prefix: p\n"
                     f"    passphrase_file: {dom0.passfile}\n    answer_timeout: 1\n")
     started = time.monotonic()
-    assert dom0.run("list", "--job", "daily", "--config", str(path)) == errors.EXIT_TEMPFAIL
+    assert dom0.run("list", "--job", "daily", "--config", str(path)) == QbackupExit.TEMPFAIL
     assert time.monotonic() - started < 60  # far below the service's 600 s
     assert dom0.logged(f"list via {CARRIER}: no answer within 1 s; stopped waiting (try again"
                        " later)")
@@ -368,5 +368,5 @@ def test_a_carrier_claiming_a_cut_listing_cannot_hide_a_vanished_backup(
         "size": 1048576, "sha256": "a" * 64, "start": 1.0, "end": 2.0, "outcome": "ok"}) + "\n")
     dom0.sim.carrier_script = write_hostile_service(
         tmp_path, "printf '{\"count\":0,\"end\":true,\"truncated\":true}\\n'")
-    assert dom0.run("status", "--remote") == errors.EXIT_CARRIER
+    assert dom0.run("status", "--remote") == QbackupExit.CARRIER
     assert dom0.logged("the carrier's listing claims a cut the server never makes")

@@ -13,6 +13,7 @@ import pytest
 
 from dom0 import __version__, errors
 from dom0.cli import PARSER, main, normalise
+from dom0.errors import QbackupExit
 from tests.harness.server import REPO
 
 
@@ -33,7 +34,7 @@ def parse(*argv: str) -> dict[str, object]:
 
 
 def test_bare_qbackup_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == errors.EXIT_USAGE
+    assert main([]) == QbackupExit.USAGE
     out = capsys.readouterr().out
     assert out.startswith("usage: qbackup") and "exit codes:" in out
 
@@ -84,7 +85,7 @@ def test_every_command_has_help_with_examples(
 
 def test_status_without_any_success_fails(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-o", "status"]) == errors.EXIT_STALE
+    assert main(["-o", "status"]) == QbackupExit.STALE
     assert "no successful backup for: no job in the job file and no backup in the history" \
         in capsys.readouterr().err
 
@@ -95,13 +96,13 @@ def test_status_names_outcomes_in_words_never_python_classes(
               "start": 1.0, "end": 2.0}
     (tmp_path / "history.jsonl").write_text(
         json.dumps({**record, "outcome": "failed: TemporaryError"}) + "\n")  # an old record
-    assert main(["status"]) == errors.EXIT_STALE
+    assert main(["status"]) == QbackupExit.STALE
     assert capsys.readouterr().out == "daily: no successful backup yet (last run: failed)\n"
     (tmp_path / "history.jsonl").write_text(json.dumps(
-        {**record, "outcome": f"failed (exit 75): {errors.EXIT_CODES[75]}"}) + "\n")
-    assert main(["status", "--json"]) == errors.EXIT_STALE
+        {**record, "outcome": f"failed (exit 75): {errors.exit_meaning(75)}"}) + "\n")
+    assert main(["status", "--json"]) == QbackupExit.STALE
     [job] = json.loads(capsys.readouterr().out)["jobs"]
-    assert job["last_run"] == f"failed (exit 75): {errors.EXIT_CODES[75]}"
+    assert job["last_run"] == f"failed (exit 75): {errors.exit_meaning(75)}"
     assert job["last_success"] is None and job["stale"] is True
 
 
@@ -110,7 +111,7 @@ def test_config_check_reports_each_broken_job_and_fails(
     path = tmp_path / "qbackup.yaml"
     path.write_text("jobs:\n  weekly:\n    carrier: c\n    prefix: w\n    passphrase_vm: v\n"
                     "    vms: []\n    colour: blue\n")
-    assert main(["-o", "config", "check", "--config", str(path)]) == errors.EXIT_USAGE
+    assert main(["-o", "config", "check", "--config", str(path)]) == QbackupExit.USAGE
     captured = capsys.readouterr()
     assert captured.out == "weekly: 2 problem(s) in the job file (see above)\n"
     assert f"{path}:7: jobs.weekly.colour: unknown setting" in captured.err
@@ -134,11 +135,11 @@ def test_a_job_drill_max_age_makes_status_fail_when_its_drill_is_old(
         "sha256": "a" * 64, "start": now - 60, "end": now, "outcome": "ok"}) + "\n"
         for job, prefix in (("daily", "p"), ("weekly", "w"))))
     # weekly has no drill_max_age: never drilled is fine for it.
-    assert main(["-o", "status", "--config", str(path)]) == errors.EXIT_STALE
+    assert main(["-o", "status", "--config", str(path)]) == QbackupExit.STALE
     assert "no recent enough drill for: daily: never" in capsys.readouterr().err
     append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 50 * 3600,
                                              now - 48 * 3600, "ok"))
-    assert main(["-o", "status", "--config", str(path)]) == errors.EXIT_STALE
+    assert main(["-o", "status", "--config", str(path)]) == QbackupExit.STALE
     assert "no recent enough drill for: daily: 48.0 h old (limit 24 h)" \
         in capsys.readouterr().err
     append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 60, now,

@@ -7,8 +7,8 @@ import json
 import random
 import time
 
-from dom0 import errors
 from dom0.drill import DRILLS_FILE, choose_backups
+from dom0.errors import QbackupExit
 from dom0.history import Run
 from tests.dom0.conftest import CARRIER, Dom0
 
@@ -74,10 +74,10 @@ def test_a_backup_qubes_cannot_verify_fails_the_drill_and_status(dom0: Dom0) -> 
         time.sleep(0.05)
     assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
     older = sorted(dom0.stored())[0]
-    assert drill(dom0) == errors.EXIT_VERIFY
+    assert drill(dom0) == QbackupExit.VERIFY
     [record] = drills(dom0)
     assert record["outcome"].startswith(f"failed: verification of {older} FAILED")
-    assert dom0.run("status") == errors.EXIT_VERIFY  # a failed drill fails status
+    assert dom0.run("status") == QbackupExit.VERIFY  # a failed drill fails status
     assert dom0.logged("the last drill failed for: cli:laptop")
 
 
@@ -86,7 +86,7 @@ def test_a_drill_refuses_an_older_backup_other_than_committed(dom0: Dom0) -> Non
     runs = [json.loads(line) for line in dom0.history.read_text().splitlines()]
     runs[0]["size"] += 1
     dom0.history.write_text("".join(json.dumps(run) + "\n" for run in runs))
-    assert drill(dom0) == errors.EXIT_VERIFY
+    assert drill(dom0) == QbackupExit.VERIFY
     assert dom0.logged(f"verification of {older} FAILED: the server holds other bytes")
 
 
@@ -98,11 +98,11 @@ def test_status_fails_when_the_last_drill_is_too_old(dom0: Dom0) -> None:
     record["end"] -= 48 * 3600
     path.write_text(json.dumps(record) + "\n")
     assert dom0.run("status") == 0  # no age limit asked for
-    assert dom0.run("status", "--max-drill-age", "24") == errors.EXIT_STALE
+    assert dom0.run("status", "--max-drill-age", "24") == QbackupExit.STALE
 
 
 def test_a_job_without_backups_fails_its_drill(dom0: Dom0) -> None:
-    assert drill(dom0) == errors.EXIT_VERIFY
+    assert drill(dom0) == QbackupExit.VERIFY
     assert drills(dom0)[0]["outcome"] == "failed: no committed backup"
     assert "qvm-backup-restore" not in {call[0] for call in dom0.sim.calls}
-    assert dom0.run("drill", "-t", CARRIER, "-p", str(dom0.passfile)) == errors.EXIT_USAGE
+    assert dom0.run("drill", "-t", CARRIER, "-p", str(dom0.passfile)) == QbackupExit.USAGE

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dom0 import errors
+from dom0.errors import QbackupExit
 from tests.dom0.conftest import CARRIER, Dom0
 
 KIB = 1024
@@ -69,9 +70,9 @@ def outcomes(dom0: Dom0) -> list[str]:
 
 
 @pytest.mark.parametrize(("setup", "code", "message"), [
-    ("unknown-vm", errors.EXIT_QUBES, "the VM to back up ghost does not exist (see qvm-ls)"),
-    ("passphrase", errors.EXIT_USAGE, "is accessible by group/others"),
-    ("lock", errors.EXIT_LOCKED, f"another qbackup run is using carrier {CARRIER}"),
+    ("unknown-vm", QbackupExit.QUBES, "the VM to back up ghost does not exist (see qvm-ls)"),
+    ("passphrase", QbackupExit.USAGE, "is accessible by group/others"),
+    ("lock", QbackupExit.LOCKED, f"another qbackup run is using carrier {CARRIER}"),
 ])
 def test_failures_before_the_backup_are_notified_logged_recorded_and_hooked(
         dom0: Dom0, notify: Recorder, tmp_path: Path, setup: str, code: int,
@@ -95,7 +96,7 @@ def test_failures_before_the_backup_are_notified_logged_recorded_and_hooked(
     assert summaries(notify) == [("--urgency=critical", "qbackup FAILED")]
     assert dom0.logged(f"backup daily outcome: FAILED (exit {code}): ")
     assert dom0.logged(message)
-    assert outcomes(dom0) == [f"failed (exit {code}): {errors.EXIT_CODES[code]}"]
+    assert outcomes(dom0) == [f"failed (exit {code}): {errors.exit_meaning(code)}"]
     [call] = hook.calls()
     assert call["argv"] == ["failed"]
     assert call["env"]["QBACKUP_EVENT"] == "on_failure"  # type: ignore[index]
@@ -106,7 +107,7 @@ def test_failures_before_the_backup_are_notified_logged_recorded_and_hooked(
 
 def test_a_config_error_is_notified_too(dom0: Dom0, notify: Recorder) -> None:
     config = write_jobs(dom0, job("daily", "'bad prefix'", passfile=str(dom0.passfile)))
-    assert dom0.run("backup", "--job", "daily", "--config", str(config)) == errors.EXIT_USAGE
+    assert dom0.run("backup", "--job", "daily", "--config", str(config)) == QbackupExit.USAGE
     assert summaries(notify) == [("--urgency=critical", "qbackup FAILED")]
     assert dom0.logged(f"{config}:4: jobs.daily.prefix: invalid prefix")
     assert dom0.logged("backup daily outcome: FAILED (exit 2): the configuration has 1"
@@ -155,7 +156,7 @@ def test_one_broken_job_does_not_stop_the_others(dom0: Dom0, notify: Recorder,
                         + job("weekly", "laptop/weekly", "    retries: many\n",
                               passfile=str(dom0.passfile)))
     capsys.readouterr()
-    assert dom0.run("backup", "--all", "--json", "--config", str(config)) == errors.EXIT_USAGE
+    assert dom0.run("backup", "--all", "--json", "--config", str(config)) == QbackupExit.USAGE
     [name] = dom0.stored()
     assert name.startswith("laptop/daily-")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -171,9 +172,9 @@ def test_json_at_the_end_of_a_failed_backup(dom0: Dom0,
     dom0.sim.remove_vm(CARRIER)
     capsys.readouterr()
     assert dom0.run("backup", "--json", "-f", "x", "-t", CARRIER, "-p", str(dom0.passfile)) \
-        == errors.EXIT_QUBES
+        == QbackupExit.QUBES
     assert json.loads(capsys.readouterr().out) == {
-        "job": "cli:x", "exit": errors.EXIT_QUBES,
+        "job": "cli:x", "exit": QbackupExit.QUBES,
         "error": f"the carrier VM {CARRIER} does not exist (see qvm-ls)"}
 
 
@@ -197,7 +198,7 @@ def test_list_json_and_config_check(dom0: Dom0, capsys: pytest.CaptureFixture[st
 
 def test_a_broken_command_line_is_notified(dom0: Dom0, notify: Recorder) -> None:
     # A cron or unit line with a typo must not fail only in a log nobody reads.
-    assert dom0.run("backup", "--no-such-option") == errors.EXIT_USAGE
+    assert dom0.run("backup", "--no-such-option") == QbackupExit.USAGE
     assert summaries(notify) == [("--urgency=critical", "qbackup FAILED")]
     assert dom0.logged("invalid command line (exit 2): see qbackup --help")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors
 from dom0.engine import ABORT_SERVICE
+from dom0.errors import QbackupExit
 from dom0.profile import profile_name
 from tests.dom0.conftest import CARRIER, PASSPHRASE, Dom0
 
@@ -54,7 +54,7 @@ def test_sigterm_during_the_backup_ends_within_30_s_nothing_stored_no_profile(
             os.kill(os.getpid(), signal.SIGTERM)
 
     dom0.sim.hooks.on_progress = terminate
-    assert backup(dom0, "work") == errors.EXIT_SIGTERM
+    assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert time.monotonic() - sent[0] < DRILL_LIMIT
     assert_nothing_left(dom0)
     assert ("admin.backup.Cancel", PROFILE) in dom0.sim.calls
@@ -70,7 +70,7 @@ def test_a_carrier_without_abort_is_killed_to_end_the_upload(dom0: Dom0, tmp_pat
     dom0.sim.carrier_script = script
     dom0.sim.hooks.engine_fails_at = 0.3
     dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGINT)
-    assert backup(dom0, "work") == errors.EXIT_SIGINT
+    assert backup(dom0, "work") == QbackupExit.SIGINT
     calls = dom0.sim.calls
     assert calls.index(("run_service_for_stdio", CARRIER, ABORT_SERVICE)) < \
         calls.index(("kill", CARRIER))
@@ -88,7 +88,7 @@ def test_an_abort_that_claims_success_while_qubes_still_waits_is_backed_by_a_kil
     dom0.sim.carrier_script = script
     dom0.sim.hooks.engine_fails_at = 0.3
     dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
-    assert backup(dom0, "work") == errors.EXIT_SIGTERM
+    assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert ("kill", CARRIER) in dom0.sim.calls
     assert dom0.logged("but Qubes' backup still waits for it after 1 s")
     assert_nothing_left(dom0)
@@ -105,7 +105,7 @@ def test_a_hanging_abort_is_cut_short_and_the_carrier_killed(
     dom0.sim.hooks.engine_fails_at = 0.3
     dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
     started = time.monotonic()
-    assert backup(dom0, "work") == errors.EXIT_SIGTERM
+    assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert time.monotonic() - started < DRILL_LIMIT
     assert ("kill", CARRIER) in dom0.sim.calls
     assert dom0.logged("did not end its upload within 1 s")
@@ -124,7 +124,7 @@ def test_an_engine_failure_mid_stream_leaves_the_upload_waiting_until_dom0_ends_
 
     dom0.sim.hooks.engine_fails_at = 0.4
     dom0.sim.hooks.on_engine_waits = stop
-    assert backup(dom0, "work") == errors.EXIT_SIGTERM
+    assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert waited == [True]
     assert_nothing_left(dom0)
     history = [json.loads(line) for line in dom0.history.read_text().splitlines()]
@@ -154,7 +154,7 @@ def test_a_passphrase_with_an_inner_newline_is_refused_for_verify(dom0: Dom0) ->
     [name] = dom0.stored()
     dom0.sim.passphrase_vms["vault"] = "two\nlines"
     assert dom0.run("verify", "-t", CARRIER, "--passphrase-vm", "vault", name) == \
-        errors.EXIT_USAGE
+        QbackupExit.USAGE
     assert dom0.logged("newline inside")
     assert restore_calls(dom0) == []
 
@@ -185,10 +185,10 @@ def test_a_restore_that_cannot_extract_its_data_exits_4(dom0: Dom0) -> None:
     [name] = dom0.stored()
     dom0.sim.remove_vm("work")
     assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        QbackupExit.VERIFY
     assert dom0.logged(f"restore of {name} FAILED: Error extracting data")
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        QbackupExit.VERIFY
 
 
 def test_a_restore_that_creates_no_vm_exits_4(dom0: Dom0) -> None:
@@ -197,7 +197,7 @@ def test_a_restore_that_creates_no_vm_exits_4(dom0: Dom0) -> None:
     # --rename-conflicting would restore work as work1; without any option
     # Qubes refuses the conflict, with --skip-conflicting it skips it: fine.
     assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        QbackupExit.VERIFY
     assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile), "--skip-conflicting",
                     name) == 0
 
@@ -211,7 +211,7 @@ def test_verify_refuses_bytes_other_than_those_dom0_committed(dom0: Dom0) -> Non
     runs[0]["sha256"] = "0" * 64
     dom0.history.write_text("".join(json.dumps(run) + "\n" for run in runs))
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_VERIFY
+        QbackupExit.VERIFY
     assert dom0.logged("than dom0 recorded at commit time")
     assert restore_calls(dom0) == []
 
@@ -224,7 +224,7 @@ def test_verify_refuses_bytes_the_server_check_finds_changed(dom0: Dom0) -> None
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert dom0.run("verify", "-t", CARRIER, "-p", str(dom0.passfile), name) == \
-        errors.EXIT_CORRUPTED
+        QbackupExit.CORRUPTED
     assert dom0.logged(f"check via {CARRIER}: the stored backup is CORRUPTED")
     assert restore_calls(dom0) == []
 
@@ -232,7 +232,7 @@ def test_verify_refuses_bytes_the_server_check_finds_changed(dom0: Dom0) -> None
 def test_paranoid_mode_with_a_passphrase_vm_is_refused_in_one_line(dom0: Dom0) -> None:
     dom0.sim.passphrase_vms["vault"] = PASSPHRASE
     assert dom0.run("restore", "-t", CARRIER, "--passphrase-vm", "vault", "--paranoid-mode",
-                    "laptop-20261122T235959Z") == errors.EXIT_USAGE
+                    "laptop-20261122T235959Z") == QbackupExit.USAGE
     assert dom0.logged("--paranoid-mode needs the passphrase in a file (-p FILE)")
     assert restore_calls(dom0) == []
     assert ("run_service_for_stdio", "vault",

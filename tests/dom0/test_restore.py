@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from dom0 import errors
-from dom0.errors import VerificationError
+from dom0.errors import QbackupExit, VerificationError
 from dom0.restore import judge_restore
 from testbed.qubes_sim import stream
 from tests.dom0.conftest import CARRIER, MIB, Dom0
@@ -95,7 +94,7 @@ def test_the_default_set_takes_dom0s_home_which_can_be_skipped_or_chosen_alone(
     assert restored_homes() == 2
     # dom0 named AND skipped: refused before anything runs.
     calls = len(dom0.sim.calls)
-    assert restore(dom0, "--skip-dom0-home", name, "dom0") == errors.EXIT_USAGE
+    assert restore(dom0, "--skip-dom0-home", name, "dom0") == QbackupExit.USAGE
     assert dom0.sim.calls[calls:] == []
 
 
@@ -107,7 +106,7 @@ def test_a_paranoid_restore_of_altered_data_fails(dom0: Dom0) -> None:
     dom0.sim.hooks.corrupt_stream_byte = 200_000
     name = backup(dom0, "work")
     assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile), "--paranoid-mode",
-                    "--skip-conflicting", name) == errors.EXIT_VERIFY
+                    "--skip-conflicting", name) == QbackupExit.VERIFY
     assert dom0.logged(f"restore of {name} FAILED: Error extracting data")
     call = [call for call in dom0.sim.calls if call[0] == "qvm-backup-restore"][-1]
     assert "--auto-close" in call

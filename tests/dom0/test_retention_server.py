@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors
+from dom0.errors import QbackupExit
 from qbackup_protocol.names import RetentionPolicy, prunable
 from tests.dom0.conftest import CARRIER, Dom0
 
@@ -66,11 +66,11 @@ def test_a_deletion_beyond_the_policy_is_still_caught(dom0: Dom0, daily: Path) -
         assert dom0.run("backup", "--job", "daily", "--config", str(daily)) == 0
     older, newest = dom0.stored()
     delete(dom0.account.storage, newest)  # the one the policy keeps
-    assert dom0.run("status", "--remote", "--config", str(daily)) == errors.EXIT_VERIFY
+    assert dom0.run("status", "--remote", "--config", str(daily)) == QbackupExit.VERIFY
     assert dom0.logged(f"TAMPERING? {newest}: vanished from the server, but the retention"
                        " policy (daily 1) keeps it")
     assert not dom0.logged(f"TAMPERING? {older}")  # older: the policy lets it go
-    assert dom0.run("backup", "--job", "daily", "--config", str(daily)) == errors.EXIT_VERIFY
+    assert dom0.run("backup", "--job", "daily", "--config", str(daily)) == QbackupExit.VERIFY
 
 
 def test_without_a_policy_every_disappearance_is_tampering(dom0: Dom0, daily: Path) -> None:
@@ -79,6 +79,6 @@ def test_without_a_policy_every_disappearance_is_tampering(dom0: Dom0, daily: Pa
         assert dom0.run("backup", "--job", "daily", "--config", str(daily)) == 0
     older, _ = dom0.stored()
     delete(dom0.account.storage, older)
-    assert dom0.run("status", "--remote", "--config", str(daily)) == errors.EXIT_VERIFY
+    assert dom0.run("status", "--remote", "--config", str(daily)) == QbackupExit.VERIFY
     assert dom0.logged(f"TAMPERING? {older}: vanished from the server (the job has no"
                        " retention policy that allows a prune)")

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from dom0 import errors, history
+from dom0 import history
+from dom0.errors import QbackupExit
 from testbed.carrier import write_carrier_config
 from testbed.qubes_sim import stream
 from tests.carrier_vm.netproxy import NetProxy
@@ -185,7 +186,7 @@ def test_carrier_killed_mid_stream(drill: Dom0, capsys: pytest.CaptureFixture[st
         signal_all(killed, signal.SIGKILL)
 
     at_progress(drill, 30, kill_carrier)
-    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert backup(drill, BIG) == QbackupExit.BACKUP_FAILED
     assert len(killed) == 1  # exactly the one carrier of this backup
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
     assert drill.logged(f"outcome: FAILED (exit 1): Writing backup to VM {CARRIER} failed")
@@ -281,7 +282,7 @@ def test_server_disk_full_mid_stream(
 ) -> None:
     use_storage(drill, small_disk, reserve="0")
     at_progress(drill, 20, lambda: fill(drill, small_disk, leave=0))
-    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert backup(drill, BIG) == QbackupExit.BACKUP_FAILED
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
     (small_disk / ".filler").unlink()
     assert_only_the_good_backup(drill, capsys)  # the shell removed its partial upload
@@ -295,7 +296,7 @@ def test_reserve_reached_mid_stream(
     reserve = 8 * MIB
     use_storage(drill, small_disk, reserve=f"{reserve // MIB}M")
     at_progress(drill, 20, lambda: fill(drill, small_disk, leave=reserve + 4 * MIB))
-    assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+    assert backup(drill, BIG) == QbackupExit.BACKUP_FAILED
     assert drill.logged(f"Writing backup to VM {CARRIER} failed")
     stat = os.statvfs(small_disk)
     assert stat.f_bavail * stat.f_frsize >= reserve  # the reserve was never used
@@ -308,7 +309,7 @@ def test_server_reserve_refuses_before_qubes_runs(
 ) -> None:
     use_storage(drill, small_disk, reserve="50M")  # 64 MiB disk: less than 24 MiB left
     calls = len(drill.sim.calls)
-    assert backup(drill, BIG) == errors.EXIT_NO_SPACE
+    assert backup(drill, BIG) == QbackupExit.NO_SPACE
     assert drill.logged(
         "but the backup may need 24.0 MiB: free space on the server or lower its reserve"
     )
@@ -326,7 +327,7 @@ def test_host_key_changed(drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_p
     pinned = drill.carrier_config.read_text()
     drill.carrier_config.write_text(pinned.replace(str(drill.server.known_hosts), str(forged)))
     calls = len(drill.sim.calls)
-    assert backup(drill, BIG) == errors.EXIT_HOST_KEY
+    assert backup(drill, BIG) == QbackupExit.HOST_KEY
     assert drill.logged("the server's host key is not pinned in the carrier (or differs)")
     assert "admin.backup.Execute" not in {call[0] for call in drill.sim.calls[calls:]}
     drill.carrier_config.write_text(pinned)
@@ -336,7 +337,7 @@ def test_host_key_changed(drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_p
 def test_passphrase_file_world_readable(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
     drill.passfile.chmod(0o644)
     calls = len(drill.sim.calls)
-    assert backup(drill, BIG) == errors.EXIT_USAGE
+    assert backup(drill, BIG) == QbackupExit.USAGE
     assert drill.logged("accessible by group/others")
     assert drill.sim.calls[calls:] == []  # refused before Qubes was asked anything
     drill.passfile.chmod(0o600)
@@ -348,7 +349,7 @@ def test_two_runs_at_once(drill: Dom0, capsys: pytest.CaptureFixture[str]) -> No
     second: list[int] = []
     at_progress(drill, 30, lambda: second.append(backup(drill, "work")))
     assert backup(drill, BIG) == 0
-    assert second == [errors.EXIT_LOCKED]
+    assert second == [QbackupExit.LOCKED]
     assert drill.logged(f"another qbackup run is using carrier {CARRIER}")
     stored = drill.stored()
     assert len(stored) == 2 and drill.good[0] in stored  # type: ignore[attr-defined]
@@ -379,7 +380,7 @@ def test_tampered_carrier_lies_about_the_commit(
     assert backup(drill, BIG) == 0
     assert zeros in drill.history.read_text().splitlines()[-1]
     drill.sim.carrier_script = real  # the carrier is honest again (rebuilt from its template)
-    assert drill.run("status", "--remote") == errors.EXIT_VERIFY
+    assert drill.run("status", "--remote") == QbackupExit.VERIFY
     [name] = [n for n in drill.stored() if n not in drill.good]  # type: ignore[attr-defined]
     assert drill.logged(f"TAMPERING? {name}: digest changed on the server")
     assert leftovers(drill) == []
@@ -450,7 +451,7 @@ def test_an_outage_longer_than_resume_window_fails_the_backup_as_before(
             proxy.down()
 
         at_progress(drill, 30, network_down)
-        assert backup(drill, BIG) == errors.EXIT_BACKUP_FAILED
+        assert backup(drill, BIG) == QbackupExit.BACKUP_FAILED
         assert drill.logged("not resumed within resume_window")
         assert drill.logged(f"outcome: FAILED (exit 1): Writing backup to VM {CARRIER} failed")
         proxy.up()
@@ -505,7 +506,7 @@ def test_sigterm_mid_restore_ends_it_and_its_transfer_within_30_s(
         else:
             code = drill.run("drill", "-f", "laptop", "-t", CARRIER, "-p", str(drill.passfile))
         ended = time.monotonic()
-        assert code == errors.EXIT_SIGTERM
+        assert code == QbackupExit.SIGTERM
         assert signalled and ended - signalled[0] < 30
         assert carrier_gets(drill) == []
         assert "restored" not in capsys.readouterr().out
@@ -515,7 +516,7 @@ def test_sigterm_mid_restore_ends_it_and_its_transfer_within_30_s(
     else:
         last = drill.history.with_name("drills.jsonl").read_text().splitlines()[-1]
         assert '"outcome": "interrupted: stopped by signal 15"' in last
-        assert drill.run("status") == errors.EXIT_VERIFY  # a drill that proved nothing
+        assert drill.run("status") == QbackupExit.VERIFY  # a drill that proved nothing
 
 
 def gated_carrier(dom0: Dom0, directory: Path, verb: str) -> Path:
