@@ -23,12 +23,12 @@ from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open
 from dom0.engine import run_engine, running_vm
 from dom0.errors import (
     BackupEngineError,
-    CarrierError,
+    CarrierFailed,
     ConfigError,
     Interrupted,
     NoSpaceError,
     QbackupError,
-    TemporaryError,
+    TemporaryFailure,
     UsageError,
     VerificationError,
     exit_code_for,
@@ -47,7 +47,7 @@ from dom0.verify import Committed, verify_backup
 from qbackup_protocol import names
 
 logger = logging.getLogger(__name__)
-RETRYABLE = (TemporaryError, BackupEngineError)
+RETRYABLE = (TemporaryFailure, BackupEngineError)
 NAME_WAIT_STEPS = 25  # 5 s of waiting for a fresh second
 # qubesd answers admin.backup.Info with a human-readable table whose last row
 # is `Total size: <size>`, sizes written like `30`, `512.0 KiB`, `1.2 GiB`
@@ -112,7 +112,7 @@ def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
         time.sleep(0.2)
         name = make_name(prefix)
     else:
-        raise CarrierError(f"no free backup name for {prefix} (the clock seems stuck)")
+        raise CarrierFailed(f"no free backup name for {prefix} (the clock seems stuck)")
     tried.add(name)
     return name
 
@@ -196,7 +196,7 @@ def transfer_of(client: CarrierClient, name: str) -> dict[str, object] | None:
 
 def publish(client: CarrierClient, name: str) -> Record:
     """Given the name of a backup Qubes finished writing, have the server
-    publish it and return its record; raise CarrierError if it cannot.
+    publish it and return its record; raise CarrierFailed if it cannot.
 
     `put` only stages an upload: a stream Qubes aborted can look like a clean
     end to the carrier, and only dom0 knows Execute succeeded, so only dom0
@@ -204,7 +204,7 @@ def publish(client: CarrierClient, name: str) -> Record:
     published at `put` would publish aborted streams too."""
     record = client.commit(name)
     if record.sha256 is None:
-        raise CarrierError(f"the carrier's receipt for {name} has no digest")
+        raise CarrierFailed(f"the carrier's receipt for {name} has no digest")
     return record
 
 

@@ -23,10 +23,10 @@ from typing import TypeVar
 
 from dom0.errors import (
     CARRIER_STATUS_ERRORS,
-    CarrierError,
+    CarrierFailed,
     NoSuchBackup,
     QubesError,
-    TemporaryError,
+    TemporaryFailure,
     UsageError,
 )
 from dom0.log import last_line
@@ -60,7 +60,7 @@ MAX_LOOKUPS = 1000  # names looked up one by one when a listing was cut short
 Parsed = TypeVar("Parsed")
 
 
-class ReplyError(CarrierError):
+class ReplyError(CarrierFailed):
     """A reply from the carrier breaks the rules (never echoes the reply)."""
 
 
@@ -171,21 +171,21 @@ class CarrierClient:
               deadline: float | None = None) -> bytes:
         """Given a verb, its one-line argument and a deadline in seconds (default
         the answer timeout), return the service's stdout; raise the error class
-        the carrier's exit status maps to, TemporaryError past the deadline."""
+        the carrier's exit status maps to, TemporaryFailure past the deadline."""
         deadline = deadline or self.answer_timeout
         try:
             return self.app.run_service_for_stdio(
                 self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
                 timeout=deadline)
         except subprocess.TimeoutExpired:
-            raise TemporaryError(f"{verb} via {self.vm}: no answer within {seconds(deadline)} s;"
+            raise TemporaryFailure(f"{verb} via {self.vm}: no answer within {seconds(deadline)} s;"
                                  " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
             status = error.returncode
             try:
                 cls, reason = CARRIER_STATUS_ERRORS[carrier_service.CarrierExit(status)]
             except (ValueError, KeyError):
-                cls, reason = CarrierError, f"the carrier failed (status {status})"
+                cls, reason = CarrierFailed, f"the carrier failed (status {status})"
             if cls is NoSuchBackup:  # one message, whichever command asked
                 raise no_such_backup(argument) from None
             detail = last_line(error.stderr or b"")
@@ -195,7 +195,7 @@ class CarrierClient:
             raise QubesError(f"cannot call {SERVICE} in {self.vm}: {error}") from None
 
     def info(self) -> wire.ServerInfo:
-        """Return the server's space report; raise TemporaryError if unreachable."""
+        """Return the server's space report; raise TemporaryFailure if unreachable."""
         return parse_info(self._call("info", "", MAX_SHORT_REPLY))
 
     def listing(self, prefix: str = "") -> Listing:
@@ -222,8 +222,8 @@ class CarrierClient:
 
     def check(self, name: str) -> tuple[Record, bool]:
         """Given a backup NAME, return (its record, whether the server's re-hash
-        matched); raise NoSuchBackup, CorruptedBackup (the carrier's own
-        verdict) or another CarrierError."""
+        matched); raise NoSuchBackup, Corrupted (the carrier's own
+        verdict) or another CarrierFailed."""
         size = self.require(name).size  # the re-hash takes time in proportion
         deadline = self.answer_timeout + CHECK_SECONDS_PER_GIB * size / GIB
         result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY, deadline))
@@ -252,13 +252,13 @@ class CarrierClient:
 
     def commit(self, name: str) -> Record:
         """Given the NAME of a staged upload, have the server publish it and
-        return its receipt; raise CarrierError if nothing was staged."""
+        return its receipt; raise CarrierFailed if nothing was staged."""
         try:
             answer = self._call("commit", check_name(name), MAX_SHORT_REPLY)
         except NoSuchBackup:
             # For commit, "no such backup" means the put staged nothing: the
             # upload failed, a carrier fault rather than a user's wrong name.
-            raise CarrierError(f"commit via {self.vm}: nothing staged under {name}") from None
+            raise CarrierFailed(f"commit via {self.vm}: nothing staged under {name}") from None
         record = parse_receipt(answer)
         if record.name != name:
             raise ReplyError("the carrier's commit receipt names another backup")

@@ -15,7 +15,7 @@ import logging
 from dom0 import history
 from dom0.carrier import CarrierClient, check_name
 from dom0.config import carrier_and_passphrase
-from dom0.errors import CorruptedBackup, VerificationError
+from dom0.errors import Corrupted, VerificationError
 from dom0.log import say
 from dom0.session import Context, running_carrier
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Given `check` arguments, have the server re-hash the named backup and
-    compare it with dom0's history; return 0 or raise CorruptedBackup,
+    compare it with dom0's history; return 0 or raise Corrupted,
     VerificationError or NoSuchBackup."""
     target = carrier_and_passphrase(args, context.config)
     carrier = target.carrier
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     verdict = "ok" if ok else "CORRUPTED"
     say(f"{record.name}  {record.size}  {record.sha256 or '-'}  {verdict}")
     if not ok:
-        raise CorruptedBackup(f"check of {name}: the stored backup is CORRUPTED: it differs from"
+        raise Corrupted(f"check of {name}: the stored backup is CORRUPTED: it differs from"
                               " its digest record on the server")
     for run in history.committed_runs(history.read_runs(context.history)):
         if run.name == name and (run.sha256 != record.sha256 or run.size != record.size):

@@ -1,8 +1,8 @@
 """The exception root of dom0's qbackup and the ONE map from errors to exit codes.
 
 Every error a user may see is a QbackupError: its message is one actionable
-line. Subclasses also inherit the builtin they refine (VMNotFound is a KeyError)
-so callers can catch either. Only `cli.main()` turns them into exit codes.
+line. No class also inherits a builtin exception (an `except OSError` never
+catches a LockHeld by accident). Only `cli.main()` turns them into exit codes.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ class QbackupError(Exception):
     exit_code = QbackupExit.BACKUP_FAILED
 
 
-class UsageError(QbackupError, ValueError):
+class UsageError(QbackupError):
     """Bad command line arguments."""
 
     exit_code = QbackupExit.USAGE
 
 
-class ConfigError(QbackupError, ValueError):
+class ConfigError(QbackupError):
     """The configuration file (or a value given for it) is wrong."""
 
     exit_code = QbackupExit.USAGE
@@ -66,7 +66,7 @@ class ConfigError(QbackupError, ValueError):
         super().__init__("; ".join(self.problems))
 
 
-class PassphraseError(QbackupError, PermissionError):
+class PassphraseError(QbackupError):
     """The passphrase file is missing, empty or readable by others."""
 
     exit_code = QbackupExit.USAGE
@@ -78,11 +78,8 @@ class QubesError(QbackupError):
     exit_code = QbackupExit.QUBES
 
 
-class VMNotFound(QubesError, KeyError):
+class VMNotFound(QubesError):
     """A VM named by the user or the configuration does not exist."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "no such VM"
 
 
 class BackupEngineError(QbackupError):
@@ -91,22 +88,23 @@ class BackupEngineError(QbackupError):
     exit_code = QbackupExit.BACKUP_FAILED
 
 
-class CarrierError(QbackupError):
-    """The carrier failed or answered something that breaks the rules."""
+class CarrierFailed(QbackupError):
+    """The carrier failed or answered something that breaks the rules (the
+    carrier's own root class is carrier_vm.errors.CarrierError)."""
 
     exit_code = QbackupExit.CARRIER
 
 
-class CarrierRefused(CarrierError):
+class CarrierRefused(CarrierFailed):
     """The carrier refused the request itself (status 64): e.g. a carrier too
     old to know a verb."""
 
 
-class ReplyTooLarge(CarrierError):
+class ReplyTooLarge(CarrierFailed):
     """The carrier sent more than any honest reply could hold."""
 
 
-class TemporaryError(CarrierError):
+class TemporaryFailure(CarrierFailed):
     """The server could not be reached: a later run may succeed."""
 
     exit_code = QbackupExit.TEMPFAIL
@@ -124,7 +122,7 @@ class VerificationError(QbackupError):
     exit_code = QbackupExit.VERIFY
 
 
-class LockHeld(QbackupError, BlockingIOError):
+class LockHeld(QbackupError):
     """Another qbackup holds the carrier's lock."""
 
     exit_code = QbackupExit.LOCKED
@@ -164,45 +162,45 @@ class NoSuchBackup(QbackupError):
     exit_code = QbackupExit.NO_SUCH_BACKUP
 
 
-class CarrierConfigError(CarrierError):
+class CarrierConfigError(CarrierFailed):
     """The carrier's own configuration is missing or invalid."""
 
     exit_code = QbackupExit.CARRIER_CONFIG
 
 
-class HostKeyError(CarrierError):
+class HostKeyNotTrusted(CarrierFailed):
     """The carrier has no pinned host key for the server, or it differs."""
 
     exit_code = QbackupExit.HOST_KEY
 
 
-class LoginRefused(CarrierError):
+class LoginRefused(CarrierFailed):
     """The server refused the carrier's login key."""
 
     exit_code = QbackupExit.LOGIN_REFUSED
 
 
-class CorruptedBackup(QbackupError):
+class Corrupted(QbackupError):
     """The server re-hashed a stored backup and it differs from its record."""
 
     exit_code = QbackupExit.CORRUPTED
 
 
 # The carrier's exit statuses (CarrierExit, its documented contract) -> the
-# error dom0 raises and the reason it gives. An unknown status is a CarrierError.
+# error dom0 raises and the reason it gives. An unknown status is a CarrierFailed.
 CARRIER_STATUS_ERRORS: dict[CarrierExit, tuple[type[QbackupError], str]] = {
     CarrierExit.USAGE: (CarrierRefused, "the carrier refused the request"),
     CarrierExit.DATA: (VerificationError, "the data from the server failed its integrity check"),
     CarrierExit.NO_SUCH_BACKUP: (NoSuchBackup, "no such backup on the server"),
-    CarrierExit.CORRUPTED: (CorruptedBackup, "the stored backup is CORRUPTED: it differs from"
+    CarrierExit.CORRUPTED: (Corrupted, "the stored backup is CORRUPTED: it differs from"
                             " its digest record on the server"),
-    CarrierExit.REFUSED: (CarrierError, "the server refused the request"),
-    CarrierExit.SOFTWARE: (CarrierError, "the carrier failed (internal error)"),
-    CarrierExit.EXISTS: (CarrierError, "a backup of that name already exists on the server"),
-    CarrierExit.TEMPORARY: (TemporaryError, "the server is unreachable (temporary)"),
+    CarrierExit.REFUSED: (CarrierFailed, "the server refused the request"),
+    CarrierExit.SOFTWARE: (CarrierFailed, "the carrier failed (internal error)"),
+    CarrierExit.EXISTS: (CarrierFailed, "a backup of that name already exists on the server"),
+    CarrierExit.TEMPORARY: (TemporaryFailure, "the server is unreachable (temporary)"),
     CarrierExit.LOGIN_REFUSED: (LoginRefused, "the server refused the carrier's login key:"
                                 " install the carrier's public key for the backup account"),
-    CarrierExit.HOST_KEY: (HostKeyError, "the server's host key is not pinned in the carrier"
+    CarrierExit.HOST_KEY: (HostKeyNotTrusted, "the server's host key is not pinned in the carrier"
                            " (or differs): add it to the carrier's known_hosts file"),
     CarrierExit.CONFIG: (CarrierConfigError, "the carrier's configuration is missing or"
                          " invalid: see qbackup-carrier --help in the carrier"),

@@ -114,7 +114,8 @@ def failed_outcome(code: int, meaning: str) -> str:
 
 def shown_outcome(outcome: str) -> str:
     """Given a recorded outcome, return it for people: records written before
-    outcomes were worded ("failed: TemporaryError") lose the class name."""
+    outcomes were worded carry a class name of their version ("failed:
+    TemporaryError"), which is dropped."""
     return "failed" if LEGACY_FAILURE.fullmatch(outcome) else outcome
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from dom0 import carrier, execute
 from dom0.carrier import ReplyError
 from dom0.config import Hooks
-from dom0.errors import TemporaryError
+from dom0.errors import TemporaryFailure
 from dom0.log import clean_text, last_line, say_json
 from dom0.monitor import Monitor
 from dom0.qubes import RealQubes
@@ -219,7 +219,7 @@ def test_every_carrier_call_meets_its_deadline_in_the_real_adapter(script: str) 
                                    answer_timeout=0.2)
     for call in (client.info, lambda: client.listing("p"), lambda: client.commit("p-1"),
                  lambda: client.check("p-1")):
-        with pytest.raises(TemporaryError, match="no answer within 0.2 s"):
+        with pytest.raises(TemporaryFailure, match="no answer within 0.2 s"):
             call()
 
 

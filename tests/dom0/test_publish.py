@@ -14,7 +14,7 @@ import pytest
 
 from dom0.backup import publish
 from dom0.carrier import CarrierClient, Record
-from dom0.errors import CarrierError
+from dom0.errors import CarrierFailed
 
 NAME = "laptop-20261122T235959Z"
 DIGEST = "c" * 64
@@ -62,7 +62,7 @@ def test_commit_receipt_is_the_record() -> None:
 ])
 def test_bad_commit_answers_fail(answer: bytes | int) -> None:
     carrier = ScriptedCarrier({"commit": answer, "list": LISTING})
-    with pytest.raises(CarrierError):
+    with pytest.raises(CarrierFailed):
         publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
     assert [verb for verb, _ in carrier.asked] == ["commit"]  # no fallback
 
@@ -71,5 +71,5 @@ def test_carrier_refusing_commit_fails_even_if_the_server_lists_the_name() -> No
     # An old or hostile carrier that "does not know" commit must not get a
     # backup recorded as good through some other path.
     carrier = ScriptedCarrier({"commit": 64, "list": LISTING})
-    with pytest.raises(CarrierError):
+    with pytest.raises(CarrierFailed):
         publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
