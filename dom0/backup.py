@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from dom0 import history
 from dom0.carrier import CarrierClient, Record, check_name
 from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
-from dom0.engine import run_engine, running_vm
 from dom0.errors import (
     BackupEngineError,
     CarrierFailed,
@@ -34,15 +33,16 @@ from dom0.errors import (
     exit_code_for,
     exit_meaning,
 )
-from dom0.execute import notify
 from dom0.locking import carrier_lock
 from dom0.log import human_size, say, say_json
 from dom0.monitor import Monitor
 from dom0.passphrase import read_passphrase
+from dom0.processes import notify
 from dom0.profile import ProfileSpec, written_profile
 from dom0.progress import ProgressReporter
 from dom0.qubes import QubesAdapter
-from dom0.session import Context, require_vm, running_carrier
+from dom0.qubes_backup import run_qubes_backup
+from dom0.session import Context, require_vm, running_carrier, running_vm
 from dom0.verify import Committed, verify_backup
 from qbackup_protocol import names
 
@@ -170,8 +170,10 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:
+            # qubesd asks the passphrase VM without starting it: a halted one
+            # would fail every backup (docs/QUBES.md, "The passphrase VM").
             with running_vm(app, job.passphrase_vm, "passphrase VM"):
-                run_engine(app, job.carrier, profile, context.guard, progress)
+                run_qubes_backup(app, job.carrier, profile, context.guard, progress)
         finally:
             progress.finish()
     record = publish(client, name)

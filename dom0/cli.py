@@ -24,8 +24,8 @@ from dom0 import (
     configcheck,
     drill,
     errors,
-    execute,
     listing,
+    processes,
     restore,
     status,
     verify,
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
             # A broken crontab or unit line must show up in the journal too.
             setup_logging(False, os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET)
             logger.error("invalid command line (exit %d): see qbackup --help", code)
-            execute.notify("qbackup FAILED", "invalid command line: see qbackup --help",
-                           critical=True)
+            processes.notify("qbackup FAILED", "invalid command line: see qbackup --help",
+                             critical=True)
         return code
     if args.command is None:  # bare `qbackup`: what can I do?
         PARSER.print_help(sys.stdout)

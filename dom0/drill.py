@@ -24,8 +24,8 @@ from pathlib import Path
 from dom0 import history
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.errors import Interrupted, QbackupError, UsageError, VerificationError
-from dom0.execute import notify
 from dom0.locking import carrier_lock
+from dom0.processes import notify
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 from dom0.verify import Committed, verify_backup
@@ -115,7 +115,7 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
     except Interrupted as error:
         # Stopped (a timer unit stopped, the laptop shutting down): the drill
         # proved nothing, and says so; the restore and the carrier's transfer
-        # were ended before this (execute.started, running_carrier).
+        # were ended before this (processes.started, running_carrier).
         outcome = f"interrupted: {error}"
         raise
     except QbackupError as error:

@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from dom0 import execute
+from dom0 import processes
 from dom0.config import Hooks
 from dom0.log import clean_text
 
@@ -57,9 +57,9 @@ class Monitor:
         if command:
             env = {**os.environ, "QBACKUP_JOB": self.job, "QBACKUP_EVENT": event, **environment}
             try:
-                result = execute.run(command, timeout=HOOK_TIMEOUT, env=env,
+                result = processes.run(command, timeout=HOOK_TIMEOUT, env=env,
                                      max_capture=HOOK_OUTPUT_KEPT)
-            except (OSError, execute.TimeoutExpired) as error:
+            except (OSError, processes.TimeoutExpired) as error:
                 logger.warning("hook %s of %s could not run: %s", event, self.job, error)
             else:
                 if result.returncode != 0:
@@ -71,8 +71,8 @@ class Monitor:
             try:
                 # The ping VM is networked and less trusted: its output is
                 # never read into dom0.
-                result = execute.run(ping_argv(vm, url), discard=True, timeout=PING_TIMEOUT)
-            except (OSError, execute.TimeoutExpired) as error:
+                result = processes.run(ping_argv(vm, url), discard=True, timeout=PING_TIMEOUT)
+            except (OSError, processes.TimeoutExpired) as error:
                 logger.warning("ping %s through %s failed: %s", event, vm, error)
             else:
                 if result.returncode != 0:
@@ -82,19 +82,19 @@ class Monitor:
     def started(self, detail: str) -> None:
         """Given what the run will do, report that it started."""
         logger.info("backup %s started: %s", self.job, detail)
-        execute.notify("qbackup started", f"{self.job}: {detail}")
+        processes.notify("qbackup started", f"{self.job}: {detail}")
         self._event("on_start", {})
 
     def succeeded(self, name: str, summary: str) -> None:
         """Given the backup's NAME and a one-line summary, report success."""
         logger.info("backup %s outcome: success: %s", self.job, summary)
-        execute.notify("qbackup finished", f"{name}: {summary}")
+        processes.notify("qbackup finished", f"{name}: {summary}")
         self._event("on_success", {"QBACKUP_NAME": name})
 
     def failed(self, message: str, code: int) -> None:
         """Given the failure's one-line MESSAGE and the exit CODE, report it:
         journal, critical notification, on_failure hook, fail ping."""
         logger.error("backup %s outcome: FAILED (exit %d): %s", self.job, code, message)
-        execute.notify("qbackup FAILED", f"{self.job}: {message}", critical=True)
+        processes.notify("qbackup FAILED", f"{self.job}: {message}", critical=True)
         self._event("on_failure", {"QBACKUP_ERROR": clean_text(message),
                                    "QBACKUP_EXIT": str(code)})

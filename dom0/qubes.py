@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dom0 import execute
+from dom0 import processes
 from dom0.errors import BackupEngineError, QubesError, ReplyTooLarge, VMNotFound
 
 logger = logging.getLogger(__name__)
@@ -328,8 +328,8 @@ class RealQubes:
         self, args: Sequence[str], capture: bool, input_data: bytes | None = None
     ) -> tuple[int, bytes]:
         # Both end qvm-backup-restore's whole process group when a signal
-        # interrupts qbackup (execute.started): it gets no signal of its own.
+        # interrupts qbackup (processes.started): it gets no signal of its own.
         if capture:
-            result = execute.run([QVM_BACKUP_RESTORE, *args], input_data=input_data)
+            result = processes.run([QVM_BACKUP_RESTORE, *args], input_data=input_data)
             return result.returncode, result.stdout or b""
-        return execute.run_shown([QVM_BACKUP_RESTORE, *args], input_data)
+        return processes.run_shown([QVM_BACKUP_RESTORE, *args], input_data)

@@ -47,25 +47,38 @@ def require_vm(app: QubesAdapter, name: str, role: str) -> None:
 
 
 @contextmanager
-def running_carrier(app: QubesAdapter, carrier: str, keep: bool) -> Iterator[None]:
-    """Given a carrier VM, make sure it runs for the block; shut it down
-    afterwards if this run started it and KEEP is false."""
-    require_vm(app, carrier, "carrier VM")
+def running_vm(app: QubesAdapter, name: str | None, role: str,
+               keep: bool = False) -> Iterator[None]:
+    """Given a VM NAME (or None: nothing to do) and its ROLE, make sure it
+    runs for the block; shut it down afterwards if this block started it and
+    KEEP is false."""
+    if name is None:
+        yield
+        return
     started = False
-    if not app.is_running(carrier):
-        logger.info("starting carrier VM %s", carrier)
-        app.start(carrier)
+    if not app.is_running(name):
+        logger.info("starting %s %s", role, name)
+        app.start(name)
         started = True
     try:
         yield
     finally:
-        # A cancelled run may have had to kill the carrier (dom0/engine.py).
-        if started and not keep and app.is_running(carrier):
-            logger.info("shutting down carrier VM %s", carrier)
+        # A cancelled run may have had to kill the carrier (dom0/qubes_backup.py).
+        if started and not keep and app.is_running(name):
+            logger.info("shutting down %s %s", role, name)
             try:
-                app.shutdown(carrier, wait=True)
+                app.shutdown(name, wait=True)
             except QubesError as error:
-                logger.warning("could not shut down carrier VM %s: %s", carrier, error)
+                logger.warning("could not shut down %s %s: %s", role, name, error)
+
+
+@contextmanager
+def running_carrier(app: QubesAdapter, carrier: str, keep: bool) -> Iterator[None]:
+    """Given a carrier VM, raise VMNotFound if it does not exist; else make
+    sure it runs for the block (running_vm)."""
+    require_vm(app, carrier, "carrier VM")
+    with running_vm(app, carrier, "carrier VM", keep):
+        yield
 
 
 class SignalGuard:

@@ -24,8 +24,8 @@ from dom0 import config, history
 from dom0.carrier import DEFAULT_ANSWER_TIMEOUT, CarrierClient
 from dom0.drill import OUTCOME_OK, Drill, drills_path, read_drills
 from dom0.errors import StaleBackup, VerificationError
-from dom0.execute import notify
 from dom0.log import human_size, say, say_json, show_time
+from dom0.processes import notify
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 

@@ -27,13 +27,12 @@ from dom0 import history
 from dom0.carrier import CarrierClient, check_name, seconds
 from dom0.compression import restore_options
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
-from dom0.engine import running_vm
 from dom0.errors import PassphraseError, VerificationError
 from dom0.log import clean_text, say
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
-from dom0.session import Context, require_vm, running_carrier
+from dom0.session import Context, require_vm, running_carrier, running_vm
 
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40

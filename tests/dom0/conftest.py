@@ -86,6 +86,6 @@ def dom0(backup_server: BackupServer, account: Account, tmp_path: Path,
     monkeypatch.delenv("QBKP_DEST_VM", raising=False)
     monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", "/nonexistent/notify-send")
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
     yield state
     journal.close()

@@ -163,7 +163,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", str(fake))
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "-x", "work") == 0
     assert dom0.sim.vms[CARRIER].running
     sent = record.read_text().splitlines()
@@ -202,7 +202,7 @@ def test_stale_status_exits_non_zero_and_notifies(
     fake = dom0.passfile.parent / "notify-send"
     fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", str(fake))
     old = time.time() - 50 * 3600
     dom0.history.write_text(json.dumps({
         "job": "daily", "carrier": CARRIER, "name": "laptop-20261120T000000Z", "size": 10,

@@ -23,7 +23,7 @@ def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", "/nonexistent/notify-send")
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
     monkeypatch.delenv("QBKP_DEST_VM", raising=False)
     monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dom0 import carrier, execute
+from dom0 import carrier, processes
 from dom0.carrier import ReplyError
 from dom0.config import Hooks
 from dom0.errors import TemporaryFailure
@@ -256,7 +256,7 @@ def test_a_ping_vm_printing_without_end_does_not_grow_dom0(
     fake.write_text(f"#!/bin/sh\nhead -c {128 * MIB} /dev/zero\n")
     fake.chmod(0o755)
     monkeypatch.setattr("dom0.monitor.QVM_RUN", str(fake))
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", "/nonexistent/notify-send")
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
     watcher = Monitor("nightly", "sys-backup", Hooks(ping_url="https://hc-ping.com/x"))
     _, peak = peak_of(lambda: watcher.started("x"))
     assert peak < 4 * MIB
@@ -264,15 +264,15 @@ def test_a_ping_vm_printing_without_end_does_not_grow_dom0(
 
 def test_captured_output_keeps_only_its_end() -> None:
     script = f"head -c {64 * MIB} /dev/zero; echo; echo the last line"
-    result, peak = peak_of(lambda: execute.run(["sh", "-c", script], max_capture=4096))
+    result, peak = peak_of(lambda: processes.run(["sh", "-c", script], max_capture=4096))
     assert result.returncode == 0 and len(result.stdout) == 4096
     assert result.stdout.endswith(b"\nthe last line\n")
     assert peak < 8 * MIB
 
 
 def test_a_program_past_its_timeout_is_killed() -> None:
-    with pytest.raises(execute.TimeoutExpired):
-        execute.run(["sleep", "600"], timeout=0.2)
+    with pytest.raises(processes.TimeoutExpired):
+        processes.run(["sleep", "600"], timeout=0.2)
 
 
 # --- notification bodies are markup to the desktop (R2 finding 10) ---------------
@@ -282,9 +282,9 @@ def test_carrier_text_cannot_put_markup_on_the_desktop(
     fake = tmp_path / "notify-send"
     fake.write_text(f'#!/bin/sh\nfor word in "$@"; do printf "%s\\n" "$word"; done > {log}\n')
     fake.chmod(0o755)
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(fake))
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", str(fake))
     body = 'list via c: refused: <a href="https://evil">click</a> <img src="x"> & \x1b[2J'
-    assert execute.notify("qbackup FAILED", body, critical=True)
+    assert processes.notify("qbackup FAILED", body, critical=True)
     assert log.read_text().splitlines() == [
         "--app-name=qbackup", "--urgency=critical", "qbackup FAILED",
         'list via c: refused: &lt;a href="https://evil"&gt;click&lt;/a&gt; &lt;img src="x"&gt;'

@@ -44,7 +44,7 @@ class Recorder:
 @pytest.fixture
 def notify(dom0: Dom0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder(tmp_path, "notify-send")
-    monkeypatch.setattr("dom0.execute.NOTIFY_SEND", str(recorder.path))
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", str(recorder.path))
     return recorder
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dom0.engine import ABORT_SERVICE
 from dom0.errors import QbackupExit
 from dom0.profile import profile_name
+from dom0.qubes_backup import ABORT_SERVICE
 from tests.dom0.conftest import CARRIER, PASSPHRASE, Dom0
 
 PROFILE = profile_name(CARRIER)
@@ -80,7 +80,7 @@ def test_a_carrier_without_abort_is_killed_to_end_the_upload(dom0: Dom0, tmp_pat
 
 def test_an_abort_that_claims_success_while_qubes_still_waits_is_backed_by_a_kill(
         dom0: Dom0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dom0.engine.EXECUTE_GRACE", 1.0)
+    monkeypatch.setattr("dom0.qubes_backup.EXECUTE_GRACE", 1.0)
     script = tmp_path / "service-lying-abort"
     script.write_text(f'#!/bin/sh\n[ "$1" = abort ] && exit 0\nexec {dom0.sim.carrier_script}'
                       ' "$@"\n')
@@ -96,7 +96,7 @@ def test_an_abort_that_claims_success_while_qubes_still_waits_is_backed_by_a_kil
 
 def test_a_hanging_abort_is_cut_short_and_the_carrier_killed(
         dom0: Dom0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dom0.engine.ABORT_TIMEOUT", 1.0)
+    monkeypatch.setattr("dom0.qubes_backup.ABORT_TIMEOUT", 1.0)
     script = tmp_path / "service-hanging-abort"
     script.write_text(f'#!/bin/sh\n[ "$1" = abort ] && exec sleep 120\n'
                       f'exec {dom0.sim.carrier_script} "$@"\n')

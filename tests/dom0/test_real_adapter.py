@@ -391,14 +391,14 @@ class EventsDispatcher:
 '''
 DOM0_RUN = '''
 import sys
-from dom0 import engine
+from dom0 import qubes_backup
 from dom0.errors import QbackupError, exit_code_for
 from dom0.qubes import RealQubes
 from dom0.session import SignalGuard
-engine.EXECUTE_GRACE = engine.KILLED_GRACE = 1.0
+qubes_backup.EXECUTE_GRACE = qubes_backup.KILLED_GRACE = 1.0
 try:
     with SignalGuard() as guard:
-        engine.run_engine(RealQubes(), "carrier", "p", guard, lambda _: None)
+        qubes_backup.run_qubes_backup(RealQubes(), "carrier", "p", guard, lambda _: None)
 except QbackupError as error:
     print("dom0 exits", exit_code_for(error), flush=True)
     sys.exit(exit_code_for(error))
@@ -445,11 +445,11 @@ wait
 '''
 DOM0_RESTORE = '''
 import sys
-from dom0 import execute, qubes
+from dom0 import processes, qubes
 from dom0.errors import QbackupError, exit_code_for
 from dom0.session import SignalGuard
 qubes.QVM_BACKUP_RESTORE = sys.argv[1]
-execute.STOP_GRACE = 1.0
+processes.STOP_GRACE = 1.0
 try:
     with SignalGuard():
         qubes.RealQubes().backup_restore(["-p", "-", "x"], capture=sys.argv[2] == "capture",

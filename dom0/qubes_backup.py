@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from dom0.errors import QubesError
 from dom0.qubes import QubesAdapter
@@ -101,7 +100,7 @@ class UploadEnder:
             self.thread.join(ENDING_TIMEOUT)
 
 
-def run_engine(app: QubesAdapter, carrier: str, profile: str, guard: SignalGuard,
+def run_qubes_backup(app: QubesAdapter, carrier: str, profile: str, guard: SignalGuard,
                on_progress: Callable[[float], None]) -> None:
     """Given a written profile, run admin.backup.Execute; a SIGINT/SIGTERM
     meanwhile cancels it and ends the carrier's upload, and so does a failed
@@ -122,29 +121,3 @@ def run_engine(app: QubesAdapter, carrier: str, profile: str, guard: SignalGuard
                 raise
     finally:
         ender.wait()
-
-
-@contextmanager
-def running_vm(app: QubesAdapter, name: str | None, role: str) -> Iterator[None]:
-    """Given a VM NAME (or None: nothing to do) and its ROLE, make sure it
-    runs for the block; shut it down afterwards if this block started it.
-    qubesd asks the passphrase VM without starting it (docs/QUBES.md,
-    "The passphrase VM"), so a halted one would fail every backup."""
-    if name is None:
-        yield
-        return
-    started = False
-    if not app.is_running(name):
-        logger.info("starting %s %s", role, name)
-        app.start(name)
-        started = True
-    try:
-        yield
-    finally:
-        if started:
-            logger.info("shutting down %s %s", role, name)
-            try:
-                if app.is_running(name):
-                    app.shutdown(name, wait=True)
-            except QubesError as error:
-                logger.warning("could not shut down %s %s: %s", role, name, error)
