@@ -41,6 +41,7 @@ from carrier_vm.errors import (
 from carrier_vm.frames import Frame, FrameReader
 from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
+from qbackup_protocol import wire
 from qbackup_protocol.carrier_service import MAX_OUTAGES_REPORTED, TransferStats
 from qbackup_protocol.wire import (
     DEFAULT_DATA_FRAME,
@@ -49,11 +50,11 @@ from qbackup_protocol.wire import (
     VERB_RESUME,
     Ack,
     BackupRecord,
+    ProtocolError,
     ShellExit,
     build_command,
     encode_end_frame,
     parse_offset,
-    parse_record,
     parse_upload_line,
 )
 
@@ -487,11 +488,10 @@ async def drain_with_progress(writer: Writer[bytes], config: CarrierConfig) -> N
 def check_receipt_record(record: BackupRecord, name: str, size: int, sha256: str) -> BackupRecord:
     """Given the server's parsed receipt, return it if it names NAME with
     SIZE and SHA256; raise DataError otherwise."""
-    # A receipt for another backup proves nothing about NAME.
-    if record.name != name:
-        raise DataError("the server's receipt names a different backup")
-    if record.sha256 is None:
-        raise DataError("the server's receipt has no SHA-256")
+    try:
+        wire.check_receipt(record, name)
+    except ProtocolError as error:
+        raise DataError(f"the server's {error}") from None
     # The receipt is the server's word that it stored THIS stream: every
     # field must match what we sent, or the backup is not proven stored.
     if record.size != size:
@@ -510,13 +510,5 @@ def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRec
 
 def parse_receipt(output: bytes, name: str) -> BackupRecord:
     """Given the server's whole stdout after a commit, return its BackupRecord
-    if it is exactly one well-formed line naming NAME; raise DataError otherwise."""
-    if not output.endswith(b"\n") or output.count(b"\n") != 1:
-        raise DataError("the server's receipt is not exactly one line")
-    record = parse_hostile(parse_record, output, "receipt")
-    # A receipt for another backup proves nothing about NAME.
-    if record.name != name:
-        raise DataError("the server's receipt names a different backup")
-    if record.sha256 is None:
-        raise DataError("the server's receipt has no SHA-256")
-    return record
+    if it is exactly one well-formed receipt for NAME; raise DataError otherwise."""
+    return parse_hostile(lambda line: wire.parse_receipt(line, name), output, "receipt")

@@ -115,12 +115,10 @@ def single_line(data: bytes, what: str) -> bytes:
     return data[:-1]
 
 
-def parse_receipt(data: bytes) -> Record:
-    """Given the stdout of `commit NAME`, return the committed Record."""
-    record = parse_line(wire.parse_record, single_line(data, "receipt"), "receipt")
-    if record.sha256 is None:
-        raise ReplyError("the carrier's receipt lacks a digest")
-    return record
+def parse_receipt(data: bytes, name: str) -> Record:
+    """Given the stdout of `commit NAME`, return the committed Record; raise
+    ReplyError unless it is one receipt line for NAME."""
+    return parse_line(lambda line: wire.parse_receipt(line, name), data, "receipt")
 
 
 def parse_info(data: bytes) -> wire.ServerInfo:
@@ -259,7 +257,4 @@ class CarrierClient:
             # For commit, "no such backup" means the put staged nothing: the
             # upload failed, a carrier fault rather than a user's wrong name.
             raise CarrierFailed(f"commit via {self.vm}: nothing staged under {name}") from None
-        record = parse_receipt(answer)
-        if record.name != name:
-            raise ReplyError("the carrier's commit receipt names another backup")
-        return record
+        return parse_receipt(answer, name)

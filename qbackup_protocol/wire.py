@@ -418,6 +418,27 @@ def parse_offset(line: bytes) -> ResumeOffset:
     return ResumeOffset(offset=require_int(value["offset"], "offset"))
 
 
+def check_receipt(record: BackupRecord, name: str) -> BackupRecord:
+    """Given the record a commit (or a put) ended with, return it if it is a
+    receipt for NAME; raise ProtocolError if it names another backup or has
+    no digest."""
+    # A receipt for another backup proves nothing about NAME.
+    if record.name != name:
+        raise ProtocolError("receipt names a different backup")
+    if record.sha256 is None:
+        raise ProtocolError("receipt has no SHA-256")
+    return record
+
+
+def parse_receipt(output: bytes, name: str) -> BackupRecord:
+    """Given the whole stdout of `commit NAME` (the server's, or the carrier's
+    passing it on), return its BackupRecord; raise ProtocolError unless it is
+    exactly one record line that is a receipt for NAME."""
+    if not output.endswith(b"\n") or output.count(b"\n") != 1:
+        raise ProtocolError("receipt is not exactly one line")
+    return check_receipt(parse_record(output), name)
+
+
 def parse_upload_line(line: bytes) -> Ack | BackupRecord:
     """Given a line a put/resume prints after its offset line, return an Ack or,
     for the final receipt, a BackupRecord; raise ProtocolError otherwise."""

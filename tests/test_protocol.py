@@ -201,3 +201,25 @@ def test_protocol_version_3_has_the_resume_verb() -> None:
     assert wire.PROTOCOL_VERSION == 3
     assert {wire.VERB_COMMIT, wire.VERB_RESUME} <= wire.VERBS_WITH_NAME
     assert wire.ALL_VERBS == {"put", "resume", "commit", "get", "list", "check", "info"}
+
+
+# A receipt is the server's word that it stored a backup: the carrier (from
+# the server) and dom0 (from the carrier) accept it only by this one rule.
+RECEIPT = {"name": "laptop/daily", "size": 3, "sha256": "a" * 64, "mtime": 1}
+
+
+def test_parse_receipt_accepts_one_line_for_the_name() -> None:
+    record = wire.parse_receipt(json.dumps(RECEIPT).encode() + b"\n", "laptop/daily")
+    assert (record.name, record.size, record.sha256) == ("laptop/daily", 3, "a" * 64)
+
+
+@pytest.mark.parametrize("output", [
+    json.dumps({**RECEIPT, "name": "laptop/other"}).encode() + b"\n",  # another backup's
+    json.dumps({k: v for k, v in RECEIPT.items() if k != "sha256"}).encode() + b"\n",
+    json.dumps(RECEIPT).encode(),  # no newline: cut short
+    (json.dumps(RECEIPT).encode() + b"\n") * 2,  # two receipts
+    b"\n",
+])
+def test_parse_receipt_refuses_anything_else(output: bytes) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.parse_receipt(output, "laptop/daily")

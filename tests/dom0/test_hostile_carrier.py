@@ -107,7 +107,7 @@ PARSERS = {
     "listing": carrier.parse_listing,
     "info": carrier.parse_info,
     "check": carrier.parse_check,
-    "receipt": carrier.parse_receipt,
+    "receipt": lambda data: carrier.parse_receipt(data, "name"),
 }
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
