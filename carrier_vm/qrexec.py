@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from carrier_vm.errors import UsageError
-from carrier_vm.ssh import printable
+from qbackup_protocol.text import clean_text
 from qbackup_protocol.wire import InvalidName, check_name, check_prefix
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def service_request(
     Request; raise UsageError for a refused argument or a bad name line,
     before anything is contacted."""
     env_argument = environ.get("QREXEC_SERVICE_ARGUMENT")
-    caller = printable(environ.get("QREXEC_REMOTE_DOMAIN", "(unknown)"), 64)
+    caller = clean_text(environ.get("QREXEC_REMOTE_DOMAIN", "(unknown)"), 64)
     # Threat: another VM (or a misconfigured policy) reaching this service:
     # only dom0 knows when a backup succeeded or was cancelled.
     if environ.get("QREXEC_REMOTE_DOMAIN") != ALLOWED_CALLER:

@@ -28,6 +28,7 @@ from carrier_vm.errors import (
     TemporaryFailure,
     error_for_shell_status,
 )
+from qbackup_protocol.text import clean_text
 
 # Debian bookworm's python3-cryptography warns about ciphers asyncssh 2.10
 # merely registers; those warnings would land on the stderr that dom0 reads.
@@ -57,13 +58,12 @@ Reader = asyncssh.SSHReader  # of bytes: every session is opened with encoding=N
 Writer = asyncssh.SSHWriter
 
 
-def printable(data: bytes | str, limit: int = MAX_DETAIL_CHARACTERS) -> str:
-    """Given untrusted bytes or text, return at most LIMIT characters of it with
-    everything but printable ASCII replaced by '?' (no escapes reach a terminal)."""
+def one_line(data: bytes | str, limit: int = MAX_DETAIL_CHARACTERS) -> str:
+    """Given untrusted bytes or text (the server's stderr, an error's text),
+    return it as one line of detail: whitespace runs become single spaces,
+    then clean_text makes it safe to show."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = " ".join(text.split())  # newlines and tabs become single spaces
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
+    return clean_text(" ".join(text.split()), limit)
 
 
 def server_label(config: CarrierConfig) -> str:
@@ -145,7 +145,7 @@ async def connect(config: CarrierConfig) -> Connection:
         ) from None
     except asyncssh.KeyImportError as error:
         raise ConfigError(
-            f"{config.source}: key 'identity_file': {printable(str(error))}"
+            f"{config.source}: key 'identity_file': {one_line(str(error))}"
         ) from None
     except TIMEOUTS:
         raise TemporaryFailure(
@@ -153,7 +153,7 @@ async def connect(config: CarrierConfig) -> Connection:
         ) from None
     except (OSError, asyncssh.Error) as error:
         raise TemporaryFailure(
-            f"cannot reach {server_label(config)}: {printable(describe(error))}"
+            f"cannot reach {server_label(config)}: {one_line(describe(error))}"
         ) from None
 
 
@@ -270,7 +270,7 @@ def transport_error(error: BaseException, config: CarrierConfig) -> CarrierError
     if isinstance(error, CarrierError):
         return error
     return TemporaryFailure(
-        f"connection to {server_label(config)} lost: {printable(describe(error))}"
+        f"connection to {server_label(config)} lost: {one_line(describe(error))}"
     )
 
 
@@ -350,7 +350,7 @@ async def run_session(
             ) from None
         status = exit_status(channel)
         complete = sending is None or (sending.done() and sending.exception() is None)
-        return SessionEnd(output.result(), status, printable(stderr.result()), complete)
+        return SessionEnd(output.result(), status, one_line(stderr.result()), complete)
     finally:
         # Close the channel FIRST: a write racing the cancellation (in 3.11,
         # wait_for can swallow a cancel) must fail, never reach the server --

@@ -6,7 +6,8 @@ Logging is configured once: syslog ident `qbackup` (journald, so
 Text from the carrier VM is hostile: the carrier is networked and less
 trusted than dom0, and anything it sends may be huge, invalid UTF-8, or full
 of escape sequences meant to rewrite a terminal or forge journal lines. So
-every line that leaves qbackup, log record or stdout, passes `clean_text`.
+every line that leaves qbackup, log record or stdout, passes `clean_text`
+(qbackup_protocol/text.py: the one sanitiser, shared with the carrier).
 """
 
 from __future__ import annotations
@@ -17,41 +18,18 @@ import logging.handlers
 import os
 import socket
 import sys
-import unicodedata
 from datetime import UTC, datetime
+
+from qbackup_protocol.text import DEFAULT_LIMIT, clean_text
 
 DEFAULT_SYSLOG_SOCKET = "/dev/log"
 IDENT = "qbackup"
 MAX_MESSAGE = 2000
 MAX_OUTPUT_LINE = 1000
-DEFAULT_LIMIT = 300
 MAX_TAIL = 64 * 1024  # last_line looks at most this far back
-# Unicode categories never shown: controls (ESC, CR, NUL, NEL...), format
-# characters (bidi overrides and isolates that reorder what a reader sees),
-# surrogates, private use, unassigned, and the line and paragraph separators
-# U+2028/U+2029 (a new line to anything that splits lines like Python does).
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 # --- hostile text ------------------------------------------------------------
-def clean_text(data: bytes | str, limit: int = DEFAULT_LIMIT) -> str:
-    """Given untrusted bytes or text, return at most LIMIT printable characters:
-    invalid UTF-8 and every control/format character become '?', and a cut is
-    marked with '...'."""
-    if isinstance(data, bytes):
-        # Decode only what can be shown: never feed megabytes to the decoder.
-        text = data[: limit * 4].decode("utf-8", "replace")
-    else:
-        text = data[: limit * 4]
-    cleaned = "".join(
-        "?" if char == "\ufffd" or unicodedata.category(char) in HIDDEN_CATEGORIES else char
-        for char in text
-    )
-    if len(cleaned) > limit:
-        return cleaned[:limit] + "..."
-    return cleaned
-
-
 def last_line(data: bytes, limit: int = DEFAULT_LIMIT) -> str:
     """Given untrusted stderr, return its last non-empty line, cleaned."""
     for line in reversed(data[-MAX_TAIL:].splitlines()):

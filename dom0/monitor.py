@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from dom0 import processes
 from dom0.config import Hooks
-from dom0.log import clean_text
+from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
 QVM_RUN = "qvm-run"

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from dom0.log import clean_text
+from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
 MASK = "***"

@@ -28,7 +28,7 @@ from dom0.carrier import CarrierClient, check_name
 from dom0.compression import restore_options
 from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
 from dom0.errors import Interrupted, UsageError, VerificationError
-from dom0.log import clean_text, say, say_json
+from dom0.log import say, say_json
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
 from dom0.verify import (
@@ -39,6 +39,7 @@ from dom0.verify import (
     passphrase_input,
     restore_arguments,
 )
+from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
 DOM0 = "dom0"  # the AdminVM: in a backup it stands for dom0's home directory

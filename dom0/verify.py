@@ -28,11 +28,12 @@ from dom0.carrier import CarrierClient, check_name, seconds
 from dom0.compression import restore_options
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.errors import PassphraseError, VerificationError
-from dom0.log import clean_text, say
+from dom0.log import say
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier, running_vm
+from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
 MAX_LOGGED_LINES = 40

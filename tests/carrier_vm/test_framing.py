@@ -17,7 +17,7 @@ from carrier_vm.errors import (
     TemporaryFailure,
     error_for_shell_status,
 )
-from carrier_vm.ssh import printable
+from carrier_vm.ssh import one_line
 from carrier_vm.upload import check_receipt
 from qbackup_protocol.carrier_service import CarrierExit
 from qbackup_protocol.wire import ShellExit, encode_data_header, encode_end_frame, encode_reply
@@ -106,8 +106,8 @@ def test_receipt_that_differs_in_anything_is_refused(output: bytes) -> None:
         ("\u202etxt.exe", "?txt.exe"),
     ],
 )
-def test_printable_leaves_nothing_a_terminal_would_obey(raw: bytes | str, shown: str) -> None:
-    assert printable(raw) == shown
+def test_one_line_leaves_nothing_a_terminal_would_obey(raw: bytes | str, shown: str) -> None:
+    assert one_line(raw) == shown
 
 
 @pytest.mark.parametrize(

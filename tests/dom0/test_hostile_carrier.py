@@ -22,10 +22,11 @@ from dom0 import carrier, processes
 from dom0.carrier import ReplyError
 from dom0.config import Hooks
 from dom0.errors import TemporaryFailure
-from dom0.log import clean_text, last_line, say_json
+from dom0.log import last_line, say_json
 from dom0.monitor import Monitor
 from dom0.qubes import RealQubes
 from qbackup_protocol import wire
+from qbackup_protocol.text import clean_text
 
 MIB = 1024 * 1024
 

@@ -17,9 +17,10 @@ from dom0.backup import make_name, parse_estimate
 from dom0.carrier import Listing, Record, is_valid_name
 from dom0.errors import ConfigError, PassphraseError
 from dom0.history import Run, compare_with_server
-from dom0.log import clean_text, show_time
+from dom0.log import show_time
 from dom0.passphrase import read_passphrase
 from dom0.profile import ProfileSpec, destination_path, written_profile
+from qbackup_protocol.text import clean_text
 from testbed.qubes_sim.simulator import human
 
 DIGEST = "a" * 64
