@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
-from carrier_vm.errors import CarrierError, TemporaryFailure, UsageError
+from carrier_vm.errors import CarrierError, Interrupted, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
 from qbackup_protocol.carrier_service import CarrierExit
@@ -55,10 +55,6 @@ USAGE = (
     f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
     " | check NAME | info | abort | transfer NAME | qrexec-service [ARG]"
 )
-
-
-class Interrupted(TemporaryFailure):
-    """A signal aborted the transfer (nothing was committed)."""
 
 
 def parse_arguments(argv: list[str]) -> Request:

@@ -67,6 +67,10 @@ class TemporaryFailure(CarrierError):
     exit_code = CarrierExit.TEMPORARY
 
 
+class Interrupted(TemporaryFailure):
+    """A signal stopped the run (a transfer is aborted: nothing is committed)."""
+
+
 class OutputClosed(CarrierError):
     """Whoever reads the carrier's stdout went away (EPIPE): the transfer is
     aborted. Not a lost connection: resuming cannot help."""
