@@ -432,11 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(results, baseline))
     by_label = {r.label: r for r in results}
-    q_file, s_file = by_label["(2) qbackup, from file"], by_label["(3) staged, from file"]
+    q_file = by_label["(2) qbackup, from file"]
+    s_file = by_label["(3) staged, from file"]
     print()
     print(f"- qbackup / OpenSSH (from file, same run): {q_file.mb_per_s / baseline.mb_per_s:.2f}")
     print(f"- qbackup / staged (from file): {q_file.mb_per_s / s_file.mb_per_s:.2f}")
-    q_rate, s_rate = results[3], results[4]
+    q_rate = results[3]
+    s_rate = results[4]
     print(
         f"- throttled producer: qbackup committed {s_rate.seconds - q_rate.seconds:.1f} s sooner "
         f"({q_rate.seconds:.1f} s vs {s_rate.seconds:.1f} s); staging used "
@@ -489,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for name, (loop_rate, loop_cpu) in loop.items():
         print(f"| {name} | {loop_rate:.0f} | {loop_cpu:.2f} |")
-    single, threaded = loop["single thread, no acks"][0], loop["writer thread (before)"][0]
+    single = loop["single thread, no acks"][0]
+    threaded = loop["writer thread (before)"][0]
     print()
     print(f"- writer thread / one thread: {threaded / single:.2f} "
           "(the thread would be kept only at >= 1.10)")

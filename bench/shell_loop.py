@@ -79,7 +79,8 @@ def threaded(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
 
     thread = threading.Thread(target=write)
     thread.start()
-    allocated, total = 0, 0
+    allocated = 0
+    total = 0
     header = memoryview(bytearray(5))
     try:
         while True:
@@ -124,7 +125,8 @@ def run_once(consume: Callable[[int, int, int, int], int], total: int, directory
     with tempfile.TemporaryDirectory(dir=directory) as work:
         fd = os.open(os.path.join(work, "data"), os.O_WRONLY | os.O_CREAT, 0o600)
         state_fd = os.open(os.path.join(work, "state"), os.O_RDWR | os.O_CREAT, 0o600)
-        before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
         assert consume(read_fd, fd, state_fd, sync_interval) == total
         os.fsync(fd)
         elapsed = time.monotonic() - started

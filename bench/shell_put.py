@@ -25,7 +25,8 @@ CHUNK = wire.DEFAULT_DATA_FRAME
 
 
 def make_inputs(directory: Path, size: int) -> tuple[Path, Path]:
-    raw, framed = directory / "raw", directory / "framed"
+    raw = directory / "raw"
+    framed = directory / "framed"
     hasher = hashlib.sha256()
     with (
         open("/dev/urandom", "rb") as source,
@@ -86,10 +87,8 @@ def main() -> None:
                     path.unlink()
                 for path in (shell_account.home / "bench").iterdir():
                     path.unlink()
-            put_median, cat_median = (
-                statistics.median(speeds["put"]),
-                statistics.median(speeds["cat"]),
-            )
+            put_median = statistics.median(speeds["put"])
+            cat_median = statistics.median(speeds["cat"])
             print(
                 f"{cipher}: put {put_median:.0f} MB/s, cat {cat_median:.0f} MB/s, "
                 f"ratio {put_median / cat_median:.2f}",

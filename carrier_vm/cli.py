@@ -62,7 +62,8 @@ def parse_arguments(argv: list[str]) -> Request:
     UsageError for an unknown verb, a wrong argument count or an invalid name."""
     if not argv:
         raise UsageError(USAGE)
-    verb, rest = argv[0], argv[1:]
+    verb = argv[0]
+    rest = argv[1:]
     try:
         if verb == "put" and len(rest) == 2 and rest[0] == "--commit":
             return Request(verb, check_name(rest[1]), then_commit=True)

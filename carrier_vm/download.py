@@ -59,7 +59,8 @@ class Deframer:
         """Forget any partly received frame: a new session resends from the
         first byte not yet delivered (total and the running hash stay)."""
         self._pending.clear()
-        self._kind, self._need = None, FRAME_HEADER_SIZE
+        self._kind = None
+        self._need = FRAME_HEADER_SIZE
 
     def feed(self, data: bytes) -> list[bytes]:
         """Given the next bytes of the stream, return the payload pieces they
@@ -78,7 +79,8 @@ class Deframer:
                 self._hash.update(chunk)
                 self.total += len(chunk)
                 pieces.append(chunk)
-                self._kind, self._need = None, FRAME_HEADER_SIZE
+                self._kind = None
+                self._need = FRAME_HEADER_SIZE
             else:
                 self._finish(chunk)
         if self.finished and self._pending:
@@ -115,7 +117,8 @@ class Deframer:
         if self.listed_sha256 is not None and digest.hex() != self.listed_sha256:
             raise DataError("SHA-256 mismatch: the stream differs from the backup's listed digest")
         self.finished = True
-        self._kind, self._need = None, 1
+        self._kind = None
+        self._need = 1
 
     def close(self) -> None:
         """Raise DataError unless the stream ended right after a valid end frame."""
@@ -133,7 +136,8 @@ async def get_backup(link: Link, name: str, out_fd: int, config: CarrierConfig) 
     deframer = Deframer(limit=listed.size, listed_sha256=listed.sha256)
     lost = 0
     # The window runs from the first loss after the last delivered byte.
-    lost_at, progress_mark = 0.0, -1
+    lost_at = 0.0
+    progress_mark = -1
     while True:
         try:
             await get_session(link, name, deframer, out_fd, config)
@@ -147,7 +151,8 @@ async def get_backup(link: Link, name: str, out_fd: int, config: CarrierConfig) 
             lost += 1
             logger.warning("connection lost during the download of %s: %s", name, failure)
             if deframer.total > progress_mark:
-                lost_at, progress_mark = time.monotonic(), deframer.total
+                lost_at = time.monotonic()
+                progress_mark = deframer.total
             outage = await link.reconnect_within(failure, lost_at)
             logger.info(
                 "reconnected after %.1fs, resuming %s at byte %d", outage, name, deframer.total

@@ -147,10 +147,13 @@ class FrameReader:
         if self._filling is None:
             if self.at_eof:
                 return None
-            self._filling, self._filled = self._buffer(), 0
+            self._filling = self._buffer()
+            self._filled = 0
         await self._fill()
-        buffer, filled = self._filling, self._filled
-        self._filling, self._filled = None, 0
+        buffer = self._filling
+        filled = self._filled
+        self._filling = None
+        self._filled = 0
         if filled == 0:
             self._free.append(buffer)
             return None

@@ -204,7 +204,8 @@ async def put_backup(
     restarted = False
     # The window runs from the first loss after the last progress: failed
     # resumes (busy, refused, cut again) without progress stay one outage.
-    lost_at, progress_mark = 0.0, -1
+    lost_at = 0.0
+    progress_mark = -1
     try:
         while True:
             try:
@@ -214,7 +215,8 @@ async def put_backup(
                     raise
                 # The first session was lost before the server made its
                 # partial upload: start over (once), the carrier holds it all.
-                restarted, verb = True, VERB_PUT
+                restarted = True
+                verb = VERB_PUT
                 continue
             except TemporaryFailure as failure:
                 if isinstance(failure, ResumeImpossible) or config.resume_window <= 0:
@@ -226,7 +228,8 @@ async def put_backup(
                 outages.lost += 1
                 logger.warning("connection lost during the upload of %s: %s", name, failure)
                 if outbox.acked > progress_mark:
-                    lost_at, progress_mark = time.monotonic(), outbox.acked
+                    lost_at = time.monotonic()
+                    progress_mark = outbox.acked
                 outages.durations.append(await link.reconnect_within(failure, lost_at))
                 verb = VERB_RESUME
                 logger.info(

@@ -63,7 +63,8 @@ def parse_estimate(summary: bytes) -> int | None:
     found = TOTAL_SIZE.search(summary.decode("utf-8", "replace"))
     if found is None:
         return None
-    number, unit = found.group(1), found.group(2) or ""
+    number = found.group(1)
+    unit = found.group(2) or ""
     # size_to_human rounds to one decimal: add half a step so the estimate
     # never understates what Qubes will send.
     slack = 0.05 if "." in number else 0.0

@@ -183,7 +183,8 @@ class CarrierClient:
             try:
                 cls, reason = CARRIER_STATUS_ERRORS[carrier_service.CarrierExit(status)]
             except (ValueError, KeyError):
-                cls, reason = CarrierFailed, f"the carrier failed (status {status})"
+                cls = CarrierFailed
+                reason = f"the carrier failed (status {status})"
             if cls is NoSuchBackup:  # one message, whichever command asked
                 raise no_such_backup(argument) from None
             detail = last_line(error.stderr or b"")

@@ -87,7 +87,8 @@ def choose_backups(runs: Sequence[history.Run], chooser: random.Random) -> list[
     randomly chosen older one (just the newest if there is no older)."""
     if not runs:
         return []
-    newest, older = runs[-1], list(runs[:-1])
+    newest = runs[-1]
+    older = list(runs[:-1])
     return [newest, chooser.choice(older)] if older else [newest]
 
 

@@ -206,7 +206,9 @@ def describe_transfer(transfer: dict[str, object] | None) -> str:
     """Given a history record's transfer field, return it for people."""
     if not isinstance(transfer, dict) or not transfer:
         return "transfer: not reported"
-    lost, outages, resent = transfer.get("lost"), transfer.get("outages"), transfer.get("resent")
+    lost = transfer.get("lost")
+    outages = transfer.get("outages")
+    resent = transfer.get("resent")
     if not isinstance(lost, int) or not isinstance(resent, int) or not isinstance(outages, list):
         return "transfer: not reported"
     if lost == 0:

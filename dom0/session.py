@@ -94,7 +94,8 @@ class SignalGuard:
         self.signum = signum
         if self.cancel is not None:
             logger.warning("signal %d: cancelling the backup", signum)
-            cancel, self.cancel = self.cancel, None
+            cancel = self.cancel
+            self.cancel = None
             cancel()
             return
         raise Interrupted(signum)

@@ -449,7 +449,8 @@ class SimulatedQubes:
             outcome = self._deliver(profile, process, line, self._pieces(chunks), total,
                                     on_progress)
             if outcome != "sent" and self.hooks.on_engine_waits is not None:
-                waits, self.hooks.on_engine_waits = self.hooks.on_engine_waits, None
+                waits = self.hooks.on_engine_waits
+                self.hooks.on_engine_waits = None
                 waits()
             # The order that matters: wait for the VM's command, THEN close.
             returncode = self._reap(destination, process)

@@ -87,7 +87,8 @@ def parse_header(data: bytes, passphrase: str) -> Header:
     lines = data[len(MAGIC) :].split(b"\n", 2)
     if len(lines) < 3:
         raise StreamError("backup header truncated")
-    header_line, mac_line = lines[0], lines[1]
+    header_line = lines[0]
+    mac_line = lines[1]
     try:
         header = json.loads(header_line)
         salt = bytes.fromhex(header["salt"])
