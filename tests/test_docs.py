@@ -1,10 +1,11 @@
 """The documentation says what the repository holds and what the code does.
 
 Pure checks (no root, no sshd): the repository stands alone (no file points to
-documents it does not ship), every relative link in README.md and docs/*.md
-reaches a file and heading that exist, the README starts with `make test` and
-`make demo`, and every `make TARGET`, `qbackup` and `qbackup-server` command
-and option, and systemd unit the README names exists. (The exit-code tables
+documents it does not ship), every relative link in a shipped *.md reaches a
+file and heading that exist, the docs stay within their word limits and keep
+dates and issue numbers out of reference text, the README starts with
+`make test` and `make demo`, and every `make TARGET`, `qbackup` and
+`qbackup-server` command and option, and systemd unit the README names exists. (The exit-code tables
 have their own tests next to their code: tests/dom0/test_docs.py,
 tests/carrier_vm/test_docs.py, tests/server_shell/test_docs.py.)
 """
@@ -22,7 +23,6 @@ from dom0.arguments import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-DOCS = sorted([README, *(REPO / "docs").glob("*.md")])
 THIS_FILE = Path(__file__).resolve()
 
 # Documents a reader of this repository does not have (they lived next to it
@@ -42,6 +42,15 @@ def tracked_files() -> list[Path]:
                              capture_output=True).stdout.decode()
     files = [REPO / name for name in listing.split("\0") if name]
     return [path for path in files if path.is_file() and path.resolve() != THIS_FILE]
+
+
+DOCS = sorted(path for path in tracked_files() if path.suffix == ".md")
+PERFORMANCE_DOC = REPO / "docs" / "PERFORMANCE.md"
+# The docs' word limits, counted as `wc -w` counts.
+README_MAX_WORDS = 3_000
+DOCS_MAX_WORDS = 12_000
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+TRACKER = re.compile(r"\b(?:issue|bug|ticket)\s*#?\d+\b|(?:^|[\s(])#\d+\b(?!-)", re.I)
 
 
 def prose_lines(path: Path) -> list[str]:
@@ -128,6 +137,40 @@ def test_every_relative_link_reaches_a_file_and_heading(document: Path) -> None:
             elif anchor and (linked.suffix != ".md" or anchor not in anchors(linked)):
                 broken.append(f"{target}: no such heading")
     assert not broken, "\n".join(broken)
+
+
+def test_docs_stay_within_their_word_limits() -> None:
+    words = {path: len(path.read_text().split()) for path in DOCS}
+    assert README in words and PERFORMANCE_DOC in words
+    assert words[README] <= README_MAX_WORDS
+    assert sum(words.values()) <= DOCS_MAX_WORDS, {
+        str(path.relative_to(REPO)): count for path, count in words.items()}
+
+
+def test_dated_figures_live_only_in_performance_md() -> None:
+    dated = [f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+             for path in DOCS if path != PERFORMANCE_DOC
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if DATE.search(line)]
+    assert not dated, "\n".join(dated)
+    assert DATE.search(PERFORMANCE_DOC.read_text()), "PERFORMANCE.md dates its figures"
+
+
+def test_no_doc_points_to_an_issue_tracker() -> None:
+    pointers = [f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+                for path in DOCS
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if TRACKER.search(line)]
+    assert not pointers, "\n".join(pointers)
+
+
+def test_the_date_and_tracker_patterns_catch_what_they_must() -> None:
+    assert DATE.search("measured on 2026-12-01") and not DATE.search("home-restore-YYYY-MM-DD")
+    assert not DATE.search("laptop/daily-20261122T235959Z")
+    for line in ("see issue 11", "Issue #9 says", "fixed in #42", "(#7)"):
+        assert TRACKER.search(line), line
+    for line in ("[exit codes](PROTOCOL.md#4-exit-codes)", "§1.2", "exit 11"):
+        assert not TRACKER.search(line), line
 
 
 def test_slugs_follow_github() -> None:

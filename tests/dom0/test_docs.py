@@ -27,8 +27,20 @@ def table_under(heading: str) -> list[list[str]]:
 
 
 def test_exit_code_table_is_the_code() -> None:
-    assert table_under("## Exit codes") == [
+    # Code and meaning are the code's; the third column says what to do.
+    rows = table_under("## Exit codes")
+    assert [row[:2] for row in rows] == [
         [str(int(code)), code.meaning] for code in errors.QbackupExit]
+    assert all(len(row) == 3 for row in rows)
+
+
+def test_every_failure_code_says_what_to_do() -> None:
+    # A user who meets a failure exit finds the next step beside it; only
+    # success and the two signals need none.
+    silent = {str(code) for code in (errors.QbackupExit.OK, errors.QbackupExit.SIGINT,
+                                                  errors.QbackupExit.SIGTERM)}
+    assert [row[0] for row in table_under("## Exit codes") if not row[2]] == sorted(
+        silent, key=int)
 
 
 def test_job_settings_table_is_the_code() -> None:
