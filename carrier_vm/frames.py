@@ -12,10 +12,9 @@ carrier stops reading, which holds Qubes' producer (qrexec stops reading
 from its side). Memory is therefore bounded by the pool, whatever the
 stream's length.
 
-An earlier version read and hashed in a separate thread to overlap hashing
-with encryption; on two cores it cost 0.15 CPU-s/GiB more (thread switches
-and GIL hand-overs after every short read) and was slower: the carrier's
-README has the numbers.
+Reading and hashing stay in the event loop's thread: a separate thread to
+overlap hashing with encryption costs more CPU than it saves (thread switches
+and GIL hand-overs after every short read; docs/PERFORMANCE.md).
 
 Each buffer is page-aligned memory (an anonymous mmap) with the payload at
 offset PAYLOAD_AT, a multiple of 64: the kernel's copy into an unaligned
