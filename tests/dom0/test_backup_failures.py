@@ -19,9 +19,9 @@ import pytest
 
 from dom0 import errors
 from dom0.profile import profile_name
+from testbed.carrier import write_carrier_config
+from testbed.server import free_port
 from tests.dom0.conftest import CARRIER, MIB, Dom0
-from tests.harness.carrier import write_carrier_config
-from tests.harness.server import free_port
 
 
 def backup(dom0: Dom0, *extra: str) -> int:

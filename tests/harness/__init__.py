@@ -1,2 +1,3 @@
-"""What the tests import of the shared test bed (testbed/ at the repository
-root, which bench/ uses too): tests.harness.server, tests.harness.carrier."""
+"""Going away: the tests import the test bed from testbed/ itself. Left only
+for the one import of tests/server_shell/test_docs.py (REPO); remove this
+directory once that import names testbed.server."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import put, run_admin, snapshot, stage
 
 DAY = 86400

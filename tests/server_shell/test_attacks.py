@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import chown_tree, frame_stream, put, snapshot, unframe
 
 DATA = b"attacker data\n"

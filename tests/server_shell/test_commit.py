@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import get, pending, put, receipt, snapshot, stage, temporaries
 
 DAY = 86400

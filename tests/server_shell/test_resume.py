@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import frame_stream, get, put, receipt, snapshot, stage, unframe
 
 MIB = 1024 * 1024

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import get, put, snapshot, temporaries
 
 FRAME = wire.DEFAULT_DATA_FRAME

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import REPO, Account, BackupServer, remove_account
+from testbed.server import REPO, Account, BackupServer, remove_account
 from tests.server_shell.client import put
 
 SCRIPT = REPO / "server_shell" / "setup-account.sh"

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from testbed import openssh
-from tests.harness.server import Account, BackupServer, remove_account
+from testbed.server import Account, BackupServer, remove_account
 from tests.server_shell.client import put, snapshot
 
 SCRIPT = Path(__file__).resolve().parents[2] / "server_shell" / "setup-account.sh"

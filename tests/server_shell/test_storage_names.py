@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from server_shell.config import Exists, Refused
 from server_shell.main import parse_command
 from server_shell.storage import make_dirs, open_dirs, split_name
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import put, snapshot
 
 NAME_ALPHABET = st.sampled_from(

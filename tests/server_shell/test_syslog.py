@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 from tests.server_shell.client import put
 
 
