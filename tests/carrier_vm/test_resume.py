@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from qbackup_protocol.carrier_service import CarrierExit, parse_transfer_stats
+from testbed.client import file_sha256
+from testbed.netproxy import NetProxy
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
@@ -27,11 +29,9 @@ from tests.carrier_vm.conftest import (
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_dead_network import account_pids
 from tests.carrier_vm.test_interruptions import shell_pids, wait_until
 from tests.carrier_vm.test_qrexec_service import call_service
-from tests.server_shell.client import file_sha256
 
 MIB = 1024 * 1024
 class Feeder:

@@ -28,8 +28,8 @@ import pytest
 
 from dom0 import errors, history
 from testbed.carrier import write_carrier_config
+from testbed.netproxy import NetProxy
 from testbed.qubes_sim import stream
-from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_commit_lost import kill_the_waiting_commit, staged_upload_locked
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.client import put, run_admin, snapshot, stage
 from testbed.server import Account, BackupServer
-from tests.server_shell.client import put, run_admin, snapshot, stage
 
 DAY = 86400
 
