@@ -362,7 +362,7 @@ def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Pat
 def test_a_carrier_claiming_a_cut_listing_cannot_hide_a_vanished_backup(
         dom0: Dom0, tmp_path: Path) -> None:
     # Before: {"count":0,"end":true,"truncated":true} made status --remote say
-    # all was well although the recorded backup was gone (R2 finding 5).
+    # all was well although the recorded backup was gone.
     dom0.history.write_text(json.dumps({
         "job": "nightly", "carrier": CARRIER, "name": "nightly-20260101T000000Z",
         "size": 1048576, "sha256": "a" * 64, "start": 1.0, "end": 2.0, "outcome": "ok"}) + "\n")
