@@ -80,7 +80,7 @@ lint: venv
 	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol
 
 demo: venv
-	$(PY) -m tests.demo
+	$(PY) -m demo.run
 
 bench: venv
 	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import REPO, remove_account
+from testbed.server import REPO, remove_account
 
 POLICY = REPO / "dom0" / "qubes-policy" / "30-qbackup.policy"
 UNITS = sorted(

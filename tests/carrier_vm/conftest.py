@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from testbed.carrier import carrier_config
+from testbed.netproxy import NetProxy
 from testbed.openssh import Endpoint
 from testbed.server import Account, BackupServer
-from tests.carrier_vm.netproxy import NetProxy
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")

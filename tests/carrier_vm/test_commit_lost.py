@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
+from testbed.netproxy import NetProxy
 from testbed.server import Account
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
@@ -40,7 +41,6 @@ from tests.carrier_vm.conftest import (
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_interruptions import wait_until
 from tests.carrier_vm.test_resume import finish_put
 

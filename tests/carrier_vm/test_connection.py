@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
+from testbed.server import free_port
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
-from tests.harness.server import free_port
 
 
 def other_host_key(tmp_path: Path) -> str:

@@ -310,8 +310,8 @@ def test_get_from_a_server_that_stops_sending_fails_after_progress_timeout(
 
 @pytest.mark.parametrize("mode", ["get-short", "get-other"])
 def test_get_refuses_a_stream_that_is_not_the_listed_backup(hostile: Carrier, mode: str) -> None:
-    # R2 finding 7: the listing's size was only an upper bound; a shorter
-    # stream (or other bytes) with a self-consistent end frame passed.
+    # A stream whose own end frame agrees with it but that is not the listed
+    # backup (shorter, or other bytes): the listed size is no mere upper bound.
     set_mode(hostile, mode)
     result = hostile.run("get", "b", timeout=30)
     assert result.returncode == CarrierExit.DATA, result.stderr
@@ -322,8 +322,8 @@ def test_get_refuses_a_stream_that_is_not_the_listed_backup(hostile: Carrier, mo
 def test_commit_after_a_put_in_this_vm_refuses_a_receipt_that_differs(
     hostile: Carrier, mode: str
 ) -> None:
-    # R2 finding 8: dom0's path is a plain commit after the put; it must
-    # compare the commit receipt with what the put verified, as put --commit does.
+    # dom0's path is a plain commit after the put; it must compare the commit
+    # receipt with what the put verified, as put --commit does.
     set_mode(hostile, mode)
     assert hostile.run("put", "b", data=os.urandom(10_000)).returncode == 0
     result = hostile.run("commit", "b", timeout=30)
@@ -333,8 +333,8 @@ def test_commit_after_a_put_in_this_vm_refuses_a_receipt_that_differs(
 
 
 def test_resumes_refused_as_busy_do_not_extend_the_window(hostile: Carrier) -> None:
-    # R2 finding 2: each failed resume restarted resume_window, so a server
-    # answering "busy" for ever kept the put alive for ever.
+    # A failed resume must not restart resume_window, or a server answering
+    # "busy" for ever keeps the put alive for ever.
     set_mode(hostile, "cut-then-busy")
     hostile.write_config(resume_window=3)
     started = time.monotonic()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.server import Account
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
-from tests.harness.server import Account
 
 CHUNK = os.urandom(1024 * 1024)
 

@@ -126,7 +126,7 @@ def test_resent_bytes_are_counted_once_per_resend() -> None:
 
 
 def test_a_repeated_ack_is_no_progress() -> None:
-    # R2 finding 3: useless acks (the same offset again) must not count as
+    # Useless acks (the same offset again) must not count as
     # progress, or a server dripping them keeps a full outbox waiting for ever.
     box = outbox_holding(0, 4, 1000, 4000)
     box.acked_event.clear()

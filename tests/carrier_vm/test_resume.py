@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from qbackup_protocol.carrier_service import CarrierExit, parse_transfer_stats
+from testbed.client import file_sha256
+from testbed.netproxy import NetProxy
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
@@ -27,11 +29,9 @@ from tests.carrier_vm.conftest import (
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_dead_network import account_pids
 from tests.carrier_vm.test_interruptions import shell_pids, wait_until
 from tests.carrier_vm.test_qrexec_service import call_service
-from tests.server_shell.client import file_sha256
 
 MIB = 1024 * 1024
 class Feeder:
@@ -374,9 +374,9 @@ def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
 
 
 def test_rate_limited_put_with_frequent_acks_succeeds(carrier: Carrier) -> None:
-    # R2 finding 1: the server acknowledged a frame's bytes while the rate
-    # limiter slept after writing it, before the carrier counted them as
-    # sent: "acknowledged data it was never sent", exit 65, on an honest server.
+    # The server may acknowledge a frame's bytes while the rate limiter sleeps
+    # after writing it, before the carrier has counted them as sent: that must
+    # not be "acknowledged data it was never sent" (exit 65) on an honest server.
     carrier.write_config(rate_limit=2_796_216)
     carrier.server.write_shell_config(f"[account {carrier.account.name}]\nsync_interval = 1M\n")
     try:

@@ -19,9 +19,9 @@ import pytest
 
 from dom0.errors import QbackupExit
 from dom0.profile import profile_name
+from testbed.carrier import write_carrier_config
+from testbed.server import free_port
 from tests.dom0.conftest import CARRIER, MIB, Dom0
-from tests.harness.carrier import write_carrier_config
-from tests.harness.server import free_port
 
 
 def backup(dom0: Dom0, *extra: str) -> int:
@@ -362,7 +362,7 @@ def test_a_carrier_that_never_answers_meets_a_deadline(dom0: Dom0, tmp_path: Pat
 def test_a_carrier_claiming_a_cut_listing_cannot_hide_a_vanished_backup(
         dom0: Dom0, tmp_path: Path) -> None:
     # Before: {"count":0,"end":true,"truncated":true} made status --remote say
-    # all was well although the recorded backup was gone (R2 finding 5).
+    # all was well although the recorded backup was gone.
     dom0.history.write_text(json.dumps({
         "job": "nightly", "carrier": CARRIER, "name": "nightly-20260101T000000Z",
         "size": 1048576, "sha256": "a" * 64, "start": 1.0, "end": 2.0, "outcome": "ok"}) + "\n")

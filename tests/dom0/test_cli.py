@@ -14,7 +14,7 @@ import pytest
 from dom0 import __version__, errors
 from dom0.cli import PARSER, main, normalise
 from dom0.errors import QbackupExit
-from tests.harness.server import REPO
+from testbed.server import REPO
 
 
 @pytest.fixture(autouse=True)

@@ -166,7 +166,7 @@ def test_a_service_that_never_answers_is_killed_at_its_deadline() -> None:
         adapter.run_service_for_stdio("carrier", "qubes.BackupCarrier+list", b"\n", timeout=0.2)
 
 
-# --- a listing the carrier claims was cut short (R2 finding 5) ------------------
+# --- a listing the carrier claims was cut short ---------------------------------
 def record_line(name: str) -> bytes:
     return json.dumps({"name": name, "size": 5, "sha256": "a" * 64, "mtime": 1}).encode() + b"\n"
 
@@ -210,7 +210,7 @@ def test_names_missing_from_a_cut_listing_are_looked_up_one_by_one() -> None:
     assert {record.name for record in records} - set(full) == {kept}  # `gone` stays missing
 
 
-# --- a carrier that never answers, through the real adapter (R2 finding 4) --------
+# --- a carrier that never answers, through the real adapter -----------------------
 @pytest.mark.parametrize("script", [
     "exec sleep 600",  # never answers
     "exec 1>&-; exec sleep 600",  # closes stdout at once, never exits
@@ -238,7 +238,7 @@ def test_a_passphrase_vm_that_never_answers_meets_a_deadline(
         verify.passphrase_input(adapter, "sys-backup", PassphraseSource(vm="vault"))
 
 
-# --- what dom0 keeps of a program's output (R2 finding 6) -------------------------
+# --- what dom0 keeps of a program's output ----------------------------------------
 def peak_of(action: Any) -> tuple[Any, int]:
     """Run ACTION; return (its result, the peak of Python memory meanwhile)."""
     tracemalloc.start()
@@ -276,7 +276,7 @@ def test_a_program_past_its_timeout_is_killed() -> None:
         processes.run(["sleep", "600"], timeout=0.2)
 
 
-# --- notification bodies are markup to the desktop (R2 finding 10) ---------------
+# --- notification bodies are markup to the desktop -------------------------------
 def test_carrier_text_cannot_put_markup_on_the_desktop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "argv"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import REPO
+from testbed.server import REPO
 
 
 def test_make_dom0_installs_launcher_modules_and_units(tmp_path: Path) -> None:

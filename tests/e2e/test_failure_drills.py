@@ -29,8 +29,8 @@ import pytest
 from dom0 import history
 from dom0.errors import QbackupExit
 from testbed.carrier import write_carrier_config
+from testbed.netproxy import NetProxy
 from testbed.qubes_sim import stream
-from tests.carrier_vm.netproxy import NetProxy
 from tests.carrier_vm.test_commit_lost import kill_the_waiting_commit, staged_upload_locked
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 
@@ -540,7 +540,7 @@ def gated_carrier(dom0: Dom0, directory: Path, verb: str) -> Path:
 def test_a_commit_whose_session_dies_after_publishing_is_recorded_as_committed(
     drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # Issue 23: the sshd session serving dom0's commit is killed while the
+    # The sshd session serving dom0's commit is killed while the
     # shell is inside the commit step (held there by the staged upload's lock,
     # see tests/carrier_vm/test_commit_lost.py); the left-behind shell
     # publishes and cannot deliver the receipt. The carrier learns that the
@@ -583,7 +583,7 @@ def test_a_commit_whose_session_dies_after_publishing_is_recorded_as_committed(
 def test_a_put_that_starts_while_the_server_restarts_still_backs_up(
     drill: Dom0, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # Issue 23: dom0's `info` found the server up; the moment Qubes starts the
+    # dom0's `info` found the server up; the moment Qubes starts the
     # put, the server refuses connections (sshd restarting); it is back once
     # the put's first connection has been refused. The put waits for it.
     (tmp_path / "gate").mkdir()

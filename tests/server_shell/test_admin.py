@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put, run_admin, snapshot, stage
+from testbed.client import put, run_admin, snapshot, stage
+from testbed.server import Account, BackupServer
 
 DAY = 86400
 

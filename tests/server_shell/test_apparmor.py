@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import REPO
+from testbed.server import REPO
 
 PROFILE = REPO / "apparmor" / "usr.sbin.qbackup-shell"
 

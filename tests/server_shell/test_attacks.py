@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import chown_tree, frame_stream, put, snapshot, unframe
+from testbed.client import chown_tree, frame_stream, put, snapshot, unframe
+from testbed.server import Account, BackupServer
 
 DATA = b"attacker data\n"
 

@@ -8,8 +8,8 @@ import os
 import time
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put, run_admin, snapshot, stage, temporaries
+from testbed.client import put, run_admin, snapshot, stage, temporaries
+from testbed.server import Account, BackupServer
 
 # Client names that look like the shell's own files once a dot is put in front.
 LOOKALIKES = [

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import get, pending, put, receipt, snapshot, stage, temporaries
+from testbed.client import get, pending, put, receipt, snapshot, stage, temporaries
+from testbed.server import Account, BackupServer
 
 DAY = 86400
 EMPTY_LISTING = b'{"count":0,"end":true,"truncated":false}\n'

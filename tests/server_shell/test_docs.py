@@ -7,7 +7,7 @@ import re
 
 from qbackup_protocol import wire
 from server_shell.config import KEYS
-from tests.harness.server import REPO
+from testbed.server import REPO
 
 DOC = (REPO / "docs" / "PROTOCOL.md").read_text()
 EXAMPLE = (REPO / "server_shell" / "qbackup-shell.conf.example").read_text()

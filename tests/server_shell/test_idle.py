@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import chown_tree, frame_stream, put, snapshot
+from testbed.client import chown_tree, frame_stream, put, snapshot
+from testbed.server import Account, BackupServer
 from tests.server_shell.test_streams import shell_pids, start_put, wait_for
 
 DATA = os.urandom(100_000)

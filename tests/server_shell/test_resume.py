@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import frame_stream, get, put, receipt, snapshot, stage, unframe
+from testbed.client import frame_stream, get, put, receipt, snapshot, stage, unframe
+from testbed.server import Account, BackupServer
 
 MIB = 1024 * 1024
 DATA = os.urandom(5 * MIB + 123)

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import get, put, snapshot, temporaries
+from testbed.client import get, put, snapshot, temporaries
+from testbed.server import Account, BackupServer
 
 FRAME = wire.DEFAULT_DATA_FRAME
 

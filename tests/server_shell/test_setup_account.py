@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.server import REPO, Account, BackupServer, remove_account
-from tests.server_shell.client import put
+from testbed.client import put
+from testbed.server import REPO, Account, BackupServer, remove_account
 
 SCRIPT = REPO / "server_shell" / "setup-account.sh"
 DISABLED = "# disabled by qbackup setup-account.sh (not a forced-command line): "

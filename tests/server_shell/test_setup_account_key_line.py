@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from testbed import openssh
-from tests.harness.server import Account, BackupServer, remove_account
-from tests.server_shell.client import put, snapshot
+from testbed.client import put, snapshot
+from testbed.server import Account, BackupServer, remove_account
 
 SCRIPT = Path(__file__).resolve().parents[2] / "server_shell" / "setup-account.sh"
 SUBSYSTEMS = ["/usr/lib/openssh/sftp-server", "internal-sftp"]

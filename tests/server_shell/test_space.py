@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import frame_stream, put, snapshot, stage, temporaries
+from testbed.client import frame_stream, put, snapshot, stage, temporaries
+from testbed.server import Account, BackupServer
 from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
 
 MIB = 1024 * 1024

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from server_shell.config import Exists, Refused
 from server_shell.main import parse_command
 from server_shell.storage import make_dirs, open_dirs, split_name
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put, snapshot
+from testbed.client import put, snapshot
+from testbed.server import Account, BackupServer
 
 NAME_ALPHABET = st.sampled_from(
     list("aZ09._-/") + ["..", "/..", "../", "\\", " ", "\n", "\x00", "~", "*", "é"]

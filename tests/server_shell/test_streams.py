@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import frame_stream, put, run_admin, snapshot
+from testbed.client import frame_stream, put, run_admin, snapshot
+from testbed.server import Account, BackupServer
 
 DATA = os.urandom(3 * 1024 * 1024 + 11)
 GOOD = frame_stream(DATA)

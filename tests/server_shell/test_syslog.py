@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from tests.harness.server import Account, BackupServer
-from tests.server_shell.client import put
+from testbed.client import put
+from testbed.server import Account, BackupServer
 
 
 def test_put_is_logged_with_client_account_command_outcome_bytes(

@@ -1,4 +1,5 @@
-"""The test bed itself: what the other tests rely on it for."""
+"""The test bed's server (testbed/server.py): the syslog sink's exact
+lookups, and the accounts (names, the lock, stale ones, removal)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,14 @@ import os
 import pwd
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from testbed import openssh
-from testbed.carrier import carrier_config
 from testbed.server import (
     ACCOUNTS_LOCK,
     OWNER_TAG,
-    Account,
     BackupServer,
     SyslogSink,
     accounts_lock,
@@ -26,9 +23,6 @@ from testbed.server import (
     remove_account,
     remove_stale_accounts,
 )
-from testbed.tmpfs import mounted_tmpfs
-
-ENDPOINT = openssh.Endpoint(port=2222, identity=Path("/k/id"), known_hosts=Path("/k/known"))
 
 
 def send(path: Path, text: str) -> None:
@@ -74,68 +68,6 @@ def test_wait_for_returns_as_soon_as_the_message_is_there(tmp_path: Path) -> Non
         assert sink.wait_for("never sent", timeout=0) == []
     finally:
         sink.close()
-
-
-# --- OpenSSH command lines and carrier configs -----------------------------------
-
-
-def test_every_client_pins_the_host_key_and_never_prompts() -> None:
-    for argv in (
-        openssh.ssh_argv(ENDPOINT, "u"),
-        openssh.scp_argv(ENDPOINT, "u", Path("/src"), "dst"),
-        openssh.sftp_argv(ENDPOINT, "u"),
-    ):
-        options = " ".join(argv)
-        assert "-o UserKnownHostsFile=/k/known -o StrictHostKeyChecking=yes" in options
-        assert "-o BatchMode=yes -o IdentitiesOnly=yes" in options
-        assert "-i /k/id" in options and "-F /dev/null" in options
-    assert openssh.ssh_argv(ENDPOINT, "u", "-tt")[-2:] == ["-tt", "u@127.0.0.1"]
-    assert openssh.ssh_argv(ENDPOINT, "u")[1:3] == ["-p", "2222"]
-    assert openssh.scp_argv(ENDPOINT, "u", Path("/src"), "dst", "-O")[1:3] == ["-P", "2222"]
-    assert openssh.scp_argv(ENDPOINT, "u", Path("/src"), "dst", "-O")[-3:] == [
-        "-O", "/src", "u@127.0.0.1:dst"]
-    assert openssh.sftp_argv(ENDPOINT, "u", "-b", "f")[-3:] == ["-b", "f", "u@127.0.0.1"]
-
-
-def test_carrier_config_pins_the_key_and_takes_overrides_even_for_user() -> None:
-    text = carrier_config(ENDPOINT, "u", user="other", known_hosts=None, rate_limit=5)
-    assert text.splitlines() == [
-        "host: 127.0.0.1",
-        "port: 2222",
-        "user: other",
-        "identity_file: /k/id",
-        "known_hosts: null",
-        "connect_timeout: 10",
-        "ssh_config: null",
-        "rate_limit: 5",
-    ]
-
-
-# --- markers ---------------------------------------------------------------------
-
-
-def test_a_pure_test_is_not_marked_system(request: pytest.FixtureRequest) -> None:
-    assert request.node.get_closest_marker("system") is None
-
-
-def test_a_test_using_the_server_is_marked_system(
-    backup_server: BackupServer, request: pytest.FixtureRequest
-) -> None:
-    assert request.node.get_closest_marker("system") is not None
-
-
-@pytest.mark.machine_wide
-def test_a_machine_wide_test_holds_off_every_account_change(
-    request: pytest.FixtureRequest,
-) -> None:
-    assert request.node.get_closest_marker("system") is not None
-    probe = (
-        "import fcntl, sys; lock = open(sys.argv[1]);"
-        " fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)"
-    )
-    other = subprocess.run([sys.executable, "-c", probe, str(ACCOUNTS_LOCK)],
-                           capture_output=True, check=False)
-    assert other.returncode != 0 and b"BlockingIOError" in other.stderr
 
 
 # --- accounts: names, the lock, stale ones --------------------------------------
@@ -205,18 +137,3 @@ def test_remove_accounts_deletes_those_made_since(backup_server: BackupServer) -
         # Its files go too: a drill's GiBs must not outlive the test.
         assert not account.home.exists()
     assert len(backup_server.accounts) == before
-
-
-# --- tmpfs -----------------------------------------------------------------------
-
-
-def test_mounted_tmpfs_is_small_owned_and_gone_afterwards(
-    backup_server: BackupServer, account: Account
-) -> None:
-    path = backup_server.base / "tmpfs-under-test"
-    with mounted_tmpfs(path, "1m", inodes=50, owner=(account.uid, account.gid)) as mount:
-        assert os.path.ismount(mount)
-        info = os.statvfs(mount)
-        assert info.f_blocks * info.f_frsize == 1024 * 1024 and info.f_files == 50
-        assert (mount.stat().st_uid, mount.stat().st_mode & 0o777) == (account.uid, 0o700)
-    assert not path.exists()

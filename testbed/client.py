@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from qbackup_protocol import wire
-from tests.harness.server import Account, BackupServer
+from testbed.server import Account, BackupServer
 
 
 def frame_stream(
