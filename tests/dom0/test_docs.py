@@ -75,16 +75,6 @@ def _subclasses(cls: type) -> set[type]:
 DOM0 = README.parent
 
 
-def test_dom0_never_imports_carrier_or_shell_code() -> None:
-    for module in sorted(DOM0.glob("*.py")):
-        tree = ast.parse(module.read_text())
-        for node in ast.walk(tree):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
-                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                assert not name.startswith(("carrier_vm", "server_shell")), (module, name)
-
-
 def test_dom0_spells_no_carrier_exit_status() -> None:
     # The carrier's statuses come from carrier_service.CarrierExit only; the
     # one number dom0 shares with it, 75, is dom0's own QbackupExit.TEMPFAIL.
