@@ -1,5 +1,5 @@
 """dom0/README.md's tables say what the code does: each table lives in the
-code (errors.EXIT_CODES, config.SETTINGS, errors.CARRIER_STATUS_ERRORS) and
+code (errors.EXIT_CODES, settings.SETTINGS, errors.CARRIER_STATUS_ERRORS) and
 is shown, not restated, in the README; this test holds them together."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from dom0 import config, errors
+from dom0 import errors
+from dom0.settings import SETTINGS, describe
 from qbackup_protocol.carrier_service import CarrierExit
 
 README = Path(__file__).resolve().parents[2] / "dom0" / "README.md"
@@ -33,10 +34,10 @@ def test_exit_code_table_is_the_code() -> None:
 
 def test_job_settings_table_is_the_code() -> None:
     assert table_under("### Job settings") == [
-        [f"`{key}`", setting.meaning,
+        [f"`{key}`", describe(setting),
          f"`{setting.option}`" if setting.option and setting.option.startswith("-")
          else setting.option or "-"]
-        for key, setting in config.SETTINGS.items()]
+        for key, setting in SETTINGS.items()]
 
 
 def test_carrier_status_table_is_the_code() -> None:
