@@ -315,7 +315,7 @@ def default(key: str) -> Any:
 
 def facts(setting: Setting) -> str:
     """Given a setting, return what the table says of it besides its meaning,
-    e.g. 'required' or '0 to 10; default 0' ('' if nothing)."""
+    e.g. 'required' or '1 to 5; default 2' ('' if nothing)."""
     found = ["required"] if setting.required else []
     if setting.choices:
         found.append("one of " + ", ".join(setting.choices))
