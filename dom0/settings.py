@@ -4,8 +4,9 @@ range and meaning, and the `qbackup backup` option that sets it.
 Everything else derives from the table: `check_values` checks a job's values
 wherever they came from (dom0/config.py reads them from the job file, the
 command line and the environment), `Job`'s defaults are the table's, the
-options' `--help` shows `describe`, and tests/dom0/test_settings_table.py
-holds dom0/README.md's table and dom0/qbackup.yaml.example to it.
+options' `--help` and dom0/README.md's table show `describe` (held by
+tests/dom0/test_docs.py), and tests/dom0/test_settings_table.py holds
+dom0/qbackup.yaml.example to the table.
 
 A setting's type is a function: given the setting and a raw value (its
 default when the key is left out), it returns the value converted and adds a
