@@ -3,15 +3,16 @@
 The file is ``~/.config/qbackup/carrier.yaml`` unless the environment names
 another one in QBACKUP_CARRIER_CONFIG. The original tool's ``SSH_CONN=[user@]host``
 environment variable still works: it supplies or overrides host and user.
-Every key is documented in carrier.yaml.example.
+Each key is declared once, in `SETTINGS` (its type, default and range);
+carrier.yaml.example says what each one means.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,50 +25,132 @@ SSH_CONN_ENV = "SSH_CONN"
 DEFAULT_CONFIG_PATH = "~/.config/qbackup/carrier.yaml"
 MAX_CONFIG_BYTES = 64 * 1024
 
-# AES-GCM first: these CPUs have AES-NI and asyncssh's default (chacha20)
-# costs ~40% of the throughput on such CPUs (measured; see docs/PERFORMANCE.md).
-DEFAULT_CIPHERS = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-ctr",
-    "chacha20-poly1305@openssh.com",
-)
-
 # A host name, IPv4 or bracket-less IPv6 address: no spaces, no shell or
 # ssh-option syntax, nothing that could be mistaken for an option ('-').
 HOST_PATTERN = re.compile(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}")
 USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 CIPHER_PATTERN = re.compile(r"[a-z0-9@.-]{1,64}")
 
-# Unacknowledged data kept for resuming: at least two frames (one being
-# sent, one being read); at most 1 GiB (it is memory).
-MIN_RESUME_BUFFER = 2 * 1024 * 1024
-MAX_RESUME_BUFFER = 1024**3
 
-KNOWN_KEYS = frozenset(
-    {
-        "host",
-        "port",
-        "user",
-        "identity_file",
-        "known_hosts",
-        "ssh_config",
-        "connect_timeout",
-        "keepalive_interval",
-        "keepalive_count_max",
-        "reply_timeout",
-        "progress_timeout",
-        "resume_window",
-        "resume_buffer",
-        "rate_limit",
-        "ciphers",
-    }
-)
+@dataclass(frozen=True)
+class Setting:
+    """One key of carrier.yaml: its type, as the function that checks a value
+    (raising ValueError with what the value must be) and returns it
+    converted; its DEFAULT when left out or null (None: ~/.ssh/config or
+    asyncssh decides); and, for a number, its range LOW..HIGH (HIGH None: no
+    upper bound) in UNIT."""
+
+    type: Callable[[Setting, Any], Any]
+    default: Any = None
+    low: int | None = None
+    high: int | None = None
+    unit: str = ""
+
+
+def _host(setting: Setting, value: Any) -> str:
+    if not isinstance(value, str) or not HOST_PATTERN.fullmatch(value):
+        raise ValueError("must be a plain host name or address")
+    return value
+
+
+def _user(setting: Setting, value: Any) -> str:
+    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
+        raise ValueError("must be an account name of [A-Za-z0-9_.-]")
+    return value
+
+
+def _path(setting: Setting, value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a file path")
+    return Path(os.path.expanduser(value))
+
+
+def _within(setting: Setting, value: float) -> bool:
+    return (setting.low is None or setting.low <= value) and (
+        setting.high is None or value <= setting.high)
+
+
+def range_text(setting: Setting) -> str:
+    """Given a numeric setting, return what its values must be, as messages
+    and carrier.yaml.example say it."""
+    what = f"a number of {setting.unit}" if setting.unit else "an integer"
+    if setting.high is None:
+        return f"{what}, at least {setting.low}"
+    return f"{what} from {setting.low} to {setting.high}"
+
+
+def _seconds(setting: Setting, value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) \
+            or not _within(setting, value):
+        raise ValueError(f"must be {range_text(setting)}")
+    return float(value)
+
+
+def _integer(setting: Setting, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not _within(setting, value):
+        raise ValueError(f"must be {range_text(setting)}")
+    return value
+
+
+def _ciphers(setting: Setting, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(item, str) and CIPHER_PATTERN.fullmatch(item) for item in value)
+    ):
+        raise ValueError("must be a non-empty list of SSH cipher names")
+    return tuple(value)
+
+
+# The one table of carrier.yaml's keys; carrier.yaml.example says what each
+# means, and tests/carrier_vm/test_settings_table.py holds it to this table.
+SETTINGS: dict[str, Setting] = {
+    "host": Setting(_host),
+    "port": Setting(_integer, low=1, high=65535),
+    "user": Setting(_user),
+    "identity_file": Setting(_path),
+    # Host key checking can never be switched off: null is refused, and an
+    # empty path is not a path.
+    "known_hosts": Setting(_path, default="~/.ssh/known_hosts"),
+    "ssh_config": Setting(_path, default="~/.ssh/config"),
+    "connect_timeout": Setting(_seconds, default=30, low=1, high=600, unit="seconds"),
+    "keepalive_interval": Setting(_seconds, default=15, low=1, high=600, unit="seconds"),
+    "keepalive_count_max": Setting(_integer, default=3, low=1, high=100),
+    "reply_timeout": Setting(_seconds, default=3600, low=1, high=7 * 24 * 3600,
+                             unit="seconds"),
+    "progress_timeout": Setting(_seconds, default=300, low=1, high=24 * 3600, unit="seconds"),
+    "resume_window": Setting(_seconds, default=900, low=0, high=7 * 24 * 3600,
+                             unit="seconds"),
+    # Unacknowledged data kept for resuming: at least two frames (one being
+    # sent, one being read); at most 1 GiB (it is memory).
+    "resume_buffer": Setting(_integer, default=32 * 1024 * 1024, low=2 * 1024 * 1024,
+                             high=1024**3, unit="bytes"),
+    "rate_limit": Setting(_integer, low=1024, unit="bytes per second"),
+    # AES-GCM first: these CPUs have AES-NI and asyncssh's default (chacha20)
+    # costs ~40% of the throughput on such CPUs (measured; see docs/PERFORMANCE.md).
+    "ciphers": Setting(_ciphers, default=(
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+        "chacha20-poly1305@openssh.com",
+    )),
+}
+DEFAULT_CIPHERS: tuple[str, ...] = SETTINGS["ciphers"].default
+
+
+def default(key: str) -> Any:
+    """Given a key, return its default, checked and converted (for CarrierConfig)."""
+    setting = SETTINGS[key]
+    return setting.type(setting, setting.default)
 
 
 @dataclass(frozen=True)
 class CarrierConfig:
-    """Validated carrier settings. None means "let ~/.ssh/config or asyncssh decide"."""
+    """Validated carrier settings, a field per key of `SETTINGS`, defaults
+    from there. None means "let ~/.ssh/config or asyncssh decide"; a config
+    made in code reads no OpenSSH config unless it names one."""
 
     host: str
     known_hosts: Path
@@ -75,15 +158,15 @@ class CarrierConfig:
     user: str | None = None
     identity_file: Path | None = None
     ssh_config: Path | None = None
-    connect_timeout: float = 30.0
-    keepalive_interval: float = 15.0
-    keepalive_count_max: int = 3
-    reply_timeout: float = 3600.0
-    progress_timeout: float = 300.0
-    resume_window: float = 900.0
-    resume_buffer: int = 32 * 1024 * 1024
+    connect_timeout: float = default("connect_timeout")
+    keepalive_interval: float = default("keepalive_interval")
+    keepalive_count_max: int = default("keepalive_count_max")
+    reply_timeout: float = default("reply_timeout")
+    progress_timeout: float = default("progress_timeout")
+    resume_window: float = default("resume_window")
+    resume_buffer: int = default("resume_buffer")
     rate_limit: int | None = None
-    ciphers: tuple[str, ...] = field(default=DEFAULT_CIPHERS)
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     source: str = ""
 
 
@@ -129,19 +212,23 @@ def load_config(environ: Mapping[str, str] | None = None) -> CarrierConfig:
 def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None) -> CarrierConfig:
     """Given the raw mapping from SOURCE and the SSH_CONN value, return the
     CarrierConfig; raise ConfigError listing every problem found."""
-    problems: list[str] = []
-    for key in sorted(set(values) - KNOWN_KEYS, key=str):
-        problems.append(f"key '{key}': unknown key (see carrier.yaml.example)")
-    checked: dict[str, Any] = {}
+    problems = [f"key '{key}': unknown key (see carrier.yaml.example)"
+                for key in sorted(set(values) - set(SETTINGS), key=str)]
     if "known_hosts" in values and values["known_hosts"] is None:
         # null would mean "no host key checking" to asyncssh: never allowed.
         problems.append("key 'known_hosts': may not be null (host keys are always verified)")
-    for key, check in _CHECKS.items():
-        if key in values and values[key] is not None:
+    checked: dict[str, Any] = {}
+    for key, setting in SETTINGS.items():
+        value = values.get(key)
+        if value is None:
+            value = setting.default
+        if value is not None:
             try:
-                checked[key] = check(values[key])
+                checked[key] = setting.type(setting, value)
             except ValueError as error:
                 problems.append(f"key '{key}': {error}")
+    if "ssh_config" in values and values["ssh_config"] is None:
+        checked["ssh_config"] = None  # null: read no OpenSSH client config at all
     if ssh_conn:
         try:
             user, host = parse_ssh_conn(ssh_conn)
@@ -155,9 +242,6 @@ def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None) -
         problems.append(f"key 'host': required (or set {SSH_CONN_ENV}=[user@]host)")
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    checked.setdefault("known_hosts", _expand_path("~/.ssh/known_hosts"))
-    if "ssh_config" not in values:
-        checked["ssh_config"] = _expand_path("~/.ssh/config")
     return CarrierConfig(source=source, **checked)
 
 
@@ -170,100 +254,3 @@ def parse_ssh_conn(text: str) -> tuple[str | None, str]:
     if not HOST_PATTERN.fullmatch(host):
         raise ValueError("expected [user@]host with a plain host name or address")
     return (user or None), host
-
-
-def _check_host(value: Any) -> str:
-    if not isinstance(value, str) or not HOST_PATTERN.fullmatch(value):
-        raise ValueError("must be a plain host name or address")
-    return value
-
-
-def _check_user(value: Any) -> str:
-    if not isinstance(value, str) or not USER_PATTERN.fullmatch(value):
-        raise ValueError("must be an account name of [A-Za-z0-9_.-]")
-    return value
-
-
-def _check_port(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        raise ValueError("must be an integer from 1 to 65535")
-    return value
-
-
-def _expand_path(value: Any) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a file path")
-    return Path(os.path.expanduser(value))
-
-
-def _check_known_hosts(value: Any) -> Path:
-    # Host key checking can never be switched off: no null, no empty path.
-    return _expand_path(value)
-
-
-def _positive_number(low: float, high: float) -> Any:
-    def check(value: Any) -> float:
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not low <= value <= high
-        ):
-            raise ValueError(f"must be a number of seconds from {low:g} to {high:g}")
-        return float(value)
-
-    return check
-
-
-def _check_count(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
-        raise ValueError("must be an integer from 1 to 100")
-    return value
-
-
-def _check_rate(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
-        raise ValueError("must be an integer number of bytes per second, at least 1024")
-    return value
-
-
-def _check_buffer(value: Any) -> int:
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or not MIN_RESUME_BUFFER <= value <= MAX_RESUME_BUFFER
-    ):
-        raise ValueError(
-            f"must be a number of bytes from {MIN_RESUME_BUFFER} to {MAX_RESUME_BUFFER}"
-        )
-    return value
-
-
-def _check_ciphers(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",")]
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(item, str) and CIPHER_PATTERN.fullmatch(item) for item in value)
-    ):
-        raise ValueError("must be a non-empty list of SSH cipher names")
-    return tuple(value)
-
-
-_CHECKS: dict[str, Any] = {
-    "host": _check_host,
-    "port": _check_port,
-    "user": _check_user,
-    "identity_file": _expand_path,
-    "known_hosts": _check_known_hosts,
-    "ssh_config": _expand_path,
-    "connect_timeout": _positive_number(1, 600),
-    "keepalive_interval": _positive_number(1, 600),
-    "keepalive_count_max": _check_count,
-    "reply_timeout": _positive_number(1, 7 * 24 * 3600),
-    "progress_timeout": _positive_number(1, 24 * 3600),
-    "resume_window": _positive_number(0, 7 * 24 * 3600),
-    "resume_buffer": _check_buffer,
-    "rate_limit": _check_rate,
-    "ciphers": _check_ciphers,
-}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dom0 import __version__, config, errors
 from dom0.drill import add_drill_parser
+from dom0.settings import SETTINGS, describe
 
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
@@ -118,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("-x", "--keep-carrier", action="store_true", default=None,
                         help="leave the carrier VM running afterwards")
     backup.add_argument("--compression", metavar="FILTER",
-                        help="true, false or gzip, bzip2, xz, pigz, zstd, zstdmt, lzma, pbzip2")
-    backup.add_argument("--retries", type=int, help="extra attempts after a failure")
-    backup.add_argument("--retry-delay", type=int, metavar="SECONDS")
+                        help=describe(SETTINGS["compression"]))
+    backup.add_argument("--retries", type=int, help=describe(SETTINGS["retries"]))
+    backup.add_argument("--retry-delay", type=int, metavar="SECONDS",
+                        help=describe(SETTINGS["retry_delay"]))
     backup.add_argument("--verify", action="store_true", default=None,
                         help="run qvm-backup-restore --verify-only right after")
     add_json(backup, "the outcome")

@@ -31,6 +31,7 @@ from dom0.errors import (
 )
 from dom0.log import last_line
 from dom0.qubes import QubesAdapter
+from dom0.settings import default
 from qbackup_protocol import carrier_service, wire
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,11 @@ MAX_LISTING_BYTES = 32 * 1024 * 1024
 MAX_SHORT_REPLY = 64 * 1024
 # Nothing dom0 asks the carrier may wait for ever: a hung carrier, a server
 # that stops answering while sshd keeps the connection alive, a hung disk.
-# Each call gets a deadline (the job's `answer_timeout`, default 300 s); past
-# it, the call is killed and the run fails as temporary (exit 75). `check`
-# re-hashes the whole backup on the server, so it gets CHECK_SECONDS_PER_GIB
-# more per GiB of the backup's size (from a listing first).
-DEFAULT_ANSWER_TIMEOUT = 300.0
+# Each call gets a deadline (the job's `answer_timeout`, else its default);
+# past it, the call is killed and the run fails as temporary (exit 75).
+# `check` re-hashes the whole backup on the server, so it gets
+# CHECK_SECONDS_PER_GIB more per GiB of the backup's size (from a listing first).
+DEFAULT_ANSWER_TIMEOUT = float(default("answer_timeout"))
 CHECK_SECONDS_PER_GIB = 60.0  # the server re-hashes at 17 MB/s or faster
 GIB = 1024**3
 

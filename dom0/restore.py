@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 from dom0.carrier import CarrierClient, check_name
 from dom0.compression import restore_options
-from dom0.config import PassphraseSource, carrier_and_passphrase, is_vm_name, need_passphrase
+from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.errors import Interrupted, UsageError, VerificationError
 from dom0.log import say, say_json
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, require_vm, running_carrier
+from dom0.settings import is_vm_name
 from dom0.verify import (
     Committed,
     committed_record,

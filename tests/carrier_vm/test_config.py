@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from carrier_vm.config import DEFAULT_CIPHERS, load_config, validate_config
 from carrier_vm.errors import ConfigError
@@ -108,13 +109,7 @@ def test_broken_config_file_is_a_config_error(tmp_path: Path, text: str) -> None
         load_config({"QBACKUP_CARRIER_CONFIG": str(path)})
 
 
-def test_example_config_is_valid_and_documents_every_key() -> None:
-    from carrier_vm.config import KNOWN_KEYS
-
+def test_example_config_is_valid() -> None:
+    # Each key's line and comment: test_settings_table.py.
     example = Path(__file__).resolve().parents[2] / "carrier_vm" / "carrier.yaml.example"
-    text = example.read_text()
-    import yaml
-
-    validate_config(yaml.safe_load(text), str(example), None)
-    for key in KNOWN_KEYS:
-        assert f"{key}:" in text, key
+    validate_config(yaml.safe_load(example.read_text()), str(example), None)

@@ -1,6 +1,6 @@
 """The carrier's README says what the code does: its exit-code table is the
-protocol module's CarrierExit. (Config keys: carrier.yaml.example is their one
-place, checked in test_config.py.)"""
+protocol module's CarrierExit. (Config keys and the timeouts table:
+test_settings_table.py.)"""
 
 from __future__ import annotations
 

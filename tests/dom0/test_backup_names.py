@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dom0 import config
+from dom0 import settings
 from dom0.backup import make_name
 from dom0.carrier import is_valid_name
 from dom0.profile import destination_path
@@ -17,7 +17,7 @@ from dom0.profile import destination_path
 @pytest.mark.parametrize("prefix", ["laptop", "a", "laptop/daily", "x.y_z-1", "A" * 64,
                                     "a/b/c/d/e/f/g"])
 def test_prefix_accepts(prefix: str) -> None:
-    assert config.prefix_problem(prefix) is None
+    assert settings.prefix_problem(prefix) is None
     assert is_valid_name(make_name(prefix))
 
 
@@ -25,7 +25,7 @@ def test_prefix_accepts(prefix: str) -> None:
                                     "a//b", "a/../b", "A" * 65, "ä", "a\tb", "a'b", "a\"b",
                                     "a/b/c/d/e/f/g/h"])
 def test_prefix_refuses(prefix: str) -> None:
-    assert config.prefix_problem(prefix) is not None
+    assert settings.prefix_problem(prefix) is not None
 
 
 def test_name_is_prefix_dash_utc_timestamp_and_sortable() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from dom0 import config
 from dom0.errors import ConfigError, UsageError
+from dom0.settings import SETTINGS
 from qbackup_protocol.names import RetentionPolicy
 
 GOOD = "    carrier: sys-backup\n    prefix: laptop\n    passphrase_vm: vault\n"
@@ -35,8 +36,8 @@ def test_every_unknown_key_is_reported_with_its_line(tmp_path: Path) -> None:
                         "    keep: {daily: 7, hourly: 3}\n    size: 3\n")
     path = tmp_path / "qbackup.yaml"
     assert found == [
-        f"{path}:6: jobs.daily.colour: unknown setting (known: {', '.join(config.SETTINGS)})",
-        f"{path}:8: jobs.daily.size: unknown setting (known: {', '.join(config.SETTINGS)})",
+        f"{path}:6: jobs.daily.colour: unknown setting (known: {', '.join(SETTINGS)})",
+        f"{path}:8: jobs.daily.size: unknown setting (known: {', '.join(SETTINGS)})",
         f"{path}:7: jobs.daily.keep.hourly: unknown rule (known: daily, weekly, monthly,"
         " yearly)",
     ]
@@ -101,7 +102,7 @@ def test_an_empty_vm_list_is_refused(tmp_path: Path) -> None:
                             " vms out for every VM with include_in_backups")
 
 
-@pytest.mark.parametrize("filter_name", sorted(config.COMPRESSION_FILTERS))
+@pytest.mark.parametrize("filter_name", SETTINGS["compression"].choices)
 def test_every_restorable_filter_is_accepted(tmp_path: Path, filter_name: str) -> None:
     assert load(tmp_path, f"    compression: {filter_name}\n").compression == filter_name
 

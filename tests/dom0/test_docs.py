@@ -1,12 +1,13 @@
 """dom0/README.md's tables say what the code does: each table lives in the
-code (errors.QbackupExit, config.SETTINGS, errors.CARRIER_STATUS_ERRORS) and
+code (errors.QbackupExit, settings.SETTINGS, errors.CARRIER_STATUS_ERRORS) and
 is shown, not restated, in the README; this test holds them together."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dom0 import config, errors
+from dom0 import errors
+from dom0.settings import SETTINGS, describe
 
 README = Path(__file__).resolve().parents[2] / "dom0" / "README.md"
 
@@ -43,10 +44,10 @@ def test_every_failure_code_says_what_to_do() -> None:
 
 def test_job_settings_table_is_the_code() -> None:
     assert table_under("### Job settings") == [
-        [f"`{key}`", setting.meaning,
+        [f"`{key}`", describe(setting),
          f"`{setting.option}`" if setting.option and setting.option.startswith("-")
          else setting.option or "-"]
-        for key, setting in config.SETTINGS.items()]
+        for key, setting in SETTINGS.items()]
 
 
 def test_carrier_status_table_is_the_code() -> None:
