@@ -214,7 +214,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
         verify_backup(app, job.carrier, source, record.name,
-                      Committed(record.size, record.sha256 or "", job.compression))
+                      Committed(record.size, record.sha256 or "", job.compression),
+                      job.answer_timeout)
     if problems:
         raise VerificationError(
             f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"

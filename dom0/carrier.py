@@ -220,16 +220,16 @@ class CarrierClient:
                         if record.name == name]
         return records
 
-    def check(self, name: str) -> tuple[Record, bool]:
-        """Given a backup NAME, return (its record, whether the server's re-hash
-        matched); raise NoSuchBackup, Corrupted (the carrier's own
+    def check(self, name: str) -> wire.CheckResult:
+        """Given a backup NAME, return its record and whether the server's
+        re-hash matched; raise NoSuchBackup, Corrupted (the carrier's own
         verdict) or another CarrierFailed."""
         size = self.require(name).size  # the re-hash takes time in proportion
         deadline = self.answer_timeout + CHECK_SECONDS_PER_GIB * size / GIB
         result = parse_check(self._call("check", check_name(name), MAX_SHORT_REPLY, deadline))
         if result.record.name != name:
             raise ReplyError("the carrier's check reply names another backup")
-        return result.record, result.ok
+        return result
 
     def require(self, name: str) -> Record:
         """Given a backup NAME, return its record from the server's listing

@@ -31,12 +31,13 @@ def run(args: argparse.Namespace, context: Context) -> int:
     name = check_name(args.name)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        record, ok = CarrierClient(app, carrier, target.answer_timeout).check(name)
-    verdict = "ok" if ok else "CORRUPTED"
+        result = CarrierClient(app, carrier, target.answer_timeout).check(name)
+    record = result.record
+    verdict = "ok" if result.ok else "CORRUPTED"
     say(f"{record.name}  {record.size}  {record.sha256 or '-'}  {verdict}")
-    if not ok:
+    if not result.ok:
         raise Corrupted(f"check of {name}: the stored backup is CORRUPTED: it differs from"
-                              " its digest record on the server")
+                        " its digest record on the server")
     for run in history.committed_runs(history.read_runs(context.history)):
         if run.name == name and (run.sha256 != record.sha256 or run.size != record.size):
             raise VerificationError(

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dom0 import history
-from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
+from dom0.config import PassphraseSource, Target, carrier_and_passphrase, need_passphrase
 from dom0.errors import Interrupted, QbackupError, UsageError, VerificationError
 from dom0.locking import carrier_lock
 from dom0.processes import notify
@@ -92,10 +92,12 @@ def choose_backups(runs: Sequence[history.Run], chooser: random.Random) -> list[
     return [newest, chooser.choice(older)] if older else [newest]
 
 
-def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseSource,
+def run_drill(app: QubesAdapter, job_key: str, target: Target, source: PassphraseSource,
               history_path: Path, lock_dir: Path, chooser: random.Random | None = None) -> int:
-    """Given a job's history key, its carrier and passphrase source, drill it
-    and record the outcome; return 0 or raise VerificationError."""
+    """Given a job's history key, where its backups are (carrier, answer
+    timeout) and the passphrase source, drill it and record the outcome;
+    return 0 or raise VerificationError."""
+    carrier = target.carrier
     runs = [run for run in history.committed_runs(history.read_runs(history_path))
             if run.job == job_key]
     chosen = choose_backups(runs, chooser or random.SystemRandom())
@@ -111,7 +113,8 @@ def run_drill(app: QubesAdapter, job_key: str, carrier: str, source: PassphraseS
         with carrier_lock(lock_dir, carrier), running_carrier(app, carrier, keep=False):
             for run in chosen:
                 verify_backup(app, carrier, source, run.name or "",
-                              Committed(run.size or 0, run.sha256 or "", run.compression))
+                              Committed(run.size or 0, run.sha256 or "", run.compression),
+                              target.answer_timeout)
         outcome = OUTCOME_OK
     except Interrupted as error:
         # Stopped (a timer unit stopped, the laptop shutting down): the drill
@@ -159,5 +162,6 @@ def history_key(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, context: Context) -> int:
     """`qbackup drill`: given its arguments, drill the job; return 0 or raise."""
     target = carrier_and_passphrase(args, context.config)
-    return run_drill(context.get_app(), history_key(args), target.carrier,
-                     need_passphrase(target.passphrase), context.history, context.lock_dir)
+    source = need_passphrase(target.passphrase)
+    return run_drill(context.get_app(), history_key(args), target, source, context.history,
+                     context.lock_dir)

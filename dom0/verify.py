@@ -126,12 +126,14 @@ def last_error(output: bytes) -> str:
     return clean_text(lines[-1]) if lines else ""
 
 
-def check_stored(app: QubesAdapter, carrier: str, name: str, committed: Committed | None) -> None:
+def check_stored(app: QubesAdapter, carrier: str, name: str, committed: Committed | None,
+                 answer_timeout: float) -> None:
     """Given a backup NAME and dom0's record of it, prove the stored bytes are
     the committed ones: the server re-hashes them, and its record must equal
     dom0's; raise VerificationError otherwise."""
-    record, ok = CarrierClient(app, carrier).check(name)
-    if not ok:
+    result = CarrierClient(app, carrier, answer_timeout).check(name)
+    record = result.record
+    if not result.ok:
         raise VerificationError(f"verification of {name} FAILED: the server's re-hash does not"
                                 " match its digest record (the stored data changed)")
     if committed is None:
@@ -146,12 +148,13 @@ def check_stored(app: QubesAdapter, carrier: str, name: str, committed: Committe
 
 
 def verify_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str,
-                  committed: Committed | None) -> None:
-    """Given the carrier, the passphrase source, a backup NAME and dom0's
-    record of it, check the stored bytes, then run qvm-backup-restore
-    --verify-only; raise VerificationError if either fails."""
+                  committed: Committed | None, answer_timeout: float) -> None:
+    """Given the carrier, the passphrase source, a backup NAME, dom0's record
+    of it and how long to wait for the carrier's answers, check the stored
+    bytes, then run qvm-backup-restore --verify-only; raise
+    VerificationError if either fails."""
     require_vm(app, carrier, "carrier VM")
-    check_stored(app, carrier, name, committed)
+    check_stored(app, carrier, name, committed, answer_timeout)
     argument, stdin = passphrase_input(app, carrier, source)
     options = restore_options(committed.compression if committed else None)
     logger.info("verifying %s through %s", name, carrier)
@@ -179,7 +182,7 @@ def run_verify(args: argparse.Namespace, context: Context) -> int:
     committed = committed_record(context.history, name)
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        verify_backup(app, carrier, source, name, committed)
+        verify_backup(app, carrier, source, name, committed, target.answer_timeout)
     say(f"{name}: verified: {what_was_verified(committed)}")
     return 0
 
