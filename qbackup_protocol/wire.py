@@ -16,7 +16,7 @@ import enum
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 3  # 2: put stages, commit publishes; 3: acks, resume, get OFFSET
@@ -178,29 +178,44 @@ def encode_end_frame(total_length: int, digest: bytes) -> bytes:
     return FRAME_HEADER.pack(FRAME_END, END_PAYLOAD.size) + END_PAYLOAD.pack(total_length, digest)
 
 
-def decode_frame_header(header: bytes) -> tuple[bytes, int]:
-    """Given exactly FRAME_HEADER_SIZE bytes, return (frame type, payload length);
+@dataclass(frozen=True)
+class FrameHeader:
+    """A frame's header: its type (FRAME_DATA or FRAME_END) and payload length."""
+
+    kind: bytes
+    length: int
+
+
+def decode_frame_header(header: bytes) -> FrameHeader:
+    """Given exactly FRAME_HEADER_SIZE bytes, return the FrameHeader they hold;
     raise ProtocolError for an unknown type or an out-of-range length."""
     if len(header) != FRAME_HEADER_SIZE:
         raise ProtocolError("short frame header")
-    kind, length = FRAME_HEADER.unpack(header)
-    if kind == FRAME_DATA:
-        if not 0 < length <= MAX_DATA_FRAME:
+    frame = FrameHeader(*FRAME_HEADER.unpack(header))
+    if frame.kind == FRAME_DATA:
+        if not 0 < frame.length <= MAX_DATA_FRAME:
             raise ProtocolError("data frame length out of range")
-    elif kind == FRAME_END:
-        if length != END_PAYLOAD.size:
+    elif frame.kind == FRAME_END:
+        if frame.length != END_PAYLOAD.size:
             raise ProtocolError("end frame of wrong length")
     else:
         raise ProtocolError("unknown frame type")
-    return kind, length
+    return frame
 
 
-def decode_end_payload(payload: bytes) -> tuple[int, bytes]:
-    """Given an end frame's payload, return (total length, SHA-256 digest)."""
+@dataclass(frozen=True)
+class StreamEnd:
+    """What an end frame declares: the stream's total length and its SHA-256 digest."""
+
+    length: int
+    digest: bytes
+
+
+def decode_end_payload(payload: bytes) -> StreamEnd:
+    """Given an end frame's payload, return the StreamEnd it declares."""
     if len(payload) != END_PAYLOAD.size:
         raise ProtocolError("end frame of wrong length")
-    total_length, digest = END_PAYLOAD.unpack(payload)
-    return total_length, digest
+    return StreamEnd(*END_PAYLOAD.unpack(payload))
 
 
 # ---------------------------------------------------------------------------
@@ -238,9 +253,26 @@ def require_int(value: Any, what: str) -> int:
     return value
 
 
-def _require_digest(value: Any) -> str:
-    if not isinstance(value, str) or not SHA256_HEX_PATTERN.fullmatch(value):
+def optional_int(value: Any, what: str) -> int | None:
+    """Given a reply field's VALUE that may be null, return it; raise
+    ProtocolError unless it is null or an integer in [0, 2**63)."""
+    return None if value is None else require_int(value, what)
+
+
+def optional_digest(value: Any) -> str | None:
+    """Given a reply's sha256 field, return it; raise ProtocolError unless it
+    is null or 64 lowercase hex digits."""
+    if value is not None and not (isinstance(value, str) and SHA256_HEX_PATTERN.fullmatch(value)):
         raise ProtocolError("sha256 is not 64 lowercase hex digits")
+    return value
+
+
+def reply_fields(line: bytes, names: set[str], what: str) -> dict[str, Any]:
+    """Given one reply line, the fields it must hold and WHAT it is, return its
+    object; raise ProtocolError unless it holds exactly those fields."""
+    value = load_reply_line(line)
+    if set(value) != names:
+        raise ProtocolError(f"{what} has unexpected fields")
     return value
 
 
@@ -263,22 +295,18 @@ class BackupRecord:
     mtime: int | None = None
 
     def to_reply(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256, "mtime": self.mtime}
+        return asdict(self)
 
 
 def parse_record(line: bytes) -> BackupRecord:
     """Given one reply line describing a backup, return a BackupRecord; raise
     ProtocolError unless every field is present and well-formed."""
-    value = load_reply_line(line)
-    if set(value) != {"name", "size", "sha256", "mtime"}:
-        raise ProtocolError("backup record has unexpected fields")
-    digest = value["sha256"]
-    mtime = value["mtime"]
+    value = reply_fields(line, {"name", "size", "sha256", "mtime"}, "backup record")
     return BackupRecord(
         name=require_name(value["name"]),
         size=require_int(value["size"], "size"),
-        sha256=None if digest is None else _require_digest(digest),
-        mtime=None if mtime is None else require_int(mtime, "mtime"),
+        sha256=optional_digest(value["sha256"]),
+        mtime=optional_int(value["mtime"], "mtime"),
     )
 
 
@@ -320,31 +348,21 @@ class ServerInfo:
     used: int | None
 
     def to_reply(self) -> dict[str, Any]:
-        return {
-            "protocol": self.protocol,
-            "free": self.free,
-            "reserve": self.reserve,
-            "available": self.available,
-            "quota": self.quota,
-            "used": self.used,
-        }
+        return asdict(self)
 
 
 def parse_info(line: bytes) -> ServerInfo:
     """Given the single line ``info`` answers, return a ServerInfo; raise
     ProtocolError unless every field is present and well-formed."""
-    value = load_reply_line(line)
-    if set(value) != {"protocol", "free", "reserve", "available", "quota", "used"}:
-        raise ProtocolError("info reply has unexpected fields")
-    quota = value["quota"]
-    used = value["used"]
+    names = {"protocol", "free", "reserve", "available", "quota", "used"}
+    value = reply_fields(line, names, "info reply")
     return ServerInfo(
         protocol=require_int(value["protocol"], "protocol"),
         free=require_int(value["free"], "free"),
         reserve=require_int(value["reserve"], "reserve"),
         available=require_int(value["available"], "available"),
-        quota=None if quota is None else require_int(quota, "quota"),
-        used=None if used is None else require_int(used, "used"),
+        quota=optional_int(value["quota"], "quota"),
+        used=optional_int(value["used"], "used"),
     )
 
 
@@ -381,7 +399,7 @@ class ResumeOffset:
     offset: int
 
     def to_reply(self) -> dict[str, Any]:
-        return {"offset": self.offset}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -398,18 +416,14 @@ class Ack:
 def parse_offset(line: bytes) -> ResumeOffset:
     """Given the first line of a put/resume reply, return a ResumeOffset; raise
     ProtocolError unless it is exactly ``{"offset": N}``."""
-    value = load_reply_line(line)
-    if set(value) != {"offset"}:
-        raise ProtocolError("offset reply has unexpected fields")
+    value = reply_fields(line, {"offset"}, "offset reply")
     return ResumeOffset(offset=require_int(value["offset"], "offset"))
 
 
 def parse_upload_line(line: bytes) -> Ack | BackupRecord:
     """Given a line a put/resume prints after its offset line, return an Ack or,
     for the final receipt, a BackupRecord; raise ProtocolError otherwise."""
-    value = load_reply_line(line)
-    if "ack" in value:
-        if set(value) != {"ack"}:
-            raise ProtocolError("ack line has unexpected fields")
+    if "ack" in load_reply_line(line):
+        value = reply_fields(line, {"ack"}, "ack line")
         return Ack(offset=require_int(value["ack"], "ack"))
     return parse_record(line)

@@ -64,11 +64,12 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
         if frames > 1024 and offset - start < (frames - 1) * 4096:
             raise BadStream("data frames too small (under 4 KiB on average)")
         try:
-            kind, length = wire.decode_frame_header(bytes(header))
+            frame = wire.decode_frame_header(bytes(header))
         except wire.ProtocolError:
             raise BadStream("malformed frame in the upload") from None
-        if kind == wire.FRAME_END:
+        if frame.kind == wire.FRAME_END:
             break
+        length = frame.length
         while length:  # one thread: read, hash, write (bench/shell_loop.py measured it)
             count = read_into(stdin, buffer[: min(length, READ_SIZE)], timeout)
             guard.claim(count)
@@ -84,11 +85,11 @@ def receive(stdin: int, fd: int, state_fd: int, hasher: Any, offset: int,
             synced = offset
     end = memoryview(bytearray(wire.END_PAYLOAD.size))
     read_into(stdin, end, timeout, whole=True)
-    size, digest = wire.decode_end_payload(bytes(end))
+    declared = wire.decode_end_payload(bytes(end))
     # Nothing may follow: a stream with trailing bytes is not the one the client hashed.
     if storage.timed(lambda: len(os.read(stdin, 1)), timeout):
         raise BadStream("bytes after the end frame")
-    if (size, digest) != (offset, hasher.digest()):
+    if declared != wire.StreamEnd(offset, hasher.digest()):
         raise BadStream("upload does not match its declared length and SHA-256")
     return offset
 
