@@ -56,8 +56,9 @@ class Unlimited:
 
 def single(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
     config = ShellConfig(sync_interval=sync_interval, idle_timeout=3600)
-    return upload.receive(stdin, fd, state_fd, hashlib.sha256(), 0, Unlimited(),  # type: ignore[arg-type]
-                          config, lambda fields: None)
+    receiving = upload.Upload("bench", -1, "bench", fd, state_fd, hashlib.sha256(), 0,
+                              Unlimited())  # type: ignore[arg-type]
+    return upload.receive(receiving, stdin, config, lambda fields: None)
 
 
 def threaded(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
