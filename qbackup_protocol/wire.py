@@ -143,21 +143,18 @@ def build_command(verb: str, argument: str | None = None, *, offset: int | None 
     they do not make a valid command."""
     if offset is not None and (verb != VERB_GET or offset < 0 or offset >= 2**63):
         raise ProtocolError("only get takes an offset, a non-negative integer")
+    if verb not in ALL_VERBS:
+        raise ProtocolError("unknown command")
+    if verb in VERBS_WITHOUT_ARGUMENT and argument:
+        raise ProtocolError(f"{verb} takes no argument")
+    command = verb
     if verb in VERBS_WITH_NAME:
         if argument is None:
             raise ProtocolError(f"{verb} needs a name")
-        if offset:
-            return f"{verb} {check_name(argument)} {offset}"
-        return f"{verb} {check_name(argument)}"
-    if verb in VERBS_WITH_OPTIONAL_PREFIX:
-        if argument:
-            return f"{verb} {check_prefix(argument)}"
-        return verb
-    if verb in VERBS_WITHOUT_ARGUMENT:
-        if argument:
-            raise ProtocolError(f"{verb} takes no argument")
-        return verb
-    raise ProtocolError("unknown command")
+        command = f"{verb} {check_name(argument)}"
+    elif argument:  # a listing's prefix
+        command = f"{verb} {check_prefix(argument)}"
+    return f"{command} {offset}" if offset else command
 
 
 # ---------------------------------------------------------------------------
@@ -192,14 +189,12 @@ def decode_frame_header(header: bytes) -> FrameHeader:
     if len(header) != FRAME_HEADER_SIZE:
         raise ProtocolError("short frame header")
     frame = FrameHeader(*FRAME_HEADER.unpack(header))
-    if frame.kind == FRAME_DATA:
-        if not 0 < frame.length <= MAX_DATA_FRAME:
-            raise ProtocolError("data frame length out of range")
-    elif frame.kind == FRAME_END:
-        if frame.length != END_PAYLOAD.size:
-            raise ProtocolError("end frame of wrong length")
-    else:
+    if frame.kind not in (FRAME_DATA, FRAME_END):
         raise ProtocolError("unknown frame type")
+    if frame.kind == FRAME_DATA and not 0 < frame.length <= MAX_DATA_FRAME:
+        raise ProtocolError("data frame length out of range")
+    if frame.kind == FRAME_END and frame.length != END_PAYLOAD.size:
+        raise ProtocolError("end frame of wrong length")
     return frame
 
 
@@ -259,10 +254,10 @@ def optional_int(value: Any, what: str) -> int | None:
     return None if value is None else require_int(value, what)
 
 
-def optional_digest(value: Any) -> str | None:
-    """Given a reply's sha256 field, return it; raise ProtocolError unless it
-    is null or 64 lowercase hex digits."""
-    if value is not None and not (isinstance(value, str) and SHA256_HEX_PATTERN.fullmatch(value)):
+def require_digest(value: Any) -> str:
+    """Given a SHA-256 field's VALUE, return it; raise ProtocolError unless it
+    is 64 lowercase hex digits."""
+    if not isinstance(value, str) or not SHA256_HEX_PATTERN.fullmatch(value):
         raise ProtocolError("sha256 is not 64 lowercase hex digits")
     return value
 
@@ -305,7 +300,7 @@ def parse_record(line: bytes) -> BackupRecord:
     return BackupRecord(
         name=require_name(value["name"]),
         size=require_int(value["size"], "size"),
-        sha256=optional_digest(value["sha256"]),
+        sha256=None if value["sha256"] is None else require_digest(value["sha256"]),
         mtime=optional_int(value["mtime"], "mtime"),
     )
 
@@ -327,9 +322,8 @@ def parse_list_line(line: bytes) -> BackupRecord | ListEnd:
     summary line, a ListEnd; raise ProtocolError otherwise."""
     value = load_reply_line(line)
     if "end" in value:
-        if set(value) != {"end", "count", "truncated"} or value["end"] is not True:
-            raise ProtocolError("malformed listing summary")
-        if not isinstance(value["truncated"], bool):
+        well_formed = set(value) == {"end", "count", "truncated"} and value["end"] is True
+        if not well_formed or not isinstance(value["truncated"], bool):
             raise ProtocolError("malformed listing summary")
         return ListEnd(count=require_int(value["count"], "count"), truncated=value["truncated"])
     return parse_record(line)

@@ -125,7 +125,8 @@ def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, A
     except ShellError:
         lock = -1
     try:
-        swept = storage.sweep(root_fd, config, dry_run=options.dry_run, empty_dirs=lock >= 0)
+        swept = storage.sweep(root_fd, config.max_age, dry_run=options.dry_run,
+                              empty_dirs=lock >= 0)
     finally:
         if lock >= 0:
             os.close(lock)
@@ -141,7 +142,7 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
     uploads = {"staged": 0, "partial": 0, "stale": 0,
                "implausible": sum(implausible(found) for found in backups)}
     for found in storage.walk(root_fd):
-        for kind, age in (("pending", config.pending_max_age), ("partial", config.partial_max_age)):
+        for kind, age in config.max_age.items():
             if found.leaf.startswith(".") and found.leaf.endswith(storage.SUFFIXES[kind]):
                 uploads["staged" if kind == "pending" else "partial"] += 1
                 uploads["stale"] += now - found.info.st_mtime > age

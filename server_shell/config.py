@@ -163,6 +163,11 @@ class ShellConfig:
         parse_size, "100000", "10", "files and directories one account's storage may hold")
     log_socket: str = "/dev/log"  # [logging] socket
 
+    @property
+    def max_age(self) -> dict[str, int]:
+        """Seconds an upload is kept, by kind: "pending" (staged) or "partial" (interrupted)."""
+        return {"pending": self.pending_max_age, "partial": self.partial_max_age}
+
 
 KEYS: dict[str, Setting] = {
     entry.name: entry.metadata["setting"] for entry in fields(ShellConfig)

@@ -6,9 +6,9 @@ client's input) -> a session slot -> run it against the storage root opened
 once -> one syslog line -> the exit code, decided here only (ShellExit).
 
 Modules: config.py (errors, settings), storage.py (the descriptor-based walk,
-records, locks, space), upload.py (put, resume, commit), reading.py (get,
-check, list, info). Admin actions (prune, status, scrub) live in
-`qbackup-server`, which sshd can never reach.
+records, locks, the sweep), upload.py (put, resume, commit, the space guard),
+reading.py (get, check, list, info). Admin actions (prune, status, scrub)
+live in `qbackup-server`, which sshd can never reach.
 """
 
 import os

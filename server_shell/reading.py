@@ -94,7 +94,7 @@ def list_backups(root_fd: int, prefix: str) -> Iterator[wire.BackupRecord | wire
     committed backup whose name starts with it, in segment order, at most
     MAX_LIST_ENTRIES, then one ListEnd. Only the directory PREFIX names is
     walked; the rest filters (so "2024/db" matches "2024/db-1")."""
-    directory = prefix.rpartition("/")[0]
+    directory = os.path.dirname(prefix)
     segments = directory.split("/") if directory else []
     count = 0
     truncated = False

@@ -20,22 +20,14 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from qbackup_protocol import wire
 
-from .config import (
-    ConfigError,
-    Exists,
-    Interrupted,
-    NotFound,
-    ShellConfig,
-    StorageError,
-    Unavailable,
-)
+from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a backup's name cannot hang the open.
@@ -50,9 +42,6 @@ SUFFIXES = {"record": ".sha256", "pending": ".pending", "pending-record": ".pend
 MAX_RECORD = 4096
 STATE_SIZE = 128  # the state record is rewritten in place at this fixed size
 TEMP_AGE = 120  # seconds unwritten before a record's temporary is a crash's leftover
-MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
-CHECK_INTERVAL = 32 * 1024**2  # bytes written between two looks at the free space
-SHARED_WRITERS = 8  # uploads of other accounts assumed to share the headroom
 TAKEOVER_WAIT = 10.0  # seconds a resume waits for a dead connection's shell to go
 TAKEOVER_IDLE = 2.0  # seconds without reading or writing that make a holder dead
 TAKEOVER_KILL = 3.0  # seconds between SIGTERM and SIGKILL
@@ -218,17 +207,11 @@ def read_digest(dir_fd: int, name: str, key: str = "size") -> Digest | None:
         return None
     try:
         value = json.loads(os.read(fd, MAX_RECORD).decode("ascii"))
-        count = value[key]
-        digest = value["sha256"]
-    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+        return Digest(wire.require_int(value[key], key), wire.require_digest(value["sha256"]))
+    except (ValueError, TypeError, KeyError):  # ProtocolError, UnicodeDecodeError: ValueErrors
         return None
     finally:
         os.close(fd)
-    if type(count) is not int or count < 0 or not isinstance(digest, str):
-        return None
-    if not wire.SHA256_HEX_PATTERN.fullmatch(digest):
-        return None
-    return Digest(count, digest)
 
 
 def write_digest(dir_fd: int, name: str, digest: Digest) -> None:
@@ -341,14 +324,14 @@ def upload_kind(entry: str) -> str | None:
     return None
 
 
-def remove_expired(found: Entry, config: ShellConfig, dry_run: bool) -> bool:
-    """Given an entry, remove it (unless DRY_RUN) if it is an upload older than
-    its max age that nobody holds (a flocked one is live: left alone) or a
-    record temporary a crash left; return whether it was one."""
+def remove_expired(found: Entry, max_age: Mapping[str, int], dry_run: bool) -> bool:
+    """Given an entry and how long an upload of each kind is kept, remove the
+    entry (unless DRY_RUN) if it is an upload older than that which nobody
+    holds (a flocked one is live: left alone) or a record temporary a crash
+    left; return whether it was one."""
     kind = upload_kind(found.leaf)
     if kind is not None:
-        max_age = config.pending_max_age if kind == "pending" else config.partial_max_age
-        locked = lock_if(found.dir_fd, found.leaf, max_age)
+        locked = lock_if(found.dir_fd, found.leaf, max_age[kind])
         if locked is None:
             return False
         if not dry_run:
@@ -371,20 +354,21 @@ class Usage:
     removed: list[str]
 
 
-def sweep(root_fd: int, config: ShellConfig | None, dry_run: bool = False,
+def sweep(root_fd: int, max_age: Mapping[str, int] | None, dry_run: bool = False,
           empty_dirs: bool = True) -> Usage:
-    """Given the root and the account's config (None: only count), remove
-    (unless DRY_RUN) expired uploads and a crash's temporaries anywhere below
-    (remove_expired), and the directories that leaves empty; return the
-    allocated bytes and inodes of the rest (regular files and directories,
-    not ~/.ssh or other dot-directories, each inode once) and the names
-    removed. EMPTY_DIRS only while holding the upload lock: then no upload
-    is about to use a directory it removes."""
+    """Given the root and how long an upload of each kind is kept
+    (ShellConfig.max_age; None: only count), remove (unless DRY_RUN) expired
+    uploads and a crash's temporaries anywhere below (remove_expired), and
+    the directories that leaves empty; return the allocated bytes and inodes
+    of the rest (regular files and directories, not ~/.ssh or other
+    dot-directories, each inode once) and the names removed. EMPTY_DIRS only
+    while holding the upload lock: then no upload is about to use a
+    directory it removes."""
     used = 0
     seen: set[tuple[int, int]] = set()
     removed: list[str] = []
     for found in walk(root_fd):
-        if config is not None and remove_expired(found, config, dry_run):
+        if max_age is not None and remove_expired(found, max_age, dry_run):
             removed.append(found.name)
             continue
         inode = (found.info.st_dev, found.info.st_ino)
@@ -392,7 +376,7 @@ def sweep(root_fd: int, config: ShellConfig | None, dry_run: bool = False,
         if (stat.S_ISREG(found.info.st_mode) or directory) and inode not in seen:
             seen.add(inode)
             used += found.info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
-    for name in sorted({name.rpartition("/")[0] for name in removed}, reverse=True):
+    for name in sorted({os.path.dirname(name) for name in removed}, reverse=True):
         if name and empty_dirs and not dry_run:
             remove_dirs(root_fd, name.split("/"))  # those now empty, deepest first
     return Usage(used, len(seen), removed)
@@ -417,47 +401,6 @@ def hash_file(fd: int, hasher: Any, length: int = WHOLE) -> int:
 def free_bytes(fd: int) -> int:
     result = os.fstatvfs(fd)
     return result.f_bavail * result.f_frsize
-
-
-class SpaceGuard:
-    """One upload's writes against the reserve, the quota and the inode bounds.
-    Uploads of one account never overlap (the upload lock), so the quota
-    measured at the start stays true; free space is shared, so it is re-read
-    after CHECK_INTERVAL bytes or 1/SHARED_WRITERS of the headroom last seen."""
-
-    def __init__(self, root_fd: int, config: ShellConfig, usage: Usage, new_inodes: int) -> None:
-        """Given the account's config and use, and the inodes this upload adds,
-        raise Unavailable if it may not start (before any directory is made)."""
-        self.root_fd = root_fd
-        self.reserve = config.reserve
-        self.written = 0
-        self.quota_left = None if config.quota is None else config.quota - usage.used
-        self.refresh()
-        disk = os.fstatvfs(root_fd)
-        if self.headroom < 0:
-            raise Unavailable("free space on the server is below its reserve; free some space")
-        if self.quota_left is not None and self.quota_left <= 0:
-            raise Unavailable("the account's quota is used up; prune old backups")
-        # f_files == 0: inodes are allocated dynamically (btrfs).
-        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
-        if low or usage.inodes + new_inodes > config.max_inodes:
-            raise Unavailable("no inodes left for this account or on the filesystem; prune")
-
-    def refresh(self) -> None:
-        self.headroom = free_bytes(self.root_fd) - self.reserve
-        self.since_check = 0
-
-    def claim(self, count: int) -> None:
-        """Given the size of the next write, allow it; raise Unavailable if it
-        would exceed the quota or bring free space below the reserve."""
-        if self.quota_left is not None and self.written + count > self.quota_left:
-            raise Unavailable("this backup would exceed the account's quota")
-        if self.since_check + count > min(CHECK_INTERVAL, self.headroom // SHARED_WRITERS):
-            self.refresh()
-            if count > self.headroom:
-                raise Unavailable("the server's free space would drop below its reserve")
-        self.since_check += count
-        self.written += count
 
 
 def open_lock(root_fd: int, name: str) -> int:
@@ -492,7 +435,8 @@ def activity(pid: str) -> object:
     object each time while it waits for the disk: busy, not idle)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as status:
-            busy = status.read().rpartition(")")[2].split()[0] == "D"
+            after_name = status.read().rsplit(")", 1)[-1]  # the name may hold spaces
+            busy = after_name.split()[0] == "D"
         with open(f"/proc/{pid}/io", encoding="ascii") as io:
             return object() if busy else io.read()
     except (OSError, IndexError):

@@ -28,6 +28,9 @@ from .config import BadStream, Exists, Interrupted, NotFound, ShellConfig, Stora
 from .storage import dot
 
 READ_SIZE = 1024 * 1024
+MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
+CHECK_INTERVAL = 32 * 1024**2  # bytes written between two looks at the free space
+SHARED_WRITERS = 8  # uploads of other accounts assumed to share the headroom
 RW_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 EXISTS = "a backup with that name already exists; backups are never replaced"
 STAGED = "an upload of that name is already staged; commit it or choose a new name"
@@ -35,6 +38,48 @@ NOTHING_STAGED = "nothing staged under that name (never put, already committed, 
 NOTHING_TO_RESUME = "nothing to resume under that name (never put, finished, or expired)"
 Reply = Callable[[dict[str, Any]], None]
 Record = wire.BackupRecord
+
+
+class SpaceGuard:
+    """One upload's writes against the reserve, the quota and the inode bounds.
+    Uploads of one account never overlap (the upload lock), so the quota
+    measured at the start stays true; free space is shared, so it is re-read
+    after CHECK_INTERVAL bytes or 1/SHARED_WRITERS of the headroom last seen."""
+
+    def __init__(self, root_fd: int, config: ShellConfig, usage: storage.Usage,
+                 new_inodes: int) -> None:
+        """Given the account's config and use, and the inodes this upload adds,
+        raise Unavailable if it may not start (before any directory is made)."""
+        self.root_fd = root_fd
+        self.reserve = config.reserve
+        self.written = 0
+        self.quota_left = storage.WHOLE if config.quota is None else config.quota - usage.used
+        self.refresh()
+        disk = os.fstatvfs(root_fd)
+        if self.headroom < 0:
+            raise Unavailable("free space on the server is below its reserve; free some space")
+        if self.quota_left <= 0:
+            raise Unavailable("the account's quota is used up; prune old backups")
+        # f_files == 0: inodes are allocated dynamically (btrfs).
+        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
+        if low or usage.inodes + new_inodes > config.max_inodes:
+            raise Unavailable("no inodes left for this account or on the filesystem; prune")
+
+    def refresh(self) -> None:
+        self.headroom = storage.free_bytes(self.root_fd) - self.reserve
+        self.since_check = 0
+
+    def claim(self, count: int) -> None:
+        """Given the size of the next write, allow it; raise Unavailable if it
+        would exceed the quota or bring free space below the reserve."""
+        if self.written + count > self.quota_left:
+            raise Unavailable("this backup would exceed the account's quota")
+        if self.since_check + count > min(CHECK_INTERVAL, self.headroom // SHARED_WRITERS):
+            self.refresh()
+            if count > self.headroom:
+                raise Unavailable("the server's free space would drop below its reserve")
+        self.since_check += count
+        self.written += count
 
 
 def read_into(fd: int, view: memoryview, timeout: float, whole: bool = False) -> int:
@@ -62,7 +107,7 @@ class Upload:
     state_fd: int
     hasher: Any
     offset: int
-    guard: storage.SpaceGuard
+    guard: SpaceGuard
 
 
 def receive(upload: Upload, stdin: int, config: ShellConfig, reply: Reply) -> int:
@@ -171,31 +216,30 @@ def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) 
     with ExitStack() as closing:
         closing.callback(os.close, storage.take_upload_lock(root_fd, name))
         # Expired uploads go first: they may hold this very name, and the quota counts them.
-        usage = storage.sweep(root_fd, config)
+        usage = storage.sweep(root_fd, config.max_age)
         reached = storage.open_dirs(root_fd, place.dirs)
         closing.callback(os.close, reached.fd)
         if not reached.missing:
             refuse_taken(reached.fd, leaf)
             storage.remove_upload(reached.fd, leaf, "partial")  # a new put of NAME starts over
-        guard = storage.SpaceGuard(root_fd, config, usage, len(reached.missing) + 4)
+        guard = SpaceGuard(root_fd, config, usage, len(reached.missing) + 4)
         dir_fd = storage.make_dirs(reached.fd, reached.missing)
+        closing.callback(os.close, dir_fd)
         try:
-            with ExitStack() as files:
-                files.callback(os.close, dir_fd)
-                try:
-                    fd = os.open(dot(leaf, "partial"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
-                    files.callback(os.close, fd)
-                    # The flock covers the data, and the staged inode (the same
-                    # one) until its record is written: a commit or a sweep waits.
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    state_fd = os.open(dot(leaf, "state"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
-                    files.callback(os.close, state_fd)
-                except OSError:
-                    raise Exists(storage.IN_THE_WAY) from None
-                storage.write_state(state_fd, 0, hashlib.sha256().hexdigest())
-                os.fsync(dir_fd)
-                upload = Upload(name, dir_fd, leaf, fd, state_fd, hashlib.sha256(), 0, guard)
-                return stage(upload, stdin, config, reply)
+            try:
+                fd = os.open(dot(leaf, "partial"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
+                closing.callback(os.close, fd)
+                # The flock covers the data, and the staged inode (the same
+                # one) until its record is written: a commit or a sweep waits.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                state_fd = os.open(dot(leaf, "state"), storage.NEW_FLAGS, 0o600, dir_fd=dir_fd)
+                closing.callback(os.close, state_fd)
+            except OSError:
+                raise Exists(storage.IN_THE_WAY) from None
+            storage.write_state(state_fd, 0, hashlib.sha256().hexdigest())
+            os.fsync(dir_fd)
+            upload = Upload(name, dir_fd, leaf, fd, state_fd, hashlib.sha256(), 0, guard)
+            return stage(upload, stdin, config, reply)
         except Interrupted:
             raise  # the partial stays, and the directories holding it
         except BaseException:
@@ -237,8 +281,8 @@ def resume(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Repl
         hashed = storage.hash_file(partial.fd, hasher, state.count)
         if storage.Digest(hashed, hasher.hexdigest()) != state:
             raise BadStream("the interrupted upload's stored bytes are damaged; put it again")
-        usage = storage.sweep(root_fd, config)
-        guard = storage.SpaceGuard(root_fd, config, usage, 0)
+        usage = storage.sweep(root_fd, config.max_age)
+        guard = SpaceGuard(root_fd, config, usage, 0)
         if partial.info.st_size != state.count:  # drop what arrived after the last durable point
             os.ftruncate(partial.fd, state.count)  # (only then: a poke must not renew its age)
         os.lseek(partial.fd, state.count, os.SEEK_SET)
