@@ -56,8 +56,9 @@ class Unlimited:
 
 def single(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
     config = ShellConfig(sync_interval=sync_interval, idle_timeout=3600)
-    return upload.receive(stdin, fd, state_fd, hashlib.sha256(), 0, Unlimited(),  # type: ignore[arg-type]
-                          config, lambda fields: None)
+    receiving = upload.Upload("bench", -1, "bench", fd, state_fd, hashlib.sha256(), 0,
+                              Unlimited())  # type: ignore[arg-type]
+    return upload.receive(receiving, stdin, config, lambda fields: None)
 
 
 def threaded(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
@@ -85,17 +86,17 @@ def threaded(stdin: int, fd: int, state_fd: int, sync_interval: int) -> int:
     try:
         while True:
             read_exactly(stdin, header)
-            kind, length = wire.decode_frame_header(bytes(header))
-            if kind == wire.FRAME_END:
+            frame = wire.decode_frame_header(bytes(header))
+            if frame.kind == wire.FRAME_END:
                 break
             if allocated < 4 and free.empty():
                 allocated += 1
                 buffer = bytearray(wire.MAX_DATA_FRAME)
             else:
                 buffer = free.get()
-            read_exactly(stdin, memoryview(buffer)[:length])
-            work.put((buffer, length))
-            total += length
+            read_exactly(stdin, memoryview(buffer)[:frame.length])
+            work.put((buffer, frame.length))
+            total += frame.length
         read_exactly(stdin, memoryview(bytearray(wire.END_PAYLOAD.size)))
     finally:
         work.put(None)

@@ -89,9 +89,11 @@ class Deframer:
 
     def _start_frame(self, header: bytes) -> None:
         try:
-            self._kind, self._need = decode_frame_header(header)
+            frame = decode_frame_header(header)
         except ProtocolError as error:
             raise DataError(f"the server sent a malformed stream: {error}") from None
+        self._kind = frame.kind
+        self._need = frame.length
         # Checked before the frame's payload is passed on: stdout never gets
         # a byte beyond the listed size, and an endless stream ends here.
         if (
@@ -102,7 +104,9 @@ class Deframer:
             raise DataError(f"the server sent more than the backup's listed {self.limit} bytes")
 
     def _finish(self, payload: bytes) -> None:
-        total, digest = decode_end_payload(payload)
+        end = decode_end_payload(payload)
+        total = end.length
+        digest = end.digest
         # The end frame must describe exactly what was delivered: a short,
         # padded or altered stream is refused, never reported as a backup.
         if total != self.total:

@@ -16,7 +16,7 @@ import enum
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 3  # 2: put stages, commit publishes; 3: acks, resume, get OFFSET
@@ -157,21 +157,18 @@ def build_command(verb: str, argument: str | None = None, *, offset: int | None 
     they do not make a valid command."""
     if offset is not None and (verb != VERB_GET or offset < 0 or offset >= 2**63):
         raise ProtocolError("only get takes an offset, a non-negative integer")
+    if verb not in ALL_VERBS:
+        raise ProtocolError("unknown command")
+    if verb in VERBS_WITHOUT_ARGUMENT and argument:
+        raise ProtocolError(f"{verb} takes no argument")
+    command = verb
     if verb in VERBS_WITH_NAME:
         if argument is None:
             raise ProtocolError(f"{verb} needs a name")
-        if offset:
-            return f"{verb} {check_name(argument)} {offset}"
-        return f"{verb} {check_name(argument)}"
-    if verb in VERBS_WITH_OPTIONAL_PREFIX:
-        if argument:
-            return f"{verb} {check_prefix(argument)}"
-        return verb
-    if verb in VERBS_WITHOUT_ARGUMENT:
-        if argument:
-            raise ProtocolError(f"{verb} takes no argument")
-        return verb
-    raise ProtocolError("unknown command")
+        command = f"{verb} {check_name(argument)}"
+    elif argument:  # a listing's prefix
+        command = f"{verb} {check_prefix(argument)}"
+    return f"{command} {offset}" if offset else command
 
 
 # ---------------------------------------------------------------------------
@@ -192,29 +189,42 @@ def encode_end_frame(total_length: int, digest: bytes) -> bytes:
     return FRAME_HEADER.pack(FRAME_END, END_PAYLOAD.size) + END_PAYLOAD.pack(total_length, digest)
 
 
-def decode_frame_header(header: bytes) -> tuple[bytes, int]:
-    """Given exactly FRAME_HEADER_SIZE bytes, return (frame type, payload length);
+@dataclass(frozen=True)
+class FrameHeader:
+    """A frame's header: its type (FRAME_DATA or FRAME_END) and payload length."""
+
+    kind: bytes
+    length: int
+
+
+def decode_frame_header(header: bytes) -> FrameHeader:
+    """Given exactly FRAME_HEADER_SIZE bytes, return the FrameHeader they hold;
     raise ProtocolError for an unknown type or an out-of-range length."""
     if len(header) != FRAME_HEADER_SIZE:
         raise ProtocolError("short frame header")
-    kind, length = FRAME_HEADER.unpack(header)
-    if kind == FRAME_DATA:
-        if not 0 < length <= MAX_DATA_FRAME:
-            raise ProtocolError("data frame length out of range")
-    elif kind == FRAME_END:
-        if length != END_PAYLOAD.size:
-            raise ProtocolError("end frame of wrong length")
-    else:
+    frame = FrameHeader(*FRAME_HEADER.unpack(header))
+    if frame.kind not in (FRAME_DATA, FRAME_END):
         raise ProtocolError("unknown frame type")
-    return kind, length
+    if frame.kind == FRAME_DATA and not 0 < frame.length <= MAX_DATA_FRAME:
+        raise ProtocolError("data frame length out of range")
+    if frame.kind == FRAME_END and frame.length != END_PAYLOAD.size:
+        raise ProtocolError("end frame of wrong length")
+    return frame
 
 
-def decode_end_payload(payload: bytes) -> tuple[int, bytes]:
-    """Given an end frame's payload, return (total length, SHA-256 digest)."""
+@dataclass(frozen=True)
+class StreamEnd:
+    """What an end frame declares: the stream's total length and its SHA-256 digest."""
+
+    length: int
+    digest: bytes
+
+
+def decode_end_payload(payload: bytes) -> StreamEnd:
+    """Given an end frame's payload, return the StreamEnd it declares."""
     if len(payload) != END_PAYLOAD.size:
         raise ProtocolError("end frame of wrong length")
-    total_length, digest = END_PAYLOAD.unpack(payload)
-    return total_length, digest
+    return StreamEnd(*END_PAYLOAD.unpack(payload))
 
 
 # ---------------------------------------------------------------------------
@@ -252,9 +262,26 @@ def require_int(value: Any, what: str) -> int:
     return value
 
 
-def _require_digest(value: Any) -> str:
+def optional_int(value: Any, what: str) -> int | None:
+    """Given a reply field's VALUE that may be null, return it; raise
+    ProtocolError unless it is null or an integer in [0, 2**63)."""
+    return None if value is None else require_int(value, what)
+
+
+def require_digest(value: Any) -> str:
+    """Given a SHA-256 field's VALUE, return it; raise ProtocolError unless it
+    is 64 lowercase hex digits."""
     if not isinstance(value, str) or not SHA256_HEX_PATTERN.fullmatch(value):
         raise ProtocolError("sha256 is not 64 lowercase hex digits")
+    return value
+
+
+def reply_fields(line: bytes, names: set[str], what: str) -> dict[str, Any]:
+    """Given one reply line, the fields it must hold and WHAT it is, return its
+    object; raise ProtocolError unless it holds exactly those fields."""
+    value = load_reply_line(line)
+    if set(value) != names:
+        raise ProtocolError(f"{what} has unexpected fields")
     return value
 
 
@@ -277,22 +304,18 @@ class BackupRecord:
     mtime: int | None = None
 
     def to_reply(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256, "mtime": self.mtime}
+        return asdict(self)
 
 
 def parse_record(line: bytes) -> BackupRecord:
     """Given one reply line describing a backup, return a BackupRecord; raise
     ProtocolError unless every field is present and well-formed."""
-    value = load_reply_line(line)
-    if set(value) != {"name", "size", "sha256", "mtime"}:
-        raise ProtocolError("backup record has unexpected fields")
-    digest = value["sha256"]
-    mtime = value["mtime"]
+    value = reply_fields(line, {"name", "size", "sha256", "mtime"}, "backup record")
     return BackupRecord(
         name=require_name(value["name"]),
         size=require_int(value["size"], "size"),
-        sha256=None if digest is None else _require_digest(digest),
-        mtime=None if mtime is None else require_int(mtime, "mtime"),
+        sha256=None if value["sha256"] is None else require_digest(value["sha256"]),
+        mtime=optional_int(value["mtime"], "mtime"),
     )
 
 
@@ -313,9 +336,8 @@ def parse_list_line(line: bytes) -> BackupRecord | ListEnd:
     summary line, a ListEnd; raise ProtocolError otherwise."""
     value = load_reply_line(line)
     if "end" in value:
-        if set(value) != {"end", "count", "truncated"} or value["end"] is not True:
-            raise ProtocolError("malformed listing summary")
-        if not isinstance(value["truncated"], bool):
+        well_formed = set(value) == {"end", "count", "truncated"} and value["end"] is True
+        if not well_formed or not isinstance(value["truncated"], bool):
             raise ProtocolError("malformed listing summary")
         return ListEnd(count=require_int(value["count"], "count"), truncated=value["truncated"])
     return parse_record(line)
@@ -334,31 +356,21 @@ class ServerInfo:
     used: int | None
 
     def to_reply(self) -> dict[str, Any]:
-        return {
-            "protocol": self.protocol,
-            "free": self.free,
-            "reserve": self.reserve,
-            "available": self.available,
-            "quota": self.quota,
-            "used": self.used,
-        }
+        return asdict(self)
 
 
 def parse_info(line: bytes) -> ServerInfo:
     """Given the single line ``info`` answers, return a ServerInfo; raise
     ProtocolError unless every field is present and well-formed."""
-    value = load_reply_line(line)
-    if set(value) != {"protocol", "free", "reserve", "available", "quota", "used"}:
-        raise ProtocolError("info reply has unexpected fields")
-    quota = value["quota"]
-    used = value["used"]
+    names = {"protocol", "free", "reserve", "available", "quota", "used"}
+    value = reply_fields(line, names, "info reply")
     return ServerInfo(
         protocol=require_int(value["protocol"], "protocol"),
         free=require_int(value["free"], "free"),
         reserve=require_int(value["reserve"], "reserve"),
         available=require_int(value["available"], "available"),
-        quota=None if quota is None else require_int(quota, "quota"),
-        used=None if used is None else require_int(used, "used"),
+        quota=optional_int(value["quota"], "quota"),
+        used=optional_int(value["used"], "used"),
     )
 
 
@@ -395,7 +407,7 @@ class ResumeOffset:
     offset: int
 
     def to_reply(self) -> dict[str, Any]:
-        return {"offset": self.offset}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -412,9 +424,7 @@ class Ack:
 def parse_offset(line: bytes) -> ResumeOffset:
     """Given the first line of a put/resume reply, return a ResumeOffset; raise
     ProtocolError unless it is exactly ``{"offset": N}``."""
-    value = load_reply_line(line)
-    if set(value) != {"offset"}:
-        raise ProtocolError("offset reply has unexpected fields")
+    value = reply_fields(line, {"offset"}, "offset reply")
     return ResumeOffset(offset=require_int(value["offset"], "offset"))
 
 
@@ -442,9 +452,7 @@ def parse_receipt(output: bytes, name: str) -> BackupRecord:
 def parse_upload_line(line: bytes) -> Ack | BackupRecord:
     """Given a line a put/resume prints after its offset line, return an Ack or,
     for the final receipt, a BackupRecord; raise ProtocolError otherwise."""
-    value = load_reply_line(line)
-    if "ack" in value:
-        if set(value) != {"ack"}:
-            raise ProtocolError("ack line has unexpected fields")
+    if "ack" in load_reply_line(line):
+        value = reply_fields(line, {"ack"}, "ack line")
         return Ack(offset=require_int(value["ack"], "ack"))
     return parse_record(line)

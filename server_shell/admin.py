@@ -43,33 +43,37 @@ from qbackup_protocol import names
 from . import storage
 from .config import ShellError, load_config, parse_duration
 
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+OK = 0
+WARNING = 1
+CRITICAL = 2
+UNKNOWN = 3
 LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 RULES = tuple(names.RETENTION_PERIODS)
 # A backup's name carries the time its backup started; its file's mtime is
 # when its upload ended: within two days of the start (a long backup, a
 # resumed one), give or take an hour of clock skew between dom0 and server.
-PLAUSIBLE_BEFORE, CLOCK_SKEW = 48 * 3600, 3600
+PLAUSIBLE_BEFORE = 48 * 3600
+CLOCK_SKEW = 3600
 
 
 class AdminError(Exception):
     """The tool cannot do what was asked (exit UNKNOWN)."""
 
 
-def committed(root_fd: int) -> list[tuple[str, os.stat_result]]:
-    """Given the root, return (name, stat) of every committed backup (regular
-    files a client could have named; dot-files are the shell's own)."""
-    return [(name, info) for _, leaf, name, info in storage.walk(root_fd)
-            if stat.S_ISREG(info.st_mode) and storage.is_client_name(leaf)]
+def committed(root_fd: int) -> list[storage.Entry]:
+    """Given the root, return every committed backup (regular files a client
+    could have named; dot-files are the shell's own)."""
+    return [found for found in storage.walk(root_fd)
+            if stat.S_ISREG(found.info.st_mode) and storage.is_client_name(found.leaf)]
 
 
 def in_directory(root_fd: int, name: str, work: Callable[[int, str], Any]) -> Any:
     """Given a backup's NAME, run WORK(directory fd, leaf), walking there again
     with O_NOFOLLOW (whatever changed since the listing is never followed)."""
-    segments, leaf = storage.split_name(name)
-    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
+    place = storage.split_name(name)
+    dir_fd = storage.open_dirs(root_fd, place.dirs, "no such backup").fd
     try:
-        return work(dir_fd, leaf)
+        return work(dir_fd, place.leaf)
     finally:
         os.close(dir_fd)
 
@@ -82,49 +86,51 @@ def remove_backup(dir_fd: int, leaf: str) -> None:
 
 def verify(dir_fd: int, leaf: str) -> str:
     stored = storage.read_digest(dir_fd, storage.dot(leaf, "record"))
-    fd, _ = storage.open_file(dir_fd, leaf)
-    hasher, size = hashlib.sha256(), 0
+    fd = storage.open_file(dir_fd, leaf).fd
+    hasher = hashlib.sha256()
+    size = 0
     try:
         while data := os.read(fd, 4 * 1024 * 1024):
             hasher.update(data)
             size += len(data)
     finally:
         os.close(fd)
-    if stored == (size, hasher.hexdigest()):
+    if stored == storage.Digest(size, hasher.hexdigest()):
         return ""
     return "no digest record" if stored is None else "differs"
 
 
-def implausible(name: str, info: os.stat_result) -> bool:
+def implausible(found: storage.Entry) -> bool:
     """Given a committed backup, return True if its name carries dom0's
     timestamp but one its file's mtime (when its put ended) belies: a name
     planted with a chosen date to win a period's bucket and push the real
     backup of that period out. Such a backup never counts for retention (it
     neither fills a bucket nor is pruned by policy); status warns about it."""
-    parts = names.split_backup_name(name)
+    parts = names.split_backup_name(found.name)
+    ended = found.info.st_mtime
     return parts is not None and not (
-        info.st_mtime - PLAUSIBLE_BEFORE <= parts[1].timestamp() <= info.st_mtime + CLOCK_SKEW)
+        ended - PLAUSIBLE_BEFORE <= parts[1].timestamp() <= ended + CLOCK_SKEW)
 
 
 def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
-    backups = [name for name, info in committed(root_fd) if not implausible(name, info)]
+    backups = [found.name for found in committed(root_fd) if not implausible(found)]
     removable = names.prunable(backups, options.policy)
     lines = [f"keep {name}" for name in backups if name not in removable]
     for name in removable:
         if not options.dry_run:
             in_directory(root_fd, name, remove_backup)
         lines.append(f"{'would remove' if options.dry_run else 'removed'} {name}")
-    ages = (config.pending_max_age, config.partial_max_age)
     try:  # directories it empties are removed only while no upload can be about to use them
         lock = storage.take_upload_lock(root_fd, "(qbackup-server prune)")
     except ShellError:
         lock = -1
     try:
-        removed = storage.sweep(root_fd, ages, dry_run=options.dry_run, empty_dirs=lock >= 0)[2]
+        swept = storage.sweep(root_fd, config.max_age, dry_run=options.dry_run,
+                              empty_dirs=lock >= 0)
     finally:
         if lock >= 0:
             os.close(lock)
-    for name in removed:
+    for name in swept.removed:
         lines.append(f"{'would remove' if options.dry_run else 'removed'} expired upload {name}")
     return {"level": OK, "lines": lines}
 
@@ -132,19 +138,19 @@ def prune(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, A
 def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
     backups = committed(root_fd)
     now = time.time()
-    newest = max(backups, key=lambda b: b[1].st_mtime, default=None)
+    newest = max(backups, key=lambda found: found.info.st_mtime, default=None)
     uploads = {"staged": 0, "partial": 0, "stale": 0,
-               "implausible": sum(implausible(name, info) for name, info in backups)}
-    for _, entry, _, info in storage.walk(root_fd):
-        for kind, age in (("pending", config.pending_max_age), ("partial", config.partial_max_age)):
-            if entry.startswith(".") and entry.endswith(storage.SUFFIXES[kind]):
+               "implausible": sum(implausible(found) for found in backups)}
+    for found in storage.walk(root_fd):
+        for kind, age in config.max_age.items():
+            if found.leaf.startswith(".") and found.leaf.endswith(storage.SUFFIXES[kind]):
                 uploads["staged" if kind == "pending" else "partial"] += 1
-                uploads["stale"] += now - info.st_mtime > age
-    used = storage.sweep(root_fd, None)[0]
+                uploads["stale"] += now - found.info.st_mtime > age
+    used = storage.sweep(root_fd, None).used
     free = storage.free_bytes(root_fd)
-    report = {"count": len(backups), "newest": newest and newest[0],
-              "age": newest and int(now - newest[1].st_mtime),
-              "size": newest and newest[1].st_size, **uploads, "free": free,
+    report = {"count": len(backups), "newest": newest and newest.name,
+              "age": newest and int(now - newest.info.st_mtime),
+              "size": newest and newest.info.st_size, **uploads, "free": free,
               "reserve": config.reserve, "quota": config.quota, "used": used}
     level = OK
     if uploads["stale"] or uploads["implausible"] or free < config.reserve or (
@@ -156,11 +162,12 @@ def status(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, 
 
 
 def check(root_fd: int, config: Any, options: argparse.Namespace) -> dict[str, Any]:
-    lines, damaged = [], 0
-    for name, _ in committed(root_fd):
-        problem = in_directory(root_fd, name, verify)
+    lines = []
+    damaged = 0
+    for found in committed(root_fd):
+        problem = in_directory(root_fd, found.name, verify)
         damaged += bool(problem)
-        lines.append(f"DAMAGED {name} ({problem})" if problem else f"ok {name}")
+        lines.append(f"DAMAGED {found.name} ({problem})" if problem else f"ok {found.name}")
     return {"level": CRITICAL if damaged else OK, "lines": lines, "damaged": damaged}
 
 

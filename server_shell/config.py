@@ -7,63 +7,71 @@ never mistaken for a ShellError, nor the other way round.
 
 The config is an INI file (no interpolation); a missing file means defaults.
 `[storage]` sets every account's defaults, `[account NAME]` overrides them,
-`[logging] socket` names the syslog socket. Every key is in KEYS below, with
-its parser and its floor; qbackup-shell.conf.example documents each.
+`[logging] socket` names the syslog socket. ShellConfig declares every key
+once (parser, default, floor, help); qbackup-shell.conf.example documents
+each, and a test holds it to ShellConfig.
 """
 
 import configparser
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from qbackup_protocol.wire import ShellExit
 
 
 class ShellError(Exception):
-    """An error shown to the client as one line, ending the session with exit_code."""
+    """An error shown to the client as one line, ending the session with
+    exit_code; outcome is the word the session's syslog line records. Each
+    subclass names both in its class line."""
 
-    exit_code, outcome = ShellExit.SOFTWARE, "error"
+    exit_code = ShellExit.SOFTWARE
+    outcome = "error"
 
-
-class Refused(ShellError):
-    exit_code, outcome = ShellExit.USAGE, "refused"  # not a protocol command, or a bad name
-
-
-class BadStream(ShellError):
-    exit_code, outcome = ShellExit.DATA, "bad-stream"  # truncated, malformed or mismatching
-
-
-class NotFound(ShellError):
-    exit_code, outcome = ShellExit.NO_SUCH_BACKUP, "missing"  # no backup / nothing staged
+    def __init_subclass__(cls, exit_code: ShellExit, outcome: str) -> None:
+        super().__init_subclass__()
+        cls.exit_code = exit_code
+        cls.outcome = outcome
 
 
-class Unavailable(ShellError):
-    exit_code, outcome = ShellExit.UNAVAILABLE, "unavailable"  # space, inodes, busy, sessions
+class Refused(ShellError, exit_code=ShellExit.USAGE, outcome="refused"):
+    """Not a protocol command, or a bad name."""
 
 
-class Exists(ShellError):
-    exit_code, outcome = ShellExit.EXISTS, "exists"  # backups are never replaced
+class BadStream(ShellError, exit_code=ShellExit.DATA, outcome="bad-stream"):
+    """A stream truncated, malformed or not matching its end frame; stored bytes that differ."""
 
 
-class StorageError(ShellError):
-    exit_code, outcome = ShellExit.IO, "io-error"
+class NotFound(ShellError, exit_code=ShellExit.NO_SUCH_BACKUP, outcome="missing"):
+    """No such backup, nothing staged, nothing to resume."""
 
 
-class Interrupted(ShellError):
+class Unavailable(ShellError, exit_code=ShellExit.UNAVAILABLE, outcome="unavailable"):
+    """No space or inodes, another upload running, every session slot taken."""
+
+
+class Exists(ShellError, exit_code=ShellExit.EXISTS, outcome="exists"):
+    """The name is taken: backups are never replaced."""
+
+
+class StorageError(ShellError, exit_code=ShellExit.IO, outcome="io-error"):
+    """The storage failed in a way the client cannot fix."""
+
+
+class Interrupted(ShellError, exit_code=ShellExit.IO, outcome="interrupted"):
     """The session was cut: EOF before the end frame, a signal, the idle
     timeout, a hung-up client. One code for a lost client (an upload's partial
     is kept), and never a data error (a SIGPIPE during `list` says nothing
     about data)."""
 
-    exit_code, outcome = ShellExit.IO, "interrupted"
+
+class NotAllowed(ShellError, exit_code=ShellExit.NO_PERMISSION, outcome="not-allowed"):
+    """An interactive login, an admin verb, running as root."""
 
 
-class NotAllowed(ShellError):
-    exit_code, outcome = ShellExit.NO_PERMISSION, "not-allowed"  # login, admin verbs, root
-
-
-class ConfigError(ShellError):
-    exit_code, outcome = ShellExit.CONFIG, "bad-config"
+class ConfigError(ShellError, exit_code=ShellExit.CONFIG, outcome="bad-config"):
+    """The server's config is unreadable or invalid."""
 
 
 SIZE_PATTERN = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
@@ -88,37 +96,83 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * DURATION_UNITS[match.group(2).lower()]
 
 
-# key: (parser, default, floor, why the floor). The floors exist because:
-# a staged upload younger than 1h may still be committed; a zero idle
-# timeout would end every session at once; a session cap of 0 or an fdatasync
-# interval below one frame would stop or crawl every upload.
-KEYS: dict[str, tuple[Callable[[str], int], int | None, int, str]] = {
-    "reserve": (parse_size, 1024**3, 0, "0"),
-    "quota": (parse_size, None, 0, "0"),
-    "max_inodes": (parse_size, 100_000, 10, "10"),
-    "max_sessions": (parse_size, 4, 1, "1"),
-    "pending_max_age": (parse_duration, 24 * 3600, 3600, "1h"),
-    "partial_max_age": (parse_duration, 3600, 60, "60s"),
-    "idle_timeout": (parse_duration, 600, 1, "1s"),
-    "sync_interval": (parse_size, 16 * 1024**2, 1024**2, "1M"),
-}
-DEFAULT_LOG_SOCKET = "/dev/log"
+@dataclass(frozen=True)
+class Setting:
+    """How one key of [storage] and [account NAME] is read: its parser, its
+    default and its floor as a config file writes them, and what it is for.
+    Only a key whose default is "none" (no limit) may be set to "none"."""
+
+    parse: Callable[[str], int]
+    default: str
+    floor: str
+    help: str
+
+    def value(self, text: str) -> int | None:
+        """Given what the file says ("" = nothing), return the value; raise
+        ValueError if it is not one of this key's values or is below the floor."""
+        text = text.strip() or self.default
+        if text == "none" and self.default == "none":
+            return None
+        value = self.parse(text)
+        if value < self.parse(self.floor):
+            raise ValueError(f"at least {self.floor}")
+        return value
+
+
+def setting(parse: Callable[[str], int], default: str, floor: str, help: str) -> Any:
+    """Given a key's parser, default, floor and help, return its ShellConfig
+    field: the default read as the file would be, the Setting as metadata."""
+    declared = Setting(parse, default, floor, help)
+    return field(default=declared.value(default), metadata={"setting": declared})
 
 
 @dataclass(frozen=True)
 class ShellConfig:
-    """One account's settings; sizes in bytes, durations in seconds; root None = home."""
+    """One account's settings; sizes in bytes, durations in seconds. Each key
+    of [storage] and [account NAME] is declared here once, with its Setting;
+    KEYS, the parser and qbackup-shell.conf.example follow it."""
 
-    root: str | None = None
-    reserve: int = 1024**3
-    quota: int | None = None
-    max_inodes: int = 100_000
-    max_sessions: int = 4
-    pending_max_age: int = 24 * 3600
-    partial_max_age: int = 3600
-    idle_timeout: int = 600
-    sync_interval: int = 16 * 1024**2
-    log_socket: str = DEFAULT_LOG_SOCKET
+    root: str | None = None  # None: the account's home
+    reserve: int = setting(
+        parse_size, "1G", "0",
+        "free space a put never uses: refused up front, aborted before crossing it")
+    quota: int | None = setting(parse_size, "none", "0", "most bytes one account may store")
+    # Younger than an hour, a staged upload may still be committed: one put
+    # must not remove another's upload before dom0 commits it.
+    pending_max_age: int = setting(
+        parse_duration, "24h", "1h",
+        "age after which an upload that was never committed is removed")
+    # Zero would end every session at once.
+    idle_timeout: int = setting(
+        parse_duration, "10m", "1s",
+        "a session whose client sends (put, resume) or reads (get, list, check) nothing "
+        "this long ends; an upload's data is kept for a resume")
+    partial_max_age: int = setting(
+        parse_duration, "1h", "60s",
+        "how long an interrupted upload is kept for `resume` (keep it above the carriers' "
+        "`resume_window`)")
+    # Below one frame, every upload would crawl from fdatasync to fdatasync.
+    sync_interval: int = setting(
+        parse_size, "16M", "1M",
+        "the shell makes what it received durable and acknowledges it every this many bytes "
+        "(keep it below the carriers' `resume_buffer`)")
+    # Zero would refuse every session.
+    max_sessions: int = setting(
+        parse_size, "4", "1", "sessions of one account at once; one more is refused")
+    max_inodes: int = setting(
+        parse_size, "100000", "10", "files and directories one account's storage may hold")
+    log_socket: str = "/dev/log"  # [logging] socket
+
+    @property
+    def max_age(self) -> dict[str, int]:
+        """Seconds an upload is kept, by kind: "pending" (staged) or "partial" (interrupted)."""
+        return {"pending": self.pending_max_age, "partial": self.partial_max_age}
+
+
+KEYS: dict[str, Setting] = {
+    entry.name: entry.metadata["setting"] for entry in fields(ShellConfig)
+    if "setting" in entry.metadata
+}
 
 
 def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
@@ -141,22 +195,16 @@ def parse_config(text: str, account: str, path: str = "config") -> ShellConfig:
         if parser.has_section(section):
             settings.update(parser[section])
     values: dict[str, int | None] = {}
-    for key, (parse, default, floor, floor_text) in KEYS.items():
-        text_value = settings.get(key, "").strip()
-        if not text_value or (key == "quota" and text_value == "none"):
-            values[key] = default
-            continue
+    for key, declared in KEYS.items():
         try:
-            values[key] = parse(text_value)
+            values[key] = declared.value(settings.get(key, ""))
         except ValueError as error:
             raise ConfigError(f"{path}: {key} for account {account}: {error}") from None
-        if values[key] < floor:  # type: ignore[operator]
-            raise ConfigError(f"{path}: {key} for account {account}: at least {floor_text}")
     root = (settings.get("root") or "").strip().replace("{account}", account) or None
     if root is not None and not root.startswith("/"):
         raise ConfigError(f"{path}: root must be an absolute path")
-    return ShellConfig(root=root, log_socket=parser.get("logging", "socket", fallback="").strip()
-                       or DEFAULT_LOG_SOCKET, **values)  # type: ignore[arg-type]
+    log_socket = parser.get("logging", "socket", fallback="").strip() or ShellConfig.log_socket
+    return ShellConfig(root=root, log_socket=log_socket, **values)  # type: ignore[arg-type]
 
 
 def load_config(path: str, account: str) -> ShellConfig:

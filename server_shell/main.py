@@ -6,9 +6,9 @@ client's input) -> a session slot -> run it against the storage root opened
 once -> one syslog line -> the exit code, decided here only (ShellExit).
 
 Modules: config.py (errors, settings), storage.py (the descriptor-based walk,
-records, locks, space), upload.py (put, resume, commit), reading.py (get,
-check, list, info). Admin actions (prune, status, scrub) live in
-`qbackup-server`, which sshd can never reach.
+records, locks, the sweep), upload.py (put, resume, commit, the space guard),
+reading.py (get, check, list, info). Admin actions (prune, status, scrub)
+live in `qbackup-server`, which sshd can never reach.
 """
 
 import os
@@ -32,7 +32,9 @@ from .storage import open_root, take_session, write_all
 from .upload import commit, put, resume
 
 DEFAULT_CONFIG_PATH = "/etc/qbackup/qbackup-shell.conf"
-STDIN, STDOUT, STDERR = 0, 1, 2
+STDIN = 0
+STDOUT = 1
+STDERR = 2
 SHELL_NAME = "qbackup-shell"
 ADMIN_VERBS = frozenset({"prune", "status", "scrub"})
 PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))  # no NUL, newline, escape
@@ -94,22 +96,38 @@ def parse_invocation(argv: list[str], environ: Mapping[str, str]) -> str:
     that also stops internal-sftp), sshd runs `SHELL -c FORCED` -- or, under
     another login shell, FORCED with no argument -- and puts the client's
     command in SSH_ORIGINAL_COMMAND."""
-    arguments, original = argv[1:], environ.get("SSH_ORIGINAL_COMMAND")
-    if not arguments or arguments[0] == "-c" and len(arguments) == 2 and (
-        " " not in arguments[1] and os.path.basename(arguments[1]) == SHELL_NAME
-    ):
-        if original is None:
-            raise NotAllowed("interactive logins are not allowed; this account only stores backups")
-        return original
-    if arguments[0] == "-c" and len(arguments) == 2:
+    arguments = argv[1:]
+    if arguments and (arguments[0] != "-c" or len(arguments) != 2):
+        raise Refused("usage: qbackup-shell -c COMMAND")
+    # Run as the forced command (no argument, or `-c` the shell's own path):
+    # the client's command is in the environment.
+    forced = not arguments or (
+        " " not in arguments[1] and os.path.basename(arguments[1]) == SHELL_NAME)
+    if not forced:
         return arguments[1]
-    raise Refused("usage: qbackup-shell -c COMMAND")
+    original = environ.get("SSH_ORIGINAL_COMMAND")
+    if original is None:
+        raise NotAllowed("interactive logins are not allowed; this account only stores backups")
+    return original
 
 
-def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, Any]) -> ShellExit:
-    """Given a parsed request, the account's config and home, take a session
-    slot and run it; return the exit code; raise ShellError or OSError."""
-    timeout, name = config.idle_timeout, request.argument or ""
+@dataclass
+class Outcome:
+    """What the session's syslog line says: the command, how it ended and the
+    bytes it moved; FAILED, once set, is what a failure after that point means."""
+
+    command: str = "(refused)"
+    result: str = "ok"
+    bytes: int = 0
+    failed: str | None = None
+
+
+def serve(request: Request, config: ShellConfig, home: str, outcome: Outcome) -> ShellExit:
+    """Given a parsed request, the account's config and home, and the
+    session's Outcome to fill in, take a session slot and run it; return the
+    exit code; raise ShellError or OSError."""
+    timeout = config.idle_timeout
+    name = request.argument or ""
 
     def reply(fields: dict[str, Any]) -> None:
         write_all(STDOUT, wire.encode_reply(fields), timeout)
@@ -118,22 +136,24 @@ def serve(request: Request, config: ShellConfig, home: str, outcome: dict[str, A
         root_fd = open_root(config.root or home)
         closing.callback(os.close, root_fd)
         closing.callback(os.close, take_session(root_fd, config.max_sessions))
-        if request.verb in (wire.VERB_PUT, wire.VERB_RESUME, wire.VERB_COMMIT):
-            receive = {wire.VERB_PUT: put, wire.VERB_RESUME: resume}.get(request.verb)
-            record = commit(root_fd, name) if receive is None else receive(
-                root_fd, name, STDIN, config, reply)
-            outcome["bytes"] = record.size
-            if receive is None:  # NAME is published: a failure from here on loses the receipt only
-                outcome["failed"] = "committed-receipt-lost"
+        if request.verb in (wire.VERB_PUT, wire.VERB_RESUME):
+            receive = put if request.verb == wire.VERB_PUT else resume
+            record = receive(root_fd, name, STDIN, config, reply)
+            outcome.bytes = record.size
+            reply(record.to_reply())
+        elif request.verb == wire.VERB_COMMIT:
+            record = commit(root_fd, name)
+            outcome.bytes = record.size
+            outcome.failed = "committed-receipt-lost"  # NAME is published: only the receipt is lost
             reply(record.to_reply())
         elif request.verb == wire.VERB_GET:
-            outcome["bytes"] = send_backup(root_fd, name, request.offset, STDOUT, timeout)
+            outcome.bytes = send_backup(root_fd, name, request.offset, STDOUT, timeout)
         elif request.verb == wire.VERB_CHECK:
             result = check_backup(root_fd, name)
-            outcome["bytes"] = result.record.size
+            outcome.bytes = result.record.size
             reply(result.to_reply())
             if not result.ok:
-                outcome["result"] = "mismatch"
+                outcome.result = "mismatch"
                 return ShellExit.DATA
         elif request.verb == wire.VERB_LIST:
             pending = bytearray()
@@ -158,26 +178,48 @@ def client_address(environ: Mapping[str, str]) -> str:
     """Given the environment, return "ADDRESS port PORT" from SSH_CONNECTION
     ("local" without one, "unknown" if it does not look like one: a log line
     never carries control characters)."""
-    match = ADDRESS_PATTERN.match(environ.get("SSH_CONNECTION", ""))
-    return f"{match[1]} port {match[2]}" if match else (
-        "unknown" if environ.get("SSH_CONNECTION") else "local")
+    connection = environ.get("SSH_CONNECTION")
+    if not connection:
+        return "local"
+    match = ADDRESS_PATTERN.match(connection)
+    return f"{match[1]} port {match[2]}" if match else "unknown"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Further signals are ignored: the cleanup this starts must not be cut short.
     for other in (*FATAL_SIGNALS, signal.SIGALRM):
         signal.signal(other, signal.SIG_IGN)
-    raise Interrupted("no progress for the idle timeout; the session was abandoned"
-                      if signum == signal.SIGALRM
-                      else f"interrupted by signal {signal.Signals(signum).name}")
+    if signum == signal.SIGALRM:
+        raise Interrupted("no progress for the idle timeout; the session was abandoned")
+    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How the session ends after an error: the client's one line, the exit code, the log's word."""
+
+    message: str
+    code: ShellExit
+    result: str
+
+
+def failure(error: BaseException) -> Failure:
+    """Given the error that ended the session, return how it ends."""
+    if isinstance(error, ShellError):
+        return Failure(str(error), error.exit_code, error.outcome)
+    if isinstance(error, OSError):
+        return Failure(f"I/O error: {error.strerror}", ShellExit.IO, "io-error")
+    return Failure("internal error; see the server's syslog", ShellExit.SOFTWARE,
+                   f"internal-error {error.__class__.__name__}")
 
 
 def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = None) -> int:
     """Given argv and the config path, run the shell; return the exit code."""
     environ = os.environ if environ is None else environ
     os.umask(0o077)
-    outcome: dict[str, Any] = {"command": "(refused)", "result": "ok", "bytes": 0}
-    account, log_socket = "?", ShellConfig.log_socket  # the default until the config is read
+    outcome = Outcome()
+    account = "?"
+    log_socket = ShellConfig.log_socket  # the default until the config is read
     try:
         try:
             # As root, a mistake in the storage walk would reach the whole machine.
@@ -188,26 +230,20 @@ def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = 
             config = load_config(config_path, account)
             log_socket = config.log_socket
             request = parse_command(parse_invocation(argv, environ))
-            outcome["command"] = f"{request.verb} {request.argument or ''}".strip()
+            outcome.command = f"{request.verb} {request.argument or ''}".strip()
             for signum in (*FATAL_SIGNALS, signal.SIGALRM):
                 signal.signal(signum, _interrupt)
             code = serve(request, config, entry.pw_dir, outcome)
         finally:  # the report must get out: a SIGPIPE while writing it must not cut it
             signal.pthread_sigmask(signal.SIG_BLOCK, (*FATAL_SIGNALS, signal.SIGALRM))
     except BaseException as error:  # every failure: one stderr line and an exit code
-        if isinstance(error, ShellError):
-            message, code, outcome["result"] = str(error), error.exit_code, error.outcome
-        elif isinstance(error, OSError):
-            message, code = f"I/O error: {error.strerror}", ShellExit.IO
-            outcome["result"] = "io-error"
-        else:
-            message, code = "internal error; see the server's syslog", ShellExit.SOFTWARE
-            outcome["result"] = f"internal-error {error.__class__.__name__}"
-        outcome["result"] = outcome.get("failed", outcome["result"])  # the log says what happened
+        ended = failure(error)
+        code = ended.code
+        outcome.result = outcome.failed or ended.result  # the log says what happened
         with suppress(OSError):  # the client is gone; the exit code still tells sshd
-            os.write(STDERR, f"{SHELL_NAME}: {message}\n".encode("ascii", "replace"))
+            os.write(STDERR, f"{SHELL_NAME}: {ended.message}\n".encode("ascii", "replace"))
     send_log(log_socket, f"client={client_address(environ)} account={account} command="
-             f"{outcome['command']} outcome={outcome['result']} bytes={outcome['bytes']}")
+             f"{outcome.command} outcome={outcome.result} bytes={outcome.bytes}")
     return int(code)
 
 

@@ -9,9 +9,11 @@ byte; if the file does not hold exactly the recorded size, get fails rather
 than send an E frame that would not match.
 """
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from qbackup_protocol import wire
 
@@ -19,13 +21,21 @@ from . import storage
 from .config import BadStream, NotFound
 
 
-def open_backup(root_fd: int, name: str) -> tuple[int, os.stat_result, tuple[int, str] | None]:
-    """Given the root and a checked NAME, return (read fd, stat, its record or None)."""
-    segments, leaf = storage.split_name(name)
-    dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
+@dataclass(frozen=True)
+class Stored:
+    """A committed backup opened for reading, and its record (None if it has none)."""
+
+    file: storage.Opened
+    record: storage.Digest | None
+
+
+def open_backup(root_fd: int, name: str) -> Stored:
+    """Given the root and a checked NAME, return the backup opened, and its record."""
+    place = storage.split_name(name)
+    dir_fd = storage.open_dirs(root_fd, place.dirs, "no such backup").fd
     try:
-        fd, info = storage.open_file(dir_fd, leaf)
-        return fd, info, storage.read_digest(dir_fd, storage.dot(leaf, "record"))
+        opened = storage.open_file(dir_fd, place.leaf)
+        return Stored(opened, storage.read_digest(dir_fd, storage.dot(place.leaf, "record")))
     finally:
         os.close(dir_fd)
 
@@ -34,12 +44,13 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
     """Given the root, a NAME, a start OFFSET, stdout and the idle timeout,
     stream the backup framed from OFFSET; return its size. Raise NotFound,
     BadStream if it has no record, its size differs, or OFFSET is past its end."""
-    fd, info, stored = open_backup(root_fd, name)
+    backup = open_backup(root_fd, name)
+    fd = backup.file.fd
     try:
-        if stored is None:
+        if backup.record is None:
             raise BadStream("backup has no digest record (interrupted put?); it cannot be verified")
-        size, digest = stored
-        if info.st_size != size:
+        size = backup.record.count
+        if backup.file.info.st_size != size:
             raise BadStream("backup size differs from its record; run check")
         if offset > size:
             raise BadStream("the offset is past the end of the backup")
@@ -56,7 +67,8 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
                 offset += count
         if os.fstat(fd).st_size != size:  # then the E frame would lie
             raise BadStream("backup changed while it was being sent")
-        storage.write_all(stdout, wire.encode_end_frame(size, bytes.fromhex(digest)), timeout)
+        digest = bytes.fromhex(backup.record.sha256)
+        storage.write_all(stdout, wire.encode_end_frame(size, digest), timeout)
         return size
     finally:
         os.close(fd)
@@ -65,13 +77,15 @@ def send_backup(root_fd: int, name: str, offset: int, stdout: int, timeout: floa
 def check_backup(root_fd: int, name: str) -> wire.CheckResult:
     """Given the root and a NAME, re-hash the backup; return its record with
     ok=True iff size and digest match the digest record."""
-    fd, info, stored = open_backup(root_fd, name)
+    backup = open_backup(root_fd, name)
+    hasher = hashlib.sha256()
     try:
-        size, hasher = storage.hash_file(fd)  # an OSError here is ShellExit.IO, "I/O error: ..."
+        size = storage.hash_file(backup.file.fd, hasher)  # an OSError: ShellExit.IO, "I/O error"
     finally:
-        os.close(fd)
-    ok = stored == (size, hasher.hexdigest())
-    record = wire.BackupRecord(name, size, stored[1] if stored else None, int(info.st_mtime))
+        os.close(backup.file.fd)
+    ok = backup.record == storage.Digest(size, hasher.hexdigest())
+    sha256 = None if backup.record is None else backup.record.sha256
+    record = wire.BackupRecord(name, size, sha256, int(backup.file.info.st_mtime))
     return wire.CheckResult(record=record, ok=ok)
 
 
@@ -80,27 +94,29 @@ def list_backups(root_fd: int, prefix: str) -> Iterator[wire.BackupRecord | wire
     committed backup whose name starts with it, in segment order, at most
     MAX_LIST_ENTRIES, then one ListEnd. Only the directory PREFIX names is
     walked; the rest filters (so "2024/db" matches "2024/db-1")."""
-    directory = prefix.rpartition("/")[0]
+    directory = os.path.dirname(prefix)
     segments = directory.split("/") if directory else []
-    count, truncated = 0, False
+    count = 0
+    truncated = False
     try:
-        dir_fd = storage.open_dirs(root_fd, segments, "no such backup")[0]
+        dir_fd = storage.open_dirs(root_fd, segments, "no such backup").fd
     except NotFound:
         yield wire.ListEnd(count=0, truncated=False)
         return
     try:
         base = f"{directory}/" if directory else ""
-        for parent_fd, entry, name, info in storage.walk(dir_fd, base, len(segments)):
+        for found in storage.walk(dir_fd, base, len(segments)):
             # Backups only: regular files a client could have named, within the name bounds.
-            if not (stat.S_ISREG(info.st_mode) and storage.is_client_name(entry)
-                    and name.startswith(prefix) and len(name) <= wire.MAX_NAME_LENGTH):
+            if not (stat.S_ISREG(found.info.st_mode) and storage.is_client_name(found.leaf)
+                    and found.name.startswith(prefix) and len(found.name) <= wire.MAX_NAME_LENGTH):
                 continue
             if count == wire.MAX_LIST_ENTRIES:
                 truncated = True
                 break
-            stored = storage.read_digest(parent_fd, storage.dot(entry, "record"))
-            yield wire.BackupRecord(name, info.st_size, stored[1] if stored else None,
-                                        int(info.st_mtime))
+            stored = storage.read_digest(found.dir_fd, storage.dot(found.leaf, "record"))
+            sha256 = None if stored is None else stored.sha256
+            yield wire.BackupRecord(found.name, found.info.st_size, sha256,
+                                    int(found.info.st_mtime))
             count += 1
     finally:
         os.close(dir_fd)
@@ -111,9 +127,10 @@ def describe_space(root_fd: int, reserve: int, quota: int | None) -> wire.Server
     """Given the root, the reserve and the quota, return what `info` answers
     (the storage.sweep's count, removing nothing)."""
     free = storage.free_bytes(root_fd)
-    available, used = max(0, free - reserve), None
+    available = max(0, free - reserve)
+    used = None
     if quota is not None:
-        used = storage.sweep(root_fd, None)[0]
+        used = storage.sweep(root_fd, None).used
         available = min(available, max(0, quota - used))
     return wire.ServerInfo(wire.PROTOCOL_VERSION, free, reserve, available, quota, used)
 

@@ -10,7 +10,7 @@
 #     `restrict,command="SHELL_PATH"` (see the rules in the helper below);
 #   - with PUBLIC_KEY_FILE, that key is in authorized_keys in exactly that form.
 #
-# Where root acts, and where it never does (threat: issue 9.1 — an account that
+# Where root acts, and where it never does (threat: an account that
 # swaps ~/.ssh for a symlink while root works in it gets root to chown or chmod
 # any file it likes, e.g. /usr/local/bin):
 #   - root changes only system files, with the admin's own tools: useradd and
@@ -64,8 +64,8 @@ fi
 # The program that works inside the home, as the account. argv: HOME SHELL [KEY].
 # Rules for existing lines of authorized_keys:
 #   - `restrict,command="SHELL" KEY ...` (what we write): kept as it is;
-#   - `restrict KEY ...` (what qbackup documented before the forced command,
-#     issue 9.2): rewritten to the forced-command form — it was meant for
+#   - `restrict KEY ...` (what qbackup documented before the forced command):
+#     rewritten to the forced-command form — it was meant for
 #     qbackup and only loses power;
 #   - every other key line (a person's login key, other options): commented
 #     out, never rewritten. Giving a key we did not see added for qbackup

@@ -12,7 +12,6 @@ and each kind ends differently, so none can collide with another.
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -21,8 +20,9 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from qbackup_protocol import wire
@@ -35,15 +35,19 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 TEMP_PATTERN = re.compile(r"\.tmp-[0-9a-f]{16}")  # exactly what write_digest makes
-UPLOAD_LOCK, SESSIONS_LOCK = ".qbackup-upload.lock", ".qbackup-sessions.lock"
+UPLOAD_LOCK = ".qbackup-upload.lock"
+SESSIONS_LOCK = ".qbackup-sessions.lock"
 SUFFIXES = {"record": ".sha256", "pending": ".pending", "pending-record": ".pending-sha256",
             "partial": ".partial", "state": ".partial-state"}
 MAX_RECORD = 4096
 STATE_SIZE = 128  # the state record is rewritten in place at this fixed size
 TEMP_AGE = 120  # seconds unwritten before a record's temporary is a crash's leftover
-MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
-CHECK_INTERVAL, SHARED_WRITERS = 32 * 1024**2, 8
-TAKEOVER_WAIT, TAKEOVER_IDLE, TAKEOVER_KILL = 10.0, 2.0, 3.0
+TAKEOVER_WAIT = 10.0  # seconds a resume waits for a dead connection's shell to go
+TAKEOVER_IDLE = 2.0  # seconds without reading or writing that make a holder dead
+TAKEOVER_KILL = 3.0  # seconds between SIGTERM and SIGKILL
+HASH_BLOCK = 4 * 1024 * 1024
+HASH_POLL = 64 * 1024 * 1024  # bytes hashed between two looks at the client
+WHOLE = 2**63  # more than any file holds
 IN_THE_WAY = "a file, a link or another owner's directory is in the way of that name"
 
 
@@ -65,17 +69,33 @@ def open_root(path: str) -> int:
     return fd
 
 
-def split_name(name: str) -> tuple[list[str], str]:
-    segments = wire.check_name(name).split("/")
-    return segments[:-1], segments[-1]
+@dataclass(frozen=True)
+class Place:
+    """Where a backup name lives: its directories' segments, and its leaf in the last."""
+
+    dirs: list[str]
+    leaf: str
 
 
-def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
-              ) -> tuple[int, list[str]]:
-    """Given the root and directory segments, return (descriptor of the
-    deepest one that exists, the segments missing below it); raise Exists
-    if a segment is a file, a symlink or another owner's directory (never
-    entered). With MISSING, raise NotFound(MISSING) unless all of them exist."""
+def split_name(name: str) -> Place:
+    """Given a backup NAME, return its Place; raise InvalidName if it is not a name."""
+    *dirs, leaf = wire.check_name(name).split("/")
+    return Place(dirs, leaf)
+
+
+@dataclass(frozen=True)
+class Reached:
+    """How far open_dirs got: the deepest directory there, the segments missing below it."""
+
+    fd: int
+    missing: list[str]
+
+
+def open_dirs(root_fd: int, segments: list[str], missing: str | None = None) -> Reached:
+    """Given the root and directory segments, return how far they exist;
+    raise Exists if a segment is a file, a symlink or another owner's
+    directory (never entered). With MISSING, raise NotFound(MISSING) unless
+    all of them exist."""
     current = os.dup(root_fd)
     for index, segment in enumerate(segments):
         try:
@@ -83,7 +103,7 @@ def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
             info = os.fstat(next_fd)
         except OSError as error:
             if error.errno == errno.ENOENT and missing is None:
-                return current, segments[index:]
+                return Reached(current, segments[index:])
             os.close(current)
             if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                 raise StorageError(f"cannot open a directory: {error.strerror}") from None
@@ -93,7 +113,7 @@ def open_dirs(root_fd: int, segments: list[str], missing: str | None = None
         if info.st_uid != os.geteuid():  # someone else's directory: never written in
             os.close(current)
             raise NotFound(missing) if missing else Exists(IN_THE_WAY)
-    return current, []
+    return Reached(current, [])
 
 
 def make_dirs(dir_fd: int, missing: list[str]) -> int:
@@ -107,11 +127,11 @@ def make_dirs(dir_fd: int, missing: list[str]) -> int:
             with suppress(FileExistsError):  # a concurrent put made it, or anything else
                 os.mkdir(segment, 0o700, dir_fd=current)
                 os.fsync(current)
-            next_fd, left = open_dirs(current, [segment])  # entered only if a real directory
+            made = open_dirs(current, [segment])  # entered only if a real directory
         finally:
             os.close(current)
-        current = next_fd
-        if left:
+        current = made.fd
+        if made.missing:
             os.close(current)
             raise StorageError("a directory vanished while it was made")
     return current
@@ -121,19 +141,27 @@ def remove_dirs(parent_fd: int, created: list[str]) -> None:
     """Given the directory above them and the segments a put created, remove
     those still empty, deepest first (rmdir never removes anything else)."""
     for end in range(len(created), 0, -1):
-        fd, left = open_dirs(parent_fd, created[: end - 1])
+        above = open_dirs(parent_fd, created[: end - 1])
         try:
-            if not left:
-                os.rmdir(created[end - 1], dir_fd=fd)
+            if not above.missing:
+                os.rmdir(created[end - 1], dir_fd=above.fd)
         except OSError:
             return  # not empty (another put's data): keep it and those above
         finally:
-            os.close(fd)
+            os.close(above.fd)
 
 
-def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> tuple[int, os.stat_result]:
-    """Given a directory and an entry, return (descriptor, stat) of the regular
-    file there; raise NotFound if it is missing, a symlink or not a regular file."""
+@dataclass(frozen=True)
+class Opened:
+    """A regular file opened without following a link, and its stat."""
+
+    fd: int
+    info: os.stat_result
+
+
+def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> Opened:
+    """Given a directory and an entry, return the regular file there, opened;
+    raise NotFound if it is missing, a symlink or not a regular file."""
     try:
         fd = os.open(name, flags, 0o600, dir_fd=dir_fd)  # the mode only for LOCK_FLAGS' O_CREAT
     except OSError as error:
@@ -145,7 +173,7 @@ def open_file(dir_fd: int, name: str, flags: int = READ_FLAGS) -> tuple[int, os.
         os.close(fd)
         raise NotFound("no such backup")
     os.set_blocking(fd, True)
-    return fd, info
+    return Opened(fd, info)
 
 
 def lstat(dir_fd: int, name: str) -> os.stat_result | None:
@@ -161,34 +189,41 @@ def remove_quietly(dir_fd: int, *names: str) -> None:
             os.unlink(name, dir_fd=dir_fd)
 
 
-def read_digest(dir_fd: int, name: str, key: str = "size") -> tuple[int, str] | None:
-    """Given a record's name (and its count field), return (count, sha256);
+@dataclass(frozen=True)
+class Digest:
+    """What a record holds: a count of bytes (a backup's size, an upload's
+    durable offset) and the SHA-256 of those bytes, in hex."""
+
+    count: int
+    sha256: str
+
+
+def read_digest(dir_fd: int, name: str, key: str = "size") -> Digest | None:
+    """Given a record's name (and its count field), return what it holds;
     None if it is missing, not a regular file, too long or malformed."""
     try:
-        fd, _ = open_file(dir_fd, name)
+        fd = open_file(dir_fd, name).fd
     except NotFound:
         return None
     try:
         value = json.loads(os.read(fd, MAX_RECORD).decode("ascii"))
-        count, digest = value[key], value["sha256"]
-    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+        return Digest(wire.require_int(value[key], key), wire.require_digest(value["sha256"]))
+    except (ValueError, TypeError, KeyError):  # ProtocolError, UnicodeDecodeError: ValueErrors
         return None
     finally:
         os.close(fd)
-    if type(count) is not int or count < 0 or not isinstance(digest, str):
-        return None
-    return (count, digest) if wire.SHA256_HEX_PATTERN.fullmatch(digest) else None
 
 
-def write_digest(dir_fd: int, name: str, size: int, sha256: str) -> None:
-    """Given a directory, a record's name and its values, store it durably
+def write_digest(dir_fd: int, name: str, digest: Digest) -> None:
+    """Given a directory, a record's name and what it holds, store it durably
     (temporary, fsync, rename over: only the put or commit that won the link
     of the data writes a record, so nobody races it)."""
     temp = f".tmp-{secrets.token_hex(8)}"
     fd = os.open(temp, NEW_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         try:
-            os.write(fd, json.dumps({"size": size, "sha256": sha256}).encode("ascii") + b"\n")
+            record = {"size": digest.count, "sha256": digest.sha256}
+            os.write(fd, json.dumps(record).encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -211,19 +246,29 @@ def is_client_name(entry: str) -> bool:
         wire.SEGMENT_PATTERN.fullmatch(entry))
 
 
-def walk(dir_fd: int, base: str = "", depth: int = 0
-         ) -> Iterator[tuple[int, str, str, os.stat_result]]:
+@dataclass(frozen=True)
+class Entry:
+    """One entry walk() found: the directory holding it, its file name there,
+    the name it stands for below the walk's start, and its lstat."""
+
+    dir_fd: int
+    leaf: str
+    name: str
+    info: os.stat_result
+
+
+def walk(dir_fd: int, base: str = "", depth: int = 0) -> Iterator[Entry]:
     """Given a directory, the name prefix it stands for and its depth, yield
-    (directory fd, entry, name, lstat) for every entry below it, sorted by
-    segment, entering only real directories a client could have named (never
-    a symlink, never ~/.ssh): THE walker of list, the sweep and the admin tool."""
+    every entry below it, sorted by segment, entering only real directories
+    a client could have named (never a symlink, never ~/.ssh): THE walker of
+    list, the sweep and the admin tool."""
     with os.scandir(dir_fd) as scan:
         entries = sorted(entry.name for entry in scan)
     for entry in entries:
         info = lstat(dir_fd, entry)
         if info is None:
             continue
-        yield dir_fd, entry, base + entry, info
+        yield Entry(dir_fd, entry, base + entry, info)
         deeper = depth + 1 < wire.MAX_NAME_DEPTH and info.st_uid == os.geteuid()
         if stat.S_ISDIR(info.st_mode) and is_client_name(entry) and deeper:
             try:
@@ -236,26 +281,28 @@ def walk(dir_fd: int, base: str = "", depth: int = 0
                 os.close(child)
 
 
-def lock_if(dir_fd: int, name: str, older_than: float | None) -> tuple[int, os.stat_result] | None:
-    """Given an upload's data file, return (fd, stat) with an exclusive flock
+def lock_if(dir_fd: int, name: str, older_than: float | None) -> Opened | None:
+    """Given an upload's data file, return it opened with an exclusive flock
     on it -- waiting for it if OLDER_THAN is None, else only if it was last
     written more than OLDER_THAN s ago and nobody holds it -- once the name
     still names that inode (the holder before us may have replaced it); else None."""
     try:
-        fd, info = open_file(dir_fd, name)
+        opened = open_file(dir_fd, name)
     except NotFound:
         return None
     try:
-        if older_than is None or time.time() - info.st_mtime > older_than:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if older_than is None else fcntl.LOCK_NB))
-            if getattr(lstat(dir_fd, name), "st_ino", None) == info.st_ino:  # same directory
-                return fd, info
+        if older_than is None or time.time() - opened.info.st_mtime > older_than:
+            no_wait = 0 if older_than is None else fcntl.LOCK_NB
+            fcntl.flock(opened.fd, fcntl.LOCK_EX | no_wait)
+            now = lstat(dir_fd, name)  # in the same directory
+            if now is not None and now.st_ino == opened.info.st_ino:
+                return opened
     except BlockingIOError:
         pass  # live: its put, resume or commit holds it
     except BaseException:
-        os.close(fd)
+        os.close(opened.fd)
         raise
-    os.close(fd)
+    os.close(opened.fd)
     return None
 
 
@@ -267,56 +314,88 @@ def remove_upload(dir_fd: int, leaf: str, kind: str) -> None:
     remove_quietly(dir_fd, dot(leaf, kind))
 
 
-def sweep(root_fd: int, ages: tuple[int, int] | None, dry_run: bool = False,
-          empty_dirs: bool = True) -> tuple[int, int, list[str]]:
-    """Given the root and AGES = (pending_max_age, partial_max_age), or None to
-    only count, remove (unless DRY_RUN) staged uploads nobody committed,
-    partial uploads nobody resumed (flocked ones are live: left alone),
-    stale record temporaries, and the directories that leaves empty, anywhere
-    below; return (allocated bytes, inodes) of the rest (regular files and
-    directories, not ~/.ssh or other dot-directories, each inode once) and
-    the names removed. EMPTY_DIRS only while holding the upload lock: then no
-    upload is about to use a directory it removes."""
-    used, seen, removed = 0, set(), []
-    for dir_fd, entry, name, info in walk(root_fd):
-        kind = next((k for k in ("pending", "partial") if entry.endswith(SUFFIXES[k])), "")
-        leaf = entry[1 : -len(SUFFIXES[kind])] if kind else ""
-        if ages and kind and entry.startswith(".") and is_client_name(leaf):
-            locked = lock_if(dir_fd, entry, ages[kind == "partial"])
-            if locked is not None:
-                if not dry_run:
-                    remove_upload(dir_fd, leaf, kind)
-                os.close(locked[0])
-                removed.append(name)
-                continue
-        elif ages and TEMP_PATTERN.fullmatch(entry) and time.time() - info.st_mtime > TEMP_AGE:
-            if not dry_run:
-                remove_quietly(dir_fd, entry)
-            removed.append(name)
+def upload_kind(entry: str) -> str | None:
+    """Given a directory entry, return "pending" or "partial" if it is the
+    data of an upload of a name a client could have sent, else None."""
+    for kind in ("pending", "partial"):
+        leaf = entry[1 : -len(SUFFIXES[kind])]
+        if entry.startswith(".") and entry.endswith(SUFFIXES[kind]) and is_client_name(leaf):
+            return kind
+    return None
+
+
+def remove_expired(found: Entry, max_age: Mapping[str, int], dry_run: bool) -> bool:
+    """Given an entry and how long an upload of each kind is kept, remove the
+    entry (unless DRY_RUN) if it is an upload older than that which nobody
+    holds (a flocked one is live: left alone) or a record temporary a crash
+    left; return whether it was one."""
+    kind = upload_kind(found.leaf)
+    if kind is not None:
+        locked = lock_if(found.dir_fd, found.leaf, max_age[kind])
+        if locked is None:
+            return False
+        if not dry_run:
+            remove_upload(found.dir_fd, found.leaf[1 : -len(SUFFIXES[kind])], kind)
+        os.close(locked.fd)
+        return True
+    if TEMP_PATTERN.fullmatch(found.leaf) and time.time() - found.info.st_mtime > TEMP_AGE:
+        if not dry_run:
+            remove_quietly(found.dir_fd, found.leaf)
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What sweep() leaves: allocated bytes and inodes, and the names it removed."""
+
+    used: int
+    inodes: int
+    removed: list[str]
+
+
+def sweep(root_fd: int, max_age: Mapping[str, int] | None, dry_run: bool = False,
+          empty_dirs: bool = True) -> Usage:
+    """Given the root and how long an upload of each kind is kept
+    (ShellConfig.max_age; None: only count), remove (unless DRY_RUN) expired
+    uploads and a crash's temporaries anywhere below (remove_expired), and
+    the directories that leaves empty; return the allocated bytes and inodes
+    of the rest (regular files and directories, not ~/.ssh or other
+    dot-directories, each inode once) and the names removed. EMPTY_DIRS only
+    while holding the upload lock: then no upload is about to use a
+    directory it removes."""
+    used = 0
+    seen: set[tuple[int, int]] = set()
+    removed: list[str] = []
+    for found in walk(root_fd):
+        if max_age is not None and remove_expired(found, max_age, dry_run):
+            removed.append(found.name)
             continue
-        directory = stat.S_ISDIR(info.st_mode) and is_client_name(entry)
-        if (stat.S_ISREG(info.st_mode) or directory) and (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            used += info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
-    for name in sorted({name.rpartition("/")[0] for name in removed}, reverse=True):
+        inode = (found.info.st_dev, found.info.st_ino)
+        directory = stat.S_ISDIR(found.info.st_mode) and is_client_name(found.leaf)
+        if (stat.S_ISREG(found.info.st_mode) or directory) and inode not in seen:
+            seen.add(inode)
+            used += found.info.st_blocks * 512  # blocks: a thousand 1-byte backups fill a thousand
+    for name in sorted({os.path.dirname(name) for name in removed}, reverse=True):
         if name and empty_dirs and not dry_run:
             remove_dirs(root_fd, name.split("/"))  # those now empty, deepest first
-    return used, len(seen), removed
+    return Usage(used, len(seen), removed)
 
 
-def hash_file(fd: int, length: int | None = None) -> tuple[int, Any]:
-    """Given a file (and how much of it, default all), return (size, its
-    SHA-256 hasher); raise Interrupted once the client is gone (its stdout
-    hung up): nobody would read the answer of hours of hashing."""
-    hasher, size, poller = hashlib.sha256(), 0, select.poll()
+def hash_file(fd: int, hasher: Any, length: int = WHOLE) -> int:
+    """Given a file, a SHA-256 hasher and how much of the file (default all),
+    feed the HASHER those bytes; return how many there were. Raise
+    Interrupted once the client is gone (its stdout hung up): nobody would
+    read the answer of hours of hashing."""
+    poller = select.poll()
     poller.register(1, 0)  # stdout: POLLERR/POLLHUP are always reported
-    while data := os.pread(fd, 4 * 1024 * 1024 if length is None else min(
-            4 * 1024 * 1024, length - size), size):
+    size = 0
+    while data := os.pread(fd, min(HASH_BLOCK, length - size), size):
         hasher.update(data)
         size += len(data)
-        if size % (64 * 1024 * 1024) == 0 and poller.poll(0):
+        if size % HASH_POLL == 0 and poller.poll(0):
             raise Interrupted("the client went away")
-    return size, hasher
+    return size
 
 
 def free_bytes(fd: int) -> int:
@@ -324,56 +403,18 @@ def free_bytes(fd: int) -> int:
     return result.f_bavail * result.f_frsize
 
 
-class SpaceGuard:
-    """One upload's writes against the reserve, the quota and the inode bounds.
-    Uploads of one account never overlap (the upload lock), so the quota
-    measured at the start stays true; free space is shared, so it is re-read
-    after CHECK_INTERVAL bytes or 1/SHARED_WRITERS of the headroom last seen."""
-
-    def __init__(self, root_fd: int, config: Any, used: int, inodes: int, new_inodes: int) -> None:
-        """Given the account's config and use, and the inodes this upload adds,
-        raise Unavailable if it may not start (before any directory is made)."""
-        self.root_fd, self.reserve, self.written = root_fd, config.reserve, 0
-        self.quota_left = None if config.quota is None else config.quota - used
-        self.refresh()
-        disk = os.fstatvfs(root_fd)
-        if self.headroom < 0:
-            raise Unavailable("free space on the server is below its reserve; free some space")
-        if self.quota_left is not None and self.quota_left <= 0:
-            raise Unavailable("the account's quota is used up; prune old backups")
-        # f_files == 0: inodes are allocated dynamically (btrfs).
-        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
-        if low or inodes + new_inodes > config.max_inodes:
-            raise Unavailable("no inodes left for this account or on the filesystem; prune")
-
-    def refresh(self) -> None:
-        self.headroom, self.since_check = free_bytes(self.root_fd) - self.reserve, 0
-
-    def claim(self, count: int) -> None:
-        """Given the size of the next write, allow it; raise Unavailable if it
-        would exceed the quota or bring free space below the reserve."""
-        if self.quota_left is not None and self.written + count > self.quota_left:
-            raise Unavailable("this backup would exceed the account's quota")
-        if self.since_check + count > min(CHECK_INTERVAL, self.headroom // SHARED_WRITERS):
-            self.refresh()
-            if count > self.headroom:
-                raise Unavailable("the server's free space would drop below its reserve")
-        self.since_check += count
-        self.written += count
-
-
 def open_lock(root_fd: int, name: str) -> int:
     """Given the root and a lock file's name, return it open read-write
     (created 0600); raise StorageError unless it is this account's regular
     file (one another account owned could be held locked by it for ever)."""
     try:
-        fd, info = open_file(root_fd, name, LOCK_FLAGS)
+        lock = open_file(root_fd, name, LOCK_FLAGS)
     except NotFound:
         raise StorageError("a lock file is not a regular file; tell the admin") from None
-    if info.st_uid != os.geteuid():
-        os.close(fd)
+    if lock.info.st_uid != os.geteuid():
+        os.close(lock.fd)
         raise StorageError("a lock file is not this account's; tell the admin")
-    return fd
+    return lock.fd
 
 
 def take_session(root_fd: int, max_sessions: int) -> int:
@@ -394,7 +435,8 @@ def activity(pid: str) -> object:
     object each time while it waits for the disk: busy, not idle)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as status:
-            busy = status.read().rpartition(")")[2].split()[0] == "D"
+            after_name = status.read().rsplit(")", 1)[-1]  # the name may hold spaces
+            busy = after_name.split()[0] == "D"
         with open(f"/proc/{pid}/io", encoding="ascii") as io:
             return object() if busy else io.read()
     except (OSError, IndexError):
@@ -410,8 +452,10 @@ def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
     SIGKILL, within TAKEOVER_WAIT s; a live one (a second resume receiving or
     re-hashing) is never ended. The kernel lets us signal only our own uid."""
     fd = open_lock(root_fd, UPLOAD_LOCK)
-    started = since = time.monotonic()
-    last, signalled = object(), 0.0
+    started = time.monotonic()
+    quiet_since = started  # when the holder last read or wrote
+    last_seen = object()
+    signalled = 0.0
     try:
         while True:
             try:
@@ -426,8 +470,10 @@ def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
             # been idle for TAKEOVER_IDLE s since, so the words are its own.
             pid, _, holding = os.pread(fd, 300, 0).decode("ascii", "replace").partition(" ")
             seen = activity(pid) if pid.isdigit() else None
-            last, since = (seen, now) if seen != last else (last, since)
-            idle = now - since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL
+            if seen != last_seen:
+                last_seen = seen
+                quiet_since = now
+            idle = now - quiet_since > TAKEOVER_IDLE and now - signalled > TAKEOVER_KILL
             if holding.strip() == name and pid.isdigit() and idle:
                 with suppress(OSError):  # gone already: the lock is free next round
                     os.kill(int(pid), signal.SIGKILL if signalled else signal.SIGTERM)

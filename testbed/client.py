@@ -71,17 +71,15 @@ def unframe(stream: bytes) -> tuple[bytes, int, bytes]:
     data = bytearray()
     offset = 0
     while True:
-        kind, length = wire.decode_frame_header(
-            stream[offset : offset + wire.FRAME_HEADER_SIZE]
-        )
+        header = wire.decode_frame_header(stream[offset : offset + wire.FRAME_HEADER_SIZE])
         offset += wire.FRAME_HEADER_SIZE
-        payload = stream[offset : offset + length]
-        assert len(payload) == length, "truncated frame"
-        offset += length
-        if kind == wire.FRAME_END:
-            size, digest = wire.decode_end_payload(payload)
+        payload = stream[offset : offset + header.length]
+        assert len(payload) == header.length, "truncated frame"
+        offset += header.length
+        if header.kind == wire.FRAME_END:
+            end = wire.decode_end_payload(payload)
             assert offset == len(stream), "bytes after the end frame"
-            return bytes(data), size, digest
+            return bytes(data), end.length, end.digest
         data += payload
 
 

@@ -45,7 +45,7 @@ def tree(root: Path) -> set[str]:
 
 # --- make server -----------------------------------------------------------------
 def test_make_server_without_user_refuses_before_installing_anything(tmp_path: Path) -> None:
-    # Threat (issue 10): a half-done install (files in place, no account) that
+    # Threat: a half-done install (files in place, no account) that
     # looks finished. No DESTDIR: a real install, but into a temporary prefix.
     prefix = [f"LIBDIR={tmp_path}/lib", f"SBINDIR={tmp_path}/sbin", f"CONFDIR={tmp_path}/etc"]
     result = make("server", *prefix, check=False)
@@ -257,7 +257,7 @@ def test_make_templatevm_installs_files_that_run_on_the_system_python(tmp_path: 
     assert result.returncode == 0, result.stderr
 
 
-# --- the dom0 qrexec policy (issue 9.10) --------------------------------------------------
+# --- the dom0 qrexec policy -------------------------------------------------------------
 # A checker of Qubes 4.2's policy format (/etc/qubes/policy.d, as parsed by
 # qubes-core-qrexec's qrexec/policy/parser.py on release4.2), written from
 # its rules: `SERVICE ARGUMENT SOURCE TARGET ACTION [KEY=VALUE...]` per line,
@@ -395,7 +395,7 @@ def test_the_policy_file_parses_and_has_an_allowed_name() -> None:
 def test_the_policy_denies_every_vm_calling_the_carrier_service(
     source: str, target: str, argument: str
 ) -> None:
-    # Threat (issue 9.10): a compromised VM calling `commit` or `get` in a
+    # Threat: a compromised VM calling `commit` or `get` in a
     # carrier. dom0's own calls bypass the policy (qubesd runs them directly).
     rule = first_match(parse_policy(POLICY.read_text()), "qubes.BackupCarrier", argument,
                        source, target)

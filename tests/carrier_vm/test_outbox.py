@@ -28,6 +28,7 @@ from qbackup_protocol.wire import (
     FRAME_HEADER_SIZE,
     VERB_PUT,
     VERB_RESUME,
+    FrameHeader,
     decode_frame_header,
 )
 
@@ -111,11 +112,10 @@ def test_an_ack_beyond_what_was_sent_or_going_back_is_a_data_error(offset: int) 
 def test_a_frame_cut_at_a_resume_offset_carries_exactly_the_rest() -> None:
     piece = frame(5000, 7)
     wire = bytes(piece.wire_bytes(5300))
-    kind, length = decode_frame_header(wire[:5])
-    assert (kind, length) == (b"D", 700)
+    assert decode_frame_header(wire[:5]) == FrameHeader(b"D", 700)
     assert wire[5:] == bytes([7]) * 700
     whole = bytes(piece.wire_bytes(5000))
-    assert decode_frame_header(whole[:5]) == (b"D", FRAME)
+    assert decode_frame_header(whole[:5]) == FrameHeader(b"D", FRAME)
 
 
 def test_resent_bytes_are_counted_once_per_resend() -> None:
@@ -157,11 +157,11 @@ def payload_of(wire: bytes) -> bytes:
     """Given D frames then an E frame, return the D frames' payload."""
     payload, view = bytearray(), memoryview(wire)
     while True:
-        kind, length = decode_frame_header(bytes(view[:FRAME_HEADER_SIZE]))
-        if kind == FRAME_END:
+        header = decode_frame_header(bytes(view[:FRAME_HEADER_SIZE]))
+        if header.kind == FRAME_END:
             return bytes(payload)
-        payload += view[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length]
-        view = view[FRAME_HEADER_SIZE + length :]
+        payload += view[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + header.length]
+        view = view[FRAME_HEADER_SIZE + header.length :]
 
 
 def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> None:

@@ -121,11 +121,11 @@ def test_build_command_refuses_invalid_commands(verb: str, argument: str | None)
 def test_frames_round_trip() -> None:
     digest = hashlib.sha256(b"abc").digest()
     header = wire.encode_data_header(3)
-    assert wire.decode_frame_header(header) == (wire.FRAME_DATA, 3)
+    assert wire.decode_frame_header(header) == wire.FrameHeader(wire.FRAME_DATA, 3)
     end = wire.encode_end_frame(3, digest)
-    kind, length = wire.decode_frame_header(end[: wire.FRAME_HEADER_SIZE])
-    assert (kind, length) == (wire.FRAME_END, wire.END_PAYLOAD.size)
-    assert wire.decode_end_payload(end[wire.FRAME_HEADER_SIZE :]) == (3, digest)
+    assert wire.decode_frame_header(end[: wire.FRAME_HEADER_SIZE]) == wire.FrameHeader(
+        wire.FRAME_END, wire.END_PAYLOAD.size)
+    assert wire.decode_end_payload(end[wire.FRAME_HEADER_SIZE :]) == wire.StreamEnd(3, digest)
 
 
 @pytest.mark.parametrize(

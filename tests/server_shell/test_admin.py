@@ -74,7 +74,7 @@ def test_prune_dry_run_changes_nothing(
     assert snapshot(account.storage) == before
 
 
-# Threat (issue 9 item 9): prune aimed at an ordinary account (a /bin/bash
+# Threat: prune aimed at an ordinary account (a /bin/bash
 # user) deleted its files. Only accounts whose login shell is qbackup-shell.
 def test_admin_refuses_an_account_that_is_not_a_qbackup_account(
     backup_server: BackupServer,
@@ -259,7 +259,7 @@ def test_check_rehashes_every_backup_reports_damage_and_changes_nothing(
         (path.parent / f".{path.name}.sha256").read_text())["sha256"]
 
 
-# Threat (H6's review): a compromised carrier holds the account's key and can
+# Threat: a compromised carrier holds the account's key and can
 # put + commit any name, e.g. one dated into a period's bucket (or the
 # future), so that prune removes the REAL backup of that period. A name whose
 # timestamp its file's mtime belies never counts for retention: it neither

@@ -313,7 +313,7 @@ def test_forced_command_takes_the_command_from_ssh_original_command(
     assert (forced.storage / "via/forced").read_bytes() == b"ok"
     ranged = backup_server.run(forced, "get via/forced 1")
     assert (ranged.returncode, unframe(ranged.stdout)[0]) == (0, b"k")
-    # What a forced command must stop (issue 9): sftp/scp/rsync are commands too.
+    # What a forced command must stop: sftp/scp/rsync are commands too.
     for command in ("internal-sftp", "/usr/lib/openssh/sftp-server", "scp -t x", "rsync --server"):
         assert_refused(backup_server.run(forced, command), 64)
     assert_refused(backup_server.run(forced, "put ../x", frame_stream(DATA)), 64)

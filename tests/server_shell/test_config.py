@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from server_shell.config import (
     parse_size,
 )
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "server_shell" / "qbackup-shell.conf.example"
 DEFAULT_PENDING_MAX_AGE = 24 * 3600
 DEFAULT_RESERVE = 1024**3
 
@@ -67,12 +70,36 @@ def test_missing_file_means_defaults(tmp_path: Path) -> None:
     )
 
 
-def test_the_keys_table_and_the_dataclass_agree() -> None:
-    # One table of keys (parser, default, floor): the dataclass's defaults are its defaults.
+def test_every_key_s_default_is_its_setting_s_default_read_as_the_file_would() -> None:
     defaults = ShellConfig()
     assert {key: getattr(defaults, key) for key in KEYS} == {
-        key: default for key, (_, default, _, _) in KEYS.items()
+        key: declared.value("") for key, declared in KEYS.items()
     }
+    assert set(KEYS) == {entry.name for entry in fields(ShellConfig)} - {"root", "log_socket"}
+
+
+def example_blocks() -> dict[str, str]:
+    """Return {key: the comment block above its `#key = ` line} of the config example."""
+    blocks: dict[str, str] = {}
+    comments: list[str] = []
+    for line in EXAMPLE.read_text().splitlines():
+        key = re.fullmatch(r"#(\w+) = .*", line)
+        if key:
+            blocks.setdefault(key[1], " ".join(comments))
+        elif line.startswith("# "):
+            comments.append(line[2:])
+            continue
+        comments = []
+    return blocks
+
+
+@pytest.mark.parametrize("key", sorted(KEYS))
+def test_the_config_example_states_each_key_s_default_and_floor(key: str) -> None:
+    # An example that drifted from the code would mislead every admin who reads it.
+    declared, block = KEYS[key], example_blocks()[key]
+    assert re.search(rf"Default: {re.escape(declared.default)}\b", block), block
+    if declared.parse(declared.floor) > 0:
+        assert re.search(rf"at least {re.escape(declared.floor)}\b", block, re.I), block
 
 
 @pytest.mark.parametrize(
@@ -95,10 +122,10 @@ def test_account_section_overrides_storage() -> None:
         "[account bob]\nreserve = 5M\nquota = none\n[logging]\nsocket = /run/log.sock\n"
     )
     assert parse_config(text, "alice") == ShellConfig(
-        "/srv/alice", 2 * 1024**3, 10 * 1024**3, log_socket="/run/log.sock"
+        root="/srv/alice", reserve=2 * 1024**3, quota=10 * 1024**3, log_socket="/run/log.sock"
     )
     assert parse_config(text, "bob") == ShellConfig(
-        "/srv/bob", 5 * 1024**2, None, log_socket="/run/log.sock"
+        root="/srv/bob", reserve=5 * 1024**2, quota=None, log_socket="/run/log.sock"
     )
 
 

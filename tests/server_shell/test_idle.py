@@ -119,7 +119,7 @@ def many_backups(account: Account, count: int) -> None:
     chown_tree(directory, account)
 
 
-# Threat (issue 9): sessions that never read. 30 `get`s whose client never
+# Threat: sessions that never read. 30 `get`s whose client never
 # read held 30 shell processes for ever. Each is now ended after idle_timeout
 # without progress. Residual risk: up to max_sessions of them live that long.
 @pytest.mark.parametrize("verb", ["get", "list"])
@@ -159,7 +159,7 @@ def shells(account: Account) -> list[int]:
     return found
 
 
-# Threat (issue 9): no cap on sessions per account (566 MiB for 30 shells).
+# Threat: no cap on sessions per account (566 MiB for 30 shells).
 def test_sessions_beyond_the_cap_are_refused_with_69(
     shell_config: BackupServer, account: Account
 ) -> None:

@@ -298,7 +298,7 @@ def big_sparse_partial(account: Account, name: str) -> hashlib._Hash:
     return hasher
 
 
-# Threat (review R1, finding 1): a second `resume NAME` took a LIVE first
+# Threat: a second `resume NAME` took a LIVE first
 # resume, busy re-hashing a big partial (its size does not change), for a
 # process left behind, and killed it. Now only a holder that reads and
 # writes nothing (/proc/PID/io) for 2 s is ended.
@@ -336,7 +336,7 @@ def test_a_second_resume_never_ends_a_first_one_that_is_rehashing(
     assert wire.parse_upload_line(stdout.splitlines()[-1]).sha256 == whole.hexdigest()  # type: ignore[union-attr]
 
 
-# Threat (review R1, finding 5): a crash while staging (after linking the
+# Threat: a crash while staging (after linking the
 # partial to the pending name) leaves one inode under both names; a resume
 # must never write into what is staged.
 def test_resume_refuses_a_partial_that_is_also_staged_data(
@@ -352,7 +352,7 @@ def test_resume_refuses_a_partial_that_is_also_staged_data(
     assert snapshot(resumable.storage) == before
 
 
-# Threat (review R1, finding 2): a few bytes (`check huge`) made the server
+# Threat: a few bytes (`check huge`) made the server
 # hash a whole file and go on for many seconds after the client had left.
 def test_check_stops_when_its_client_goes_away(
     shell_config: BackupServer, resumable: Account
@@ -389,7 +389,7 @@ def checking(account: Account) -> bool:
     return False
 
 
-# Issue 13: quota and reserve count a resumable upload's bytes (a client
+# Quota and reserve count a resumable upload's bytes (a client
 # cannot park data outside its quota in interrupted uploads).
 def test_a_kept_partial_counts_toward_the_quota(
     shell_config: BackupServer, resumable: Account

@@ -154,7 +154,7 @@ def test_setup_account_refuses_a_new_account_whose_home_already_exists(
         home.rmdir()
 
 
-# --- converting an existing account (issue 9.7) --------------------------------
+# --- converting an existing account ---------------------------------------------
 def test_setup_account_converts_an_existing_account_only_when_forced(
     backup_server: BackupServer, new_user: str
 ) -> None:
@@ -316,7 +316,7 @@ def test_setup_account_refuses_odd_names(backup_server: BackupServer, name: str)
     assert passwd_entry(name) == b"" and Path("/etc/shells").read_text() == shells
 
 
-# --- the race of issue 9.1 ------------------------------------------------------
+# --- the race on ~/.ssh: root must never follow the account's symlinks ----------
 # A process of the account swaps ~/.ssh and ~/.ssh/authorized_keys with
 # symlinks to root's files, atomically (renameat2 RENAME_EXCHANGE), as fast as
 # it can, for the WHOLE time setup-account.sh runs again and again. Before the

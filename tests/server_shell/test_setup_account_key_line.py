@@ -1,7 +1,7 @@
 """The key line setup-account.sh writes (`restrict,command="…/qbackup-shell" KEY`)
 lets only qbackup's protocol through, whatever sshd's sftp subsystem is.
 
-Threat (issue 9.2): with `Subsystem sftp internal-sftp` sshd serves sftp
+Threat: with `Subsystem sftp internal-sftp` sshd serves sftp
 itself and never runs the login shell; a `restrict` key line does not stop
 sftp, so a client could delete a committed backup or plant a symlink. The
 forced command makes sshd run qbackup-shell for EVERY request (subsystems

@@ -255,7 +255,7 @@ def test_tiny_backups_run_into_the_quota_by_their_blocks(
     assert disk_use(account.storage) <= 64 * 1024 + 8 * 1024
 
 
-# Threat (issue 9): a put admitted and then failed (bad stream, quota) kept
+# Threat: a put admitted and then failed (bad stream, quota) kept
 # the directories it had created: a client could fill the inodes with them.
 # Residual risk: a put whose client is LOST keeps its directories with its
 # resumable partial until partial_max_age (the partial is swept then; the
@@ -275,7 +275,7 @@ def test_a_failed_put_removes_the_directories_it_created(
     assert snapshot(account.storage) == before
 
 
-# Threat (issue 9): only a fixed floor of free inodes protected the
+# Threat: only a fixed floor of free inodes protected the
 # filesystem: one account could take nearly all of them. Now each account
 # has max_inodes (files and directories of its storage, ~/.ssh excluded).
 def test_an_account_cannot_use_more_inodes_than_its_bound(
@@ -294,7 +294,7 @@ def test_an_account_cannot_use_more_inodes_than_its_bound(
     assert snapshot(account.storage) == before
 
 
-# Threat (review R1, finding 4): the directories an interrupted put made
+# Threat: the directories an interrupted put made
 # outlived its partial once that expired, and counted against max_inodes (an
 # account with no backup got 69). The sweep that removes an expired upload
 # removes the directories it leaves empty.
@@ -315,7 +315,7 @@ def test_expired_uploads_take_their_empty_directories_with_them(
     assert (account.storage / "a/kept/x").read_bytes() == b"x"
 
 
-# Threat (review R1, finding 6): a directory of another owner inside the
+# Threat: a directory of another owner inside the
 # storage (a converted account's, or root's) was entered and written in.
 def test_a_put_never_writes_into_another_owners_directory(
     shell_config: BackupServer, account: Account

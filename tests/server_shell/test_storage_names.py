@@ -37,12 +37,12 @@ def test_generated_names_never_leave_the_root(name: str) -> None:
         except Refused:
             return  # refused before touching anything
         assert request.argument is not None
-        segments, leaf = split_name(request.argument)
+        place = split_name(request.argument)
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            parent, missing = open_dirs(root_fd, segments)
-            dir_fd = make_dirs(parent, missing)
-            os.close(parent)
+            reached = open_dirs(root_fd, place.dirs)
+            dir_fd = make_dirs(reached.fd, reached.missing)
+            os.close(reached.fd)
         except Exists:
             return
         finally:
@@ -52,7 +52,7 @@ def test_generated_names_never_leave_the_root(name: str) -> None:
         finally:
             os.close(dir_fd)
         assert created == root or root in created.parents
-        assert not leaf.startswith(".")
+        assert not place.leaf.startswith(".")
         assert list((Path(base) / "outside").iterdir()) == []
         assert {p.name for p in Path(base).iterdir()} == {"root", "outside"}
 

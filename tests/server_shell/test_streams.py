@@ -61,7 +61,7 @@ def test_broken_stream_is_refused_and_leaves_nothing(
     assert snapshot(account.storage) == before  # the directory it made is gone too
 
 
-# A stream that just ends early is a lost client (issue 13): what arrived is
+# A stream that just ends early is a lost client: what arrived is
 # kept, hidden, for a resume; nothing is listed or staged.
 @pytest.mark.parametrize(
     "stream",
@@ -241,7 +241,7 @@ def test_a_live_puts_partial_is_never_removed(
     assert (account.storage / "dir/slow").read_bytes() == body
 
 
-# Replaces the writer-thread signal test (the thread is gone, issue 11): the
+# Replaces the writer-thread signal test (the thread is gone): the
 # promise was that a signal during an upload never leaves a file written
 # behind the shell's back. Now: a SIGTERM at any point leaves the partial
 # consistent -- its state record names an offset the file holds, and the
@@ -268,7 +268,7 @@ def test_a_signal_mid_upload_leaves_a_consistent_resumable_partial(
     assert kept[: state["offset"]] == data[: state["offset"]]
 
 
-# Threat (issue 11): StorageError was an OSError, so a SIGPIPE/EPIPE during
+# Threat: StorageError was an OSError, so a SIGPIPE/EPIPE during
 # `list` (the client went away) ended as a data error (65). It is an
 # interrupted session now: 74, "interrupted by signal SIGPIPE".
 def test_a_broken_pipe_during_list_is_not_a_data_error(
@@ -290,7 +290,7 @@ def test_a_broken_pipe_during_list_is_not_a_data_error(
         74, b"qbackup-shell: interrupted by signal SIGPIPE\n")
 
 
-# Threat (review R1, finding 3): 1-byte data frames cost ~100x the CPU per
+# Threat: 1-byte data frames cost ~100x the CPU per
 # byte (1 MiB in 1-byte frames: 5.3 s). Residual risk: the first 1024 frames
 # may be of any size; after them the average must be at least 4 KiB.
 def test_a_stream_of_tiny_frames_is_refused(
