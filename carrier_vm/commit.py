@@ -27,13 +27,8 @@ from carrier_vm.errors import AlreadyExists, DataError, NoSuchBackup, TemporaryF
 from carrier_vm.replies import find_backup
 from carrier_vm.ssh import Connection, Link, bounded_output, run_session, within
 from carrier_vm.upload import parse_receipt
-from qbackup_protocol.wire import (
-    MAX_REPLY_LINE,
-    VERB_COMMIT,
-    BackupRecord,
-    ShellExit,
-    build_command,
-)
+from qbackup_protocol.client import build_command
+from qbackup_protocol.wire import MAX_REPLY_LINE, VERB_COMMIT, BackupRecord, ShellExit
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError, OutputClosed, TemporaryFailure
 from carrier_vm.replies import find_backup
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, run_session
+from qbackup_protocol.client import build_command
 from qbackup_protocol.wire import (
     FRAME_DATA,
     FRAME_HEADER_SIZE,
     VERB_GET,
     ProtocolError,
     ShellExit,
-    build_command,
     decode_end_payload,
     decode_frame_header,
 )

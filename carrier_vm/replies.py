@@ -14,6 +14,7 @@ from collections.abc import Callable
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import Corrupted, DataError, NoSuchBackup, parse_hostile
 from carrier_vm.ssh import Connection, Reader, run_session, within
+from qbackup_protocol.client import build_command, parse_check, parse_info, parse_list_line
 from qbackup_protocol.wire import (
     MAX_LIST_ENTRIES,
     MAX_REPLY_LINE,
@@ -24,11 +25,7 @@ from qbackup_protocol.wire import (
     CheckResult,
     ListEnd,
     ShellExit,
-    build_command,
     encode_reply,
-    parse_check,
-    parse_info,
-    parse_list_line,
 )
 
 logger = logging.getLogger(__name__)

@@ -21,13 +21,8 @@ from pathlib import Path
 
 from carrier_vm.errors import DataError
 from qbackup_protocol.carrier_service import TransferStats, parse_transfer_stats
-from qbackup_protocol.wire import (
-    MAX_REPLY_LINE,
-    BackupRecord,
-    ProtocolError,
-    encode_reply,
-    parse_record,
-)
+from qbackup_protocol.client import parse_record
+from qbackup_protocol.wire import MAX_REPLY_LINE, BackupRecord, ProtocolError, encode_reply
 
 logger = logging.getLogger(__name__)
 

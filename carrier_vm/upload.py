@@ -41,8 +41,9 @@ from carrier_vm.errors import (
 from carrier_vm.frames import Frame, FrameReader
 from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
-from qbackup_protocol import wire
+from qbackup_protocol import client
 from qbackup_protocol.carrier_service import MAX_OUTAGES_REPORTED, TransferStats
+from qbackup_protocol.client import build_command, parse_offset, parse_upload_line
 from qbackup_protocol.wire import (
     DEFAULT_DATA_FRAME,
     FRAME_HEADER_SIZE,
@@ -52,10 +53,7 @@ from qbackup_protocol.wire import (
     BackupRecord,
     ProtocolError,
     ShellExit,
-    build_command,
     encode_end_frame,
-    parse_offset,
-    parse_upload_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -492,7 +490,7 @@ def check_receipt_record(record: BackupRecord, name: str, size: int, sha256: str
     """Given the server's parsed receipt, return it if it names NAME with
     SIZE and SHA256; raise DataError otherwise."""
     try:
-        wire.check_receipt(record, name)
+        client.check_receipt(record, name)
     except ProtocolError as error:
         raise DataError(f"the server's {error}") from None
     # The receipt is the server's word that it stored THIS stream: every
@@ -514,4 +512,4 @@ def check_receipt(output: bytes, name: str, size: int, sha256: str) -> BackupRec
 def parse_receipt(output: bytes, name: str) -> BackupRecord:
     """Given the server's whole stdout after a commit, return its BackupRecord
     if it is exactly one well-formed receipt for NAME; raise DataError otherwise."""
-    return parse_hostile(lambda line: wire.parse_receipt(line, name), output, "receipt")
+    return parse_hostile(lambda line: client.parse_receipt(line, name), output, "receipt")

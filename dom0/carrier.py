@@ -32,7 +32,7 @@ from dom0.errors import (
 from dom0.log import last_line
 from dom0.qubes import QubesAdapter
 from dom0.settings import default
-from qbackup_protocol import carrier_service, wire
+from qbackup_protocol import carrier_service, client, wire
 
 logger = logging.getLogger(__name__)
 SERVICE = "qubes.BackupCarrier"
@@ -119,17 +119,17 @@ def single_line(data: bytes, what: str) -> bytes:
 def parse_receipt(data: bytes, name: str) -> Record:
     """Given the stdout of `commit NAME`, return the committed Record; raise
     ReplyError unless it is one receipt line for NAME."""
-    return parse_line(lambda line: wire.parse_receipt(line, name), data, "receipt")
+    return parse_line(lambda line: client.parse_receipt(line, name), data, "receipt")
 
 
 def parse_info(data: bytes) -> wire.ServerInfo:
     """Given the stdout of `info`, return ServerInfo; raise ReplyError otherwise."""
-    return parse_line(wire.parse_info, single_line(data, "info reply"), "info reply")
+    return parse_line(client.parse_info, single_line(data, "info reply"), "info reply")
 
 
 def parse_check(data: bytes) -> wire.CheckResult:
     """Given the stdout of `check NAME`, return its CheckResult."""
-    return parse_line(wire.parse_check, single_line(data, "check reply"), "check reply")
+    return parse_line(client.parse_check, single_line(data, "check reply"), "check reply")
 
 
 def parse_listing(data: bytes) -> Listing:
@@ -142,8 +142,8 @@ def parse_listing(data: bytes) -> Listing:
     lines = data[:-1].split(b"\n")
     if len(lines) > wire.MAX_LIST_ENTRIES + 1:
         raise ReplyError("the carrier's listing has too many entries")
-    records = [parse_line(wire.parse_record, line, "listing entry") for line in lines[:-1]]
-    summary = parse_line(wire.parse_list_line, lines[-1], "listing summary")
+    records = [parse_line(client.parse_record, line, "listing entry") for line in lines[:-1]]
+    summary = parse_line(client.parse_list_line, lines[-1], "listing summary")
     if not isinstance(summary, wire.ListEnd):
         raise ReplyError("the carrier's listing lacks its summary line")
     if summary.count != len(records):

@@ -12,13 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qbackup_protocol.wire import (
-    ExitStatus,
-    ProtocolError,
-    load_reply_line,
-    require_int,
-    require_name,
-)
+from qbackup_protocol.client import load_reply_line, require_name
+from qbackup_protocol.wire import ExitStatus, ProtocolError, require_int
 
 
 class CarrierExit(ExitStatus):

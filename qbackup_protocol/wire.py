@@ -1,13 +1,15 @@
-"""The carrier <-> server-shell wire protocol: the ONE definition both sides import.
+"""The carrier <-> server-shell wire protocol: what the shell speaks.
 
 Pure data and pure functions, standard library only, no I/O: verbs, name
-rules, frames, reply records and the shell's exit codes. The login shell
-imports this module and no other of the package: with the shell's own
-modules it is all that sshd can reach. docs/PROTOCOL.md describes the
-protocol in prose (version 3: one command per SSH session; put stages,
-commit publishes; framed binary streams with an end frame carrying length
-and SHA-256; JSON reply lines; acks, resume and ranged get for interrupted
-transfers); tests check the two agree.
+rules, frames, reply records and their encoding, and the shell's exit codes.
+The login shell imports this module and no other of the package: with the
+shell's own modules it is all that sshd can reach. The client side (command
+lines, strict parsing of replies) is qbackup_protocol/client.py, which the
+shell never loads. docs/PROTOCOL.md describes the protocol in prose (version
+3: one command per SSH session; put stages, commit publishes; framed binary
+streams with an end frame carrying length and SHA-256; JSON reply lines;
+acks, resume and ranged get for interrupted transfers); tests check the two
+agree.
 """
 
 from __future__ import annotations
@@ -79,35 +81,20 @@ class ExitStatus(enum.IntEnum):
         return member
 
 
-class ShellExit(enum.IntEnum):
+class ShellExit(ExitStatus):
     """How ``qbackup-shell`` ends a session (sysexits.h numbers). The carrier
     reads these from the SSH exit status; nothing else may spell the numbers."""
 
-    OK = 0
-    USAGE = 64  # refused or malformed command, bad name
-    DATA = 65  # invalid stream, length/digest mismatch; check: stored bytes differ
-    NO_SUCH_BACKUP = 66  # no such backup; commit: nothing staged; resume: nothing to resume
-    UNAVAILABLE = 69  # no space (reserve, quota, inodes) or another upload running
-    SOFTWARE = 70  # internal error
-    EXISTS = 73  # the name exists (committed or staged)
-    IO = 74  # I/O error on the server, or the session was cut (client gone or silent)
-    NO_PERMISSION = 77  # not allowed (interactive login, admin verbs, running as root)
-    CONFIG = 78  # the server's configuration is broken
-
-
-SHELL_EXIT_MEANINGS: dict[ShellExit, str] = {
-    ShellExit.OK: "success",
-    ShellExit.USAGE: "refused or malformed command, or a bad name",
-    ShellExit.DATA: "invalid stream or length/digest mismatch, or stored bytes differ "
-    "from their record",
-    ShellExit.NO_SUCH_BACKUP: "no such backup (commit: nothing staged; resume: nothing to resume)",
-    ShellExit.UNAVAILABLE: "no space (reserve, quota, inodes) or another upload is running",
-    ShellExit.SOFTWARE: "internal error in the shell",
-    ShellExit.EXISTS: "a backup (committed or staged) already has that name",
-    ShellExit.IO: "I/O error on the server, or the session was cut (client gone or silent)",
-    ShellExit.NO_PERMISSION: "not allowed (interactive login, admin action, running as root)",
-    ShellExit.CONFIG: "the server's configuration is broken",
-}
+    OK = 0, "success"
+    USAGE = 64, "refused or malformed command, or a bad name"
+    DATA = 65, "invalid stream or length/digest mismatch, or stored bytes differ from their record"
+    NO_SUCH_BACKUP = 66, "no such backup (commit: nothing staged; resume: nothing to resume)"
+    UNAVAILABLE = 69, "no space (reserve, quota, inodes) or another upload is running"
+    SOFTWARE = 70, "internal error in the shell"
+    EXISTS = 73, "a backup (committed or staged) already has that name"
+    IO = 74, "I/O error on the server, or the session was cut (client gone or silent)"
+    NO_PERMISSION = 77, "not allowed (interactive login, admin action, running as root)"
+    CONFIG = 78, "the server's configuration is broken"
 
 
 class ProtocolError(ValueError):
@@ -146,29 +133,6 @@ def check_prefix(prefix: str) -> str:
     body = prefix[:-1] if prefix.endswith("/") else prefix
     check_name(body)
     return prefix
-
-
-# ---------------------------------------------------------------------------
-# commands
-# ---------------------------------------------------------------------------
-def build_command(verb: str, argument: str | None = None, *, offset: int | None = None) -> str:
-    """Given a verb and its argument (and, for ``get``, an optional start OFFSET),
-    return the command line a client sends; raise ProtocolError/InvalidName if
-    they do not make a valid command."""
-    if offset is not None and (verb != VERB_GET or offset < 0 or offset >= 2**63):
-        raise ProtocolError("only get takes an offset, a non-negative integer")
-    if verb not in ALL_VERBS:
-        raise ProtocolError("unknown command")
-    if verb in VERBS_WITHOUT_ARGUMENT and argument:
-        raise ProtocolError(f"{verb} takes no argument")
-    command = verb
-    if verb in VERBS_WITH_NAME:
-        if argument is None:
-            raise ProtocolError(f"{verb} needs a name")
-        command = f"{verb} {check_name(argument)}"
-    elif argument:  # a listing's prefix
-        command = f"{verb} {check_prefix(argument)}"
-    return f"{command} {offset}" if offset else command
 
 
 # ---------------------------------------------------------------------------
@@ -238,21 +202,6 @@ def encode_reply(fields: dict[str, Any]) -> bytes:
     return line
 
 
-def load_reply_line(line: bytes) -> dict[str, Any]:
-    """Given one raw reply line (newline optional), return the JSON object it
-    holds; raise ProtocolError if it is too long, not ASCII JSON, or not an object."""
-    if len(line) > MAX_REPLY_LINE:
-        raise ProtocolError("reply line too long")
-    try:
-        # The shell only ever sends ASCII (json.dumps default escaping).
-        value = json.loads(line.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError("reply is not a JSON line") from error
-    if not isinstance(value, dict):
-        raise ProtocolError("reply is not a JSON object")
-    return value
-
-
 def require_int(value: Any, what: str) -> int:
     """Given a reply field's VALUE and WHAT it is, return it; raise
     ProtocolError unless it is an integer in [0, 2**63)."""
@@ -262,36 +211,12 @@ def require_int(value: Any, what: str) -> int:
     return value
 
 
-def optional_int(value: Any, what: str) -> int | None:
-    """Given a reply field's VALUE that may be null, return it; raise
-    ProtocolError unless it is null or an integer in [0, 2**63)."""
-    return None if value is None else require_int(value, what)
-
-
 def require_digest(value: Any) -> str:
     """Given a SHA-256 field's VALUE, return it; raise ProtocolError unless it
     is 64 lowercase hex digits."""
     if not isinstance(value, str) or not SHA256_HEX_PATTERN.fullmatch(value):
         raise ProtocolError("sha256 is not 64 lowercase hex digits")
     return value
-
-
-def reply_fields(line: bytes, names: set[str], what: str) -> dict[str, Any]:
-    """Given one reply line, the fields it must hold and WHAT it is, return its
-    object; raise ProtocolError unless it holds exactly those fields."""
-    value = load_reply_line(line)
-    if set(value) != names:
-        raise ProtocolError(f"{what} has unexpected fields")
-    return value
-
-
-def require_name(value: Any) -> str:
-    """Given a reply field's VALUE, return it; raise ProtocolError unless it
-    is a valid backup name."""
-    try:
-        return check_name(value)
-    except InvalidName as error:
-        raise ProtocolError("reply carries an invalid name") from error
 
 
 @dataclass(frozen=True)
@@ -307,18 +232,6 @@ class BackupRecord:
         return asdict(self)
 
 
-def parse_record(line: bytes) -> BackupRecord:
-    """Given one reply line describing a backup, return a BackupRecord; raise
-    ProtocolError unless every field is present and well-formed."""
-    value = reply_fields(line, {"name", "size", "sha256", "mtime"}, "backup record")
-    return BackupRecord(
-        name=require_name(value["name"]),
-        size=require_int(value["size"], "size"),
-        sha256=None if value["sha256"] is None else require_digest(value["sha256"]),
-        mtime=optional_int(value["mtime"], "mtime"),
-    )
-
-
 @dataclass(frozen=True)
 class ListEnd:
     """The summary line that ends a listing: how many records came, and whether
@@ -329,18 +242,6 @@ class ListEnd:
 
     def to_reply(self) -> dict[str, Any]:
         return {"end": True, "count": self.count, "truncated": self.truncated}
-
-
-def parse_list_line(line: bytes) -> BackupRecord | ListEnd:
-    """Given one line of a listing, return a BackupRecord or, for the final
-    summary line, a ListEnd; raise ProtocolError otherwise."""
-    value = load_reply_line(line)
-    if "end" in value:
-        well_formed = set(value) == {"end", "count", "truncated"} and value["end"] is True
-        if not well_formed or not isinstance(value["truncated"], bool):
-            raise ProtocolError("malformed listing summary")
-        return ListEnd(count=require_int(value["count"], "count"), truncated=value["truncated"])
-    return parse_record(line)
 
 
 @dataclass(frozen=True)
@@ -359,21 +260,6 @@ class ServerInfo:
         return asdict(self)
 
 
-def parse_info(line: bytes) -> ServerInfo:
-    """Given the single line ``info`` answers, return a ServerInfo; raise
-    ProtocolError unless every field is present and well-formed."""
-    names = {"protocol", "free", "reserve", "available", "quota", "used"}
-    value = reply_fields(line, names, "info reply")
-    return ServerInfo(
-        protocol=require_int(value["protocol"], "protocol"),
-        free=require_int(value["free"], "free"),
-        reserve=require_int(value["reserve"], "reserve"),
-        available=require_int(value["available"], "available"),
-        quota=optional_int(value["quota"], "quota"),
-        used=optional_int(value["used"], "used"),
-    )
-
-
 @dataclass(frozen=True)
 class CheckResult:
     """What ``check NAME`` reports: the stored record and whether the re-hash matched."""
@@ -383,17 +269,6 @@ class CheckResult:
 
     def to_reply(self) -> dict[str, Any]:
         return {**self.record.to_reply(), "ok": self.ok}
-
-
-def parse_check(line: bytes) -> CheckResult:
-    """Given the single line ``check`` answers, return a CheckResult; raise
-    ProtocolError unless it is well-formed."""
-    value = load_reply_line(line)
-    ok = value.pop("ok", None)
-    if not isinstance(ok, bool):
-        raise ProtocolError("check reply lacks a boolean 'ok'")
-    record = parse_record(json.dumps(value).encode("ascii"))
-    return CheckResult(record=record, ok=ok)
 
 
 # ---------------------------------------------------------------------------
@@ -421,38 +296,9 @@ class Ack:
         return {"ack": self.offset}
 
 
-def parse_offset(line: bytes) -> ResumeOffset:
-    """Given the first line of a put/resume reply, return a ResumeOffset; raise
-    ProtocolError unless it is exactly ``{"offset": N}``."""
-    value = reply_fields(line, {"offset"}, "offset reply")
-    return ResumeOffset(offset=require_int(value["offset"], "offset"))
 
 
-def check_receipt(record: BackupRecord, name: str) -> BackupRecord:
-    """Given the record a commit (or a put) ended with, return it if it is a
-    receipt for NAME; raise ProtocolError if it names another backup or has
-    no digest."""
-    # A receipt for another backup proves nothing about NAME.
-    if record.name != name:
-        raise ProtocolError("receipt names a different backup")
-    if record.sha256 is None:
-        raise ProtocolError("receipt has no SHA-256")
-    return record
 
 
-def parse_receipt(output: bytes, name: str) -> BackupRecord:
-    """Given the whole stdout of `commit NAME` (the server's, or the carrier's
-    passing it on), return its BackupRecord; raise ProtocolError unless it is
-    exactly one record line that is a receipt for NAME."""
-    if not output.endswith(b"\n") or output.count(b"\n") != 1:
-        raise ProtocolError("receipt is not exactly one line")
-    return check_receipt(parse_record(output), name)
 
 
-def parse_upload_line(line: bytes) -> Ack | BackupRecord:
-    """Given a line a put/resume prints after its offset line, return an Ack or,
-    for the final receipt, a BackupRecord; raise ProtocolError otherwise."""
-    if "ack" in load_reply_line(line):
-        value = reply_fields(line, {"ack"}, "ack line")
-        return Ack(offset=require_int(value["ack"], "ack"))
-    return parse_record(line)

@@ -13,7 +13,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from qbackup_protocol import wire
+from qbackup_protocol import client, wire
 from testbed.server import Account, BackupServer
 
 
@@ -58,9 +58,9 @@ def receipt(stdout: bytes) -> wire.BackupRecord:
     """Given a put's or resume's stdout, return its receipt (the last line),
     after checking the lines before it: one offset line, then acks."""
     lines = stdout.splitlines(keepends=True)
-    wire.parse_offset(lines[0])
-    assert all(isinstance(wire.parse_upload_line(line), wire.Ack) for line in lines[1:-1])
-    record = wire.parse_upload_line(lines[-1])
+    client.parse_offset(lines[0])
+    assert all(isinstance(client.parse_upload_line(line), wire.Ack) for line in lines[1:-1])
+    record = client.parse_upload_line(lines[-1])
     assert isinstance(record, wire.BackupRecord), lines[-1]
     return record
 

@@ -134,8 +134,8 @@ def test_uninstall_removes_what_install_put_and_nothing_else(tmp_path: Path, nam
 # contract with dom0 is not on the server, retention not in the carrier.
 PART_PROTOCOL = {
     "server": ("server_shell", {"wire", "names"}),
-    "templatevm": ("carrier_vm", {"wire", "carrier_service", "text"}),
-    "dom0": ("dom0", {"wire", "names", "carrier_service", "text"}),
+    "templatevm": ("carrier_vm", {"wire", "client", "carrier_service", "text"}),
+    "dom0": ("dom0", {"wire", "client", "names", "carrier_service", "text"}),
 }
 
 

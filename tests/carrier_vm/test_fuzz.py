@@ -26,9 +26,7 @@ from carrier_vm.errors import ConfigError, DataError, UsageError, parse_hostile
 from carrier_vm.qrexec import service_request
 from carrier_vm.replies import LineReader, relay_listing
 from carrier_vm.upload import parse_receipt
-from qbackup_protocol.wire import (
-    encode_data_header,
-    encode_end_frame,
+from qbackup_protocol.client import (
     parse_check,
     parse_info,
     parse_list_line,
@@ -36,6 +34,7 @@ from qbackup_protocol.wire import (
     parse_record,
     parse_upload_line,
 )
+from qbackup_protocol.wire import encode_data_header, encode_end_frame
 
 PARSERS: list[Callable[[bytes], Any]] = [
     parse_record,

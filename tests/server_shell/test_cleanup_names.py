@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from qbackup_protocol import wire
+from qbackup_protocol import client
 from testbed.client import put, run_admin, snapshot, stage, temporaries
 from testbed.server import Account, BackupServer
 
@@ -55,7 +55,7 @@ def test_a_later_put_keeps_records_and_staged_uploads_of_tmp_lookalike_names(
     assert [path for path in before if path not in after] == []
     for leaf in LOOKALIKES:
         check = backup_server.run(account, f"check d/{leaf}")
-        assert check.returncode == 0 and wire.parse_check(check.stdout).ok
+        assert check.returncode == 0 and client.parse_check(check.stdout).ok
         assert backup_server.run(account, f"commit s/{leaf}").returncode == 0
         assert (account.storage / "s" / leaf).read_bytes() == b"staged"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import wire
+from qbackup_protocol import client
 from testbed.client import get, pending, put, receipt, snapshot, stage, temporaries
 from testbed.server import Account, BackupServer
 
@@ -63,13 +63,13 @@ def test_commit_publishes_byte_exact_with_the_digest_from_the_put(
     staged = receipt(stage(backup_server, account, "a/b", data).stdout)
     result = backup_server.run(account, "commit a/b")
     assert result.returncode == 0, result.stderr
-    assert wire.parse_record(result.stdout) == staged
+    assert client.parse_record(result.stdout) == staged
     assert (account.storage / "a/b").read_bytes() == data
     digest = bytes.fromhex(staged.sha256 or "")
     assert get(backup_server, account, "a/b") == (data, len(data), digest)
     assert pending(account.storage) == [] and temporaries(account.storage) == []
     listing = backup_server.run(account, "list").stdout.splitlines()
-    assert wire.parse_list_line(listing[0]) == staged
+    assert client.parse_list_line(listing[0]) == staged
 
 
 def test_commit_carries_the_put_digest_over_without_rehashing(
@@ -83,9 +83,9 @@ def test_commit_carries_the_put_digest_over_without_rehashing(
     (account.storage / ".rot.pending").write_bytes(b"rotten!! bytes")  # same size
     result = backup_server.run(account, "commit rot")
     assert result.returncode == 0, result.stderr
-    assert wire.parse_record(result.stdout).sha256 == staged.sha256 == sha256(data)
+    assert client.parse_record(result.stdout).sha256 == staged.sha256 == sha256(data)
     check = backup_server.run(account, "check rot")
-    assert check.returncode == 65 and wire.parse_check(check.stdout).ok is False
+    assert check.returncode == 65 and client.parse_check(check.stdout).ok is False
 
 
 @pytest.mark.parametrize("name", ["never/made", "nothing", "a/missing"])
@@ -237,7 +237,7 @@ def test_staged_uploads_count_toward_the_quota(
 ) -> None:
     shell_config.write_shell_config(f"[account {account.name}]\nquota = 3M\nreserve = 0\n")
     assert stage(shell_config, account, "big", os.urandom(2 * 1024 * 1024)).returncode == 0
-    info = wire.parse_info(shell_config.run(account, "info").stdout)
+    info = client.parse_info(shell_config.run(account, "info").stdout)
     assert info.used is not None and info.used >= 2 * 1024 * 1024
     before = snapshot(account.storage)
     assert stage(shell_config, account, "more", os.urandom(2 * 1024 * 1024)).returncode == 69

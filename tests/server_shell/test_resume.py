@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import wire
+from qbackup_protocol import client, wire
 from testbed.client import frame_stream, get, put, receipt, snapshot, stage, unframe
 from testbed.server import Account, BackupServer
 
@@ -45,12 +45,12 @@ def interrupted_put(server: BackupServer, account: Account, name: str, sent: int
     ack the server sends for them, then kill the client; return that ack."""
     process = start(server, account, f"put {name}")
     assert process.stdin is not None
-    assert wire.parse_offset(read_line(process)).offset == 0
+    assert client.parse_offset(read_line(process)).offset == 0
     process.stdin.write(frame_stream(DATA[:sent])[: -(5 + wire.END_PAYLOAD.size)])
     process.stdin.flush()
     acked = 0
     while acked + MIB <= sent:  # sync_interval is 1M in these tests
-        line = wire.parse_upload_line(read_line(process))
+        line = client.parse_upload_line(read_line(process))
         assert isinstance(line, wire.Ack)
         acked = line.offset
     process.kill()
@@ -89,8 +89,8 @@ def test_put_acks_what_it_holds_durably_then_sends_its_receipt(
     result = stage(shell_config, resumable, "acked", DATA)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines(keepends=True)
-    assert wire.parse_offset(lines[0]).offset == 0
-    acks = [wire.parse_upload_line(line) for line in lines[1:-1]]
+    assert client.parse_offset(lines[0]).offset == 0
+    acks = [client.parse_upload_line(line) for line in lines[1:-1]]
     # One ack per sync_interval (1 MiB frames here), each after its fdatasync.
     assert [ack.offset for ack in acks] == [n * MIB for n in range(1, 6)]  # type: ignore[union-attr]
     assert receipt(result.stdout).sha256 == hashlib.sha256(DATA).hexdigest()
@@ -105,11 +105,11 @@ def test_an_interrupted_put_resumes_from_the_acked_offset_byte_exact(
     listing = shell_config.run(resumable, "list")
     assert listing.stdout == b'{"count":0,"end":true,"truncated":false}\n'
     process = start(shell_config, resumable, "resume lap/b1")
-    offset = wire.parse_offset(read_line(process)).offset
+    offset = client.parse_offset(read_line(process)).offset
     assert offset >= acked == 3 * MIB
     stdout, stderr = process.communicate(frames_from(DATA, offset), timeout=60)
     assert process.returncode == 0, stderr
-    record = wire.parse_upload_line(stdout.splitlines()[-1])
+    record = client.parse_upload_line(stdout.splitlines()[-1])
     assert record == wire.BackupRecord("lap/b1", len(DATA), hashlib.sha256(DATA).hexdigest(),
                                            record.mtime)  # type: ignore[union-attr]
     assert shell_config.run(resumable, "commit lap/b1").returncode == 0
@@ -123,7 +123,7 @@ def test_a_resume_that_sends_wrong_bytes_is_refused_and_removes_the_partial(
     interrupted_put(shell_config, resumable, "bad", 2 * MIB)
     wait_for_no_shell(resumable)
     process = start(shell_config, resumable, "resume bad")
-    offset = wire.parse_offset(read_line(process)).offset
+    offset = client.parse_offset(read_line(process)).offset
     wrong = bytearray(DATA)
     wrong[offset] ^= 1
     # The E frame declares the real data: one flipped byte must not match.
@@ -235,12 +235,12 @@ def test_a_left_behind_put_is_ended_and_the_resume_proceeds(
     process.stdin.write(frame_stream(DATA[: 2 * MIB])[:-45])
     process.stdin.flush()
     for expected in (MIB, 2 * MIB):
-        assert wire.parse_upload_line(read_line(process)) == wire.Ack(expected)
+        assert client.parse_upload_line(read_line(process)) == wire.Ack(expected)
     os.kill(process.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         resumed = start(shell_config, resumable, "resume stuck")
-        offset = wire.parse_offset(read_line(resumed)).offset
+        offset = client.parse_offset(read_line(resumed)).offset
         assert offset == 2 * MIB
         assert time.monotonic() - started < 12
         stdout, stderr = resumed.communicate(frames_from(DATA, offset), timeout=60)
@@ -258,7 +258,7 @@ def test_a_second_live_resume_is_refused_69_and_the_first_goes_on(
     interrupted_put(shell_config, resumable, "twice", 2 * MIB)
     wait_for_no_shell(resumable)
     first = start(shell_config, resumable, "resume twice")
-    offset = wire.parse_offset(read_line(first)).offset
+    offset = client.parse_offset(read_line(first)).offset
     stream = frames_from(DATA, offset)
     assert first.stdin is not None
     # The first keeps sending (a frame every 0.3 s, far inside the 2 s the
@@ -317,7 +317,7 @@ def test_a_second_resume_never_ends_a_first_one_that_is_rehashing(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     second = start(shell_config, resumable, "resume huge")
-    assert wire.parse_offset(read_line(first)).offset == ZERO_GIB * 1024 * MIB
+    assert client.parse_offset(read_line(first)).offset == ZERO_GIB * 1024 * MIB
     assert first.stdin is not None
     rest = wire.encode_data_header(len(tail)) + tail + wire.encode_end_frame(
         ZERO_GIB * 1024 * MIB + len(tail), whole.digest())
@@ -333,7 +333,7 @@ def test_a_second_resume_never_ends_a_first_one_that_is_rehashing(
     assert second.returncode == 69, second_err
     stdout, stderr = first.communicate(rest[sent:], timeout=120)
     assert first.returncode == 0, stderr
-    assert wire.parse_upload_line(stdout.splitlines()[-1]).sha256 == whole.hexdigest()  # type: ignore[union-attr]
+    assert client.parse_upload_line(stdout.splitlines()[-1]).sha256 == whole.hexdigest()  # type: ignore[union-attr]
 
 
 # Threat: a crash while staging (after linking the
@@ -365,13 +365,13 @@ def test_check_stops_when_its_client_goes_away(
     record.write_text(f'{{"size": {size}, "sha256": "{"0" * 64}"}}')
     for entry in (path, record):
         os.chown(entry, resumable.uid, resumable.gid)
-    client = start(shell_config, resumable, "check huge")
+    checker = start(shell_config, resumable, "check huge")
     deadline = time.monotonic() + 20
     while not checking(resumable):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    client.kill()
-    client.wait()
+    checker.kill()
+    checker.wait()
     line = f"account={resumable.name} command=check huge outcome=interrupted"
     assert shell_config.syslog.wait_for(line, timeout=10), "the check went on hashing"
 
@@ -399,7 +399,7 @@ def test_a_kept_partial_counts_toward_the_quota(
     shell_config.write_shell_config(
         f"[account {resumable.name}]\nsync_interval = 1M\nquota = 4M\nreserve = 0\n"
     )
-    info = wire.parse_info(shell_config.run(resumable, "info").stdout)
+    info = client.parse_info(shell_config.run(resumable, "info").stdout)
     assert info.used is not None and info.used >= 3 * MIB
     before = snapshot(resumable.storage)
     result = stage(shell_config, resumable, "more", os.urandom(2 * MIB))

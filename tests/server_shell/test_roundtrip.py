@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from qbackup_protocol import wire
+from qbackup_protocol import client, wire
 from testbed.client import get, put, snapshot, temporaries
 from testbed.server import Account, BackupServer
 
@@ -32,7 +32,7 @@ def test_put_then_get_is_byte_exact(
     data = os.urandom(size)
     result = put(backup_server, account, "lap/2024/b1", data, chunk=chunk)
     assert result.returncode == 0, result.stderr
-    record = wire.parse_record(result.stdout)
+    record = client.parse_record(result.stdout)
     digest = hashlib.sha256(data).hexdigest()
     assert (record.name, record.size, record.sha256) == ("lap/2024/b1", size, digest)
     assert (account.storage / "lap/2024/b1").read_bytes() == data
@@ -64,7 +64,7 @@ def test_list_shows_records_sorted_then_end(backup_server: BackupServer, account
         assert put(backup_server, account, name, data).returncode == 0
     result = backup_server.run(account, "list")
     assert result.returncode == 0, result.stderr
-    lines = [wire.parse_list_line(line) for line in result.stdout.splitlines()]
+    lines = [client.parse_list_line(line) for line in result.stdout.splitlines()]
     assert lines[-1] == wire.ListEnd(count=4, truncated=False)
     records = lines[:-1]
     assert [r.name for r in records] == ["a/x", "a/y/z", "a-b", "z"]  # segment order
@@ -92,7 +92,7 @@ def test_list_filters_by_prefix(
         assert put(backup_server, account, name, b"d").returncode == 0
     result = backup_server.run(account, f"list {prefix}")
     assert result.returncode == 0, result.stderr
-    lines = [wire.parse_list_line(line) for line in result.stdout.splitlines()]
+    lines = [client.parse_list_line(line) for line in result.stdout.splitlines()]
     assert [line.name for line in lines[:-1]] == expected  # type: ignore[union-attr]
     assert lines[-1] == wire.ListEnd(count=len(expected), truncated=False)
 
@@ -111,7 +111,7 @@ def test_check_reports_ok_for_an_intact_backup(
     assert put(backup_server, account, "c", data).returncode == 0
     result = backup_server.run(account, "check c")
     assert result.returncode == 0, result.stderr
-    check = wire.parse_check(result.stdout)
+    check = client.parse_check(result.stdout)
     assert check.ok and check.record.sha256 == hashlib.sha256(data).hexdigest()
 
 
@@ -121,7 +121,7 @@ def test_check_fails_for_a_corrupted_backup(backup_server: BackupServer, account
     before = snapshot(account.storage)
     result = backup_server.run(account, "check c")
     assert result.returncode == 65
-    assert wire.parse_check(result.stdout).ok is False
+    assert client.parse_check(result.stdout).ok is False
     assert snapshot(account.storage) == before
 
 
@@ -145,7 +145,7 @@ def test_missing_backup_is_66(backup_server: BackupServer, account: Account, ver
 def test_info_reports_space(backup_server: BackupServer, account: Account) -> None:
     result = backup_server.run(account, "info")
     assert result.returncode == 0, result.stderr
-    info = wire.parse_info(result.stdout)
+    info = client.parse_info(result.stdout)
     assert info.protocol == wire.PROTOCOL_VERSION
     assert info.reserve == 1024**3 and info.quota is None and info.used is None
     assert info.available == max(0, info.free - info.reserve)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qbackup_protocol import wire
+from qbackup_protocol import client
 from testbed.client import frame_stream, put, snapshot, stage, temporaries
 from testbed.server import Account, BackupServer
 from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
@@ -41,7 +41,7 @@ def test_full_disk_fails_cleanly_and_keeps_older_backups(
     assert (small_disk.storage / "older").read_bytes() == older
     assert temporaries(small_disk.storage) == []
     check = shell_config.run(small_disk, "check older")
-    assert check.returncode == 0 and wire.parse_check(check.stdout).ok
+    assert check.returncode == 0 and client.parse_check(check.stdout).ok
 
 
 def test_put_aborts_before_free_space_crosses_the_reserve(
@@ -58,7 +58,7 @@ def test_put_aborts_before_free_space_crosses_the_reserve(
     assert (
         os.statvfs(small_disk.storage).f_bavail * os.statvfs(small_disk.storage).f_frsize >= reserve
     )
-    info = wire.parse_info(shell_config.run(small_disk, "info").stdout)
+    info = client.parse_info(shell_config.run(small_disk, "info").stdout)
     assert info.reserve == reserve and info.available == max(0, info.free - reserve)
 
 
@@ -70,7 +70,7 @@ def test_put_is_refused_up_front_below_the_reserve(
     result = put(shell_config, account, "anything", b"small")
     assert result.returncode == 69, result.stderr
     assert snapshot(account.storage) == before
-    info = wire.parse_info(shell_config.run(account, "info").stdout)
+    info = client.parse_info(shell_config.run(account, "info").stdout)
     assert info.available == 0
 
 
@@ -82,7 +82,7 @@ def test_quota_refuses_what_would_exceed_it(shell_config: BackupServer, account:
     assert result.returncode == 69, result.stderr
     assert b"quota" in result.stderr
     assert snapshot(account.storage) == before
-    info = wire.parse_info(shell_config.run(account, "info").stdout)
+    info = client.parse_info(shell_config.run(account, "info").stdout)
     assert info.quota == MIB and info.used is not None and info.used >= 600 * 1024
     assert info.available <= MIB - 600 * 1024
 
@@ -239,7 +239,7 @@ def test_quota_counts_allocated_blocks_and_directories(
     for name in ("a/b/c/one", "a/two", "three"):
         assert put(shell_config, account, name, b"x").returncode == 0
     shell_config.write_shell_config(f"[account {account.name}]\nquota = 1G\n")
-    info = wire.parse_info(shell_config.run(account, "info").stdout)
+    info = client.parse_info(shell_config.run(account, "info").stdout)
     # 3 data blocks + 3 record blocks + 3 directories: far more than 3 bytes.
     assert info.used == disk_use(account.storage) and info.used >= 9 * 1024
 
