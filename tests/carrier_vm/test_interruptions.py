@@ -15,26 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed.server import Account
+from testbed.processes import shell_pids
+from testbed.waiting import wait_until
 from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
 
 CHUNK = os.urandom(1024 * 1024)
-
-
-def shell_pids(account: Account) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-u", account.name, "-f", "qbackup-shell"], capture_output=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def wait_until(predicate: object, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[bytes]:
@@ -44,13 +29,13 @@ def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[byt
     for _ in range(mib):
         process.stdin.write(CHUNK)
     process.stdin.flush()
-    assert wait_until(lambda: shell_pids(carrier.account)), "the shell never started"
+    wait_until(lambda: shell_pids(carrier.account), "the shell to start")
     return process
 
 
 def assert_never_stored(carrier: Carrier, name: str) -> None:
     # Once the account's shell is gone nothing can commit the name any more.
-    assert wait_until(lambda: not shell_pids(carrier.account))
+    wait_until(lambda: not shell_pids(carrier.account), "the shell to exit")
     listing = carrier.run("list")
     assert listing.returncode == 0, listing.stderr
     assert name.encode() not in listing.stdout
