@@ -19,9 +19,13 @@ from pathlib import Path
 from carrier_vm.abort import RUNTIME_SUBDIR, abort_puts, runtime_dir
 from qbackup_protocol.carrier_service import CarrierExit
 from testbed.waiting import wait_until
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
-from tests.carrier_vm.test_interruptions import assert_never_stored, start_put
-from tests.carrier_vm.test_qrexec_service import call_service
+from tests.carrier_vm.conftest import (
+    Carrier,
+    assert_never_stored,
+    assert_one_safe_line,
+    call_service,
+    start_put,
+)
 
 
 def lock_files(carrier: Carrier) -> list[str]:

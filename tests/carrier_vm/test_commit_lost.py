@@ -33,10 +33,10 @@ from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
     assert_one_safe_line,
+    finish_put,
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.test_resume import finish_put
 
 MIB = 1024 * 1024
 

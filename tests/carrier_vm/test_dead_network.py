@@ -14,8 +14,7 @@ import time
 from qbackup_protocol.carrier_service import CarrierExit
 from testbed.processes import account_pids, shell_pids
 from testbed.waiting import wait_until
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
-from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored
+from tests.carrier_vm.conftest import CHUNK, Carrier, assert_never_stored, assert_one_safe_line
 
 
 def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:

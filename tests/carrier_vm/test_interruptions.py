@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,33 +15,14 @@ from pathlib import Path
 import pytest
 
 from testbed.processes import shell_pids
-from testbed.waiting import wait_until
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
-
-CHUNK = os.urandom(1024 * 1024)
-
-
-def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[bytes]:
-    """Start a put and feed it MIB MiB, leaving stdin open (the backup goes on)."""
-    process = carrier.start("put", name)
-    assert process.stdin is not None
-    for _ in range(mib):
-        process.stdin.write(CHUNK)
-    process.stdin.flush()
-    wait_until(lambda: shell_pids(carrier.account), "the shell to start")
-    return process
-
-
-def assert_never_stored(carrier: Carrier, name: str) -> None:
-    # Once the account's shell is gone nothing can commit the name any more.
-    wait_until(lambda: not shell_pids(carrier.account), "the shell to exit")
-    listing = carrier.run("list")
-    assert listing.returncode == 0, listing.stderr
-    assert name.encode() not in listing.stdout
-    assert name not in stored_files(carrier.account)
-    # Nor staged: nothing that dom0 could commit by mistake.
-    assert not [path for path in stored_files(carrier.account) if ".pending" in path]
-    assert carrier.run("commit", name).returncode == 66
+from tests.carrier_vm.conftest import (
+    CHUNK,
+    Carrier,
+    assert_never_stored,
+    assert_one_safe_line,
+    start_put,
+    stored_files,
+)
 
 
 def test_killed_server_session_fails_the_put_without_resumption(carrier: Carrier) -> None:

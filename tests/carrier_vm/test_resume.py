@@ -28,10 +28,11 @@ from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
     assert_one_safe_line,
+    call_service,
+    finish_put,
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.test_qrexec_service import call_service
 
 MIB = 1024 * 1024
 class Feeder:
@@ -71,12 +72,6 @@ def sshd_session_pids(carrier: Carrier) -> list[int]:
     """The account's sshd session processes (killing one drops the connection)."""
     shells = set(shell_pids(carrier.account))
     return [pid for pid in account_pids(carrier.account) if pid not in shells]
-
-
-def finish_put(process: subprocess.Popen[bytes], timeout: float = 120) -> tuple[bytes, bytes]:
-    assert process.stdout is not None and process.stderr is not None
-    process.wait(timeout=timeout)
-    return process.stdout.read(), process.stderr.read()
 
 
 def assert_committed_byte_exact(carrier: Carrier, name: str, data: bytes, receipt: bytes) -> None:
