@@ -59,7 +59,8 @@ def test_a_commit_whose_session_dies_after_publishing_exits_0(
 ) -> None:
     # dom0's path: `put NAME`, then `commit NAME` (its own carrier run).
     carrier, proxy = proxied
-    name, data = "lost-receipt", os.urandom(2 * MIB + 7)
+    name = "lost-receipt"
+    data = os.urandom(2 * MIB + 7)
     put = carrier.run("put", name, data=data)
     assert put.returncode == 0, put.stderr
     with staged_upload_locked(carrier.account, name) as inode:
@@ -123,7 +124,8 @@ def test_a_commit_killed_before_publishing_commits_again_or_fails_with_the_reaso
     # (commit again) publishes it. Gone meanwhile (expired, or the admin's
     # prune): neither staged nor listed, exit 66 with that reason.
     carrier, proxy = proxied
-    name, data = f"killed-{staged}", os.urandom(MIB + 1)
+    name = f"killed-{staged}"
+    data = os.urandom(MIB + 1)
     put = carrier.run("put", name, data=data)
     assert put.returncode == 0, put.stderr
     with staged_upload_locked(carrier.account, name) as inode:
@@ -215,7 +217,8 @@ def test_a_put_whose_server_comes_up_after_it_started_completes(
         known_hosts = tmp_path / "late_known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{late.port} {key}")
         carrier.write_config(**CARRIER_SETTINGS, port=late.port, known_hosts=str(known_hosts))
-        name, data = "late-server", os.urandom(2 * MIB + 5)
+        name = "late-server"
+        data = os.urandom(2 * MIB + 5)
         process = carrier.start("put", "--commit", name, QBACKUP_CARRIER_LOG="info")
         errors = StderrLines(process)
         assert errors.wait_for(b"cannot reach"), errors.text()

@@ -49,7 +49,8 @@ def test_signal_aborts_the_put_without_committing(carrier: Carrier, signum: int)
     process.wait(timeout=30)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
-    stdout, stderr = process.stdout.read(), process.stderr.read()
+    stdout = process.stdout.read()
+    stderr = process.stderr.read()
     assert process.returncode == 75
     assert stdout == b""
     assert b"interrupted by" in stderr

@@ -45,7 +45,8 @@ class Feeder:
         self.position = 0
 
     def feed_to(self, end: int) -> threading.Thread:
-        start, self.position = self.position, end
+        start = self.position
+        self.position = end
         stdin = self.process.stdin
         assert stdin is not None
 
@@ -148,7 +149,9 @@ class LongStream:
 def test_a_2_gib_put_survives_its_session_being_killed_three_times(
     resuming: Carrier,
 ) -> None:
-    carrier, name, size = resuming, "thrice", 2048 * MIB
+    carrier = resuming
+    name = "thrice"
+    size = 2048 * MIB
     # The server's defaults (sync_interval, idle_timeout) and the carrier's
     # default buffer; keepalive and progress timeouts long enough that a
     # loaded machine loses no connection but the three the test cuts.
@@ -196,7 +199,8 @@ def test_put_survives_a_network_stall_past_the_keepalive(resuming: Carrier) -> N
     # The session's sshd process and shell are stopped: no RST, no FIN, no
     # answer to keepalives. The carrier notices, reconnects, and the server
     # ends the left-behind shell that still holds the upload lock.
-    carrier, name = resuming, "stalled"
+    carrier = resuming
+    name = "stalled"
     data = os.urandom(24 * MIB)
     process = carrier.start("put", name)
     feeder = Feeder(process, data)
@@ -227,7 +231,8 @@ def test_put_survives_the_carrier_frozen_past_keepalive_and_idle_timeout(
     # A laptop suspend: the carrier stops for longer than its keepalive and
     # the shell's idle timeout (4 s here). The shell gives up but keeps the
     # partial upload; the carrier resumes it after waking.
-    carrier, name = resuming, "suspended"
+    carrier = resuming
+    name = "suspended"
     data = os.urandom(24 * MIB)
     process = carrier.start("put", name)
     feeder = Feeder(process, data)
