@@ -520,7 +520,7 @@ def test_a_commit_whose_session_dies_after_publishing_is_recorded_as_committed(
 ) -> None:
     # The sshd session serving dom0's commit is killed while the
     # shell is inside the commit step (held there by the staged upload's lock,
-    # see tests/carrier_vm/test_commit_lost.py); the left-behind shell
+    # see testbed/gated_commit.py); the left-behind shell
     # publishes and cannot deliver the receipt. The carrier learns that the
     # backup is committed: dom0 records it as committed, and its tamper check
     # finds exactly the backups it recorded.
