@@ -1,5 +1,7 @@
 """Fixtures for the carrier's tests: a carrier config pointing at the session's
-real sshd + real qbackup-shell, and helpers that run the carrier as a process."""
+real sshd + real qbackup-shell, and helpers that run the carrier as a process
+(directly or as qrexec calls its service), feed a put and look at what the
+server stored."""
 
 from __future__ import annotations
 
@@ -15,13 +17,23 @@ import pytest
 from testbed.carrier import carrier_config
 from testbed.netproxy import NetProxy
 from testbed.openssh import Endpoint
+from testbed.processes import shell_pids
 from testbed.server import Account, BackupServer
+from testbed.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_CARRIER = str(Path(sys.prefix) / "bin" / "qbackup-carrier")
 # How a Debian TemplateVM runs it: Debian's python3 with python3-asyncssh 2.10.
 DEBIAN_CARRIER = ["/usr/bin/python3", "-m", "carrier_vm.cli"]
-INTERPRETERS = {"venv": [VENV_CARRIER], "debian": DEBIAN_CARRIER}
+# More interpreters to run the carrier under, e.g. a Fedora-like Python 3.13 +
+# asyncssh 2.17 venv: QBACKUP_CARRIER_PYTHONS="fedora41=/tmp/py313/bin/python".
+EXTRA_INTERPRETERS = {
+    name: [path, "-m", "carrier_vm.cli"]
+    for name, _, path in (
+        entry.partition("=") for entry in os.environ.get("QBACKUP_CARRIER_PYTHONS", "").split()
+    )
+}
+INTERPRETERS = {"venv": [VENV_CARRIER], "debian": DEBIAN_CARRIER, **EXTRA_INTERPRETERS}
 
 
 @dataclass
@@ -184,3 +196,67 @@ def reconfigure_proxied(carrier: Carrier, proxy: NetProxy, **settings: object) -
         port=proxy.port,
         known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
     )
+
+
+SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
+
+
+def call_service(
+    carrier: Carrier,
+    argument: str,
+    stdin: bytes = b"",
+    env_argument: str | None = None,
+    caller: str | None = "dom0",
+    **env: str,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the service as qrexec-agent does: /etc/qubes-rpc/NAME ARG, called
+    by CALLER (None: QREXEC_REMOTE_DOMAIN unset)."""
+    environment = carrier.env(
+        QREXEC_SERVICE_ARGUMENT=argument if env_argument is None else env_argument,
+        **env,
+    )
+    if caller is not None:
+        environment["QREXEC_REMOTE_DOMAIN"] = caller
+    return subprocess.run(
+        [str(SERVICE), argument],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def finish_put(process: subprocess.Popen[bytes], timeout: float = 120) -> tuple[bytes, bytes]:
+    """Given a started carrier PROCESS, wait for it to end; return its stdout and stderr."""
+    assert process.stdout is not None and process.stderr is not None
+    process.wait(timeout=timeout)
+    return process.stdout.read(), process.stderr.read()
+
+
+# One MiB of random data to feed a put with.
+CHUNK = os.urandom(1024 * 1024)
+
+
+def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[bytes]:
+    """Start a put and feed it MIB MiB, leaving stdin open (the backup goes on)."""
+    process = carrier.start("put", name)
+    assert process.stdin is not None
+    for _ in range(mib):
+        process.stdin.write(CHUNK)
+    process.stdin.flush()
+    wait_until(lambda: shell_pids(carrier.account), "the shell to start")
+    return process
+
+
+def assert_never_stored(carrier: Carrier, name: str) -> None:
+    """Assert NAME is neither stored, listed, staged nor committable."""
+    # Once the account's shell is gone nothing can commit the name any more.
+    wait_until(lambda: not shell_pids(carrier.account), "the shell to exit")
+    listing = carrier.run("list")
+    assert listing.returncode == 0, listing.stderr
+    assert name.encode() not in listing.stdout
+    assert name not in stored_files(carrier.account)
+    # Nor staged: nothing that dom0 could commit by mistake.
+    assert not [path for path in stored_files(carrier.account) if ".pending" in path]
+    assert carrier.run("commit", name).returncode == 66

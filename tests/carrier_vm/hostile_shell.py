@@ -170,7 +170,8 @@ def get(name):
     elif MODE == "get-trailing":
         end += b"X"
     elif MODE == "get-garbage":
-        frame, end = b"\x1b[2J not a frame at all", b""
+        frame = b"\x1b[2J not a frame at all"
+        end = b""
     elif MODE == "get-endless":
         endless(frame)
     elif MODE in ("get-short", "get-other"):

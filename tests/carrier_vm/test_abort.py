@@ -18,9 +18,14 @@ from pathlib import Path
 
 from carrier_vm.abort import RUNTIME_SUBDIR, abort_puts, runtime_dir
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
-from tests.carrier_vm.test_interruptions import assert_never_stored, start_put, wait_until
-from tests.carrier_vm.test_qrexec_service import call_service
+from testbed.waiting import wait_until
+from tests.carrier_vm.conftest import (
+    Carrier,
+    assert_never_stored,
+    assert_one_safe_line,
+    call_service,
+    start_put,
+)
 
 
 def lock_files(carrier: Carrier) -> list[str]:
@@ -38,7 +43,7 @@ def test_abort_with_no_put_running_exits_0_at_once(carrier: Carrier) -> None:
 def test_abort_ends_the_running_put_without_staging_anything(carrier: Carrier) -> None:
     process = start_put(carrier, "cancelled")
     assert process.stdin is not None
-    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"], "the put's lock file")
     # Qubes keeps the stream open after Cancel: stdin stays open here too.
     result = call_service(carrier, "abort")
 
@@ -61,7 +66,7 @@ def test_abort_kills_a_put_that_cannot_handle_sigterm(carrier: Carrier) -> None:
     # A stopped (or wedged) put never acts on SIGTERM: abort still ends it
     # within its 10 s bound.
     process = start_put(carrier, "wedged")
-    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"], "the put's lock file")
     os.kill(process.pid, signal.SIGSTOP)
     try:
         result = call_service(carrier, "abort")
@@ -85,7 +90,7 @@ def test_a_finished_put_leaves_no_running_put_behind(carrier: Carrier) -> None:
 
 def test_abort_forgets_the_lock_of_a_put_that_was_killed(carrier: Carrier) -> None:
     process = start_put(carrier, "killed")
-    assert wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"])
+    wait_until(lambda: lock_files(carrier) == [f"{process.pid}.lock"], "the put's lock file")
     process.kill()
     process.communicate(timeout=5)
     assert lock_files(carrier) == [f"{process.pid}.lock"]  # left behind

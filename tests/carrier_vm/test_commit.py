@@ -17,8 +17,7 @@ import os
 import time
 
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
-from tests.carrier_vm.test_qrexec_service import call_service
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, call_service, stored_files
 
 DAY = 86400
 EMPTY_LISTING = b'{"count":0,"end":true,"truncated":false}\n'

@@ -1,11 +1,9 @@
 """A commit whose session is lost: the carrier learns what happened instead
 of guessing, over the real sshd and the real shell.
 
-The kill point is gated, not timed: the test holds the flock on the staged
-upload, so the real shell's `commit NAME` waits inside the commit step (seen
-in /proc/locks); the test then stops the relay from taking new connections,
-kills the sshd session process serving the commit, and lets go of the lock.
-The left-behind shell publishes NAME and fails to write the receipt (what the
+The kill point is gated, not timed (testbed/gated_commit.py): the commit
+waits at the staged upload's lock while the test kills its session. The
+left-behind shell publishes NAME and fails to write the receipt (what the
 soak saw in 6 of 6 runs); only then may the carrier reconnect.
 
 Threat: dom0 records a failed run for a backup the server committed (its
@@ -17,78 +15,30 @@ outcome unknown (exit 75; the listing shows it).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
+from testbed.gated_commit import kill_the_waiting_commit, staged_upload_locked
 from testbed.netproxy import NetProxy
-from testbed.server import Account
+from testbed.waiting import wait_until
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
     assert_one_safe_line,
+    finish_put,
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.test_interruptions import wait_until
-from tests.carrier_vm.test_resume import finish_put
 
 MIB = 1024 * 1024
-
-
-@contextlib.contextmanager
-def staged_upload_locked(account: Account, name: str) -> Iterator[int]:
-    """Hold the exclusive flock on NAME's staged upload (waiting for a put
-    that still holds it): a `commit NAME` waits inside the commit step until
-    the block ends. Yield the staged file's inode."""
-    path = account.storage / f".{name}.pending"
-    assert wait_until(path.exists, timeout=60), f"{name} was never staged"
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield os.fstat(fd).st_ino
-    finally:
-        os.close(fd)  # the flock goes with the descriptor
-
-
-def flock_waiters(inode: int) -> list[int]:
-    """PIDs waiting (blocked) for a flock on INODE, from /proc/locks."""
-    waiters = []
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "->" and fields[2] == "FLOCK":
-            if int(fields[6].rsplit(":", 1)[1]) == inode:
-                waiters.append(int(fields[5]))
-    return waiters
-
-
-def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
-def kill_the_waiting_commit(proxy: NetProxy, inode: int, also_the_shell: bool = False) -> None:
-    """Once a commit shell waits for the staged upload's lock: refuse new
-    connections (the carrier cannot look before the test lets it), then kill
-    the sshd session process serving it (and, ALSO_THE_SHELL, the shell)."""
-    assert wait_until(lambda: flock_waiters(inode), timeout=60), "no commit reached the lock"
-    [shell] = flock_waiters(inode)
-    assert b"commit" in Path(f"/proc/{shell}/cmdline").read_bytes()
-    proxy.down(cut=False)
-    session = parent_pid(shell)
-    if also_the_shell:
-        os.kill(shell, signal.SIGKILL)
-    os.kill(session, signal.SIGKILL)
 
 
 def shell_log(carrier: Carrier, text: str) -> list[str]:
@@ -109,7 +59,8 @@ def test_a_commit_whose_session_dies_after_publishing_exits_0(
 ) -> None:
     # dom0's path: `put NAME`, then `commit NAME` (its own carrier run).
     carrier, proxy = proxied
-    name, data = "lost-receipt", os.urandom(2 * MIB + 7)
+    name = "lost-receipt"
+    data = os.urandom(2 * MIB + 7)
     put = carrier.run("put", name, data=data)
     assert put.returncode == 0, put.stderr
     with staged_upload_locked(carrier.account, name) as inode:
@@ -146,7 +97,8 @@ def test_put_commit_whose_commit_session_dies_after_publishing_exits_0(
     process.stdin.write(data)
     process.stdin.flush()
     partial = carrier.account.storage / f".{name}.partial"
-    assert wait_until(lambda: partial.exists() and partial.stat().st_size == len(data), 60)
+    wait_until(lambda: partial.exists() and partial.stat().st_size == len(data),
+               "the whole stream in the partial upload", timeout=60)
     proxy.hold()
     process.stdin.close()  # the end frame goes out; its receipt is held back
     with staged_upload_locked(carrier.account, name) as inode:
@@ -172,7 +124,8 @@ def test_a_commit_killed_before_publishing_commits_again_or_fails_with_the_reaso
     # (commit again) publishes it. Gone meanwhile (expired, or the admin's
     # prune): neither staged nor listed, exit 66 with that reason.
     carrier, proxy = proxied
-    name, data = f"killed-{staged}", os.urandom(MIB + 1)
+    name = f"killed-{staged}"
+    data = os.urandom(MIB + 1)
     put = carrier.run("put", name, data=data)
     assert put.returncode == 0, put.stderr
     with staged_upload_locked(carrier.account, name) as inode:
@@ -264,7 +217,8 @@ def test_a_put_whose_server_comes_up_after_it_started_completes(
         known_hosts = tmp_path / "late_known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{late.port} {key}")
         carrier.write_config(**CARRIER_SETTINGS, port=late.port, known_hosts=str(known_hosts))
-        name, data = "late-server", os.urandom(2 * MIB + 5)
+        name = "late-server"
+        data = os.urandom(2 * MIB + 5)
         process = carrier.start("put", "--commit", name, QBACKUP_CARRIER_LOG="info")
         errors = StderrLines(process)
         assert errors.wait_for(b"cannot reach"), errors.text()

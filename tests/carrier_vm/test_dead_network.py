@@ -9,17 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line
-from tests.carrier_vm.test_interruptions import CHUNK, assert_never_stored, shell_pids, wait_until
-
-
-def account_pids(account_name: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-u", account_name], capture_output=True, check=False)
-    return [int(pid) for pid in found.stdout.split()]
+from testbed.processes import account_pids, shell_pids
+from testbed.waiting import wait_until
+from tests.carrier_vm.conftest import CHUNK, Carrier, assert_never_stored, assert_one_safe_line
 
 
 def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
@@ -28,8 +23,8 @@ def test_frozen_server_is_detected_by_keepalive(carrier: Carrier) -> None:
     assert process.stdin is not None
     process.stdin.write(CHUNK * 2)
     process.stdin.flush()
-    assert wait_until(lambda: account_pids(carrier.account.name))
-    frozen = account_pids(carrier.account.name)  # sshd's session process and the shell
+    wait_until(lambda: account_pids(carrier.account), "the session to start")
+    frozen = account_pids(carrier.account)  # sshd's session process and the shell
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
@@ -67,7 +62,7 @@ def test_stopped_shell_behind_a_live_sshd_fails_after_progress_timeout(carrier: 
     # carrier meets is a server that stopped taking bytes (not one that never
     # began the upload, which is another message).
     partial = carrier.account.storage / ".stalled.partial"
-    assert wait_until(lambda: partial.exists() and partial.stat().st_size > 0)
+    wait_until(lambda: partial.exists() and partial.stat().st_size > 0, "the partial upload")
     stopped = shell_pids(carrier.account)
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)

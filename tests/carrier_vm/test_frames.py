@@ -142,7 +142,8 @@ def test_eof_needs_no_free_buffer() -> None:
         reader = FrameReader(fd, max_frames=2, frame_size=1024)
         reader.start()
         try:
-            first, second = await reader.next_frame(), await reader.next_frame()
+            first = await reader.next_frame()
+            second = await reader.next_frame()
             assert first is not None and second is not None
             return [first.length, second.length], await reader.next_frame()
         finally:

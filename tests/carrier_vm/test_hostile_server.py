@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import Carrier, add_account, assert_one_safe_line
-from tests.carrier_vm.test_roundtrip import ALL_INTERPRETERS
+from tests.carrier_vm.conftest import INTERPRETERS, Carrier, add_account, assert_one_safe_line
 
 HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
 
@@ -270,7 +269,7 @@ def test_deeply_nested_json_in_a_reply_is_a_data_error(
         ("stall-after-offset", b"accepted no data for 2s"),
     ],
 )
-@pytest.mark.parametrize("interpreter", sorted(ALL_INTERPRETERS))
+@pytest.mark.parametrize("interpreter", sorted(INTERPRETERS))
 def test_put_to_a_server_that_stops_reading_fails_after_progress_timeout(
     hostile: Carrier, interpreter: str, mode: str, message: bytes
 ) -> None:
@@ -278,7 +277,7 @@ def test_put_to_a_server_that_stops_reading_fails_after_progress_timeout(
     # keepalives, so only a progress timeout ends the wait. (Under every
     # interpreter: Python 3.10 raises its own asyncio.TimeoutError.)
     # resume_window 0: this drill is about the bound, not about resuming.
-    hostile.argv0 = ALL_INTERPRETERS[interpreter]
+    hostile.argv0 = INTERPRETERS[interpreter]
     set_mode(hostile, mode)
     hostile.write_config(
         progress_timeout=2, keepalive_interval=1, keepalive_count_max=2, resume_window=0

@@ -8,56 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from testbed.server import Account
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
-
-CHUNK = os.urandom(1024 * 1024)
-
-
-def shell_pids(account: Account) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-u", account.name, "-f", "qbackup-shell"], capture_output=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def wait_until(predicate: object, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def start_put(carrier: Carrier, name: str, mib: int = 4) -> subprocess.Popen[bytes]:
-    """Start a put and feed it MIB MiB, leaving stdin open (the backup goes on)."""
-    process = carrier.start("put", name)
-    assert process.stdin is not None
-    for _ in range(mib):
-        process.stdin.write(CHUNK)
-    process.stdin.flush()
-    assert wait_until(lambda: shell_pids(carrier.account)), "the shell never started"
-    return process
-
-
-def assert_never_stored(carrier: Carrier, name: str) -> None:
-    # Once the account's shell is gone nothing can commit the name any more.
-    assert wait_until(lambda: not shell_pids(carrier.account))
-    listing = carrier.run("list")
-    assert listing.returncode == 0, listing.stderr
-    assert name.encode() not in listing.stdout
-    assert name not in stored_files(carrier.account)
-    # Nor staged: nothing that dom0 could commit by mistake.
-    assert not [path for path in stored_files(carrier.account) if ".pending" in path]
-    assert carrier.run("commit", name).returncode == 66
+from testbed.processes import shell_pids
+from tests.carrier_vm.conftest import (
+    CHUNK,
+    Carrier,
+    assert_never_stored,
+    assert_one_safe_line,
+    start_put,
+    stored_files,
+)
 
 
 def test_killed_server_session_fails_the_put_without_resumption(carrier: Carrier) -> None:
@@ -84,7 +49,8 @@ def test_signal_aborts_the_put_without_committing(carrier: Carrier, signum: int)
     process.wait(timeout=30)
     assert process.stdin is not None and process.stdout is not None
     assert process.stderr is not None
-    stdout, stderr = process.stdout.read(), process.stderr.read()
+    stdout = process.stdout.read()
+    stderr = process.stderr.read()
     assert process.returncode == 75
     assert stdout == b""
     assert b"interrupted by" in stderr

@@ -58,7 +58,8 @@ def outbox_holding(first: int, count: int, acked: int, sent_high: int) -> Outbox
     box = Outbox(FakeReader())  # type: ignore[arg-type]
     box.frames = deque(frame(first + i * FRAME, i) for i in range(count))
     box.taken = first + count * FRAME
-    box.acked, box.sent_high = acked, sent_high
+    box.acked = acked
+    box.sent_high = sent_high
     return box
 
 
@@ -155,7 +156,8 @@ class RecordingWriter:
 
 def payload_of(wire: bytes) -> bytes:
     """Given D frames then an E frame, return the D frames' payload."""
-    payload, view = bytearray(), memoryview(wire)
+    payload = bytearray()
+    view = memoryview(wire)
     while True:
         header = decode_frame_header(bytes(view[:FRAME_HEADER_SIZE]))
         if header.kind == FRAME_END:

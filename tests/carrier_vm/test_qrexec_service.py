@@ -13,35 +13,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol.wire import PROTOCOL_VERSION
-from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
-
-SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"
-
-
-def call_service(
-    carrier: Carrier,
-    argument: str,
-    stdin: bytes = b"",
-    env_argument: str | None = None,
-    caller: str | None = "dom0",
-    **env: str,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the service as qrexec-agent does: /etc/qubes-rpc/NAME ARG, called
-    by CALLER (None: QREXEC_REMOTE_DOMAIN unset)."""
-    environment = carrier.env(
-        QREXEC_SERVICE_ARGUMENT=argument if env_argument is None else env_argument,
-        **env,
-    )
-    if caller is not None:
-        environment["QREXEC_REMOTE_DOMAIN"] = caller
-    return subprocess.run(
-        [str(SERVICE), argument],
-        input=stdin,
-        capture_output=True,
-        env=environment,
-        timeout=60,
-        check=False,
-    )
+from tests.carrier_vm.conftest import REPO, SERVICE, Carrier, assert_one_safe_line, call_service
 
 
 def test_service_is_executable_sh() -> None:

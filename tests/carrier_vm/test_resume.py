@@ -22,16 +22,17 @@ from pathlib import Path
 from qbackup_protocol.carrier_service import CarrierExit, parse_transfer_stats
 from testbed.client import file_sha256
 from testbed.netproxy import NetProxy
+from testbed.processes import account_pids, shell_pids
+from testbed.waiting import wait_until
 from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
     assert_one_safe_line,
+    call_service,
+    finish_put,
     reconfigure_proxied,
     stored_files,
 )
-from tests.carrier_vm.test_dead_network import account_pids
-from tests.carrier_vm.test_interruptions import shell_pids, wait_until
-from tests.carrier_vm.test_qrexec_service import call_service
 
 MIB = 1024 * 1024
 class Feeder:
@@ -44,7 +45,8 @@ class Feeder:
         self.position = 0
 
     def feed_to(self, end: int) -> threading.Thread:
-        start, self.position = self.position, end
+        start = self.position
+        self.position = end
         stdin = self.process.stdin
         assert stdin is not None
 
@@ -70,13 +72,7 @@ def partial_size(carrier: Carrier, name: str) -> int:
 def sshd_session_pids(carrier: Carrier) -> list[int]:
     """The account's sshd session processes (killing one drops the connection)."""
     shells = set(shell_pids(carrier.account))
-    return [pid for pid in account_pids(carrier.account.name) if pid not in shells]
-
-
-def finish_put(process: subprocess.Popen[bytes], timeout: float = 120) -> tuple[bytes, bytes]:
-    assert process.stdout is not None and process.stderr is not None
-    process.wait(timeout=timeout)
-    return process.stdout.read(), process.stderr.read()
+    return [pid for pid in account_pids(carrier.account) if pid not in shells]
 
 
 def assert_committed_byte_exact(carrier: Carrier, name: str, data: bytes, receipt: bytes) -> None:
@@ -104,8 +100,8 @@ def kill_and_wait_for_new_session(carrier: Carrier, victims: list[int], name: st
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: set(shell_pids(carrier.account)) - old, timeout=60)
-    assert wait_until(lambda: partial_size(carrier, name) >= at, timeout=60)
+    wait_until(lambda: set(shell_pids(carrier.account)) - old, "a new shell", timeout=60)
+    wait_until(lambda: partial_size(carrier, name) >= at, f"{at} bytes stored", timeout=60)
 
 
 class LongStream:
@@ -153,7 +149,9 @@ class LongStream:
 def test_a_2_gib_put_survives_its_session_being_killed_three_times(
     resuming: Carrier,
 ) -> None:
-    carrier, name, size = resuming, "thrice", 2048 * MIB
+    carrier = resuming
+    name = "thrice"
+    size = 2048 * MIB
     # The server's defaults (sync_interval, idle_timeout) and the carrier's
     # default buffer; keepalive and progress timeouts long enough that a
     # loaded machine loses no connection but the three the test cuts.
@@ -175,7 +173,9 @@ def test_a_2_gib_put_survives_its_session_being_killed_three_times(
         (1700 * MIB, lambda: shell_pids(carrier.account)),  # the shell, late in the stream
     ):
         stream.open_to(at + 12345)
-        assert wait_until(lambda: partial_size(carrier, name) >= at, timeout=120)  # noqa: B023
+        wait_until(
+            lambda: partial_size(carrier, name) >= at, f"{at} bytes stored", timeout=120  # noqa: B023
+        )
         kill_and_wait_for_new_session(carrier, victims(), name, at)
     stream.open_to(size)
 
@@ -199,19 +199,21 @@ def test_put_survives_a_network_stall_past_the_keepalive(resuming: Carrier) -> N
     # The session's sshd process and shell are stopped: no RST, no FIN, no
     # answer to keepalives. The carrier notices, reconnects, and the server
     # ends the left-behind shell that still holds the upload lock.
-    carrier, name = resuming, "stalled"
+    carrier = resuming
+    name = "stalled"
     data = os.urandom(24 * MIB)
     process = carrier.start("put", name)
     feeder = Feeder(process, data)
     feeder.feed_to(8 * MIB)
-    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
-    frozen = account_pids(carrier.account.name)
+    wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, "4 MiB stored", timeout=60)
+    frozen = account_pids(carrier.account)
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     try:
-        assert wait_until(
-            lambda: set(shell_pids(carrier.account)) - set(frozen), timeout=60
-        ), "the carrier never resumed"
+        wait_until(
+            lambda: set(shell_pids(carrier.account)) - set(frozen), "the carrier to resume",
+            timeout=60,
+        )
         feeder.feed_to(len(data))
         stdout, stderr = finish_put(process)
     finally:
@@ -229,17 +231,20 @@ def test_put_survives_the_carrier_frozen_past_keepalive_and_idle_timeout(
     # A laptop suspend: the carrier stops for longer than its keepalive and
     # the shell's idle timeout (4 s here). The shell gives up but keeps the
     # partial upload; the carrier resumes it after waking.
-    carrier, name = resuming, "suspended"
+    carrier = resuming
+    name = "suspended"
     data = os.urandom(24 * MIB)
     process = carrier.start("put", name)
     feeder = Feeder(process, data)
     feeder.feed_to(8 * MIB)
-    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, "4 MiB stored", timeout=60)
     first_shells = set(shell_pids(carrier.account))
     os.kill(process.pid, signal.SIGSTOP)
     try:
         # The server's idle timeout ends the old shell while the carrier sleeps.
-        assert wait_until(lambda: not (set(shell_pids(carrier.account)) & first_shells), 30)
+        wait_until(
+            lambda: not (set(shell_pids(carrier.account)) & first_shells), "the old shell to end"
+        )
     finally:
         os.kill(process.pid, signal.SIGCONT)
     assert partial_size(carrier, name) >= 4 * MIB  # the partial upload was kept
@@ -283,9 +288,9 @@ def test_get_survives_losing_its_connection_twice(resuming: Carrier) -> None:
     assert process.stdin is not None and process.stderr is not None
     process.stdin.close()
     reader = SlowReader(process)
-    assert wait_until(lambda: len(reader.received) >= 8 * MIB, timeout=60)
+    wait_until(lambda: len(reader.received) >= 8 * MIB, "8 MiB received", timeout=60)
     cut_get_session(carrier, shell_pids(carrier.account))  # the shell dies
-    assert wait_until(lambda: len(reader.received) >= 24 * MIB, timeout=60)
+    wait_until(lambda: len(reader.received) >= 24 * MIB, "24 MiB received", timeout=60)
     cut_get_session(carrier, sshd_session_pids(carrier))  # the connection drops
     process.wait(timeout=120)
     reader.thread.join(timeout=60)
@@ -301,7 +306,7 @@ def cut_get_session(carrier: Carrier, victims: list[int]) -> None:
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: set(shell_pids(carrier.account)) - before, timeout=60)
+    wait_until(lambda: set(shell_pids(carrier.account)) - before, "a new session", timeout=60)
 
 
 def test_an_outage_shorter_than_the_window_is_resumed_and_reported(
@@ -313,12 +318,12 @@ def test_an_outage_shorter_than_the_window_is_resumed_and_reported(
     process = carrier.start("put", name)
     feeder = Feeder(process, data)
     feeder.feed_to(8 * MIB)
-    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, "4 MiB stored", timeout=60)
     proxy.down()
     down_at = time.monotonic()
     # The network stays down until the carrier has tried (and failed) to reconnect.
     connections = proxy.accepted
-    assert wait_until(lambda: time.monotonic() - down_at >= 2, timeout=5)
+    wait_until(lambda: time.monotonic() - down_at >= 2, "2 s of outage", timeout=5)
     proxy.up()
     feeder.feed_to(len(data))
 
@@ -342,7 +347,7 @@ def test_an_outage_longer_than_the_window_fails_as_a_lost_connection(
     process = carrier.start("put", name)
     feeder = Feeder(process, os.urandom(16 * MIB))
     feeder.feed_to(8 * MIB)
-    assert wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, timeout=60)
+    wait_until(lambda: partial_size(carrier, name) >= 4 * MIB, "4 MiB stored", timeout=60)
     proxy.down()
     started = time.monotonic()
 

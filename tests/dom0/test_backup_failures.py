@@ -117,7 +117,8 @@ def test_server_full_is_reported_by_info_before_the_backup(dom0: Dom0) -> None:
 
 
 def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> None:
-    dom0.server.port, real_port = free_port(), dom0.server.port
+    real_port = dom0.server.port
+    dom0.server.port = free_port()
     try:
         write_carrier_config(dom0.server, dom0.account, dom0.carrier_config.parent)
     finally:
@@ -284,7 +285,8 @@ def test_bad_backup_names_never_reach_the_carrier(dom0: Dom0, command: tuple[str
 
 
 def test_sigterm_between_attempts_stops_cleanly(dom0: Dom0) -> None:
-    dom0.server.port, real_port = free_port(), dom0.server.port
+    real_port = dom0.server.port
+    dom0.server.port = free_port()
     try:
         write_carrier_config(dom0.server, dom0.account, dom0.carrier_config.parent)
     finally:

@@ -5,6 +5,7 @@ No server needed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
 from pathlib import Path
@@ -68,6 +69,22 @@ def test_exclude_is_spelled_out_in_every_command(command: tuple[str, ...]) -> No
 def test_x_keeps_the_carrier_as_in_the_original_tool() -> None:
     assert parse("backup", "-f", "p", "-x")["keep_carrier"] is True
     assert parse("-f", "p", "-x")["keep_carrier"] is True
+
+
+def test_every_command_that_keeps_the_carrier_spells_it_x_and_x_means_only_that() -> None:
+    # The original call's meaning of -x ("leave the carrier running") holds
+    # in every command that starts the carrier, and -x means nothing else.
+    subcommands = next(action for action in PARSER._actions
+                       if isinstance(action, argparse._SubParsersAction))
+    keeping = []
+    for name, sub in subcommands.choices.items():
+        for action in sub._actions:
+            if "--keep-carrier" in action.option_strings:
+                assert "-x" in action.option_strings, name
+                keeping.append(name)
+            if "-x" in action.option_strings:
+                assert "--keep-carrier" in action.option_strings, name
+    assert "backup" in keeping
 
 
 def test_original_form_still_means_backup() -> None:

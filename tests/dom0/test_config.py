@@ -1,6 +1,8 @@
-"""The job file: every problem at once, one per line, with file, line, key and
-what to do; refusals at config time of what no Qubes release could restore or
-what would back up nothing; retention and monitoring settings."""
+"""The job file (dom0/config.py): a job loaded with its defaults filled in;
+every problem at once, one per line, with file, line, key and what to do; a
+broken file refused; an unknown job named with the known ones; refusals at
+config time of what no Qubes release could restore or what would back up
+nothing; retention and monitoring settings."""
 
 from __future__ import annotations
 
@@ -17,18 +19,69 @@ from qbackup_protocol.names import RetentionPolicy
 GOOD = "    carrier: sys-backup\n    prefix: laptop\n    passphrase_vm: vault\n"
 
 
-def problems_of(tmp_path: Path, text: str, job: str = "daily") -> list[str]:
+def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "qbackup.yaml"
     path.write_text(text)
+    return path
+
+
+def problems_of(tmp_path: Path, text: str, job: str = "daily") -> list[str]:
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         config.file_job(config.read_config(path), job)
     return caught.value.problems
 
 
 def load(tmp_path: Path, extra: str) -> config.Job:
-    path = tmp_path / "qbackup.yaml"
-    path.write_text("jobs:\n  daily:\n" + GOOD + extra)
+    path = write_config(tmp_path, "jobs:\n  daily:\n" + GOOD + extra)
     return config.file_job(config.read_config(path), "daily")
+
+
+def test_config_loads_a_job_with_defaults(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "jobs:\n  daily:\n" + GOOD)
+    job = config.file_job(config.read_config(path), "daily")
+    assert job == config.Job(name="daily", carrier="sys-backup", prefix="laptop",
+                             passphrase_vm="vault")
+
+
+def test_config_collects_every_problem_with_file_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, """
+jobs:
+  daily:
+    carrier: "bad vm"
+    prefix: "../x"
+    vms: work
+    retries: -1
+    colour: blue
+    verify: "yes"
+""")
+    with pytest.raises(ConfigError) as caught:
+        config.file_job(config.read_config(path), "daily")
+    lines = {"carrier": 4, "prefix": 5, "vms": 6, "retries": 7, "colour": 8, "verify": 9}
+    problems = caught.value.problems
+    for key, line in lines.items():
+        assert any(problem.startswith(f"{path}:{line}: jobs.daily.{key}: ")
+                   for problem in problems), key
+    assert f"{path}:3: jobs.daily: give exactly one of passphrase_file and passphrase_vm" \
+        in problems
+    assert len(problems) == 7
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("jobs: [1]\n", "expected a mapping with a 'jobs' mapping"),
+    ("jobs: {}\nextra: 1\n", ":2: extra: unknown key"),
+    ("{{{", "qbackup.yaml:1:4: YAML syntax error: expected the node content"),
+])
+def test_config_refuses_bad_files(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        config.read_config(write_config(tmp_path, text))
+
+
+def test_unknown_job_names_the_known_ones(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "jobs:\n  daily:\n    carrier: c\n    prefix: p\n"
+                                  "    passphrase_vm: v\n")
+    with pytest.raises(ConfigError, match="no job named 'weekly' \\(jobs: daily\\)"):
+        config.file_job(config.read_config(path), "weekly")
 
 
 def test_every_unknown_key_is_reported_with_its_line(tmp_path: Path) -> None:
@@ -44,8 +97,8 @@ def test_every_unknown_key_is_reported_with_its_line(tmp_path: Path) -> None:
 
 
 def test_every_unknown_top_level_key_and_every_duplicate_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "qbackup.yaml"
-    path.write_text("jobs:\n  daily:\n" + GOOD + "    prefix: other\nextra: 1\nmore: 2\n")
+    path = write_config(
+        tmp_path, "jobs:\n  daily:\n" + GOOD + "    prefix: other\nextra: 1\nmore: 2\n")
     with pytest.raises(ConfigError) as caught:
         config.read_config(path)
     assert caught.value.problems == [
@@ -56,8 +109,7 @@ def test_every_unknown_top_level_key_and_every_duplicate_is_reported(tmp_path: P
 
 
 def test_yaml_syntax_errors_give_line_and_column(tmp_path: Path) -> None:
-    path = tmp_path / "qbackup.yaml"
-    path.write_text("jobs:\n  daily:\n    carrier: [sys-backup\n    prefix: x\n")
+    path = write_config(tmp_path, "jobs:\n  daily:\n    carrier: [sys-backup\n    prefix: x\n")
     with pytest.raises(ConfigError) as caught:
         config.read_config(path)
     assert caught.value.problems == [
@@ -89,8 +141,7 @@ def test_command_line_problems_name_the_options(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_an_option_overriding_a_file_job_is_named_as_the_option(tmp_path: Path) -> None:
-    path = tmp_path / "qbackup.yaml"
-    path.write_text("jobs:\n  daily:\n" + GOOD)
+    path = write_config(tmp_path, "jobs:\n  daily:\n" + GOOD)
     with pytest.raises(ConfigError) as caught:
         config.file_job(config.read_config(path), "daily", {"retries": 99})
     assert caught.value.problems == ["--retries: expected an integer from 0 to 10"]

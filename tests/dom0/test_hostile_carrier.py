@@ -200,7 +200,8 @@ class ListingCarrier:
 def test_names_missing_from_a_cut_listing_are_looked_up_one_by_one() -> None:
     full = [f"other-{n:06d}" for n in range(wire.MAX_LIST_ENTRIES)]
     cut = b"".join(record_line(name) for name in full) + summary_line(len(full), True)
-    kept, gone = "laptop-20261120T000000Z", "laptop-20261121T000000Z"
+    kept = "laptop-20261120T000000Z"
+    gone = "laptop-20261121T000000Z"
     app = ListingCarrier({"": cut, kept: record_line(kept) + summary_line(1, False),
                           gone: summary_line(0, False)})
     client = carrier.CarrierClient(app, "c")  # type: ignore[arg-type]

@@ -29,9 +29,11 @@ import pytest
 from dom0 import history
 from dom0.errors import QbackupExit
 from testbed.carrier import write_carrier_config
+from testbed.gated_commit import kill_the_waiting_commit, staged_upload_locked
 from testbed.netproxy import NetProxy
+from testbed.processes import account_pids, shell_pids
 from testbed.qubes_sim import stream
-from tests.carrier_vm.test_commit_lost import kill_the_waiting_commit, staged_upload_locked
+from testbed.waiting import wait_until
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 
 BIG = "big"  # a VM large enough that a fault lands while the stream still flows
@@ -88,7 +90,7 @@ def assert_only_the_good_backup(
     hidden files a killed shell could not remove), listed and intact."""
     # dom0 returns when the carrier is done; the shell of a cut session may
     # still be cleaning up. It exits when it is done.
-    wait_until(lambda: not shells_running(dom0), "the failed put's shell to exit")
+    wait_until(lambda: not shell_pids(dom0.account), "the failed put's shell to exit")
     good = dom0.good  # type: ignore[attr-defined]
     assert dom0.stored() == good
     assert listed(dom0, capsys) == good
@@ -108,34 +110,10 @@ def at_progress(dom0: Dom0, percent: float, action: Callable[[], None]) -> None:
     dom0.sim.hooks.on_progress = hook
 
 
-def account_processes(dom0: Dom0) -> list[int]:
-    """PIDs running as the storage account: its sshd session and its shell."""
-    found = subprocess.run(["pgrep", "-u", dom0.account.name], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def shells_running(dom0: Dom0) -> list[int]:
-    """PIDs of the storage account's qbackup-shell processes."""
-    found = []
-    for pid in account_processes(dom0):
-        with contextlib.suppress(OSError):
-            if b"qbackup-shell" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-    return found
-
-
 def signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    """Return as soon as CONDITION() is true; fail after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.02)
 
 
 # --- the drills ---------------------------------------------------------------
@@ -200,7 +178,7 @@ def test_sshd_session_killed_mid_stream_is_resumed(
     # partial upload: the carrier reconnects and resumes; the backup is whole.
     def kill_session() -> None:
         wait_until(lambda: leftovers(drill), "the shell's partial upload")
-        signal_all(account_processes(drill), signal.SIGKILL)
+        signal_all(account_pids(drill.account), signal.SIGKILL)
 
     at_progress(drill, 30, kill_session)
     assert backup(drill, BIG) == 0
@@ -220,7 +198,7 @@ def test_network_stalled_until_keepalive_fires_then_resumed(
     frozen: list[int] = []
 
     def freeze() -> None:
-        frozen.extend(account_processes(drill))
+        frozen.extend(account_pids(drill.account))
         signal_all(frozen, signal.SIGSTOP)
 
     at_progress(drill, 30, freeze)
@@ -237,7 +215,7 @@ def test_network_stalled_until_keepalive_fires_then_resumed(
 def assert_the_good_and_one_new_backup(dom0: Dom0, capsys: pytest.CaptureFixture[str]) -> None:
     """Assert the server holds the good backup and one new one, both listed
     and checking out, and no upload leftovers."""
-    wait_until(lambda: not shells_running(dom0), "the cut session's shell to exit")
+    wait_until(lambda: not shell_pids(dom0.account), "the cut session's shell to exit")
     good = dom0.good  # type: ignore[attr-defined]
     [new] = [name for name in dom0.stored() if name not in good]
     assert listed(dom0, capsys) == sorted([*good, new])
@@ -542,7 +520,7 @@ def test_a_commit_whose_session_dies_after_publishing_is_recorded_as_committed(
 ) -> None:
     # The sshd session serving dom0's commit is killed while the
     # shell is inside the commit step (held there by the staged upload's lock,
-    # see tests/carrier_vm/test_commit_lost.py); the left-behind shell
+    # see testbed/gated_commit.py); the left-behind shell
     # publishes and cannot deliver the receipt. The carrier learns that the
     # backup is committed: dom0 records it as committed, and its tamper check
     # finds exactly the backups it recorded.

@@ -114,7 +114,8 @@ def test_stale_accounts_are_those_of_dead_processes_only(
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
-        kept, removed = orphan_owner(alive.pid), orphan_owner(dead.pid)
+        kept = orphan_owner(alive.pid)
+        removed = orphan_owner(dead.pid)
         remove_stale_accounts()
         assert pwd.getpwnam(kept).pw_name == kept
         with pytest.raises(KeyError):

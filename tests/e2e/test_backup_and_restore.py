@@ -1,4 +1,5 @@
-"""End to end: simulated Qubes, REAL carrier, real sshd, real qbackup-shell, real disk."""
+"""A backup and what follows it (list, check, verify, status, restore), end to
+end: simulated Qubes, REAL carrier, real sshd, real qbackup-shell, real disk."""
 
 from __future__ import annotations
 
