@@ -73,7 +73,8 @@ class NetProxy:
         """Drop each connection made from now on once DOWNSTREAM bytes came
         from the server over it, until TIMES connections were dropped."""
         with self._lock:
-            self._cut_after, self._cuts_left = downstream, times
+            self._cut_after = downstream
+            self._cuts_left = times
             self._cut_from = self.accepted + 1
 
     def down(self, cut: bool = True) -> None:

@@ -50,7 +50,8 @@ def test_prune_applies_the_policy_per_series_and_removes_data_and_records(
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "QBACKUP PRUNE OK - 1 account(s)"
     remaining = snapshot(account.storage)
-    daily, weekly = aged["daily"], aged["weekly"]
+    daily = aged["daily"]
+    weekly = aged["weekly"]
     # Each series keeps ITS OWN two newest days: the weekly backups are not
     # counted against the daily ones (nor the other way round).
     for name in daily[:2] + weekly:

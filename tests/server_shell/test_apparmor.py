@@ -101,14 +101,18 @@ def glob_to_regex(glob: str) -> re.Pattern[str]:
     index = 0
     while index < len(glob):
         if glob.startswith("**", index):
-            pattern, index = pattern + ".*", index + 2
+            pattern += ".*"
+            index += 2
         elif glob[index] == "*":
-            pattern, index = pattern + "[^/]*", index + 1
+            pattern += "[^/]*"
+            index += 1
         elif glob[index] == "[":
             close = glob.index("]", index)
-            pattern, index = pattern + glob[index : close + 1], close + 1
+            pattern += glob[index : close + 1]
+            index = close + 1
         else:
-            pattern, index = pattern + re.escape(glob[index]), index + 1
+            pattern += re.escape(glob[index])
+            index += 1
     return re.compile(pattern)
 
 

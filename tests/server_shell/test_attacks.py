@@ -47,7 +47,8 @@ def assert_refused(result: subprocess.CompletedProcess[bytes], code: int) -> Non
 def test_put_refuses_traversal_and_absolute_names(
     backup_server: BackupServer, account: Account, outside: Path, name: str
 ) -> None:
-    before, before_outside = snapshot(account.storage), snapshot(outside)
+    before = snapshot(account.storage)
+    before_outside = snapshot(outside)
     assert_refused(put(backup_server, account, name, DATA), 64)
     assert snapshot(account.storage) == before
     assert snapshot(outside) == before_outside
@@ -153,7 +154,8 @@ def planted(account: Account, outside: Path) -> Account:
 def test_put_through_a_planted_symlink_is_refused(
     backup_server: BackupServer, planted: Account, outside: Path, name: str
 ) -> None:
-    before, before_outside = snapshot(planted.storage), snapshot(outside)
+    before = snapshot(planted.storage)
+    before_outside = snapshot(outside)
     assert_refused(put(backup_server, planted, name, DATA), 73)
     assert snapshot(planted.storage) == before
     assert snapshot(outside) == before_outside
@@ -334,7 +336,8 @@ def test_put_refuses_a_planted_upload_lock(
     else:
         lock.mkdir(mode=0o700)
     os.lchown(lock, account.uid, account.gid)
-    before, before_outside = snapshot(account.storage), snapshot(outside)
+    before = snapshot(account.storage)
+    before_outside = snapshot(outside)
     assert_refused(put(backup_server, account, "x", DATA), 74)
     assert snapshot(account.storage) == before
     assert snapshot(outside) == before_outside

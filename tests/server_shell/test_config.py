@@ -96,7 +96,8 @@ def example_blocks() -> dict[str, str]:
 @pytest.mark.parametrize("key", sorted(KEYS))
 def test_the_config_example_states_each_key_s_default_and_floor(key: str) -> None:
     # An example that drifted from the code would mislead every admin who reads it.
-    declared, block = KEYS[key], example_blocks()[key]
+    declared = KEYS[key]
+    block = example_blocks()[key]
     assert re.search(rf"Default: {re.escape(declared.default)}\b", block), block
     if declared.parse(declared.floor) > 0:
         assert re.search(rf"at least {re.escape(declared.floor)}\b", block, re.I), block

@@ -176,7 +176,8 @@ def test_setup_account_leaves_a_disabled_account_alone_unless_forced(
     # Threat: an account an admin disabled coming back to life as a
     # backup account that someone's old key can log in to.
     make_person(new_user, login_shell=disabled_shell)
-    passwd, shells = passwd_entry(new_user), Path("/etc/shells").read_text()
+    passwd = passwd_entry(new_user)
+    shells = Path("/etc/shells").read_text()
     result = setup(backup_server, new_user)
     assert result.returncode != 0 and b"force=1" in result.stderr
     assert (passwd_entry(new_user), Path("/etc/shells").read_text()) == (passwd, shells)
@@ -263,7 +264,8 @@ def test_setup_account_keeps_the_last_line_of_etc_shells_without_final_newline(
     shells = Path("/etc/shells")
     text = shells.read_text().rstrip("\n")
     shells.write_text(text)  # the new fixture restores the original afterwards
-    mode, owner = stat.S_IMODE(shells.stat().st_mode), shells.stat().st_uid
+    mode = stat.S_IMODE(shells.stat().st_mode)
+    owner = shells.stat().st_uid
     assert setup(backup_server, new_user).returncode == 0
     assert shells.read_text() == text + "\n" + str(backup_server.shell_path) + "\n"
     assert (stat.S_IMODE(shells.stat().st_mode), shells.stat().st_uid) == (mode, owner)
@@ -276,7 +278,8 @@ def test_setup_account_refuses_system_accounts_even_when_forced(
 ) -> None:
     # Threat: `make server user=www-data` chowning /var/www and replacing a
     # service's shell. Residual risk: none for uids below UID_MIN.
-    passwd, shells = passwd_entry(system_account), Path("/etc/shells").read_text()
+    passwd = passwd_entry(system_account)
+    shells = Path("/etc/shells").read_text()
     home = Path(pwd.getpwnam(system_account).pw_dir)
     before = home.stat() if home.exists() else None
     result = setup(backup_server, system_account, force=True)

@@ -214,7 +214,8 @@ def test_put_is_refused_up_front_when_inodes_run_low(
 def disk_use(root: Path) -> int:
     """What `du` would say, the shell's way: allocated blocks of the regular
     files and directories below ROOT (outside dot-directories), each inode once."""
-    seen, total = set(), 0
+    seen = set()
+    total = 0
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
         for name in dirnames + filenames:
