@@ -345,9 +345,9 @@ async def follow_replies(
     if offset_known.done():  # the sender gave up waiting (progress_timeout)
         return None
     offset_known.set_result(offset)
-    receipt_due: list[float] = []  # set once, when the end frame has gone out
+    clock = ReceiptClock(sent, config.reply_timeout)
     while True:
-        line = await next_reply(lines, sent, receipt_due, config)
+        line = await next_reply(lines, clock)
         if line is None:
             return None
         item = parse_hostile(parse_upload_line, line, "upload reply")
@@ -359,26 +359,35 @@ async def follow_replies(
         return item
 
 
-async def next_reply(
-    lines: LineReader, sent: asyncio.Event, receipt_due: list[float], config: CarrierConfig
-) -> bytes | None:
-    """Given the reply lines, return the next one; once the end frame went
-    out, the receipt must come within reply_timeout of that moment, however
-    many other lines come meanwhile (DataError otherwise)."""
+@dataclass
+class ReceiptClock:
+    """When the receipt is due: TIMEOUT (reply_timeout) seconds after SENT
+    (the end frame went out) is first seen set, however many lines come."""
+
+    sent: asyncio.Event
+    timeout: float
+    due: float | None = None
+
+    def remaining(self) -> float:
+        """Return the seconds left for the receipt, starting the clock if needed."""
+        if self.due is None:
+            self.due = time.monotonic() + self.timeout
+        return max(0.0, self.due - time.monotonic())
+
+
+async def next_reply(lines: LineReader, clock: ReceiptClock) -> bytes | None:
+    """Given the reply lines and the receipt's clock, return the next line;
+    once the end frame went out, raise DataError if the clock runs out."""
     reading = asyncio.ensure_future(lines.next_line())
-    waiting = asyncio.ensure_future(sent.wait())
+    waiting = asyncio.ensure_future(clock.sent.wait())
     try:
         await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
         if reading.done():
             return reading.result()
-        if not receipt_due:
-            receipt_due.append(time.monotonic() + config.reply_timeout)
         try:
-            return await asyncio.wait_for(reading, max(0.0, receipt_due[0] - time.monotonic()))
+            return await asyncio.wait_for(reading, clock.remaining())
         except TIMEOUTS:
-            raise DataError(
-                f"no receipt from the server within {config.reply_timeout:g}s"
-            ) from None
+            raise DataError(f"no receipt from the server within {clock.timeout:g}s") from None
     finally:
         reading.cancel()
         waiting.cancel()

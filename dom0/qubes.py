@@ -15,6 +15,7 @@ import logging
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -194,7 +195,7 @@ class RealQubes:
         process = self._vm(vm).run_service(
             service, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        stderr_box: list[bytes] = []
+        stderr_head: Future[bytes] = Future()  # what drain_stderr kept
 
         def feed() -> None:
             try:
@@ -205,7 +206,7 @@ class RealQubes:
 
         def drain_stderr() -> None:
             data, _ = read_bounded(process.stderr, MAX_STDERR)
-            stderr_box.append(data)
+            stderr_head.set_result(data)
             # Keep draining so the service cannot block, but discard: dom0's
             # memory must not follow the carrier's stderr.
             while process.stderr.read(65536):
@@ -235,7 +236,7 @@ class RealQubes:
             timer.cancel()
         for thread in threads:
             thread.join(timeout=10)
-        stderr = stderr_box[0] if stderr_box else b""
+        stderr = stderr_head.result() if stderr_head.done() else b""
         if expired.is_set() and timeout is not None:
             raise subprocess.TimeoutExpired(service, timeout, stdout, stderr)
         if overflow:
