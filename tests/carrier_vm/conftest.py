@@ -4,6 +4,7 @@ real sshd + real qbackup-shell, and helpers that run the carrier as a process.""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,20 @@ def carrier(request: pytest.FixtureRequest, tmp_path: Path) -> Carrier:
         result = Carrier(config=config, server=server, account=request.getfixturevalue("account"))
     result.write_config()
     return result
+
+
+@pytest.fixture
+def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
+    """A listening port the carrier is configured to use: any connection is a failure."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.setblocking(False)
+    carrier.write_config(port=listener.getsockname()[1])
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 # The shell's lock files in the storage root (every session creates them).
