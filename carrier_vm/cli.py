@@ -17,7 +17,7 @@ from typing import BinaryIO
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.arguments import PROGRAM, Printout, parse_arguments
 from carrier_vm.config import CarrierConfig, load_config
-from carrier_vm.errors import CarrierError, Interrupted, TemporaryFailure
+from carrier_vm.errors import CarrierError, Interrupted, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
 from qbackup_protocol.carrier_service import CarrierExit
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             return CarrierExit.OK
         if request.verb == "put":
+            if os.isatty(sys.stdin.fileno()):
+                # Someone typing at a prompt, not Qubes' stream: refuse
+                # rather than wait for a backup to be typed in.
+                raise UsageError("put reads the backup data from stdin, which is a "
+                                 "terminal: pipe or redirect the backup into it")
             # Registered before anything else, so abort can always find it.
             register_put(os.environ)
         config = load_config()

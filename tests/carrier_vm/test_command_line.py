@@ -4,7 +4,10 @@ backup NAME or PREFIX: none of it reads the config or contacts the server."""
 
 from __future__ import annotations
 
+import os
+import pty
 import socket
+import subprocess
 import tomllib
 
 import pytest
@@ -13,7 +16,7 @@ from carrier_vm import __version__
 from carrier_vm.arguments import VERBS, Printout, parse_arguments
 from carrier_vm.errors import UsageError
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import REPO, Carrier
+from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
 
 
 def test_the_version_is_the_projects() -> None:
@@ -123,5 +126,28 @@ def test_version_exits_0(carrier: Carrier, tripwire: socket.socket) -> None:
     result = carrier.run("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"qbackup-carrier {__version__}\n".encode()
+    with pytest.raises(BlockingIOError):
+        tripwire.accept()
+
+
+@pytest.mark.offline  # reaches no sshd: needs no account
+@pytest.mark.parametrize("argv", [["put", "b"], ["put", "--commit", "b"]])
+def test_put_refuses_a_terminal_on_stdin(
+    carrier: Carrier, tripwire: socket.socket, argv: list[str]
+) -> None:
+    # Someone typing `qbackup-carrier put NAME` at a prompt: refused at once,
+    # not a wait for a backup to be typed in (nor a connection).
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*carrier.argv0, *argv], stdin=terminal, capture_output=True,
+            env=carrier.env(), cwd=REPO, timeout=30, check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == CarrierExit.USAGE
+    assert b"reads the backup data from stdin" in result.stderr
+    assert_one_safe_line(result.stderr)
     with pytest.raises(BlockingIOError):
         tripwire.accept()
