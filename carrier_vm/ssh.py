@@ -145,7 +145,7 @@ async def connect(config: CarrierConfig) -> Connection:
         ) from None
     except asyncssh.KeyImportError as error:
         raise ConfigError(
-            f"{config.source}: key 'identity_file': {one_line(str(error))}"
+            f"{config.source}: identity_file: {one_line(str(error))}"
         ) from None
     except TIMEOUTS:
         raise TemporaryFailure(
