@@ -170,6 +170,8 @@ class CarrierConfig:
     rate_limit: int | None = None
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     source: str = ""
+    # Where host was set when not in SOURCE (SSH_CONN), for messages.
+    host_origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,7 @@ def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None,
             problems.append(ConfigProblem(0, f"{SSH_CONN_ENV}: {error}"))
         else:
             checked["host"] = host
+            checked["host_origin"] = SSH_CONN_ENV
             if user is not None:
                 checked["user"] = user
     if "host" not in checked and values.get("host") is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,6 +52,10 @@ FIRST_BACKOFF = 1.0  # seconds before the first reconnection attempt, doubling
 MAX_BACKOFF = 30.0
 
 DEFAULT_SSH_PORT = 22
+# getaddrinfo's answers that the server's name does not exist, or has no
+# address: a configuration problem. Others, above all EAI_AGAIN (no DNS
+# server answered: the network is down), are temporary.
+NO_SUCH_NAME = frozenset({socket.EAI_NONAME, socket.EAI_NODATA})
 ADMIN_FINGERPRINTS = "ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub"
 VERIFY_BEFORE_PINNING = (
     "verify the server's fingerprint out of band (its admin reads it with "
@@ -228,10 +233,24 @@ async def connect(config: CarrierConfig) -> Connection:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)} within {config.connect_timeout:g}s"
         ) from None
+    except socket.gaierror as error:
+        raise resolution_failure(config, error) from None
     except (OSError, asyncssh.Error) as error:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)}: {one_line(describe(error))}"
         ) from None
+
+
+def resolution_failure(config: CarrierConfig, error: socket.gaierror) -> CarrierError:
+    """Given getaddrinfo's failure for the server's name, return the error to
+    raise: a name that does not exist is the configuration's (no retry
+    helps); any other failure (no DNS server answered) is temporary."""
+    if error.errno not in NO_SUCH_NAME:
+        return TemporaryFailure(f"cannot reach {server_label(config)}: {one_line(describe(error))}")
+    where = config.host_origin or f"`host` in {config.source}"
+    ssh_config = ssh_config_in_use(config)
+    also = f" (or its Hostname in {ssh_config})" if ssh_config else ""
+    return ConfigError(f"host {config.host} does not resolve: check {where}{also}")
 
 
 async def disconnect(connection: Connection, cut: bool) -> None:
