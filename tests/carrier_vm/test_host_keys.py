@@ -93,7 +93,9 @@ def test_a_missing_known_hosts_is_told_to_verify_before_pinning(
     result = carrier.run("info")
     assert result.returncode == CarrierExit.HOST_KEY
     assert_one_safe_line(result.stderr)
-    assert b"does not exist" in result.stderr and b"out of band" in result.stderr
+    assert b"does not exist" in result.stderr
+    assert b"out of band" in result.stderr and b"before pinning" in result.stderr
+    assert b"ssh-keyscan" not in result.stderr
 
 
 def test_the_readme_verifies_the_fingerprint_before_pinning() -> None:
