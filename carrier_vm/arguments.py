@@ -61,7 +61,7 @@ VERBS: dict[str, Verb] = {
         "publish the staged upload NAME as a backup; its receipt on stdout",
         "Publish what `put NAME` staged as backup NAME and print its receipt (one "
         "JSON line). Exits 0 only when the receipt's size and SHA-256 are those of "
-        "the put in this VM.",
+        "the put in this VM, if it kept its receipt (else dom0 compares).",
         ("qbackup-carrier commit laptop-20250501T030000Z",),
         (*SERVER_CODES, CarrierExit.NO_SUCH_BACKUP, CarrierExit.EXISTS),
     ),
