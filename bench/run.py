@@ -28,6 +28,7 @@ Usage: python -m bench.run [--gib 2] [--rate-mb 150] [--flat-gib 8]
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import statistics
@@ -195,13 +196,14 @@ def producer_argv(size: int, rate: float) -> list[str]:
 
 
 def versions() -> str:
-    import asyncssh
-
+    # Its version from the package metadata: importing asyncssh here would
+    # print cryptography's deprecation warnings (carrier_vm/ssh.py filters them).
+    asyncssh = importlib.metadata.version("asyncssh")
     openssh = subprocess.run(
         ["ssh", "-V"], capture_output=True, text=True, check=False
     ).stderr.strip()
     python = sys.version.split()[0]
-    return f"asyncssh {asyncssh.__version__}, {openssh}, Python {python}, cipher {CIPHER}"
+    return f"asyncssh {asyncssh}, {openssh}, Python {python}, cipher {CIPHER}"
 
 
 def _rss(kib: int | None) -> str:

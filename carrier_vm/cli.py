@@ -1,23 +1,6 @@
 """qbackup-carrier: the carrier VM's command line, and the only place exit codes are decided.
 
-    qbackup-carrier put NAME        backup on stdin -> server, STAGED (not yet a backup);
-                                    the staged upload's receipt, one JSON line, on stdout
-    qbackup-carrier commit NAME     publish the staged upload as backup NAME (dom0 sends
-                                    it after Qubes' backup succeeded); receipt on stdout
-    qbackup-carrier put --commit NAME
-                                    put, then commit, in one run (standalone use and
-                                    tests; dom0 hands Qubes the plain put)
-    qbackup-carrier get NAME        stored backup -> stdout, verified (repeatable)
-    qbackup-carrier list [PREFIX]   JSON lines, ending with the summary line
-    qbackup-carrier check NAME      one JSON line: the record and "ok"
-    qbackup-carrier info            one JSON line: protocol and space
-    qbackup-carrier transfer NAME   one JSON line: how the last put of NAME in this VM
-                                    went (connection lost, outages, bytes resent)
-    qbackup-carrier abort           end the put running in this VM (no end frame is
-                                    sent, so the server stages nothing); waits up to
-                                    10 s; exit 0 once no put runs
-    qbackup-carrier qrexec-service [ARG]
-                                    what /etc/qubes-rpc/qubes.BackupCarrier runs
+Its verbs, their help and how argv becomes a Request: carrier_vm/arguments.py.
 """
 
 from __future__ import annotations
@@ -32,16 +15,16 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
-from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, CarrierConfig, load_config
+from carrier_vm.arguments import PROGRAM, Printout, parse_arguments
+from carrier_vm.config import CarrierConfig, load_config
 from carrier_vm.errors import CarrierError, Interrupted, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
 from qbackup_protocol.carrier_service import CarrierExit
-from qbackup_protocol.wire import InvalidName, check_name, check_prefix, encode_reply
+from qbackup_protocol.wire import encode_reply
 
 logger = logging.getLogger("carrier_vm")
 
-PROGRAM = "qbackup-carrier"
 LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 # SIGPIPE stays ignored (Python's default): a broken pipe or connection then
 # surfaces as EPIPE at the very write, which aborts the transfer with the
@@ -51,37 +34,6 @@ ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # outlasts a brief outage of the server from its first connection on; every
 # other verb fails fast (dom0's `info` before Qubes' engine starts relies on that).
 PATIENT_VERBS = frozenset({"put", "commit"})
-USAGE = (
-    f"usage: {PROGRAM} put [--commit] NAME | commit NAME | get NAME | list [PREFIX]"
-    " | check NAME | info | abort | transfer NAME | qrexec-service [ARG]"
-)
-
-
-def parse_arguments(argv: list[str]) -> Request:
-    """Given the arguments after the program name, return the Request; raise
-    UsageError for an unknown verb, a wrong argument count or an invalid name."""
-    if not argv:
-        raise UsageError(USAGE)
-    verb = argv[0]
-    rest = argv[1:]
-    try:
-        if verb == "put" and len(rest) == 2 and rest[0] == "--commit":
-            return Request(verb, check_name(rest[1]), then_commit=True)
-        # `put --commit` without a NAME must not stage a backup named
-        # "--commit": words starting with "--" are options of put, never names.
-        if verb == "put" and rest and rest[0].startswith("--"):
-            raise UsageError(USAGE)
-        if verb in ("put", "commit", "get", "check", "transfer") and len(rest) == 1:
-            return Request(verb, check_name(rest[0]))
-        if verb == "list" and len(rest) <= 1:
-            return Request(verb, check_prefix(rest[0]) if rest and rest[0] else None)
-        if verb in ("info", "abort") and not rest:
-            return Request(verb, None)
-        if verb == "qrexec-service" and len(rest) <= 1:
-            return Request(verb, rest[0] if rest else None)
-    except InvalidName as error:
-        raise UsageError(f"invalid backup name: {error}") from None
-    raise UsageError(USAGE)
 
 
 def configure_logging(environ: Mapping[str, str]) -> None:
@@ -192,30 +144,17 @@ def emit_to(output: BinaryIO) -> Callable[[bytes], None]:
     return emit
 
 
-def help_text() -> str:
-    """Return the --help text: the commands, where the config lives, the exit codes."""
-    codes = "\n".join(
-        f"  {int(code):3d}  {code.meaning}" for code in CarrierExit
-    )
-    return (
-        f"{__doc__}\n"
-        f"Configuration: {DEFAULT_CONFIG_PATH}, or the file named by ${CONFIG_ENV};\n"
-        f"SSH_CONN=[user@]host supplies host and user. Every key is described in\n"
-        f"carrier.yaml.example (installed with the documentation).\n\n"
-        f"Exit codes:\n{codes}\n"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Given the arguments (sys.argv[1:] by default), run one carrier command
     and return its exit code; errors go to stderr as one line."""
     arguments = sys.argv[1:] if argv is None else argv
     configure_logging(os.environ)
-    if arguments in (["-h"], ["--help"]):
-        sys.stdout.write(help_text())
-        return CarrierExit.OK
     try:
-        request = parse_arguments(arguments)
+        parsed = parse_arguments(arguments, "QREXEC_REMOTE_DOMAIN" in os.environ)
+        if isinstance(parsed, Printout):
+            sys.stdout.write(parsed.text)
+            return CarrierExit.OK
+        request = parsed
         if request.verb == "qrexec-service":
             request = service_request(request.argument, os.environ, sys.stdin.fileno())
         if request.verb == "abort":
@@ -229,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             return CarrierExit.OK
         if request.verb == "put":
+            if os.isatty(sys.stdin.fileno()):
+                # Someone typing at a prompt, not Qubes' stream: refuse
+                # rather than wait for a backup to be typed in.
+                raise UsageError("put reads the backup data from stdin, which is a "
+                                 "terminal: pipe or redirect the backup into it")
             # Registered before anything else, so abort can always find it.
             register_put(os.environ)
         config = load_config()

@@ -12,18 +12,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from carrier_vm.errors import ConfigError
+from qbackup_protocol.text import clean_text
 
 CONFIG_ENV = "QBACKUP_CARRIER_CONFIG"
 SSH_CONN_ENV = "SSH_CONN"
 DEFAULT_CONFIG_PATH = "~/.config/qbackup/carrier.yaml"
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_SHOWN = 80  # characters of the file's own text repeated in a message
 
 # A host name, IPv4 or bracket-less IPv6 address: no spaces, no shell or
 # ssh-option syntax, nothing that could be mistaken for an option ('-').
@@ -168,6 +170,19 @@ class CarrierConfig:
     rate_limit: int | None = None
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     source: str = ""
+    # Where host was set when not in SOURCE (SSH_CONN), for messages.
+    host_origin: str = ""
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """carrier.yaml read and parsed: its top-level mapping (empty when the
+    file does not exist), the line of each key, and of each key given again."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+    again: dict[str, int] = field(default_factory=dict)
+    exists: bool = True
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -175,48 +190,88 @@ def config_path(environ: Mapping[str, str]) -> Path:
     return Path(os.path.expanduser(environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH))
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Given the config file PATH, return its top-level mapping (empty if the
-    file does not exist); raise ConfigError if it is unreadable or not a mapping."""
+def read_config_file(path: Path) -> ConfigFile:
+    """Given the config file PATH, return it parsed (empty if it does not
+    exist); raise ConfigError if it is unreadable, not YAML (with line and
+    column) or not a mapping."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        return {}
+        return ConfigFile(exists=False)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = clean_text(str(error.problem or error.context), MAX_SHOWN)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"{path}: not valid YAML") from None
     if value is None:
-        return {}
-    if not isinstance(value, dict):
+        return ConfigFile()
+    if not isinstance(value, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return value
+    lines: dict[str, int] = {}
+    again: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key = str(key_node.value)
+        if key in lines:
+            again[key] = key_node.start_mark.line + 1
+        else:
+            lines[key] = key_node.start_mark.line + 1
+    return ConfigFile(values=value, lines=lines, again=again)
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> CarrierConfig:
     """Given the environment (os.environ by default), return the validated
-    config; raise ConfigError naming the file, the key and the problem."""
+    config; raise ConfigError naming, for every problem, the file, the line,
+    the key and the problem."""
     environ = os.environ if environ is None else environ
     path = config_path(environ)
-    values = read_config_file(path)
-    return validate_config(values, str(path), environ.get(SSH_CONN_ENV))
+    read = read_config_file(path)
+    ssh_conn = environ.get(SSH_CONN_ENV)
+    if not read.exists and environ.get(CONFIG_ENV):
+        raise ConfigError(f"{path}: no such file (named by {CONFIG_ENV})")
+    if not read.exists and not ssh_conn:
+        raise ConfigError(f"{path}: no such file: copy carrier.yaml.example there and set "
+                          f"host (or set {SSH_CONN_ENV}=[user@]host)")
+    return validate_config(read.values, str(path), ssh_conn, read)
 
 
-def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None) -> CarrierConfig:
-    """Given the raw mapping from SOURCE and the SSH_CONN value, return the
-    CarrierConfig; raise ConfigError listing every problem found."""
-    problems = [f"key '{key}': unknown key (see carrier.yaml.example)"
-                for key in sorted(set(values) - set(SETTINGS), key=str)]
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem of a config, at LINE of its file (0: not from a line)."""
+
+    line: int
+    text: str
+
+
+def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None,
+                    read: ConfigFile | None = None) -> CarrierConfig:
+    """Given the raw mapping from SOURCE, the SSH_CONN value and, when VALUES
+    came from a file, the file as read (for the line of each key), return the
+    CarrierConfig; raise ConfigError listing every problem found in the
+    order of the file, each as `SOURCE:LINE: KEY: problem`."""
+    lines = read.lines if read else {}
+
+    def problem(key: str, text: str, line: int | None = None) -> ConfigProblem:
+        line = line or lines.get(key, 0)
+        return ConfigProblem(line, f"{source}{f':{line}' if line else ''}: {key}: {text}")
+
+    problems = [problem(key, f"given twice (first on line {lines[key]}): keep one", line)
+                for key, line in (read.again.items() if read else ())]
+    for key in sorted(set(values) - set(SETTINGS), key=str):
+        problems.append(problem(clean_text(str(key), MAX_SHOWN),
+                                "unknown key (see carrier.yaml.example)", lines.get(str(key))))
     if "known_hosts" in values and values["known_hosts"] is None:
         # null would mean "no host key checking" to asyncssh: never allowed.
-        problems.append("key 'known_hosts': may not be null (host keys are always verified)")
+        problems.append(problem("known_hosts", "may not be null (host keys are always verified)"))
     checked: dict[str, Any] = {}
     for key, setting in SETTINGS.items():
         value = values.get(key)
@@ -226,22 +281,25 @@ def validate_config(values: dict[str, Any], source: str, ssh_conn: str | None) -
             try:
                 checked[key] = setting.type(setting, value)
             except ValueError as error:
-                problems.append(f"key '{key}': {error}")
+                problems.append(problem(key, str(error)))
     if "ssh_config" in values and values["ssh_config"] is None:
         checked["ssh_config"] = None  # null: read no OpenSSH client config at all
     if ssh_conn:
         try:
             user, host = parse_ssh_conn(ssh_conn)
         except ValueError as error:
-            problems.append(f"{SSH_CONN_ENV}: {error}")
+            problems.append(ConfigProblem(0, f"{SSH_CONN_ENV}: {error}"))
         else:
             checked["host"] = host
+            checked["host_origin"] = SSH_CONN_ENV
             if user is not None:
                 checked["user"] = user
-    if "host" not in checked and not any(p.startswith("key 'host'") for p in problems):
-        problems.append(f"key 'host': required (or set {SSH_CONN_ENV}=[user@]host)")
+    if "host" not in checked and values.get("host") is None:
+        problems.append(problem("host", f"required (or set {SSH_CONN_ENV}=[user@]host)"))
     if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+        # By line, those of no line (the environment, a missing key) last.
+        problems.sort(key=lambda found: (found.line == 0, found.line))
+        raise ConfigError("; ".join(found.text for found in problems))
     return CarrierConfig(source=source, **checked)
 
 

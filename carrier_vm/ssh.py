@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from carrier_vm.config import CarrierConfig
@@ -49,6 +51,17 @@ SETTLE_RETRY = 1.0
 FIRST_BACKOFF = 1.0  # seconds before the first reconnection attempt, doubling
 MAX_BACKOFF = 30.0
 
+DEFAULT_SSH_PORT = 22
+# getaddrinfo's answers that the server's name does not exist, or has no
+# address: a configuration problem. Others, above all EAI_AGAIN (no DNS
+# server answered: the network is down), are temporary.
+NO_SUCH_NAME = frozenset({socket.EAI_NONAME, socket.EAI_NODATA})
+ADMIN_FINGERPRINTS = "ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub"
+VERIFY_BEFORE_PINNING = (
+    "verify the server's fingerprint out of band (its admin reads it with "
+    f"{ADMIN_FINGERPRINTS}) before pinning it, as the README's pinning step shows"
+)
+
 # Python 3.10's asyncio.wait_for raises asyncio.TimeoutError, which became the
 # builtin TimeoutError only in 3.11; catch both (the carrier runs on >= 3.10).
 TIMEOUTS = (TimeoutError, asyncio.exceptions.TimeoutError)
@@ -68,18 +81,90 @@ def one_line(data: bytes | str, limit: int = MAX_DETAIL_CHARACTERS) -> str:
 
 def server_label(config: CarrierConfig) -> str:
     """Given the config, return HOST or [HOST]:PORT as known_hosts spells it."""
-    if config.port is None or config.port == 22:
+    if config.port is None or config.port == DEFAULT_SSH_PORT:
         return config.host
     return f"[{config.host}]:{config.port}"
 
 
-def pin_hint(config: CarrierConfig) -> str:
-    """Given the config, return the command that pins the server's host key."""
-    port = f"-p {config.port} " if config.port else ""
-    return (
-        f"ssh-keyscan {port}{config.host} >> {config.known_hosts} "
-        "(verify the fingerprint out of band)"
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """Given a public key, return its SHA256 fingerprint as `ssh-keygen -lf`
+    prints it, and its type."""
+    return f"{key.get_fingerprint('sha256')} ({key.get_algorithm()})"
+
+
+@dataclass(frozen=True)
+class OfferedKey:
+    """A host key the server offered that no pinned key matched, with the
+    host, address and port asyncssh looked pinned keys up for."""
+
+    host: str
+    addr: str
+    port: int
+    key: asyncssh.SSHKey
+
+
+class HostKeyWitness(asyncssh.SSHClient):
+    """asyncssh's callbacks for one connection: keeps the host key the server
+    offered when no pinned key matched it, so that the refusal can show it.
+    It never accepts one: pinning is the user's act, after checking the
+    fingerprint out of band."""
+
+    def __init__(self) -> None:
+        self.offered: OfferedKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.offered = OfferedKey(host, addr, port, key)
+        return False
+
+
+def pinned_keys(known_hosts: Path, offered: OfferedKey) -> list[asyncssh.SSHKey]:
+    """Given the known_hosts file and an offered key, return the keys the
+    file pins for the host it was offered by (none if it cannot be read)."""
+    port = None if offered.port == DEFAULT_SSH_PORT else offered.port
+    try:
+        trusted, *_ = asyncssh.match_known_hosts(str(known_hosts), offered.host, offered.addr,
+                                                 port)
+    except (OSError, ValueError, asyncssh.Error):
+        return []
+    return list(trusted)
+
+
+def host_key_refusal(
+    config: CarrierConfig, offered: OfferedKey | None, reason: str
+) -> HostKeyNotTrusted:
+    """Given the config, the key the server offered (None: asyncssh refused it
+    without asking, e.g. a revoked key) and asyncssh's reason, return the
+    refusal: for a key that CHANGED (the host has another pinned), an alarm
+    with both fingerprints; for a host with none pinned, how to pin safely."""
+    label = server_label(config)
+    if offered is None:
+        return HostKeyNotTrusted(f"refused: the host key of {label} is not accepted "
+                                 f"({one_line(reason)}); see {config.known_hosts}")
+    pinned = pinned_keys(config.known_hosts, offered)
+    if pinned:
+        # Threat: someone between the carrier and the server, presenting
+        # their own key. Only the server's admin can tell it from a
+        # reinstalled server, so no command to re-pin is suggested.
+        return HostKeyNotTrusted(
+            f"ALARM: the host key of {label} CHANGED: {config.known_hosts} pins "
+            f"{', '.join(fingerprint(key) for key in pinned)}, the server offers "
+            f"{fingerprint(offered.key)}. The connection may be intercepted; nothing was "
+            "sent. Replace the pinned key only once the server's admin confirms the new "
+            f"fingerprint on the server ({ADMIN_FINGERPRINTS})"
+        )
+    return HostKeyNotTrusted(
+        f"refused: no host key of {label} is pinned in {config.known_hosts}; the server "
+        f"offers {fingerprint(offered.key)}: {VERIFY_BEFORE_PINNING}"
     )
+
+
+def ssh_config_in_use(config: CarrierConfig) -> Path | None:
+    """Given the config, return the OpenSSH client config read, if any."""
+    if config.ssh_config and config.ssh_config.exists():
+        return config.ssh_config
+    return None
 
 
 def build_connect_options(config: CarrierConfig) -> dict[str, Any]:
@@ -102,9 +187,7 @@ def build_connect_options(config: CarrierConfig) -> dict[str, Any]:
         # Unattended: never fall back to passwords or keyboard prompts.
         "password_auth": False,
         "kbdint_auth": False,
-        "config": [str(config.ssh_config)]
-        if config.ssh_config and config.ssh_config.exists()
-        else None,
+        "config": [str(ssh_config)] if (ssh_config := ssh_config_in_use(config)) else None,
     }
     if config.port is not None:
         options["port"] = config.port
@@ -122,22 +205,21 @@ async def connect(config: CarrierConfig) -> Connection:
     if not config.known_hosts.is_file():
         # An unpinned server is refused before any packet is exchanged.
         raise HostKeyNotTrusted(
-            f"refused: host key for {server_label(config)} cannot be checked: "
-            f"{config.known_hosts} does not exist - pin it with {pin_hint(config)}"
+            f"refused: the host key of {server_label(config)} cannot be checked: "
+            f"{config.known_hosts} does not exist; {VERIFY_BEFORE_PINNING}"
         )
     options = build_connect_options(config)
+    witness = HostKeyWitness()
     logger.info("connecting to %s", server_label(config))
     try:
         # wait_for on top of connect_timeout: asyncssh 2.10 does not bound
         # every step of the handshake with it.
         return await asyncio.wait_for(
-            asyncssh.connect(config.host, **options), config.connect_timeout + 5
+            asyncssh.connect(config.host, client_factory=lambda: witness, **options),
+            config.connect_timeout + 5,
         )
-    except asyncssh.HostKeyNotVerifiable:
-        raise HostKeyNotTrusted(
-            f"refused: host key for {server_label(config)} is not in {config.known_hosts} "
-            f"(unknown or changed) - pin it with {pin_hint(config)}"
-        ) from None
+    except asyncssh.HostKeyNotVerifiable as error:
+        raise host_key_refusal(config, witness.offered, error.reason) from None
     except asyncssh.PermissionDenied:
         raise LoginRefused(
             f"the server refused the login to {server_label(config)}: is this carrier's "
@@ -145,16 +227,30 @@ async def connect(config: CarrierConfig) -> Connection:
         ) from None
     except asyncssh.KeyImportError as error:
         raise ConfigError(
-            f"{config.source}: key 'identity_file': {one_line(str(error))}"
+            f"{config.source}: identity_file: {one_line(str(error))}"
         ) from None
     except TIMEOUTS:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)} within {config.connect_timeout:g}s"
         ) from None
+    except socket.gaierror as error:
+        raise resolution_failure(config, error) from None
     except (OSError, asyncssh.Error) as error:
         raise TemporaryFailure(
             f"cannot reach {server_label(config)}: {one_line(describe(error))}"
         ) from None
+
+
+def resolution_failure(config: CarrierConfig, error: socket.gaierror) -> CarrierError:
+    """Given getaddrinfo's failure for the server's name, return the error to
+    raise: a name that does not exist is the configuration's (no retry
+    helps); any other failure (no DNS server answered) is temporary."""
+    if error.errno not in NO_SUCH_NAME:
+        return TemporaryFailure(f"cannot reach {server_label(config)}: {one_line(describe(error))}")
+    where = config.host_origin or f"`host` in {config.source}"
+    ssh_config = ssh_config_in_use(config)
+    also = f" (or its Hostname in {ssh_config})" if ssh_config else ""
+    return ConfigError(f"host {config.host} does not resolve: check {where}{also}")
 
 
 async def disconnect(connection: Connection, cut: bool) -> None:

@@ -6,6 +6,7 @@ server stored."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -128,6 +129,20 @@ def carrier(request: pytest.FixtureRequest, tmp_path: Path) -> Carrier:
         result = Carrier(config=config, server=server, account=request.getfixturevalue("account"))
     result.write_config()
     return result
+
+
+@pytest.fixture
+def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
+    """A listening port the carrier is configured to use: any connection is a failure."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.setblocking(False)
+    carrier.write_config(port=listener.getsockname()[1])
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 # The shell's lock files in the storage root (every session creates them).

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,20 +48,6 @@ def test_service_logs_the_calling_domain(carrier: Carrier) -> None:
     result = call_service(carrier, "info", QBACKUP_CARRIER_LOG="info")
     assert result.returncode == 0
     assert b"qubes.BackupCarrier+info called by dom0" in result.stderr
-
-
-@pytest.fixture
-def tripwire(carrier: Carrier) -> Iterator[socket.socket]:
-    """A listening port the carrier is configured to use: any connection is a failure."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.setblocking(False)
-    carrier.write_config(port=listener.getsockname()[1])
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 @pytest.mark.offline  # reaches no sshd: needs no account
