@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
@@ -73,19 +74,19 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None  # noqa: S101 - always inside asyncio.run
-    received: list[int] = []
-    cancel_arrived: list[bool] = []
+    aborting = Abort()
 
     def abort(signum: int) -> None:
         # Cancelling cuts the connection without an end frame, so the
         # server stages nothing.
-        received.append(signum)
+        if aborting.signum is None:
+            aborting.signum = signum
         cancel_until_done()
 
     def cancel_until_done() -> None:
         # Again until the cancel arrives: Python 3.11's wait_for can swallow
         # one, and an aborted put must not carry on as if nothing came.
-        if not task.done() and not cancel_arrived:
+        if not task.done() and not aborting.arrived:
             task.cancel()
             loop.call_later(SETTLE_RETRY, cancel_until_done)
 
@@ -94,7 +95,7 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
     output = sys.stdout.buffer
     try:
         patient = request.verb in PATIENT_VERBS
-        async with open_link(config, lambda: bool(received), patient) as link:
+        async with open_link(config, lambda: aborting.signum is not None, patient) as link:
             name = str(request.argument)
             if request.verb == "put":
                 upload = await put_backup(
@@ -122,10 +123,10 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
                 )
             output.flush()
     except asyncio.CancelledError:
-        cancel_arrived.append(True)
-        if not received:
+        aborting.arrived = True
+        if aborting.signum is None:
             raise
-        name = signal.Signals(received[0]).name
+        name = signal.Signals(aborting.signum).name
         # For put, the connection was cut before the end frame: the shell discards.
         outcomes = {
             "put": "upload aborted, nothing committed",
@@ -133,6 +134,15 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
         }
         outcome = outcomes.get(request.verb, "aborted")
         raise Interrupted(f"interrupted by {name}: {outcome}") from None
+
+
+@dataclass
+class Abort:
+    """A signal that aborts the command: the first one received (None until
+    then), and whether the cancel it sent has reached the command's task."""
+
+    signum: int | None = None
+    arrived: bool = False
 
 
 def emit_to(output: BinaryIO) -> Callable[[bytes], None]:

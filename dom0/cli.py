@@ -12,6 +12,7 @@ into exit codes (dom0/errors.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -122,12 +123,9 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")
     socket_path = args.log_socket or os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET
     setup_logging(args.terminal, socket_path, args.verbose, args.quiet)
-    cache: list[QubesAdapter] = [app] if app is not None else []
-
-    def get_app() -> QubesAdapter:
-        if not cache:
-            cache.append(real_app())
-        return cache[0]
+    # The adapter is made on first use, once: commands that need no Qubes run anywhere.
+    get_app: Callable[[], QubesAdapter] = (
+        (lambda: app) if app is not None else functools.cache(real_app))
 
     try:
         with SignalGuard() as guard:
