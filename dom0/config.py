@@ -176,13 +176,19 @@ def file_problem(config: ConfigFile, job: str, problem: Problem) -> str:
     return f"{config.path}:{line}: {'.'.join(key_path)}: {text}"
 
 
+def require_job(config: ConfigFile, name: str) -> None:
+    """Given the job file and a job NAME, return if the file has that job;
+    raise ConfigError naming the jobs it has otherwise."""
+    if name not in config.jobs:
+        known = ", ".join(sorted(config.jobs)) or "none"
+        raise ConfigError(f"{config.path}: no job named '{name}' (jobs: {known})")
+
+
 def file_job(config: ConfigFile, name: str, overrides: dict[str, Any] | None = None) -> Job:
     """Given the job file, a job NAME and option values that replace the
     file's, return the job; raise ConfigError naming every problem where its
     value came from."""
-    if name not in config.jobs:
-        known = ", ".join(sorted(config.jobs)) or "none"
-        raise ConfigError(f"{config.path}: no job named '{name}' (jobs: {known})")
+    require_job(config, name)
     overrides = overrides or {}
     raw = config.jobs[name]
     problems: list[str] = []
