@@ -14,6 +14,7 @@ from pathlib import Path
 from dom0 import __version__, config, errors
 from dom0.drill import add_drill_parser
 from dom0.settings import SETTINGS, describe
+from qbackup_protocol import names
 
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
@@ -33,7 +34,7 @@ examples:
   qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass work personal
   qbackup -v list -t sys-backup laptop/
   qbackup verify --job daily laptop/daily-20261122T235959Z
-  qbackup status --max-age 36 --remote
+  qbackup status --max-age 36h --remote
   qbackup config check
 
 The original form `qbackup -f PREFIX -t VM -p FILE [VM ...]` still means `qbackup backup ...`.
@@ -85,6 +86,15 @@ def add_passphrase(parser: argparse.ArgumentParser) -> None:
                         help=f"0600 passphrase file (default ${ENV_PASSFILE}, or the job's)")
     parser.add_argument("--passphrase-vm", metavar="VM",
                         help="VM answering qubes.BackupPassphrase+PROFILE instead of a file")
+
+
+def age(text: str) -> float:
+    """Given an --max-age value, return seconds; raise ArgumentTypeError
+    saying how to write an age."""
+    try:
+        return names.parse_age(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_json(parser: argparse.ArgumentParser, what: str) -> None:
@@ -188,12 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=common,
         description="Show each job's last successful backup and its age. Exits 7 when a job\n"
                     "never succeeded or (--max-age) its last success is too old.",
-        epilog="examples:\n  qbackup status --max-age 36\n  qbackup status --remote --json")
-    status.add_argument("--max-age", type=float, metavar="HOURS",
-                        help="exit non-zero and notify if a job's last success is older")
+        epilog="examples:\n  qbackup status --max-age 36h\n  qbackup status --remote --json")
+    status.add_argument("--max-age", type=age, metavar="AGE",
+                        help="exit non-zero and notify if a job's last success is older: 90s,"
+                             " 36h, 7d (a bare number means hours)")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
-    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+    status.add_argument("--max-drill-age", type=age, metavar="AGE",
                         help="exit non-zero if a job's last drill is older (or failed)")
     add_json(status, "the status")
 

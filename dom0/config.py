@@ -62,7 +62,7 @@ class Job:
     retries: int = default("retries")
     retry_delay: int = default("retry_delay")
     verify: bool = default("verify")
-    drill_max_age: float | None = None
+    drill_max_age: float | None = None  # seconds
     answer_timeout: int = default("answer_timeout")
     keep: names.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=Hooks)
