@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "history (exit 4 if the record changed: tampering).",
         epilog="example:\n  qbackup check -t sys-backup laptop-20261122T235959Z")
     add_carrier(check)
+    add_json(check, "the verdict")
     check.add_argument("name", help="backup name (as `qbackup list` shows)")
 
     verify = commands.add_parser(
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                "laptop-20261122T235959Z")
     add_carrier(verify)
     add_passphrase(verify)
+    add_json(verify, "the verdict")
     verify.add_argument("name", help="backup name")
 
     restore = commands.add_parser(
