@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", formatter_class=raw, help="take a backup (the default command)", parents=common,
         description="Back up VMs with Qubes' own engine, streamed into the carrier VM.",
-        epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --all --json\n"
+        epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --job daily --dry-run\n"
+               "  qbackup backup --all --json\n"
                "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass --exclude untrusted\n"
                "  qbackup -f laptop -t sys-backup -p FILE  # all VMs with include_in_backups")
     backup.add_argument("--all", action="store_true",
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=describe(SETTINGS["retry_delay"]))
     backup.add_argument("--verify", action="store_true", default=None,
                         help="run qvm-backup-restore --verify-only right after")
+    backup.add_argument("--dry-run", action="store_true",
+                        help="check the job, its VMs' sizes, the passphrase and the server;"
+                             " send nothing, record nothing")
     add_json(backup, "the outcome")
     backup.add_argument("vms", nargs="*", metavar="VM",
                         help="VMs to back up (default: every VM with include_in_backups)")

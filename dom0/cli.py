@@ -29,6 +29,7 @@ from dom0 import (
     check,
     configcheck,
     drill,
+    dry_run,
     errors,
     listing,
     processes,
@@ -104,6 +105,8 @@ def mistyped_command(argv: list[str], get_app: Callable[[], QubesAdapter]) -> st
 
 def dispatch(args: argparse.Namespace, context: Context) -> int:
     """Given parsed arguments, run the chosen action and return its exit code."""
+    if getattr(args, "dry_run", False):
+        return dry_run.run(args, context)  # backup --dry-run: its own module
     return ACTIONS[args.command](args, context)
 
 
