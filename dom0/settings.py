@@ -305,8 +305,8 @@ SETTINGS: dict[str, Setting] = {setting.key: setting for setting in (
             range=Range(0, 86400), option="--retry-delay"),
     Setting("verify", boolean, "true: qvm-backup-restore --verify-only right after",
             default=False, option="--verify"),
-    Setting("drill_max_age", age, "age (8d; a bare number: hours): status fails when the"
-            " job's last restore drill is older (or missing); omit to not require drills",
+    Setting("drill_max_age", age, "status fails when the job's last restore drill is older"
+            " than this AGE (or missing); omit to not require drills",
             range=Range(1, 87600, "h")),
     Setting("answer_timeout", integer, "seconds to wait for each answer through the"
             " carrier; check gets more per GiB", default=300, range=Range(1, 86400)),
