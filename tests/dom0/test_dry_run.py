@@ -68,13 +68,13 @@ def test_a_dry_run_asks_the_passphrase_vm_and_answers_in_json(
     assert nothing_happened(dom0)
 
 
-@pytest.mark.parametrize(("breakage", "code"), [
-    ("unsafe passphrase file", QbackupExit.USAGE),
-    ("missing VM", QbackupExit.QUBES),
-    ("server too small", QbackupExit.NO_SPACE),
+@pytest.mark.parametrize(("breakage", "code", "said"), [
+    ("unsafe passphrase file", QbackupExit.USAGE, "is accessible by group/others"),
+    ("missing VM", QbackupExit.QUBES, "the VM to back up personal does not exist"),
+    ("server too small", QbackupExit.NO_SPACE, "but the backup may need"),
 ])
 def test_a_dry_run_fails_as_the_backup_would_and_still_records_nothing(
-        dom0: Dom0, breakage: str, code: QbackupExit) -> None:
+        dom0: Dom0, breakage: str, code: QbackupExit, said: str) -> None:
     config = write_job(dom0, f"passphrase_file: {dom0.passfile}")
     if breakage == "unsafe passphrase file":
         dom0.passfile.chmod(0o644)
@@ -83,6 +83,8 @@ def test_a_dry_run_fails_as_the_backup_would_and_still_records_nothing(
     else:
         dom0.sim.vms["work"].size = 1 << 50  # a PiB: no test server has that
     assert dom0.run("backup", "--job", "daily", "--config", str(config), "--dry-run") == code
+    assert dom0.logged(said)
+    assert not dom0.logged("outcome: FAILED")  # no failure reported as a backup's
     assert nothing_happened(dom0)
 
 
