@@ -99,7 +99,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
     if args.all:
         raise UsageError("--dry-run checks one job: give --job NAME (qbackup config check"
                          " checks them all)")
-    result = dry_run(context.get_app(), backup_job(args, context.config), context)
+    job = backup_job(args, context.config)  # its problems first: they need no Qubes
+    result = dry_run(context.get_app(), job, context)
     logger.info("dry run of %s: ok, nothing sent", args.job or "the command line")
     if context.json:
         say_json(result.to_json())

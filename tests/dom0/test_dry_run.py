@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dom0.cli import main
 from dom0.errors import QbackupExit
 from tests.dom0.conftest import CARRIER, MIB, Dom0
 
@@ -92,3 +93,13 @@ def test_a_dry_run_of_every_job_points_to_config_check(dom0: Dom0) -> None:
     assert dom0.run("backup", "--all", "--dry-run") == QbackupExit.USAGE
     assert dom0.logged("--dry-run checks one job: give --job NAME (qbackup config check checks"
                        " them all)")
+
+
+def test_a_dry_run_of_a_broken_job_names_its_problems_before_asking_qubes(
+        tmp_path: Path) -> None:
+    config = tmp_path / "qbackup.yaml"
+    config.write_text("jobs:\n  daily:\n    carrier: sys-backup\n    prefix: a\n"
+                      "    prefix: b\n    passphrase_vm: vault\n")
+    # No simulator given: outside dom0, asking Qubes would end in exit 3.
+    assert main(["-o", "backup", "--dry-run", "--config", str(config), "--job", "daily"]) \
+        == QbackupExit.USAGE
