@@ -230,13 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_position(argv: list[str]) -> int | None:
-    """Given argv, return the index of its first word that is not a common
-    option (or an option's value), or None if there is none."""
+def options_with_value(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """Given the main parser, return every option that takes a value there
+    or in `backup` (the original form takes backup's options, no command)."""
+    [commands] = [action for action in parser._actions
+                  if isinstance(action, argparse._SubParsersAction)]
+    return frozenset(option for each in (parser, commands.choices["backup"])
+                     for action in each._actions if action.nargs != 0
+                     for option in action.option_strings)
+
+
+def command_position(argv: list[str], with_value: frozenset[str] = COMMON_WITH_VALUE
+                     ) -> int | None:
+    """Given argv and the options that take a value (default: the common
+    ones), return the index of its first word that is not an option (or an
+    option's value), or None if there is none."""
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word in COMMON_WITH_VALUE:
+        if word in with_value:
             index += 2
         elif word.startswith("-"):
             index += 1

@@ -43,6 +43,7 @@ from dom0.arguments import (
     SUBCOMMANDS,
     build_parser,
     command_position,
+    options_with_value,
 )
 from dom0.errors import ConfigError, QbackupError, QubesError
 from dom0.history import default_history_path
@@ -54,6 +55,7 @@ from dom0.session import Context, SignalGuard
 logger = logging.getLogger(__name__)
 
 PARSER = build_parser()
+WITH_VALUE = options_with_value(PARSER)
 Action = Callable[[argparse.Namespace, Context], int]
 # One module per action; each resolves its own arguments.
 ACTIONS: dict[str, Action] = {
@@ -87,9 +89,12 @@ def normalise(argv: list[str]) -> list[str]:
 
 def mistyped_command(argv: list[str], get_app: Callable[[], QubesAdapter]) -> str | None:
     """Given argv and the Qubes adapter's getter, return an error for a first
-    word that is no command, looks like one, and names no VM; else None."""
-    position = command_position(argv)
-    if position is None or argv[position] in SUBCOMMANDS:
+    word that is no command, looks like one, and names no VM; else None. An
+    option's value (`-t sys-backup`, `-f stats`) is never that word."""
+    command = command_position(argv)  # where normalise looks for the command
+    position = command_position(argv, WITH_VALUE)  # the first word no option's value
+    if position is None or argv[position] in SUBCOMMANDS or (
+            command is not None and argv[command] in SUBCOMMANDS):
         return None
     word = argv[position]
     close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=TYPO_CUTOFF)

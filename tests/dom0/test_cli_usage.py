@@ -80,3 +80,19 @@ def test_a_vm_that_exists_is_a_vm_of_the_original_form_whatever_its_name(
     assert code == QbackupExit.USAGE
     assert "passphrase file /nonexistent/pass does not exist" in err
     assert "unknown command" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["-t", "sys-backup", "-f", "laptop", "-p", "/nonexistent/pass", "work"],
+    ["-f", "stats", "-t", "sys-backup", "-p", "/nonexistent/pass"],
+    ["--prefix", "lists", "--carrier", "sys-backup", "--passphrase-file", "/nonexistent/pass"],
+    ["-f", "laptop", "-t", "sys-backup", "-p", "/nonexistent/pass", "list"],  # as it always was
+])
+def test_an_options_value_is_never_taken_for_a_mistyped_command(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `sys-backup` looks like `backup`, the prefixes like `status` and `list`:
+    # they are values, not commands, whether or not a VM has their name.
+    code = main(["-o", *argv], app=VMs("work", "personal"))  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert code == QbackupExit.USAGE
+    assert "passphrase file /nonexistent/pass does not exist" in err
