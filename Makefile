@@ -38,7 +38,8 @@ help:
 	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell"
 	@echo "make templatevm-deps      install the carrier's packages in a TemplateVM (apt or dnf)"
 	@echo "make templatevm           install the carrier in a Qubes TemplateVM (files only)"
-	@echo "make dom0                 install qbackup, its systemd user units, qrexec policy, example config"
+	@echo "make dom0                 install qbackup, its systemd user units, qrexec policy, example config,"
+	@echo "                          bash completion"
 	@echo "make uninstall-server | uninstall-templatevm | uninstall-dom0"
 	@echo "                          remove what the install put; configs, accounts and backups stay"
 
@@ -151,6 +152,7 @@ templatevm:
 # --- dom0 ----------------------------------------------------------------------
 # The example config goes to DOCDIR only: a config under /etc/qbackup would
 # start failing (and notifying) before its jobs were edited to fit.
+BASH_COMPLETION_DIR ?= /usr/share/bash-completion/completions
 dom0:
 	install -d -m 0755 $(DESTDIR)$(LIBDIR)/dom0 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMD_USER_DIR) \
 		$(DESTDIR)$(LIBDIR)/qbackup_protocol
@@ -163,6 +165,8 @@ dom0:
 	install -d -m 0755 $(DESTDIR)$(POLICY_DIR) $(DESTDIR)$(DOCDIR)
 	install -m 0644 dom0/qubes-policy/30-qbackup.policy $(DESTDIR)$(POLICY_DIR)/
 	install -m 0644 dom0/qbackup.yaml.example $(DESTDIR)$(DOCDIR)/
+	install -d -m 0755 $(DESTDIR)$(BASH_COMPLETION_DIR)
+	install -m 0644 dom0/qbackup.bash-completion $(DESTDIR)$(BASH_COMPLETION_DIR)/qbackup
 
 # --- uninstall: what the targets above installed, nothing else -----------------
 # Never removed: configs (/etc/qbackup, ~/.config/qbackup), SSH keys, the
@@ -211,7 +215,7 @@ uninstall-dom0:
 		exit 2; \
 	fi
 	rm -f $(DESTDIR)$(BINDIR)/qbackup $(DESTDIR)$(POLICY_DIR)/30-qbackup.policy \
-		$(DESTDIR)$(DOCDIR)/qbackup.yaml.example \
+		$(DESTDIR)$(DOCDIR)/qbackup.yaml.example $(DESTDIR)$(BASH_COMPLETION_DIR)/qbackup \
 		$(addprefix $(DESTDIR)$(SYSTEMD_USER_DIR)/,$(notdir $(DOM0_UNITS)))
 	rm -rf $(DESTDIR)$(LIBDIR)/dom0
 	$(remove-shared)

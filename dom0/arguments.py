@@ -14,6 +14,7 @@ from pathlib import Path
 from dom0 import __version__, config, errors
 from dom0.drill import add_drill_parser
 from dom0.settings import SETTINGS, describe
+from qbackup_protocol import names
 
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER
@@ -33,7 +34,7 @@ examples:
   qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass work personal
   qbackup -v list -t sys-backup laptop/
   qbackup verify --job daily laptop/daily-20261122T235959Z
-  qbackup status --max-age 36 --remote
+  qbackup status --max-age 36h --remote
   qbackup config check
 
 The original form `qbackup -f PREFIX -t VM -p FILE [VM ...]` still means `qbackup backup ...`.
@@ -87,6 +88,15 @@ def add_passphrase(parser: argparse.ArgumentParser) -> None:
                         help="VM answering qubes.BackupPassphrase+PROFILE instead of a file")
 
 
+def age(text: str) -> float:
+    """Given an --max-age value, return seconds; raise ArgumentTypeError
+    saying how to write an age."""
+    try:
+        return names.parse_age(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_json(parser: argparse.ArgumentParser, what: str) -> None:
     """Given a subparser, add --json."""
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON (scripts)")
@@ -106,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", formatter_class=raw, help="take a backup (the default command)", parents=common,
         description="Back up VMs with Qubes' own engine, streamed into the carrier VM.",
-        epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --all --json\n"
+        epilog="examples:\n  qbackup backup --job daily\n  qbackup backup --job daily --dry-run\n"
+               "  qbackup backup --all --json\n"
                "  qbackup backup -f laptop -t sys-backup -p ~/.qbackup-pass --exclude untrusted\n"
                "  qbackup -f laptop -t sys-backup -p FILE  # all VMs with include_in_backups")
     backup.add_argument("--all", action="store_true",
@@ -125,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=describe(SETTINGS["retry_delay"]))
     backup.add_argument("--verify", action="store_true", default=None,
                         help="run qvm-backup-restore --verify-only right after")
+    backup.add_argument("--dry-run", action="store_true",
+                        help="check the job, its VMs' sizes, the passphrase and the server;"
+                             " send nothing, record nothing")
     add_json(backup, "the outcome")
     backup.add_argument("vms", nargs="*", metavar="VM",
                         help="VMs to back up (default: every VM with include_in_backups)")
@@ -144,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "history (exit 4 if the record changed: tampering).",
         epilog="example:\n  qbackup check -t sys-backup laptop-20261122T235959Z")
     add_carrier(check)
+    add_json(check, "the verdict")
     check.add_argument("name", help="backup name (as `qbackup list` shows)")
 
     verify = commands.add_parser(
@@ -154,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                "laptop-20261122T235959Z")
     add_carrier(verify)
     add_passphrase(verify)
+    add_json(verify, "the verdict")
     verify.add_argument("name", help="backup name")
 
     restore = commands.add_parser(
@@ -188,12 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=common,
         description="Show each job's last successful backup and its age. Exits 7 when a job\n"
                     "never succeeded or (--max-age) its last success is too old.",
-        epilog="examples:\n  qbackup status --max-age 36\n  qbackup status --remote --json")
-    status.add_argument("--max-age", type=float, metavar="HOURS",
-                        help="exit non-zero and notify if a job's last success is older")
+        epilog="examples:\n  qbackup status --max-age 36h\n  qbackup status --remote --json")
+    status.add_argument("--max-age", type=age, metavar="AGE",
+                        help="exit non-zero and notify if a job's last success is older: 90s,"
+                             " 36h, 7d (a bare number means hours)")
     status.add_argument("--remote", action="store_true",
                         help="compare the history with the servers' listings (tampering)")
-    status.add_argument("--max-drill-age", type=float, metavar="HOURS",
+    status.add_argument("--max-drill-age", type=age, metavar="AGE",
                         help="exit non-zero if a job's last drill is older (or failed)")
     add_json(status, "the status")
 
@@ -213,13 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_position(argv: list[str]) -> int | None:
-    """Given argv, return the index of its first word that is not a common
-    option (or an option's value), or None if there is none."""
+def options_with_value(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """Given the main parser, return every option that takes a value there
+    or in `backup` (the original form takes backup's options, no command)."""
+    [commands] = [action for action in parser._actions
+                  if isinstance(action, argparse._SubParsersAction)]
+    return frozenset(option for each in (parser, commands.choices["backup"])
+                     for action in each._actions if action.nargs != 0
+                     for option in action.option_strings)
+
+
+def command_position(argv: list[str], with_value: frozenset[str] = COMMON_WITH_VALUE
+                     ) -> int | None:
+    """Given argv and the options that take a value (default: the common
+    ones), return the index of its first word that is not an option (or an
+    option's value), or None if there is none."""
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word in COMMON_WITH_VALUE:
+        if word in with_value:
             index += 2
         elif word.startswith("-"):
             index += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from dom0.errors import (
     exit_code_for,
     exit_meaning,
 )
+from dom0.estimate import parse_estimate
 from dom0.locking import carrier_lock
 from dom0.log import human_size, say, say_json
 from dom0.monitor import Monitor
@@ -49,28 +49,6 @@ from qbackup_protocol import names
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryFailure, BackupEngineError)
 NAME_WAIT_STEPS = 25  # 5 s of waiting for a fresh second
-# qubesd answers admin.backup.Info with a human-readable table whose last row
-# is `Total size: <size>`, sizes written like `30`, `512.0 KiB`, `1.2 GiB`
-# (qubes.backup's size_to_human). The estimate is of the volumes' data before
-# compression, so it is an upper bound for a compressed backup.
-SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
-TOTAL_SIZE = re.compile(r"Total size:\s*\|?\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KiB|MiB|GiB|TiB)?\b")
-
-
-def parse_estimate(summary: bytes) -> int | None:
-    """Given Info's summary, return the total size in bytes (rounded up to the
-    next unit fraction shown), or None if no total is found."""
-    found = TOTAL_SIZE.search(summary.decode("utf-8", "replace"))
-    if found is None:
-        return None
-    number = found.group(1)
-    unit = found.group(2) or ""
-    # size_to_human rounds to one decimal: add half a step so the estimate
-    # never understates what Qubes will send.
-    slack = 0.05 if "." in number else 0.0
-    return int((float(number) + slack) * SIZE_UNITS[unit])
-
-
 def make_name(prefix: str, now: datetime | None = None) -> str:
     """Given a valid PREFIX and a time (default: now), return PREFIX-<UTC stamp>."""
     return check_name(names.timestamped_name(prefix, now or datetime.now(UTC)))
@@ -99,6 +77,19 @@ def check_inputs(app: QubesAdapter, job: Job) -> tuple[str | None, list[str]]:
     if not chosen:
         raise QbackupError("no VM selected for backup: name VMs or set include_in_backups")
     return passphrase, chosen
+
+
+def check_space(estimate: int | None, available: int) -> None:
+    """Given Qubes' size estimate (None: none) and the server's available
+    bytes, log the estimate; raise NoSpaceError if the backup may not fit."""
+    if estimate is None:
+        logger.warning("Qubes gave no size estimate; skipping the free space check")
+        return
+    logger.info("estimated size %s (before compression)", human_size(estimate))
+    if estimate > available:
+        raise NoSpaceError(
+            f"the server has {human_size(available)} available but the backup may"
+            f" need {human_size(estimate)}: free space on the server or lower its reserve")
 
 
 def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
@@ -159,15 +150,7 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
                        passphrase_vm=job.passphrase_vm)
     with written_profile(app.profile_dir, spec) as profile:
         estimate = parse_estimate(app.backup_info(profile))
-        if estimate is None:
-            logger.warning("Qubes gave no size estimate; skipping the free space check")
-        else:
-            logger.info("estimated size %s (before compression)", human_size(estimate))
-            if estimate > info.available:
-                raise NoSpaceError(
-                    f"the server has {human_size(info.available)} available but the backup may"
-                    f" need {human_size(estimate)}: free space on the server or lower its reserve"
-                )
+        check_space(estimate, info.available)
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:

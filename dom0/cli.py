@@ -4,6 +4,10 @@ The original invocation still works and means `qbackup backup ...`:
 
     qbackup -f PREFIX -t CARRIER_VM -p PASSPHRASE_FILE [-x] [-o] [VM ...]
 
+So a first word that is no command may be a VM. One close to a command's
+name (`lst`) is taken for a mistyped command, unless a VM has that name: a
+VM that exists always wins, so no original call changes meaning.
+
 `-x` keeps the carrier running, as in the original tool, in every command
 that has it (`--exclude VM` skips a VM). `main()` is the only place that turns errors
 into exit codes (dom0/errors.py).
@@ -12,6 +16,7 @@ into exit codes (dom0/errors.py).
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import logging
 import os
@@ -24,6 +29,7 @@ from dom0 import (
     check,
     configcheck,
     drill,
+    dry_run,
     errors,
     listing,
     processes,
@@ -37,6 +43,7 @@ from dom0.arguments import (
     SUBCOMMANDS,
     build_parser,
     command_position,
+    options_with_value,
 )
 from dom0.errors import ConfigError, QbackupError, QubesError
 from dom0.history import default_history_path
@@ -48,6 +55,7 @@ from dom0.session import Context, SignalGuard
 logger = logging.getLogger(__name__)
 
 PARSER = build_parser()
+WITH_VALUE = options_with_value(PARSER)
 Action = Callable[[argparse.Namespace, Context], int]
 # One module per action; each resolves its own arguments.
 ACTIONS: dict[str, Action] = {
@@ -61,6 +69,9 @@ ACTIONS: dict[str, Action] = {
     "drill": drill.run,
 }
 HELP_WORDS = frozenset({"-h", "--help", "--version"})
+# How close a word must be to a command's name to be taken for it, mistyped
+# (difflib's ratio: `lst`, `stauts`, `chek` are; `work`, `vault`, `sys-net` are not).
+TYPO_CUTOFF = 0.75
 
 
 def normalise(argv: list[str]) -> list[str]:
@@ -76,8 +87,31 @@ def normalise(argv: list[str]) -> list[str]:
     return argv
 
 
+def mistyped_command(argv: list[str], get_app: Callable[[], QubesAdapter]) -> str | None:
+    """Given argv and the Qubes adapter's getter, return an error for a first
+    word that is no command, looks like one, and names no VM; else None. An
+    option's value (`-t sys-backup`, `-f stats`) is never that word."""
+    command = command_position(argv)  # where normalise looks for the command
+    position = command_position(argv, WITH_VALUE)  # the first word no option's value
+    if position is None or argv[position] in SUBCOMMANDS or (
+            command is not None and argv[command] in SUBCOMMANDS):
+        return None
+    word = argv[position]
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=TYPO_CUTOFF)
+    if not close:
+        return None
+    try:
+        if get_app().vm_exists(word):
+            return None  # the original form's VM
+    except QbackupError:
+        pass  # no Qubes here (outside dom0): no VM has that name
+    return f"unknown command '{word}' (did you mean {close[0]}?)"
+
+
 def dispatch(args: argparse.Namespace, context: Context) -> int:
     """Given parsed arguments, run the chosen action and return its exit code."""
+    if getattr(args, "dry_run", False):
+        return dry_run.run(args, context)  # backup --dry-run: its own module
     return ACTIONS[args.command](args, context)
 
 
@@ -100,9 +134,14 @@ def env_path(variable: str) -> Path | None:
 def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     """Given argv (default sys.argv[1:]) and a Qubes adapter (default the real
     one, created only if needed), run one command and return its exit code."""
-    arguments = normalise(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    get_app: Callable[[], QubesAdapter] = functools.cache(real_app) if app is None \
+        else lambda: app
     try:
-        args = PARSER.parse_args(arguments)
+        typo = mistyped_command(words, get_app)
+        if typo:
+            PARSER.error(typo)
+        args = PARSER.parse_args(normalise(words))
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
         code = exit_request.code if isinstance(exit_request.code, int) else errors.QbackupExit.USAGE
         if code != 0:
@@ -123,10 +162,6 @@ def main(argv: list[str] | None = None, app: QubesAdapter | None = None) -> int:
     args.lock_dir = args.lock_dir or env_path("QBACKUP_LOCK_DIR")
     socket_path = args.log_socket or os.environ.get("QBACKUP_LOG_SOCKET") or DEFAULT_SYSLOG_SOCKET
     setup_logging(args.terminal, socket_path, args.verbose, args.quiet)
-    # The adapter is made on first use, once: commands that need no Qubes run anywhere.
-    get_app: Callable[[], QubesAdapter] = (
-        (lambda: app) if app is not None else functools.cache(real_app))
-
     try:
         with SignalGuard() as guard:
             context = Context(get_app=get_app, guard=guard,

@@ -62,7 +62,7 @@ class Job:
     retries: int = default("retries")
     retry_delay: int = default("retry_delay")
     verify: bool = default("verify")
-    drill_max_age: float | None = None
+    drill_max_age: float | None = None  # seconds
     answer_timeout: int = default("answer_timeout")
     keep: names.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=Hooks)
@@ -78,11 +78,28 @@ class PassphraseSource:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """A job file read and parsed: its raw jobs and the line of every key."""
+    """A job file read and parsed: its raw jobs, the line of every key (of
+    the value in force: YAML keeps the last of a key given twice) and, per
+    job, its keys given twice, as problems."""
 
     path: Path
     jobs: dict[str, Any]
     lines: dict[tuple[str, ...], int]
+    twice: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GivenTwice:
+    """A key given again in the same mapping: its path, this line, the first line."""
+
+    path: tuple[str, ...]
+    line: int
+    first: int
+
+    def problem(self, path: Path) -> str:
+        """Given the job file's PATH, return the problem as `FILE:LINE: KEY: text`."""
+        return f"{path}:{self.line}: {'.'.join(self.path)}: given twice (first on line" \
+               f" {self.first}): keep one"
 
 
 def build_job(name: str, values: dict[str, Any]) -> tuple[Job | None, list[Problem]]:
@@ -104,7 +121,7 @@ def default_config_path() -> Path | None:
 
 
 def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int],
-               duplicates: list[tuple[int, str]]) -> None:
+               twice: list[GivenTwice]) -> None:
     """Given a composed YAML NODE at PATH, record the line of every mapping key
     down to jobs.NAME.KEY.SUBKEY, and each key given twice."""
     if not isinstance(node, yaml.MappingNode) or len(path) > 3:
@@ -113,17 +130,20 @@ def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ..
         here = (*path, str(key_node.value))
         line = key_node.start_mark.line + 1
         if here in lines:
-            duplicates.append((line, f"{'.'.join(here)}: given twice (first on line"
-                                      f" {lines[here]}): keep one"))
-            continue
+            first = next((given.first for given in twice if given.path == here), lines[here])
+            twice.append(GivenTwice(here, line, first))
+            # YAML keeps the last value: a problem with it must name its lines.
+            for key in [key for key in lines if key[:len(here)] == here]:
+                del lines[key]
         lines[here] = line
-        _key_lines(value_node, here, lines, duplicates)
+        _key_lines(value_node, here, lines, twice)
 
 
 def read_config(path: Path) -> ConfigFile:
     """Given a job file PATH, return it parsed; raise ConfigError (every
-    problem, each with file and line) if it is unreadable, too big, not YAML,
-    or not a mapping holding only a `jobs` mapping."""
+    problem, each with file and line: the jobs' too) if it is unreadable, too
+    big, not YAML, or not a mapping holding only a `jobs` mapping given once.
+    A job's own keys given twice are that job's problems (file_job)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
@@ -142,19 +162,26 @@ def read_config(path: Path) -> ConfigFile:
     except (yaml.YAMLError, RecursionError):
         raise ConfigError(f"{path}: not valid YAML") from None
     lines: dict[tuple[str, ...], int] = {}
-    duplicates: list[tuple[int, str]] = []
+    twice: list[GivenTwice] = []
     if node is not None:
-        _key_lines(node, (), lines, duplicates)
+        _key_lines(node, (), lines, twice)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'jobs' mapping at the top, like"
                           " the example file")
     problems = [f"{path}:{lines.get((str(key),), 1)}: {key}: unknown key (only 'jobs' is"
                 " allowed at the top)" for key in data if key != "jobs"]
-    problems += [f"{path}:{line}: {text}" for line, text in duplicates]
-    if problems:
-        raise ConfigError(problems)
-    return ConfigFile(path=path, jobs={str(name): job for name, job in data["jobs"].items()},
-                      lines=lines)
+    problems += [given.problem(path) for given in twice if len(given.path) < 2]
+    jobs_twice: dict[str, list[str]] = {}
+    for given in twice:
+        if len(given.path) >= 2:
+            jobs_twice.setdefault(given.path[1], []).append(given.problem(path))
+    config = ConfigFile(path=path, jobs={str(name): job for name, job in data["jobs"].items()},
+                        lines=lines, twice=jobs_twice)
+    if problems:  # the file is refused as a whole: say everything wrong in it
+        broken = all_jobs(config)[1]
+        raise ConfigError(problems + [problem for name in config.jobs
+                                      for problem in broken.get(name, [])])
+    return config
 
 
 def open_config(path: Path | None) -> ConfigFile:
@@ -176,19 +203,26 @@ def file_problem(config: ConfigFile, job: str, problem: Problem) -> str:
     return f"{config.path}:{line}: {'.'.join(key_path)}: {text}"
 
 
+def require_job(config: ConfigFile, name: str) -> None:
+    """Given the job file and a job NAME, return if the file has that job;
+    raise ConfigError naming the jobs it has otherwise."""
+    if name not in config.jobs:
+        known = ", ".join(sorted(config.jobs)) or "none"
+        raise ConfigError(f"{config.path}: no job named '{name}' (jobs: {known})")
+
+
 def file_job(config: ConfigFile, name: str, overrides: dict[str, Any] | None = None) -> Job:
     """Given the job file, a job NAME and option values that replace the
     file's, return the job; raise ConfigError naming every problem where its
     value came from."""
-    if name not in config.jobs:
-        known = ", ".join(sorted(config.jobs)) or "none"
-        raise ConfigError(f"{config.path}: no job named '{name}' (jobs: {known})")
+    require_job(config, name)
     overrides = overrides or {}
     raw = config.jobs[name]
     problems: list[str] = []
     if not JOB_NAME.fullmatch(name):
         problems.append(file_problem(config, name, Problem(
             None, "job names use letters, digits, '_' and '-' (at most 40)")))
+    problems += config.twice.get(name, [])
     if not isinstance(raw, dict):
         raise ConfigError([*problems, file_problem(config, name, Problem(
             None, "expected a mapping of job settings"))])

@@ -14,7 +14,7 @@ import logging
 
 from dom0.backup import check_inputs
 from dom0.carrier import CarrierClient
-from dom0.config import all_jobs, open_config
+from dom0.config import all_jobs, open_config, require_job
 from dom0.errors import ConfigError, QbackupError, exit_code_for
 from dom0.log import human_size, say
 from dom0.session import Context, running_carrier
@@ -25,10 +25,11 @@ logger = logging.getLogger(__name__)
 def run(args: argparse.Namespace, context: Context) -> int:
     """Given `config check` arguments, check every job (or --job NAME); print
     one verdict per job; return 0 or the exit code of the first job that fails."""
-    jobs, broken = all_jobs(open_config(context.config))
+    job_file = open_config(context.config)
+    if args.job:
+        require_job(job_file, args.job)
+    jobs, broken = all_jobs(job_file)
     names = [args.job] if args.job else sorted({*jobs, *broken})
-    if args.job and args.job not in jobs and args.job not in broken:
-        raise ConfigError(f"no job named '{args.job}' (jobs: {', '.join(names) or 'none'})")
     first_failure = 0
     for name in names:
         if name in broken:

@@ -39,9 +39,10 @@ PING_SUFFIX = {"on_start": "/start", "on_success": "", "on_failure": "/fail"}
 
 def ping_argv(vm: str, url: str) -> list[str]:
     """Given a networked VM and a URL, return the dom0 command that has the VM
-    fetch it (no shell in dom0 or in the VM; bounded time)."""
+    fetch it (no shell in dom0 or in the VM; bounded time; --globoff: the URL
+    as written, never a curl glob like {a,b} or [1-9] fetching several)."""
     return [QVM_RUN, "--pass-io", "--no-autostart", "--no-gui", vm, "--",
-            "curl", "-fsS", "-m", "20", "--retry", "2", "-o", "/dev/null", url]
+            "curl", "-fsS", "-m", "20", "--retry", "2", "-o", "/dev/null", "--globoff", url]
 
 
 @dataclass

@@ -30,7 +30,7 @@ from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphras
 from dom0.errors import Interrupted, UsageError, VerificationError
 from dom0.log import say, say_json
 from dom0.qubes import QubesAdapter
-from dom0.session import Context, require_vm, running_carrier
+from dom0.session import Context, failure_as_json, require_vm, running_carrier
 from dom0.settings import is_vm_name
 from dom0.verify import (
     Committed,
@@ -270,16 +270,17 @@ def restore_choices(args: argparse.Namespace, source: PassphraseSource) -> list[
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """`qbackup restore`: given its arguments, restore from the named backup,
-    print what was restored; return 0 or raise."""
-    target = carrier_and_passphrase(args, context.config)
-    carrier = target.carrier
-    name = check_name(args.name)
-    source = need_passphrase(target.passphrase)
-    options = restore_choices(args, source)
-    app = context.get_app()
-    with running_carrier(app, carrier, keep=False):
-        CarrierClient(app, carrier, target.answer_timeout).require(name)
-        restored = restore_backup(app, carrier, source, name, options, args.vms,
-                                  committed_record(context.history, name))
+    print what was restored (or JSON); return 0 or raise."""
+    with failure_as_json(context, args.name):
+        target = carrier_and_passphrase(args, context.config)
+        carrier = target.carrier
+        name = check_name(args.name)
+        source = need_passphrase(target.passphrase)
+        options = restore_choices(args, source)
+        app = context.get_app()
+        with running_carrier(app, carrier, keep=False):
+            CarrierClient(app, carrier, target.answer_timeout).require(name)
+            restored = restore_backup(app, carrier, source, name, options, args.vms,
+                                      committed_record(context.history, name))
     show(name, restored, context.json)
     return 0

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from dom0.errors import Interrupted, QubesError, VMNotFound
+from dom0.errors import Interrupted, QbackupError, QubesError, VMNotFound, exit_code_for
+from dom0.log import say_json
 from dom0.qubes import QubesAdapter
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,19 @@ class Context:
     config: Path | None  # --config, None: the default job file
     json: bool = False  # --json: machine-readable stdout
     quiet: bool = False  # -q: no progress bar or summary, errors only
+
+
+@contextmanager
+def failure_as_json(context: Context, backup: str) -> Iterator[None]:
+    """Given the context and the BACKUP a command is about, with --json print
+    an error that ends the block as one JSON object (the backup, the error,
+    the exit code) before it goes on to main()."""
+    try:
+        yield
+    except QbackupError as error:
+        if context.json:
+            say_json({"backup": backup, "error": str(error), "exit": int(exit_code_for(error))})
+        raise
 
 
 def require_vm(app: QubesAdapter, name: str, role: str) -> None:

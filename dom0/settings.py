@@ -62,13 +62,15 @@ class Hooks:
 
 @dataclass(frozen=True)
 class Range:
-    """The values a number may take: LOW to HIGH, both included."""
+    """The values a number may take: LOW to HIGH, both included, in UNIT
+    (e.g. 'h'; '': a plain number)."""
 
     low: int
     high: int
+    unit: str = ""
 
     def __str__(self) -> str:
-        return f"{self.low} to {self.high}"
+        return f"{self.low}{self.unit} to {self.high}{self.unit}"
 
 
 Check = Callable[["Setting", Any, list[Problem]], Any]
@@ -204,13 +206,20 @@ def integer(setting: Setting, value: Any, problems: list[Problem]) -> int:
     return value
 
 
-def hours(setting: Setting, value: Any, problems: list[Problem]) -> float | None:
-    """A number of hours in the setting's range (null: none)."""
-    if value is not None and not in_range(setting, value):
-        problems.append(Problem(setting.key, f"expected hours from {setting.range}, e.g. 192"
-                                             " for eight days"))
+def age(setting: Setting, value: Any, problems: list[Problem]) -> float | None:
+    """An age, in seconds: a number and a unit (`36h`, `8d`) or a bare number
+    of hours, in the setting's range of hours (null: none)."""
+    if value is None:
         return None
-    return value
+    try:
+        hours = names.parse_age(value) / 3600 if isinstance(value, str) else value
+    except ValueError as error:
+        problems.append(Problem(setting.key, str(error)))
+        return None
+    if not in_range(setting, hours):
+        problems.append(Problem(setting.key, f"expected an age from {setting.range}, e.g. 8d"))
+        return None
+    return hours * 3600
 
 
 def retention_policy(setting: Setting, value: Any,
@@ -296,8 +305,9 @@ SETTINGS: dict[str, Setting] = {setting.key: setting for setting in (
             range=Range(0, 86400), option="--retry-delay"),
     Setting("verify", boolean, "true: qvm-backup-restore --verify-only right after",
             default=False, option="--verify"),
-    Setting("drill_max_age", hours, "hours: status fails when the job's last restore drill"
-            " is older (or missing); omit to not require drills", range=Range(1, 87600)),
+    Setting("drill_max_age", age, "status fails when the job's last restore drill is older"
+            " than this AGE (or missing); omit to not require drills",
+            range=Range(1, 87600, "h")),
     Setting("answer_timeout", integer, "seconds to wait for each answer through the"
             " carrier; check gets more per GiB", default=300, range=Range(1, 86400)),
     Setting("keep", retention_policy, "retention policy the server's prune applies: {"

@@ -1,4 +1,4 @@
-"""`qbackup status [--max-age HOURS] [--remote] [--json]`: the last success per
+"""`qbackup status [--max-age AGE] [--remote] [--json]`: the last success per
 job, for people and monitors.
 
 A job that never succeeded, or whose last success is older than --max-age,
@@ -8,7 +8,8 @@ also compares the history with the servers' listings: a backup that vanished
 (unless the job's retention policy let the server prune it), shrank or
 changed is reported (exit 4), and the backups the policy removed are counted.
 Then the last restore drill per job (dom0/drill.py records them): one that
-failed exits 4, one older than its limit 7.
+failed exits 4, one older than its limit 7. Ages are qbackup_protocol.names'
+(`36h`, `7d`; a bare number means hours), as in `qbackup-server status`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dom0.log import human_size, say, say_json, show_time
 from dom0.processes import notify
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
+from qbackup_protocol.names import show_age
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ class JobStatus:
     problems: list[str] = field(default_factory=list)
     strangers: list[str] = field(default_factory=list)
 
-    def age_hours(self, now: float) -> float | None:
-        return None if self.success is None else (now - self.success.end) / 3600
+    def age(self, now: float) -> float | None:
+        """Given the time now, return the last success's age in seconds (None: none)."""
+        return None if self.success is None else now - self.success.end
 
     def to_json(self, now: float, stale: bool) -> dict[str, object]:
         success = self.success
@@ -55,7 +58,7 @@ class JobStatus:
             "last_success": None if success is None else {
                 "name": success.name, "size": success.size, "sha256": success.sha256,
                 "end": success.end},
-            "age_hours": None if success is None else round(self.age_hours(now) or 0.0, 3),
+            "age_hours": None if success is None else round((now - success.end) / 3600, 3),
             "last_run": None if self.last is None else history.shown_outcome(self.last.outcome),
             "last_transfer": None if success is None else success.transfer,
             "stale": stale, "configuration_problems": self.broken,
@@ -119,7 +122,7 @@ def show(status: JobStatus, now: float) -> None:
                                                           if status.last else ""))
     else:
         say(f"{status.job}: last success {success.name} at {show_time(success.end)}"
-            f" ({status.age_hours(now):.1f} h ago), {human_size(success.size or 0)};"
+            f" ({show_age(now - success.end)} ago), {human_size(success.size or 0)};"
             f" {history.describe_transfer(success.transfer)}; last run: {last}")
     if status.pruned:
         say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
@@ -143,13 +146,14 @@ def backup_status(args: argparse.Namespace, context: Context) -> int:
     now = time.time()
     stale: list[str] = []
     for status in table.values():
-        age = status.age_hours(now)
+        age = status.age(now)
         if status.broken:
             stale.append(f"{status.job}: job file entry broken")
         elif age is None:
             stale.append(f"{status.job}: no successful backup yet")
         elif args.max_age is not None and age > args.max_age:
-            stale.append(f"{status.job}: {age:.1f} h old")
+            stale.append(f"{status.job}: newest backup {show_age(age)} old >"
+                         f" {show_age(args.max_age)}")
     if not table:
         stale.append("no job in the job file and no backup in the history")
     problems = [problem for status in table.values() for problem in status.problems]
@@ -174,20 +178,19 @@ def backup_status(args: argparse.Namespace, context: Context) -> int:
         raise VerificationError(f"{len(problems)} stored backup(s) vanished or changed")
     if stale:
         notify("qbackup: backups are stale", "\n".join(stale[:5]), critical=True)
-        limit = f"newer than {args.max_age} h " if args.max_age is not None else ""
-        raise StaleBackup(f"no successful backup {limit}for: {'; '.join(stale)}")
+        raise StaleBackup(f"no recent enough backup for: {'; '.join(stale)}")
     return 0
 
 
 def drill_status(history_path: Path, limits: Mapping[str, float | None],
-                 max_age_hours: float | None, show: bool = True) -> None:
-    """Given the history, each configured job's own age limit (its
+                 max_age: float | None, show: bool = True) -> None:
+    """Given the history, each configured job's own age limit in seconds (its
     `drill_max_age`, None: none) and an age limit for every job (--max-drill-age,
     None: none), print the last drill per job; raise VerificationError if one
     failed, StaleBackup if one is older than its limit (or missing)."""
 
     def limit_of(job: str) -> float | None:
-        return max_age_hours if max_age_hours is not None else limits.get(job)
+        return max_age if max_age is not None else limits.get(job)
 
     last: dict[str, Drill] = {}
     for recorded in read_drills(drills_path(history_path)):
@@ -203,14 +206,14 @@ def drill_status(history_path: Path, limits: Mapping[str, float | None],
                 say(f"{job}: never drilled")
             stale.append(f"{job}: never")
             continue
-        age = (now - entry.end) / 3600
+        age = now - entry.end
         if show:
-            say(f"{job}: last drill at {show_time(entry.end)} ({age:.1f} h ago):"
+            say(f"{job}: last drill at {show_time(entry.end)} ({show_age(age)} ago):"
                 f" {entry.outcome} ({', '.join(entry.names) or '-'})")
         if entry.outcome != OUTCOME_OK:
             failed.append(job)
         elif limit is not None and age > limit:
-            stale.append(f"{job}: {age:.1f} h old (limit {limit:g} h)")
+            stale.append(f"{job}: last drill {show_age(age)} old > {show_age(limit)}")
     if failed:
         notify("qbackup: drill failed", ", ".join(failed), critical=True)
         raise VerificationError(f"the last drill failed for: {', '.join(failed)}")

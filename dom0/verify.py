@@ -28,11 +28,11 @@ from dom0.carrier import CarrierClient, check_name, seconds
 from dom0.compression import restore_options
 from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
 from dom0.errors import PassphraseError, VerificationError
-from dom0.log import say
+from dom0.log import say, say_json
 from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
-from dom0.session import Context, require_vm, running_carrier, running_vm
+from dom0.session import Context, failure_as_json, require_vm, running_carrier, running_vm
 from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
@@ -174,16 +174,23 @@ def verify_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, nam
 # --- the `verify` action (argument handling only) ----------------------------
 def run_verify(args: argparse.Namespace, context: Context) -> int:
     """Given `verify` arguments, verify the named backup and say what was
-    verified; return 0 or raise (NoSuchBackup for a name the server lacks)."""
-    target = carrier_and_passphrase(args, context.config)
-    carrier = target.carrier
-    name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
-    source = need_passphrase(target.passphrase)
-    committed = committed_record(context.history, name)
-    app = context.get_app()
-    with running_carrier(app, carrier, keep=False):
-        verify_backup(app, carrier, source, name, committed, target.answer_timeout)
-    say(f"{name}: verified: {what_was_verified(committed)}")
+    verified (or JSON); return 0 or raise (NoSuchBackup for a name the server
+    lacks)."""
+    with failure_as_json(context, args.name):
+        target = carrier_and_passphrase(args, context.config)
+        carrier = target.carrier
+        name = check_name(args.name)  # before the carrier starts: it reaches its `eval`
+        source = need_passphrase(target.passphrase)
+        committed = committed_record(context.history, name)
+        app = context.get_app()
+        with running_carrier(app, carrier, keep=False):
+            verify_backup(app, carrier, source, name, committed, target.answer_timeout)
+    if context.json:
+        say_json({"backup": name, "dom0_record": committed is not None,
+                  "size": committed.size if committed else None,
+                  "sha256": committed.sha256 if committed else None})
+    else:
+        say(f"{name}: verified: {what_was_verified(committed)}")
     return 0
 
 

@@ -216,7 +216,7 @@ def test_the_status_timer_runs_status_with_max_age_daily() -> None:
     assert service["Service.Type"] == ["oneshot"]
     command = service["Service.ExecStart"]
     assert len(command) == 1
-    assert re.fullmatch(r"/usr/bin/qbackup status --max-age [0-9]+", command[0])
+    assert re.fullmatch(r"/usr/bin/qbackup status --max-age [0-9]+[smhd]?", command[0])
     assert service["Service.TimeoutStartSec"] != ["infinity"]  # a status that hangs must end
     assert timer["Timer.OnCalendar"] == ["*-*-* 12:00:00"] and timer["Timer.Persistent"] == ["true"]
     assert timer["Install.WantedBy"] == ["timers.target"]

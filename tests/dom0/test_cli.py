@@ -103,7 +103,7 @@ def test_every_command_has_help_with_examples(
 def test_status_without_any_success_fails(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-o", "status"]) == QbackupExit.STALE
-    assert "no successful backup for: no job in the job file and no backup in the history" \
+    assert "no recent enough backup for: no job in the job file and no backup in the history" \
         in capsys.readouterr().err
 
 
@@ -157,7 +157,7 @@ def test_a_job_drill_max_age_makes_status_fail_when_its_drill_is_old(
     append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 50 * 3600,
                                              now - 48 * 3600, "ok"))
     assert main(["-o", "status", "--config", str(path)]) == QbackupExit.STALE
-    assert "no recent enough drill for: daily: 48.0 h old (limit 24 h)" \
+    assert "no recent enough drill for: daily: last drill 2.0d old > 24h" \
         in capsys.readouterr().err
     append_drill(drills_path(history), Drill("daily", ["p-20261122T000000Z"], now - 60, now,
                                              "ok"))

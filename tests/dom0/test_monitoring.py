@@ -15,6 +15,7 @@ import pytest
 
 from dom0 import errors
 from dom0.errors import QbackupExit
+from dom0.monitor import ping_argv
 from tests.dom0.conftest import CARRIER, Dom0
 
 KIB = 1024
@@ -129,11 +130,19 @@ def test_hooks_and_pings_on_start_and_success(dom0: Dom0, notify: Recorder, tmp_
     assert [call["argv"] for call in hook.calls()] == [["start"], ["ok"]]
     assert hook.calls()[1]["env"]["QBACKUP_NAME"] == name  # type: ignore[index]
     curl = ["--pass-io", "--no-autostart", "--no-gui", CARRIER, "--", "curl", "-fsS", "-m",
-            "20", "--retry", "2", "-o", "/dev/null"]
+            "20", "--retry", "2", "-o", "/dev/null", "--globoff"]
     assert [call["argv"] for call in qvm_run.calls()] == [
         [*curl, "https://hc-ping.com/0a1b2c/start"], [*curl, "https://hc-ping.com/0a1b2c"]]
     assert summaries(notify) == [("--urgency=normal", "qbackup started"),
                                  ("--urgency=normal", "qbackup finished")]
+
+
+@pytest.mark.parametrize("url", ["https://hc.example/ping/{uuid}", "https://hc.example/a[1-9]"])
+def test_a_ping_url_reaches_curl_as_one_literal_url_never_a_glob(url: str) -> None:
+    # Without --globoff curl expands {a,b} and [1-9] into several requests
+    # (or refuses the URL): the job's URL must be fetched exactly as written.
+    argv = ping_argv(CARRIER, url)
+    assert argv[-2:] == ["--globoff", url]
 
 
 def test_a_failing_hook_or_ping_never_changes_the_outcome(

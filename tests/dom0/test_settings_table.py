@@ -90,4 +90,4 @@ def test_the_example_shows_each_setting_with_the_tables_facts(key: str) -> None:
     assert block and known in block, (key, block)
     # No other default or range is written beside the setting.
     assert len(re.findall(r"\bdefault\b", block)) == ("default " in known), key
-    assert len(re.findall(r"\d to \d", block)) == bool(SETTINGS[key].range), key
+    assert len(re.findall(r"\d[a-z]* to \d", block)) == bool(SETTINGS[key].range), key

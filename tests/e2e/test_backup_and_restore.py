@@ -212,7 +212,7 @@ def test_stale_status_exits_non_zero_and_notifies(
     assert "daily: last success laptop-20261120T000000Z" in capsys.readouterr().out
     assert not record.exists()
     assert dom0.run("status", "--max-age", "36") == QbackupExit.STALE
-    assert dom0.logged("no successful backup newer than 36.0 h for: daily: 50.0 h old")
+    assert dom0.logged("no recent enough backup for: daily: newest backup 2.1d old > 36h")
     assert "--urgency=critical|qbackup: backups are stale|" in record.read_text()
 
 
