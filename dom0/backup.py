@@ -249,7 +249,9 @@ def run_all(args: argparse.Namespace, context: Context) -> int:
     if args.job or args.prefix or args.carrier or args.vms:
         raise UsageError("--all runs the job file's jobs as they are: give no job, prefix,"
                          " carrier or VMs with it")
-    jobs, broken = all_jobs(open_config(context.config))
+    found = all_jobs(open_config(context.config))
+    jobs = found.valid
+    broken = found.broken
     first_failure = 0
     for name in sorted(set(jobs) | set(broken)):
         code = 0

@@ -178,7 +178,7 @@ def read_config(path: Path) -> ConfigFile:
     config = ConfigFile(path=path, jobs={str(name): job for name, job in data["jobs"].items()},
                         lines=lines, twice=jobs_twice)
     if problems:  # the file is refused as a whole: say everything wrong in it
-        broken = all_jobs(config)[1]
+        broken = all_jobs(config).broken
         raise ConfigError(problems + [problem for name in config.jobs
                                       for problem in broken.get(name, [])])
     return config
@@ -243,16 +243,23 @@ def file_job(config: ConfigFile, name: str, overrides: dict[str, Any] | None = N
     return job
 
 
-def all_jobs(config: ConfigFile) -> tuple[dict[str, Job], dict[str, list[str]]]:
-    """Given the job file, return (the valid jobs, the problems of each other job)."""
-    jobs: dict[str, Job] = {}
-    broken: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class Jobs:
+    """A job file's jobs: the valid ones by name, and the problems of each other one."""
+
+    valid: dict[str, Job]
+    broken: dict[str, list[str]]
+
+
+def all_jobs(config: ConfigFile) -> Jobs:
+    """Given the job file, return its valid jobs and the problems of the others."""
+    jobs = Jobs({}, {})
     for name in config.jobs:
         try:
-            jobs[name] = file_job(config, name)
+            jobs.valid[name] = file_job(config, name)
         except ConfigError as error:
-            broken[name] = error.problems
-    return jobs, broken
+            jobs.broken[name] = error.problems
+    return jobs
 
 
 # --- the command line ------------------------------------------------------------

@@ -28,7 +28,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
     job_file = open_config(context.config)
     if args.job:
         require_job(job_file, args.job)
-    jobs, broken = all_jobs(job_file)
+    found = all_jobs(job_file)
+    jobs = found.valid
+    broken = found.broken
     names = [args.job] if args.job else sorted({*jobs, *broken})
     first_failure = 0
     for name in names:

@@ -138,7 +138,9 @@ def backup_status(args: argparse.Namespace, context: Context) -> int:
     """Given `status` arguments, report every job's backups; return 0 or
     raise StaleBackup / VerificationError."""
     path = context.config or config.default_config_path()
-    jobs, broken = config.all_jobs(config.read_config(path)) if path else ({}, {})
+    found = config.all_jobs(config.read_config(path)) if path else config.Jobs({}, {})
+    jobs = found.valid
+    broken = found.broken
     runs = history.read_runs(context.history)
     table = job_table(runs, jobs, broken)
     if args.remote:
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     """`qbackup status`: the backups' status, then the last drill per job
     (shown and judged whatever the backups' state; not shown with --json)."""
     path = context.config or config.default_config_path()
-    jobs = config.all_jobs(config.read_config(path))[0] if path else {}
+    jobs = config.all_jobs(config.read_config(path)).valid if path else {}
     limits = {name: job.drill_max_age for name, job in jobs.items()}
     try:
         return backup_status(args, context)

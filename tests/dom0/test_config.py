@@ -208,6 +208,6 @@ def test_bad_hooks_are_refused(tmp_path: Path, hooks: str, ending: str) -> None:
 
 def test_the_example_file_loads_as_it_is_shipped() -> None:
     example = Path(__file__).resolve().parents[2] / "dom0" / "qbackup.yaml.example"
-    jobs, broken = config.all_jobs(config.read_config(example))
-    assert broken == {}
-    assert jobs["daily"].keep == RetentionPolicy(daily=7, weekly=4, monthly=12)
+    jobs = config.all_jobs(config.read_config(example))
+    assert jobs.broken == {}
+    assert jobs.valid["daily"].keep == RetentionPolicy(daily=7, weekly=4, monthly=12)
