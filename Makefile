@@ -16,15 +16,17 @@ QUBES_RPC_DIR ?= /etc/qubes-rpc
 SYSTEMD_USER_DIR ?= /usr/lib/systemd/user
 APPARMOR_DIR ?= /etc/apparmor.d
 DOCDIR ?= /usr/share/doc/qbackup
+MANDIR ?= /usr/share/man
 POLICY_DIR ?= /etc/qubes/policy.d
 user ?=
 key ?=
 force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
-APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml
+APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml \
+	groff-base
 
-.PHONY: help deps venv test test-pure lint demo bench server server-files server-aa templatevm \
+.PHONY: FORCE help deps venv test test-pure lint demo bench man server server-files server-aa templatevm \
 	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
 
 help:
@@ -32,6 +34,7 @@ help:
 	@echo "make test-pure            the pure tests only (no root, no sshd; needs the venv of make test)"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
 	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
+	@echo "make man                  render the man pages (man/) from the programs' parsers"
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
 	@echo "                          install qbackup-shell on a backup server and make it NAME's shell"
 	@echo "                          (converting an existing account needs force=1)"
@@ -51,11 +54,16 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The venv is editable-installed from ONE checkout, named in its stamp: from
+# another checkout (or after that one is gone) it is installed again, so the
+# tests, the demo and the benchmarks always run the checkout they were made in.
+$(VENV)/.installed: pyproject.toml $(if $(filter $(CURDIR),$(shell cat $(VENV)/.installed 2>/dev/null)),,FORCE)
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	@touch $@
+	@echo "$(CURDIR)" > $@
+
+FORCE:
 
 venv: deps $(VENV)/.installed
 
@@ -82,6 +90,11 @@ lint: venv
 
 demo: venv
 	$(PY) -m demo.run
+
+# The man pages are rendered from the programs' parsers and committed (the
+# install targets copy them; tests hold them to the render).
+man: venv
+	$(PY) -m man.render man
 
 bench: venv
 	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)
@@ -146,8 +159,9 @@ templatevm:
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' carrier_vm/qbackup-carrier.in > $(DESTDIR)$(BINDIR)/qbackup-carrier
 	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup-carrier
 	install -m 0755 carrier_vm/qubes-rpc/qubes.BackupCarrier $(DESTDIR)$(QUBES_RPC_DIR)/
-	install -d -m 0755 $(DESTDIR)$(DOCDIR)
+	install -d -m 0755 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 0644 carrier_vm/carrier.yaml.example $(DESTDIR)$(DOCDIR)/
+	install -m 0644 man/qbackup-carrier.1 $(DESTDIR)$(MANDIR)/man1/
 
 # --- dom0 ----------------------------------------------------------------------
 # The example config goes to DOCDIR only: a config under /etc/qbackup would
@@ -165,8 +179,9 @@ dom0:
 	install -d -m 0755 $(DESTDIR)$(POLICY_DIR) $(DESTDIR)$(DOCDIR)
 	install -m 0644 dom0/qubes-policy/30-qbackup.policy $(DESTDIR)$(POLICY_DIR)/
 	install -m 0644 dom0/qbackup.yaml.example $(DESTDIR)$(DOCDIR)/
-	install -d -m 0755 $(DESTDIR)$(BASH_COMPLETION_DIR)
+	install -d -m 0755 $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 0644 dom0/qbackup.bash-completion $(DESTDIR)$(BASH_COMPLETION_DIR)/qbackup
+	install -m 0644 man/qbackup.1 $(DESTDIR)$(MANDIR)/man1/
 
 # --- uninstall: what the targets above installed, nothing else -----------------
 # Never removed: configs (/etc/qbackup, ~/.config/qbackup), SSH keys, the
@@ -199,7 +214,7 @@ uninstall-server:
 
 uninstall-templatevm:
 	rm -f $(DESTDIR)$(BINDIR)/qbackup-carrier $(DESTDIR)$(QUBES_RPC_DIR)/qubes.BackupCarrier \
-		$(DESTDIR)$(DOCDIR)/carrier.yaml.example
+		$(DESTDIR)$(DOCDIR)/carrier.yaml.example $(DESTDIR)$(MANDIR)/man1/qbackup-carrier.1
 	rm -rf $(DESTDIR)$(LIBDIR)/carrier_vm
 	$(remove-shared)
 	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
@@ -216,6 +231,7 @@ uninstall-dom0:
 	fi
 	rm -f $(DESTDIR)$(BINDIR)/qbackup $(DESTDIR)$(POLICY_DIR)/30-qbackup.policy \
 		$(DESTDIR)$(DOCDIR)/qbackup.yaml.example $(DESTDIR)$(BASH_COMPLETION_DIR)/qbackup \
+		$(DESTDIR)$(MANDIR)/man1/qbackup.1 \
 		$(addprefix $(DESTDIR)$(SYSTEMD_USER_DIR)/,$(notdir $(DOM0_UNITS)))
 	rm -rf $(DESTDIR)$(LIBDIR)/dom0
 	$(remove-shared)
