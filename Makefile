@@ -86,7 +86,7 @@ test-pure:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol man
 
 demo: venv
 	$(PY) -m demo.run

@@ -98,12 +98,12 @@ PARTS = {
     "templatevm": Part("templatevm", "uninstall-templatevm", {
         "usr/bin/qbackup-carrier", "usr/lib/qbackup/qbackup_protocol/wire.py",
         "usr/lib/qbackup/carrier_vm/cli.py", "etc/qubes-rpc/qubes.BackupCarrier",
-        "usr/share/doc/qbackup/carrier.yaml.example"}),
+        "usr/share/doc/qbackup/carrier.yaml.example", "usr/share/man/man1/qbackup-carrier.1"}),
     "dom0": Part("dom0", "uninstall-dom0", {
         "usr/bin/qbackup", "usr/lib/qbackup/qbackup_protocol/wire.py",
         "usr/lib/qbackup/dom0/cli.py",
         "etc/qubes/policy.d/30-qbackup.policy", "usr/share/doc/qbackup/qbackup.yaml.example",
-        *(f"usr/lib/systemd/user/{unit}" for unit in UNITS)}),
+        "usr/share/man/man1/qbackup.1", *(f"usr/lib/systemd/user/{unit}" for unit in UNITS)}),
 }
 # What an admin or user put there: an uninstall must leave every one alone.
 USER_FILES = {
