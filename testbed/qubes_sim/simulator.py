@@ -90,7 +90,7 @@ class SimVM:
 
 
 @dataclass
-class Hooks:
+class Interventions:
     """Ways a test makes Qubes misbehave or reacts to progress."""
 
     engine_fails_at: float | None = None  # qubesd's archiving fails at this fraction
@@ -116,7 +116,7 @@ class SimulatedQubes:
     carrier_script: Path = CARRIER_SERVICE_SCRIPT
     vms: dict[str, SimVM] = field(default_factory=dict)
     passphrase_vms: dict[str, str] = field(default_factory=dict)
-    hooks: Hooks = field(default_factory=Hooks)
+    interventions: Interventions = field(default_factory=Interventions)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     carrier_stderr: list[bytes] = field(default_factory=list)
     restore_runs: int = 0
@@ -448,9 +448,9 @@ class SimulatedQubes:
         try:
             outcome = self._deliver(profile, process, line, self._pieces(chunks), total,
                                     on_progress)
-            if outcome != "sent" and self.hooks.on_engine_waits is not None:
-                waits = self.hooks.on_engine_waits
-                self.hooks.on_engine_waits = None
+            if outcome != "sent" and self.interventions.on_engine_waits is not None:
+                waits = self.interventions.on_engine_waits
+                self.interventions.on_engine_waits = None
                 waits()
             # The order that matters: wait for the VM's command, THEN close.
             returncode = self._reap(destination, process)
@@ -476,12 +476,12 @@ class SimulatedQubes:
 
     def _pieces(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Given the stream's chunks, yield WRITE_CHUNK pieces, flipping the
-        byte hooks.corrupt_stream_byte names (corruption in transit)."""
+        byte interventions.corrupt_stream_byte names (corruption in transit)."""
         sent = 0
         for chunk in chunks:
             for offset in range(0, len(chunk), WRITE_CHUNK):
                 piece = chunk[offset : offset + WRITE_CHUNK]
-                target = self.hooks.corrupt_stream_byte
+                target = self.interventions.corrupt_stream_byte
                 if target is not None and sent <= target < sent + len(piece):
                     index = target - sent
                     piece = piece[:index] + bytes([piece[index] ^ 0xFF]) + piece[index + 1 :]
@@ -490,15 +490,15 @@ class SimulatedQubes:
 
     def _misbehave(self, process: subprocess.Popen[bytes], fraction: float) -> bool:
         """Given how far the stream got, fire the kill hook once; return
-        whether the engine fails here (hooks.engine_fails_at)."""
-        kill_at = self.hooks.kill_carrier_at
+        whether the engine fails here (interventions.engine_fails_at)."""
+        kill_at = self.interventions.kill_carrier_at
         if kill_at is not None and fraction >= kill_at:
-            self.hooks.kill_carrier_at = None
+            self.interventions.kill_carrier_at = None
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        fail_at = self.hooks.engine_fails_at
+        fail_at = self.interventions.engine_fails_at
         if fail_at is not None and fraction >= fail_at:
-            self.hooks.engine_fails_at = None
+            self.interventions.engine_fails_at = None
             return True
         return False
 
@@ -528,8 +528,8 @@ class SimulatedQubes:
                 sent += len(piece)
                 percent = min(100.0, 100.0 * sent / total)
                 on_progress(percent)
-                if self.hooks.on_progress is not None:
-                    self.hooks.on_progress(percent)
+                if self.interventions.on_progress is not None:
+                    self.interventions.on_progress(percent)
             if profile in self._cancelled:
                 return "cancelled"
             stdin.close()
@@ -555,8 +555,8 @@ class SimulatedQubes:
     def _run_location(self, location: str, header_only: bool) -> tuple[bytes, int]:
         """Run the location command like qubes.Restore; return (stdout, status)."""
         self.restore_runs += 1
-        if self.hooks.on_restore_pass is not None:
-            self.hooks.on_restore_pass(header_only)
+        if self.interventions.on_restore_pass is not None:
+            self.interventions.on_restore_pass(header_only)
         data, status, stderr = restore.run_location(self._carrier_env(), location, header_only)
         self.carrier_stderr.append(stderr)
         return data, status

@@ -132,7 +132,7 @@ def test_unreachable_server_is_a_temporary_failure_and_retries(dom0: Dom0) -> No
 
 
 def test_carrier_dying_mid_stream_fails_the_backup_and_stores_nothing(dom0: Dom0) -> None:
-    dom0.sim.hooks.kill_carrier_at = 0.5
+    dom0.sim.interventions.kill_carrier_at = 0.5
     assert backup(dom0, "work") == QbackupExit.BACKUP_FAILED
     assert dom0.logged(f"Writing backup to VM {CARRIER} failed")
     assert dom0.logged("progress laptop-")  # it did start streaming
@@ -154,7 +154,7 @@ def test_signal_during_backup_sends_cancel_and_removes_the_profile(
             sent.append(True)
             os.kill(os.getpid(), signum)
 
-    dom0.sim.hooks.on_progress = interrupt
+    dom0.sim.interventions.on_progress = interrupt
     assert backup(dom0, "work") == code
     assert ("admin.backup.Cancel", profile_name(CARRIER)) in dom0.sim.calls
     assert dom0.logged("cancelling the backup")
@@ -173,7 +173,7 @@ def test_lock_held_by_another_run_exits_at_once_and_touches_nothing(dom0: Dom0) 
 
 
 def test_corrupted_stream_is_caught_by_verify(dom0: Dom0) -> None:
-    dom0.sim.hooks.corrupt_stream_byte = MIB
+    dom0.sim.interventions.corrupt_stream_byte = MIB
     assert backup(dom0, "--verify", "work") == QbackupExit.VERIFY
     [name] = dom0.stored()
     assert dom0.logged(f"verification of {name} FAILED")

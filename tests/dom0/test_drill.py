@@ -66,10 +66,10 @@ def test_drill_verifies_the_newest_and_an_older_backup_and_records_it(
 def test_a_backup_qubes_cannot_verify_fails_the_drill_and_status(dom0: Dom0) -> None:
     # The older backup was damaged before the carrier hashed it: the server's
     # digest matches, only Qubes' --verify-only can tell.
-    dom0.sim.hooks.corrupt_stream_byte = 100_000
+    dom0.sim.interventions.corrupt_stream_byte = 100_000
     second = int(time.time())
     assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0
-    dom0.sim.hooks.corrupt_stream_byte = None
+    dom0.sim.interventions.corrupt_stream_byte = None
     while int(time.time()) == second:  # wait for the clock: names carry the second
         time.sleep(0.05)
     assert dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work") == 0

@@ -53,7 +53,7 @@ def test_sigterm_during_the_backup_ends_within_30_s_nothing_stored_no_profile(
             sent.append(time.monotonic())
             os.kill(os.getpid(), signal.SIGTERM)
 
-    dom0.sim.hooks.on_progress = terminate
+    dom0.sim.interventions.on_progress = terminate
     assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert time.monotonic() - sent[0] < DRILL_LIMIT
     assert_nothing_left(dom0)
@@ -68,8 +68,8 @@ def test_a_carrier_without_abort_is_killed_to_end_the_upload(dom0: Dom0, tmp_pat
                       ' "$@"\n')
     script.chmod(0o755)
     dom0.sim.carrier_script = script
-    dom0.sim.hooks.engine_fails_at = 0.3
-    dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGINT)
+    dom0.sim.interventions.engine_fails_at = 0.3
+    dom0.sim.interventions.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGINT)
     assert backup(dom0, "work") == QbackupExit.SIGINT
     calls = dom0.sim.calls
     assert calls.index(("run_service_for_stdio", CARRIER, ABORT_SERVICE)) < \
@@ -86,8 +86,8 @@ def test_an_abort_that_claims_success_while_qubes_still_waits_is_backed_by_a_kil
                       ' "$@"\n')
     script.chmod(0o755)
     dom0.sim.carrier_script = script
-    dom0.sim.hooks.engine_fails_at = 0.3
-    dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    dom0.sim.interventions.engine_fails_at = 0.3
+    dom0.sim.interventions.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
     assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert ("kill", CARRIER) in dom0.sim.calls
     assert dom0.logged("but Qubes' backup still waits for it after 1 s")
@@ -102,8 +102,8 @@ def test_a_hanging_abort_is_cut_short_and_the_carrier_killed(
                       f'exec {dom0.sim.carrier_script} "$@"\n')
     script.chmod(0o755)
     dom0.sim.carrier_script = script
-    dom0.sim.hooks.engine_fails_at = 0.3
-    dom0.sim.hooks.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    dom0.sim.interventions.engine_fails_at = 0.3
+    dom0.sim.interventions.on_engine_waits = lambda: os.kill(os.getpid(), signal.SIGTERM)
     started = time.monotonic()
     assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert time.monotonic() - started < DRILL_LIMIT
@@ -122,8 +122,8 @@ def test_an_engine_failure_mid_stream_leaves_the_upload_waiting_until_dom0_ends_
         waited.append(dom0.sim.vms[CARRIER].running)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    dom0.sim.hooks.engine_fails_at = 0.4
-    dom0.sim.hooks.on_engine_waits = stop
+    dom0.sim.interventions.engine_fails_at = 0.4
+    dom0.sim.interventions.on_engine_waits = stop
     assert backup(dom0, "work") == QbackupExit.SIGTERM
     assert waited == [True]
     assert_nothing_left(dom0)
@@ -180,7 +180,7 @@ def test_the_compression_filter_is_recorded_and_passed_to_verify_and_restore(
 def test_a_restore_that_cannot_extract_its_data_exits_4(dom0: Dom0) -> None:
     # Damaged in transit before the carrier hashed it: the server's digest
     # matches, Qubes' own HMAC does not. A normal restore only LOGS the error.
-    dom0.sim.hooks.corrupt_stream_byte = 200_000
+    dom0.sim.interventions.corrupt_stream_byte = 200_000
     assert backup(dom0, "work") == 0
     [name] = dom0.stored()
     dom0.sim.remove_vm("work")

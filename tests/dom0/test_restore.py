@@ -103,7 +103,7 @@ def test_a_paranoid_restore_of_altered_data_fails(dom0: Dom0) -> None:
     # only Qubes' HMAC notices, inside the disposable VM, whose restore logs
     # "Error extracting data" and exits 0. Its log reaches dom0 only with
     # --auto-close; without it the outer tool exits 0, silent.
-    dom0.sim.hooks.corrupt_stream_byte = 200_000
+    dom0.sim.interventions.corrupt_stream_byte = 200_000
     name = backup(dom0, "work")
     assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile), "--paranoid-mode",
                     "--skip-conflicting", name) == QbackupExit.VERIFY

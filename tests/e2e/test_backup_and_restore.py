@@ -174,7 +174,7 @@ def test_keep_carrier_leaves_it_running_and_notifications_are_sent(
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
         QbackupExit.QUBES
     dom0.sim.add_vm("work", size=MIB)
-    dom0.sim.hooks.kill_carrier_at = 0.5
+    dom0.sim.interventions.kill_carrier_at = 0.5
     assert dom0.run("-f", "kept", "-t", CARRIER, "-p", str(dom0.passfile), "work") == \
         QbackupExit.BACKUP_FAILED
     assert record.read_text().splitlines()[-1].startswith(

@@ -107,7 +107,7 @@ def at_progress(dom0: Dom0, percent: float, action: Callable[[], None]) -> None:
             done.append(True)
             action()
 
-    dom0.sim.hooks.on_progress = hook
+    dom0.sim.interventions.on_progress = hook
 
 
 def signal_all(pids: list[int], signum: int) -> None:
@@ -399,7 +399,7 @@ def test_a_restore_whose_get_loses_its_connection_twice_still_succeeds(
             if not header_only:
                 proxy.cut_each_after(8 * MIB, times=2)
 
-        drill.sim.hooks.on_restore_pass = arm_on_the_data_pass
+        drill.sim.interventions.on_restore_pass = arm_on_the_data_pass
         drill.sim.carrier_env["QBACKUP_CARRIER_LOG"] = "warning"  # its story on stderr
         drill.sim.remove_vm(BIG)  # the VM is lost: the backup must bring it back
 
@@ -476,7 +476,7 @@ def test_sigterm_mid_restore_ends_it_and_its_transfer_within_30_s(
                 signalled.append(time.monotonic())
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        drill.sim.hooks.on_restore_pass = stall_the_data_pass
+        drill.sim.interventions.on_restore_pass = stall_the_data_pass
         threading.Thread(target=terminate, daemon=True).start()
         capsys.readouterr()
         if command == "restore":

@@ -184,14 +184,15 @@ def test_on_cancel_qubesd_waits_for_the_vm_command_before_closing_the_stream(
                        f"destination_path: sh -c \"cat >/dev/null; touch {seen_eof}\"\n"
                        "passphrase_text: pass\n")
     sim.vms["carrier"].running = True
-    sim.hooks.on_progress = lambda _: sim.backup_cancel("p") if "p" not in sim._cancelled else None
+    sim.interventions.on_progress = (
+        lambda _: sim.backup_cancel("p") if "p" not in sim._cancelled else None)
     stdin_open: list[bool] = []
 
     def end_it() -> None:
         stdin_open.append(not sim._running["p"].stdin.closed)  # type: ignore[union-attr]
         sim.kill("carrier")  # what dom0 does when the carrier cannot abort
 
-    sim.hooks.on_engine_waits = end_it
+    sim.interventions.on_engine_waits = end_it
     with pytest.raises(BackupEngineError, match="Writing backup to VM carrier failed"):
         sim.backup_execute("p", lambda _: None)
     assert stdin_open == [True]
@@ -214,7 +215,7 @@ def test_cancel_after_the_vm_command_ended_by_itself_reports_cancelled(
             sim.backup_cancel("p")
             cancelled.touch()
 
-    sim.hooks.on_progress = cancel
+    sim.interventions.on_progress = cancel
     with pytest.raises(BackupEngineError, match="^Backup cancelled$"):
         sim.backup_execute("p", lambda _: None)
 
