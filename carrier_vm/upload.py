@@ -173,7 +173,7 @@ class Outages:
 
 
 @dataclass(frozen=True)
-class Upload:
+class Uploaded:
     """What a finished put returns: the verified receipt and how it went."""
 
     record: BackupRecord
@@ -186,7 +186,7 @@ async def put_backup(
     fd: int,
     config: CarrierConfig,
     keep_stats: Callable[[TransferStats], None] = lambda stats: None,
-) -> Upload:
+) -> Uploaded:
     """Given a Link, a valid NAME and the input FD, stream FD to the server's
     ``put NAME`` (resuming over new connections when one is lost, within
     resume_window) and return the server's matching receipt and the transfer
@@ -237,7 +237,7 @@ async def put_backup(
                     outbox.acked,
                 )
                 continue
-            return Upload(record, outages.stats(name, outbox))
+            return Uploaded(record, outages.stats(name, outbox))
     finally:
         reader.stop()
         stats = outages.stats(name, outbox)

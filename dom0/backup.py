@@ -206,8 +206,8 @@ def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """A committed backup as the end of a run reports it."""
+class Finished:
+    """A run that committed its backup, as its end reports it."""
 
     job: str
     record: Record
@@ -271,7 +271,7 @@ def run_all(args: argparse.Namespace, context: Context) -> int:
     return first_failure
 
 
-def report(context: Context, outcome: Outcome) -> int:
+def report(context: Context, outcome: Finished) -> int:
     """Given a successful run, print its summary (a terminal) or JSON; return 0."""
     if context.json:
         say_json(outcome.to_json())
@@ -292,7 +292,7 @@ def report_failure(context: Context, monitor: Monitor, error: QbackupError) -> i
     return code
 
 
-def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
+def run_backup(app: QubesAdapter, job: Job, context: Context) -> Finished:
     """Given a resolved job, run it (with retries) and return its outcome, or
     raise the error that ended it. Every failure, before the backup too, is
     recorded in the history and reported (journal, notification, hooks)."""
@@ -338,7 +338,7 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Outcome:
                          attempts, time.time() - first_start)
         report_failure(context, monitor, error)
         raise
-    outcome = Outcome(history_job(job), record, time.time() - first_start, attempts, job.verify)
+    outcome = Finished(history_job(job), record, time.time() - first_start, attempts, job.verify)
     monitor.succeeded(record.name, outcome.summary())
     return outcome
 

@@ -213,11 +213,11 @@ def test_a_broken_command_line_is_notified(dom0: Dom0, notify: Recorder) -> None
 
 
 def test_the_summary_names_size_duration_and_throughput() -> None:
-    from dom0.backup import Outcome
+    from dom0.backup import Finished
     from dom0.carrier import Record
 
     record = Record("laptop-20261122T235959Z", 3 * 1024**3, "a" * 64, 1)
-    outcome = Outcome("daily", record, seconds=60.0, attempts=2, verified=True)
+    outcome = Finished("daily", record, seconds=60.0, attempts=2, verified=True)
     assert outcome.summary() == ("laptop-20261122T235959Z: 3.0 GiB in 60.0 s (51.2 MiB/s),"
                                  " 2 attempt(s), verified")
     assert outcome.to_json() == {
