@@ -1,5 +1,5 @@
-"""Backup names and retention: how dom0 names a backup, and which backups a
-retention policy keeps.
+"""Backup names, retention and ages: how dom0 names a backup, which backups
+a retention policy keeps, and how old a backup may be.
 
 Pure data and pure functions, standard library only. dom0 makes the names
 (PREFIX-TIMESTAMP) and checks the server against its policy; the server
@@ -32,6 +32,15 @@ RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
 }
 
 
+# Ages (`--max-age` of `qbackup status` and `qbackup-server status`): a
+# number and a unit; a bare number means HOURS in both programs, as dom0's
+# `--max-age 36` always did. Units largest first: show_age picks the first
+# that fits.
+AGE = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhd]?)")
+AGE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+BARE_AGE_UNIT = "h"
+
+
 class InvalidPolicy(ValueError):
     """Raised when a retention policy keeps nothing or has a bad count."""
 
@@ -57,6 +66,25 @@ def split_backup_name(name: str) -> tuple[str, datetime] | None:
     except ValueError:
         return None
     return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
+
+
+def parse_age(text: str) -> float:
+    """Given an age like `90s`, `15m`, `36h`, `7d` or `36` (hours), return
+    seconds; raise ValueError saying how to write one otherwise."""
+    found = AGE.fullmatch(text.strip().lower())
+    if found is None:
+        raise ValueError("not an age: use a number and a unit, s, m, h or d (36h, 7d; a bare"
+                         " number means hours)")
+    return float(found.group(1)) * AGE_UNITS[found.group(2) or BARE_AGE_UNIT]
+
+
+def show_age(seconds: float) -> str:
+    """Given an age in seconds, return it as parse_age reads it, in the
+    largest unit it holds twice: whole if it is (`36h`, `7d`, `90s`), else to
+    a tenth (`40.3h`)."""
+    unit, size = next((unit, size) for unit, size in AGE_UNITS.items()
+                      if abs(seconds) >= 2 * size or unit == "s")
+    return f"{seconds / size:.0f}{unit}" if seconds % size == 0 else f"{seconds / size:.1f}{unit}"
 
 
 @dataclass(frozen=True)
