@@ -45,7 +45,11 @@ MAX_COMMAND_LENGTH = 512
 # [A-Za-z0-9._-] and never starts with '.', which rules out '.', '..' and
 # hidden files: every dot-file in the storage belongs to the shell itself
 # (temporaries, digest records, staged uploads), so no client name can ever collide with one.
-SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Nor with '-', in ANY segment (threat: a name read as an option): the first
+# becomes an argument of the carrier and dom0 (`qbackup-carrier get --help`
+# fetched a backup named so), and every segment is a file name that a glob in
+# its directory puts on an admin's command line (`rm *-2026*`).
+SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 100
 MAX_NAME_DEPTH = 8
@@ -121,7 +125,7 @@ def check_name(name: str) -> str:
     for segment in segments:
         # fullmatch, not match: a trailing newline must not slip through '$'.
         if len(segment) > MAX_SEGMENT_LENGTH or not SEGMENT_PATTERN.fullmatch(segment):
-            raise InvalidName("name segments must be [A-Za-z0-9._-], not start with '.'")
+            raise InvalidName("name segments must be [A-Za-z0-9._-], not start with '.' or '-'")
     return name
 
 
