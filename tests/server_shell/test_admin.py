@@ -418,3 +418,24 @@ def test_version_and_help_need_no_root(backup_server: BackupServer, account: Acc
                                 check=False, env={"PATH": "/usr/bin:/bin"})
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout
+
+
+# A prune cut short (here: a directory the account may not write in) still
+# reports every removal it made before, and the error.
+def test_a_prune_that_fails_half_way_reports_what_it_removed(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    stuck = [backup(backup_server, account, "zz/daily", days) for days in (10.3, 11.3)]
+    (account.storage / "zz").chmod(0o500)  # its owner may no longer unlink in it
+    try:
+        result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "1")
+    finally:
+        (account.storage / "zz").chmod(0o700)
+    assert result.returncode == 3, result.stdout
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == f"QBACKUP PRUNE UNKNOWN - 1 account(s): {account.name}"
+    assert f"{account.name}: error: I/O error: Permission denied" in lines
+    for name in aged["daily"][1:] + aged["weekly"][1:]:  # sorted before zz/: removed, reported
+        assert f"{account.name}: removed {name}" in lines
+        assert not (account.storage / name).exists()
+    assert (account.storage / stuck[1]).exists()
