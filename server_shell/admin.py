@@ -108,24 +108,28 @@ class Stored:
 
 def stored(root_fd: int) -> Stored:
     """Given the root, return its committed backups (regular files with a
-    valid name; dot-files are the shell's own) and the files, and the
-    directories the walk does not enter, whose names are not names."""
+    valid name) and what it skipped: files, and directories the walk does not
+    enter, whose names are not names (by name if it is printable, else counted)."""
     backups = []
     skipped = []
+    unprintable = 0
     for found in storage.walk(root_fd):
-        if found.leaf.startswith(".") or not PRINTABLE_NAME.fullmatch(found.name):
+        kind = stat.S_IFMT(found.info.st_mode)
+        if found.leaf.startswith(".") or kind not in (stat.S_IFREG, stat.S_IFDIR):
+            continue  # the shell's own files and ~/.ssh; a link or a FIFO is no backup
+        if not PRINTABLE_NAME.fullmatch(found.name):
+            unprintable += 1  # never printed: it may hold a newline or an escape
             continue
-        regular = stat.S_ISREG(found.info.st_mode)
         try:
             wire.check_name(found.name)
         except wire.InvalidName as error:
-            not_entered = stat.S_ISDIR(found.info.st_mode) and not storage.is_client_name(
-                found.leaf)
-            if regular or not_entered:
+            if kind == stat.S_IFREG or not storage.is_client_name(found.leaf):
                 skipped.append(f"{found.name} (not a backup name: {error})")
             continue
-        if regular:
+        if kind == stat.S_IFREG:
             backups.append(found)
+    if unprintable:
+        skipped.append(f"{unprintable} file(s) whose names hold characters no name may have")
     return Stored(backups, skipped)
 
 

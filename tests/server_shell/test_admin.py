@@ -169,6 +169,9 @@ def test_admin_never_prints_or_removes_a_hostile_name(
         assert result.returncode == 0, result.stdout
         assert b"\x1b" not in result.stdout and b"evil" not in result.stdout
         assert b"hidden" not in result.stdout and b"sp ace" not in result.stdout
+        # Reported, not named (the dot-file is the shell's kind: not even counted).
+        assert f"{account.name}: skipped 3 file(s) whose names hold characters no name may " \
+               "have" in result.stdout.decode().splitlines()
     for name in hostile:
         assert (account.storage / "lap" / name).exists()
 
