@@ -117,13 +117,16 @@ def stored(root_fd: int) -> Stored:
         kind = stat.S_IFMT(found.info.st_mode)
         if found.leaf.startswith(".") or kind not in (stat.S_IFREG, stat.S_IFDIR):
             continue  # the shell's own files and ~/.ssh; a link or a FIFO is no backup
+        # Only the account's own are reported: root's lost+found is nobody's concern.
+        own = found.info.st_uid == os.geteuid()
         if not PRINTABLE_NAME.fullmatch(found.name):
-            unprintable += 1  # never printed: it may hold a newline or an escape
+            if own:  # counted, never printed: it may hold a newline or an escape
+                unprintable += 1
             continue
         try:
             wire.check_name(found.name)
         except wire.InvalidName as error:
-            if kind == stat.S_IFREG or not storage.is_client_name(found.leaf):
+            if own and (kind == stat.S_IFREG or not storage.is_client_name(found.leaf)):
                 skipped.append(f"{found.name} (not a backup name: {error})")
             continue
         if kind == stat.S_IFREG:
