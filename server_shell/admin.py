@@ -189,7 +189,8 @@ def prune(root_fd: int, config: Any, options: argparse.Namespace, report: Report
     backups = [entry.name for entry in found.backups]
     removable = names.prunable([entry.name for entry in found.backups
                                 if not implausible(entry)], options.policy)
-    report.found["kept"] = [name for name in backups if name not in removable]
+    going = set(removable)
+    report.found["kept"] = [name for name in backups if name not in going]
     for name in removable:
         if not options.dry_run:
             in_directory(root_fd, name, remove_backup)
@@ -234,13 +235,14 @@ def status(root_fd: int, config: Any, options: argparse.Namespace, report: Repor
         report.add("problems", f"newest backup {names.show_age(age)} old > "
                    f"{names.show_age(options.max_age)}", ServerExit.CRITICAL)
     if uploads["stale"]:
-        report.add("problems", f"{uploads['stale']} stale upload(s), kept past their age",
-                   ServerExit.WARNING)
+        report.add("problems", f"{uploads['stale']} stale upload(s), never committed or "
+                   "resumed (prune removes them)", ServerExit.WARNING)
     if uploads["implausible"]:
         report.add("problems", f"{uploads['implausible']} backup(s) whose name's date their "
                    "upload's time belies", ServerExit.WARNING)
     if free < config.reserve:
-        report.add("problems", "free space below the reserve", ServerExit.WARNING)
+        report.add("problems", f"free space below the reserve ({free} < {config.reserve} bytes)",
+                   ServerExit.WARNING)
     if config.quota and used > QUOTA_WARNING * config.quota:
         report.add("problems", f"quota {100 * used // config.quota}% used", ServerExit.WARNING)
 

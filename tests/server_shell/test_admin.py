@@ -238,6 +238,11 @@ def test_status_warns_about_stale_uploads_and_reports_json(
     mine = report["accounts"][account.name]
     assert (mine["newest"], mine["count"], mine["staged"], mine["stale"]) == (name, 1, 1, 1)
     assert mine["size"] == len(name) and mine["reserve"] == 1024**3
+    assert mine["problems"] == [
+        "1 stale upload(s), never committed or resumed (prune removes them)"]
+    text = status(backup_server, account).stdout.decode().splitlines()
+    assert text[:2] == [f"QBACKUP STATUS WARNING - 1 account(s): {account.name}",
+                        f"{account.name}: {mine['problems'][0]}"]
 
 
 def test_check_rehashes_every_backup_reports_damage_and_changes_nothing(
