@@ -223,7 +223,7 @@ def require_digest(value: Any) -> str:
     return value
 
 
-class Reply:
+class ReplyRecord:
     """A reply record; as a reply line (encode_reply) it is its fields, unless
     it says otherwise."""
 
@@ -232,7 +232,7 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class BackupRecord(Reply):
+class BackupRecord(ReplyRecord):
     """A backup as the server describes it (put and commit receipts, list entry, check)."""
 
     name: str
@@ -242,7 +242,7 @@ class BackupRecord(Reply):
 
 
 @dataclass(frozen=True)
-class ListEnd(Reply):
+class ListEnd(ReplyRecord):
     """The summary line that ends a listing: how many records came, and whether
     the server cut the listing at MAX_LIST_ENTRIES."""
 
@@ -254,7 +254,7 @@ class ListEnd(Reply):
 
 
 @dataclass(frozen=True)
-class ServerInfo(Reply):
+class ServerInfo(ReplyRecord):
     """What ``info`` reports: protocol version and space, all sizes in bytes.
     ``quota``/``used`` are None when the account has no quota."""
 
@@ -267,7 +267,7 @@ class ServerInfo(Reply):
 
 
 @dataclass(frozen=True)
-class CheckResult(Reply):
+class CheckResult(ReplyRecord):
     """What ``check NAME`` reports: the stored record and whether the re-hash matched."""
 
     record: BackupRecord
@@ -281,7 +281,7 @@ class CheckResult(Reply):
 # protocol 3: resumable uploads (see docs/PROTOCOL.md)
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ResumeOffset(Reply):
+class ResumeOffset(ReplyRecord):
     """The first line ``put`` (offset 0) and ``resume`` answer: the stream
     continues with the data byte at OFFSET."""
 
@@ -289,7 +289,7 @@ class ResumeOffset(Reply):
 
 
 @dataclass(frozen=True)
-class Ack(Reply):
+class Ack(ReplyRecord):
     """A progress line of ``put``/``resume``: the server holds the first OFFSET
     data bytes durably (fdatasync'd), so the client may forget them."""
 
