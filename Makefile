@@ -38,7 +38,7 @@ help:
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
 	@echo "                          install qbackup-shell on a backup server and make it NAME's shell"
 	@echo "                          (converting an existing account needs force=1)"
-	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell"
+	@echo "make server-aa            install and load the AppArmor profile for qbackup-shell (needs AppArmor)"
 	@echo "make templatevm-deps      install the carrier's packages in a TemplateVM (apt or dnf)"
 	@echo "make templatevm           install the carrier in a Qubes TemplateVM (files only)"
 	@echo "make dom0                 install qbackup, its systemd user units, qrexec policy, example config,"
@@ -125,22 +125,37 @@ server-files:
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-server
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
 
-# Without DESTDIR (a real install) the account is required, and checked
-# before anything is installed; with DESTDIR (packaging) only files go in.
+# Without DESTDIR (a real install) the account is required, and everything
+# setup-account.sh could refuse (the name, the key file, an existing account,
+# not root) is checked before anything is installed (CHECK_ONLY=1); with
+# DESTDIR (packaging) only files go in.
+SETUP_ACCOUNT = SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)" $(if $(key),"$(key)")
 server:
 	@if [ -z "$(DESTDIR)" ] && [ -z "$(user)" ]; then \
 		echo "make server: give the account: make server user=NAME [key=CARRIER.pub] [force=1] (nothing was installed)" >&2; \
 		exit 2; \
 	fi
+	@if [ -z "$(DESTDIR)" ]; then CHECK_ONLY=1 $(SETUP_ACCOUNT); fi
 	@$(MAKE) --no-print-directory server-files
-	@if [ -z "$(DESTDIR)" ]; then \
-		SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)" $(if $(key),"$(key)"); \
-	fi
+	@if [ -z "$(DESTDIR)" ]; then $(SETUP_ACCOUNT); fi
 
+# Loaded only where the kernel has AppArmor and apparmor_parser is there;
+# anywhere else nothing is installed (a profile no kernel enforces would only
+# look like protection). With DESTDIR (packaging) the file only.
+APPARMOR_ENABLED ?= /sys/module/apparmor/parameters/enabled
+APPARMOR_PARSER ?= apparmor_parser
 server-aa:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(cat $(APPARMOR_ENABLED) 2>/dev/null)" != Y ]; then \
+		echo "make server-aa: this kernel has no AppArmor, or it is disabled (nothing was installed)" >&2; \
+		exit 2; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && ! command -v $(APPARMOR_PARSER) >/dev/null; then \
+		echo "make server-aa: $(APPARMOR_PARSER) is missing; install the apparmor package first (nothing was installed)" >&2; \
+		exit 2; \
+	fi
 	install -d -m 0755 $(DESTDIR)$(APPARMOR_DIR)
 	install -m 0644 apparmor/usr.sbin.qbackup-shell $(DESTDIR)$(APPARMOR_DIR)/
-	@if [ -z "$(DESTDIR)" ]; then apparmor_parser -r $(APPARMOR_DIR)/usr.sbin.qbackup-shell; fi
+	@if [ -z "$(DESTDIR)" ]; then $(APPARMOR_PARSER) -r $(APPARMOR_DIR)/usr.sbin.qbackup-shell; fi
 
 # --- carrier VM (run in the TemplateVM) ----------------------------------------
 # The distribution's packages only (no pip): Debian's names, or Fedora's.

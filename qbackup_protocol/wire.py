@@ -45,10 +45,14 @@ MAX_COMMAND_LENGTH = 512
 # [A-Za-z0-9._-] and never starts with '.', which rules out '.', '..' and
 # hidden files: every dot-file in the storage belongs to the shell itself
 # (temporaries, digest records, staged uploads), so no client name can ever collide with one.
-SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Nor with '-', in ANY segment (threat: a name read as an option): the first
+# becomes an argument of the carrier and dom0 (`qbackup-carrier get --help`
+# fetched a backup named so), and every segment is a file name that a glob in
+# its directory puts on an admin's command line (`rm *-2026*`).
 MAX_NAME_LENGTH = 200
 MAX_SEGMENT_LENGTH = 100
 MAX_NAME_DEPTH = 8
+SEGMENT_PATTERN = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_SEGMENT_LENGTH - 1}}}")
 
 # --- binary framing ---------------------------------------------------------
 FRAME_DATA = b"D"
@@ -115,13 +119,13 @@ def check_name(name: str) -> str:
         raise InvalidName("empty name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"name longer than {MAX_NAME_LENGTH} characters")
-    segments = name.split("/")
-    if len(segments) > MAX_NAME_DEPTH:
+    if name.count("/") >= MAX_NAME_DEPTH:
         raise InvalidName(f"name deeper than {MAX_NAME_DEPTH} segments")
-    for segment in segments:
+    for segment in name.split("/"):
         # fullmatch, not match: a trailing newline must not slip through '$'.
-        if len(segment) > MAX_SEGMENT_LENGTH or not SEGMENT_PATTERN.fullmatch(segment):
-            raise InvalidName("name segments must be [A-Za-z0-9._-], not start with '.'")
+        if not SEGMENT_PATTERN.fullmatch(segment):
+            raise InvalidName(f"name segments must be 1 to {MAX_SEGMENT_LENGTH} characters of "
+                              "[A-Za-z0-9._-], not starting with '.' or '-'")
     return name
 
 
@@ -219,8 +223,16 @@ def require_digest(value: Any) -> str:
     return value
 
 
+class ReplyRecord:
+    """A reply record; as a reply line (encode_reply) it is its fields, unless
+    it says otherwise."""
+
+    def to_reply(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+
 @dataclass(frozen=True)
-class BackupRecord:
+class BackupRecord(ReplyRecord):
     """A backup as the server describes it (put and commit receipts, list entry, check)."""
 
     name: str
@@ -228,12 +240,9 @@ class BackupRecord:
     sha256: str | None
     mtime: int | None = None
 
-    def to_reply(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class ListEnd:
+class ListEnd(ReplyRecord):
     """The summary line that ends a listing: how many records came, and whether
     the server cut the listing at MAX_LIST_ENTRIES."""
 
@@ -245,7 +254,7 @@ class ListEnd:
 
 
 @dataclass(frozen=True)
-class ServerInfo:
+class ServerInfo(ReplyRecord):
     """What ``info`` reports: protocol version and space, all sizes in bytes.
     ``quota``/``used`` are None when the account has no quota."""
 
@@ -256,12 +265,9 @@ class ServerInfo:
     quota: int | None
     used: int | None
 
-    def to_reply(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckResult(ReplyRecord):
     """What ``check NAME`` reports: the stored record and whether the re-hash matched."""
 
     record: BackupRecord
@@ -275,18 +281,15 @@ class CheckResult:
 # protocol 3: resumable uploads (see docs/PROTOCOL.md)
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ResumeOffset:
+class ResumeOffset(ReplyRecord):
     """The first line ``put`` (offset 0) and ``resume`` answer: the stream
     continues with the data byte at OFFSET."""
 
     offset: int
 
-    def to_reply(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Ack:
+class Ack(ReplyRecord):
     """A progress line of ``put``/``resume``: the server holds the first OFFSET
     data bytes durably (fdatasync'd), so the client may forget them."""
 

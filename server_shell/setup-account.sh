@@ -9,6 +9,9 @@
 #     every key line in it that is not commented out carries the forced command
 #     `restrict,command="SHELL_PATH"` (see the rules in the helper below);
 #   - with PUBLIC_KEY_FILE, that key is in authorized_keys in exactly that form.
+# With CHECK_ONLY=1 (what `make server` runs before it installs anything) it
+# makes every check it can and changes nothing: exit 0 if the real run would
+# not refuse.
 #
 # Where root acts, and where it never does (threat: an account that
 # swaps ~/.ssh for a symlink while root works in it gets root to chown or chmod
@@ -29,8 +32,10 @@ user=${1:-}
 key_file=${2:-}
 shell_path=${SHELL_PATH:-/usr/sbin/qbackup-shell}
 
+check_only=${CHECK_ONLY:-}
+
 fail() {
-	echo "setup-account.sh: $*" >&2
+	echo "setup-account.sh: $*${check_only:+ (nothing was installed)}" >&2
 	exit 1
 }
 
@@ -44,7 +49,7 @@ case "$shell_path" in
 /*[!A-Za-z0-9/._-]* | [!/]*) fail "SHELL_PATH must be an absolute path of letters, digits, /, ., _ and -" ;;
 esac
 [ "$(id -u)" -eq 0 ] || fail "run as root"
-[ -x "$shell_path" ] || fail "$shell_path is missing; run make server-files first"
+[ -n "$check_only" ] || [ -x "$shell_path" ] || fail "$shell_path is missing; run make server-files first"
 # The key file may be anywhere, even somewhere an account can write: what root
 # reads from it goes on only if it is one public key line (never, say, the
 # /etc/shadow a planted link led to: the helper's argv is the account's to read).
@@ -61,7 +66,8 @@ if [ -n "$key_file" ]; then
 	fi
 fi
 
-# The program that works inside the home, as the account. argv: HOME SHELL [KEY].
+# The program that works inside the home, as the account. argv: HOME SHELL
+# KEY [check] (KEY may be empty; `check`: open and check, change nothing).
 # Rules for existing lines of authorized_keys:
 #   - `restrict,command="SHELL" KEY ...` (what we write): kept as it is;
 #   - `restrict KEY ...` (what qbackup documented before the forced command):
@@ -80,6 +86,7 @@ import sys
 
 home, shell = sys.argv[1], sys.argv[2]
 new_key = sys.argv[3] if len(sys.argv) > 3 else ""
+check_only = sys.argv[4:] == ["check"]
 PREFIX = f'restrict,command="{shell}"'
 DISABLED = "# disabled by qbackup setup-account.sh (not a forced-command line): "
 KEY = re.compile(
@@ -97,7 +104,8 @@ FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fail(message):
-    print(f"setup-account.sh: {message}", file=sys.stderr)
+    done = " (nothing was installed)" if check_only else ""
+    print(f"setup-account.sh: {message}{done}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -109,7 +117,8 @@ def open_own_directory(name, dir_fd=None):
         fail(f"{home}: cannot open {name} as a directory without following links ({error.strerror})")
     if os.fstat(fd).st_uid != os.getuid():
         fail(f"{home}: {name} does not belong to the account")
-    os.fchmod(fd, 0o700)
+    if not check_only:
+        os.fchmod(fd, 0o700)
     return fd
 
 
@@ -128,10 +137,16 @@ def convert(line):
 
 os.umask(0o077)
 home_fd = open_own_directory(home)
-try:
-    os.mkdir(".ssh", 0o700, dir_fd=home_fd)
-except FileExistsError:
-    pass
+if check_only:
+    try:
+        os.stat(".ssh", dir_fd=home_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        sys.exit(0)  # nothing there to refuse
+else:
+    try:
+        os.mkdir(".ssh", 0o700, dir_fd=home_fd)
+    except FileExistsError:
+        pass
 ssh_fd = open_own_directory(".ssh", home_fd)
 try:
     keys_fd = os.open("authorized_keys", FLAGS | os.O_NONBLOCK, dir_fd=ssh_fd)  # a FIFO must not block us
@@ -144,6 +159,8 @@ else:
         if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             fail(f"{home}/.ssh/authorized_keys is not a regular file")
         old = stream.read().decode("utf-8", "replace")
+if check_only:
+    sys.exit(0)
 
 lines = HEADER.splitlines() if old is None else old.splitlines()
 converted = [convert(line) for line in lines]
@@ -208,10 +225,10 @@ run_as_account() {
 	return "$run_status"
 }
 
-# prepare_home UID GID HOME: run the helper; show its output without control
-# characters (the account controls it); fail if it failed.
+# prepare_home UID GID HOME [check]: run the helper; show its output without
+# control characters (the account controls it); fail if it failed.
 prepare_home() {
-	if output=$(run_as_account "$1" "$2" "$3" "$shell_path" "$public_key"); then
+	if output=$(run_as_account "$1" "$2" "$3" "$shell_path" "$public_key" ${4:+"$4"}); then
 		status=0
 	else
 		status=$?
@@ -265,6 +282,10 @@ if getent passwd "$user" >/dev/null; then
 	esac
 	# The helper refuses (before the shell changes) a home or ~/.ssh that is a
 	# link or not the account's, and an authorized_keys that is a link.
+	if [ -n "$check_only" ]; then
+		prepare_home "$uid" "$gid" "$home" check
+		exit 0
+	fi
 	prepare_home "$uid" "$gid" "$home"
 	add_to_shells
 	[ "$current" = "$shell_path" ] || usermod --shell "$shell_path" "$user"
@@ -283,6 +304,7 @@ else
 	if [ -e "$home" ] || [ -L "$home" ]; then
 		fail "$home already exists but $user does not; remove or rename it first"
 	fi
+	[ -z "$check_only" ] || exit 0
 	add_to_shells
 	# '*' in /etc/shadow: no password can match, only keys work (Debian's
 	# default '!' would make sshd without PAM refuse even key logins).

@@ -242,8 +242,7 @@ def write_state(fd: int, offset: int, sha256: str) -> None:
 
 
 def is_client_name(entry: str) -> bool:
-    return len(entry) <= wire.MAX_SEGMENT_LENGTH and bool(
-        wire.SEGMENT_PATTERN.fullmatch(entry))
+    return bool(wire.SEGMENT_PATTERN.fullmatch(entry))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ READ_SIZE = 1024 * 1024
 MIN_FREE_INODES = 1024  # the filesystem's floor, whatever an account's own bound
 CHECK_INTERVAL = 32 * 1024**2  # bytes written between two looks at the free space
 SHARED_WRITERS = 8  # uploads of other accounts assumed to share the headroom
+NEW_FILES = 4  # what a put adds besides directories: partial, state, two records' temporaries
+# Uploads of other accounts take inodes too, each checked alone: an upload
+# starts only with room above the floor for SHARED_WRITERS as large as any
+# can be, so the floor holds while no more run at once.
+INODE_MARGIN = SHARED_WRITERS * (wire.MAX_NAME_DEPTH - 1 + NEW_FILES)
 RW_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 EXISTS = "a backup with that name already exists; backups are never replaced"
 STAGED = "an upload of that name is already staged; commit it or choose a new name"
@@ -61,7 +66,7 @@ class SpaceGuard:
         if self.quota_left <= 0:
             raise Unavailable("the account's quota is used up; prune old backups")
         # f_files == 0: inodes are allocated dynamically (btrfs).
-        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES
+        low = 0 < disk.f_files and disk.f_favail < MIN_FREE_INODES + INODE_MARGIN
         if low or usage.inodes + new_inodes > config.max_inodes:
             raise Unavailable("no inodes left for this account or on the filesystem; prune")
 
@@ -222,7 +227,7 @@ def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) 
         if not reached.missing:
             refuse_taken(reached.fd, leaf)
             storage.remove_upload(reached.fd, leaf, "partial")  # a new put of NAME starts over
-        guard = SpaceGuard(root_fd, config, usage, len(reached.missing) + 4)
+        guard = SpaceGuard(root_fd, config, usage, len(reached.missing) + NEW_FILES)
         dir_fd = storage.make_dirs(reached.fd, reached.missing)
         closing.callback(os.close, dir_fd)
         try:

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,45 @@ def test_make_server_without_user_refuses_before_installing_anything(tmp_path: P
     assert tree(tmp_path) == set()
 
 
+def passwd_entry(name: str) -> str:
+    """NAME's line of the account database, or "" (never the whole database:
+    other test sessions add and remove their own accounts meanwhile)."""
+    return subprocess.run(["getent", "passwd", name], capture_output=True, text=True,
+                          check=False).stdout
+
+
+# Threat: a half-done install (files in place, no account, or an account
+# half converted) that looks finished. Everything setup-account.sh can
+# refuse is refused before the first file is installed.
+@pytest.mark.parametrize("refused", ["name", "key", "existing", "not-root"])
+def test_make_server_refuses_before_installing_anything(
+    tmp_path: Path, storage_name: str, refused: str, request: pytest.FixtureRequest
+) -> None:
+    # Where even a user who is not root could install (tmp_path's parents are root's only).
+    prefix = Path(tempfile.mkdtemp(prefix="qbackup-make-server-", dir="/tmp"))
+    prefix.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(prefix))
+    where = [f"LIBDIR={prefix}/lib", f"SBINDIR={prefix}/sbin", f"CONFDIR={prefix}/etc"]
+    user = "Not-A-Name" if refused == "name" else storage_name
+    extra = [f"key={tmp_path}/missing.pub"] if refused == "key" else []
+    if refused == "existing":  # a person's account: converted only with force=1
+        subprocess.run(["useradd", "--shell", "/bin/bash", storage_name], check=True)
+    before = passwd_entry(storage_name)
+    command = ["make", "-s", "--no-print-directory", "-C", str(REPO), "server", f"user={user}",
+               *where, *extra]
+    if refused == "not-root":
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert result.returncode != 0
+    message = {"name": "usage: setup-account.sh USER", "key": "missing.pub is not a file",
+               "existing": "force=1", "not-root": "run as root"}[refused]
+    first = result.stderr.splitlines()[0]
+    assert message in first and first.endswith("(nothing was installed)"), result.stderr
+    assert tree(prefix) == set()
+    assert passwd_entry(storage_name) == before
+
+
 @pytest.fixture
 def storage_name() -> Iterator[str]:
     name = f"qbs-{secrets.token_hex(4)}"
@@ -81,6 +121,25 @@ def test_make_server_then_uninstall_server_keeps_account_backups_and_config(
     assert pwd.getpwnam(storage_name).pw_shell == shell  # the account stays, as do its backups
     assert (home / "laptop-1").read_bytes() == b"a backup"
     assert storage_name in result.stdout and "kept:" in result.stdout
+
+
+# Threat: a profile copied where no kernel enforces it looks like protection.
+@pytest.mark.parametrize("missing", ["apparmor", "apparmor_parser"])
+def test_make_server_aa_without_apparmor_says_so_and_installs_nothing(
+    tmp_path: Path, missing: str
+) -> None:
+    enabled = tmp_path / "enabled"
+    if missing == "apparmor_parser":
+        enabled.write_text("Y\n")  # the kernel has it, the tool is not installed
+    result = make("server-aa", f"APPARMOR_DIR={tmp_path}/apparmor.d",
+                  f"APPARMOR_ENABLED={enabled}", f"APPARMOR_PARSER={tmp_path}/apparmor_parser",
+                  check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines()  # but make's own "*** Error 2"
+             if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
+    assert len(lines) == 1 and lines[0].endswith("(nothing was installed)"), result.stderr
+    assert ("no AppArmor" if missing == "apparmor" else "apparmor_parser is missing") in lines[0]
+    assert not (tmp_path / "apparmor.d").exists()
 
 
 # --- DESTDIR installs and uninstalls ---------------------------------------------------

@@ -19,7 +19,8 @@ from qbackup_protocol import wire
 
 @pytest.mark.parametrize(
     "name",
-    ["a", "daily-20261122T235959Z", "laptop/qubes-2026", "a/b/c/d/e/f/g/h", "x.y_z-1", "_", "0"],
+    ["a", "daily-20261122T235959Z", "laptop/qubes-2026", "a/b/c/d/e/f/g/h", "x.y_z-1", "_", "0",
+     "a-", "a/b--c", "_-x", "0-1/x-"],  # '-' anywhere but at the start of a segment
 )
 def test_check_name_accepts_plain_relative_names(name: str) -> None:
     assert wire.check_name(name) == name
@@ -49,6 +50,15 @@ def test_check_name_accepts_plain_relative_names(name: str) -> None:
         "x" * 101,  # segment too long
         "/".join(["y" * 30] * 7),  # 216 characters: name too long
         "name\n",  # '$' in a regex would accept this; fullmatch must not
+        # Threat: a name read as an option (`qbackup-carrier get --help`),
+        # or put on a command line by a glob in its directory: every segment.
+        "-",
+        "-x",
+        "--help",
+        "-h",
+        "a/-b",
+        "a/b/--version",
+        "laptop/-20261122T235959Z",
     ],
 )
 def test_check_name_refuses_unsafe_names(name: str) -> None:
@@ -68,7 +78,7 @@ def test_accepted_names_never_leave_the_storage_root(name: str) -> None:
     normal = posixpath.normpath(posixpath.join("/root-of-storage", name))
     assert normal.startswith("/root-of-storage/")
     assert normal == posixpath.join("/root-of-storage", name)
-    assert not any(part.startswith(".") for part in name.split("/"))
+    assert not any(part.startswith((".", "-")) for part in name.split("/"))
     assert all(32 < ord(ch) < 127 for ch in name)
 
 
@@ -77,7 +87,8 @@ def test_check_prefix_accepts_starts_of_names(prefix: str) -> None:
     assert wire.check_prefix(prefix) == prefix
 
 
-@pytest.mark.parametrize("prefix", ["/", "//", "../", ".x", "a//", "a b", "a\n"])
+@pytest.mark.parametrize("prefix", ["/", "//", "../", ".x", "a//", "a b", "a\n", "-", "--help",
+                                    "a/-", "a/-x/"])
 def test_check_prefix_refuses_unsafe_prefixes(prefix: str) -> None:
     with pytest.raises(wire.InvalidName):
         wire.check_prefix(prefix)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.client import put, run_admin, snapshot, stage
+from testbed.client import chown_tree, put, run_admin, snapshot, stage
 from testbed.server import Account, BackupServer
 
 DAY = 86400
@@ -170,6 +170,9 @@ def test_admin_never_prints_or_removes_a_hostile_name(
         assert result.returncode == 0, result.stdout
         assert b"\x1b" not in result.stdout and b"evil" not in result.stdout
         assert b"hidden" not in result.stdout and b"sp ace" not in result.stdout
+        # Reported, not named (the dot-file is the shell's kind: not even counted).
+        assert f"{account.name}: skipped 3 file(s) whose names hold characters no name may " \
+               "have" in result.stdout.decode().splitlines()
     for name in hostile:
         assert (account.storage / "lap" / name).exists()
 
@@ -236,6 +239,11 @@ def test_status_warns_about_stale_uploads_and_reports_json(
     mine = report["accounts"][account.name]
     assert (mine["newest"], mine["count"], mine["staged"], mine["stale"]) == (name, 1, 1, 1)
     assert mine["size"] == len(name) and mine["reserve"] == 1024**3
+    assert mine["problems"] == [
+        "1 stale upload(s), never committed or resumed (prune removes them)"]
+    text = status(backup_server, account).stdout.decode().splitlines()
+    assert text[:2] == [f"QBACKUP STATUS WARNING - 1 account(s): {account.name}",
+                        f"{account.name}: {mine['problems'][0]}"]
 
 
 def test_check_rehashes_every_backup_reports_damage_and_changes_nothing(
@@ -283,3 +291,162 @@ def test_prune_ignores_names_whose_timestamp_the_mtime_belies(
     report = json.loads(status(backup_server, account, "--json").stdout)
     assert report["status"] == "WARNING"
     assert report["accounts"][account.name]["implausible"] == 2
+
+
+def test_status_max_age_means_hours_like_qbackup_status_and_says_why(
+    backup_server: BackupServer, account: Account
+) -> None:
+    backup(backup_server, account, "lap/daily", 0.5)  # 12 h old
+    # A bare number is hours, as in dom0's `qbackup status --max-age 36`.
+    assert status(backup_server, account, "--max-age", "36").returncode == 0
+    late = status(backup_server, account, "--max-age", "6")
+    assert late.returncode == 2
+    assert f"{account.name}: newest backup 12.0h old > 6h" in late.stdout.decode().splitlines()
+    assert status(backup_server, account, "--max-age", "2d").returncode == 0
+    assert status(backup_server, account, "--max-age", "600m").returncode == 2
+
+
+def test_status_without_a_backup_says_so(backup_server: BackupServer, account: Account) -> None:
+    result = status(backup_server, account)
+    assert result.returncode == 2
+    assert f"{account.name}: no committed backup" in result.stdout.decode().splitlines()
+
+
+TOO_LONG = "not a backup name: name longer than 200 characters"
+
+
+def long_tree(account: Account, days: list[float]) -> list[str]:
+    """Backups under a path longer than the 200 characters of a name (valid
+    segments, 8 deep), as a converted account's old home may hold, made as
+    the account; return their names, DAYS old each."""
+    directory = "/".join(f"z{index}" + "x" * 25 for index in range(7))
+    made = []
+    for days_ago in days:
+        text, moment = stamp(days_ago)
+        name = f"{directory}/daily-{text}"
+        path = account.storage / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"old home")
+        os.utime(path, (moment, moment))
+        made.append(name)
+    chown_tree(account.storage / ("z0" + "x" * 25), account)
+    assert all(len(name) > 200 for name in made)
+    return made
+
+
+# Threat: a stored path longer than a name may be (valid segments) killed
+# the account's worker on an uncaught InvalidName: the account was UNKNOWN,
+# and prune had already removed backups it never reported.
+def test_prune_skips_and_reports_a_path_too_long_for_a_name_and_reports_every_removal(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    long = long_tree(account, [20, 30, 40])  # keep-daily 2 would remove the oldest
+    result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.decode().splitlines()
+    for name in aged["daily"][2:]:
+        assert f"{account.name}: removed {name}" in lines
+        assert not (account.storage / name).exists()
+    for name in long:
+        assert f"{account.name}: skipped {name} ({TOO_LONG})" in lines
+        assert (account.storage / name).exists()
+
+
+def test_check_skips_and_reports_a_path_too_long_for_a_name(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    long = long_tree(account, [20])
+    result = run_admin(backup_server, "check", "--account", account.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "QBACKUP CHECK OK - 1 account(s)"
+    assert f"{account.name}: ok {aged['daily'][0]}" in lines
+    assert f"{account.name}: skipped {long[0]} ({TOO_LONG})" in lines
+
+
+# Backups stored before a name's segments could no longer start with '-'.
+def test_admin_skips_and_reports_stored_names_with_a_dash_segment(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    text, moment = stamp(100)
+    for name in (f"lap/-daily-{text}", f"-dir/daily-{text}"):
+        (account.storage / name).parent.mkdir(exist_ok=True)
+        (account.storage / name).write_bytes(b"old")
+        os.utime(account.storage / name, (moment, moment))
+    chown_tree(account.storage / "-dir", account)
+    chown_tree(account.storage / f"lap/-daily-{text}", account)
+    before = {name for name in snapshot(account.storage) if "-d" in name}
+    for command in (["prune", "--keep-daily", "1"], ["check"], ["status"]):
+        result = run_admin(backup_server, command[0], "--account", account.name, *command[1:])
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        lines = result.stdout.decode().splitlines()
+        assert any(line.startswith(f"{account.name}: skipped lap/-daily-{text} (")
+                   for line in lines), lines
+        assert any(line.startswith(f"{account.name}: skipped -dir (") for line in lines), lines
+    assert {name for name in snapshot(account.storage) if "-d" in name} == before
+
+
+def test_prune_is_quiet_unless_it_removes_something(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    # A filesystem's own lost+found (root's) is not the account's concern.
+    (account.storage / "lost+found").mkdir(mode=0o700)
+    keep_all = ["prune", "--account", account.name, "--keep-daily", "10", "--keep-weekly", "5"]
+    quiet = run_admin(backup_server, *keep_all)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, b"", b"")  # cron mails nothing
+    verbose = run_admin(backup_server, *keep_all, "-v")
+    assert verbose.returncode == 0
+    lines = verbose.stdout.decode().splitlines()
+    assert lines[0] == "QBACKUP PRUNE OK - 1 account(s)"
+    assert sorted(lines[1:]) == sorted(
+        f"{account.name}: keep {name}" for name in aged["daily"] + aged["weekly"])
+    removing = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "4")
+    # Each series keeps its own four newest days: the two weekly ones stay.
+    assert removing.stdout.decode().splitlines() == [
+        "QBACKUP PRUNE OK - 1 account(s)", f"{account.name}: removed {aged['daily'][4]}"]
+
+
+def test_prune_reports_json(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "3",
+                       "--keep-weekly", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["status"], report["dry_run"]) == ("OK", False)
+    mine = report["accounts"][account.name]
+    assert mine["removed"] == sorted(aged["daily"][3:])
+    assert sorted(mine["kept"]) == sorted(aged["daily"][:3] + aged["weekly"])
+    assert (mine["expired"], mine["skipped"], mine["error"]) == ([], [], None)
+
+
+def test_version_and_help_need_no_root(backup_server: BackupServer, account: Account) -> None:
+    tool = str(backup_server.shell_path.parent / "qbackup-server")
+    as_account = ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups"]
+    for arguments, expected in ((["--version"], b"qbackup-server 0.1.0 (protocol 3)\n"),
+                                (["--help"], b"exit codes:"), (["prune", "--help"], b"examples:")):
+        result = subprocess.run([*as_account, tool, *arguments], capture_output=True, timeout=60,
+                                check=False, env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout
+
+
+# A prune cut short (here: a directory the account may not write in) still
+# reports every removal it made before, and the error.
+def test_a_prune_that_fails_half_way_reports_what_it_removed(
+    backup_server: BackupServer, account: Account, aged: dict[str, list[str]]
+) -> None:
+    stuck = [backup(backup_server, account, "zz/daily", days) for days in (10.3, 11.3)]
+    (account.storage / "zz").chmod(0o500)  # its owner may no longer unlink in it
+    try:
+        result = run_admin(backup_server, "prune", "--account", account.name, "--keep-daily", "1")
+    finally:
+        (account.storage / "zz").chmod(0o700)
+    assert result.returncode == 3, result.stdout
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == f"QBACKUP PRUNE UNKNOWN - 1 account(s): {account.name}"
+    assert f"{account.name}: error: I/O error: Permission denied" in lines
+    for name in aged["daily"][1:] + aged["weekly"][1:]:  # sorted before zz/: removed, reported
+        assert f"{account.name}: removed {name}" in lines
+        assert not (account.storage / name).exists()
+    assert (account.storage / stuck[1]).exists()

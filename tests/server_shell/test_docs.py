@@ -48,3 +48,32 @@ def test_the_readme_table_of_server_keys_is_the_code_s() -> None:
     keys = set(re.findall(r"^\| `(\w+)` \| `?[^|]*\| ", readme, re.M))
     assert {"root", *KEYS} <= keys
     assert "qbackup-shell prune" not in readme
+
+
+def test_the_readme_gives_qbackup_server_s_exit_codes_as_server_exit() -> None:
+    from server_shell.admin import ServerExit  # the admin tool (not the shell)
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Server administration"):]
+    listed = ", ".join(f"{int(code)} {code.name}" for code in ServerExit)
+    assert listed in " ".join(section[:section.index("\n## ")].split())
+
+
+# A cron line: five time fields, the user, a command.
+CRON_LINE = re.compile(r"^\s*(?:[0-9*/,-]+\s+){5}root\s+(.*)$")
+
+
+def test_the_server_s_cron_lines_are_shown_once_and_prune_s_mails_only_its_output() -> None:
+    docs = sorted(REPO.glob("*.md")) + sorted(REPO.glob("*/*.md"))
+    shown = {path.relative_to(REPO).as_posix(): [match.group(1) for line in
+                                                 path.read_text().splitlines()
+                                                 if (match := CRON_LINE.match(line))]
+             for path in docs}
+    assert {path for path, lines in shown.items() if lines} == {"README.md"}
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("# /etc/cron.d/qbackup"):].split("```", 1)[0]
+    assert [CRON_LINE.match(line).group(1) for line in block.splitlines()  # type: ignore[union-attr]
+            if CRON_LINE.match(line)] == shown["README.md"]
+    prune = [command for command in shown["README.md"] if " prune " in command]
+    # Quiet unless it removed something or something is wrong: cron mails its output.
+    assert len(prune) == 1 and "||" not in prune[0] and "out=" not in prune[0]

@@ -59,11 +59,14 @@ def new_user(backup_server: BackupServer) -> Iterator[str]:
 
 
 def setup(
-    server: BackupServer, user: str, force: bool = False, key: Path | None = None
+    server: BackupServer, user: str, force: bool = False, key: Path | None = None,
+    check_only: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHELL_PATH": str(server.shell_path)}
     if force:
         env["FORCE"] = "1"
+    if check_only:
+        env["CHECK_ONLY"] = "1"
     argv = ["sh", str(SCRIPT), user] + ([str(key)] if key else [])
     return subprocess.run(argv, capture_output=True, timeout=60, check=False, env=env)
 
@@ -309,6 +312,39 @@ def test_setup_account_refuses_a_planted_symlink(
     assert passwd_entry(new_user) == passwd  # refused before the shell was changed
     after = target.stat()
     assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+
+
+# CHECK_ONLY=1 is what `make server` runs before it installs a file: every
+# refusal of the real run, and no change at all.
+def test_setup_account_check_only_changes_nothing(
+    backup_server: BackupServer, new_user: str
+) -> None:
+    shells = Path("/etc/shells").read_text()
+    assert setup(backup_server, new_user, check_only=True).returncode == 0
+    assert passwd_entry(new_user) == b"" and Path("/etc/shells").read_text() == shells
+    account = make_person(new_user)
+    assert setup(backup_server, new_user, force=True, check_only=True).returncode == 0
+    assert pwd.getpwnam(new_user).pw_shell == "/bin/bash"
+    assert not (account.home / ".ssh").exists()
+    assert Path("/etc/shells").read_text() == shells
+
+
+@pytest.mark.parametrize("planted", [".ssh", ".ssh/authorized_keys"])
+def test_setup_account_check_only_refuses_a_planted_symlink(
+    backup_server: BackupServer, new_user: str, outside: Path, planted: str
+) -> None:
+    account = make_person(new_user)
+    if planted == ".ssh":
+        (account.home / ".ssh").symlink_to(outside)
+    else:
+        (account.home / ".ssh").mkdir(mode=0o700)
+        os.chown(account.home / ".ssh", account.uid, account.gid)
+        (account.home / planted).symlink_to(outside / "secret")
+    result = setup(backup_server, new_user, force=True, check_only=True)
+    assert result.returncode != 0
+    assert b"without following links" in result.stderr, result.stderr
+    assert result.stderr.endswith(b" (nothing was installed)\n") and result.stderr.count(b"\n") == 1
+    assert pwd.getpwnam(new_user).pw_shell == "/bin/bash"
 
 
 @pytest.mark.parametrize("name", ["", "-o", "Root", "a b", "x;id", "../x"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol import client
+from server_shell.upload import INODE_MARGIN, MIN_FREE_INODES
 from testbed.client import frame_stream, put, snapshot, stage, temporaries
 from testbed.server import Account, BackupServer
 from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
@@ -198,8 +199,6 @@ def few_inodes(shell_config: BackupServer, tmpfs: Callable[..., Path]) -> Accoun
 
 # Threat: a client exhausting the filesystem's inodes (many small puts, deep
 # names) breaks everything else on it, however many bytes are free.
-# Residual risk: the last MIN_FREE_INODES (1024) inodes can still be used by
-# one put's directories (at most MAX_NAME_DEPTH) and files (a few).
 def test_put_is_refused_up_front_when_inodes_run_low(
     shell_config: BackupServer, few_inodes: Account
 ) -> None:
@@ -209,6 +208,48 @@ def test_put_is_refused_up_front_when_inodes_run_low(
     assert result.returncode == 69, result.stderr
     assert b"inodes" in result.stderr
     assert snapshot(few_inodes.storage) == before
+
+
+def free_inodes(root: Path) -> int:
+    return os.statvfs(root).f_favail
+
+
+def use_inodes_until(root: Path, free: int) -> Path:
+    """Take inodes of ROOT's filesystem (root's files in a dot-directory,
+    which no account counts) until FREE are left; return that directory."""
+    filler = root / ".filler"
+    filler.mkdir()
+    for index in range(free_inodes(root) - free):
+        (filler / str(index)).touch()
+    assert free_inodes(root) == free
+    return filler
+
+
+# Threat: the floor of free inodes was checked only as an upload started,
+# against what was free then: one put's directories and files (up to 11)
+# took the filesystem below it, and puts of other accounts, each checked
+# alone, crossed it together. An upload starts only with room above the
+# floor for SHARED_WRITERS uploads as large as one can be. Residual risk:
+# more than SHARED_WRITERS uploads at once can still cross it.
+@pytest.mark.parametrize("above", [5, INODE_MARGIN - 1])
+def test_a_put_never_takes_the_free_inodes_below_the_floor(
+    shell_config: BackupServer, tmpfs: Callable[..., Path], above: int
+) -> None:
+    account = shell_config.add_account(home=tmpfs("16m", inodes=MIN_FREE_INODES + 200))
+    shell_config.write_shell_config(f"[account {account.name}]\nreserve = 0\n")
+    deepest = "a/b/c/d/e/f/g/x"  # MAX_NAME_DEPTH segments: 7 new directories
+    assert put(shell_config, account, "seed", b"s").returncode == 0  # and the lock files
+    filler = use_inodes_until(account.storage, MIN_FREE_INODES + above)
+    before = snapshot(account.storage)
+    refused = put(shell_config, account, deepest, b"x")
+    assert refused.returncode == 69, refused.stderr
+    assert b"inodes" in refused.stderr
+    assert snapshot(account.storage) == before
+    assert free_inodes(account.storage) == MIN_FREE_INODES + above
+    for index in range(INODE_MARGIN - above):  # now just enough room: admitted
+        (filler / str(index)).unlink()
+    assert put(shell_config, account, deepest, b"x").returncode == 0
+    assert free_inodes(account.storage) >= MIN_FREE_INODES + INODE_MARGIN - INODE_MARGIN // 8
 
 
 def disk_use(root: Path) -> int:
