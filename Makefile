@@ -124,6 +124,8 @@ server-files:
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-server
 	test -e $(DESTDIR)$(CONFDIR)/qbackup-shell.conf || install -m 0644 server_shell/qbackup-shell.conf.example $(DESTDIR)$(CONFDIR)/qbackup-shell.conf
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 man/qbackup-shell.8 man/qbackup-server.8 $(DESTDIR)$(MANDIR)/man8/
 
 # Without DESTDIR (a real install) the account is required, and everything
 # setup-account.sh could refuse (the name, the key file, an existing account,
@@ -214,7 +216,8 @@ uninstall-server:
 	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
 		apparmor_parser -R $(APPARMOR_DIR)/usr.sbin.qbackup-shell || true; \
 	fi
-	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(SBINDIR)/qbackup-server $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell
+	rm -f $(DESTDIR)$(SBINDIR)/qbackup-shell $(DESTDIR)$(SBINDIR)/qbackup-server $(DESTDIR)$(APPARMOR_DIR)/usr.sbin.qbackup-shell \
+		$(DESTDIR)$(MANDIR)/man8/qbackup-shell.8 $(DESTDIR)$(MANDIR)/man8/qbackup-server.8
 	rm -rf $(DESTDIR)$(LIBDIR)/server_shell
 	$(remove-shared)
 	@if [ -z "$(DESTDIR)" ] && grep -qxF "$(SBINDIR)/qbackup-shell" /etc/shells; then \

@@ -152,7 +152,46 @@ def carrier_page() -> Page:
     return Page(f"{PROGRAM}.1", "\n".join(lines) + "\n")
 
 
-PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page)
+def server_page() -> Page:
+    from server_shell.admin import VERSION, ServerExit, build_parser
+
+    lines = header("qbackup-server", 8, VERSION, "the backup server admin's tool")
+    lines += argparse_body(build_parser(), "qbackup-server") + exit_section(ServerExit)
+    lines += [".SH SEE ALSO", "qbackup\\-shell(8), qbackup(1)"]
+    return Page("qbackup-server.8", "\n".join(lines) + "\n")
+
+
+def shell_page() -> Page:
+    from qbackup_protocol import wire
+    from server_shell.admin import VERSION
+    from server_shell.config import KEYS
+    from server_shell.main import DEFAULT_CONFIG_PATH
+
+    lines = header("qbackup-shell", 8, VERSION, "login shell of a qbackup storage account")
+    lines += [".SH SYNOPSIS", "qbackup\\-shell \\-c COMMAND", ".SH DESCRIPTION",
+              escape("The login shell (or the forced command) of the account that stores "
+                     "qbackup backups on the server. It runs one protocol command per SSH "
+                     "session and refuses everything else: interactive logins, other "
+                     "programs, sftp and scp. Backups are written append-only: never "
+                     "replaced, never removed by a client (qbackup-server prunes, as root)."),
+              ".SH COMMANDS"]
+    for verb in sorted(wire.ALL_VERBS):
+        argument = ("NAME" if verb in wire.VERBS_WITH_NAME else
+                    "[PREFIX]" if verb in wire.VERBS_WITH_OPTIONAL_PREFIX else "")
+        offset = " [OFFSET]" if verb == wire.VERB_GET else ""
+        lines += [".TP", f"\\fB{verb}\\fR {argument}{offset}".rstrip()]
+    lines += [".SH CONFIGURATION", escape(f"{DEFAULT_CONFIG_PATH}: [storage] sets every "
+              "account's values, [account NAME] one account's; sizes take K, M, G or T, "
+              "durations s, m, h or d.")]
+    for key, setting in KEYS.items():
+        lines += [".TP", f"\\fB{escape(key)}\\fR (default {escape(setting.default)}, "
+                  f"at least {escape(setting.floor)})", escape(setting.help)]
+    lines += exit_section(wire.ShellExit)
+    lines += [".SH SEE ALSO", "qbackup\\-server(8), qbackup\\-carrier(1), sshd(8)"]
+    return Page("qbackup-shell.8", "\n".join(lines) + "\n")
+
+
+PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page, server_page, shell_page)
 
 
 def main(argv: list[str]) -> int:

@@ -153,7 +153,8 @@ class Part:
 PARTS = {
     "server": Part("server", "uninstall-server", {
         "usr/sbin/qbackup-shell", "usr/lib/qbackup/qbackup_protocol/wire.py",
-        "usr/lib/qbackup/server_shell/main.py", "etc/qbackup/qbackup-shell.conf"}),
+        "usr/lib/qbackup/server_shell/main.py", "etc/qbackup/qbackup-shell.conf",
+        "usr/share/man/man8/qbackup-shell.8", "usr/share/man/man8/qbackup-server.8"}),
     "templatevm": Part("templatevm", "uninstall-templatevm", {
         "usr/bin/qbackup-carrier", "usr/lib/qbackup/qbackup_protocol/wire.py",
         "usr/lib/qbackup/carrier_vm/cli.py", "etc/qubes-rpc/qubes.BackupCarrier",
