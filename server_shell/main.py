@@ -98,7 +98,7 @@ def parse_invocation(argv: list[str], environ: Mapping[str, str]) -> str:
     command in SSH_ORIGINAL_COMMAND."""
     arguments = argv[1:]
     if arguments and (arguments[0] != "-c" or len(arguments) != 2):
-        raise Refused("usage: qbackup-shell -c COMMAND")
+        raise Refused("usage: qbackup-shell -c COMMAND (sshd runs it; see man qbackup-shell)")
     # Run as the forced command (no argument, or `-c` the shell's own path):
     # the client's command is in the environment.
     forced = not arguments or (

@@ -192,3 +192,12 @@ def test_parse_invocation_refuses(
 ) -> None:
     with pytest.raises(error):
         parse_invocation(argv, environ)
+
+
+@pytest.mark.parametrize("word", ["--help", "--version", "-h"])
+def test_an_admin_asking_the_shell_itself_is_pointed_to_its_man_page(word: str) -> None:
+    # The shell is sshd's, not a command for people: it answers no option
+    # (each would be code sshd can reach); its man page and qbackup-server
+    # --version (the same installed version) do.
+    with pytest.raises(CommandRefused, match="see man qbackup-shell"):
+        parse_invocation(["qbackup-shell", word], {})
