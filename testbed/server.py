@@ -201,6 +201,7 @@ class BackupServer:
                 f"LIBDIR={root}/usr/lib/qbackup",
                 f"SBINDIR={root}/usr/sbin",
                 f"CONFDIR={root}/etc/qbackup",
+                f"MANDIR={root}/usr/share/man",
             ],
             check=True,
             env={**os.environ, "DESTDIR": ""},

@@ -13,8 +13,10 @@ import pytest
 
 from qbackup_protocol import wire
 from testbed.client import chown_tree, frame_stream, put, snapshot
+from testbed.processes import shell_pids
 from testbed.server import Account, BackupServer
-from tests.server_shell.test_streams import shell_pids, start_put, wait_for
+from testbed.waiting import wait_until
+from tests.server_shell.conftest import start_put
 
 DATA = os.urandom(100_000)
 IDLE_LINE = b"qbackup-shell: no progress for the idle timeout; the session was abandoned\n"
@@ -42,7 +44,7 @@ def test_a_stalled_put_times_out_cleanly_and_frees_the_upload_lock(
     process.stdin.write(sent)
     process.stdin.flush()
     started = time.monotonic()
-    wait_for(lambda: process.poll() is not None, "the idle timeout", timeout=30)
+    wait_until(lambda: process.poll() is not None, "the idle timeout", timeout=30)
     assert 1.5 < time.monotonic() - started < 20
     assert process.returncode == 74
     assert process.stderr is not None
@@ -59,7 +61,7 @@ def test_an_idle_put_holds_no_frame_buffers(
     shell_config: BackupServer, account: Account
 ) -> None:
     process = start_put(shell_config, account, "idle")
-    wait_for(lambda: len(shell_pids(account)) == 1, "the shell")
+    wait_until(lambda: len(shell_pids(account)) == 1, "the shell")
     time.sleep(1)  # let it reach the first read
     status = Path(f"/proc/{shell_pids(account)[0]}/status").read_text()
     resident = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
@@ -138,8 +140,8 @@ def test_a_session_whose_client_never_reads_times_out(
         # full; the idle timeout ends the shell (its exit status and stderr
         # wait behind the unread data, in sshd, which the client never reads).
         line = f"account={account.name} command={command} outcome=interrupted"
-        wait_for(lambda: shell_config.syslog.wait_for(line, timeout=0), "the idle timeout", 60)
-        wait_for(lambda: not shells(account), "the shell to exit")
+        wait_until(lambda: shell_config.syslog.wait_for(line, timeout=0), "the idle timeout", 60)
+        wait_until(lambda: not shells(account), "the shell to exit")
     finally:
         process.kill()
         process.wait()
@@ -169,7 +171,7 @@ def test_sessions_beyond_the_cap_are_refused_with_69(
     )
     holders = [start(shell_config, account, "get big") for _ in range(2)]
     try:
-        wait_for(lambda: session_locks(account) == 2, "two sessions holding slots", timeout=30)
+        wait_until(lambda: session_locks(account) == 2, "two sessions holding slots", timeout=30)
         for command in ("info", "list", "check big", "put x"):
             result = shell_config.run(account, command)
             assert (result.returncode, result.stdout) == (69, b""), result.stderr
@@ -180,5 +182,5 @@ def test_sessions_beyond_the_cap_are_refused_with_69(
         for holder in holders:
             holder.kill()
             holder.wait()
-    wait_for(lambda: session_locks(account) == 0, "the slots to be free", timeout=30)
+    wait_until(lambda: session_locks(account) == 0, "the slots to be free", timeout=30)
     assert shell_config.run(account, "info").returncode == 0

@@ -16,8 +16,10 @@ import pytest
 from qbackup_protocol import client
 from server_shell.upload import INODE_MARGIN, MIN_FREE_INODES
 from testbed.client import frame_stream, put, snapshot, stage, temporaries
+from testbed.processes import shell_pids
 from testbed.server import Account, BackupServer
-from tests.server_shell.test_streams import feed_until_partial, shell_pids, start_put, wait_for
+from testbed.waiting import wait_until
+from tests.server_shell.conftest import feed_until_partial, start_put
 
 MIB = 1024 * 1024
 
@@ -147,7 +149,7 @@ def test_parallel_puts_to_one_account_cannot_exceed_the_quota_or_the_reserve(
     processes = [start_put(shell_config, small_disk, f"p/{index}") for index in range(4)]
     for process in processes:
         write_quietly(process, stream[:1024])
-    wait_for(lambda: sum(p.poll() is not None for p in processes) >= 3, "three refusals")
+    wait_until(lambda: sum(p.poll() is not None for p in processes) >= 3, "three refusals")
     for process in processes:
         write_quietly(process, stream[1024:], close=True)
     results = [(process.wait(timeout=60), process.stderr.read()) for process in processes]  # type: ignore[union-attr]
@@ -347,7 +349,7 @@ def test_expired_uploads_take_their_empty_directories_with_them(
     feed_until_partial(process, account)
     process.kill()  # a lost client: the partial (and its directories) stay, resumable
     process.wait()
-    wait_for(lambda: not shell_pids(account), "the shell to exit")
+    wait_until(lambda: not shell_pids(account), "the shell to exit")
     assert put(shell_config, account, "a/kept/x", b"x").returncode == 0
     assert (account.storage / "a/b/c/.gone.partial").exists()
     old = time.time() - 3601

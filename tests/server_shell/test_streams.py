@@ -16,12 +16,14 @@ import pytest
 
 from qbackup_protocol import wire
 from testbed.client import frame_stream, put, run_admin, snapshot
+from testbed.processes import shell_pids
 from testbed.server import Account, BackupServer
+from testbed.waiting import wait_until
+from tests.server_shell.conftest import ONE_FRAME_BODY, feed_until_partial, start_put
 
 DATA = os.urandom(3 * 1024 * 1024 + 11)
 GOOD = frame_stream(DATA)
 END = wire.encode_end_frame(len(DATA), hashlib.sha256(DATA).digest())
-ONE_FRAME = wire.encode_data_header(1000) + DATA[:1000]
 
 
 GARBAGE = random.Random(7).randbytes(200_000)
@@ -88,55 +90,6 @@ def test_truncated_stream_is_refused_and_kept_only_as_a_hidden_partial(
     assert backup_server.run(account, "commit victim").returncode == 66
 
 
-def start_put(server: BackupServer, account: Account, name: str) -> subprocess.Popen[bytes]:
-    """Start `put NAME` over ssh, stdin left open for the test to feed."""
-    return subprocess.Popen(
-        [*server.ssh_command(account), f"put {name}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def wait_for(condition, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def shell_pids(account: Account) -> list[int]:
-    """The running qbackup-shell processes of ACCOUNT (found via /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != account.uid:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qbackup-shell" in cmdline and b"put" in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def feed_until_partial(process: subprocess.Popen[bytes], account: Account) -> None:
-    """Send one frame and wait until the put has written it to its partial."""
-    assert process.stdin is not None
-    process.stdin.write(ONE_FRAME)
-    process.stdin.flush()
-
-    def written() -> bool:
-        return any(
-            name.endswith(".partial") and (account.storage / name).stat().st_size == 1000
-            for name in snapshot(account.storage)
-        )
-
-    wait_for(written, "the put's partial")
-
-
 def partials(root: Path) -> list[str]:
     return sorted(name for name in snapshot(root) if ".partial" in name)
 
@@ -148,7 +101,7 @@ def test_client_killed_mid_stream_keeps_a_resumable_partial(
     feed_until_partial(process, account)
     process.kill()  # the ssh client dies: sshd closes the shell's stdin
     process.wait()
-    wait_for(lambda: not shell_pids(account), "the shell to exit")
+    wait_until(lambda: not shell_pids(account), "the shell to exit")
     assert partials(account.storage) == [".victim.partial", ".victim.partial-state"]
     assert backup_server.run(account, "list").stdout.startswith(b'{"count":0,')
 
@@ -184,7 +137,7 @@ def test_concurrent_puts_of_one_name_exactly_one_stages(
     assert second.returncode == 69, second.stderr
     assert b"another upload to this account is in progress" in second.stderr
     assert first.stdin is not None
-    body = DATA[:1000]
+    body = ONE_FRAME_BODY
     first.stdin.write(wire.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     first.stdin.close()
     assert first.wait(timeout=30) == 0
@@ -233,7 +186,7 @@ def test_a_live_puts_partial_is_never_removed(
     assert prune.returncode == 0, prune.stderr
     assert partials(account.storage) == live
     assert slow.stdin is not None
-    body = DATA[:1000]
+    body = ONE_FRAME_BODY
     slow.stdin.write(wire.encode_end_frame(len(body), hashlib.sha256(body).digest()))
     slow.stdin.close()
     assert slow.wait(timeout=30) == 0
@@ -257,7 +210,7 @@ def test_a_signal_mid_upload_leaves_a_consistent_resumable_partial(
     process.stdin.flush()
     lines = [process.stdout.readline() for _ in range(3)]  # offset, ack 1M, ack 2M
     assert lines[2] == b'{"ack":2097152}\n', lines
-    wait_for(lambda: (account.storage / ".victim.partial").stat().st_size == len(data), "data")
+    wait_until(lambda: (account.storage / ".victim.partial").stat().st_size == len(data), "data")
     os.kill(shell_pids(account)[0], signal.SIGTERM)
     process.communicate(timeout=15)
     assert process.returncode == 74
