@@ -89,3 +89,16 @@ def dom0(backup_server: BackupServer, account: Account, tmp_path: Path,
     monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
     yield state
     journal.close()
+
+
+@pytest.fixture
+def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No journal, no default config, no history of this machine's user, no
+    desktop notification, no carrier or passphrase file from the environment.
+    The CLI's own tests take it for every test (pytestmark)."""
+    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
+    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
+    monkeypatch.delenv("QBKP_DEST_VM", raising=False)
+    monkeypatch.delenv("QBKP_PASS_FILE", raising=False)

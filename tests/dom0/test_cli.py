@@ -17,16 +17,7 @@ from dom0.cli import PARSER, main, normalise
 from dom0.errors import QbackupExit
 from testbed.server import REPO
 
-
-@pytest.fixture(autouse=True)
-def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No journal, no default config, no history of this machine's user."""
-    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
-    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
-    monkeypatch.delenv("QBKP_DEST_VM", raising=False)
-    monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("quiet_state")
 
 
 def parse(*argv: str) -> dict[str, object]:

@@ -15,15 +15,7 @@ from dom0.errors import QbackupExit
 JOB = "    carrier: sys-backup\n    prefix: laptop\n    passphrase_vm: vault\n"
 
 
-@pytest.fixture(autouse=True)
-def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No journal, no default config, no history of this machine's user."""
-    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
-    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
-    monkeypatch.delenv("QBKP_DEST_VM", raising=False)
-    monkeypatch.delenv("QBKP_PASS_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("quiet_state")
 
 
 def test_config_check_of_an_unknown_job_lists_the_jobs_that_exist(

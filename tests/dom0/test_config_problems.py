@@ -31,13 +31,7 @@ jobs:
 """
 
 
-@pytest.fixture(autouse=True)
-def quiet_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No journal, no default config, no history of this machine's user."""
-    monkeypatch.setenv("QBACKUP_LOG_SOCKET", str(tmp_path / "no-syslog"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("QBACKUP_HISTORY", str(tmp_path / "history.jsonl"))
-    monkeypatch.setattr("dom0.processes.NOTIFY_SEND", "/nonexistent/notify-send")
+pytestmark = pytest.mark.usefixtures("quiet_state")
 
 
 def write(tmp_path: Path, text: str) -> Path:
