@@ -20,6 +20,7 @@ SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config
 ENV_CARRIER = config.ENV_CARRIER
 ENV_PASSFILE = config.ENV_PASSFILE
 EXIT_TABLE = "\n".join(f"  {int(code):>3}  {code.meaning}" for code in errors.QbackupExit)
+EXIT_CODES_SHOWN = f"exit codes:\n{EXIT_TABLE}"
 # The common options, with their defaults: given before or after the command.
 COMMON_DEFAULTS: dict[str, object] = {
     "terminal": False, "verbose": False, "quiet": False, "config": None, "history": None,
@@ -41,8 +42,7 @@ The original form `qbackup -f PREFIX -t VM -p FILE [VM ...]` still means `qbacku
 
 environment: {ENV_CARRIER} (default carrier VM), {ENV_PASSFILE} (default passphrase file)
 
-exit codes:
-{EXIT_TABLE}
+{EXIT_CODES_SHOWN}
 """
 
 
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  qbackup config check\n  qbackup config check --job daily")
     settings.add_argument("action", choices=["check"], help="what to do: check")
     settings.add_argument("--job", metavar="NAME", help="check only this job")
+    for command in commands.choices.values():  # each command's --help ends with them
+        command.epilog = f"{command.epilog}\n\n{EXIT_CODES_SHOWN}"
     return parser
 
 

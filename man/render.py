@@ -97,6 +97,12 @@ def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+def notes(epilog: str | None) -> str:
+    """Given a parser's epilog, return it without its exit codes (the page
+    has them once, in EXIT STATUS)."""
+    return (epilog or "").split("\n\nexit codes", 1)[0].split("exit codes", 1)[0]
+
+
 def argparse_body(parser: argparse.ArgumentParser, program: str) -> list[str]:
     """Given a program's parser, return SYNOPSIS, DESCRIPTION, OPTIONS and
     one section per subcommand (its description, options and examples)."""
@@ -111,10 +117,10 @@ def argparse_body(parser: argparse.ArgumentParser, program: str) -> list[str]:
             lines += [f".SS {escape(program)} {escape(name)} {escape(sub_name)}",
                       usage_of(sub), ".PP", escape(sub.description or ""),
                       *options_of(sub, shown)]
-        if command.epilog:
-            lines += preformatted(command.epilog)
-    if parser.epilog:
-        lines += [".SH NOTES", *preformatted(parser.epilog)]
+        if notes(command.epilog).strip():
+            lines += preformatted(notes(command.epilog))
+    if notes(parser.epilog).strip():
+        lines += [".SH NOTES", *preformatted(notes(parser.epilog))]
     return lines
 
 

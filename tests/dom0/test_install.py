@@ -33,13 +33,19 @@ def test_make_dom0_installs_launcher_modules_and_units(tmp_path: Path) -> None:
     assert "Persistent=true" in timer and "WantedBy=timers.target" in timer
 
 
-def test_every_subcommand_help_has_examples() -> None:
-    for command in ("backup", "list", "check", "verify", "restore", "status"):
+def test_every_subcommand_help_has_examples_and_the_exit_codes() -> None:
+    from dom0.arguments import SUBCOMMANDS
+    from dom0.errors import QbackupExit
+
+    for command in SUBCOMMANDS:
         result = subprocess.run(
             [str(Path(sys.executable).parent / "qbackup"), command, "--help"],
             capture_output=True, text=True, check=False)
         assert result.returncode == 0
         assert "example" in result.stdout, command
+        codes = result.stdout.split("exit codes:\n", 1)[1]
+        for code in QbackupExit:
+            assert f"{int(code):>5}  {code.meaning}\n" in codes, (command, code)
 
 
 def unit_seconds(value: str) -> float:
