@@ -102,10 +102,12 @@ bench: venv
 # --- what each part needs of qbackup_protocol/ ----------------------------------
 # The server: the wire protocol (the login shell imports nothing else) and
 # names (qbackup-server's prune); the carrier: the wire protocol, its client
-# side, its contract with dom0 and the text sanitiser; dom0: all of them.
+# side, its contract with dom0, the text sanitiser and names (the duration
+# grammar of its timeouts); dom0: all of them.
 PROTOCOL_SERVER := qbackup_protocol/__init__.py qbackup_protocol/wire.py qbackup_protocol/names.py
 PROTOCOL_TEMPLATEVM := qbackup_protocol/__init__.py qbackup_protocol/wire.py \
-	qbackup_protocol/client.py qbackup_protocol/carrier_service.py qbackup_protocol/text.py
+	qbackup_protocol/client.py qbackup_protocol/carrier_service.py qbackup_protocol/text.py \
+	qbackup_protocol/names.py
 PROTOCOL_DOM0 := $(wildcard qbackup_protocol/*.py)
 # Versions before the package installed one module; the package would shadow
 # it, but an upgrade must not leave it behind for an uninstall to miss.

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from carrier_vm.errors import ConfigError
+from qbackup_protocol.names import parse_duration, show_age
 from qbackup_protocol.text import clean_text
 
 CONFIG_ENV = "QBACKUP_CARRIER_CONFIG"
@@ -40,7 +41,7 @@ class Setting:
     (raising ValueError with what the value must be) and returns it
     converted; its DEFAULT when left out or null (None: ~/.ssh/config or
     asyncssh decides); and, for a number, its range LOW..HIGH (HIGH None: no
-    upper bound) in UNIT."""
+    upper bound) in UNIT (a duration's: seconds)."""
 
     type: Callable[[Setting, Any], Any]
     default: Any = None
@@ -75,17 +76,22 @@ def _within(setting: Setting, value: float) -> bool:
 def range_text(setting: Setting) -> str:
     """Given a numeric setting, return what its values must be, as messages
     and carrier.yaml.example say it."""
+    if setting.type is _duration and setting.low is not None and setting.high is not None:
+        return f"a duration from {show_age(setting.low)} to {show_age(setting.high)} (a bare" \
+               " number is seconds)"
     what = f"a number of {setting.unit}" if setting.unit else "an integer"
     if setting.high is None:
         return f"{what}, at least {setting.low}"
     return f"{what} from {setting.low} to {setting.high}"
 
 
-def _seconds(setting: Setting, value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) \
-            or not _within(setting, value):
+def _duration(setting: Setting, value: Any) -> float:
+    # A bare number is seconds, as every carrier.yaml before units meant it.
+    seconds = parse_duration(value, "s") if isinstance(value, str) else value
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) \
+            or not _within(setting, seconds):
         raise ValueError(f"must be {range_text(setting)}")
-    return float(value)
+    return float(seconds)
 
 
 def _integer(setting: Setting, value: Any) -> int:
@@ -117,14 +123,12 @@ SETTINGS: dict[str, Setting] = {
     # empty path is not a path.
     "known_hosts": Setting(_path, default="~/.ssh/known_hosts"),
     "ssh_config": Setting(_path, default="~/.ssh/config"),
-    "connect_timeout": Setting(_seconds, default=30, low=1, high=600, unit="seconds"),
-    "keepalive_interval": Setting(_seconds, default=15, low=1, high=600, unit="seconds"),
+    "connect_timeout": Setting(_duration, default=30, low=1, high=600),
+    "keepalive_interval": Setting(_duration, default=15, low=1, high=600),
     "keepalive_count_max": Setting(_integer, default=3, low=1, high=100),
-    "reply_timeout": Setting(_seconds, default=3600, low=1, high=7 * 24 * 3600,
-                             unit="seconds"),
-    "progress_timeout": Setting(_seconds, default=300, low=1, high=24 * 3600, unit="seconds"),
-    "resume_window": Setting(_seconds, default=900, low=0, high=7 * 24 * 3600,
-                             unit="seconds"),
+    "reply_timeout": Setting(_duration, default=3600, low=1, high=7 * 24 * 3600),
+    "progress_timeout": Setting(_duration, default=300, low=1, high=24 * 3600),
+    "resume_window": Setting(_duration, default=900, low=0, high=7 * 24 * 3600),
     # Unacknowledged data kept for resuming: at least two frames (one being
     # sent, one being read); at most 1 GiB (it is memory).
     "resume_buffer": Setting(_integer, default=32 * 1024 * 1024, low=2 * 1024 * 1024,

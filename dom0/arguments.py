@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--compression", metavar="FILTER",
                         help=describe(SETTINGS["compression"]))
     backup.add_argument("--retries", type=int, help=describe(SETTINGS["retries"]))
-    backup.add_argument("--retry-delay", type=int, metavar="SECONDS",
+    backup.add_argument("--retry-delay", metavar="DURATION",
                         help=describe(SETTINGS["retry_delay"]))
     backup.add_argument("--verify", action="store_true", default=None,
                         help="run qvm-backup-restore --verify-only right after")

@@ -318,8 +318,8 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Finished:
                         append_failure(context, job, start, error)
                         if not isinstance(error, RETRYABLE) or attempts > job.retries:
                             raise
-                        logger.warning("attempt %d failed: %s; retrying in %d s", attempts,
-                                       error, job.retry_delay)
+                        logger.warning("attempt %d failed: %s; retrying in %s", attempts,
+                                       error, names.show_age(job.retry_delay))
                         time.sleep(job.retry_delay)
                 end = time.time()
                 history.append_run(context.history, history.Run(

@@ -60,10 +60,10 @@ class Job:
     compression: bool | str = default("compression")
     keep_carrier: bool = default("keep_carrier")
     retries: int = default("retries")
-    retry_delay: int = default("retry_delay")
+    retry_delay: float = default("retry_delay")
     verify: bool = default("verify")
     drill_max_age: float | None = None  # seconds
-    answer_timeout: int = default("answer_timeout")
+    answer_timeout: float = default("answer_timeout")
     keep: names.RetentionPolicy | None = None
     hooks: Hooks = field(default_factory=Hooks)
 

@@ -63,14 +63,18 @@ class Hooks:
 @dataclass(frozen=True)
 class Range:
     """The values a number may take: LOW to HIGH, both included, in UNIT
-    (e.g. 'h'; '': a plain number)."""
+    (e.g. 'h'; 's': seconds, shown as durations like 5m; '': a plain number)."""
 
     low: int
     high: int
     unit: str = ""
 
+    def show(self, value: float) -> str:
+        """Given a value in the range's unit, return it as a reader writes it."""
+        return names.show_age(value) if self.unit == "s" else f"{value}{self.unit}"
+
     def __str__(self) -> str:
-        return f"{self.low}{self.unit} to {self.high}{self.unit}"
+        return f"{self.show(self.low)} to {self.show(self.high)}"
 
 
 Check = Callable[["Setting", Any, list[Problem]], Any]
@@ -206,6 +210,21 @@ def integer(setting: Setting, value: Any, problems: list[Problem]) -> int:
     return value
 
 
+def duration(setting: Setting, value: Any, problems: list[Problem]) -> float:
+    """A duration, in seconds: a number and a unit (`90s`, `5m`) or a bare
+    number of seconds (as job files always wrote it), in the setting's range."""
+    try:
+        seconds = names.parse_duration(value, "s") if isinstance(value, str) else value
+    except ValueError as error:
+        problems.append(Problem(setting.key, str(error)))
+        return 0
+    if not in_range(setting, seconds):
+        problems.append(Problem(setting.key, f"expected a duration from {setting.range}, e.g."
+                                             " 90s or 5m"))
+        return 0
+    return float(seconds)
+
+
 def age(setting: Setting, value: Any, problems: list[Problem]) -> float | None:
     """An age, in seconds: a number and a unit (`36h`, `8d`) or a bare number
     of hours, in the setting's range of hours (null: none)."""
@@ -301,15 +320,15 @@ SETTINGS: dict[str, Setting] = {setting.key: setting for setting in (
             default=False, option="-x/--keep-carrier"),
     Setting("retries", integer, "extra attempts after a temporary or engine failure",
             default=0, range=Range(0, 10), option="--retries"),
-    Setting("retry_delay", integer, "seconds between attempts", default=60,
-            range=Range(0, 86400), option="--retry-delay"),
+    Setting("retry_delay", duration, "time between attempts", default=60,
+            range=Range(0, 86400, "s"), option="--retry-delay"),
     Setting("verify", boolean, "true: qvm-backup-restore --verify-only right after",
             default=False, option="--verify"),
     Setting("drill_max_age", age, "status fails when the job's last restore drill is older"
             " than this AGE (or missing); omit to not require drills",
             range=Range(1, 87600, "h")),
-    Setting("answer_timeout", integer, "seconds to wait for each answer through the"
-            " carrier; check gets more per GiB", default=300, range=Range(1, 86400)),
+    Setting("answer_timeout", duration, "time to wait for each answer through the"
+            " carrier; check gets more per GiB", default=300, range=Range(1, 86400, "s")),
     Setting("keep", retention_policy, "retention policy the server's prune applies: {"
             + ", ".join(f"{period}: N" for period in names.RETENTION_PERIODS) + "}"),
     Setting("hooks", monitoring_hooks, "monitoring: " + "/".join(HOOK_EVENTS)
@@ -332,8 +351,12 @@ def facts(setting: Setting) -> str:
         found.append("one of " + ", ".join(setting.choices))
     if setting.range:
         found.append(str(setting.range))
+    if setting.range and setting.range.unit == "s":
+        found.append("a bare number is seconds")
     if isinstance(setting.default, bool):
         found.append(f"default {str(setting.default).lower()}")  # as YAML writes it
+    elif setting.range and setting.default is not None:
+        found.append(f"default {setting.range.show(setting.default)}")
     elif isinstance(setting.default, int | str):
         found.append(f"default {setting.default}")
     return "; ".join(found)

@@ -1,11 +1,13 @@
-"""Backup names, retention and ages: how dom0 names a backup, which backups
-a retention policy keeps, and how old a backup may be.
+"""Backup names, retention and durations: how dom0 names a backup, which
+backups a retention policy keeps, how old a backup may be, and how every
+part writes a timeout.
 
 Pure data and pure functions, standard library only. dom0 makes the names
 (PREFIX-TIMESTAMP) and checks the server against its policy; the server
 admin's tool, ``qbackup-server``, prunes by the same policy. Both apply the
-SAME rule, so a prune never looks like an attack. The login shell never
-imports this module: names are opaque to it.
+SAME rule, so a prune never looks like an attack. The carrier reads its
+timeouts with the same grammar as dom0. The login shell never imports this
+module: names are opaque to it.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ RETENTION_PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
 }
 
 
-# Ages (`--max-age` of `qbackup status` and `qbackup-server status`): a
-# number and a unit; a bare number means HOURS in both programs, as dom0's
-# `--max-age 36` always did. Units largest first: show_age picks the first
-# that fits.
-AGE = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhd]?)")
-AGE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-BARE_AGE_UNIT = "h"
+# Durations: a number and a unit, s, m, h or d. What a bare number means
+# is the caller's: HOURS for ages (`--max-age` of `qbackup status` and
+# `qbackup-server status`, as dom0's `--max-age 36` always did), SECONDS for
+# timeouts and delays (dom0's job settings, the carrier's carrier.yaml, as
+# every file written before units were taken meant them). Units largest
+# first: show_age picks the first that fits.
+DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhd]?)")
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+BARE_UNIT_MEANS = {"s": "seconds", "h": "hours"}
 
 
 class InvalidPolicy(ValueError):
@@ -68,21 +72,29 @@ def split_backup_name(name: str) -> tuple[str, datetime] | None:
     return found.group(1), moment.replace(tzinfo=timezone.utc)  # noqa: UP017
 
 
+def parse_duration(text: str, bare_unit: str, what: str = "a duration",
+                   examples: str = "90s, 5m") -> float:
+    """Given a duration like `90s`, `15m`, `36h`, `7d`, or a bare number in
+    BARE_UNIT ('s' or 'h'), return seconds; raise ValueError saying how to
+    write WHAT (with EXAMPLES) otherwise."""
+    found = DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise ValueError(f"not {what}: use a number and a unit, s, m, h or d ({examples}; a"
+                         f" bare number means {BARE_UNIT_MEANS[bare_unit]})")
+    return float(found.group(1)) * DURATION_UNITS[found.group(2) or bare_unit]
+
+
 def parse_age(text: str) -> float:
     """Given an age like `90s`, `15m`, `36h`, `7d` or `36` (hours), return
     seconds; raise ValueError saying how to write one otherwise."""
-    found = AGE.fullmatch(text.strip().lower())
-    if found is None:
-        raise ValueError("not an age: use a number and a unit, s, m, h or d (36h, 7d; a bare"
-                         " number means hours)")
-    return float(found.group(1)) * AGE_UNITS[found.group(2) or BARE_AGE_UNIT]
+    return parse_duration(text, "h", "an age", "36h, 7d")
 
 
 def show_age(seconds: float) -> str:
-    """Given an age in seconds, return it as parse_age reads it, in the
-    largest unit it holds twice: whole if it is (`36h`, `7d`, `90s`), else to
+    """Given a duration in seconds, return it as parse_duration reads it, in
+    the largest unit it holds twice: whole if it is (`36h`, `7d`, `90s`), else to
     a tenth (`40.3h`)."""
-    unit, size = next((unit, size) for unit, size in AGE_UNITS.items()
+    unit, size = next((unit, size) for unit, size in DURATION_UNITS.items()
                       if abs(seconds) >= 2 * size or unit == "s")
     return f"{seconds / size:.0f}{unit}" if seconds % size == 0 else f"{seconds / size:.1f}{unit}"
 

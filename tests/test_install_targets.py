@@ -191,10 +191,11 @@ def test_uninstall_removes_what_install_put_and_nothing_else(tmp_path: Path, nam
 
 
 # What each part's modules import of the protocol package: the carrier's
-# contract with dom0 is not on the server, retention not in the carrier.
+# contract with dom0 is not on the server; names (its durations) is in the
+# carrier too.
 PART_PROTOCOL = {
     "server": ("server_shell", {"wire", "names"}),
-    "templatevm": ("carrier_vm", {"wire", "client", "carrier_service", "text"}),
+    "templatevm": ("carrier_vm", {"wire", "client", "carrier_service", "text", "names"}),
     "dom0": ("dom0", {"wire", "client", "names", "carrier_service", "text"}),
 }
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from carrier_vm.config import SETTINGS, CarrierConfig, default, range_text, validate_config
+from qbackup_protocol.names import parse_duration, show_age
 from tests.carrier_vm.conftest import REPO
 
 EXAMPLE = (REPO / "carrier_vm" / "carrier.yaml.example").read_text()
@@ -76,11 +77,13 @@ def test_the_example_states_each_range_as_the_code_checks_it(key: str) -> None:
 
 def test_the_readmes_timeouts_table_shows_the_defaults() -> None:
     section = README.split(" Timeouts and aborts\n", 1)[1].split("\n#", 1)[0]
-    shown = re.findall(r"`([a-z_]+)` \[(\d+)(?: s)?\]", section)
+    shown = re.findall(r"`([a-z_]+)` \[([0-9a-z]+)\]", section)
     assert {key for key, _ in shown} == {"connect_timeout", "keepalive_interval",
                                          "keepalive_count_max", "progress_timeout",
                                          "reply_timeout"}
     for key, value in shown:
-        assert float(value) == default(key), key
+        # Durations with their unit (30s, 5m, 1h), as carrier.yaml takes them.
+        assert parse_duration(value, "s") == default(key), key
+        assert value.isdigit() == (key == "keepalive_count_max"), key
     silence = default("keepalive_interval") * (default("keepalive_count_max") + 1)
-    assert f"unanswered => ~{silence:g} s |" in section
+    assert f"unanswered => ~{show_age(silence)} |" in section

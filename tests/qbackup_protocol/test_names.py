@@ -60,3 +60,30 @@ def test_an_age_shown_in_whole_units_parses_back(seconds: int) -> None:
     shown = names.show_age(seconds)
     if "." not in shown:
         assert names.parse_age(shown) == seconds
+
+
+# Durations of timeouts and delays (dom0's retry_delay and answer_timeout, the
+# carrier's timeouts): the same grammar as ages, but a bare number means
+# SECONDS, as every config file written so far meant it.
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("5m", 300), ("1h", 3600), ("2d", 172800), ("300", 300), ("1.5", 1.5),
+    ("0.5m", 30), (" 2M ", 120), ("0", 0),
+])
+def test_a_duration_takes_units_and_a_bare_number_means_seconds(
+        text: str, seconds: float) -> None:
+    assert names.parse_duration(text, "s") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "5x", "1w", "-1s", "1e3", "5 m", "1m30s", "inf",
+                                  "nan", "1" * 20, "١٢"])
+def test_anything_else_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^not a duration: use a number and a unit, s, m, h"
+                                         r" or d \(90s, 5m; a bare number means seconds\)$"):
+        names.parse_duration(text, "s")
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_a_duration_shown_in_whole_units_parses_back(seconds: int) -> None:
+    shown = names.show_age(seconds)
+    if "." not in shown:
+        assert names.parse_duration(shown, "s") == seconds
