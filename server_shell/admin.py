@@ -98,7 +98,7 @@ class Report:
 
 
 @dataclass(frozen=True)
-class Stored:
+class Contents:
     """An account's storage as the admin sees it: its committed backups, and
     what is there yet no backup name ("NAME (why)")."""
 
@@ -106,7 +106,7 @@ class Stored:
     skipped: list[str]
 
 
-def stored(root_fd: int) -> Stored:
+def contents(root_fd: int) -> Contents:
     """Given the root, return its committed backups (regular files with a
     valid name) and what it skipped: files, and directories the walk does not
     enter, whose names are not names (by name if it is printable, else counted)."""
@@ -133,7 +133,7 @@ def stored(root_fd: int) -> Stored:
             backups.append(found)
     if unprintable:
         skipped.append(f"{unprintable} file(s) whose names hold characters no name may have")
-    return Stored(backups, skipped)
+    return Contents(backups, skipped)
 
 
 def in_directory(root_fd: int, name: str, work: Callable[[int, str], Any]) -> Any:
@@ -184,7 +184,7 @@ def implausible(found: storage.Entry) -> bool:
 def prune(root_fd: int, config: Any, options: argparse.Namespace, report: Report) -> None:
     """Remove what the policy lets go and expired uploads, each reported once
     it is gone (an error later leaves the report of what went before)."""
-    found = stored(root_fd)
+    found = contents(root_fd)
     report.found["skipped"] = found.skipped
     backups = [entry.name for entry in found.backups]
     removable = names.prunable([entry.name for entry in found.backups
@@ -210,7 +210,7 @@ def prune(root_fd: int, config: Any, options: argparse.Namespace, report: Report
 
 def status(root_fd: int, config: Any, options: argparse.Namespace, report: Report) -> None:
     """Report the account's figures, and each problem with its level."""
-    found = stored(root_fd)
+    found = contents(root_fd)
     report.found["skipped"] = found.skipped
     backups = found.backups
     now = time.time()
@@ -249,7 +249,7 @@ def status(root_fd: int, config: Any, options: argparse.Namespace, report: Repor
 
 def check(root_fd: int, config: Any, options: argparse.Namespace, report: Report) -> None:
     """Re-hash every backup against its record; change nothing."""
-    found = stored(root_fd)
+    found = contents(root_fd)
     report.found["skipped"] = found.skipped
     for entry in found.backups:
         problem = in_directory(root_fd, entry.name, verify)
