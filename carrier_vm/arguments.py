@@ -145,17 +145,21 @@ def code_lines(codes: tuple[CarrierExit, ...]) -> str:
     return "".join(f"  {int(code):3d}  {code.meaning}\n" for code in sorted(codes))
 
 
+# What --help (and the man page) says of the program and of its configuration.
+DESCRIPTION = ("Moves Qubes' encrypted backup streams between dom0 and the backup server\n"
+               "over SSH.")
+CONFIGURATION = (f"{DEFAULT_CONFIG_PATH}, or the file named by\n"
+                 f"${CONFIG_ENV}; {SSH_CONN_ENV}=[user@]host supplies host and user.\n"
+                 "carrier.yaml.example (installed with the documentation) describes every key.")
+
+
 def help_text() -> str:
     """Return `qbackup-carrier --help`: every verb, the configuration, the exit codes."""
     verbs = "".join(f"  {verb_usage(verb)}\n      {VERBS[verb].summary}\n" for verb in VERBS)
     return (
-        f"usage: {PROGRAM} VERB [ARGUMENTS]\n\n"
-        "Moves Qubes' encrypted backup streams between dom0 and the backup server\n"
-        "over SSH.\n\n"
+        f"usage: {PROGRAM} VERB [ARGUMENTS]\n\n{DESCRIPTION}\n\n"
         f"verbs ({PROGRAM} VERB --help for each):\n{verbs}\n"
-        f"configuration: {DEFAULT_CONFIG_PATH}, or the file named by\n"
-        f"${CONFIG_ENV}; {SSH_CONN_ENV}=[user@]host supplies host and user.\n"
-        "carrier.yaml.example (installed with the documentation) describes every key.\n\n"
+        f"configuration: {CONFIGURATION}\n\n"
         f"exit codes:\n{code_lines(tuple(CarrierExit))}"
     )
 

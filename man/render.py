@@ -100,7 +100,7 @@ def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def notes(epilog: str | None) -> str:
     """Given a parser's epilog, return it without its exit codes (the page
     has them once, in EXIT STATUS)."""
-    return (epilog or "").split("\n\nexit codes", 1)[0].split("exit codes", 1)[0]
+    return (epilog or "").split("\n\nexit codes", 1)[0]
 
 
 def argparse_body(parser: argparse.ArgumentParser, program: str) -> list[str]:
@@ -139,20 +139,19 @@ def qbackup_page() -> Page:
 
 def carrier_page() -> Page:
     from carrier_vm import __version__
-    from carrier_vm.arguments import PROGRAM, VERBS, help_text, verb_help
+    from carrier_vm.arguments import CONFIGURATION, DESCRIPTION, PROGRAM, VERBS, verb_help
     from qbackup_protocol.carrier_service import CarrierExit
 
     lines = header(PROGRAM, 1, __version__, "carry qbackup streams between dom0 and the server")
     lines += [".SH SYNOPSIS", f"{PROGRAM} VERB [ARGUMENTS]", ".br",
               f"{PROGRAM} \\-\\-help | \\-\\-version", ".SH DESCRIPTION",
-              *preformatted(help_text().split("\n\n", 2)[1])]
+              *preformatted(DESCRIPTION)]
     for verb in VERBS:
         text = verb_help(verb)
         usage, _, rest = text.partition("\n\n")
         lines += [f".SH VERB: {escape(verb.upper())}", escape(usage.removeprefix("usage: ")),
                   *preformatted(rest.split("\nexit codes:", 1)[0])]
-    configuration = help_text().split("configuration:", 1)[1].split("\n\nexit codes:", 1)[0]
-    lines += [".SH FILES", escape(" ".join(configuration.split()))]
+    lines += [".SH FILES", escape(" ".join(CONFIGURATION.split()))]
     lines += exit_section(CarrierExit)
     lines += [".SH SEE ALSO", "qbackup(1), qbackup\\-shell(8)"]
     return Page(f"{PROGRAM}.1", "\n".join(lines) + "\n")

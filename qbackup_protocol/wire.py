@@ -297,11 +297,3 @@ class Ack(ReplyRecord):
 
     def to_reply(self) -> dict[str, Any]:
         return {"ack": self.offset}
-
-
-
-
-
-
-
-
