@@ -92,6 +92,15 @@ def check_space(estimate: int | None, available: int) -> None:
             f" need {human_size(estimate)}: free space on the server or lower its reserve")
 
 
+def job_profile(job: Job, name: str, passphrase: str | None) -> ProfileSpec:
+    """Given a job, the backup's NAME and the passphrase (None: the job's
+    passphrase VM answers, or a dry run that writes none), return the profile
+    Qubes' backup engine runs: the one a dry run estimates is the backup's."""
+    return ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
+                       compression=job.compression, passphrase_text=passphrase,
+                       passphrase_vm=job.passphrase_vm)
+
+
 def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
     """Given the prefix, the names the server lists and the names earlier
     attempts of this run used, return a name that is neither: names carry the
@@ -145,10 +154,7 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
     report_tampering(comparison)
     problems = comparison.problems
     name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
-    spec = ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
-                       compression=job.compression, passphrase_text=passphrase,
-                       passphrase_vm=job.passphrase_vm)
-    with written_profile(app.profile_dir, spec) as profile:
+    with written_profile(app.profile_dir, job_profile(job, name, passphrase)) as profile:
         estimate = parse_estimate(app.backup_info(profile))
         check_space(estimate, info.available)
         logger.info("backing up to %s as %s", job.carrier, name)

@@ -17,14 +17,14 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from dom0.backup import check_inputs, check_space, make_name
+from dom0.backup import check_inputs, check_space, job_profile, make_name
 from dom0.carrier import CarrierClient
 from dom0.config import Job, PassphraseSource, backup_job
 from dom0.errors import UsageError
 from dom0.estimate import parse_estimate, vm_sizes
 from dom0.locking import carrier_lock
 from dom0.log import human_size, say, say_json
-from dom0.profile import ProfileSpec, written_profile
+from dom0.profile import written_profile
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 from dom0.verify import passphrase_input
@@ -82,10 +82,7 @@ def dry_run(app: QubesAdapter, job: Job, context: Context) -> DryRun:
                 passphrase_input(app, job.carrier, PassphraseSource(vm=job.passphrase_vm))
             available = CarrierClient(app, job.carrier, job.answer_timeout).info().available
             name = make_name(job.prefix)
-            spec = ProfileSpec(carrier=job.carrier, name=name, vms=job.vms,
-                               exclude=job.exclude, compression=job.compression,
-                               passphrase_vm=job.passphrase_vm)
-            with written_profile(app.profile_dir, spec) as profile:
+            with written_profile(app.profile_dir, job_profile(job, name, None)) as profile:
                 summary = app.backup_info(profile)
     estimate = parse_estimate(summary)
     check_space(estimate, available)
