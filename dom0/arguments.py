@@ -26,8 +26,6 @@ COMMON_DEFAULTS: dict[str, object] = {
     "terminal": False, "verbose": False, "quiet": False, "config": None, "history": None,
     "lock_dir": None, "log_socket": None,
 }
-# Common options that take a value (the legacy form's scan must skip it).
-COMMON_WITH_VALUE = frozenset({"--config", "--history", "--lock-dir", "--log-socket"})
 
 MAIN_EPILOG = f"""\
 examples:
@@ -71,6 +69,14 @@ def common_options(suppress: bool) -> argparse.ArgumentParser:
     group.add_argument("--log-socket", metavar="PATH", default=default("log_socket"),
                        help=argparse.SUPPRESS)
     return parent
+
+
+# The common options' words, and those that take a value (the original form's
+# scan must skip the value), as the parser declares them.
+COMMON_OPTIONS = frozenset(option for action in common_options(suppress=False)._actions
+                           for option in action.option_strings)
+COMMON_WITH_VALUE = frozenset(option for action in common_options(suppress=False)._actions
+                              if action.nargs != 0 for option in action.option_strings)
 
 
 def add_carrier(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ from dom0 import (
 )
 from dom0.arguments import (
     COMMON_DEFAULTS,
-    COMMON_WITH_VALUE,
+    COMMON_OPTIONS,
     SUBCOMMANDS,
     build_parser,
     command_position,
@@ -81,8 +81,7 @@ def normalise(argv: list[str]) -> list[str]:
     if position is not None:
         return argv if argv[position] in SUBCOMMANDS else ["backup", *argv]
     options = {word for word in argv if word.startswith("-")}
-    if options - HELP_WORDS - {"-o", "--terminal", "-v", "--verbose", "-q", "--quiet",
-                               *COMMON_WITH_VALUE}:
+    if options - HELP_WORDS - COMMON_OPTIONS:
         return ["backup", *argv]  # options only, some of them backup's
     return argv
 
