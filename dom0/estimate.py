@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 
+from dom0.settings import VM_NAME
+
 SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 SIZE = r"([0-9]+(?:\.[0-9]+)?)\s*(B|KiB|MiB|GiB|TiB)?"
 TOTAL_SIZE = re.compile(r"Total size:\s*\|?\s*" + SIZE + r"\b")
 # A VM's row: its name (Qubes' VM name rule), its type, its size.
-VM_ROW = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_.-]{0,30}) \|[^|\n]*\|\s*" + SIZE + r"\s*\|",
+VM_ROW = re.compile(r"^\s*(" + VM_NAME.pattern + r") \|[^|\n]*\|\s*" + SIZE + r"\s*\|",
                     re.MULTILINE)
 
 
