@@ -75,15 +75,6 @@ def check_name(name: str) -> str:
         raise UsageError("invalid backup name: use a name `qbackup list` shows") from None
 
 
-def is_valid_name(name: object) -> bool:
-    """Given anything, return whether it is a name the server could hold."""
-    try:
-        wire.check_name(name)  # type: ignore[arg-type]
-    except wire.InvalidName:
-        return False
-    return True
-
-
 def no_such_backup(name: str) -> NoSuchBackup:
     """Given a (checked) backup NAME, return THE error for a name the server
     does not hold: the same line and exit code for verify, restore and check."""

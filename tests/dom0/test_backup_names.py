@@ -10,15 +10,16 @@ import pytest
 
 from dom0 import settings
 from dom0.backup import make_name
-from dom0.carrier import is_valid_name
 from dom0.profile import destination_path
+from qbackup_protocol import wire
 
 
 @pytest.mark.parametrize("prefix", ["laptop", "a", "laptop/daily", "x.y_z-1", "A" * 64,
                                     "a/b/c/d/e/f/g"])
 def test_prefix_accepts(prefix: str) -> None:
     assert settings.prefix_problem(prefix) is None
-    assert is_valid_name(make_name(prefix))
+    name = make_name(prefix)
+    assert wire.check_name(name) == name  # raises InvalidName if the server could not hold it
 
 
 @pytest.mark.parametrize("prefix", ["", ".x", "-x", "_x", "a b", "a\n", "a$", "a/", "/a",
