@@ -43,7 +43,6 @@ from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
 from qbackup_protocol import client
 from qbackup_protocol.carrier_service import MAX_OUTAGES_REPORTED, TransferStats
-from qbackup_protocol.client import build_command, parse_offset, parse_upload_line
 from qbackup_protocol.wire import (
     DEFAULT_DATA_FRAME,
     FRAME_HEADER_SIZE,
@@ -281,7 +280,7 @@ async def upload_session(
     async def read_replies(reader: Reader[bytes]) -> BackupRecord | None:
         return await follow_replies(LineReader(reader), verb, outbox, offset_known, sent, config)
 
-    command = build_command(verb, name)
+    command = client.build_command(verb, name)
     try:
         end = await run_session(link.connection, command, config, read_replies, send)
     finally:
@@ -340,7 +339,7 @@ async def follow_replies(
     first = await lines.next_line()
     if first is None:
         return None
-    offset = parse_hostile(parse_offset, first, "offset reply").offset
+    offset = parse_hostile(client.parse_offset, first, "offset reply").offset
     check_start_offset(verb, offset, outbox)
     if offset_known.done():  # the sender gave up waiting (progress_timeout)
         return None
@@ -350,7 +349,7 @@ async def follow_replies(
         line = await next_reply(lines, clock)
         if line is None:
             return None
-        item = parse_hostile(parse_upload_line, line, "upload reply")
+        item = parse_hostile(client.parse_upload_line, line, "upload reply")
         if isinstance(item, Ack):
             outbox.acknowledge(item.offset)
             continue
