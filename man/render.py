@@ -60,14 +60,6 @@ def exit_section(codes: Iterable[ExitStatus]) -> list[str]:
     return lines
 
 
-def option_label(action: argparse.Action) -> str:
-    """Given an argparse option or positional, return how the page names it."""
-    if not action.option_strings:
-        return str(action.metavar or action.dest).upper()
-    metavar = "" if action.nargs == 0 else f" {action.metavar or action.dest.upper()}"
-    return ", ".join(f"{option}{metavar}" for option in action.option_strings)
-
-
 def usage_of(parser: argparse.ArgumentParser) -> str:
     """Given a parser, return its usage as one line of roff text."""
     return escape(" ".join(parser.format_usage().removeprefix("usage: ").split()))
@@ -85,7 +77,8 @@ def options_of(parser: argparse.ArgumentParser, shown: frozenset[str] = frozense
         if set(action.option_strings) & shown:
             continue
         help_text = formatter._expand_help(action) if action.help else ""
-        lines += [".TP", f"\\fB{escape(option_label(action))}\\fR", escape(help_text)]
+        label = formatter._format_action_invocation(action)  # as --help names it
+        lines += [".TP", f"\\fB{escape(label)}\\fR", escape(help_text)]
     return lines
 
 
