@@ -59,7 +59,7 @@ class StorageError(ShellError, exit_code=ShellExit.IO, outcome="io-error"):
     """The storage failed in a way the client cannot fix."""
 
 
-class Interrupted(ShellError, exit_code=ShellExit.IO, outcome="interrupted"):
+class SessionCut(ShellError, exit_code=ShellExit.IO, outcome="interrupted"):
     """The session was cut: EOF before the end frame, a signal, the idle
     timeout, a hung-up client. One code for a lost client (an upload's partial
     is kept), and never a data error (a SIGPIPE during `list` says nothing

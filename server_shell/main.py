@@ -26,7 +26,7 @@ from typing import Any
 from qbackup_protocol import wire
 from qbackup_protocol.wire import ShellExit
 
-from .config import Interrupted, NotAllowed, Refused, ShellConfig, ShellError, load_config
+from .config import NotAllowed, Refused, SessionCut, ShellConfig, ShellError, load_config
 from .reading import check_backup, describe_space, list_backups, send_backup
 from .storage import open_root, take_session, write_all
 from .upload import commit, put, resume
@@ -190,8 +190,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     for other in (*FATAL_SIGNALS, signal.SIGALRM):
         signal.signal(other, signal.SIG_IGN)
     if signum == signal.SIGALRM:
-        raise Interrupted("no progress for the idle timeout; the session was abandoned")
-    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+        raise SessionCut("no progress for the idle timeout; the session was abandoned")
+    raise SessionCut(f"interrupted by signal {signal.Signals(signum).name}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from qbackup_protocol import wire
 
-from .config import ConfigError, Exists, Interrupted, NotFound, StorageError, Unavailable
+from .config import ConfigError, Exists, NotFound, SessionCut, StorageError, Unavailable
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a backup's name cannot hang the open.
@@ -384,7 +384,7 @@ def sweep(root_fd: int, max_age: Mapping[str, int] | None, dry_run: bool = False
 def hash_file(fd: int, hasher: Any, length: int = WHOLE) -> int:
     """Given a file, a SHA-256 hasher and how much of the file (default all),
     feed the HASHER those bytes; return how many there were. Raise
-    Interrupted once the client is gone (its stdout hung up): nobody would
+    SessionCut once the client is gone (its stdout hung up): nobody would
     read the answer of hours of hashing."""
     poller = select.poll()
     poller.register(1, 0)  # stdout: POLLERR/POLLHUP are always reported
@@ -393,7 +393,7 @@ def hash_file(fd: int, hasher: Any, length: int = WHOLE) -> int:
         hasher.update(data)
         size += len(data)
         if size % HASH_POLL == 0 and poller.poll(0):
-            raise Interrupted("the client went away")
+            raise SessionCut("the client went away")
     return size
 
 
@@ -487,7 +487,7 @@ def take_upload_lock(root_fd: int, name: str, take_over: bool = False) -> int:
 
 
 # --- the client's pipes: every wait for the client is bounded ----------------
-# main() turns SIGALRM into Interrupted: a client that sends nothing (put) or
+# main() turns SIGALRM into SessionCut: a client that sends nothing (put) or
 # reads nothing (get, list, check) for idle_timeout seconds ends the session.
 def enlarge_pipe(fd: int) -> None:
     with suppress(OSError):  # over the per-user pipe limit: slower, still correct

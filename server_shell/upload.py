@@ -24,7 +24,7 @@ from typing import Any
 from qbackup_protocol import wire
 
 from . import storage
-from .config import BadStream, Exists, Interrupted, NotFound, ShellConfig, StorageError, Unavailable
+from .config import BadStream, Exists, NotFound, SessionCut, ShellConfig, StorageError, Unavailable
 from .storage import dot
 
 READ_SIZE = 1024 * 1024
@@ -88,13 +88,13 @@ class SpaceGuard:
 
 
 def read_into(fd: int, view: memoryview, timeout: float, whole: bool = False) -> int:
-    """Read into VIEW (all of it if WHOLE); raise Interrupted at EOF: the
+    """Read into VIEW (all of it if WHOLE); raise SessionCut at EOF: the
     client is gone (the partial is kept for a resume)."""
     done = 0
     while not done or whole and done < len(view):
         count = storage.timed(lambda: os.readv(fd, [view[done:]]), timeout)  # noqa: B023
         if count == 0:
-            raise Interrupted("stream ended without an end frame (truncated upload)")
+            raise SessionCut("stream ended without an end frame (truncated upload)")
         done += count
     return done
 
@@ -117,7 +117,7 @@ class Upload:
 
 def receive(upload: Upload, stdin: int, config: ShellConfig, reply: Reply) -> int:
     """Given an upload, stdin, the config and a reply writer, append the
-    stream's data to the partial; return its total length. Raise Interrupted
+    stream's data to the partial; return its total length. Raise SessionCut
     at EOF, BadStream unless an E frame matching length and digest, then
     EOF, ends the stream."""
     header = memoryview(bytearray(wire.FRAME_HEADER_SIZE))
@@ -166,7 +166,7 @@ def receive(upload: Upload, stdin: int, config: ShellConfig, reply: Reply) -> in
 
 def stage(upload: Upload, stdin: int, config: ShellConfig, reply: Reply) -> Record:
     """Receive the rest of the stream into the partial and stage it; return
-    the receipt. Any failure but a lost client (Interrupted) removes the partial."""
+    the receipt. Any failure but a lost client (SessionCut) removes the partial."""
     dir_fd = upload.dir_fd
     leaf = upload.leaf
     try:
@@ -196,7 +196,7 @@ def stage(upload: Upload, stdin: int, config: ShellConfig, reply: Reply) -> Reco
         storage.remove_upload(dir_fd, leaf, "partial")
         os.fsync(dir_fd)
         return Record(upload.name, size, digest.sha256, int(os.fstat(upload.fd).st_mtime))
-    except Interrupted:
+    except SessionCut:
         raise  # the client is gone or stalled: the partial stays resumable
     except BaseException:
         storage.remove_upload(dir_fd, leaf, "partial")
@@ -214,7 +214,7 @@ def refuse_taken(dir_fd: int, leaf: str) -> None:
 def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) -> Record:
     """Given the root, a checked NAME, stdin, the config and a reply writer,
     receive and stage NAME; return the receipt. Raise Unavailable (busy,
-    space), Exists, BadStream, Interrupted or StorageError; a refused put
+    space), Exists, BadStream, SessionCut or StorageError; a refused put
     creates nothing, a failed one removes what it created."""
     place = storage.split_name(name)
     leaf = place.leaf
@@ -245,7 +245,7 @@ def put(root_fd: int, name: str, stdin: int, config: ShellConfig, reply: Reply) 
             os.fsync(dir_fd)
             upload = Upload(name, dir_fd, leaf, fd, state_fd, hashlib.sha256(), 0, guard)
             return stage(upload, stdin, config, reply)
-        except Interrupted:
+        except SessionCut:
             raise  # the partial stays, and the directories holding it
         except BaseException:
             storage.remove_dirs(reached.fd, reached.missing)  # only those still empty
