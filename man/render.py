@@ -161,12 +161,13 @@ def server_page() -> Page:
 
 def shell_page() -> Page:
     from qbackup_protocol import wire
-    from server_shell.admin import VERSION
+    from server_shell import __version__ as VERSION
     from server_shell.config import KEYS
     from server_shell.main import DEFAULT_CONFIG_PATH
 
     lines = header("qbackup-shell", 8, VERSION, "login shell of a qbackup storage account")
-    lines += [".SH SYNOPSIS", "qbackup\\-shell \\-c COMMAND", ".SH DESCRIPTION",
+    lines += [".SH SYNOPSIS", "qbackup\\-shell \\-c COMMAND", ".br",
+              "qbackup\\-shell \\-\\-help | \\-\\-version", ".SH DESCRIPTION",
               escape("The login shell (or the forced command) of the account that stores "
                      "qbackup backups on the server. It runs one protocol command per SSH "
                      "session and refuses everything else: interactive logins, other "

@@ -38,10 +38,10 @@ from typing import Any
 
 from qbackup_protocol import names, wire
 
-from . import storage
+from . import __version__, storage
 from .config import ShellError, load_config
 
-VERSION = "0.1.0"  # pyproject.toml's (a test compares them)
+VERSION = __version__
 RULES = tuple(names.RETENTION_PERIODS)
 # A backup's name carries the time its backup started; its file's mtime is
 # when its upload ended: within two days of the start (a long backup, a

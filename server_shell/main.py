@@ -26,6 +26,7 @@ from typing import Any
 from qbackup_protocol import wire
 from qbackup_protocol.wire import ShellExit
 
+from . import __version__
 from .config import NotAllowed, Refused, SessionCut, ShellConfig, ShellError, load_config
 from .reading import check_backup, describe_space, list_backups, send_backup
 from .storage import open_root, take_session, write_all
@@ -41,6 +42,15 @@ PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))  # no NUL, newlin
 OFFSET_PATTERN = re.compile(r"0|[1-9][0-9]{0,18}")
 ADDRESS_PATTERN = re.compile(r"([0-9A-Fa-f.:%]{1,64}) ([0-9]{1,5})(?: |$)")
 FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
+# What an admin may ask the program itself (sshd never runs it so: it runs
+# `-c COMMAND`); a client's command can never reach these.
+ANSWERS = {
+    "--version": f"{SHELL_NAME} {__version__}\n",
+    "--help": f"usage: {SHELL_NAME} -c COMMAND\n\nThe login shell of a qbackup storage account:"
+              " sshd runs it, one protocol command per session (man qbackup-shell).\n\n"
+              "example: ssh ACCOUNT@SERVER info\n\nexit codes:\n"
+              + "".join(f"  {int(code):3d}  {code.meaning}\n" for code in ShellExit),
+}
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,9 @@ def failure(error: BaseException) -> Failure:
 
 def main(argv: list[str], config_path: str, environ: Mapping[str, str] | None = None) -> int:
     """Given argv and the config path, run the shell; return the exit code."""
+    if " ".join(argv[1:]) in ANSWERS:
+        os.write(STDOUT, ANSWERS[" ".join(argv[1:])].encode("ascii"))
+        return 0
     environ = os.environ if environ is None else environ
     os.umask(0o077)
     outcome = Outcome()

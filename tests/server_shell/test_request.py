@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from qbackup_protocol import wire
 from server_shell.config import NotAllowed
 from server_shell.config import Refused as CommandRefused
-from server_shell.main import Request, parse_command, parse_invocation
+from server_shell.main import Request, main, parse_command, parse_invocation
 
 
 @pytest.mark.parametrize(
@@ -195,9 +197,18 @@ def test_parse_invocation_refuses(
 
 
 @pytest.mark.parametrize("word", ["--help", "--version", "-h"])
-def test_an_admin_asking_the_shell_itself_is_pointed_to_its_man_page(word: str) -> None:
-    # The shell is sshd's, not a command for people: it answers no option
-    # (each would be code sshd can reach); its man page and qbackup-server
-    # --version (the same installed version) do.
+def test_an_option_is_never_a_client_command(word: str) -> None:
+    # Only main() answers an admin's --help and --version (below); as an
+    # invocation they are refused, with a pointer to the man page.
     with pytest.raises(CommandRefused, match="see man qbackup-shell"):
         parse_invocation(["qbackup-shell", word], {})
+
+
+@pytest.mark.parametrize(("word", "said"), [("--version", "qbackup-shell 0.1.0\n"),
+                                            ("--help", "exit codes:\n")])
+def test_an_admin_asking_the_shell_itself_is_answered_and_nothing_runs(
+        word: str, said: str, capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "unreadable.conf"
+    config.write_text("[broken")  # never read: an answer needs no config, storage or syslog
+    assert main(["qbackup-shell", word], str(config), {}) == 0
+    assert said in capfd.readouterr().out

