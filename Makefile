@@ -24,7 +24,7 @@ force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
 
 APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml \
-	groff-base
+	groff-base scrypt python3-cryptography xz-utils bzip2
 
 .PHONY: FORCE help deps venv test test-pure lint demo bench man server server-files server-aa templatevm \
 	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
@@ -86,7 +86,7 @@ test-pure:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol man
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol qbackup_extract man
 
 demo: venv
 	$(PY) -m demo.run

@@ -1,0 +1,126 @@
+"""qbackup-extract's command line: the parser, and main(), the one place
+that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qbackup_extract.backup import open_backup
+from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
+from qbackup_extract.extract import run_extract
+from qbackup_extract.list import human_size, run_list
+from qbackup_extract.progress import Progress
+from qbackup_extract.scrypt_file import KdfLimits
+from qbackup_extract.source import SshOptions, open_source, source_size
+from qbackup_extract.verify import run_verify
+from qbackup_protocol.text import clean_text
+
+PROG = "qbackup-extract"
+MAX_PASSPHRASE_FILE = 4096
+
+
+def default_kdf_memory_mib() -> int:
+    """Return half of this machine's memory in MiB (what `scrypt dec` allows by default)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2 // 2**20
+
+
+def exit_table() -> str:
+    return "\n".join(f"  {status.value:3}  {status.meaning}" for status in ExtractExit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Get VM images out of a Qubes OS backup (format version 4, Qubes 4.x) on any "
+        "Linux machine, without Qubes: from a file, standard input, or the backup account over "
+        "ssh. Every part is authenticated; a VM appears in DEST only once all its parts are.",
+        epilog=f"SOURCE is FILE, - (standard input) or ssh://[user@]host[:port]/NAME (runs the "
+        f"storage account's `get NAME` with ssh).\n\nexit status:\n{exit_table()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("source", metavar="SOURCE", help="FILE, - or ssh://[user@]host[:port]/NAME")
+    common.add_argument("--passphrase-file", metavar="F", required=True,
+                        help="file holding the backup passphrase (one trailing newline ignored)")
+    common.add_argument("--identity", metavar="KEY", help="ssh: the private key (ssh -i)")
+    common.add_argument("--known-hosts", metavar="FILE",
+                        help="ssh: the pinned known_hosts file (strict host key checking)")
+    common.add_argument("--ssh-option", metavar="OPT", action="append", default=[],
+                        help="ssh: one more `-o OPT` (repeatable)")
+    common.add_argument("--kdf-memory", metavar="MIB", type=int, default=None,
+                        help="most memory a part's scrypt parameters may ask for "
+                        "(default: half of this machine's memory)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="the VMs in the backup: name, class, size")
+    listing.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    actions.add_parser("verify", parents=[common],
+                       help="authenticate and decompress every part; write nothing")
+    extract = actions.add_parser("extract", parents=[common],
+                                 help="write DEST/VMNAME/private.img, root.img, ... (dom0: DEST/dom0-home/)")
+    extract.add_argument("dest", metavar="DEST", help="directory to write into (made if missing)")
+    extract.add_argument("vms", metavar="VM", nargs="*", help="VMs to extract (default: all)")
+    return parser
+
+
+def read_passphrase(path: str, source: str) -> bytes:
+    """Given the passphrase file's path, return the passphrase; raise ExtractError (usage) otherwise."""
+    if path == "-" and source == "-":
+        raise usage_error("--passphrase-file - and SOURCE - cannot both be standard input")
+    try:
+        with open(sys.stdin.fileno() if path == "-" else path, "rb", closefd=path != "-") as handle:
+            data = handle.read(MAX_PASSPHRASE_FILE + 1)
+    except OSError as error:
+        raise usage_error(f"--passphrase-file: {error.strerror}") from None
+    passphrase = data[:-1] if data.endswith(b"\n") else data
+    if not passphrase or len(data) > MAX_PASSPHRASE_FILE:
+        raise usage_error("--passphrase-file: empty or too long")
+    return passphrase
+
+
+def run(args: argparse.Namespace) -> int:
+    passphrase = read_passphrase(args.passphrase_file, args.source)
+    limits = KdfLimits(max_memory=(args.kdf_memory or default_kdf_memory_mib()) * 2**20)
+    ssh = SshOptions(identity=args.identity, known_hosts=args.known_hosts,
+                     options=tuple(args.ssh_option))
+    with open_source(args.source, ssh) as stream:
+        progress = Progress(source_size(stream))
+        progress.label = clean_text(args.source, 40)
+        try:
+            backup = open_backup(stream, passphrase, limits, clean_text(args.source, 100),
+                                 progress.count)
+            if args.action == "list":
+                run_list(backup, args.json, sys.stdout)
+                return ExtractExit.OK
+            if args.action == "verify":
+                counted = run_verify(backup)
+                print(f"OK: {len(backup.vms)} VMs, {counted.files} files, "
+                      f"{human_size(counted.data_bytes)} of data authenticated")
+                return ExtractExit.OK
+            for name in run_extract(backup, Path(args.dest), args.vms):
+                print(f"extracted {name}")
+            # Drain what follows (for a pipe or ssh: to see the stream end cleanly).
+            return ExtractExit.OK
+        finally:
+            progress.done()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ExtractError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing incomplete was left in DEST", file=sys.stderr)
+        return ExtractExit.DATA
+    except BrokenPipeError:
+        return ExtractExit.OK
+
+
+def console_main() -> None:
+    sys.exit(main())
