@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from qbackup_extract.errors import ExtractError, unsupported
-from qbackup_extract.header import HEADER_MAC_NAME, HEADER_NAME, BackupHeader, authenticate_header, check_version
+from qbackup_extract.header import (
+    HEADER_MAC_NAME,
+    HEADER_NAME,
+    BackupHeader,
+    authenticate_header,
+    check_version,
+)
 from qbackup_extract.parts import ChainContext, OuterArchive, PartChain, PartName, parse_part_name
 from qbackup_extract.qubes_xml import MAX_QUBES_XML, BackedUpVM, parse_qubes_xml
 from qbackup_extract.scrypt_file import KdfLimits
@@ -132,7 +138,7 @@ def walk_backup(backup: Backup, selected: set[str], handler: FileHandler) -> Non
         if part.number != 0 or part.path in walk.done_files or vm.name in walk.done_vms:
             raise ExtractError(f"{part.member}: part out of order or repeated")
         if walk.current is not None and walk.current.name != vm.name:
-            finish_vm(walk, selected, handler)
+            finish_vm(walk, walk.current, selected, handler)
         if walk.current is None:
             walk.current = vm
             if vm.name in selected:
@@ -144,17 +150,17 @@ def walk_backup(backup: Backup, selected: set[str], handler: FileHandler) -> Non
             skip_file(chain)
         walk.done_files.add(part.path)
     if walk.current is not None:
-        finish_vm(walk, selected, handler)
+        finish_vm(walk, walk.current, selected, handler)
     missing = [vm.name for vm in backup.vms if vm.name not in walk.done_vms]
     if missing:
         raise ExtractError(f"truncated: the backup ends before the files of {', '.join(missing)}")
 
 
-def finish_vm(walk: Walk, selected: set[str], handler: FileHandler) -> None:
-    assert walk.current is not None
-    if walk.current.name in selected:
-        handler.finish_vm(walk.current)
-    walk.done_vms.add(walk.current.name)
+def finish_vm(walk: Walk, vm: BackedUpVM, selected: set[str], handler: FileHandler) -> None:
+    """Given the VM whose last part was read, tell the handler (if it is wanted)."""
+    if vm.name in selected:
+        handler.finish_vm(vm)
+    walk.done_vms.add(vm.name)
     walk.current = None
 
 

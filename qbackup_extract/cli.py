@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("source", metavar="SOURCE", help="FILE, - or ssh://[user@]host[:port]/NAME")
+    common.add_argument("source", metavar="SOURCE",
+                        help="FILE, - or ssh://[user@]host[:port]/NAME")
     common.add_argument("--passphrase-file", metavar="F", required=True,
                         help="file holding the backup passphrase (one trailing newline ignored)")
     common.add_argument("--identity", metavar="KEY", help="ssh: the private key (ssh -i)")
@@ -54,19 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most memory a part's scrypt parameters may ask for "
                         "(default: half of this machine's memory)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[common], help="the VMs in the backup: name, class, size")
+    listing = actions.add_parser("list", parents=[common],
+                                 help="the VMs in the backup: name, class, size")
     listing.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     actions.add_parser("verify", parents=[common],
                        help="authenticate and decompress every part; write nothing")
-    extract = actions.add_parser("extract", parents=[common],
-                                 help="write DEST/VMNAME/private.img, root.img, ... (dom0: DEST/dom0-home/)")
+    extract = actions.add_parser(
+        "extract", parents=[common],
+        help="write DEST/VMNAME/private.img, root.img, ... (dom0: DEST/dom0-home/)")
     extract.add_argument("dest", metavar="DEST", help="directory to write into (made if missing)")
     extract.add_argument("vms", metavar="VM", nargs="*", help="VMs to extract (default: all)")
     return parser
 
 
 def read_passphrase(path: str, source: str) -> bytes:
-    """Given the passphrase file's path, return the passphrase; raise ExtractError (usage) otherwise."""
+    """Given the passphrase file's path, return the passphrase; raise ExtractError
+    (usage) if it cannot be read, is empty or too long."""
     if path == "-" and source == "-":
         raise usage_error("--passphrase-file - and SOURCE - cannot both be standard input")
     try:

@@ -7,6 +7,7 @@ import bz2
 import lzma
 import zlib
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from qbackup_extract.errors import ExtractError, unsupported
@@ -16,8 +17,11 @@ MAX_OUTPUT = 1024 * 1024
 
 
 class Decoder(Protocol):
-    eof: bool
-    unused_data: bytes
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
 
@@ -29,7 +33,7 @@ def gzip_decoder() -> Decoder:
 DECODERS: dict[str, Callable[[], Decoder]] = {
     "gzip": gzip_decoder,
     "bzip2": bz2.BZ2Decompressor,
-    "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
+    "xz": partial(lzma.LZMADecompressor, format=lzma.FORMAT_XZ),
 }
 FILTER_NAMES = tuple(DECODERS)
 

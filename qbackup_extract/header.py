@@ -80,7 +80,8 @@ def authenticate_header(text: bytes, mac_file: bytes, passphrase: bytes,
     if plain != text:
         raise ExtractError("backup-header: does not match its authenticated copy (altered)")
     fields = parse_fields(text)
-    if fields.get("hmac-algorithm") != "scrypt" or fields.get("encrypted", "").lower() not in TRUE_WORDS:
+    encrypted = fields.get("encrypted", "").lower() in TRUE_WORDS
+    if fields.get("hmac-algorithm") != "scrypt" or not encrypted:
         raise unsupported("backup-header: only encrypted backups (scrypt) are supported")
     backup_id = fields.get("backup-id", "")
     if not backup_id or backup_id.startswith("-"):

@@ -64,10 +64,16 @@ class Writer:
             raise cant_create(f"{self.dest}: {error.strerror}") from None
         self.current = Staging(vm=vm, path=Path(path))
 
+    def staging(self) -> Staging:
+        """Return the VM being written; raise ExtractError if none was started."""
+        if self.current is None:
+            raise ExtractError("internal error: an entry outside any VM")
+        return self.current
+
     def entry(self, vm: BackedUpVM, entry: TarEntry, data: TarReader) -> None:
-        assert self.current is not None
+        staging = self.staging()
         parts = relative_parts(entry.name, vm)
-        root = os.open(self.current.path, DIR_FLAGS)
+        root = os.open(staging.path, DIR_FLAGS)
         try:
             parent = open_parent(root, parts[:-1])
             try:
@@ -80,31 +86,30 @@ class Writer:
             os.close(root)
 
     def _write(self, parent: int, parts: list[str], entry: TarEntry, data: TarReader) -> None:
-        assert self.current is not None
+        staging = self.staging()
         name = parts[-1]
         relative = "/".join(parts)
         if entry.kind == DIRECTORY:
             if not _is_dir(parent, name):
                 os.mkdir(name, 0o700, dir_fd=parent)
-            self.current.modes.append((relative, entry.mode & 0o777))
+            staging.modes.append((relative, entry.mode & 0o777))
         elif entry.kind == SYMLINK:
             os.symlink(entry.linkname, name, dir_fd=parent)
         elif entry.kind == HARDLINK:
             self._hardlink(parent, name, entry)
         elif entry.is_regular:
             write_file(parent, name, entry, data)
-            self.current.files.add(entry.name)
+            staging.files.add(entry.name)
         # Devices, fifos and the like have no place in a restore: skipped.
 
     def _hardlink(self, parent: int, name: str, entry: TarEntry) -> None:
-        assert self.current is not None
+        staging = self.staging()
         # threat: a link to a path outside (or through a symlink): only a
         # regular file this extraction wrote may be linked
-        if entry.linkname not in self.current.files:
-            raise ExtractError(f"{self.current.vm.name}: hard link to a file not extracted")
-        vm = self.current.vm
-        source = relative_parts(entry.linkname, vm)
-        root = os.open(self.current.path, DIR_FLAGS)
+        if entry.linkname not in staging.files:
+            raise ExtractError(f"{staging.vm.name}: hard link to a file not extracted")
+        source = relative_parts(entry.linkname, staging.vm)
+        root = os.open(staging.path, DIR_FLAGS)
         try:
             source_parent = open_parent(root, source[:-1])
             try:
@@ -116,15 +121,13 @@ class Writer:
             os.close(root)
 
     def finish_vm(self, vm: BackedUpVM) -> None:
-        assert self.current is not None and self.current.vm == vm
-        staging = self.current
+        staging = self.staging()
         for relative, mode in reversed(staging.modes):
             fd = os.open(staging.path / relative, DIR_FLAGS)
             try:
                 os.fchmod(fd, mode | 0o700)
             finally:
                 os.close(fd)
-        os.chmod(staging.path, 0o755)
         target = self.dest / vm.output_name
         if target.exists():
             raise cant_create(f"{target} appeared meanwhile; nothing of {vm.name} written")

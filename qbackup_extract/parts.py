@@ -65,7 +65,7 @@ class OuterArchive:
     def peek(self) -> TarEntry | None:
         if not self._has_peeked:
             self._peeked = self.tar.next_entry()
-            if self._peeked is not None and not self._peeked.kind in (b"0", b"\0"):
+            if self._peeked is not None and self._peeked.kind not in (b"0", b"\0"):
                 raise ExtractError(f"unexpected member in the backup: {self._peeked.name[:100]!r}")
             self._has_peeked = True
         return self._peeked

@@ -22,7 +22,7 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from qbackup_extract.errors import ExtractError, unsupported
 
@@ -74,6 +74,14 @@ def check_parameters(params: KdfParameters, limits: KdfLimits, what: str) -> Non
         raise unsupported(f"{what}: its scrypt parameters ask for too much CPU time")
 
 
+@dataclass
+class Keys:
+    """What a file's derived key opens: its running HMAC and its AES-CTR decryptor."""
+
+    mac: hmac.HMAC
+    decryptor: CipherContext
+
+
 class ScryptDecryptor:
     """Decrypts one scrypt file fed in pieces: feed() returns plaintext,
     finish() checks the final HMAC."""
@@ -84,28 +92,27 @@ class ScryptDecryptor:
         self._what = what
         self._header = b""
         self._tail = b""
-        self._mac: hmac.HMAC | None = None
-        self._decryptor: object = None
+        self._keys: Keys | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Given the next bytes of the file, return the plaintext they complete;
         raise ExtractError if the header is damaged or the passphrase does not fit."""
-        if self._mac is None:
+        keys = self._keys
+        if keys is None:
             self._header += data
             if len(self._header) < HEADER_SIZE:
                 return b""
             data = self._header[HEADER_SIZE:]
-            self._open(self._header[:HEADER_SIZE])
-        assert self._mac is not None
+            keys = self._keys = self._open(self._header[:HEADER_SIZE])
         held = self._tail + data
         release = held[: max(0, len(held) - MAC_SIZE)]
         self._tail = held[len(release):]
         if not release:
             return b""
-        self._mac.update(release)
-        return self._decryptor.update(release)  # type: ignore[attr-defined]
+        keys.mac.update(release)
+        return keys.decryptor.update(release)
 
-    def _open(self, header: bytes) -> None:
+    def _open(self, header: bytes) -> Keys:
         if not header.startswith(MAGIC):
             raise ExtractError(f"{self._what}: not an scrypt file")
         # threat: a header damaged in transit, told apart from a wrong passphrase
@@ -122,16 +129,15 @@ class ScryptDecryptor:
         # backup (its name and the backup id are part of the passphrase)
         if not hmac.compare_digest(header_mac, header[64:96]):
             raise ExtractError(f"{self._what}: wrong passphrase, or the part is not authentic")
-        self._mac = hmac.new(key[32:], header, hashlib.sha256)
         cipher = Cipher(algorithms.AES(key[:32]), modes.CTR(bytes(16)))
-        self._decryptor = cipher.decryptor()
+        return Keys(mac=hmac.new(key[32:], header, hashlib.sha256), decryptor=cipher.decryptor())
 
     def finish(self) -> None:
         """Return if the whole file was authentic; raise ExtractError otherwise."""
-        if self._mac is None or len(self._tail) != MAC_SIZE:
+        if self._keys is None or len(self._tail) != MAC_SIZE:
             raise ExtractError(f"{self._what}: truncated")
         # threat: any flipped, cut or appended byte of the encrypted data
-        if not hmac.compare_digest(self._mac.digest(), self._tail):
+        if not hmac.compare_digest(self._keys.mac.digest(), self._tail):
             raise ExtractError(f"{self._what}: not authentic (damaged or altered)")
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
 from qbackup_extract.get_stream import GetStream
@@ -94,17 +96,18 @@ def ssh_stream(source: SshSource, options: SshOptions, label: str) -> Iterator[G
         )
     except OSError as error:
         raise ExtractError(f"cannot run ssh: {error.strerror}", ExtractExit.NO_INPUT) from None
-    assert process.stdout is not None and process.stderr is not None
-    stream = GetStream(process.stdout, label)
+    stdout = cast(BinaryIO, process.stdout)
+    stderr_pipe = cast(BinaryIO, process.stderr)
+    stream = GetStream(stdout, label)
     try:
         yield stream
     finally:
         finished = stream.finished
         if not finished:
             process.kill()
-        process.stdout.close()
-        stderr = process.stderr.read(4096)
-        process.stderr.close()
+        stdout.close()
+        stderr = stderr_pipe.read(4096)
+        stderr_pipe.close()
         status = process.wait()
     if finished and status != 0:
         # The server's or ssh's words are hostile text: one clean line.
@@ -126,7 +129,8 @@ def open_source(spec: str, options: SshOptions) -> Iterator[BinaryIO | GetStream
         try:
             handle = open(spec, "rb", buffering=READ_SIZE)  # noqa: SIM115
         except OSError as error:
-            raise ExtractError(f"{clean_text(spec)}: {error.strerror}", ExtractExit.NO_INPUT) from None
+            raise ExtractError(f"{clean_text(spec)}: {error.strerror}",
+                               ExtractExit.NO_INPUT) from None
         with handle:
             yield handle
 
@@ -135,9 +139,6 @@ def source_size(stream: object) -> int | None:
     """Given an opened source, return its size in bytes if it is a regular file."""
     if isinstance(stream, io.BufferedReader):
         with contextlib.suppress(OSError):
-            import os
-            import stat
-
             info = os.fstat(stream.fileno())
             if stat.S_ISREG(info.st_mode):
                 return info.st_size

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 from xml.sax.saxutils import escape, quoteattr
 
 DEFAULT_BACKUP_ID = "20261206T101500-4242"
@@ -97,7 +97,7 @@ def disk_usage(path: Path) -> int:
 
 def qubes_xml(spec: ArchiveSpec) -> bytes:
     """Return a qubes.xml holding SPEC's VMs with the backup-* features Qubes sets."""
-    domains = []
+    domains: list[str] = []
     vms: list[tuple[str, str, str, int]] = [
         (vm.name, vm.klass, vm.subdir,
          vm.size if vm.size is not None else sum(disk_usage(path) for path in vm.files.values()))
@@ -131,7 +131,7 @@ def inner_tar_argv(directory: Path, name: str, subdir: str, spec: ArchiveSpec,
     return [*argv, f"--xform=s:^{name}:{subdir}\\0:", name]
 
 
-def chunks(stream: BinaryIO, size: int) -> Iterator[bytes]:
+def chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
     """Yield STREAM cut into SIZE-byte chunks (the last shorter; at least one)."""
     first = True
     while True:
