@@ -60,6 +60,17 @@ class ArchiveSpec:
     backup_id: str = DEFAULT_BACKUP_ID
     cost: ScryptCost = field(default_factory=ScryptCost)
     header_text: str | None = None  # to write another header than Qubes'
+    qubes_xml: bytes | None = None  # to write another qubes.xml than the VMs'
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member of the outer archive: its NAME and its bytes START..END in the file
+    (its own tar, end-of-archive blocks included), for tests that damage one."""
+
+    name: str
+    start: int
+    end: int
 
 
 def header_text(spec: ArchiveSpec) -> str:
@@ -82,10 +93,13 @@ def scrypt_encrypt(source: Path, target: Path, passphrase: str, cost: ScryptCost
     )
 
 
-def append_member(output: BinaryIO, stage: Path, name: str) -> None:
-    """Append STAGE/NAME to OUTPUT as Qubes' SendWorker does: a tar of its own."""
+def append_member(output: BinaryIO, stage: Path, name: str) -> Member:
+    """Append STAGE/NAME to OUTPUT as Qubes' SendWorker does: a tar of its own;
+    return where it went."""
     output.flush()
+    start = output.seek(0, 2)
     subprocess.run(["tar", "-cO", "--posix", "-C", str(stage), name], stdout=output, check=True)
+    return Member(name=name, start=start, end=output.seek(0, 2))
 
 
 def disk_usage(path: Path) -> int:
@@ -145,9 +159,9 @@ def chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
 
 
 def add_file(output: BinaryIO, stage: Path, spec: ArchiveSpec, argv: list[str],
-             archive_path: str) -> list[str]:
+             archive_path: str) -> list[Member]:
     """Run ARGV (an inner tar), cut its output into chunks, encrypt each as
-    ARCHIVE_PATH.NNN and append them; return the part names."""
+    ARCHIVE_PATH.NNN and append them; return them."""
     names = []
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as tar:
         assert tar.stdout is not None
@@ -160,28 +174,26 @@ def add_file(output: BinaryIO, stage: Path, spec: ArchiveSpec, argv: list[str],
                            f"{spec.backup_id}!{archive_path}.{number:03d}!{spec.passphrase}",
                            spec.cost)
             plain.unlink()
-            append_member(output, stage, f"{archive_path}.{number:03d}.enc")
+            names.append(append_member(output, stage, f"{archive_path}.{number:03d}.enc"))
             encrypted.unlink()
-            names.append(f"{archive_path}.{number:03d}.enc")
     assert tar.returncode == 0
     return names
 
 
-def build_archive(spec: ArchiveSpec, stage: Path, output_path: Path) -> list[str]:
+def build_archive(spec: ArchiveSpec, stage: Path, output_path: Path) -> list[Member]:
     """Write the backup SPEC describes to OUTPUT_PATH, using STAGE for
-    temporary files; return the outer members' names in order."""
+    temporary files; return the outer members in order."""
     stage.mkdir(parents=True, exist_ok=True)
-    members = ["backup-header", "backup-header.hmac"]
     with open(output_path, "wb") as output:
         header = stage / "backup-header"
         header.write_text(spec.header_text if spec.header_text is not None else header_text(spec))
         scrypt_encrypt(header, stage / "backup-header.hmac", f"backup-header!{spec.passphrase}",
                        spec.cost)
-        append_member(output, stage, "backup-header")
-        append_member(output, stage, "backup-header.hmac")
+        members = [append_member(output, stage, "backup-header"),
+                   append_member(output, stage, "backup-header.hmac")]
         xml_dir = stage / "xml"
         xml_dir.mkdir(exist_ok=True)
-        (xml_dir / "qubes.xml").write_bytes(qubes_xml(spec))
+        (xml_dir / "qubes.xml").write_bytes(spec.qubes_xml or qubes_xml(spec))
         members += add_file(output, stage, spec,
                             inner_tar_argv(xml_dir, "qubes.xml", "", spec, None), "qubes.xml")
         for vm in spec.vms:
