@@ -49,6 +49,8 @@ class FileHandler(Protocol):
 
     def finish_vm(self, vm: BackedUpVM) -> None: ...
 
+    def retract_vm(self, vm: BackedUpVM) -> None: ...
+
 
 def read_member(archive: OuterArchive, name: str, limit: int) -> bytes:
     """Given the NAME the next member must have, return its bytes; raise
@@ -134,8 +136,11 @@ def walk_backup(backup: Backup, selected: set[str], handler: FileHandler) -> Non
     while (entry := backup.archive.take()) is not None:
         part = parse_part_name(entry.name)
         vm = vm_of(part, backup.vms)
-        # threat: parts repeated, dropped or moved (each is authentic alone)
+        # threat: parts repeated, dropped or moved (each is authentic alone);
+        # a file of a VM already finished means that VM was not complete
         if part.number != 0 or part.path in walk.done_files or vm.name in walk.done_vms:
+            if vm.name in walk.done_vms and vm.name in selected:
+                handler.retract_vm(vm)
             raise ExtractError(f"{part.member}: part out of order or repeated")
         if walk.current is not None and walk.current.name != vm.name:
             finish_vm(walk, walk.current, selected, handler)

@@ -135,6 +135,12 @@ class Writer:
         self.current = None
         self.done.append(vm.name)
 
+    def retract_vm(self, vm: BackedUpVM) -> None:
+        """Remove a VM this run finished: a file of it came later, out of order."""
+        if vm.name in self.done:
+            shutil.rmtree(self.dest / vm.output_name, ignore_errors=True)
+            self.done.remove(vm.name)
+
     def abort(self) -> None:
         """Remove the VM being written, if any (its parts were not all authenticated)."""
         if self.current is not None:

@@ -28,6 +28,9 @@ class Counter:
     def finish_vm(self, vm: BackedUpVM) -> None:
         pass
 
+    def retract_vm(self, vm: BackedUpVM) -> None:
+        pass
+
 
 def run_verify(backup: Backup) -> Counter:
     """Given an opened backup, read and authenticate all of it; return what was
