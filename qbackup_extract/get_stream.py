@@ -30,10 +30,12 @@ class GetStream:
         self._total = 0
         self._digest = hashlib.sha256()
         self.finished = False
+        self.cut = False  # the sender stopped before its end frame
 
     def _exact(self, size: int) -> bytes:
         data = self._pipe.read(size)
         if len(data) != size:
+            self.cut = True
             raise ExtractError(f"{self._label}: the stream was cut (no end frame): truncated",
                                ExtractExit.DATA)
         return data
@@ -55,6 +57,7 @@ class GetStream:
             return b""
         data = self._pipe.read(min(size, self._left))
         if not data:
+            self.cut = True
             raise ExtractError(f"{self._label}: the stream was cut (no end frame): truncated")
         self._left -= len(data)
         self._total += len(data)

@@ -19,7 +19,7 @@ from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
 from qbackup_extract.get_stream import GetStream
 from qbackup_protocol.client import build_command
 from qbackup_protocol.text import clean_text
-from qbackup_protocol.wire import VERB_GET, InvalidName, ProtocolError
+from qbackup_protocol.wire import VERB_GET, InvalidName, ProtocolError, ShellExit
 
 SSH_PREFIX = "ssh://"
 # threat: a host or user read by ssh as an option (`ssh://-oProxyCommand=...`)
@@ -99,20 +99,32 @@ def ssh_stream(source: SshSource, options: SshOptions, label: str) -> Iterator[G
     stdout = cast(BinaryIO, process.stdout)
     stderr_pipe = cast(BinaryIO, process.stderr)
     stream = GetStream(stdout, label)
+    failure: ExtractError | None = None
     try:
         yield stream
+    except ExtractError as error:
+        failure = error
     finally:
-        finished = stream.finished
-        if not finished:
+        # Stopped early (list needs only the start, or an error): ssh goes;
+        # cut by the other side: ssh's own status says why.
+        if not (stream.finished or stream.cut):
             process.kill()
         stdout.close()
         stderr = stderr_pipe.read(4096)
         stderr_pipe.close()
         status = process.wait()
-    if finished and status != 0:
-        # The server's or ssh's words are hostile text: one clean line.
-        raise ExtractError(f"{label}: ssh or get failed ({status}): {clean_text(stderr)}",
-                           ExtractExit.NO_INPUT)
+    if (stream.finished or stream.cut) and status != 0:
+        raise ssh_failure(label, status, stderr) from None
+    if failure is not None:
+        raise failure
+
+
+def ssh_failure(label: str, status: int, stderr: bytes) -> ExtractError:
+    """Given how ssh ended, return the error to show (the shell's exit codes
+    say what they mean; its and ssh's words are hostile text: one clean line)."""
+    meaning = ShellExit(status).meaning if status in set(ShellExit) else "ssh failed"
+    return ExtractError(f"{label}: get failed ({status}: {meaning}): {clean_text(stderr, 200)}",
+                        ExtractExit.NO_INPUT)
 
 
 @contextlib.contextmanager

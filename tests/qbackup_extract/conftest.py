@@ -131,3 +131,7 @@ class Runner:
 @pytest.fixture
 def extract_tool(passphrase_file: Path) -> Runner:
     return Runner(passphrase_file)
+
+
+# The end-to-end test stores a backup through the real carrier (its fixture).
+from tests.carrier_vm.conftest import carrier  # noqa: E402, F401

@@ -29,7 +29,8 @@ def flip_in_member(built: Built, name: str, offset: int) -> bytes:
     data = bytearray(built.path.read_bytes())
     member = built.member(name)
     chunk = bytes(data[member.start:member.end])
-    start = chunk.find(b"scrypt\x00") if name.endswith((".enc", ".hmac")) else chunk.find(b"version=")
+    marker = b"scrypt\x00" if name.endswith((".enc", ".hmac")) else b"version="
+    start = chunk.find(marker)
     data[member.start + start + offset] ^= 0x01
     return bytes(data)
 
