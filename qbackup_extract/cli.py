@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from qbackup_extract import __version__
 from qbackup_extract.backup import open_backup
 from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
 from qbackup_extract.extract import run_extract
@@ -19,7 +20,23 @@ from qbackup_extract.verify import run_verify
 from qbackup_protocol.text import clean_text
 
 PROG = "qbackup-extract"
+EXAMPLES = """\
+SOURCE is FILE, - (standard input) or ssh://[user@]host[:port]/NAME: the
+storage account's own `get NAME`, run by ssh with the carrier's key.
+
+examples:
+  qbackup-extract list ssh://backup@server.example/laptop/2026-12-06T10-15 \\
+      --identity carrier_key --known-hosts known_hosts --passphrase-file pass
+  qbackup-extract extract backup.bin /mnt/restore work --passphrase-file pass
+  sudo mount -o loop,ro /mnt/restore/work/private.img /mnt/work"""
 MAX_PASSPHRASE_FILE = 4096
+ACTIONS = {
+    "list": "The VMs in the backup: name, class, size (reads only the start of the backup).",
+    "verify": "Authenticate and decompress every part, read every file; write nothing.",
+    "extract": "Write DEST/VMNAME/private.img (root.img, firewall.xml, ... where the backup "
+    "holds them), sparse and byte-exact; dom0's home to DEST/dom0-home/. Each VM is written "
+    "under a hidden name and renamed once its last part is authenticated.",
+}
 
 
 def default_kdf_memory_mib() -> int:
@@ -37,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Get VM images out of a Qubes OS backup (format version 4, Qubes 4.x) on any "
         "Linux machine, without Qubes: from a file, standard input, or the backup account over "
         "ssh. Every part is authenticated; a VM appears in DEST only once all its parts are.",
-        epilog=f"SOURCE is FILE, - (standard input) or ssh://[user@]host[:port]/NAME (runs the "
-        f"storage account's `get NAME` with ssh).\n\nexit status:\n{exit_table()}",
+        epilog=f"{EXAMPLES}\n\nexit codes:\n{exit_table()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("source", metavar="SOURCE",
                         help="FILE, - or ssh://[user@]host[:port]/NAME")
@@ -55,14 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most memory a part's scrypt parameters may ask for "
                         "(default: half of this machine's memory)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[common],
-                                 help="the VMs in the backup: name, class, size")
+    listing = actions.add_parser("list", parents=[common], help=ACTIONS["list"],
+                                 description=ACTIONS["list"])
     listing.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    actions.add_parser("verify", parents=[common],
-                       help="authenticate and decompress every part; write nothing")
-    extract = actions.add_parser(
-        "extract", parents=[common],
-        help="write DEST/VMNAME/private.img, root.img, ... (dom0: DEST/dom0-home/)")
+    actions.add_parser("verify", parents=[common], help=ACTIONS["verify"],
+                       description=ACTIONS["verify"])
+    extract = actions.add_parser("extract", parents=[common], help=ACTIONS["extract"],
+                                 description=ACTIONS["extract"])
     extract.add_argument("dest", metavar="DEST", help="directory to write into (made if missing)")
     extract.add_argument("vms", metavar="VM", nargs="*", help="VMs to extract (default: all)")
     return parser
@@ -128,3 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def console_main() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -20,7 +20,7 @@ from testbed.qubes_archive import ArchiveSpec, Member, VmSpec, build_archive
 PASSPHRASE = "correct horse battery staple"
 CHUNK = 48 * 1024
 FILTERS = ("gzip", "bzip2", "xz", None)
-EXTRACT = [sys.executable, "-m", "qbackup_extract"]
+EXTRACT = [sys.executable, "-m", "qbackup_extract.cli"]
 
 
 @dataclass(frozen=True)
