@@ -33,7 +33,7 @@ help:
 	@echo "make test                 install what the tests need, lint, then run all the tests"
 	@echo "make test-pure            the pure tests only (no root, no sshd; needs the venv of make test)"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
-	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
+	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8] [EXTRACT_GIB=1]  throughput against plain OpenSSH"
 	@echo "make man                  render the man pages (man/) from the programs' parsers"
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
 	@echo "                          install qbackup-shell on a backup server and make it NAME's shell"
@@ -99,7 +99,8 @@ man: venv
 	$(PY) -m man.render man
 
 bench: venv
-	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)
+	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8) \
+		--extract-gib $(or $(EXTRACT_GIB),1)
 
 # --- what each part needs of qbackup_protocol/ ----------------------------------
 # The server: the wire protocol (the login shell imports nothing else) and
