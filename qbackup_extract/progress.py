@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 INTERVAL = 0.5
@@ -13,18 +14,20 @@ INTERVAL = 0.5
 class Progress:
     """Counts the source's bytes (count()) and shows them now and then."""
 
-    def __init__(self, total: int | None, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int | None, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream or sys.stderr
         self._enabled = self._stream.isatty()
         self._total = total
-        self._start = time.monotonic()
+        self._clock = clock
+        self._start = clock()
         self._shown = self._start
         self.bytes = 0
         self.label = ""
 
     def count(self, size: int) -> None:
         self.bytes += size
-        now = time.monotonic()
+        now = self._clock()
         if self._enabled and now - self._shown >= INTERVAL:
             self._shown = now
             self._show(now)
