@@ -121,9 +121,11 @@ class Walk:
 def vm_of(part: PartName, vms: list[BackedUpVM]) -> BackedUpVM:
     """Given a part, return the VM whose files it belongs to; raise ExtractError if none."""
     for vm in vms:
-        home = vm.path.endswith("/") is False
-        if (home and part.path == vm.path) or (not home and part.path.startswith(vm.path)
-                                                and "/" not in part.path[len(vm.path):]):
+        if vm.path.endswith("/"):  # vmNNN/: one file per name inside it
+            directory, _, name = part.path.rpartition("/")
+            if directory + "/" == vm.path and name:
+                return vm
+        elif part.path == vm.path:  # dom0-home/USER: one file, a tar of the home
             return vm
     raise ExtractError(f"{part.member}: belongs to no VM of qubes.xml")
 
@@ -148,11 +150,10 @@ def walk_backup(backup: Backup, selected: set[str], handler: FileHandler) -> Non
             walk.current = vm
             if vm.name in selected:
                 handler.start_vm(vm)
-        chain = PartChain(backup.archive, part, backup.context)
         if vm.name in selected:
-            read_file(chain, vm, handler)
+            read_file(PartChain(backup.archive, part, backup.context), vm, handler)
         else:
-            skip_file(chain)
+            skip_parts(backup.archive, part.path)
         walk.done_files.add(part.path)
     if walk.current is not None:
         finish_vm(walk, walk.current, selected, handler)
@@ -183,15 +184,13 @@ def read_file(chain: PartChain, vm: BackedUpVM, handler: FileHandler) -> None:
         raise chain.explain(error) from None
 
 
-def skip_file(chain: PartChain) -> None:
-    """Read past a file's parts without decrypting them (a VM not wanted)."""
-    archive = chain._archive  # noqa: SLF001
-    first = chain.path
+def skip_parts(archive: OuterArchive, path: str) -> None:
+    """Read past the parts of file PATH without decrypting them (a VM not wanted)."""
     while True:
         while archive.tar.read(1024 * 1024):
             pass
         following = archive.peek()
-        if following is None or parse_part_name(following.name).path != first:
+        if following is None or parse_part_name(following.name).path != path:
             return
         archive.take()
 

@@ -121,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
                 return ExtractExit.OK
             for name in run_extract(backup, Path(args.dest), args.vms):
                 print(f"extracted {name}")
-            # Drain what follows (for a pipe or ssh: to see the stream end cleanly).
             return ExtractExit.OK
         finally:
             progress.done()

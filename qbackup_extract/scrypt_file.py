@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from qbackup_extract.errors import ExtractError, unsupported
 
@@ -55,7 +56,7 @@ class KdfParameters:
 
     @property
     def memory(self) -> int:
-        """Return the bytes hashlib.scrypt allocates for these parameters."""
+        """Return the bytes scrypt allocates for these parameters (OpenSSL's count)."""
         return 128 * self.r * (2**self.log_n + self.p + 2)
 
 
@@ -120,10 +121,13 @@ class ScryptDecryptor:
             raise ExtractError(f"{self._what}: its scrypt header is damaged")
         params = KdfParameters(*PARAMETERS.unpack(header[7:16]))
         check_parameters(params, self._limits, self._what)
-        key = hashlib.scrypt(
-            self._passphrase, salt=header[16:48], n=2**params.log_n, r=params.r, p=params.p,
-            maxmem=params.memory + 2**20, dklen=64,
-        )
+        # cryptography's scrypt, not hashlib's: hashlib refuses above 2 GiB,
+        # which `scrypt enc` may choose on a big machine.
+        try:
+            key = Scrypt(salt=header[16:48], length=64, n=2**params.log_n, r=params.r,
+                         p=params.p).derive(self._passphrase)
+        except MemoryError:
+            raise unsupported(f"{self._what}: no memory for its scrypt parameters") from None
         header_mac = hmac.new(key[32:], header[:64], hashlib.sha256).digest()
         # threat: a wrong passphrase, or a part renamed or taken from another
         # backup (its name and the backup id are part of the passphrase)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,6 +164,18 @@ def test_hostile_qubes_xml_is_refused_before_anything_is_written(
                           str(tmp_path / "dest"))
     assert_refused(result.returncode, result.stderr, ExtractExit.DATA, words)
     assert not (tmp_path / "dest").exists()
+
+
+def test_vms_larger_than_the_free_space_of_dest_are_refused_before_writing(
+    build: Callable[..., Built], extract_tool: Runner, tmp_path: Path
+) -> None:
+    # threat: sizes that would fill the disk halfway through
+    hostile = re.sub(r'backup-size">[0-9]+', f'backup-size">{2**49}',
+                     qubes_xml(build().spec).decode(), count=1)
+    built = build(qubes_xml=hostile.encode())
+    result = extract_tool("extract", built.path, str(tmp_path / "dest"))
+    assert_refused(result.returncode, result.stderr, ExtractExit.CANT_CREATE, "MiB free")
+    assert leftovers(tmp_path / "dest") == []
 
 
 def test_format_version_3_is_not_supported(build: Callable[..., Built], extract_tool: Runner,
