@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from qbackup_extract import __version__
-from qbackup_extract.backup import open_backup
+from qbackup_extract.backup import Backup, open_backup
 from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
 from qbackup_extract.extract import run_extract
 from qbackup_extract.list import human_size, run_list
@@ -107,23 +107,26 @@ def run(args: argparse.Namespace) -> int:
                      options=tuple(args.ssh_option))
     with open_source(args.source, ssh) as stream:
         progress = Progress(source_size(stream))
-        progress.label = clean_text(args.source, 40)
+        progress.label = clean_text(args.source)[-40:]
         try:
             backup = open_backup(stream, passphrase, limits, clean_text(args.source, 100),
                                  progress.count)
-            if args.action == "list":
-                run_list(backup, args.json, sys.stdout)
-                return ExtractExit.OK
-            if args.action == "verify":
-                counted = run_verify(backup)
-                print(f"OK: {len(backup.vms)} VMs, {counted.files} files, "
-                      f"{human_size(counted.data_bytes)} of data authenticated")
-                return ExtractExit.OK
-            for name in run_extract(backup, Path(args.dest), args.vms):
-                print(f"extracted {name}")
-            return ExtractExit.OK
+            lines = run_action(args, backup)
         finally:
             progress.done()
+    print("\n".join(lines))
+    return ExtractExit.OK
+
+
+def run_action(args: argparse.Namespace, backup: Backup) -> list[str]:
+    """Given the arguments and the opened backup, run the action; return what it reports."""
+    if args.action == "list":
+        return run_list(backup, args.json)
+    if args.action == "verify":
+        counted = run_verify(backup)
+        return [f"OK: {len(backup.vms)} VMs, {counted.files} files, "
+                f"{human_size(counted.data_bytes)} of data authenticated"]
+    return [f"extracted {name}" for name in run_extract(backup, Path(args.dest), args.vms)]
 
 
 def main(argv: list[str] | None = None) -> int:

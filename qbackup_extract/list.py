@@ -4,7 +4,6 @@ from its authenticated qubes.xml; the rest of the backup is not read."""
 from __future__ import annotations
 
 import json
-from typing import TextIO
 
 from qbackup_extract.backup import Backup
 
@@ -19,12 +18,10 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def run_list(backup: Backup, as_json: bool, out: TextIO) -> None:
-    """Given an opened backup, print its VMs to OUT, as a table or as JSON."""
+def run_list(backup: Backup, as_json: bool) -> list[str]:
+    """Given an opened backup, return the lines that show its VMs, a table or JSON."""
     if as_json:
         rows = [{"name": vm.name, "class": vm.klass, "size": vm.size} for vm in backup.vms]
-        out.write(json.dumps({"backup_id": backup.header.backup_id, "vms": rows}) + "\n")
-        return
-    out.write(f"{'NAME':32} {'CLASS':16} {'SIZE':>10}\n")
-    for vm in backup.vms:
-        out.write(f"{vm.name:32} {vm.klass:16} {human_size(vm.size):>10}\n")
+        return [json.dumps({"backup_id": backup.header.backup_id, "vms": rows})]
+    return [f"{'NAME':32} {'CLASS':16} {'SIZE':>10}"] + [
+        f"{vm.name:32} {vm.klass:16} {human_size(vm.size):>10}" for vm in backup.vms]
