@@ -102,6 +102,9 @@ def test_install_upgrade_remove_purge_keep_accounts_backups_and_configs(
     stored = put(backup_server, account, "laptop/daily-20261201T020000Z", b"ciphertext" * 1000)
     assert stored.returncode == 0, stored.stderr
     assert any(f"account={name}" in line for line in backup_server.syslog.flush())
+    # Run again (harmless), it names itself as the way to add a carrier key.
+    again = run(SETUP_ACCOUNT, name).stdout
+    assert f"(add one with: {SETUP_ACCOUNT} {name} CARRIER_KEY.pub)" in again
     backups = sorted(p.relative_to(account.home) for p in account.home.rglob("*")
                      if p.is_file() and ".ssh" not in p.parts)
 
