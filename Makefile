@@ -22,12 +22,15 @@ user ?=
 key ?=
 force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
+# The one version, qbackup_protocol's (`make print-version` shows it).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' qbackup_protocol/__init__.py)
 
 APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml \
-	groff-base scrypt python3-cryptography xz-utils bzip2
+	groff-base lintian rpm rpmlint scrypt python3-cryptography xz-utils bzip2
 
 .PHONY: FORCE help deps venv test test-pure lint demo bench man server server-files server-aa templatevm \
-	templatevm-deps dom0 extract uninstall-server uninstall-templatevm uninstall-dom0 uninstall-extract clean
+	templatevm-deps dom0 extract uninstall-server uninstall-templatevm uninstall-dom0 uninstall-extract \
+	packages print-version clean
 
 help:
 	@echo "make test                 install what the tests need, lint, then run all the tests"
@@ -45,6 +48,7 @@ help:
 	@echo "                          bash completion"
 	@echo "make extract              install qbackup-extract (restore without Qubes) on any Linux machine"
 	@echo "                          (needs python3 >= 3.11 and python3-cryptography)"
+	@echo "make packages [DIST=dist]  the .debs, .rpms and SHA256SUMS of this version (dpkg-deb, rpmbuild)"
 	@echo "make uninstall-server | uninstall-templatevm | uninstall-dom0 | uninstall-extract"
 	@echo "                          remove what the install put; configs, accounts and backups stay"
 
@@ -88,7 +92,7 @@ test-pure:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol qbackup_extract man
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol qbackup_extract man packaging/build.py
 
 demo: venv
 	$(PY) -m demo.run
@@ -127,6 +131,7 @@ server-files:
 	install -m 0644 $(PROTOCOL_SERVER) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
 	rm -f $(OLD_PROTOCOL)
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
+	install -m 0755 server_shell/setup-account.sh $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
@@ -280,5 +285,27 @@ uninstall-dom0:
 	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "kept: /etc/qbackup and ~/.config/qbackup (jobs), passphrase files, ~/.local/share/qbackup (history)"
 
+# --- packages: the install targets above, each into a staging root ----------------
+# One file list (the targets'), one version, reproducible bytes: every date is
+# the last commit's (or SOURCE_DATE_EPOCH=SECONDS outside a git checkout).
+DIST ?= dist
+PACKAGE_STAGE ?= build/packages
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+STAGE_ROOT = $(abspath $(PACKAGE_STAGE))
+packages:
+	@test -n "$(SOURCE_DATE_EPOCH)" || { echo "make packages: not a git checkout: give SOURCE_DATE_EPOCH=SECONDS (nothing was built)" >&2; exit 2; }
+	@for tool in dpkg-deb rpmbuild; do command -v $$tool >/dev/null || \
+		{ echo "make packages: $$tool is missing: apt-get install dpkg-dev rpm (nothing was built)" >&2; exit 2; }; done
+	rm -rf $(STAGE_ROOT)
+	@$(MAKE) --no-print-directory -s server-files server-aa DESTDIR=$(STAGE_ROOT)/server
+	@$(MAKE) --no-print-directory -s templatevm DESTDIR=$(STAGE_ROOT)/carrier
+	@$(MAKE) --no-print-directory -s dom0 DESTDIR=$(STAGE_ROOT)/dom0
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PYTHON_SYSTEM) -I packaging/build.py $(STAGE_ROOT) $(abspath $(DIST)) $(VERSION)
+	rm -rf $(STAGE_ROOT)
+	@cd $(DIST) && cat SHA256SUMS
+
+print-version:
+	@echo $(VERSION)
+
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

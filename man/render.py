@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qbackup_protocol import __version__
 from qbackup_protocol.wire import ExitStatus
 
 MANUAL = "qbackup manual"
@@ -119,7 +120,6 @@ def argparse_body(parser: argparse.ArgumentParser, program: str) -> list[str]:
 
 
 def qbackup_page() -> Page:
-    from dom0 import __version__
     from dom0.arguments import build_parser
     from dom0.errors import QbackupExit
 
@@ -132,7 +132,6 @@ def qbackup_page() -> Page:
 
 
 def carrier_page() -> Page:
-    from carrier_vm import __version__
     from carrier_vm.arguments import CONFIGURATION, DESCRIPTION, PROGRAM, VERBS, verb_help
     from qbackup_protocol.carrier_service import CarrierExit
 
@@ -152,9 +151,9 @@ def carrier_page() -> Page:
 
 
 def server_page() -> Page:
-    from server_shell.admin import VERSION, ServerExit, build_parser
+    from server_shell.admin import ServerExit, build_parser
 
-    lines = header("qbackup-server", 8, VERSION, "the backup server admin's tool")
+    lines = header("qbackup-server", 8, __version__, "the backup server admin's tool")
     lines += argparse_body(build_parser(), "qbackup-server") + exit_section(ServerExit)
     lines += [".SH SEE ALSO", "qbackup\\-shell(8), qbackup(1)"]
     return Page("qbackup-server.8", "\n".join(lines) + "\n")
@@ -162,11 +161,10 @@ def server_page() -> Page:
 
 def shell_page() -> Page:
     from qbackup_protocol import wire
-    from server_shell import __version__ as VERSION
     from server_shell.config import KEYS
     from server_shell.main import DEFAULT_CONFIG_PATH
 
-    lines = header("qbackup-shell", 8, VERSION, "login shell of a qbackup storage account")
+    lines = header("qbackup-shell", 8, __version__, "login shell of a qbackup storage account")
     lines += [".SH SYNOPSIS", "qbackup\\-shell \\-c COMMAND", ".br",
               "qbackup\\-shell \\-\\-help | \\-\\-version", ".SH DESCRIPTION",
               escape("The login shell (or the forced command) of the account that stores "
@@ -192,7 +190,6 @@ def shell_page() -> Page:
 
 
 def extract_page() -> Page:
-    from qbackup_extract import __version__
     from qbackup_extract.cli import PROG, build_parser
     from qbackup_extract.errors import ExtractExit
 

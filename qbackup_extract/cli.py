@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from qbackup_extract import __version__
 from qbackup_extract.backup import Backup, open_backup
 from qbackup_extract.errors import ExtractError, ExtractExit, usage_error
 from qbackup_extract.extract import run_extract
@@ -17,6 +16,7 @@ from qbackup_extract.progress import Progress
 from qbackup_extract.scrypt_file import KdfLimits
 from qbackup_extract.source import SshOptions, open_source, source_size
 from qbackup_extract.verify import run_verify
+from qbackup_protocol import __version__
 from qbackup_protocol.text import clean_text
 
 PROG = "qbackup-extract"
