@@ -43,13 +43,17 @@ class Backup:
 class FileHandler(Protocol):
     """What a pass does with the VMs and their files."""
 
-    def start_vm(self, vm: BackedUpVM) -> None: ...
+    def start_vm(self, vm: BackedUpVM) -> None:
+        """Given a wanted VM whose first part comes next, prepare for its files."""
 
-    def entry(self, vm: BackedUpVM, entry: TarEntry, data: TarReader) -> None: ...
+    def entry(self, vm: BackedUpVM, entry: TarEntry, data: TarReader) -> None:
+        """Given an inner tar ENTRY of VM's and the reader of its DATA, handle it."""
 
-    def finish_vm(self, vm: BackedUpVM) -> None: ...
+    def finish_vm(self, vm: BackedUpVM) -> None:
+        """Given a wanted VM whose every part was authenticated, complete it."""
 
-    def retract_vm(self, vm: BackedUpVM) -> None: ...
+    def retract_vm(self, vm: BackedUpVM) -> None:
+        """Given a VM completed before, undo it: a file of it came later."""
 
 
 def read_member(archive: OuterArchive, name: str, limit: int) -> bytes:

@@ -45,10 +45,12 @@ def default_kdf_memory_mib() -> int:
 
 
 def exit_table() -> str:
+    """Return the exit codes and their meanings, one per line (help and man page)."""
     return "\n".join(f"  {status.value:3}  {status.meaning}" for status in ExtractExit)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return qbackup-extract's argument parser (the man page renders it)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Get VM images out of a Qubes OS backup (format version 4, Qubes 4.x) on any "
@@ -101,6 +103,7 @@ def read_passphrase(path: str, source: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Given parsed ARGS, run the action; return the exit status; raise ExtractError on failure."""
     passphrase = read_passphrase(args.passphrase_file, args.source)
     limits = KdfLimits(max_memory=(args.kdf_memory or default_kdf_memory_mib()) * 2**20)
     ssh = SshOptions(identity=args.identity, known_hosts=args.known_hosts,
@@ -130,6 +133,7 @@ def run_action(args: argparse.Namespace, backup: Backup) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Given the command line (default: sys.argv), run it; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
+    """The installed command: exit with main()'s status."""
     sys.exit(main())
 
 

@@ -27,6 +27,7 @@ class Decoder(Protocol):
 
 
 def gzip_decoder() -> Decoder:
+    """Return a decoder of one gzip stream (zlib with the gzip wrapper)."""
     return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # type: ignore[return-value]
 
 

@@ -23,6 +23,7 @@ FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 def cant_create(message: str) -> ExtractError:
+    """Given a message, return the ExtractError of a DEST that cannot take the files."""
     return ExtractError(message, ExtractExit.CANT_CREATE)
 
 
@@ -56,6 +57,7 @@ class Writer:
         self.done: list[str] = []
 
     def start_vm(self, vm: BackedUpVM) -> None:
+        """Given a VM, make its staging directory; raise ExtractError if DEST/NAME exists."""
         if (self.dest / vm.output_name).exists():
             raise cant_create(f"{self.dest / vm.output_name} exists; nothing of {vm.name} written")
         try:
@@ -71,6 +73,7 @@ class Writer:
         return self.current
 
     def entry(self, vm: BackedUpVM, entry: TarEntry, data: TarReader) -> None:
+        """Given an inner tar ENTRY of VM's and its DATA, write it under the staging directory."""
         staging = self.staging()
         parts = relative_parts(entry.name, vm)
         root = os.open(staging.path, DIR_FLAGS)
@@ -121,13 +124,19 @@ class Writer:
             os.close(root)
 
     def finish_vm(self, vm: BackedUpVM) -> None:
+        """Given the VM just authenticated, set its directories' modes and rename it into place."""
         staging = self.staging()
-        for relative, mode in reversed(staging.modes):
-            fd = os.open(staging.path / relative, DIR_FLAGS)
-            try:
-                os.fchmod(fd, mode | 0o700)
-            finally:
-                os.close(fd)
+        root = os.open(staging.path, DIR_FLAGS)
+        try:
+            for relative, mode in reversed(staging.modes):
+                # walked as when written: no component may be a symlink
+                fd = open_parent(root, relative.split("/"))
+                try:
+                    os.fchmod(fd, mode | 0o700)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(root)
         target = self.dest / vm.output_name
         if target.exists():
             raise cant_create(f"{target} appeared meanwhile; nothing of {vm.name} written")
@@ -192,6 +201,7 @@ def write_file(parent: int, name: str, entry: TarEntry, data: TarReader) -> None
 
 
 def write_all(fd: int, chunk: bytes) -> None:
+    """Write all of CHUNK to FD (os.write may write less)."""
     view = memoryview(chunk)
     while view:
         written = os.write(fd, view)

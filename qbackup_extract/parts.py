@@ -27,6 +27,7 @@ class PartName:
 
     @property
     def member(self) -> str:
+        """Return the outer member's name this part has."""
         return f"{self.path}.{self.number:03d}.enc"
 
 
@@ -63,6 +64,7 @@ class OuterArchive:
         self._has_peeked = False
 
     def peek(self) -> TarEntry | None:
+        """Return the next member without taking it (None at the archive's end)."""
         if not self._has_peeked:
             self._peeked = self.tar.next_entry()
             if self._peeked is not None and self._peeked.kind not in (b"0", b"\0"):
@@ -71,6 +73,7 @@ class OuterArchive:
         return self._peeked
 
     def take(self) -> TarEntry | None:
+        """Return the next member and move past it (None at the archive's end)."""
         entry = self.peek()
         self._has_peeked = False
         return entry

@@ -26,6 +26,7 @@ class Progress:
         self.label = ""
 
     def count(self, size: int) -> None:
+        """Given bytes just read from the source, count them; show progress now and then."""
         self.bytes += size
         now = self._clock()
         if self._enabled and now - self._shown >= INTERVAL:
@@ -40,6 +41,7 @@ class Progress:
         self._stream.flush()
 
     def done(self) -> None:
+        """Clear the progress line, if one was shown."""
         if self._enabled and self._shown != self._start:
             self._stream.write("\r" + " " * 79 + "\r")
             self._stream.flush()

@@ -40,6 +40,7 @@ class BackedUpVM:
 
 
 def feature(domain: ElementTree.Element, name: str) -> str | None:
+    """Given a <domain>, return the text of its feature NAME, or None."""
     for node in domain.findall("./features/feature"):
         if node.get("name") == name:
             return node.text or ""

@@ -45,6 +45,7 @@ class TarEntry:
 
     @property
     def is_regular(self) -> bool:
+        """Return whether the entry is a file with data (plain, contiguous or sparse)."""
         return self.kind in REGULAR or self.kind == GNU_SPARSE
 
 
