@@ -164,13 +164,27 @@ def _is_dir(parent: int, name: str) -> bool:
         return False
 
 
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def open_parent(root: int, directories: list[str]) -> int:
     """Given the staging directory's descriptor and directory components,
     return a descriptor of the last, creating missing ones, never following
-    a symlink; raise OSError otherwise."""
+    a symlink; raise ExtractError if a component is not a directory, OSError
+    if one cannot be made."""
     current = os.dup(root)
     for part in directories:
         if not _is_dir(current, part):
+            # threat: an archived symlink (or file) used as a directory, to
+            # write through it outside DEST
+            if _exists(current, part):
+                os.close(current)
+                raise ExtractError(f"unsafe path: {part[:100]!r} is not a directory")
             os.mkdir(part, 0o700, dir_fd=current)
         try:
             following = os.open(part, DIR_FLAGS, dir_fd=current)
