@@ -20,9 +20,12 @@ Then, in the same run:
              thread (bench/shell_loop.py);
   memory     qbackup once more with --flat-gib of data: carrier and shell
              peak RSS must not grow with the backup.
+  extract    qbackup-extract of a Qubes backup holding a --extract-gib
+             private.img from ssh:// against `ssh host cat | qbackup-extract -`,
+             and its peak RSS (bench/extract_speed.py).
 
 Usage: python -m bench.run [--gib 2] [--rate-mb 150] [--flat-gib 8]
-                           [--rounds 3] [--ack-reps 2] [--loop-reps 3]
+                           [--rounds 3] [--ack-reps 2] [--loop-reps 3] [--extract-gib 1]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import shell_loop
+from bench import extract_speed, shell_loop
 from bench.carrier_overhead import add_sink_account, bare_argv, carrier_argv, run_sender
 from bench.sampler import PeakRss, ProcessSampler
 from testbed.carrier import carrier_config, write_carrier_config
@@ -338,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="sender CPU rounds (default 3)")
     parser.add_argument("--ack-reps", type=int, default=2, help="runs per acks variant (default 2)")
     parser.add_argument("--loop-reps", type=int, default=3, help="shell loop reps (default 3)")
+    parser.add_argument("--extract-gib", type=float, default=1.0,
+                        help="private.img size for qbackup-extract (default 1; 0: skip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
 
@@ -422,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
                 server, account, env, int(args.flat_gib * GIB), 0, label, "bench-flat"
             )
             results.append(flat)
+        extract_runs = []
+        if args.extract_gib > 0:
+            extract_runs = extract_speed.measure(
+                server, account, plain, {**env, "PYTHONPATH": str(REPO)}, workdir,
+                args.extract_gib)
     loop_mib = small // MIB
     LOG.info("shell loop, %d MiB, %d reps", loop_mib, args.loop_reps)
     loop = shell_loop.measure(loop_mib, args.loop_reps, "/var/tmp")
@@ -498,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"- writer thread / one thread: {threaded / single:.2f} "
           "(the thread would be kept only at >= 1.10)")
+    if extract_runs:
+        print()
+        print(extract_speed.report(extract_runs, args.extract_gib))
     return 0
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 qbackup(1) comes from dom0's argparse parser, qbackup-carrier(1) from the
 carrier's verb table (carrier_vm/arguments.py), qbackup-server(8) from the
 admin tool's parser, qbackup-shell(8) from the wire protocol's verbs, the
-shell's settings and ShellExit. Each page's exit codes are its program's
-exit enum. `make man` writes the pages into man/; tests render them again
-and compare, so a page cannot drift from its program. The make targets
-install the committed pages: no part needs this module at install time.
+shell's settings and ShellExit, qbackup-extract(1) from its parser. Each
+page's exit codes are its program's exit enum. `make man` writes the pages
+into man/; tests render them again and compare, so a page cannot drift
+from its program. The make targets install the committed pages: no part
+needs this module at install time.
 
 Run as `python -m man.render [DIRECTORY]` (default: man/).
 """
@@ -188,7 +189,18 @@ def shell_page() -> Page:
     return Page("qbackup-shell.8", "\n".join(lines) + "\n")
 
 
-PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page, server_page, shell_page)
+def extract_page() -> Page:
+    from qbackup_extract.cli import PROG, build_parser
+    from qbackup_extract.errors import ExtractExit
+
+    lines = header(PROG, 1, __version__, "get VM images out of a Qubes backup without Qubes")
+    lines += argparse_body(build_parser(), PROG) + exit_section(ExtractExit)
+    lines += [".SH SEE ALSO", "qbackup(1), qvm\\-backup\\-restore(1), scrypt(1)"]
+    return Page(f"{PROG}.1", "\n".join(lines) + "\n")
+
+
+PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page, server_page, shell_page,
+                                         extract_page)
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ def test_the_project_metadata_takes_the_protocol_package_s_version() -> None:
 
 
 def test_no_part_writes_a_version_of_its_own() -> None:
-    for part in ("dom0", "carrier_vm", "server_shell"):
+    for part in ("dom0", "carrier_vm", "server_shell", "qbackup_extract"):
         assert "__version__ =" not in (REPO / part / "__init__.py").read_text()
     assert '\nversion = "' not in (REPO / "pyproject.toml").read_text()
 
