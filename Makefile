@@ -22,18 +22,21 @@ user ?=
 key ?=
 force ?=
 DOM0_UNITS := $(wildcard dom0/systemd/*.service dom0/systemd/*.timer)
+# The one version, qbackup_protocol's (`make print-version` shows it).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' qbackup_protocol/__init__.py)
 
 APT_PACKAGES := openssh-server openssh-client rsync apparmor python3-venv python3-asyncssh python3-yaml \
-	groff-base
+	groff-base lintian rpm rpmlint scrypt python3-cryptography xz-utils bzip2
 
 .PHONY: FORCE help deps venv test test-pure lint demo bench man server server-files server-aa templatevm \
-	templatevm-deps dom0 uninstall-server uninstall-templatevm uninstall-dom0 clean
+	templatevm-deps dom0 extract uninstall-server uninstall-templatevm uninstall-dom0 uninstall-extract \
+	packages print-version clean
 
 help:
 	@echo "make test                 install what the tests need, lint, then run all the tests"
 	@echo "make test-pure            the pure tests only (no root, no sshd; needs the venv of make test)"
 	@echo "make demo                 a real backup end to end on this machine (simulated dom0)"
-	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8]  throughput against plain OpenSSH"
+	@echo "make bench [GIB=2] [RATE_MB=150] [FLAT_GIB=8] [EXTRACT_GIB=1]  throughput against plain OpenSSH"
 	@echo "make man                  render the man pages (man/) from the programs' parsers"
 	@echo "make server user=NAME [key=CARRIER.pub] [force=1]"
 	@echo "                          install qbackup-shell on a backup server and make it NAME's shell"
@@ -43,7 +46,10 @@ help:
 	@echo "make templatevm           install the carrier in a Qubes TemplateVM (files only)"
 	@echo "make dom0                 install qbackup, its systemd user units, qrexec policy, example config,"
 	@echo "                          bash completion"
-	@echo "make uninstall-server | uninstall-templatevm | uninstall-dom0"
+	@echo "make extract              install qbackup-extract (restore without Qubes) on any Linux machine"
+	@echo "                          (needs python3 >= 3.11 and python3-cryptography)"
+	@echo "make packages [DIST=dist]  the .debs, .rpms and SHA256SUMS of this version (dpkg-deb, rpmbuild)"
+	@echo "make uninstall-server | uninstall-templatevm | uninstall-dom0 | uninstall-extract"
 	@echo "                          remove what the install put; configs, accounts and backups stay"
 
 # --- development -------------------------------------------------------------
@@ -86,7 +92,7 @@ test-pure:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol man
+	$(VENV)/bin/mypy server_shell carrier_vm dom0 testbed qbackup_protocol qbackup_extract man packaging/build.py
 
 demo: venv
 	$(PY) -m demo.run
@@ -97,7 +103,8 @@ man: venv
 	$(PY) -m man.render man
 
 bench: venv
-	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8)
+	$(PY) -m bench.run --gib $(or $(GIB),2) --rate-mb $(or $(RATE_MB),150) --flat-gib $(or $(FLAT_GIB),8) \
+		--extract-gib $(or $(EXTRACT_GIB),1)
 
 # --- what each part needs of qbackup_protocol/ ----------------------------------
 # The server: the wire protocol (the login shell imports nothing else) and
@@ -109,6 +116,9 @@ PROTOCOL_TEMPLATEVM := qbackup_protocol/__init__.py qbackup_protocol/wire.py \
 	qbackup_protocol/client.py qbackup_protocol/carrier_service.py qbackup_protocol/text.py \
 	qbackup_protocol/names.py
 PROTOCOL_DOM0 := $(wildcard qbackup_protocol/*.py)
+# qbackup-extract: the get framing and command line, the text sanitiser.
+PROTOCOL_EXTRACT := qbackup_protocol/__init__.py qbackup_protocol/wire.py \
+	qbackup_protocol/client.py qbackup_protocol/text.py
 # Versions before the package installed one module; the package would shadow
 # it, but an upgrade must not leave it behind for an uninstall to miss.
 OLD_PROTOCOL = $(DESTDIR)$(LIBDIR)/qbackup_protocol.py
@@ -121,6 +131,7 @@ server-files:
 	install -m 0644 $(PROTOCOL_SERVER) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
 	rm -f $(OLD_PROTOCOL)
 	install -m 0644 server_shell/*.py $(DESTDIR)$(LIBDIR)/server_shell/
+	install -m 0755 server_shell/setup-account.sh $(DESTDIR)$(LIBDIR)/server_shell/
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' server_shell/qbackup-shell.in > $(DESTDIR)$(SBINDIR)/qbackup-shell
 	chmod 0755 $(DESTDIR)$(SBINDIR)/qbackup-shell
 	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' server_shell/qbackup-server.in > $(DESTDIR)$(SBINDIR)/qbackup-server
@@ -207,12 +218,28 @@ dom0:
 # storage accounts and their backups, dom0's history. Run from the same
 # version of this repository as the install.
 define remove-shared
-	@for part in server_shell carrier_vm dom0; do \
+	@for part in server_shell carrier_vm dom0 qbackup_extract; do \
 		[ ! -e $(DESTDIR)$(LIBDIR)/$$part ] || exit 0; \
 	done; \
 	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_protocol $(OLD_PROTOCOL) $(DESTDIR)$(LIBDIR)/__pycache__; \
 	rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null || true
 endef
+
+# --- qbackup-extract (any Linux machine: restore without Qubes) -----------------
+extract:
+	install -d -m 0755 $(DESTDIR)$(LIBDIR)/qbackup_extract $(DESTDIR)$(BINDIR) \
+		$(DESTDIR)$(LIBDIR)/qbackup_protocol $(DESTDIR)$(MANDIR)/man1
+	install -m 0644 $(PROTOCOL_EXTRACT) $(DESTDIR)$(LIBDIR)/qbackup_protocol/
+	rm -f $(OLD_PROTOCOL)
+	install -m 0644 qbackup_extract/*.py $(DESTDIR)$(LIBDIR)/qbackup_extract/
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' qbackup_extract/qbackup-extract.in > $(DESTDIR)$(BINDIR)/qbackup-extract
+	chmod 0755 $(DESTDIR)$(BINDIR)/qbackup-extract
+	install -m 0644 man/qbackup-extract.1 $(DESTDIR)$(MANDIR)/man1/
+
+uninstall-extract:
+	rm -f $(DESTDIR)$(BINDIR)/qbackup-extract $(DESTDIR)$(MANDIR)/man1/qbackup-extract.1
+	rm -rf $(DESTDIR)$(LIBDIR)/qbackup_extract
+	$(remove-shared)
 
 uninstall-server:
 	@if [ -z "$(DESTDIR)" ] && [ -e $(APPARMOR_DIR)/usr.sbin.qbackup-shell ] && command -v apparmor_parser >/dev/null; then \
@@ -258,5 +285,27 @@ uninstall-dom0:
 	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "kept: /etc/qbackup and ~/.config/qbackup (jobs), passphrase files, ~/.local/share/qbackup (history)"
 
+# --- packages: the install targets above, each into a staging root ----------------
+# One file list (the targets'), one version, reproducible bytes: every date is
+# the last commit's (or SOURCE_DATE_EPOCH=SECONDS outside a git checkout).
+DIST ?= dist
+PACKAGE_STAGE ?= build/packages
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+STAGE_ROOT = $(abspath $(PACKAGE_STAGE))
+packages:
+	@test -n "$(SOURCE_DATE_EPOCH)" || { echo "make packages: not a git checkout: give SOURCE_DATE_EPOCH=SECONDS (nothing was built)" >&2; exit 2; }
+	@for tool in dpkg-deb rpmbuild; do command -v $$tool >/dev/null || \
+		{ echo "make packages: $$tool is missing: apt-get install dpkg-dev rpm (nothing was built)" >&2; exit 2; }; done
+	rm -rf $(STAGE_ROOT)
+	@$(MAKE) --no-print-directory -s server-files server-aa DESTDIR=$(STAGE_ROOT)/server
+	@$(MAKE) --no-print-directory -s templatevm DESTDIR=$(STAGE_ROOT)/carrier
+	@$(MAKE) --no-print-directory -s dom0 DESTDIR=$(STAGE_ROOT)/dom0
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PYTHON_SYSTEM) -I packaging/build.py $(STAGE_ROOT) $(abspath $(DIST)) $(VERSION)
+	rm -rf $(STAGE_ROOT)
+	@cd $(DIST) && cat SHA256SUMS
+
+print-version:
+	@echo $(VERSION)
+
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -20,11 +20,14 @@ Then, in the same run:
              thread (bench/shell_loop.py);
   memory     qbackup once more with --flat-gib of data: carrier and shell
              peak RSS must not grow with the backup;
+  extract    qbackup-extract of a Qubes backup holding a --extract-gib
+             private.img from ssh:// against `ssh host cat | qbackup-extract -`,
+             and its peak RSS (bench/extract_speed.py);
   two destinations  one carrier feeding two servers against one
              (bench/destinations.py); --only-destinations runs this alone.
 
 Usage: python -m bench.run [--gib 2] [--rate-mb 150] [--flat-gib 8]
-                           [--rounds 3] [--ack-reps 2] [--loop-reps 3]
+                           [--rounds 3] [--ack-reps 2] [--loop-reps 3] [--extract-gib 1]
                            [--dest-rounds 2] [--dest-rss-gib 2,8] [--only-destinations]
 """
 
@@ -42,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import destinations, shell_loop
+from bench import destinations, extract_speed, shell_loop
 from bench.carrier_overhead import add_sink_account, bare_argv, carrier_argv, run_sender
 from bench.sampler import PeakRss, ProcessSampler
 from testbed.carrier import carrier_config, write_carrier_config
@@ -341,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="sender CPU rounds (default 3)")
     parser.add_argument("--ack-reps", type=int, default=2, help="runs per acks variant (default 2)")
     parser.add_argument("--loop-reps", type=int, default=3, help="shell loop reps (default 3)")
+    parser.add_argument("--extract-gib", type=float, default=1.0,
+                        help="private.img size for qbackup-extract (default 1; 0: skip)")
     parser.add_argument("--dest-rounds", type=int, default=2,
                         help="runs per destination count (default 2)")
     parser.add_argument("--dest-rss-gib", default="2,8",
@@ -434,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                 server, account, env, int(args.flat_gib * GIB), 0, label, "bench-flat"
             )
             results.append(flat)
+        extract_runs = []
+        if args.extract_gib > 0:
+            extract_runs = extract_speed.measure(
+                server, account, plain, {**env, "PYTHONPATH": str(REPO)}, workdir,
+                args.extract_gib)
     loop_mib = small // MIB
     LOG.info("shell loop, %d MiB, %d reps", loop_mib, args.loop_reps)
     loop = shell_loop.measure(loop_mib, args.loop_reps, "/var/tmp")
@@ -510,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"- writer thread / one thread: {threaded / single:.2f} "
           "(the thread would be kept only at >= 1.10)")
+    if extract_runs:
+        print()
+        print(extract_speed.report(extract_runs, args.extract_gib))
     print()
     print(fan_out)
     return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from carrier_vm import __version__
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, SSH_CONN_ENV
 from carrier_vm.errors import UsageError
 from carrier_vm.qrexec import Request
+from qbackup_protocol import __version__
 from qbackup_protocol.carrier_service import (
     CarrierExit,
     check_destination,

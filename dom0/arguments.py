@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dom0 import __version__, config, errors
+from dom0 import config, errors
 from dom0.drill import add_drill_parser
 from dom0.settings import SETTINGS, describe
-from qbackup_protocol import names
+from qbackup_protocol import __version__, names
 
 SUBCOMMANDS = ("backup", "list", "check", "verify", "restore", "status", "config", "drill")
 ENV_CARRIER = config.ENV_CARRIER

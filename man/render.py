@@ -3,10 +3,11 @@
 qbackup(1) comes from dom0's argparse parser, qbackup-carrier(1) from the
 carrier's verb table (carrier_vm/arguments.py), qbackup-server(8) from the
 admin tool's parser, qbackup-shell(8) from the wire protocol's verbs, the
-shell's settings and ShellExit. Each page's exit codes are its program's
-exit enum. `make man` writes the pages into man/; tests render them again
-and compare, so a page cannot drift from its program. The make targets
-install the committed pages: no part needs this module at install time.
+shell's settings and ShellExit, qbackup-extract(1) from its parser. Each
+page's exit codes are its program's exit enum. `make man` writes the pages
+into man/; tests render them again and compare, so a page cannot drift
+from its program. The make targets install the committed pages: no part
+needs this module at install time.
 
 Run as `python -m man.render [DIRECTORY]` (default: man/).
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qbackup_protocol import __version__
 from qbackup_protocol.wire import ExitStatus
 
 MANUAL = "qbackup manual"
@@ -118,7 +120,6 @@ def argparse_body(parser: argparse.ArgumentParser, program: str) -> list[str]:
 
 
 def qbackup_page() -> Page:
-    from dom0 import __version__
     from dom0.arguments import build_parser
     from dom0.errors import QbackupExit
 
@@ -131,7 +132,6 @@ def qbackup_page() -> Page:
 
 
 def carrier_page() -> Page:
-    from carrier_vm import __version__
     from carrier_vm.arguments import CONFIGURATION, DESCRIPTION, PROGRAM, VERBS, verb_help
     from qbackup_protocol.carrier_service import CarrierExit
 
@@ -151,9 +151,9 @@ def carrier_page() -> Page:
 
 
 def server_page() -> Page:
-    from server_shell.admin import VERSION, ServerExit, build_parser
+    from server_shell.admin import ServerExit, build_parser
 
-    lines = header("qbackup-server", 8, VERSION, "the backup server admin's tool")
+    lines = header("qbackup-server", 8, __version__, "the backup server admin's tool")
     lines += argparse_body(build_parser(), "qbackup-server") + exit_section(ServerExit)
     lines += [".SH SEE ALSO", "qbackup\\-shell(8), qbackup(1)"]
     return Page("qbackup-server.8", "\n".join(lines) + "\n")
@@ -161,11 +161,10 @@ def server_page() -> Page:
 
 def shell_page() -> Page:
     from qbackup_protocol import wire
-    from server_shell import __version__ as VERSION
     from server_shell.config import KEYS
     from server_shell.main import DEFAULT_CONFIG_PATH
 
-    lines = header("qbackup-shell", 8, VERSION, "login shell of a qbackup storage account")
+    lines = header("qbackup-shell", 8, __version__, "login shell of a qbackup storage account")
     lines += [".SH SYNOPSIS", "qbackup\\-shell \\-c COMMAND", ".br",
               "qbackup\\-shell \\-\\-help | \\-\\-version", ".SH DESCRIPTION",
               escape("The login shell (or the forced command) of the account that stores "
@@ -190,7 +189,18 @@ def shell_page() -> Page:
     return Page("qbackup-shell.8", "\n".join(lines) + "\n")
 
 
-PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page, server_page, shell_page)
+def extract_page() -> Page:
+    from qbackup_extract.cli import PROG, build_parser
+    from qbackup_extract.errors import ExtractExit
+
+    lines = header(PROG, 1, __version__, "get VM images out of a Qubes backup without Qubes")
+    lines += argparse_body(build_parser(), PROG) + exit_section(ExtractExit)
+    lines += [".SH SEE ALSO", "qbackup(1), qvm\\-backup\\-restore(1), scrypt(1)"]
+    return Page(f"{PROG}.1", "\n".join(lines) + "\n")
+
+
+PAGES: tuple[Callable[[], Page], ...] = (qbackup_page, carrier_page, server_page, shell_page,
+                                         extract_page)
 
 
 def main(argv: list[str]) -> int:

@@ -36,12 +36,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qbackup_protocol import names, wire
+from qbackup_protocol import __version__, names, wire
 
-from . import __version__, storage
+from . import storage
 from .config import ShellError, load_config
 
-VERSION = __version__
 RULES = tuple(names.RETENTION_PERIODS)
 # A backup's name carries the time its backup started; its file's mtime is
 # when its upload ended: within two days of the start (a long backup, a
@@ -389,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The backup server admin's tool (as root): retention, scrub and "
                     "monitoring of qbackup storage accounts.")
     parser.add_argument("--version", action="version",
-                        version=f"qbackup-server {VERSION} (protocol {wire.PROTOCOL_VERSION})")
+                        version=f"qbackup-server {__version__} (protocol {wire.PROTOCOL_VERSION})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub: dict[str, argparse.ArgumentParser] = {}
     for command, text in HELP.items():

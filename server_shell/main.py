@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from qbackup_protocol import wire
+from qbackup_protocol import __version__, wire
 from qbackup_protocol.wire import ShellExit
 
-from . import __version__
 from .config import NotAllowed, Refused, SessionCut, ShellConfig, ShellError, load_config
 from .reading import check_backup, describe_space, list_backups, send_backup
 from .storage import open_root, take_session, write_all

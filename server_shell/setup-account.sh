@@ -49,7 +49,7 @@ case "$shell_path" in
 /*[!A-Za-z0-9/._-]* | [!/]*) fail "SHELL_PATH must be an absolute path of letters, digits, /, ., _ and -" ;;
 esac
 [ "$(id -u)" -eq 0 ] || fail "run as root"
-[ -n "$check_only" ] || [ -x "$shell_path" ] || fail "$shell_path is missing; run make server-files first"
+[ -n "$check_only" ] || [ -x "$shell_path" ] || fail "$shell_path is missing; install the qbackup-server package or run make server-files first"
 # The key file may be anywhere, even somewhere an account can write: what root
 # reads from it goes on only if it is one public key line (never, say, the
 # /etc/shadow a planted link led to: the helper's argv is the account's to read).
@@ -314,4 +314,7 @@ fi
 
 echo "setup-account.sh: $user is ready; its carrier key lines in $home/.ssh/authorized_keys start with"
 echo "  restrict,command=\"$shell_path\""
-[ -n "$public_key" ] || echo "  (add one with: make server user=$user key=CARRIER_KEY.pub)"
+# The same command again, as the admin ran it: make's target, or this script
+# (the one the server package ships).
+if [ -n "${MAKELEVEL:-}" ]; then again="make server user=$user key=CARRIER_KEY.pub"; else again="$0 $user CARRIER_KEY.pub"; fi
+[ -n "$public_key" ] || echo "  (add one with: $again)"

@@ -2,7 +2,9 @@
 part imports another; what two parts share is in qbackup_protocol/, which
 imports only the standard library; the two outside boundaries each have one
 module (qubesadmin: dom0/qubes.py, the adapter the simulator replaces; SSH:
-carrier_vm/ssh.py).
+carrier_vm/ssh.py; AES: qbackup_extract/scrypt_file.py). qbackup_extract (the
+standalone restore tool) is a part of its own: it runs on a borrowed machine
+with none of the others installed.
 
 Threat: a part that imports another works in the tests (one checkout holds
 all three) and fails on the machine where the other is not installed."""
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("dom0", "carrier_vm", "server_shell", "qbackup_protocol")
+PARTS = ("dom0", "carrier_vm", "server_shell", "qbackup_protocol", "qbackup_extract")
 
 
 def imported(module: Path) -> set[str]:
@@ -50,11 +52,19 @@ def test_the_protocol_imports_only_the_standard_library() -> None:
 @pytest.mark.parametrize(("library", "only"), [
     ("qubesadmin", REPO / "dom0" / "qubes.py"),
     ("asyncssh", REPO / "carrier_vm" / "ssh.py"),
+    ("cryptography", REPO / "qbackup_extract" / "scrypt_file.py"),
 ])
 def test_each_outside_boundary_has_one_module(library: str, only: Path) -> None:
     importers = [module for part in PARTS for module in modules_of(part)
                  if library in imported(module)]
     assert importers == [only]
+
+
+def test_the_extract_tool_needs_only_the_standard_library_protocol_and_aes() -> None:
+    # What `make extract` and the `extract` extra install: nothing else may be needed.
+    allowed = set(sys.stdlib_module_names) | {"qbackup_protocol", "qbackup_extract", "cryptography"}
+    for module in modules_of("qbackup_extract"):
+        assert imported(module) <= allowed, (module, imported(module) - allowed)
 
 
 def test_the_parser_sees_imports_of_every_form(tmp_path: Path) -> None:

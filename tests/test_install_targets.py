@@ -164,6 +164,9 @@ PARTS = {
         "usr/lib/qbackup/dom0/cli.py",
         "etc/qubes/policy.d/30-qbackup.policy", "usr/share/doc/qbackup/qbackup.yaml.example",
         "usr/share/man/man1/qbackup.1", *(f"usr/lib/systemd/user/{unit}" for unit in UNITS)}),
+    "extract": Part("extract", "uninstall-extract", {
+        "usr/bin/qbackup-extract", "usr/lib/qbackup/qbackup_protocol/wire.py",
+        "usr/lib/qbackup/qbackup_extract/cli.py", "usr/share/man/man1/qbackup-extract.1"}),
 }
 # What an admin or user put there: an uninstall must leave every one alone.
 USER_FILES = {
@@ -197,6 +200,7 @@ PART_PROTOCOL = {
     "server": ("server_shell", {"wire", "names"}),
     "templatevm": ("carrier_vm", {"wire", "client", "carrier_service", "text", "names"}),
     "dom0": ("dom0", {"wire", "client", "names", "carrier_service", "text"}),
+    "extract": ("qbackup_extract", {"wire", "client", "text"}),
 }
 
 

@@ -8,20 +8,14 @@ import os
 import pty
 import socket
 import subprocess
-import tomllib
 
 import pytest
 
-from carrier_vm import __version__
 from carrier_vm.arguments import VERBS, Printout, parse_arguments
 from carrier_vm.errors import UsageError
+from qbackup_protocol import __version__
 from qbackup_protocol.carrier_service import CarrierExit
 from tests.carrier_vm.conftest import REPO, Carrier, assert_one_safe_line
-
-
-def test_the_version_is_the_projects() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert __version__ == project["version"]
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from qbackup_protocol import __version__
 from testbed.client import chown_tree, put, run_admin, snapshot, stage
 from testbed.server import Account, BackupServer
 
@@ -423,7 +424,8 @@ def test_prune_reports_json(
 def test_version_and_help_need_no_root(backup_server: BackupServer, account: Account) -> None:
     tool = str(backup_server.shell_path.parent / "qbackup-server")
     as_account = ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups"]
-    for arguments, expected in ((["--version"], b"qbackup-server 0.1.0 (protocol 3)\n"),
+    version = f"qbackup-server {__version__} (protocol 3)\n".encode()
+    for arguments, expected in ((["--version"], version),
                                 (["--help"], b"exit codes:"), (["prune", "--help"], b"examples:")):
         result = subprocess.run([*as_account, tool, *arguments], capture_output=True, timeout=60,
                                 check=False, env={"PATH": "/usr/bin:/bin"})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qbackup_protocol import wire
+from qbackup_protocol import __version__, wire
 from server_shell.config import NotAllowed
 from server_shell.config import Refused as CommandRefused
 from server_shell.main import Request, main, parse_command, parse_invocation
@@ -204,7 +204,7 @@ def test_an_option_is_never_a_client_command(word: str) -> None:
         parse_invocation(["qbackup-shell", word], {})
 
 
-@pytest.mark.parametrize(("word", "said"), [("--version", "qbackup-shell 0.1.0\n"),
+@pytest.mark.parametrize(("word", "said"), [("--version", f"qbackup-shell {__version__}\n"),
                                             ("--help", "exit codes:\n")])
 def test_an_admin_asking_the_shell_itself_is_answered_and_nothing_runs(
         word: str, said: str, capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
