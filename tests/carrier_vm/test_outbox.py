@@ -237,3 +237,14 @@ def test_a_stream_ending_while_every_buffer_is_out_ends_without_an_ack() -> None
         os.close(read_fd)
     assert writer.eof
     assert payload_of(bytes(writer.written)) == data
+
+
+def test_a_resume_inside_a_frame_leaves_the_shared_buffer_alone() -> None:
+    # Threat: several destinations send from one buffer; a resume inside a
+    # frame must not write its header over bytes another destination has
+    # still to send (the stream would differ from its digest there).
+    piece = frame(5000, 9)
+    before = bytes(piece.buffer)
+    wire = bytes(piece.wire_bytes(5300))
+    assert bytes(piece.buffer) == before
+    assert wire[FRAME_HEADER_SIZE:] == bytes([9]) * 700
