@@ -19,8 +19,8 @@ and GIL hand-overs after every short read; docs/PERFORMANCE.md).
 Each buffer is page-aligned memory (an anonymous mmap) with the payload at
 offset PAYLOAD_AT, a multiple of 64: the kernel's copy into an unaligned
 destination costs several times more per byte. The 5-byte frame header goes
-right before the payload byte a write starts at, so header and payload
-leave in one write.
+right before the payload, so header and payload leave in one write (a
+resume from inside a frame sends a copy: several destinations share it).
 """
 
 from __future__ import annotations
@@ -63,12 +63,18 @@ class Frame:
 
     def wire_bytes(self, offset: int) -> memoryview:
         """Given a stream OFFSET inside this frame, return a D frame carrying
-        the data from OFFSET to the frame's end, header included (written
-        into the bytes before it, which are either headroom or already sent)."""
+        the data from OFFSET to the frame's end, header included: from the
+        frame's start, written into the headroom before the payload (the
+        same bytes for every destination); from inside it (a resume), a
+        copy, since the bytes before OFFSET may not be sent to every
+        destination yet."""
         skip = offset - self.start
         length = self.length - skip
         first = PAYLOAD_AT + skip
-        self.buffer[first - FRAME_HEADER_SIZE : first] = encode_data_header(length)
+        header = encode_data_header(length)
+        if skip:
+            return memoryview(header + self.buffer[first : first + length])
+        self.buffer[first - FRAME_HEADER_SIZE : first] = header
         return memoryview(self.buffer)[first - FRAME_HEADER_SIZE : first + length]
 
 

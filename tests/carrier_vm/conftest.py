@@ -5,6 +5,7 @@ server stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed.carrier import carrier_config
+from testbed.destinations import TwoDestinations
 from testbed.netproxy import NetProxy
 from testbed.openssh import Endpoint
 from testbed.processes import shell_pids
@@ -161,6 +163,34 @@ def stored_files(account: Account) -> list[str]:
     return sorted(found)
 
 
+def receipt_of(stdout: bytes) -> dict[str, object]:
+    """Given the stdout of a put or commit to the one destination `default`,
+    return the receipt its outcome line carries (asserting it is that line)."""
+    value = json.loads(stdout)
+    assert set(value) == {"destination", "receipt"}, value
+    assert value["destination"] == "default" and stdout.count(b"\n") == 1, stdout
+    return dict(value["receipt"])
+
+
+def failed_exit(stdout: bytes) -> int:
+    """Given the stdout of a put or commit to the one destination `default`
+    that failed, return the exit status its outcome line names (asserting
+    it is that one failed line, with no receipt)."""
+    value = json.loads(stdout)
+    assert set(value) == {"destination", "failed"}, value
+    assert value["destination"] == "default" and stdout.count(b"\n") == 1, stdout
+    return int(value["failed"]["exit"])
+
+
+def assert_no_result(verb: str, result: subprocess.CompletedProcess[bytes]) -> None:
+    """Given a verb and its failed run, assert it printed no result: for put
+    and commit only the failed outcome line, for the others nothing."""
+    if verb in ("put", "commit"):
+        assert failed_exit(result.stdout) == result.returncode
+    else:
+        assert result.stdout == b""
+
+
 def assert_one_safe_line(stderr: bytes) -> None:
     """Assert STDERR is one line of printable ASCII (nothing a terminal would obey)."""
     assert stderr.endswith(b"\n") and stderr.count(b"\n") == 1, stderr
@@ -211,6 +241,27 @@ def reconfigure_proxied(carrier: Carrier, proxy: NetProxy, **settings: object) -
         port=proxy.port,
         known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
     )
+
+
+@pytest.fixture
+def two_destinations(
+    backup_server: BackupServer, account: Account, tmp_path: Path
+) -> Iterator[tuple[Carrier, TwoDestinations]]:
+    """A carrier whose carrier.yaml names two destinations, `home` and
+    `offsite` (through a relay the test can cut), short timeouts, each
+    shell acknowledging every MiB. (ACCOUNT: removes both accounts after.)"""
+    tmp_path.chmod(0o755)
+    config = tmp_path / "carrier.yaml"
+    two = TwoDestinations.create(backup_server, config)
+    two.write_config(**CARRIER_SETTINGS)
+    backup_server.write_shell_config("".join(
+        f"[account {user.name}]\nsync_interval = 1M\nidle_timeout = 4\n"
+        for user in (two.home, two.offsite)))
+    try:
+        yield Carrier(config=config, server=backup_server, account=two.home), two
+    finally:
+        two.close()
+        backup_server.write_shell_config("")
 
 
 SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"

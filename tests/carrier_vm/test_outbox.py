@@ -19,9 +19,16 @@ from pathlib import Path
 import pytest
 
 from carrier_vm.config import CarrierConfig
-from carrier_vm.errors import DataError
+from carrier_vm.errors import DataError, Dropped
 from carrier_vm.frames import PAYLOAD_AT, Frame, FrameReader
-from carrier_vm.upload import Outbox, ResumeImpossible, check_start_offset, send_stream
+from carrier_vm.upload import (
+    Outbox,
+    ResumeImpossible,
+    Stream,
+    check_start_offset,
+    drop_stalled,
+    send_stream,
+)
 from qbackup_protocol.carrier_service import CarrierExit
 from qbackup_protocol.wire import (
     FRAME_END,
@@ -55,9 +62,9 @@ def frame(start: int, fill: int) -> Frame:
 
 def outbox_holding(first: int, count: int, acked: int, sent_high: int) -> Outbox:
     """An outbox whose frames cover [first, first + count * FRAME)."""
-    box = Outbox(FakeReader())  # type: ignore[arg-type]
-    box.frames = deque(frame(first + i * FRAME, i) for i in range(count))
-    box.taken = first + count * FRAME
+    box = Outbox(Stream(FakeReader()))  # type: ignore[arg-type]
+    box.stream.frames = deque(frame(first + i * FRAME, i) for i in range(count))
+    box.stream.taken = first + count * FRAME
     box.acked = acked
     box.sent_high = sent_high
     return box
@@ -181,7 +188,7 @@ def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> N
     async def send() -> tuple[RecordingWriter, Outbox]:
         reader = FrameReader(read_fd, max_frames=2, frame_size=FRAME)
         reader.start()
-        box = Outbox(reader)
+        box = Outbox(Stream(reader))
         writer = RecordingWriter()
         sender = asyncio.ensure_future(send_stream(writer, box, 0, config))  # type: ignore[arg-type]
         try:
@@ -226,7 +233,7 @@ def test_a_stream_ending_while_every_buffer_is_out_ends_without_an_ack() -> None
         reader.start()
         writer = RecordingWriter()
         try:
-            await send_stream(writer, Outbox(reader), 0, config)  # type: ignore[arg-type]
+            await send_stream(writer, Outbox(Stream(reader)), 0, config)  # type: ignore[arg-type]
         finally:
             reader.stop()
         return writer
@@ -237,3 +244,63 @@ def test_a_stream_ending_while_every_buffer_is_out_ends_without_an_ack() -> None
         os.close(read_fd)
     assert writer.eof
     assert payload_of(bytes(writer.written)) == data
+
+
+def test_a_resume_inside_a_frame_leaves_the_shared_buffer_alone() -> None:
+    # Threat: several destinations send from one buffer; a resume inside a
+    # frame must not write its header over bytes another destination has
+    # still to send (the stream would differ from its digest there).
+    piece = frame(5000, 9)
+    before = bytes(piece.buffer)
+    wire = bytes(piece.wire_bytes(5300))
+    assert bytes(piece.buffer) == before
+    assert wire[FRAME_HEADER_SIZE:] == bytes([9]) * 700
+
+
+def two_outboxes() -> tuple[Outbox, Outbox]:
+    """Two destinations' outboxes on one stream of 4 frames, all sent to both."""
+    home = outbox_holding(0, 4, 0, 4 * FRAME)
+    offsite = Outbox(home.stream, "offsite", progress_timeout=30)
+    offsite.sent_high = 4 * FRAME
+    return home, offsite
+
+
+def test_a_frame_is_recycled_only_once_every_destination_acknowledged_it() -> None:
+    home, offsite = two_outboxes()
+    home.acknowledge(3 * FRAME)
+    assert home.held_from == 0  # offsite still needs it all
+    offsite.acknowledge(FRAME + 1)
+    assert home.held_from == FRAME
+    assert [f.start for f in home.reader.recycled] == [0]  # type: ignore[attr-defined]
+
+
+def test_a_destination_leaving_the_run_frees_what_only_it_held() -> None:
+    home, offsite = two_outboxes()
+    home.acknowledge(3 * FRAME)
+    home.stream.leave(offsite)
+    assert home.held_from == 3 * FRAME and home.stream.freed.is_set()
+
+
+def test_a_stalled_holder_is_dropped_but_never_the_last_in_the_run() -> None:
+    # Progress stamps set in the past: the clock is never waited for.
+    home, offsite = two_outboxes()
+    home.acknowledge(4 * FRAME)  # home made progress just now
+    offsite.progress_at -= 31  # offsite: none for longer than its progress_timeout
+    dropped: list[Outbox] = []
+    home.stream.on_drop = dropped.append
+    drop_stalled(home)
+    assert dropped == [offsite] and "progress_timeout" in offsite.dropped
+    assert home.stream.outboxes == [home] and home.held_from == 4 * FRAME
+    home.progress_at -= 1000
+    drop_stalled(home)  # the last one in the run is never dropped
+    assert home.stream.outboxes == [home] and not home.dropped
+
+
+def test_a_stalled_caller_is_dropped_by_raising() -> None:
+    home, offsite = two_outboxes()
+    offsite.acknowledge(4 * FRAME)
+    home.progress_at -= 1000
+    home.progress_timeout = 30
+    with pytest.raises(Dropped):
+        drop_stalled(home)
+    assert home.stream.outboxes == [offsite]
