@@ -20,6 +20,7 @@ import yaml
 
 from dom0.carrier import check_name
 from dom0.errors import QbackupError
+from qbackup_protocol import carrier_service
 
 logger = logging.getLogger(__name__)
 CARRIER_COMMAND = "qbackup-carrier"
@@ -36,6 +37,7 @@ class ProfileSpec:
     compression: bool | str
     passphrase_text: str | None = None
     passphrase_vm: str | None = None
+    destinations: tuple[str, ...] | None = None  # None: every one the carrier has
 
 
 def profile_name(carrier: str) -> str:
@@ -46,11 +48,15 @@ def profile_name(carrier: str) -> str:
     return f"qbackup-{safe}-{hashlib.sha256(carrier.encode()).hexdigest()[:8]}"
 
 
-def destination_path(name: str) -> str:
-    """Given a backup NAME, return the destination_path qubes.Backup will eval.
-    check_name allows only [A-Za-z0-9._/-]: no quote, space, '$' or newline can
-    reach the carrier's `eval`."""
-    return f"{CARRIER_COMMAND} put {check_name(name)}"
+def destination_path(name: str, destinations: tuple[str, ...] | None = None) -> str:
+    """Given a backup NAME and the carrier's DESTINATIONS to store it on
+    (None: every one it has), return the destination_path qubes.Backup will
+    eval. check_name allows only [A-Za-z0-9._/-] and a destination only
+    [a-z0-9_-]: no quote, space, '$' or newline can reach the carrier's `eval`."""
+    if destinations is None:
+        return f"{CARRIER_COMMAND} put {check_name(name)}"
+    names = ",".join(carrier_service.check_destinations(destinations))
+    return f"{CARRIER_COMMAND} put --to {names} {check_name(name)}"
 
 
 def render_profile(spec: ProfileSpec) -> str:
@@ -60,7 +66,7 @@ def render_profile(spec: ProfileSpec) -> str:
         "exclude": spec.exclude,
         "compression": spec.compression,
         "destination_vm": spec.carrier,
-        "destination_path": destination_path(spec.name),
+        "destination_path": destination_path(spec.name, spec.destinations),
     }
     if spec.passphrase_text is not None:
         body["passphrase_text"] = spec.passphrase_text

@@ -190,9 +190,11 @@ class TransferStats:
     lost: int
     outages: tuple[float, ...]
     resent: int
+    destination: str = DEFAULT_DESTINATION
 
     def to_reply(self) -> dict[str, Any]:
         return {
+            "destination": self.destination,
             "transfer": {
                 "name": self.name,
                 "lost": self.lost,
@@ -206,6 +208,8 @@ def parse_transfer_stats(line: bytes) -> TransferStats:
     """Given the line ``transfer`` prints, return the TransferStats; raise
     ProtocolError unless every field is present and well-formed."""
     value = load_reply_line(line)
+    # A carrier that predates destinations sends no destination: its one server.
+    destination = check_destination(value.pop("destination", DEFAULT_DESTINATION))
     if set(value) != {"transfer"} or not isinstance(value["transfer"], dict):
         raise ProtocolError("transfer reply has unexpected fields")
     fields = value["transfer"]
@@ -223,4 +227,5 @@ def parse_transfer_stats(line: bytes) -> TransferStats:
         lost=require_int(fields["lost"], "lost"),
         outages=tuple(float(seconds) for seconds in outages),
         resent=require_int(fields["resent"], "resent"),
+        destination=destination,
     )
