@@ -122,22 +122,27 @@ def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
     return name
 
 
+def on(destination: str) -> str:
+    """Given a destination, return ' on NAME' for a message (nothing for the
+    one server of a carrier that has no others: its messages read as before)."""
+    return "" if destination == DEFAULT_DESTINATION else f" on {destination}"
+
+
 def report_tampering(comparison: history.Comparison, destination: str) -> None:
     """Given the comparison with one DESTINATION's server, log each problem as
     an error and notify once; log what the retention policy removed."""
     for problem in comparison.problems:
-        logger.error("TAMPERING? %s (on %s)", problem, destination)
+        logger.error("TAMPERING? %s%s", problem, on(destination))
     if comparison.problems:
-        notify(f"qbackup: stored backups changed on {destination}",
+        notify(f"qbackup: stored backups changed{on(destination)}",
                "\n".join(comparison.problems[:5]), critical=True)
     for name in comparison.strangers:
-        logger.warning("UNKNOWN BACKUP? %s on %s: under this job's prefix, but this dom0 never"
+        logger.warning("UNKNOWN BACKUP? %s%s: under this job's prefix, but this dom0 never"
                        " committed it (a compromised carrier can plant backups)", name,
-                       destination)
+                       on(destination))
     if comparison.pruned:
-        logger.info("%d earlier backup(s) on %s removed by the retention policy, as it"
-                    " allows: %s", len(comparison.pruned), destination,
-                    " ".join(comparison.pruned[-5:]))
+        logger.info("%d earlier backup(s)%s removed by the retention policy, as it allows: %s",
+                    len(comparison.pruned), on(destination), " ".join(comparison.pruned[-5:]))
 
 
 @dataclass(frozen=True)
@@ -212,12 +217,12 @@ def preflight(app: QubesAdapter, job: Job, runs: list[history.Run],
             missed[destination] = Missed(int(error.exit_code), str(error))
             first_error = first_error or error
             continue
-        logger.info("server %s via %s: %s available (%s free, %s reserved)", destination,
+        logger.info("server%s via %s: %s available (%s free, %s reserved)", on(destination),
                     job.carrier, human_size(info.available), human_size(info.free),
                     human_size(info.reserve))
         comparison = history.compare_with_server(mine, stored, True, job.prefix, job.keep)
         report_tampering(comparison, destination)
-        problems += [f"{problem} (on {destination})" for problem in comparison.problems]
+        problems += [problem + on(destination) for problem in comparison.problems]
         listed |= {record.name for record in listing.records}
         available = info.available if available is None else min(available, info.available)
         reachable.append(destination)
@@ -272,7 +277,7 @@ def transfer_of(client: CarrierClient, name: str) -> dict[str, dict[str, object]
     records: dict[str, dict[str, object] | None] = {}
     for destination, stats in found.items():
         records[destination] = history.transfer_record(stats)
-        logger.info("upload of %s to %s: %s", name, destination,
+        logger.info("upload of %s%s: %s", name, on(destination),
                     history.describe_transfer(records[destination]))
     return records
 
@@ -338,7 +343,7 @@ class Finished:
     seconds: float
     attempts: int
     verified: bool
-    destinations: tuple[str, ...]
+    destinations: tuple[str, ...] = (DEFAULT_DESTINATION,)
 
     def summary(self) -> str:
         """Return one line: name, size, duration, throughput, destinations."""
@@ -475,8 +480,8 @@ def record_published(context: Context, job: Job, published: Published, start: fl
             history_job(job), job.carrier, record.name, record.size, record.sha256,
             start, end, history.OUTCOME_OK, compression=job.compression,
             transfer=published.transfers.get(destination), destination=destination))
-        logger.info("backup %s committed on %s: %s bytes (%s), sha256 %s, %.1f s",
-                    record.name, destination, record.size, human_size(record.size),
+        logger.info("backup %s committed%s: %s bytes (%s), sha256 %s, %.1f s",
+                    record.name, on(destination), record.size, human_size(record.size),
                     record.sha256, end - start)
     for destination, miss in published.missed.items():
         history.append_run(context.history, history.Run(

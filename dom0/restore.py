@@ -30,6 +30,7 @@ from dom0.config import PassphraseSource, Target, carrier_and_passphrase, need_p
 from dom0.errors import (
     Interrupted,
     NoSuchBackup,
+    QbackupError,
     TemporaryFailure,
     UsageError,
     VerificationError,
@@ -46,7 +47,6 @@ from dom0.verify import (
     passphrase_input,
     restore_arguments,
 )
-from qbackup_protocol.carrier_service import DEFAULT_DESTINATION
 from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
@@ -282,26 +282,38 @@ def restore_choices(args: argparse.Namespace, source: PassphraseSource) -> list[
 def reachable_holder(app: QubesAdapter, target: Target, name: str) -> str | None:
     """Given where to restore from and a backup NAME, return the first
     destination that answers and holds it: --destination, else the job's
-    destinations, else the carrier's, in order (None: the carrier's only
-    one). Say why each one before it was passed over; raise the last one's
-    error (TemporaryFailure or NoSuchBackup) if none does."""
+    destinations, else the carrier's, in order (None: the carrier's first,
+    asked before its list is). Say why each one before it was passed over;
+    raise the last one's error (TemporaryFailure or NoSuchBackup) if none does."""
+
+    def holds(destination: str | None) -> str | None:
+        CarrierClient(app, target.carrier, target.answer_timeout, destination).require(name)
+        return destination
+
     if target.destination is not None:
-        order: tuple[str | None, ...] = (target.destination,)
-    elif target.destinations is not None:
-        order = target.destinations
-    else:
-        listed = CarrierClient(app, target.carrier, target.answer_timeout).destinations()
-        order = (None,) if listed == (DEFAULT_DESTINATION,) else listed
+        return holds(target.destination)
+    order = target.destinations
+    if order is None:
+        try:
+            return holds(None)
+        except (TemporaryFailure, NoSuchBackup) as error:
+            try:
+                listed = CarrierClient(app, target.carrier, target.answer_timeout).destinations()
+            except QbackupError:
+                raise error from None
+            if len(listed) < 2:
+                raise
+            logger.warning("destination %s: %s; trying %s", listed[0], error, listed[1])
+            order = listed[1:]
     for index, destination in enumerate(order):
         try:
-            CarrierClient(app, target.carrier, target.answer_timeout, destination).require(name)
-            return destination
+            return holds(destination)
         except (TemporaryFailure, NoSuchBackup) as error:
             if index + 1 == len(order):
                 raise
             logger.warning("destination %s: %s; trying %s", destination, error,
                            order[index + 1])
-    raise AssertionError("unreachable: order is never empty")
+    raise AssertionError("unreachable: a job names at least one destination")
 
 
 def run(args: argparse.Namespace, context: Context) -> int:

@@ -320,10 +320,10 @@ def monitoring_hooks(setting: Setting, value: Any, problems: list[Problem]) -> H
 SETTINGS: dict[str, Setting] = {setting.key: setting for setting in (
     Setting("carrier", vm_name, "the carrier VM's name", required=True,
             option="-t/--carrier"),
-    Setting("destinations", destination_names, "the carrier's destinations (servers in its"
-            " carrier.yaml) to store each backup on, from one pass; omit for all it has"),
     Setting("prefix", backup_prefix, "backup names are PREFIX-YYYYmmddTHHMMSSZ",
             required=True, option="-f/--prefix"),
+    Setting("destinations", destination_names, "the carrier's destinations (servers in its"
+            " carrier.yaml) to store each backup on, from one pass; omit for all it has"),
     Setting("passphrase_file", file_path, "path of the passphrase file, mode 0600",
             option="-p/--passphrase-file"),
     Setting("passphrase_vm", vm_name, "VM answering qubes.BackupPassphrase (instead of a"
