@@ -13,14 +13,23 @@ from carrier_vm import __version__
 from carrier_vm.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, SSH_CONN_ENV
 from carrier_vm.errors import UsageError
 from carrier_vm.qrexec import Request
-from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.carrier_service import (
+    CarrierExit,
+    check_destination,
+    check_destinations,
+)
 from qbackup_protocol.text import clean_text
-from qbackup_protocol.wire import InvalidName, check_name, check_prefix
+from qbackup_protocol.wire import InvalidName, ProtocolError, check_name, check_prefix
 
 PROGRAM = "qbackup-carrier"
 HELP_WORDS = ("-h", "--help")
 VERSION_WORD = "--version"
-COMMIT_OPTION = "--commit"  # put's only option: commit right after
+COMMIT_OPTION = "--commit"  # put: commit right after
+TO_OPTION = "--to"  # put: these destinations only (comma-separated)
+FROM_OPTION = "--from"  # list, check, get, info: this destination, not the first
+# How usage shows each option.
+OPTION_USAGE = {COMMIT_OPTION: COMMIT_OPTION, TO_OPTION: f"{TO_OPTION} D[,D...]",
+                FROM_OPTION: f"{FROM_OPTION} D"}
 WIDTH = 78
 SHOWN_WORD = 40  # characters of a refused word repeated in its error
 
@@ -28,42 +37,52 @@ SHOWN_WORD = 40  # characters of a refused word repeated in its error
 LOCAL_CODES = (CarrierExit.OK, CarrierExit.USAGE, CarrierExit.SOFTWARE)
 SERVER_CODES = (*LOCAL_CODES, CarrierExit.DATA, CarrierExit.REFUSED, CarrierExit.TEMPORARY,
                 CarrierExit.LOGIN_REFUSED, CarrierExit.HOST_KEY, CarrierExit.CONFIG)
+# A verb that answers for several destinations may also end with PARTIAL.
+FANOUT_CODES = (*SERVER_CODES, CarrierExit.PARTIAL)
 
 
 @dataclass(frozen=True)
 class Verb:
     """One verb: its ARGUMENTS as usage shows them ("NAME", "[PREFIX]",
-    "[ARG]" or ""), a one-line SUMMARY, what it does, EXAMPLES and the exit
-    CODES it can end with."""
+    "[ARG]" or ""), a one-line SUMMARY, what it does, EXAMPLES, the exit
+    CODES it can end with and the OPTIONS it takes (before its argument)."""
 
     arguments: str
     summary: str
     description: str
     examples: tuple[str, ...]
     codes: tuple[CarrierExit, ...]
+    options: tuple[str, ...] = ()
 
 
 VERBS: dict[str, Verb] = {
     "put": Verb(
-        f"[{COMMIT_OPTION}] NAME",
-        "backup on stdin -> server, STAGED; the receipt, one JSON line, on stdout",
-        "Send the backup on stdin (Qubes' stream, from qubes.Backup) to the server, "
-        "which stages it: it becomes backup NAME only with `commit NAME`, which dom0 "
-        "sends once Qubes reports the backup complete. Exits 0 only when the server's "
-        "receipt has the size and SHA-256 computed while sending; a lost connection is "
-        f"resumed within resume_window. stdin may not be a terminal. {COMMIT_OPTION} "
-        "(before NAME) commits right after, for standalone use.",
-        (f"qbackup-carrier put {COMMIT_OPTION} test-1 < backup.bin",),
-        (*SERVER_CODES, CarrierExit.EXISTS),
+        "NAME",
+        "backup on stdin -> every destination, STAGED; a JSON outcome line each",
+        "Send the backup on stdin (Qubes' stream, from qubes.Backup) to every "
+        f"destination of carrier.yaml (or those {TO_OPTION} names), reading and hashing "
+        "it once; each server stages it: it becomes backup NAME only with `commit NAME`, "
+        "which dom0 sends once Qubes reports the backup complete. Prints one outcome "
+        "line per destination: the server's receipt (its size and SHA-256 those "
+        "computed while sending) or why it failed. A lost connection is resumed "
+        "within resume_window; a destination that holds the shared buffer without "
+        "progress for progress_timeout is dropped and the others go on. Exits 0 when "
+        f"every destination staged, {int(CarrierExit.PARTIAL)} when some did. stdin "
+        f"may not be a terminal. {COMMIT_OPTION} commits right after, for standalone use.",
+        (f"qbackup-carrier put {COMMIT_OPTION} test-1 < backup.bin",
+         f"qbackup-carrier put {TO_OPTION} home,offsite laptop-1 < backup.bin"),
+        (*FANOUT_CODES, CarrierExit.EXISTS),
+        (TO_OPTION, COMMIT_OPTION),
     ),
     "commit": Verb(
         "NAME",
-        "publish the staged upload NAME as a backup; its receipt on stdout",
-        "Publish what `put NAME` staged as backup NAME and print its receipt (one "
-        "JSON line). Exits 0 only when the receipt's size and SHA-256 are those of "
-        "the put in this VM, if it kept its receipt (else dom0 compares).",
+        "publish the staged upload NAME on each destination; a JSON outcome line each",
+        "Publish what `put NAME` staged as backup NAME on every destination where "
+        "that put in this VM staged it (all of them when it kept no receipt) and print "
+        "one outcome line per destination: the receipt, or why it failed. A "
+        "receipt counts only when its size and SHA-256 are those of the put.",
         ("qbackup-carrier commit laptop-20250501T030000Z",),
-        (*SERVER_CODES, CarrierExit.NO_SUCH_BACKUP, CarrierExit.EXISTS),
+        (*FANOUT_CODES, CarrierExit.NO_SUCH_BACKUP, CarrierExit.EXISTS),
     ),
     "get": Verb(
         "NAME",
@@ -73,14 +92,16 @@ VERBS: dict[str, Verb] = {
         "is resumed within resume_window.",
         ("qbackup-carrier get laptop-20250501T030000Z > backup.bin",),
         (*SERVER_CODES, CarrierExit.NO_SUCH_BACKUP),
+        (FROM_OPTION,),
     ),
     "list": Verb(
         "[PREFIX]",
         "the backups (under PREFIX): JSON lines, ending with the summary line",
         "Print one JSON line per stored backup whose name starts with PREFIX, then "
         "the summary line. Trust the listing only when the exit code is 0.",
-        ("qbackup-carrier list", "qbackup-carrier list laptop-"),
+        ("qbackup-carrier list", f"qbackup-carrier list {FROM_OPTION} offsite laptop-"),
         SERVER_CODES,
+        (FROM_OPTION,),
     ),
     "check": Verb(
         "NAME",
@@ -89,6 +110,7 @@ VERBS: dict[str, Verb] = {
         "the record and \"ok\" as one JSON line.",
         ("qbackup-carrier check laptop-20250501T030000Z",),
         (*SERVER_CODES, CarrierExit.NO_SUCH_BACKUP, CarrierExit.CORRUPTED),
+        (FROM_OPTION,),
     ),
     "info": Verb(
         "",
@@ -97,15 +119,24 @@ VERBS: dict[str, Verb] = {
         "the way to test the configuration, the key and the pinned host key.",
         ("qbackup-carrier info",),
         SERVER_CODES,
+        (FROM_OPTION,),
     ),
     "transfer": Verb(
         "NAME",
-        "one JSON line: how the last put of NAME in this VM went",
-        "Print how the last put of NAME in this VM went: connections lost, each "
-        "outage, bytes sent again (zeros when this VM never put NAME). Local: the "
-        "server is not contacted.",
+        "a JSON line per destination: how the last put of NAME in this VM went",
+        "Print, for each destination, how the last put of NAME in this VM went: "
+        "connections lost, each outage, bytes sent again (zeros when this VM never "
+        "put NAME there). Local: no server is contacted.",
         ("qbackup-carrier transfer laptop-20250501T030000Z",),
-        (*LOCAL_CODES, CarrierExit.DATA),
+        (*LOCAL_CODES, CarrierExit.DATA, CarrierExit.CONFIG),
+    ),
+    "destinations": Verb(
+        "",
+        "one JSON line: the destinations of carrier.yaml, in order",
+        "Print carrier.yaml's destination names, in order, as one JSON line (a "
+        "file with host: only has one, named default). Local.",
+        ("qbackup-carrier destinations",),
+        (*LOCAL_CODES, CarrierExit.CONFIG),
     ),
     "abort": Verb(
         "",
@@ -119,8 +150,9 @@ VERBS: dict[str, Verb] = {
         "[ARG]",
         "what /etc/qubes-rpc/qubes.BackupCarrier runs",
         "The qrexec service qubes.BackupCarrier+ARG, for dom0 only: ARG is list, "
-        "check, info, get, commit, abort or transfer; a name or prefix comes as one "
-        "line on stdin.",
+        "check, info, get, commit, abort, transfer or destinations; a name or prefix "
+        "comes as one line on stdin, then (list, check, get, info) optionally a "
+        "destination as a second line.",
         ("echo laptop-20250501T030000Z | qbackup-carrier qrexec-service check",),
         tuple(CarrierExit),
     ),
@@ -136,8 +168,9 @@ class Printout:
 
 
 def verb_usage(verb: str) -> str:
-    """Given a verb, return its usage: the program, the verb, its arguments."""
-    return " ".join(filter(None, (PROGRAM, verb, VERBS[verb].arguments)))
+    """Given a verb, return its usage: the program, the verb, its options, its arguments."""
+    options = " ".join(f"[{OPTION_USAGE[option]}]" for option in VERBS[verb].options)
+    return " ".join(filter(None, (PROGRAM, verb, options, VERBS[verb].arguments)))
 
 
 def code_lines(codes: tuple[CarrierExit, ...]) -> str:
@@ -206,9 +239,9 @@ def parse_arguments(argv: list[str], under_qrexec: bool = False) -> Request | Pr
         return Request(verb, rest[0] if rest else None)
     if any(word in HELP_WORDS for word in rest):
         return Printout(verb_help(verb))
-    then_commit = verb == "put" and rest[:1] == [COMMIT_OPTION]
-    if then_commit:
-        rest = rest[1:]
+    chosen = Chosen()
+    while rest and rest[0].startswith("-") and option_name(rest[0]) in VERBS[verb].options:
+        rest = take_option(verb, rest, chosen)
     # A word starting with '-' is an option, never a NAME or PREFIX: `get
     # --help` must not ask the server for a backup named "--help", nor `put
     # NAME --commit` stage one named "--commit".
@@ -216,22 +249,63 @@ def parse_arguments(argv: list[str], under_qrexec: bool = False) -> Request | Pr
     if options:
         raise UsageError(f"unexpected option '{shown(options[0])}' for {verb}: "
                          f"usage: {verb_usage(verb)}")
-    return build_request(verb, rest, then_commit)
+    return build_request(verb, rest, chosen)
 
 
-def build_request(verb: str, words: list[str], then_commit: bool) -> Request:
-    """Given a verb, its words (no options among them) and whether put
-    commits right after, return the Request; raise UsageError for a wrong
-    count of words or an invalid name or prefix."""
+@dataclass
+class Chosen:
+    """The options of one command line, as read so far."""
+
+    then_commit: bool = False
+    destinations: tuple[str, ...] | None = None
+
+
+def option_name(word: str) -> str:
+    """Given an option word (`--to=a,b` or `--to`), return the option's name."""
+    return word.partition("=")[0]
+
+
+def take_option(verb: str, words: list[str], chosen: Chosen) -> list[str]:
+    """Given the verb and the words starting with one of its options, note
+    the option in CHOSEN and return the words after it; raise UsageError for
+    an option given twice, a missing value or an invalid destination."""
+    name, equals, value = words[0].partition("=")
+    given = chosen.then_commit if name == COMMIT_OPTION else chosen.destinations is not None
+    if given:
+        raise UsageError(f"{name} is given twice: usage: {verb_usage(verb)}")
+    if name == COMMIT_OPTION:
+        if equals:
+            raise UsageError(f"{COMMIT_OPTION} takes no value: usage: {verb_usage(verb)}")
+        chosen.then_commit = True
+        return words[1:]
+    if not equals:
+        if len(words) < 2:
+            raise UsageError(f"{name} needs a value: usage: {verb_usage(verb)}")
+        value = words[1]
+        words = words[1:]
+    try:
+        if name == TO_OPTION:
+            chosen.destinations = check_destinations(value.split(","))
+        else:
+            chosen.destinations = (check_destination(value),)
+    except ProtocolError as error:
+        raise UsageError(f"{name} '{shown(value)}': {error}") from None
+    return words[1:]
+
+
+def build_request(verb: str, words: list[str], chosen: Chosen) -> Request:
+    """Given a verb, its words (no options among them) and its options,
+    return the Request; raise UsageError for a wrong count of words or an
+    invalid name or prefix."""
     arguments = VERBS[verb].arguments.split()[-1:]
     optional = arguments == ["[PREFIX]"]
     if len(words) > len(arguments) or (len(words) < len(arguments) and not optional):
         raise UsageError(f"usage: {verb_usage(verb)} (see {PROGRAM} {verb} --help)")
     try:
         if not words:
-            return Request(verb, None)
+            return Request(verb, None, destinations=chosen.destinations)
         if optional:
-            return Request(verb, check_prefix(words[0]) or None)
-        return Request(verb, check_name(words[0]), then_commit=then_commit)
+            return Request(verb, check_prefix(words[0]) or None, destinations=chosen.destinations)
+        return Request(verb, check_name(words[0]), chosen.then_commit, chosen.destinations)
     except InvalidName as error:
         raise UsageError(f"invalid backup name: {error}") from None

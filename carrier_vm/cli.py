@@ -17,11 +17,17 @@ from typing import BinaryIO
 
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.arguments import PROGRAM, Printout, parse_arguments
-from carrier_vm.config import CarrierConfig, load_config
+from carrier_vm.config import CarrierConfig, load_destinations
 from carrier_vm.errors import CarrierError, Interrupted, TemporaryFailure, UsageError
 from carrier_vm.qrexec import Request, service_request
 from carrier_vm.transfers import load_stats
-from qbackup_protocol.carrier_service import CarrierExit
+from qbackup_protocol.carrier_service import (
+    DEFAULT_DESTINATION,
+    CarrierExit,
+    DestinationList,
+    DestinationOutcome,
+    overall_exit,
+)
 from qbackup_protocol.wire import encode_reply
 
 logger = logging.getLogger("carrier_vm")
@@ -32,9 +38,9 @@ LOG_LEVEL_ENV = "QBACKUP_CARRIER_LOG"
 # precise reason (stdout reader gone, connection lost) instead of a signal name.
 ABORT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # A backup being made (its put started, or its commit after Qubes succeeded)
-# outlasts a brief outage of the server from its first connection on; every
-# other verb fails fast (dom0's `info` before Qubes' engine starts relies on that).
-PATIENT_VERBS = frozenset({"put", "commit"})
+# outlasts a brief outage of the server from its first connection on
+# (outcomes.py); every other verb fails fast (dom0's `info` before Qubes'
+# engine starts relies on that).
 
 
 def configure_logging(environ: Mapping[str, str]) -> None:
@@ -61,15 +67,17 @@ def configure_logging(environ: Mapping[str, str]) -> None:
         root.addHandler(syslog)
 
 
-async def run_request(request: Request, config: CarrierConfig) -> None:
-    """Given a Request and the config, carry it out against the server, with
-    the abort signals cancelling it; raise a CarrierError on failure."""
-    from carrier_vm.commit import commit_backup
+async def run_request(
+    request: Request, configs: tuple[CarrierConfig, ...]
+) -> tuple[DestinationOutcome, ...]:
+    """Given a Request and the configs of the destinations it is for, carry
+    it out, with the abort signals cancelling it; return the outcome of each
+    destination for put and commit (nothing for the rest); raise a
+    CarrierError if a verb of one destination fails."""
     from carrier_vm.download import get_backup
+    from carrier_vm.outcomes import commit_everywhere, put_everywhere
     from carrier_vm.replies import run_text_command
     from carrier_vm.ssh import SETTLE_RETRY, open_link
-    from carrier_vm.transfers import load_receipt, save_receipt, save_stats
-    from carrier_vm.upload import put_backup
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -90,50 +98,46 @@ async def run_request(request: Request, config: CarrierConfig) -> None:
             task.cancel()
             loop.call_later(SETTLE_RETRY, cancel_until_done)
 
+    def stopping() -> bool:
+        return aborting.signum is not None
+
     for signum in ABORT_SIGNALS:
         loop.add_signal_handler(signum, abort, signum)
     output = sys.stdout.buffer
+    name = str(request.argument)
     try:
-        patient = request.verb in PATIENT_VERBS
-        async with open_link(config, lambda: aborting.signum is not None, patient) as link:
-            name = str(request.argument)
+        if request.verb in ("put", "commit"):
             if request.verb == "put":
-                upload = await put_backup(
-                    link,
-                    name,
-                    sys.stdin.fileno(),
-                    config,
-                    lambda stats: save_stats(os.environ, stats),
-                )
-                record = upload.record
-                save_receipt(os.environ, record)
-                if request.then_commit:
-                    record = await commit_backup(link, name, config, record)
-                output.write(encode_reply(record.to_reply()))
-            elif request.verb == "commit":
-                # dom0's path: compare with what the put in this VM verified.
-                sent = load_receipt(os.environ, name)
-                record = await commit_backup(link, name, config, sent)
-                output.write(encode_reply(record.to_reply()))
-            elif request.verb == "get":
-                await get_backup(link, name, sys.stdout.fileno(), config)
+                outcomes = await put_everywhere(name, request.then_commit, configs,
+                                                sys.stdin.fileno(), stopping)
+            else:
+                outcomes = await commit_everywhere(name, configs, stopping)
+            for outcome in outcomes:
+                output.write(encode_reply(outcome.to_reply()))
+            output.flush()
+            return outcomes
+        async with open_link(configs[0], stopping) as link:
+            if request.verb == "get":
+                await get_backup(link, name, sys.stdout.fileno(), configs[0])
             else:
                 await run_text_command(
-                    link.connection, request.verb, request.argument, config, emit_to(output)
+                    link.connection, request.verb, request.argument, configs[0],
+                    emit_to(output)
                 )
             output.flush()
+        return ()
     except asyncio.CancelledError:
         aborting.arrived = True
         if aborting.signum is None:
             raise
-        name = signal.Signals(aborting.signum).name
+        signal_name = signal.Signals(aborting.signum).name
         # For put, the connection was cut before the end frame: the shell discards.
-        outcomes = {
+        outcomes_text = {
             "put": "upload aborted, nothing committed",
             "commit": "aborted; whether the server committed shows in its listing",
         }
-        outcome = outcomes.get(request.verb, "aborted")
-        raise Interrupted(f"interrupted by {name}: {outcome}") from None
+        what = outcomes_text.get(request.verb, "aborted")
+        raise Interrupted(f"interrupted by {signal_name}: {what}") from None
 
 
 @dataclass
@@ -171,12 +175,6 @@ def main(argv: list[str] | None = None) -> int:
             if not abort_puts(os.environ):
                 raise TemporaryFailure(f"the running put did not end within {ABORT_WAIT:g}s")
             return CarrierExit.OK
-        if request.verb == "transfer":
-            # Local: what the last put of NAME in this VM went through.
-            stats = load_stats(os.environ, str(request.argument))
-            sys.stdout.buffer.write(encode_reply(stats.to_reply()))
-            sys.stdout.flush()
-            return CarrierExit.OK
         if request.verb == "put":
             if os.isatty(sys.stdin.fileno()):
                 # Someone typing at a prompt, not Qubes' stream: refuse
@@ -185,8 +183,28 @@ def main(argv: list[str] | None = None) -> int:
                                  "terminal: pipe or redirect the backup into it")
             # Registered before anything else, so abort can always find it.
             register_put(os.environ)
-        config = load_config()
-        asyncio.run(run_request(request, config))
+        destinations = load_destinations()
+        chosen = destinations.pick(request.destinations)
+        if request.verb == "destinations":
+            listed = DestinationList(destinations.names)
+            sys.stdout.buffer.write(encode_reply(listed.to_reply()))
+            sys.stdout.flush()
+            return CarrierExit.OK
+        if request.verb == "transfer":
+            # Local: what the last put of NAME in this VM went through, per destination.
+            for config in chosen:
+                stats = load_stats(os.environ, str(request.argument), config.destination)
+                sys.stdout.buffer.write(encode_reply(stats.to_reply()))
+            sys.stdout.flush()
+            return CarrierExit.OK
+        outcomes = asyncio.run(run_request(request, chosen))
+        for outcome in outcomes:
+            if outcome.exit != CarrierExit.OK:
+                where = "" if chosen == destinations.configs[:1] and \
+                    outcome.destination == DEFAULT_DESTINATION else f"{outcome.destination}: "
+                sys.stderr.write(f"{PROGRAM}: {where}{outcome.reason}\n")
+        if outcomes:
+            return overall_exit(outcomes)
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")

@@ -67,6 +67,13 @@ class TemporaryFailure(CarrierError):
     exit_code = CarrierExit.TEMPORARY
 
 
+class Dropped(CarrierError):
+    """A destination held the shared buffer without progress while others
+    waited: the run went on without it (not resumable within this run)."""
+
+    exit_code = CarrierExit.TEMPORARY
+
+
 class Interrupted(TemporaryFailure):
     """A signal stopped the run (a transfer is aborted: nothing is committed)."""
 

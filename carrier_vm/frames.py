@@ -63,12 +63,18 @@ class Frame:
 
     def wire_bytes(self, offset: int) -> memoryview:
         """Given a stream OFFSET inside this frame, return a D frame carrying
-        the data from OFFSET to the frame's end, header included (written
-        into the bytes before it, which are either headroom or already sent)."""
+        the data from OFFSET to the frame's end, header included: from the
+        frame's start, written into the headroom before the payload (the
+        same bytes for every destination); from inside it (a resume), a
+        copy, since the bytes before OFFSET may not be sent to every
+        destination yet."""
         skip = offset - self.start
         length = self.length - skip
         first = PAYLOAD_AT + skip
-        self.buffer[first - FRAME_HEADER_SIZE : first] = encode_data_header(length)
+        header = encode_data_header(length)
+        if skip:
+            return memoryview(header + self.buffer[first : first + length])
+        self.buffer[first - FRAME_HEADER_SIZE : first] = header
         return memoryview(self.buffer)[first - FRAME_HEADER_SIZE : first + length]
 
 

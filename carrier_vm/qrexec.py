@@ -1,9 +1,10 @@
 """The qrexec service ``qubes.BackupCarrier+ARG``: what dom0 calls for list,
-check, info, get, commit, abort and transfer.
+check, info, get, commit, abort, transfer and destinations.
 
 qrexec hands the argument in ``$1`` and QREXEC_SERVICE_ARGUMENT and the
 caller in QREXEC_REMOTE_DOMAIN. Arguments may not contain '/', so names and
-prefixes travel as ONE bounded line on stdin instead. Only dom0 may call it:
+prefixes travel as ONE bounded line on stdin instead, followed (list, check,
+get, info) by an optional second line naming the destination. Only dom0 may call it:
 the qrexec policy shipped for dom0 says so, and the service checks the caller
 again itself, so a policy edited by mistake does not hand another VM the
 backups (get), their publication (commit) or the running upload (abort).
@@ -17,17 +18,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from carrier_vm.errors import UsageError
+from qbackup_protocol.carrier_service import check_destination
 from qbackup_protocol.text import clean_text
-from qbackup_protocol.wire import InvalidName, check_name, check_prefix
+from qbackup_protocol.wire import InvalidName, ProtocolError, check_name, check_prefix
 
 logger = logging.getLogger(__name__)
 
 # The static table of what dom0 may ask for: put is deliberately absent
 # (backups arrive through qubes.Backup), anything else is refused. commit is
 # here because only dom0 knows that Qubes' backup succeeded.
-SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit", "abort", "transfer"})
-VERBS_READING_STDIN = frozenset({"list", "check", "get", "commit", "transfer"})
-SERVICE_VERB_TEXT = "list, check, info, get, commit, abort or transfer"
+SERVICE_VERBS = frozenset({"list", "check", "info", "get", "commit", "abort", "transfer",
+                           "destinations"})
+VERBS_READING_STDIN = frozenset({"list", "check", "info", "get", "commit", "transfer"})
+# Those that ask one destination: a second stdin line may name it.
+VERBS_WITH_DESTINATION = frozenset({"list", "check", "info", "get"})
+SERVICE_VERB_TEXT = "list, check, info, get, commit, abort, transfer or destinations"
 ALLOWED_CALLER = "dom0"
 MAX_STDIN_LINE = 512
 
@@ -39,6 +44,7 @@ class Request:
     verb: str
     argument: str | None
     then_commit: bool = False  # put only: commit right after (put --commit)
+    destinations: tuple[str, ...] | None = None  # --to / --from (None: the default)
 
 
 def service_request(
@@ -71,28 +77,47 @@ def service_request(
     logger.info("qubes.BackupCarrier+%s called by %s", argument, caller)
     if argument not in VERBS_READING_STDIN:
         return Request(argument, None)
-    line = read_line(stdin_fd)
+    lines = read_lines(stdin_fd, 2 if argument in VERBS_WITH_DESTINATION else 1)
+    destinations = None
+    try:
+        if len(lines) == 2:
+            destinations = (check_destination(lines[1]),)
+    except ProtocolError as error:
+        raise UsageError(f"refused: invalid destination on stdin: {error}") from None
+    line = lines[0] if lines else ""
     try:
         if argument == "list":
-            return Request(argument, check_prefix(line) or None)
-        return Request(argument, check_name(line))
+            return Request(argument, check_prefix(line) or None, destinations=destinations)
+        if argument == "info":
+            # Its first line (dom0 sends one) carries nothing.
+            if line:
+                raise UsageError("refused: info takes no name on stdin")
+            return Request(argument, None, destinations=destinations)
+        return Request(argument, check_name(line), destinations=destinations)
     except InvalidName as error:
         raise UsageError(f"refused: invalid backup name on stdin: {error}") from None
 
 
-def read_line(fd: int) -> str:
-    """Given stdin's fd, return the one line on it without its newline; raise
-    UsageError if it is longer than MAX_STDIN_LINE, not ASCII, or followed by more."""
+def read_lines(fd: int, most: int) -> list[str]:
+    """Given stdin's fd, return the lines on it (at most MOST) without their
+    newlines; raise UsageError if there are more, one is longer than
+    MAX_STDIN_LINE, or one is not ASCII."""
     data = bytearray()
-    while b"\n" not in data and len(data) <= MAX_STDIN_LINE:
-        chunk = os.read(fd, MAX_STDIN_LINE + 1 - len(data))
+    limit = most * (MAX_STDIN_LINE + 1)
+    while data.count(b"\n") < most and len(data) <= limit:
+        chunk = os.read(fd, limit + 1 - len(data))
         if not chunk:
             break
         data += chunk
-    line, newline, rest = bytes(data).partition(b"\n")
-    if len(line) > MAX_STDIN_LINE or rest:
-        raise UsageError(f"refused: stdin must hold one line of at most {MAX_STDIN_LINE} bytes")
+    lines = bytes(data).split(b"\n")
+    if lines[-1] == b"" and len(lines) > 1:
+        lines.pop()  # the last line's newline
+    if lines == [b""]:
+        lines = []
+    if len(lines) > most or any(len(line) > MAX_STDIN_LINE for line in lines):
+        what = "one line" if most == 1 else f"at most {most} lines"
+        raise UsageError(f"refused: stdin must hold {what} of at most {MAX_STDIN_LINE} bytes")
     try:
-        return line.decode("ascii")
+        return [line.decode("ascii") for line in lines]
     except UnicodeDecodeError:
         raise UsageError("refused: the name on stdin is not ASCII") from None

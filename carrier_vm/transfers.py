@@ -1,4 +1,5 @@
-"""What the last upload of each NAME left behind in this VM, kept for later.
+"""What the last upload of each NAME to each destination left behind in
+this VM, kept for later (a directory per destination).
 
 ``put`` records its TransferStats (times the connection was lost, each
 outage's length, bytes resent) here when it ends; dom0 asks for them with
@@ -30,33 +31,44 @@ TRANSFERS_SUBDIR = ".cache/qbackup-carrier/transfers"
 RECEIPTS_SUBDIR = ".cache/qbackup-carrier/receipts"
 
 
-def stats_path(environ: Mapping[str, str], name: str, subdir: str = TRANSFERS_SUBDIR) -> Path:
-    """Given the environment and a valid backup NAME, return where its stats
-    (or, with RECEIPTS_SUBDIR, its receipt) live (the name hashed: names
-    contain '/')."""
+def stats_path(environ: Mapping[str, str], name: str, destination: str,
+               subdir: str = TRANSFERS_SUBDIR) -> Path:
+    """Given the environment, a valid backup NAME and a valid DESTINATION,
+    return where its stats (or, with RECEIPTS_SUBDIR, its receipt) live (the
+    name hashed: names contain '/')."""
     home = environ.get("HOME") or os.path.expanduser("~")
     digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:32]
-    return Path(home) / subdir / f"{digest}.json"
+    return Path(home) / subdir / destination / f"{digest}.json"
 
 
 def save_stats(environ: Mapping[str, str], stats: TransferStats) -> None:
     """Given the environment and an upload's stats, store them (replacing
-    any earlier ones for the name); a failure to store is only logged."""
-    keep(stats_path(environ, stats.name), encode_reply(stats.to_reply()), stats.name)
+    any earlier ones for the name and destination); a failure to store is
+    only logged."""
+    path = stats_path(environ, stats.name, stats.destination)
+    keep(path, encode_reply(stats.to_reply()), stats.name)
 
 
-def save_receipt(environ: Mapping[str, str], record: BackupRecord) -> None:
-    """Given the environment and the receipt a put verified, keep it for commit."""
-    path = stats_path(environ, record.name, RECEIPTS_SUBDIR)
+def save_receipt(environ: Mapping[str, str], destination: str, record: BackupRecord) -> None:
+    """Given the environment, a destination and the receipt a put to it
+    verified, keep it for commit."""
+    path = stats_path(environ, record.name, destination, RECEIPTS_SUBDIR)
     keep(path, encode_reply(record.to_reply()), record.name)
 
 
-def load_receipt(environ: Mapping[str, str], name: str) -> BackupRecord | None:
-    """Given the environment and a valid NAME, return the receipt the last put
-    of NAME in this VM verified, or None if there is none (or it is damaged:
-    then commit checks what it can without it)."""
+def forget_receipt(environ: Mapping[str, str], name: str, destination: str) -> None:
+    """Given the environment, NAME and a destination, drop the receipt an
+    earlier put of NAME there left (a put starting anew has none yet)."""
+    with contextlib.suppress(OSError):
+        stats_path(environ, name, destination, RECEIPTS_SUBDIR).unlink()
+
+
+def load_receipt(environ: Mapping[str, str], name: str, destination: str) -> BackupRecord | None:
+    """Given the environment, a valid NAME and a destination, return the
+    receipt the last put of NAME there from this VM verified, or None if
+    there is none (or it is damaged: then commit checks what it can without it)."""
     try:
-        with open(stats_path(environ, name, RECEIPTS_SUBDIR), "rb") as handle:
+        with open(stats_path(environ, name, destination, RECEIPTS_SUBDIR), "rb") as handle:
             record = parse_record(handle.read(MAX_REPLY_LINE + 1))
     except (OSError, ProtocolError, RecursionError):
         return None
@@ -77,22 +89,22 @@ def keep(path: Path, line: bytes, name: str) -> None:
             temporary.unlink()
 
 
-def load_stats(environ: Mapping[str, str], name: str) -> TransferStats:
-    """Given the environment and a valid NAME, return the stats of NAME's
-    last upload through this VM (zeros if none are kept); raise DataError if
-    the kept file is damaged."""
-    path = stats_path(environ, name)
+def load_stats(environ: Mapping[str, str], name: str, destination: str) -> TransferStats:
+    """Given the environment, a valid NAME and a destination, return the
+    stats of NAME's last upload there through this VM (zeros if none are
+    kept); raise DataError if the kept file is damaged."""
+    path = stats_path(environ, name, destination)
     try:
         with open(path, "rb") as handle:
             line = handle.read(MAX_REPLY_LINE + 1)
     except FileNotFoundError:
-        return TransferStats(name, 0, (), 0)
+        return TransferStats(name, 0, (), 0, destination)
     except OSError as error:
         raise DataError(f"cannot read the transfer stats: {error.strerror}") from None
     try:
         stats = parse_transfer_stats(line)
     except (ProtocolError, RecursionError):
         raise DataError("the kept transfer stats are damaged") from None
-    if stats.name != name:
-        raise DataError("the kept transfer stats name another backup")
+    if (stats.name, stats.destination) != (name, destination):
+        raise DataError("the kept transfer stats name another backup or destination")
     return stats

@@ -18,6 +18,16 @@ NAME``, checks that the offset D the server answers lies within what it still
 holds, and sends the data from D on; the end frame still carries the length
 and SHA-256 of the WHOLE stream, hashed once as it was read. Past the window,
 the put fails as a lost connection always did (exit 75).
+
+Several destinations (the fan-out): stdin is read once, hashed once, into
+ONE Stream whose frames every destination's Outbox sends from, each with
+its own connection, acks and resume state; a frame is recycled once every
+destination still in the run acknowledged it, so memory stays the buffer
+plus a constant. A slower destination that keeps making progress paces the
+run; one that holds the full buffer without progress for its
+progress_timeout is dropped from the run (Dropped) and the others go on.
+One destination is the case N=1: nothing is ever dropped, and a stall is a
+lost connection, resumed within resume_window.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from carrier_vm.errors import (
     AlreadyExists,
     CarrierError,
     DataError,
+    Dropped,
     TemporaryFailure,
     parse_hostile,
 )
@@ -42,7 +53,11 @@ from carrier_vm.frames import Frame, FrameReader
 from carrier_vm.replies import LineReader
 from carrier_vm.ssh import TIMEOUTS, Link, Reader, Writer, run_session
 from qbackup_protocol import client
-from qbackup_protocol.carrier_service import MAX_OUTAGES_REPORTED, TransferStats
+from qbackup_protocol.carrier_service import (
+    DEFAULT_DESTINATION,
+    MAX_OUTAGES_REPORTED,
+    TransferStats,
+)
 from qbackup_protocol.wire import (
     DEFAULT_DATA_FRAME,
     FRAME_HEADER_SIZE,
@@ -95,19 +110,24 @@ class RateLimiter:
             await asyncio.sleep(ahead)
 
 
-@dataclass
-class Outbox:
-    """The stream as the carrier holds it: frames read from stdin and not yet
-    acknowledged by the server, oldest first, plus what was sent so far."""
+class Stream:
+    """The stream as the carrier holds it for every destination: frames read
+    from stdin (once, hashed once) and not yet acknowledged by every
+    destination still in the run, oldest first; the Outbox of each such
+    destination; and the most frames ever held at once (the buffer's own
+    accounting: never more than the reader's pool)."""
 
-    reader: FrameReader
-    frames: deque[Frame] = field(default_factory=deque)
-    acked: int = 0  # the server holds the first ACKED bytes durably
-    taken: int = 0  # end of the last frame taken from the reader
-    sent_high: int = 0  # the furthest offset ever written to a session
-    resent: int = 0  # bytes written again after a reconnection
-    finished: bool = False  # the reader reached EOF (total and digest final)
-    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, reader: FrameReader) -> None:
+        self.reader = reader
+        self.frames: deque[Frame] = deque()
+        self.taken = 0  # end of the last frame taken from the reader
+        self.finished = False  # the reader reached EOF (total and digest final)
+        self.outboxes: list[Outbox] = []  # the destinations still in the run
+        self.freed = asyncio.Event()  # set when a frame is recycled or a destination leaves
+        self.peak = 0
+        self.reading = asyncio.Lock()  # one destination at a time reads stdin
+        # How the run stops a destination it dropped (its task is cancelled).
+        self.on_drop: Callable[[Outbox], None] = lambda outbox: None
 
     @property
     def held_from(self) -> int:
@@ -116,39 +136,119 @@ class Outbox:
 
     def full(self) -> bool:
         """Return whether every buffer holds unacknowledged data (no more
-        stdin can be read until the server acknowledges some)."""
+        stdin can be read until the destinations acknowledge some)."""
         return len(self.frames) >= self.reader.max_frames
+
+    def held(self, offset: int) -> Frame | None:
+        """Given a stream OFFSET, return the held frame holding it, if any."""
+        for frame in self.frames:
+            if frame.start <= offset < frame.end:
+                return frame
+        return None
 
     async def frame_at(self, offset: int) -> Frame | None:
         """Given a stream OFFSET, return the frame holding it (reading a new
         one from stdin when OFFSET is where the held data ends), or None at
         the end of the stream."""
-        for frame in self.frames:
-            if frame.start <= offset < frame.end:
+        frame = self.held(offset)
+        if frame is not None:
+            return frame
+        async with self.reading:
+            frame = self.held(offset)  # another destination read it meanwhile
+            if frame is not None:
                 return frame
-        if offset != self.taken:
-            raise ResumeImpossible("the carrier no longer holds the data to resume from")
-        if self.finished:
-            return None
-        new = await self.reader.next_frame()
-        if new is None:
-            self.finished = True
-            return None
-        self.frames.append(new)
-        self.taken = new.end
-        return new
+            if offset != self.taken:
+                raise ResumeImpossible("the carrier no longer holds the data to resume from")
+            if self.finished:
+                return None
+            new = await self.reader.next_frame()
+            if new is None:
+                self.finished = True
+                return None
+            self.frames.append(new)
+            self.taken = new.end
+            self.peak = max(self.peak, len(self.frames))
+            return new
+
+    def release(self) -> None:
+        """Recycle every frame that each destination still in the run acknowledged."""
+        low = min((outbox.acked for outbox in self.outboxes), default=self.taken)
+        freed = False
+        while self.frames and self.frames[0].end <= low:
+            self.reader.recycle(self.frames.popleft())
+            freed = True
+        if freed:
+            self.freed.set()
+
+    def leave(self, outbox: Outbox) -> None:
+        """Given a destination's outbox, take it out of the run (it ended, or
+        was dropped): it holds no data any more."""
+        if outbox in self.outboxes:
+            self.outboxes.remove(outbox)
+            self.release()
+            self.freed.set()
+
+    def holders(self) -> list[Outbox]:
+        """Return the destinations that keep the oldest frame held."""
+        oldest = self.frames[0].end if self.frames else self.taken
+        return [outbox for outbox in self.outboxes if outbox.acked < oldest]
+
+
+@dataclass(eq=False)
+class Outbox:
+    """One destination's view of the Stream: what its server acknowledged,
+    what was sent to it so far, and since when it made no progress."""
+
+    stream: Stream
+    destination: str = DEFAULT_DESTINATION
+    progress_timeout: float = 0.0
+    acked: int = 0  # the server holds the first ACKED bytes durably
+    sent_high: int = 0  # the furthest offset ever written to a session
+    resent: int = 0  # bytes written again after a reconnection
+    acked_event: asyncio.Event = field(default_factory=asyncio.Event)
+    progress_at: float = field(default_factory=time.monotonic)  # the last ack that freed data
+    dropped: str = ""  # why the run dropped this destination
+
+    def __post_init__(self) -> None:
+        self.stream.outboxes.append(self)
+
+    @property
+    def reader(self) -> FrameReader:
+        return self.stream.reader
+
+    @property
+    def frames(self) -> deque[Frame]:
+        return self.stream.frames
+
+    @property
+    def taken(self) -> int:
+        return self.stream.taken
+
+    @property
+    def finished(self) -> bool:
+        return self.stream.finished
+
+    @property
+    def held_from(self) -> int:
+        return self.stream.held_from
+
+    def full(self) -> bool:
+        return self.stream.full()
+
+    async def frame_at(self, offset: int) -> Frame | None:
+        return await self.stream.frame_at(offset)
 
     def acknowledge(self, offset: int) -> None:
-        """Given the server's durable OFFSET, forget (recycle) every frame
-        wholly before it; raise DataError for an offset that goes back or
-        beyond what was sent."""
+        """Given the server's durable OFFSET, let the stream recycle every
+        frame all destinations hold; raise DataError for an offset that goes
+        back or beyond what was sent."""
         if offset < self.acked or offset > self.sent_high:
             raise DataError("the server acknowledged data it was never sent")
         if offset == self.acked:
             return  # no progress: it must not count as any (a drip of useless acks)
         self.acked = offset
-        while self.frames and self.frames[0].end <= offset:
-            self.reader.recycle(self.frames.popleft())
+        self.progress_at = time.monotonic()
+        self.stream.release()
         self.acked_event.set()
 
     def note_sent(self, start: int, end: int) -> None:
@@ -167,7 +267,8 @@ class Outages:
 
     def stats(self, name: str, outbox: Outbox) -> TransferStats:
         return TransferStats(
-            name, self.lost, tuple(self.durations[:MAX_OUTAGES_REPORTED]), outbox.resent
+            name, self.lost, tuple(self.durations[:MAX_OUTAGES_REPORTED]), outbox.resent,
+            outbox.destination,
         )
 
 
@@ -186,16 +287,36 @@ async def put_backup(
     config: CarrierConfig,
     keep_stats: Callable[[TransferStats], None] = lambda stats: None,
 ) -> Uploaded:
-    """Given a Link, a valid NAME and the input FD, stream FD to the server's
-    ``put NAME`` (resuming over new connections when one is lost, within
-    resume_window) and return the server's matching receipt and the transfer
-    stats (also handed to KEEP_STATS, and logged, however the put ends);
-    raise a CarrierError if the server refused, the link stayed down, or the
-    receipt differs."""
-    max_frames = max(2, config.resume_buffer // DEFAULT_DATA_FRAME)
-    reader = FrameReader(fd, max_frames)
+    """Given a Link, a valid NAME and the input FD, put FD to that one
+    server (see put_to)."""
+    reader = open_stream(fd, config)
+    try:
+        return await put_to(link, name, Outbox(Stream(reader)), config, keep_stats)
+    finally:
+        reader.stop()
+
+
+def open_stream(fd: int, config: CarrierConfig) -> FrameReader:
+    """Given the input FD and the config, return the started reader whose
+    pool is resume_buffer (stop it when done)."""
+    reader = FrameReader(fd, max(2, config.resume_buffer // DEFAULT_DATA_FRAME))
     reader.start()
-    outbox = Outbox(reader)
+    return reader
+
+
+async def put_to(
+    link: Link,
+    name: str,
+    outbox: Outbox,
+    config: CarrierConfig,
+    keep_stats: Callable[[TransferStats], None] = lambda stats: None,
+) -> Uploaded:
+    """Given a Link, a valid NAME and the destination's OUTBOX, stream the
+    Stream to the server's ``put NAME`` (resuming over new connections when
+    one is lost, within resume_window) and return the server's matching
+    receipt and the transfer stats (also handed to KEEP_STATS, and logged,
+    however the put ends); raise a CarrierError if the server refused, the
+    link stayed down, the receipt differs, or the run dropped it (Dropped)."""
     outages = Outages()
     verb = VERB_PUT
     restarted = False
@@ -223,7 +344,8 @@ async def put_backup(
                         f"{failure} (gave up after {MAX_RECONNECTS} reconnections)"
                     ) from None
                 outages.lost += 1
-                logger.warning("connection lost during the upload of %s: %s", name, failure)
+                logger.warning("connection lost during the upload of %s to %s: %s", name,
+                               outbox.destination, failure)
                 if outbox.acked > progress_mark:
                     lost_at = time.monotonic()
                     progress_mark = outbox.acked
@@ -238,7 +360,6 @@ async def put_backup(
                 continue
             return Uploaded(record, outages.stats(name, outbox))
     finally:
-        reader.stop()
         stats = outages.stats(name, outbox)
         log_stats(stats)
         keep_stats(stats)
@@ -425,7 +546,7 @@ async def send_stream(
         # At EOF no buffer is needed (a server whose sync_interval exceeds
         # what is left unacknowledged would never send the ack).
         while outbox.full() and position == outbox.taken and not outbox.reader.at_eof:
-            await wait_for_ack(outbox, config)
+            await wait_for_room(outbox, config)
         try:
             frame = await outbox.frame_at(position)
         except OSError as error:
@@ -440,6 +561,48 @@ async def send_stream(
     # No drain here: once the end frame is queued this task must be done, so
     # a server that answers and closes quickly is never mistaken for one
     # that hung up early; the receipt is awaited next anyway.
+
+
+async def wait_for_room(outbox: Outbox, config: CarrierConfig) -> None:
+    """Wait until a buffer is free. Alone in the run: wait_for_ack. With
+    others: wait until every destination still in the run acknowledged the
+    oldest frame; one that holds it without progress for its
+    progress_timeout is dropped from the run (raise Dropped if that is
+    OUTBOX's own destination)."""
+    stream = outbox.stream
+    if len(stream.outboxes) <= 1:
+        await wait_for_ack(outbox, config)
+        return
+    stream.freed.clear()
+    holders = stream.holders()
+    if not holders:
+        return
+    due = min(holder.progress_at + holder.progress_timeout for holder in holders)
+    try:
+        await asyncio.wait_for(stream.freed.wait(), max(0.0, due - time.monotonic()))
+    except TIMEOUTS:
+        drop_stalled(outbox)
+
+
+def drop_stalled(caller: Outbox) -> None:
+    """Given the outbox of the destination waiting for room, drop from the
+    run each destination that holds the oldest frame without progress for
+    its progress_timeout (never the last one in the run); raise Dropped if
+    the caller is one."""
+    stream = caller.stream
+    now = time.monotonic()
+    for holder in sorted(stream.holders(), key=lambda outbox: outbox.progress_at):
+        if len(stream.outboxes) <= 1 or now < holder.progress_at + holder.progress_timeout:
+            continue
+        holder.dropped = (
+            f"dropped from the run: it acknowledged nothing for {holder.progress_timeout:g}s "
+            "(progress_timeout) while the others waited for the shared resume_buffer"
+        )
+        logger.warning("%s: %s", holder.destination, holder.dropped)
+        stream.leave(holder)
+        if holder is caller:
+            raise Dropped(caller.dropped)
+        stream.on_drop(holder)
 
 
 async def wait_for_ack(outbox: Outbox, config: CarrierConfig) -> None:

@@ -50,7 +50,7 @@ class CarrierExit(ExitStatus):
     LOGIN_REFUSED = 76, "the server refused the carrier's key"
     HOST_KEY = 77, "the server's host key is not pinned or does not match"
     CONFIG = 78, "the carrier's configuration is missing or invalid"
-    PARTIAL = 79, "some destinations succeeded, others did not (a line per destination says which)"
+    PARTIAL = 79, "some destinations succeeded, others did not (a line each says which)"
 
 
 # --- destinations ----------------------------------------------------------------
@@ -180,11 +180,12 @@ MAX_OUTAGES_REPORTED = 100
 
 @dataclass(frozen=True)
 class TransferStats:
-    """How an upload went, as the carrier tells dom0 (``qubes.BackupCarrier+transfer``
-    with NAME on stdin prints it as one JSON line): how often the connection
-    was lost and resumed, how long each outage lasted (seconds, at most
-    MAX_OUTAGES_REPORTED of them, the first ones), and how many data bytes
-    were sent again after reconnecting."""
+    """How an upload to one DESTINATION went, as the carrier tells dom0
+    (``qubes.BackupCarrier+transfer`` with NAME on stdin prints one JSON line
+    per destination): how often the connection was lost and resumed, how
+    long each outage lasted (seconds, at most MAX_OUTAGES_REPORTED of them,
+    the first ones), and how many data bytes were sent again after
+    reconnecting."""
 
     name: str
     lost: int
@@ -208,9 +209,7 @@ def parse_transfer_stats(line: bytes) -> TransferStats:
     """Given the line ``transfer`` prints, return the TransferStats; raise
     ProtocolError unless every field is present and well-formed."""
     value = load_reply_line(line)
-    # A carrier that predates destinations sends no destination: its one server.
-    destination = check_destination(value.pop("destination", DEFAULT_DESTINATION))
-    if set(value) != {"transfer"} or not isinstance(value["transfer"], dict):
+    if set(value) != {"destination", "transfer"} or not isinstance(value["transfer"], dict):
         raise ProtocolError("transfer reply has unexpected fields")
     fields = value["transfer"]
     if set(fields) != {"name", "lost", "outages", "resent"}:
@@ -227,5 +226,5 @@ def parse_transfer_stats(line: bytes) -> TransferStats:
         lost=require_int(fields["lost"], "lost"),
         outages=tuple(float(seconds) for seconds in outages),
         resent=require_int(fields["resent"], "resent"),
-        destination=destination,
+        destination=check_destination(value["destination"]),
     )

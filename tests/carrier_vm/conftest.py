@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testbed.carrier import carrier_config
+from testbed.destinations import TwoDestinations
 from testbed.netproxy import NetProxy
 from testbed.openssh import Endpoint
 from testbed.processes import shell_pids
@@ -211,6 +212,27 @@ def reconfigure_proxied(carrier: Carrier, proxy: NetProxy, **settings: object) -
         port=proxy.port,
         known_hosts=str(carrier.config.parent / "proxied_known_hosts"),
     )
+
+
+@pytest.fixture
+def two_destinations(
+    backup_server: BackupServer, account: Account, tmp_path: Path
+) -> Iterator[tuple[Carrier, TwoDestinations]]:
+    """A carrier whose carrier.yaml names two destinations, `home` and
+    `offsite` (through a relay the test can cut), short timeouts, each
+    shell acknowledging every MiB. (ACCOUNT: removes both accounts after.)"""
+    tmp_path.chmod(0o755)
+    config = tmp_path / "carrier.yaml"
+    two = TwoDestinations.create(backup_server, config)
+    two.write_config(**CARRIER_SETTINGS)
+    backup_server.write_shell_config("".join(
+        f"[account {user.name}]\nsync_interval = 1M\nidle_timeout = 4\n"
+        for user in (two.home, two.offsite)))
+    try:
+        yield Carrier(config=config, server=backup_server, account=two.home), two
+    finally:
+        two.close()
+        backup_server.write_shell_config("")
 
 
 SERVICE = REPO / "carrier_vm" / "qubes-rpc" / "qubes.BackupCarrier"

@@ -37,7 +37,8 @@ def test_every_problem_at_once_each_with_file_line_and_key(tmp_path: Path) -> No
     assert refusal(path) == "; ".join([
         # YAML keeps the second port (valid): the first would silently be lost.
         f"{path}:4: port: given twice (first on line 2): keep one",
-        f"{path}:5: rate_limit: must be a number of bytes per second, at least 1024",
+        f"{path}:5: rate_limit: must be a number of bytes per second, at least 1024 "
+        "(or with K, M or G: 5M)",
         f"{path}:6: hots: unknown key (see carrier.yaml.example)",
         f"{path}:7: known_hosts: may not be null (host keys are always verified)",
     ])

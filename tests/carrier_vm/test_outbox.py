@@ -21,7 +21,7 @@ import pytest
 from carrier_vm.config import CarrierConfig
 from carrier_vm.errors import DataError
 from carrier_vm.frames import PAYLOAD_AT, Frame, FrameReader
-from carrier_vm.upload import Outbox, ResumeImpossible, check_start_offset, send_stream
+from carrier_vm.upload import Outbox, ResumeImpossible, Stream, check_start_offset, send_stream
 from qbackup_protocol.carrier_service import CarrierExit
 from qbackup_protocol.wire import (
     FRAME_END,
@@ -55,9 +55,9 @@ def frame(start: int, fill: int) -> Frame:
 
 def outbox_holding(first: int, count: int, acked: int, sent_high: int) -> Outbox:
     """An outbox whose frames cover [first, first + count * FRAME)."""
-    box = Outbox(FakeReader())  # type: ignore[arg-type]
-    box.frames = deque(frame(first + i * FRAME, i) for i in range(count))
-    box.taken = first + count * FRAME
+    box = Outbox(Stream(FakeReader()))  # type: ignore[arg-type]
+    box.stream.frames = deque(frame(first + i * FRAME, i) for i in range(count))
+    box.stream.taken = first + count * FRAME
     box.acked = acked
     box.sent_high = sent_high
     return box
@@ -181,7 +181,7 @@ def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> N
     async def send() -> tuple[RecordingWriter, Outbox]:
         reader = FrameReader(read_fd, max_frames=2, frame_size=FRAME)
         reader.start()
-        box = Outbox(reader)
+        box = Outbox(Stream(reader))
         writer = RecordingWriter()
         sender = asyncio.ensure_future(send_stream(writer, box, 0, config))  # type: ignore[arg-type]
         try:
@@ -226,7 +226,7 @@ def test_a_stream_ending_while_every_buffer_is_out_ends_without_an_ack() -> None
         reader.start()
         writer = RecordingWriter()
         try:
-            await send_stream(writer, Outbox(reader), 0, config)  # type: ignore[arg-type]
+            await send_stream(writer, Outbox(Stream(reader)), 0, config)  # type: ignore[arg-type]
         finally:
             reader.stop()
         return writer

@@ -20,7 +20,8 @@ KEY_LINE = re.compile(r"(#?)([a-z_]+): (.*)")
 
 
 def test_carrier_config_has_a_field_per_setting() -> None:
-    where = {"source", "host_origin"}  # where the values came from, not settings
+    # Where the values came from and which destination they are for, not settings.
+    where = {"source", "host_origin", "destination"}
     assert {item.name for item in fields(CarrierConfig)} - where == set(SETTINGS)
 
 
