@@ -1,0 +1,108 @@
+"""The drills of one Qubes pass to two servers, at dom0's level: the
+simulated dom0 drives the REAL carrier, whose carrier.yaml names the
+destinations `home` and `offsite` (two accounts on the real sshd and shell,
+offsite behind a relay the test takes down; testbed/destinations.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dom0 import history
+from dom0.errors import QbackupExit
+from testbed.destinations import HOME, OFFSITE, TwoDestinations
+from testbed.qubes_sim import stream
+from testbed.server import free_port
+from tests.dom0.conftest import CARRIER, MIB, Dom0
+
+# Short enough that a destination that is down is given up on quickly.
+SETTINGS: dict[str, object] = {"keepalive_interval": 1, "keepalive_count_max": 2,
+                               "progress_timeout": 10, "resume_window": 5}
+
+
+@pytest.fixture
+def two(dom0: Dom0) -> Iterator[TwoDestinations]:
+    """dom0's carrier, now with the destinations home and offsite."""
+    made = TwoDestinations.create(dom0.server, dom0.carrier_config)
+    made.write_config(**SETTINGS)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def notes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The desktop notifications qbackup raises, as 'SUMMARY: BODY'."""
+    shown: list[str] = []
+
+    def notify(summary: str, body: str = "", critical: bool = False) -> bool:
+        shown.append(f"{summary}: {body}")
+        return True
+
+    monkeypatch.setattr("dom0.processes.notify", notify)
+    return shown
+
+
+def stored(two: TwoDestinations, destination: str) -> dict[str, bytes]:
+    """Return the backups on DESTINATION's disk: name -> bytes."""
+    root = two.account(destination).storage
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*")
+            if path.is_file() and not any(part.startswith(".")
+                                          for part in path.relative_to(root).parts)}
+
+
+def backup(dom0: Dom0) -> int:
+    return dom0.run("-f", "laptop", "-t", CARRIER, "-p", str(dom0.passfile), "work")
+
+
+def test_one_destination_unreachable_from_the_start_is_a_partial_backup_named_everywhere(
+        dom0: Dom0, two: TwoDestinations, notes: list[str]) -> None:
+    two.proxy.down()
+    assert backup(dom0) == QbackupExit.PARTIAL
+    [(name, data)] = stored(two, HOME).items()
+    assert stored(two, OFFSITE) == {}
+    runs = history.read_runs(dom0.history)
+    assert [(run.destination, run.outcome) for run in runs][0] == (HOME, history.OUTCOME_OK)
+    [ok] = [run for run in runs if run.destination == HOME]
+    assert (ok.name, ok.size, ok.sha256) == (name, len(data), hashlib.sha256(data).hexdigest())
+    [down] = [run for run in runs if run.destination == OFFSITE]
+    assert down.name is None and down.outcome.startswith("failed (exit 75): ")
+    assert "unreachable" in down.outcome
+    [failed] = [note for note in notes if note.startswith("qbackup FAILED")]
+    assert f"stored on {HOME} only; NOT on {OFFSITE}: " in failed
+    assert dom0.logged(f"backup {name} NOT stored on {OFFSITE}: ")
+    assert dom0.logged("outcome: FAILED (exit 14)")
+
+
+def test_both_destinations_commit_one_pass_byte_exact_and_each_has_its_history(
+        dom0: Dom0, two: TwoDestinations) -> None:
+    assert backup(dom0) == 0
+    assert stored(two, HOME) == stored(two, OFFSITE) != {}
+    runs = history.read_runs(dom0.history)
+    assert sorted(str(run.destination) for run in runs) == [HOME, OFFSITE]
+    assert {run.sha256 for run in runs} == {hashlib.sha256(data).hexdigest()
+                                           for data in stored(two, HOME).values()}
+    assert all(run.transfer == {"lost": 0, "outages": [], "resent": 0} for run in runs)
+
+
+def test_restore_with_the_first_destination_down_restores_from_the_second(
+        dom0: Dom0, two: TwoDestinations, tmp_path: Path) -> None:
+    assert backup(dom0) == 0
+    [name] = stored(two, HOME)
+    # home stops answering: its port now has nothing behind it.
+    two.write_config({HOME: {"port": free_port()}}, **SETTINGS)
+    assert dom0.run("restore", "-t", CARRIER, "-p", str(dom0.passfile),
+                    "--rename-conflicting", name, "work") == 0
+    assert dom0.logged(f"destination {HOME}: ")
+    assert dom0.logged(f"trying {OFFSITE}")
+    for release_name in ("work1", "work-1"):
+        image = dom0.sim.restore_dir / f"{release_name}.img"
+        if image.exists():
+            assert image.read_bytes() == stream.vm_data("work", 2 * MIB)
+            break
+    else:
+        pytest.fail("the restore wrote no image of work")
