@@ -231,13 +231,36 @@ def preflight(app: QubesAdapter, job: Job, runs: list[history.Run],
     return Preflight(reachable, available or 0, listed, missed, problems)
 
 
+def job_destinations(client: CarrierClient, job: Job) -> tuple[str, ...]:
+    """Given the job's carrier and the job, return the destinations its
+    backups go to: the job's, else every one the carrier has; raise
+    UsageError if the job names one the carrier's carrier.yaml lacks."""
+    known = client.destinations()
+    if job.destinations is None:
+        return known
+    unknown = [destination for destination in job.destinations if destination not in known]
+    if unknown:
+        raise UsageError(f"destinations: {', '.join(unknown)}: not in the carrier.yaml of"
+                         f" {job.carrier} (it has {', '.join(known)})")
+    return job.destinations
+
+
+def destination_space(app: QubesAdapter, job: Job,
+                      destinations: tuple[str, ...]) -> dict[str, int]:
+    """Given a job and its destinations, return each one's available bytes
+    (`info`); raise the first one's error if one does not answer."""
+    return {destination: CarrierClient(app, job.carrier, job.answer_timeout,
+                                       destination).info().available
+            for destination in destinations}
+
+
 def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Context,
             tried: set[str]) -> Published:
     """Given a checked job, take one backup to each of its destinations that
     answers; return where it was committed and where not; raise on any
     failure, or when no destination committed it."""
     client = CarrierClient(app, job.carrier, job.answer_timeout)
-    wanted = job.destinations or client.destinations()
+    wanted = job_destinations(client, job)
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
     runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]

@@ -6,6 +6,7 @@ offsite behind a relay the test takes down; testbed/destinations.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,52 @@ def test_restore_with_the_first_destination_down_restores_from_the_second(
             break
     else:
         pytest.fail("the restore wrote no image of work")
+
+
+def jobs_file(dom0: Dom0, destinations: str) -> Path:
+    path = dom0.passfile.parent / "qbackup.yaml"
+    path.write_text(f"jobs:\n  daily:\n    carrier: {CARRIER}\n    prefix: laptop\n"
+                    f"    passphrase_file: {dom0.passfile}\n    vms: [work]\n"
+                    f"    destinations: {destinations}\n")
+    return path
+
+
+def test_config_check_and_a_dry_run_ask_each_destination_and_refuse_an_unknown_one(
+        dom0: Dom0, two: TwoDestinations, capsys: pytest.CaptureFixture[str]) -> None:
+    path = jobs_file(dom0, "[offsite, home]")
+    assert dom0.run("config", "check", "--config", str(path)) == 0
+    assert capsys.readouterr().out.startswith(
+        f"daily: ok: 1 VM(s), carrier {CARRIER} reaches offsite (")
+    assert dom0.run("backup", "--job", "daily", "--config", str(path), "--dry-run",
+                    "--json") == 0
+    assert set(json.loads(capsys.readouterr().out)["destinations"]) == {HOME, OFFSITE}
+    path = jobs_file(dom0, "[home, nas]")
+    assert dom0.run("config", "check", "--config", str(path)) == QbackupExit.USAGE
+    assert f"destinations: nas: not in the carrier.yaml of {CARRIER} (it has home, offsite)" \
+        in capsys.readouterr().out
+    assert dom0.run("backup", "--job", "daily", "--config", str(path)) == QbackupExit.USAGE
+    assert stored(two, HOME) == stored(two, OFFSITE) == {}
+
+
+def test_a_job_naming_one_destination_sends_to_it_alone(dom0: Dom0, two: TwoDestinations
+                                                        ) -> None:
+    path = jobs_file(dom0, "[offsite]")
+    assert dom0.run("backup", "--job", "daily", "--config", str(path)) == 0
+    assert stored(two, HOME) == {} and len(stored(two, OFFSITE)) == 1
+    assert [run.destination for run in history.read_runs(dom0.history)] == [OFFSITE]
+
+
+def test_the_tamper_check_runs_per_destination(
+        dom0: Dom0, two: TwoDestinations, capsys: pytest.CaptureFixture[str]) -> None:
+    assert backup(dom0) == 0
+    [name] = stored(two, OFFSITE)
+    # Threat: one server (here offsite) shrinks a backup; home still holds it whole.
+    with open(two.account(OFFSITE).storage / name, "r+b") as handle:
+        handle.truncate(100)
+    capsys.readouterr()
+    assert dom0.run("status", "--remote") == QbackupExit.VERIFY
+    out = capsys.readouterr().out
+    assert f"TAMPERING? {name}: shrank from " in out and f"(on {OFFSITE})" in out
+    assert f"(on {HOME})" not in out
+    assert backup(dom0) == QbackupExit.VERIFY  # the next backup's own check finds it too
+    assert dom0.logged(f"TAMPERING? {name}: shrank from ")
