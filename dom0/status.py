@@ -47,8 +47,10 @@ class JobStatus:
     pruned: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     strangers: list[str] = field(default_factory=list)
-    # The last success per destination, and the destinations the job names.
+    # Per destination: the last success and the last run (a run that failed
+    # before any destination answered counts for each); the job's own list.
     successes: dict[str, history.Run] = field(default_factory=dict)
+    lasts: dict[str, history.Run] = field(default_factory=dict)
     named: tuple[str, ...] = ()
 
     def age(self, now: float) -> float | None:
@@ -57,8 +59,8 @@ class JobStatus:
 
     def destinations(self) -> list[str]:
         """Return the destinations to judge: those the job names, then those
-        with a success in the history."""
-        return list(dict.fromkeys([*self.named, *self.successes]))
+        its history names (one that never got a backup included)."""
+        return list(dict.fromkeys([*self.named, *self.lasts]))
 
     def stale(self, now: float, max_age: float | None) -> list[str]:
         """Given the time now and the --max-age (None: none), return a line
@@ -104,6 +106,10 @@ def job_table(runs: list[history.Run], jobs: dict[str, config.Job],
         if run.outcome == history.OUTCOME_OK and run.name:
             status.success = run
             status.successes[run.destination or DEFAULT_DESTINATION] = run
+        if run.destination is not None:
+            status.lasts[run.destination] = run
+        else:
+            status.lasts = dict.fromkeys(status.lasts, run)
         status.last = run
     for name, problems in broken.items():
         table[name].broken = problems
@@ -154,14 +160,17 @@ def show(status: JobStatus, now: float) -> None:
         say(f"{status.job}: no successful backup yet" + (f" (last run: {last})"
                                                           if status.last else ""))
     several = status.destinations() != [DEFAULT_DESTINATION]
-    for destination in status.named if success is not None else ():
-        if destination not in status.successes:
-            say(f"{status.job}: no successful backup on {destination} yet")
-    for destination, run in status.successes.items():
+    for destination in status.destinations() if success is not None else ():
+        run = status.successes.get(destination)
         where = f" on {destination}" if several else ""
+        latest = status.lasts.get(destination)
+        last_here = history.shown_outcome(latest.outcome) if latest else last
+        if run is None:
+            say(f"{status.job}: no successful backup{where} yet (last run: {last_here})")
+            continue
         say(f"{status.job}: last success{where} {run.name} at {show_time(run.end)}"
             f" ({show_age(now - run.end)} ago), {human_size(run.size or 0)};"
-            f" {history.describe_transfer(run.transfer)}; last run: {last}")
+            f" {history.describe_transfer(run.transfer)}; last run: {last_here}")
     if status.pruned:
         say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
             f" ({status.policy})")

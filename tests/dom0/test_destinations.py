@@ -245,6 +245,22 @@ def test_status_shows_and_judges_each_destination(
     assert "daily: newest backup on offsite 40.0h old > 36h" in captured.err
     assert "on home" not in captured.err
     assert main(["-o", "status", "--max-age", "41h"]) == 0
+    assert "last run: failed (exit 75)" in capsys.readouterr().out  # offsite's, not home's
+
+
+@pytest.mark.usefixtures("quiet_state")
+def test_status_alarms_for_a_destination_that_never_got_a_backup(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The job names no destinations (all the carrier has); offsite always fails.
+    (tmp_path / "history.jsonl").write_text(
+        run_line("home", 2) + run_line("offsite", 2, "failed (exit 75): unreachable")
+        + run_line(None, 1, "failed (exit 5): another backup through this carrier is running"))
+    assert main(["-o", "status"]) == QbackupExit.STALE
+    captured = capsys.readouterr()
+    assert "daily: no successful backup on offsite yet (last run: failed (exit 5)" \
+        in captured.out
+    assert "daily: no successful backup on offsite yet" in captured.err
+    assert "default" not in captured.out + captured.err
 
 
 @pytest.mark.usefixtures("quiet_state")
