@@ -156,3 +156,22 @@ def test_the_tamper_check_runs_per_destination(
     assert f"(on {HOME})" not in out
     assert backup(dom0) == QbackupExit.VERIFY  # the next backup's own check finds it too
     assert dom0.logged(f"TAMPERING? {name}: shrank from ")
+
+
+def test_check_verify_and_drill_ask_the_destination_given(
+        dom0: Dom0, two: TwoDestinations, capsys: pytest.CaptureFixture[str]) -> None:
+    assert backup(dom0) == 0
+    [name] = stored(two, OFFSITE)
+    where = ["-t", CARRIER, "--destination", OFFSITE]
+    passphrase = ["-p", str(dom0.passfile)]
+    assert dom0.run("check", *where, name) == 0
+    assert dom0.run("verify", *where, *passphrase, name) == 0
+    assert dom0.run("drill", "-f", "laptop", *where, *passphrase) == 0
+    two.proxy.down()  # offsite gone: each of them says so; home still answers
+    for argv in (["check", *where, name], ["verify", *where, *passphrase, name],
+                 ["drill", "-f", "laptop", *where, *passphrase]):
+        assert dom0.run(*argv) == QbackupExit.TEMPFAIL, argv
+    assert dom0.logged(f"via {CARRIER} ({OFFSITE}): the server is unreachable")
+    assert dom0.run("check", "-t", CARRIER, "--destination", HOME, name) == 0
+    assert dom0.run("list", "-t", CARRIER, "--destination", HOME) == 0
+    assert name in capsys.readouterr().out
