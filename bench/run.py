@@ -19,10 +19,13 @@ Then, in the same run:
   shell loop the shell's one-thread receive loop against the old writer
              thread (bench/shell_loop.py);
   memory     qbackup once more with --flat-gib of data: carrier and shell
-             peak RSS must not grow with the backup.
+             peak RSS must not grow with the backup;
+  two destinations  one carrier feeding two servers against one
+             (bench/destinations.py); --only-destinations runs this alone.
 
 Usage: python -m bench.run [--gib 2] [--rate-mb 150] [--flat-gib 8]
                            [--rounds 3] [--ack-reps 2] [--loop-reps 3]
+                           [--dest-rounds 2] [--dest-rss-gib 2,8] [--only-destinations]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import shell_loop
+from bench import destinations, shell_loop
 from bench.carrier_overhead import add_sink_account, bare_argv, carrier_argv, run_sender
 from bench.sampler import PeakRss, ProcessSampler
 from testbed.carrier import carrier_config, write_carrier_config
@@ -338,7 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="sender CPU rounds (default 3)")
     parser.add_argument("--ack-reps", type=int, default=2, help="runs per acks variant (default 2)")
     parser.add_argument("--loop-reps", type=int, default=3, help="shell loop reps (default 3)")
+    parser.add_argument("--dest-rounds", type=int, default=2,
+                        help="runs per destination count (default 2)")
+    parser.add_argument("--dest-rss-gib", default="2,8",
+                        help="sizes for the two-destination peak RSS (default 2,8)")
+    parser.add_argument("--only-destinations", action="store_true",
+                        help="run the two-destination section only")
     args = parser.parse_args(argv)
+    if args.only_destinations:
+        return only_destinations(args)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
 
     size = int(args.gib * GIB)
@@ -405,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(source, "rb") as whole, open(head, "wb") as part:
             for _ in range(0, small, MIB):  # 1 MiB at a time: our RSS would become children's
                 part.write(whole.read(min(MIB, small - part.tell())))
+        fan_out = destinations_section(server, workdir, source, args)
         source.unlink()
         LOG.info("acks: every 16M vs none, %d MiB, A B C C B A", small // MIB)
         acks = bench_acks(server, account, workdir, head, args.ack_reps)
@@ -498,7 +510,42 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"- writer thread / one thread: {threaded / single:.2f} "
           "(the thread would be kept only at >= 1.10)")
+    print()
+    print(fan_out)
     return 0
+
+def destinations_section(server: BackupServer, workdir: Path, source: Path,
+                         args: argparse.Namespace) -> str:
+    """Run the two-destination section from SOURCE; return its report."""
+    LOG.info("two destinations against one, %d rounds", args.dest_rounds)
+    sizes = [float(gib) for gib in args.dest_rss_gib.split(",") if gib]
+    return destinations.measure(server, workdir, source, args.dest_rounds, sizes,
+                                args.rate_mb * MB)
+
+
+def only_destinations(args: argparse.Namespace) -> int:
+    """Run the two-destination section alone (--only-destinations) and print it."""
+    logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
+    began = time.monotonic()
+    with (
+        BackupServer.create() as server,
+        tempfile.TemporaryDirectory(prefix="qbackup-bench-", dir="/var/tmp") as work,
+    ):
+        workdir = Path(work)
+        server.write_shell_config(SHELL_CONFIG)
+        server.start()
+        source = workdir / "source.bin"
+        subprocess.run([*producer_argv(int(args.gib * GIB), 0), "--output", str(source)],
+                       check=True)
+        report = destinations_section(server, workdir, source, args)
+    print()
+    print(f"`python -m bench.run --only-destinations` ({(time.monotonic() - began) / 60:.1f} "
+          f"min), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {versions()}; "
+          f"{os.cpu_count()} cores")
+    print()
+    print(report)
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from carrier_vm.abort import ABORT_WAIT, abort_puts, register_put
 from carrier_vm.arguments import PROGRAM, Printout, parse_arguments
@@ -25,10 +25,12 @@ from qbackup_protocol.carrier_service import (
     DEFAULT_DESTINATION,
     CarrierExit,
     DestinationList,
-    DestinationOutcome,
     overall_exit,
 )
 from qbackup_protocol.wire import encode_reply
+
+if TYPE_CHECKING:  # imported when needed: asyncssh is slow to import
+    from carrier_vm.outcomes import Ended
 
 logger = logging.getLogger("carrier_vm")
 
@@ -67,9 +69,7 @@ def configure_logging(environ: Mapping[str, str]) -> None:
         root.addHandler(syslog)
 
 
-async def run_request(
-    request: Request, configs: tuple[CarrierConfig, ...]
-) -> tuple[DestinationOutcome, ...]:
+async def run_request(request: Request, configs: tuple[CarrierConfig, ...]) -> tuple[Ended, ...]:
     """Given a Request and the configs of the destinations it is for, carry
     it out, with the abort signals cancelling it; return the outcome of each
     destination for put and commit (nothing for the rest); raise a
@@ -112,8 +112,8 @@ async def run_request(
                                                 sys.stdin.fileno(), stopping)
             else:
                 outcomes = await commit_everywhere(name, configs, stopping)
-            for outcome in outcomes:
-                output.write(encode_reply(outcome.to_reply()))
+            for ended in outcomes:
+                output.write(encode_reply(ended.outcome.to_reply()))
             output.flush()
             return outcomes
         async with open_link(configs[0], stopping) as link:
@@ -198,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             return CarrierExit.OK
         outcomes = asyncio.run(run_request(request, chosen))
-        for outcome in outcomes:
-            if outcome.exit != CarrierExit.OK:
-                where = "" if chosen == destinations.configs[:1] and \
-                    outcome.destination == DEFAULT_DESTINATION else f"{outcome.destination}: "
-                sys.stderr.write(f"{PROGRAM}: {where}{outcome.reason}\n")
+        for ended in outcomes:
+            if ended.message:
+                where = ended.outcome.destination
+                shown = "" if where == DEFAULT_DESTINATION else f"{where}: "
+                sys.stderr.write(f"{PROGRAM}: {shown}{ended.message}\n")
         if outcomes:
-            return overall_exit(outcomes)
+            return overall_exit(ended.outcome for ended in outcomes)
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")

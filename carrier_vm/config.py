@@ -290,8 +290,8 @@ def note_lines(node: yaml.MappingNode, prefix: str, lines: dict[str, int],
         key = prefix + str(key_node.value)
         if key in lines:
             again[key] = key_node.start_mark.line + 1
-        else:
-            lines[key] = key_node.start_mark.line + 1
+            continue  # its own keys are not given twice: it is
+        lines[key] = key_node.start_mark.line + 1
         nested = key == DESTINATIONS_KEY or prefix == f"{DESTINATIONS_KEY}."
         if nested and isinstance(value_node, yaml.MappingNode):
             note_lines(value_node, f"{key}.", lines, again)

@@ -19,8 +19,8 @@ and GIL hand-overs after every short read; docs/PERFORMANCE.md).
 Each buffer is page-aligned memory (an anonymous mmap) with the payload at
 offset PAYLOAD_AT, a multiple of 64: the kernel's copy into an unaligned
 destination costs several times more per byte. The 5-byte frame header goes
-right before the payload byte a write starts at, so header and payload
-leave in one write.
+right before the payload, so header and payload leave in one write (a
+resume from inside a frame sends a copy: several destinations share it).
 """
 
 from __future__ import annotations

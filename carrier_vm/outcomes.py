@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from carrier_vm.commit import commit_backup
 from carrier_vm.config import CarrierConfig
@@ -29,15 +30,28 @@ logger = logging.getLogger(__name__)
 Stopping = Callable[[], bool]
 
 
-def failed(destination: str, error: CarrierError) -> DestinationOutcome:
+@dataclass(frozen=True)
+class Ended:
+    """How one destination ended: its OUTCOME for dom0 and, if it failed,
+    the whole error MESSAGE for stderr (the outcome's reason is shortened)."""
+
+    outcome: DestinationOutcome
+    message: str = ""
+
+
+def succeeded(destination: str, record: BackupRecord) -> Ended:
+    return Ended(DestinationOutcome(destination, record, CarrierExit.OK))
+
+
+def failed(destination: str, error: CarrierError) -> Ended:
     """Given a destination and the error its part of the run ended with,
     return its failed outcome (the reason one short printable line)."""
     reason = one_line(str(error), MAX_REASON - 3) or type(error).__name__
-    return DestinationOutcome(destination, None, error.exit_code, reason)
+    return Ended(DestinationOutcome(destination, None, error.exit_code, reason), str(error))
 
 
 async def put_everywhere(name: str, then_commit: bool, configs: tuple[CarrierConfig, ...],
-                         fd: int, stopping: Stopping) -> tuple[DestinationOutcome, ...]:
+                         fd: int, stopping: Stopping) -> tuple[Ended, ...]:
     """Given a valid NAME, whether to commit right after, the destinations'
     CONFIGS, the input FD and whether a signal stopped the run, put FD to
     every destination at once; return their outcomes in the order of CONFIGS."""
@@ -45,7 +59,7 @@ async def put_everywhere(name: str, then_commit: bool, configs: tuple[CarrierCon
     stream = Stream(reader)
     outboxes = [Outbox(stream, config.destination, config.progress_timeout)
                 for config in configs]
-    tasks: dict[str, asyncio.Task[DestinationOutcome]] = {}
+    tasks: dict[str, asyncio.Task[Ended]] = {}
     stream.on_drop = lambda outbox: cancel_until_done(tasks[outbox.destination])
     try:
         for config, outbox in zip(configs, outboxes, strict=True):
@@ -59,7 +73,7 @@ async def put_everywhere(name: str, then_commit: bool, configs: tuple[CarrierCon
 
 
 async def put_one(name: str, then_commit: bool, config: CarrierConfig, outbox: Outbox,
-                  stopping: Stopping) -> DestinationOutcome:
+                  stopping: Stopping) -> Ended:
     """Given NAME, whether to commit right after, one destination's config
     and outbox, put the stream there; return its outcome (leaving the
     Stream however it ends)."""
@@ -74,7 +88,7 @@ async def put_one(name: str, then_commit: bool, config: CarrierConfig, outbox: O
             save_receipt(os.environ, destination, record)
             if then_commit:
                 record = await commit_backup(link, name, config, record)
-        return DestinationOutcome(destination, record, CarrierExit.OK)
+        return succeeded(destination, record)
     except asyncio.CancelledError:
         if not outbox.dropped:
             raise
@@ -86,7 +100,7 @@ async def put_one(name: str, then_commit: bool, config: CarrierConfig, outbox: O
 
 
 async def commit_everywhere(name: str, configs: tuple[CarrierConfig, ...],
-                            stopping: Stopping) -> tuple[DestinationOutcome, ...]:
+                            stopping: Stopping) -> tuple[Ended, ...]:
     """Given a valid NAME and the destinations' CONFIGS, commit NAME on each
     where the last put of NAME from this VM staged it (on every one when
     this VM kept no receipt of NAME); return their outcomes in order."""
@@ -99,18 +113,18 @@ async def commit_everywhere(name: str, configs: tuple[CarrierConfig, ...],
 
 
 async def commit_one(name: str, config: CarrierConfig, sent: BackupRecord | None,
-                     stopping: Stopping) -> DestinationOutcome:
+                     stopping: Stopping) -> Ended:
     """Given NAME, one destination's config and the receipt its put verified
     (if kept), commit NAME there; return its outcome."""
     try:
         async with open_link(config, stopping, patient=True) as link:
             record = await commit_backup(link, name, config, sent)
-        return DestinationOutcome(config.destination, record, CarrierExit.OK)
+        return succeeded(config.destination, record)
     except CarrierError as error:
         return failed(config.destination, error)
 
 
-def cancel_until_done(task: asyncio.Task[DestinationOutcome]) -> None:
+def cancel_until_done(task: asyncio.Task[Ended]) -> None:
     """Given a destination's task, cancel it, again until it ends (Python
     3.11's wait_for can swallow a cancel)."""
     if not task.done():

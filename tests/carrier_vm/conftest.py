@@ -5,6 +5,7 @@ server stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -160,6 +161,34 @@ def stored_files(account: Account) -> list[str]:
             files = [f for f in files if f not in SHELL_LOCKS]
         found += [str(Path(root, name).relative_to(account.storage)) for name in files]
     return sorted(found)
+
+
+def receipt_of(stdout: bytes) -> dict[str, object]:
+    """Given the stdout of a put or commit to the one destination `default`,
+    return the receipt its outcome line carries (asserting it is that line)."""
+    value = json.loads(stdout)
+    assert set(value) == {"destination", "receipt"}, value
+    assert value["destination"] == "default" and stdout.count(b"\n") == 1, stdout
+    return dict(value["receipt"])
+
+
+def failed_exit(stdout: bytes) -> int:
+    """Given the stdout of a put or commit to the one destination `default`
+    that failed, return the exit status its outcome line names (asserting
+    it is that one failed line, with no receipt)."""
+    value = json.loads(stdout)
+    assert set(value) == {"destination", "failed"}, value
+    assert value["destination"] == "default" and stdout.count(b"\n") == 1, stdout
+    return int(value["failed"]["exit"])
+
+
+def assert_no_result(verb: str, result: subprocess.CompletedProcess[bytes]) -> None:
+    """Given a verb and its failed run, assert it printed no result: for put
+    and commit only the failed outcome line, for the others nothing."""
+    if verb in ("put", "commit"):
+        assert failed_exit(result.stdout) == result.returncode
+    else:
+        assert result.stdout == b""
 
 
 def assert_one_safe_line(stderr: bytes) -> None:

@@ -12,12 +12,18 @@ same directory or the admin's prune removes it after `pending_max_age`.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, call_service, stored_files
+from tests.carrier_vm.conftest import (
+    Carrier,
+    assert_one_safe_line,
+    call_service,
+    failed_exit,
+    receipt_of,
+    stored_files,
+)
 
 DAY = 86400
 EMPTY_LISTING = b'{"count":0,"end":true,"truncated":false}\n'
@@ -28,7 +34,7 @@ def test_put_only_stages_an_upload_that_ended_in_a_clean_eof(carrier: Carrier) -
     truncated = os.urandom(3 * 1024 * 1024)[: 1024 * 1024 + 5]
     put = carrier.run("put", "host/2026-01-03", data=truncated)
     assert put.returncode == 0, put.stderr  # the carrier cannot know
-    assert json.loads(put.stdout)["size"] == len(truncated)
+    assert receipt_of(put.stdout)["size"] == len(truncated)
     listing = carrier.run("list")
     assert (listing.returncode, listing.stdout) == (0, EMPTY_LISTING)
     for verb in ("get", "check"):
@@ -44,7 +50,7 @@ def test_commit_publishes_what_put_staged_byte_exact(carrier: Carrier) -> None:
     commit = carrier.run("commit", "host/b")
     assert commit.returncode == 0, commit.stderr
     assert commit.stderr == b""
-    assert json.loads(commit.stdout) == json.loads(put.stdout)
+    assert receipt_of(commit.stdout) == receipt_of(put.stdout)
     got = carrier.run("get", "host/b")
     assert got.returncode == 0 and got.stdout == data, got.stderr
     assert stored_files(carrier.account) == ["host/.b.sha256", "host/b"]
@@ -52,7 +58,7 @@ def test_commit_publishes_what_put_staged_byte_exact(carrier: Carrier) -> None:
 
 def test_commit_without_a_put_exits_66(carrier: Carrier) -> None:
     result = carrier.run("commit", "never/put")
-    assert (result.returncode, result.stdout) == (66, b"")
+    assert (result.returncode, failed_exit(result.stdout)) == (66, 66)
     assert b"nothing staged" in result.stderr
     assert_one_safe_line(result.stderr)
 
@@ -61,14 +67,14 @@ def test_commit_twice_the_second_exits_66(carrier: Carrier) -> None:
     assert carrier.run("put", "--commit", "once", data=b"x").returncode == 0
     before = stored_files(carrier.account)
     again = carrier.run("commit", "once")
-    assert (again.returncode, again.stdout) == (66, b"")
+    assert (again.returncode, failed_exit(again.stdout)) == (66, 66)
     assert stored_files(carrier.account) == before
 
 
 def test_put_of_a_staged_name_is_refused_and_keeps_the_staged_upload(carrier: Carrier) -> None:
     assert carrier.run("put", "twin", data=b"first").returncode == 0
     again = carrier.run("put", "--commit", "twin", data=b"second")
-    assert (again.returncode, again.stdout) == (CarrierExit.EXISTS, b"")
+    assert (again.returncode, failed_exit(again.stdout)) == (CarrierExit.EXISTS,) * 2
     assert b"staged" in again.stderr
     assert carrier.run("commit", "twin").returncode == 0
     assert carrier.run("get", "twin").stdout == b"first"
@@ -89,8 +95,8 @@ def test_qrexec_service_commit_publishes_once(carrier: Carrier) -> None:
     assert put.returncode == 0, put.stderr
     commit = call_service(carrier, "commit", b"host/2026-01-04\n")
     assert commit.returncode == 0, commit.stderr
-    assert json.loads(commit.stdout) == json.loads(put.stdout)
+    assert receipt_of(commit.stdout) == receipt_of(put.stdout)
     assert call_service(carrier, "get", b"host/2026-01-04\n").stdout == data
     again = call_service(carrier, "commit", b"host/2026-01-04\n")
-    assert (again.returncode, again.stdout) == (66, b"")
+    assert (again.returncode, failed_exit(again.stdout)) == (66, 66)
     assert_one_safe_line(again.stderr)

@@ -33,7 +33,9 @@ from tests.carrier_vm.conftest import (
     CARRIER_SETTINGS,
     Carrier,
     assert_one_safe_line,
+    failed_exit,
     finish_put,
+    receipt_of,
     reconfigure_proxied,
     stored_files,
 )
@@ -73,7 +75,7 @@ def test_a_commit_whose_session_dies_after_publishing_exits_0(
     stdout, stderr = finish_put(commit)
 
     assert commit.returncode == 0, stderr
-    assert json.loads(stdout) == json.loads(put.stdout)
+    assert receipt_of(stdout) == receipt_of(put.stdout)
     assert b"connection lost while committing" in stderr
     # Its probe: commit again (nothing staged any more), then the listing.
     assert shell_log(carrier, f"command=commit {name} outcome=missing")
@@ -110,7 +112,7 @@ def test_put_commit_whose_commit_session_dies_after_publishing_exits_0(
     stdout, stderr = finish_put(process)
 
     assert process.returncode == 0, stderr
-    record = json.loads(stdout)
+    record = receipt_of(stdout)
     assert (record["size"], record["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
     assert b"connection lost while committing" in stderr
     assert_listed_byte_exact(carrier, name, data)
@@ -141,13 +143,13 @@ def test_a_commit_killed_before_publishing_commits_again_or_fails_with_the_reaso
     assert b"connection lost while committing" in stderr
     if staged == "kept":
         assert commit.returncode == 0, stderr
-        assert json.loads(stdout) == json.loads(put.stdout)
+        assert receipt_of(stdout) == receipt_of(put.stdout)
         assert shell_log(carrier, f"command=commit {name} outcome=ok")
         assert_listed_byte_exact(carrier, name, data)
     else:
         assert commit.returncode == CarrierExit.NO_SUCH_BACKUP, stderr
         assert stderr.endswith(b"neither staged nor listed on the server: nothing was committed\n")
-        assert stdout == b""
+        assert failed_exit(stdout) == commit.returncode
         assert name not in stored_files(carrier.account)
 
 
@@ -167,7 +169,7 @@ def test_a_commit_that_cannot_learn_its_outcome_within_the_window_exits_75(
     assert commit.returncode == CarrierExit.TEMPORARY, stderr
     assert b"not resumed within resume_window" in stderr
     assert_one_safe_line(stderr)
-    assert stdout == b""
+    assert failed_exit(stdout) == commit.returncode
 
 
 # --- the first connection of a put --------------------------------------------

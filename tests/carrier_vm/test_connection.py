@@ -12,7 +12,7 @@ import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
 from testbed.server import free_port
-from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, stored_files
+from tests.carrier_vm.conftest import Carrier, assert_one_safe_line, failed_exit, stored_files
 
 
 def other_host_key(tmp_path: Path) -> str:
@@ -41,7 +41,7 @@ def test_put_refuses_an_unpinned_host_key_before_sending_data(
     assert result.returncode == 77
     assert b"host key" in result.stderr and str(known_hosts).encode() in result.stderr
     assert_one_safe_line(result.stderr)
-    assert result.stdout == b""
+    assert failed_exit(result.stdout) == 77
     assert stored_files(carrier.account) == []
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
-from tests.carrier_vm.conftest import INTERPRETERS, Carrier, add_account, assert_one_safe_line
+from tests.carrier_vm.conftest import (
+    INTERPRETERS,
+    Carrier,
+    add_account,
+    assert_no_result,
+    assert_one_safe_line,
+    failed_exit,
+    receipt_of,
+)
 
 HOSTILE_SOURCE = Path(__file__).with_name("hostile_shell.py")
 
@@ -69,7 +77,7 @@ def test_put_commit_refuses_a_tampered_commit_receipt(hostile: Carrier, mode: st
     set_mode(hostile, mode)
     result = hostile.run("put", "--commit", "b", data=os.urandom(10_000), timeout=30)
     assert result.returncode == 65, result.stderr
-    assert result.stdout == b""
+    assert failed_exit(result.stdout) == 65
     assert_one_safe_line(result.stderr)
 
 
@@ -92,10 +100,10 @@ def test_commit_alone_refuses_a_receipt_for_another_backup_or_garbage(
     result = hostile.run("commit", "b", timeout=30)
     assert result.returncode == code, result.stderr
     if code:
-        assert result.stdout == b""
+        assert failed_exit(result.stdout) == code
         assert_one_safe_line(result.stderr)
     else:
-        assert json.loads(result.stdout)["name"] == "b"
+        assert receipt_of(result.stdout)["name"] == "b"
 
 
 @pytest.mark.parametrize(
@@ -118,7 +126,7 @@ def test_put_refuses_a_tampered_receipt(hostile: Carrier, mode: str) -> None:
     set_mode(hostile, mode)
     result = hostile.run("put", "b", data=os.urandom(100_000), timeout=30)
     assert result.returncode == 65, result.stderr
-    assert result.stdout == b""
+    assert failed_exit(result.stdout) == 65
     assert_one_safe_line(result.stderr)
 
 
@@ -232,7 +240,7 @@ def test_server_error_text_is_shown_only_as_printable_ascii(hostile: Carrier, ve
     assert result.returncode == 69, result.stderr
     assert_one_safe_line(result.stderr)
     assert b"no ? space" in result.stderr  # the text is kept, defanged
-    assert result.stdout == b""
+    assert_no_result(verb, result)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +265,7 @@ def test_deeply_nested_json_in_a_reply_is_a_data_error(
     set_mode(hostile, "nested")
     result = hostile.run(*args, data=b"x" * 1000, timeout=30)
     assert result.returncode == CarrierExit.DATA, result.stderr
-    assert result.stdout == b""
+    assert_no_result(args[0], result)
     assert_one_safe_line(result.stderr)
     assert b"malformed" in result.stderr
 
@@ -327,7 +335,7 @@ def test_commit_after_a_put_in_this_vm_refuses_a_receipt_that_differs(
     assert hostile.run("put", "b", data=os.urandom(10_000)).returncode == 0
     result = hostile.run("commit", "b", timeout=30)
     assert result.returncode == CarrierExit.DATA, result.stderr
-    assert result.stdout == b""
+    assert failed_exit(result.stdout) == CarrierExit.DATA
     assert_one_safe_line(result.stderr)
 
 

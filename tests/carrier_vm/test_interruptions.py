@@ -20,6 +20,7 @@ from tests.carrier_vm.conftest import (
     Carrier,
     assert_never_stored,
     assert_one_safe_line,
+    failed_exit,
     start_put,
     stored_files,
 )
@@ -97,7 +98,7 @@ def test_full_server_disk_fails_the_put(
             "qbackup-carrier: the server refused: no space (reserve, quota, inodes) or another"
             f" upload is running (qbackup-shell: {SPACE_REFUSALS[limit]})\n")
         assert_one_safe_line(result.stderr)
-        assert result.stdout == b""
+        assert failed_exit(result.stdout) == 69
         listing = carrier.run("list")
         assert listing.returncode == 0, listing.stderr
         assert b"toolarge" not in listing.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from qbackup_protocol.carrier_service import CarrierExit
 from qbackup_protocol.wire import DEFAULT_DATA_FRAME, PROTOCOL_VERSION
-from tests.carrier_vm.conftest import INTERPRETERS, Carrier
+from tests.carrier_vm.conftest import INTERPRETERS, Carrier, failed_exit, receipt_of
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_put_list_check_get_round_trip_is_byte_exact(carrier: Carrier, size: int
 
     put = carrier.run("put", "--commit", "laptop/2026-01-01T00-00", data=data)
     assert put.returncode == 0, put.stderr
-    receipt = json.loads(put.stdout)
+    receipt = receipt_of(put.stdout)
     assert (receipt["name"], receipt["size"], receipt["sha256"]) == (
         "laptop/2026-01-01T00-00",
         size,
@@ -68,7 +68,7 @@ def test_put_refuses_an_existing_name_and_keeps_the_first(carrier: Carrier) -> N
     assert carrier.run("put", "--commit", "same", data=b"first").returncode == 0
     again = carrier.run("put", "same", data=b"second")
     assert again.returncode == CarrierExit.EXISTS
-    assert again.stdout == b""
+    assert failed_exit(again.stdout) == again.returncode
     assert carrier.run("get", "same").stdout == b"first"
 
 
