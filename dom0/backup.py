@@ -269,7 +269,8 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
     # Named only when the job names them or one is left out: a carrier that
     # predates destinations knows no --to.
     targets = tuple(ready.reachable) if job.destinations or ready.missed else None
-    spec = replace(job_profile(job, name, passphrase), destinations=targets)
+    spec = replace(job_profile(job, name, passphrase), destinations=targets,
+                   several=len(ready.reachable) > 1)
     with written_profile(app.profile_dir, spec) as profile:
         estimate = parse_estimate(app.backup_info(profile))
         check_space(estimate, ready.available)
@@ -331,8 +332,12 @@ def publish(client: CarrierClient, name: str, ready: Preflight) -> Published:
                                              f"{reason}: {clean_text(outcome.reason)}")
     for destination in ready.reachable:
         if destination not in records and destination not in missed:
-            missed[destination] = Missed(QbackupExit.CARRIER, "the carrier reports no commit"
-                                         " there (its upload failed)")
+            # The put dropped it (the carrier logs why in its journal; Qubes
+            # shows no one a put's output when it exits 0); commit reports
+            # only where the put staged.
+            missed[destination] = Missed(QbackupExit.CARRIER, "its upload failed during the"
+                                         " backup (journalctl -t qbackup-carrier in the"
+                                         " carrier says why)")
     if not records:
         first = next(outcome for outcome in outcomes if outcome.record is None)
         cls, _ = carrier_error(first.exit)

@@ -38,6 +38,7 @@ class ProfileSpec:
     passphrase_text: str | None = None
     passphrase_vm: str | None = None
     destinations: tuple[str, ...] | None = None  # None: every one the carrier has
+    several: bool = False  # the put goes to more than one destination
 
 
 def profile_name(carrier: str) -> str:
@@ -48,15 +49,23 @@ def profile_name(carrier: str) -> str:
     return f"qbackup-{safe}-{hashlib.sha256(carrier.encode()).hexdigest()[:8]}"
 
 
-def destination_path(name: str, destinations: tuple[str, ...] | None = None) -> str:
-    """Given a backup NAME and the carrier's DESTINATIONS to store it on
-    (None: every one it has), return the destination_path qubes.Backup will
-    eval. check_name allows only [A-Za-z0-9._/-] and a destination only
-    [a-z0-9_-]: no quote, space, '$' or newline can reach the carrier's `eval`."""
-    if destinations is None:
-        return f"{CARRIER_COMMAND} put {check_name(name)}"
-    names = ",".join(carrier_service.check_destinations(destinations))
-    return f"{CARRIER_COMMAND} put --to {names} {check_name(name)}"
+def destination_path(name: str, destinations: tuple[str, ...] | None = None,
+                     several: bool = False) -> str:
+    """Given a backup NAME, the carrier's DESTINATIONS to store it on (None:
+    every one it has) and whether those are SEVERAL, return the
+    destination_path qubes.Backup will eval. check_name allows only
+    [A-Za-z0-9._/-] and a destination only [a-z0-9_-]: no quote, space, '$'
+    or newline can reach the carrier's `eval`.
+
+    To several, the put exits 0 when some staged (--partial-ok): Qubes fails
+    the whole backup when the command exits non-zero (qubes/backup.py,
+    _monitor_process), and dom0 reads each destination's outcome from commit."""
+    words = [CARRIER_COMMAND, "put"]
+    if destinations is not None:
+        words += ["--to", ",".join(carrier_service.check_destinations(destinations))]
+    if several:
+        words.append("--partial-ok")
+    return " ".join([*words, check_name(name)])
 
 
 def render_profile(spec: ProfileSpec) -> str:
@@ -66,7 +75,7 @@ def render_profile(spec: ProfileSpec) -> str:
         "exclude": spec.exclude,
         "compression": spec.compression,
         "destination_vm": spec.carrier,
-        "destination_path": destination_path(spec.name, spec.destinations),
+        "destination_path": destination_path(spec.name, spec.destinations, spec.several),
     }
     if spec.passphrase_text is not None:
         body["passphrase_text"] = spec.passphrase_text

@@ -175,3 +175,26 @@ def test_check_verify_and_drill_ask_the_destination_given(
     assert dom0.run("check", "-t", CARRIER, "--destination", HOME, name) == 0
     assert dom0.run("list", "-t", CARRIER, "--destination", HOME) == 0
     assert name in capsys.readouterr().out
+
+
+def test_a_destination_lost_mid_stream_is_dropped_and_the_other_commits(
+        dom0: Dom0, two: TwoDestinations, notes: list[str]) -> None:
+    # offsite goes away for good a third of the way in: past its resume
+    # window the carrier drops it; home holds the buffer no longer and goes on.
+    two.write_config(**{**SETTINGS, "resume_window": 3, "resume_buffer": 4 * MIB})
+    dom0.server.write_shell_config("".join(f"[account {user.name}]\nsync_interval = 1M\n"
+                                           for user in (two.home, two.offsite)))
+    dom0.sim.vms["work"].size = 48 * MIB
+
+    def cut_offsite(percent: float) -> None:
+        if percent >= 30:
+            two.proxy.down()
+
+    dom0.sim.interventions.on_progress = cut_offsite
+    assert backup(dom0) == QbackupExit.PARTIAL
+    [(name, data)] = stored(two, HOME).items()
+    assert stored(two, OFFSITE) == {}
+    [ok] = [run for run in history.read_runs(dom0.history) if run.destination == HOME]
+    assert ok.sha256 == hashlib.sha256(data).hexdigest()
+    assert any(f"NOT on {OFFSITE}: its upload failed during the backup" in note
+               for note in notes)
