@@ -198,3 +198,15 @@ def test_a_destination_lost_mid_stream_is_dropped_and_the_other_commits(
     assert ok.sha256 == hashlib.sha256(data).hexdigest()
     assert any(f"NOT on {OFFSITE}: its upload failed during the backup" in note
                for note in notes)
+
+
+def test_both_destinations_unreachable_is_a_clean_failure_with_nothing_committed(
+        dom0: Dom0, two: TwoDestinations) -> None:
+    two.proxy.down()
+    two.write_config({HOME: {"port": free_port()}}, **SETTINGS)
+    assert backup(dom0) == QbackupExit.TEMPFAIL
+    assert stored(two, HOME) == stored(two, OFFSITE) == {}
+    # Neither answered before the backup: Qubes never ran it.
+    assert not [call for call in dom0.sim.calls if call[0] == "admin.backup.Execute"]
+    [run] = history.read_runs(dom0.history)
+    assert run.name is None and run.outcome.startswith("failed (exit 75)")
