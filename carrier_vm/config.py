@@ -441,6 +441,8 @@ def per_destination(mapping: Any, problems: Problems) -> dict[str, dict[str, Any
     for name, settings in mapping.items():
         prefix = f"{DESTINATIONS_KEY}.{clean_text(str(name), MAX_SHOWN)}"
         try:
+            # Threat: a name that is a path or shell syntax: it becomes a
+            # directory in this VM and a word of dom0's command lines.
             check_destination(name)
         except ProtocolError as error:
             problems.add(prefix, str(error))

@@ -81,6 +81,8 @@ def service_request(
     lines = read_lines(stdin_fd, 2 if argument in VERBS_WITH_DESTINATION else 1)
     destinations = None
     try:
+        # Threat: a destination naming a path: it becomes a directory name
+        # in this VM (receipts, stats), so only DESTINATION_PATTERN passes.
         if len(lines) == 2:
             destinations = (check_destination(lines[1]),)
     except ProtocolError as error:

@@ -35,7 +35,9 @@ def stats_path(environ: Mapping[str, str], name: str, destination: str,
                subdir: str = TRANSFERS_SUBDIR) -> Path:
     """Given the environment, a valid backup NAME and a valid DESTINATION,
     return where its stats (or, with RECEIPTS_SUBDIR, its receipt) live (the
-    name hashed: names contain '/')."""
+    name hashed: names contain '/'). DESTINATION was checked against
+    DESTINATION_PATTERN wherever it came from (carrier.yaml, --to, --from):
+    one path component, never '..' or a path."""
     home = environ.get("HOME") or os.path.expanduser("~")
     digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:32]
     return Path(home) / subdir / destination / f"{digest}.json"

@@ -15,7 +15,7 @@ from qbackup_protocol.carrier_service import (
     parse_transfer_stats,
 )
 from testbed.destinations import TwoDestinations
-from tests.carrier_vm.conftest import Carrier, call_service
+from tests.carrier_vm.conftest import CARRIER_SETTINGS, Carrier, call_service
 
 MIB = 1024 * 1024
 
@@ -100,3 +100,37 @@ def test_the_service_names_the_destinations_and_asks_the_one_on_the_second_line(
     assert check.returncode == CarrierExit.NO_SUCH_BACKUP, check.stderr
     info = call_service(carrier, "info", b"\noffsite\n")
     assert info.returncode == 0 and b"protocol" in info.stdout, info.stderr
+
+
+def test_a_commit_that_fails_on_one_destination_is_partial(
+    two_destinations: tuple[Carrier, TwoDestinations],
+) -> None:
+    carrier, two = two_destinations
+    data = os.urandom(2 * MIB)
+    put = carrier.run("put", "half-1", data=data)
+    assert put.returncode == 0, put.stderr
+    two.write_config({"offsite": {"resume_window": 2}}, **CARRIER_SETTINGS)
+    two.proxy.down()
+    commit = carrier.run("commit", "half-1")
+    assert commit.returncode == CarrierExit.PARTIAL, commit.stderr
+    home, offsite = parse_outcomes(commit.stdout, "half-1")
+    assert (home.destination, home.exit) == ("home", CarrierExit.OK)
+    assert (offsite.destination, offsite.exit) == ("offsite", CarrierExit.TEMPORARY)
+    assert commit.stderr.startswith(b"qbackup-carrier: offsite: ")
+    assert (two.home.storage / "half-1").read_bytes() == data
+    assert not (two.offsite.storage / "half-1").exists()
+
+
+def test_the_destinations_verb_lists_carrier_yamls_in_order(
+    two_destinations: tuple[Carrier, TwoDestinations],
+) -> None:
+    carrier, _ = two_destinations
+    listed = carrier.run("destinations")
+    assert listed.returncode == 0, listed.stderr
+    assert parse_destination_list(listed.stdout).names == ("home", "offsite")
+
+
+def test_a_carrier_yaml_with_host_only_has_the_destination_default(carrier: Carrier) -> None:
+    single = carrier.run("destinations")
+    assert single.returncode == 0, single.stderr
+    assert parse_destination_list(single.stdout).names == ("default",)
