@@ -27,9 +27,14 @@ VERSION_WORD = "--version"
 COMMIT_OPTION = "--commit"  # put: commit right after
 TO_OPTION = "--to"  # put: these destinations only (comma-separated)
 FROM_OPTION = "--from"  # list, check, get, info: this destination, not the first
+# put: exit 0 when some destinations staged. Qubes' backup engine fails the
+# whole backup when its command exits non-zero (qubes/backup.py,
+# _monitor_process), so dom0 passes it and learns the rest from commit.
+PARTIAL_OK_OPTION = "--partial-ok"
+FLAGS = (COMMIT_OPTION, PARTIAL_OK_OPTION)  # the options that take no value
 # How usage shows each option.
 OPTION_USAGE = {COMMIT_OPTION: COMMIT_OPTION, TO_OPTION: f"{TO_OPTION} D[,D...]",
-                FROM_OPTION: f"{FROM_OPTION} D"}
+                FROM_OPTION: f"{FROM_OPTION} D", PARTIAL_OK_OPTION: PARTIAL_OK_OPTION}
 WIDTH = 78
 SHOWN_WORD = 40  # characters of a refused word repeated in its error
 
@@ -68,11 +73,13 @@ VERBS: dict[str, Verb] = {
         "within resume_window; a destination that holds the shared buffer without "
         "progress for progress_timeout is dropped and the others go on. Exits 0 when "
         f"every destination staged, {int(CarrierExit.PARTIAL)} when some did. stdin "
-        f"may not be a terminal. {COMMIT_OPTION} commits right after, for standalone use.",
+        f"may not be a terminal. {COMMIT_OPTION} commits right after, for standalone use; "
+        f"{PARTIAL_OK_OPTION} exits 0 when some staged (Qubes fails a backup whose "
+        "command exits non-zero; dom0 commits and reads each outcome from commit).",
         (f"qbackup-carrier put {COMMIT_OPTION} test-1 < backup.bin",
          f"qbackup-carrier put {TO_OPTION} home,offsite laptop-1 < backup.bin"),
         (*FANOUT_CODES, CarrierExit.EXISTS),
-        (TO_OPTION, COMMIT_OPTION),
+        (TO_OPTION, COMMIT_OPTION, PARTIAL_OK_OPTION),
     ),
     "commit": Verb(
         "NAME",
@@ -258,6 +265,7 @@ class Chosen:
 
     then_commit: bool = False
     destinations: tuple[str, ...] | None = None
+    partial_ok: bool = False
 
 
 def option_name(word: str) -> str:
@@ -270,13 +278,15 @@ def take_option(verb: str, words: list[str], chosen: Chosen) -> list[str]:
     the option in CHOSEN and return the words after it; raise UsageError for
     an option given twice, a missing value or an invalid destination."""
     name, equals, value = words[0].partition("=")
-    given = chosen.then_commit if name == COMMIT_OPTION else chosen.destinations is not None
+    given = {COMMIT_OPTION: chosen.then_commit, PARTIAL_OK_OPTION: chosen.partial_ok}.get(
+        name, chosen.destinations is not None)
     if given:
         raise UsageError(f"{name} is given twice: usage: {verb_usage(verb)}")
-    if name == COMMIT_OPTION:
+    if name in FLAGS:
         if equals:
-            raise UsageError(f"{COMMIT_OPTION} takes no value: usage: {verb_usage(verb)}")
-        chosen.then_commit = True
+            raise UsageError(f"{name} takes no value: usage: {verb_usage(verb)}")
+        chosen.then_commit = chosen.then_commit or name == COMMIT_OPTION
+        chosen.partial_ok = chosen.partial_ok or name == PARTIAL_OK_OPTION
         return words[1:]
     if not equals:
         if len(words) < 2:
@@ -306,6 +316,7 @@ def build_request(verb: str, words: list[str], chosen: Chosen) -> Request:
             return Request(verb, None, destinations=chosen.destinations)
         if optional:
             return Request(verb, check_prefix(words[0]) or None, destinations=chosen.destinations)
-        return Request(verb, check_name(words[0]), chosen.then_commit, chosen.destinations)
+        return Request(verb, check_name(words[0]), chosen.then_commit, chosen.destinations,
+                       chosen.partial_ok)
     except InvalidName as error:
         raise UsageError(f"invalid backup name: {error}") from None

@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                 shown = "" if where == DEFAULT_DESTINATION else f"{where}: "
                 sys.stderr.write(f"{PROGRAM}: {shown}{ended.message}\n")
         if outcomes:
-            return overall_exit(ended.outcome for ended in outcomes)
+            status = overall_exit(ended.outcome for ended in outcomes)
+            return CarrierExit.OK if request.partial_ok and status == CarrierExit.PARTIAL \
+                else status
     except CarrierError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"{PROGRAM}: {error}\n")

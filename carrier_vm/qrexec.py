@@ -45,6 +45,7 @@ class Request:
     argument: str | None
     then_commit: bool = False  # put only: commit right after (put --commit)
     destinations: tuple[str, ...] | None = None  # --to / --from (None: the default)
+    partial_ok: bool = False  # put only: exit 0 when some destinations staged (--partial-ok)
 
 
 def service_request(

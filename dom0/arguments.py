@@ -86,6 +86,12 @@ def add_carrier(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", metavar="NAME", help="take carrier/passphrase from this job")
 
 
+def add_destination(parser: argparse.ArgumentParser, default: str) -> None:
+    """Given a subparser, add --destination (DEFAULT says what is asked without it)."""
+    parser.add_argument("--destination", metavar="D",
+                        help=f"the carrier's destination (server) to ask (default: {default})")
+
+
 def add_passphrase(parser: argparse.ArgumentParser) -> None:
     """Given a subparser, add the two passphrase sources."""
     parser.add_argument("-p", "--passphrase-file", type=Path, metavar="FILE",
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the backups stored on the server (name, size, time, sha256).",
         epilog="examples:\n  qbackup list -t sys-backup laptop/\n  qbackup list --job daily --json")
     add_carrier(listing)
+    add_destination(listing, "the carrier's first")
     add_json(listing, "the listing")
     listing.add_argument("prefix", nargs="?", default="", help="only names starting with this")
 
@@ -164,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "history (exit 4 if the record changed: tampering).",
         epilog="example:\n  qbackup check -t sys-backup laptop-20261122T235959Z")
     add_carrier(check)
+    add_destination(check, "the carrier's first")
     add_json(check, "the verdict")
     check.add_argument("name", help="backup name (as `qbackup list` shows)")
 
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  qbackup verify -t sys-backup -p ~/.qbackup-pass "
                "laptop-20261122T235959Z")
     add_carrier(verify)
+    add_destination(verify, "the carrier's first")
     add_passphrase(verify)
     add_json(verify, "the verdict")
     verify.add_argument("name", help="backup name")
@@ -187,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                "laptop-20261122T235959Z work\n"
                "  qbackup restore --job daily laptop-20261122T235959Z dom0   # dom0's home only")
     add_carrier(restore)
+    add_destination(restore, "the job's destinations, else the carrier's, in order, each"
+                             " unreachable one skipped")
     add_passphrase(restore)
     restore.add_argument("--rename-conflicting", action="store_true",
                          help="restore a VM whose name exists here under a new name (work1)")
@@ -222,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     drill = add_drill_parser(commands, raw, common)
     add_carrier(drill)
+    add_destination(drill, "the job's first, else the carrier's first")
     add_passphrase(drill)
 
     settings = commands.add_parser(

@@ -13,11 +13,11 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from dom0 import history
-from dom0.carrier import CarrierClient, Record, check_name
+from dom0.carrier import CarrierClient, Record, ReplyError, carrier_error, check_name
 from dom0.config import Hooks, Job, PassphraseSource, all_jobs, backup_job, open_config
 from dom0.errors import (
     BackupEngineError,
@@ -25,7 +25,9 @@ from dom0.errors import (
     ConfigError,
     Interrupted,
     NoSpaceError,
+    PartialBackup,
     QbackupError,
+    QbackupExit,
     TemporaryFailure,
     UsageError,
     VerificationError,
@@ -45,6 +47,8 @@ from dom0.qubes_backup import run_qubes_backup
 from dom0.session import Context, require_vm, running_carrier, running_vm
 from dom0.verify import Committed, verify_backup
 from qbackup_protocol import names
+from qbackup_protocol.carrier_service import DEFAULT_DESTINATION
+from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (TemporaryFailure, BackupEngineError)
@@ -98,7 +102,7 @@ def job_profile(job: Job, name: str, passphrase: str | None) -> ProfileSpec:
     Qubes' backup engine runs: the one a dry run estimates is the backup's."""
     return ProfileSpec(carrier=job.carrier, name=name, vms=job.vms, exclude=job.exclude,
                        compression=job.compression, passphrase_text=passphrase,
-                       passphrase_vm=job.passphrase_vm)
+                       passphrase_vm=job.passphrase_vm, destinations=job.destinations)
 
 
 def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
@@ -118,45 +122,158 @@ def fresh_name(prefix: str, stored: set[str], tried: set[str]) -> str:
     return name
 
 
-def report_tampering(comparison: history.Comparison) -> None:
-    """Given the comparison with the server, log each problem as an error and
-    notify once; log what the retention policy removed."""
+def on(destination: str) -> str:
+    """Given a destination, return ' on NAME' for a message (nothing for the
+    one server of a carrier that has no others: its messages read as before)."""
+    return "" if destination == DEFAULT_DESTINATION else f" on {destination}"
+
+
+def report_tampering(comparison: history.Comparison, destination: str) -> None:
+    """Given the comparison with one DESTINATION's server, log each problem as
+    an error and notify once; log what the retention policy removed."""
     for problem in comparison.problems:
-        logger.error("TAMPERING? %s", problem)
+        logger.error("TAMPERING? %s%s", problem, on(destination))
     if comparison.problems:
-        notify("qbackup: stored backups changed", "\n".join(comparison.problems[:5]),
-               critical=True)
+        notify(f"qbackup: stored backups changed{on(destination)}",
+               "\n".join(comparison.problems[:5]), critical=True)
     for name in comparison.strangers:
-        logger.warning("UNKNOWN BACKUP? %s: under this job's prefix, but this dom0 never"
-                       " committed it (a compromised carrier can plant backups)", name)
+        logger.warning("UNKNOWN BACKUP? %s%s: under this job's prefix, but this dom0 never"
+                       " committed it (a compromised carrier can plant backups)", name,
+                       on(destination))
     if comparison.pruned:
-        logger.info("%d earlier backup(s) removed by the retention policy, as it allows: %s",
-                    len(comparison.pruned), " ".join(comparison.pruned[-5:]))
+        logger.info("%d earlier backup(s)%s removed by the retention policy, as it allows: %s",
+                    len(comparison.pruned), on(destination), " ".join(comparison.pruned[-5:]))
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A destination that did not commit a backup: the exit code its failure
+    maps to, and why (one clean line)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Published:
+    """A backup Qubes finished, as the carrier's destinations took it: the
+    receipt of each destination that committed it, why each other did not,
+    how each upload went, and tampering found on the way."""
+
+    records: dict[str, Record]
+    missed: dict[str, Missed]
+    transfers: dict[str, dict[str, object] | None]
+    problems: list[str]
+
+    @property
+    def record(self) -> Record:
+        """Return the receipt of the first destination that committed it."""
+        return next(iter(self.records.values()))
+
+    def partial(self) -> str:
+        """Return, in one line, where the backup is stored and where not and why."""
+        missed = "; ".join(f"{destination}: {miss.reason}"
+                           for destination, miss in self.missed.items())
+        return f"stored on {', '.join(self.records)} only; NOT on {missed}"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The destinations that answered before the backup, the least space
+    among them, the names they list, and those that did not answer."""
+
+    reachable: list[str]
+    available: int
+    listed: set[str]
+    missed: dict[str, Missed]
+    problems: list[str]
+
+
+def preflight(app: QubesAdapter, job: Job, runs: list[history.Run],
+              wanted: tuple[str, ...]) -> Preflight:
+    """Given the job, its history and the destinations WANTED, ask each for
+    its space and listing and compare that with the history (tamper check);
+    return what they said. An unreachable destination is left out of the
+    backup (the others still get it), unless every one is: then raise its
+    TemporaryFailure."""
+    reachable: list[str] = []
+    missed: dict[str, Missed] = {}
+    listed: set[str] = set()
+    problems: list[str] = []
+    available: int | None = None
+    first_error: TemporaryFailure | None = None
+    for destination in wanted:
+        there = CarrierClient(app, job.carrier, job.answer_timeout, destination)
+        try:
+            info = there.info()
+            listing = there.listing(job.prefix)
+            mine = [run for run in runs if run.destination == destination]
+            stored = there.records_of({run.name for run in history.committed_runs(mine)
+                                       if run.name and run.name.startswith(job.prefix)},
+                                      listing)
+        except TemporaryFailure as error:
+            logger.warning("destination %s is unreachable: %s; the backup goes to the others",
+                           destination, error)
+            missed[destination] = Missed(int(error.exit_code), str(error))
+            first_error = first_error or error
+            continue
+        logger.info("server%s via %s: %s available (%s free, %s reserved)", on(destination),
+                    job.carrier, human_size(info.available), human_size(info.free),
+                    human_size(info.reserve))
+        comparison = history.compare_with_server(mine, stored, True, job.prefix, job.keep)
+        report_tampering(comparison, destination)
+        problems += [problem + on(destination) for problem in comparison.problems]
+        listed |= {record.name for record in listing.records}
+        available = info.available if available is None else min(available, info.available)
+        reachable.append(destination)
+    if first_error is not None and not reachable:
+        raise first_error
+    return Preflight(reachable, available or 0, listed, missed, problems)
+
+
+def job_destinations(client: CarrierClient, job: Job) -> tuple[str, ...]:
+    """Given the job's carrier and the job, return the destinations its
+    backups go to: the job's, else every one the carrier has; raise
+    UsageError if the job names one the carrier's carrier.yaml lacks."""
+    known = client.destinations()
+    if job.destinations is None:
+        return known
+    unknown = [destination for destination in job.destinations if destination not in known]
+    if unknown:
+        raise UsageError(f"destinations: {', '.join(unknown)}: not in the carrier.yaml of"
+                         f" {job.carrier} (it has {', '.join(known)})")
+    return job.destinations
+
+
+def destination_space(app: QubesAdapter, job: Job,
+                      destinations: tuple[str, ...]) -> dict[str, int]:
+    """Given a job and its destinations, return each one's available bytes
+    (`info`); raise the first one's error if one does not answer."""
+    return {destination: CarrierClient(app, job.carrier, job.answer_timeout,
+                                       destination).info().available
+            for destination in destinations}
 
 
 def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Context,
-            tried: set[str], transfers: dict[str, dict[str, object] | None]
-            ) -> tuple[Record, list[str]]:
-    """Given a checked job, take one backup; return (its server record,
-    tampering problems found on the way) and put how its upload went into
-    TRANSFERS; raise on any failure."""
+            tried: set[str]) -> Published:
+    """Given a checked job, take one backup to each of its destinations that
+    answers; return where it was committed and where not; raise on any
+    failure, or when no destination committed it."""
     client = CarrierClient(app, job.carrier, job.answer_timeout)
-    info = client.info()
-    logger.info("server via %s: %s available (%s free, %s reserved)", job.carrier,
-                human_size(info.available), human_size(info.free), human_size(info.reserve))
-    listing = client.listing(job.prefix)
+    wanted = job_destinations(client, job)
     # Only this job's own runs: their names are PREFIX-TIMESTAMP, which the
     # prefix listing surely covers.
     runs = [run for run in history.read_runs(context.history) if run.job == history_job(job)]
-    stored = client.records_of({run.name for run in history.committed_runs(runs)
-                                if run.name and run.name.startswith(job.prefix)}, listing)
-    comparison = history.compare_with_server(runs, stored, True, job.prefix, job.keep)
-    report_tampering(comparison)
-    problems = comparison.problems
-    name = fresh_name(job.prefix, {record.name for record in listing.records}, tried)
-    with written_profile(app.profile_dir, job_profile(job, name, passphrase)) as profile:
+    ready = preflight(app, job, runs, wanted)
+    name = fresh_name(job.prefix, ready.listed, tried)
+    # Named only when the job names them or one is left out: a carrier that
+    # predates destinations knows no --to.
+    targets = tuple(ready.reachable) if job.destinations or ready.missed else None
+    spec = replace(job_profile(job, name, passphrase), destinations=targets,
+                   several=len(ready.reachable) > 1)
+    with written_profile(app.profile_dir, spec) as profile:
         estimate = parse_estimate(app.backup_info(profile))
-        check_space(estimate, info.available)
+        check_space(estimate, ready.available)
         logger.info("backing up to %s as %s", job.carrier, name)
         progress = ProgressReporter.for_stderr(name, estimate, quiet=context.quiet)
         try:
@@ -166,49 +283,83 @@ def attempt(app: QubesAdapter, job: Job, passphrase: str | None, context: Contex
                 run_qubes_backup(app, job.carrier, profile, context.guard, progress)
         finally:
             progress.finish()
-    record = publish(client, name)
-    transfers[name] = transfer_of(client, name)
-    return record, problems
+    published = publish(client, name, ready)
+    published.transfers.update(transfer_of(client, name))
+    return published
 
 
-def transfer_of(client: CarrierClient, name: str) -> dict[str, object] | None:
-    """Given a committed backup's NAME, log how its upload went (the carrier's
-    own count of lost connections, outages and bytes sent again) and return it
-    for the history; None (a warning) if the carrier cannot say: the backup is
-    committed either way."""
+def transfer_of(client: CarrierClient, name: str) -> dict[str, dict[str, object] | None]:
+    """Given a committed backup's NAME, log how its upload to each destination
+    went (the carrier's own count of lost connections, outages and bytes sent
+    again) and return it for the history; nothing (a warning) if the carrier
+    cannot say: the backup is committed either way."""
     try:
-        stats = client.transfer(name)
+        found = client.transfer(name)
     except QbackupError as error:
         logger.warning("the carrier did not report how the upload of %s went: %s", name, error)
-        return None
-    record = history.transfer_record(stats)
-    logger.info("upload of %s: %s", name, history.describe_transfer(record))
-    return record
+        return {}
+    records: dict[str, dict[str, object] | None] = {}
+    for destination, stats in found.items():
+        records[destination] = history.transfer_record(stats)
+        logger.info("upload of %s%s: %s", name, on(destination),
+                    history.describe_transfer(records[destination]))
+    return records
 
 
-def publish(client: CarrierClient, name: str) -> Record:
-    """Given the name of a backup Qubes finished writing, have the server
-    publish it and return its record; raise CarrierFailed if it cannot.
+def publish(client: CarrierClient, name: str, ready: Preflight) -> Published:
+    """Given the name of a backup Qubes finished writing to the destinations
+    READY found reachable, have each publish it; return where it was
+    committed and where not; raise CarrierFailed (or the class of the first
+    destination's failure) if none committed it.
 
     `put` only stages an upload: a stream Qubes aborted can look like a clean
     end to the carrier, and only dom0 knows Execute succeeded, so only dom0
     commits. There is no fallback for carriers without `commit`: one that
     published at `put` would publish aborted streams too."""
-    return client.commit(name)
+    outcomes = client.commit(name)
+    records: dict[str, Record] = {}
+    missed = dict(ready.missed)
+    for outcome in outcomes:
+        # Threat: a carrier inventing a destination dom0 never sent the backup to.
+        if outcome.destination not in ready.reachable:
+            raise ReplyError(f"the carrier's commit names destination {outcome.destination},"
+                             " which this backup was not sent to")
+        if outcome.record is not None:
+            records[outcome.destination] = outcome.record
+            continue
+        cls, reason = carrier_error(outcome.exit)
+        missed[outcome.destination] = Missed(int(cls.exit_code),
+                                             f"{reason}: {clean_text(outcome.reason)}")
+    for destination in ready.reachable:
+        if destination not in records and destination not in missed:
+            # The put dropped it (the carrier logs why in its journal; Qubes
+            # shows no one a put's output when it exits 0); commit reports
+            # only where the put staged.
+            missed[destination] = Missed(QbackupExit.CARRIER, "its upload failed during the"
+                                         " backup (journalctl -t qbackup-carrier in the"
+                                         " carrier says why)")
+    if not records:
+        first = next(outcome for outcome in outcomes if outcome.record is None)
+        cls, _ = carrier_error(first.exit)
+        raise cls(f"commit via {client.vm}: stored nowhere: " + "; ".join(
+            f"{destination}: {miss.reason}" for destination, miss in missed.items()))
+    return Published(records, missed, {}, list(ready.problems))
 
 
-def check_after(app: QubesAdapter, job: Job, record: Record, problems: list[str]) -> None:
-    """Given a committed backup, verify it if the job asks to; raise
-    VerificationError if that fails or earlier backups were tampered with."""
+def check_after(app: QubesAdapter, job: Job, published: Published) -> None:
+    """Given a committed backup, verify it (through the first destination
+    that committed it) if the job asks to; raise VerificationError if that
+    fails or earlier backups were tampered with."""
+    record = published.record
     if job.verify:
         source = PassphraseSource(file=job.passphrase_file, vm=job.passphrase_vm)
         verify_backup(app, job.carrier, source, record.name,
                       Committed(record.size, record.sha256 or "", job.compression),
-                      job.answer_timeout)
-    if problems:
+                      job.answer_timeout, next(iter(published.records)))
+    if published.problems:
         raise VerificationError(
-            f"backup {record.name} succeeded, but {len(problems)} earlier backup(s) changed"
-            " on the server (see the log)")
+            f"backup {record.name} succeeded, but {len(published.problems)} earlier backup(s)"
+            " changed on the server (see the log)")
 
 
 @dataclass(frozen=True)
@@ -220,18 +371,22 @@ class Finished:
     seconds: float
     attempts: int
     verified: bool
+    destinations: tuple[str, ...] = (DEFAULT_DESTINATION,)
 
     def summary(self) -> str:
-        """Return one line: name, size, duration, throughput."""
+        """Return one line: name, size, duration, throughput, destinations."""
         rate = self.record.size / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.record.name}: {human_size(self.record.size)} in {self.seconds:.1f} s"
                 f" ({human_size(rate)}/s), {self.attempts} attempt(s)"
-                + (", verified" if self.verified else ""))
+                + (", verified" if self.verified else "")
+                + ("" if self.destinations == (DEFAULT_DESTINATION,)
+                   else f", on {', '.join(self.destinations)}"))
 
     def to_json(self) -> dict[str, object]:
         return {"job": self.job, "name": self.record.name, "size": self.record.size,
                 "sha256": self.record.sha256, "seconds": round(self.seconds, 3),
-                "attempts": self.attempts, "verified": self.verified, "exit": 0}
+                "attempts": self.attempts, "verified": self.verified,
+                "destinations": list(self.destinations), "exit": 0}
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
@@ -312,13 +467,11 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Finished:
                 monitor.started(f"VMs {' '.join(vms)}, carrier {job.carrier},"
                                 f" prefix {job.prefix}")
                 tried: set[str] = set()  # a staged upload of a failed attempt keeps its name
-                transfers: dict[str, dict[str, object] | None] = {}
                 while True:
                     attempts += 1
                     start = time.time()
                     try:
-                        record, problems = attempt(app, job, passphrase, context, tried,
-                                                   transfers)
+                        published = attempt(app, job, passphrase, context, tried)
                         break
                     except QbackupError as error:
                         append_failure(context, job, start, error)
@@ -327,15 +480,11 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Finished:
                         logger.warning("attempt %d failed: %s; retrying in %s", attempts,
                                        error, names.show_age(job.retry_delay))
                         time.sleep(job.retry_delay)
-                end = time.time()
-                history.append_run(context.history, history.Run(
-                    history_job(job), job.carrier, record.name, record.size, record.sha256,
-                    start, end, history.OUTCOME_OK, compression=job.compression,
-                    transfer=transfers.get(record.name)))
-                logger.info("backup %s committed: %s bytes (%s), sha256 %s, %.1f s",
-                            record.name, record.size, human_size(record.size), record.sha256,
-                            end - start)
-                check_after(app, job, record, problems)
+                record_published(context, job, published, start)
+                check_after(app, job, published)
+                if published.missed:
+                    raise PartialBackup(f"backup {published.record.name}"
+                                        f" {published.partial()}")
     except QbackupError as error:
         if attempts == 0:  # failed before the first attempt: still a run to remember
             append_failure(context, job, first_start, error)
@@ -344,9 +493,30 @@ def run_backup(app: QubesAdapter, job: Job, context: Context) -> Finished:
                          attempts, time.time() - first_start)
         report_failure(context, monitor, error)
         raise
-    outcome = Finished(history_job(job), record, time.time() - first_start, attempts, job.verify)
-    monitor.succeeded(record.name, outcome.summary())
+    outcome = Finished(history_job(job), published.record, time.time() - first_start, attempts,
+                       job.verify, tuple(published.records))
+    monitor.succeeded(published.record.name, outcome.summary())
     return outcome
+
+
+def record_published(context: Context, job: Job, published: Published, start: float) -> None:
+    """Given a backup committed on some destinations, add a history line for
+    each destination: its receipt and upload, or why it failed there."""
+    end = time.time()
+    for destination, record in published.records.items():
+        history.append_run(context.history, history.Run(
+            history_job(job), job.carrier, record.name, record.size, record.sha256,
+            start, end, history.OUTCOME_OK, compression=job.compression,
+            transfer=published.transfers.get(destination), destination=destination))
+        logger.info("backup %s committed%s: %s bytes (%s), sha256 %s, %.1f s",
+                    record.name, on(destination), record.size, human_size(record.size),
+                    record.sha256, end - start)
+    for destination, miss in published.missed.items():
+        history.append_run(context.history, history.Run(
+            history_job(job), job.carrier, None, None, None, start, end,
+            history.failed_outcome(miss.code, miss.reason), destination=destination))
+        logger.error("backup %s NOT stored on %s: %s", published.record.name, destination,
+                     miss.reason)
 
 
 def append_failure(context: Context, job: Job, start: float, error: QbackupError) -> None:
@@ -355,4 +525,4 @@ def append_failure(context: Context, job: Job, start: float, error: QbackupError
     code = exit_code_for(error)
     history.append_run(context.history, history.Run(
         history_job(job), job.carrier, None, None, None, start, time.time(),
-        history.failed_outcome(code, exit_meaning(code))))
+        history.failed_outcome(code, exit_meaning(code)), destination=None))

@@ -24,7 +24,9 @@ from typing import TypeVar
 from dom0.errors import (
     CARRIER_STATUS_ERRORS,
     CarrierFailed,
+    CarrierRefused,
     NoSuchBackup,
+    QbackupError,
     QubesError,
     TemporaryFailure,
     UsageError,
@@ -148,42 +150,107 @@ def parse_listing(data: bytes) -> Listing:
     return Listing(records=records, truncated=summary.truncated)
 
 
+def parse_outcomes(data: bytes, name: str) -> tuple[carrier_service.DestinationOutcome, ...]:
+    """Given the stdout of `commit NAME`, return one outcome per destination;
+    raise ReplyError unless it is outcome lines (carrier_service's rules) or,
+    from a carrier of one server that predates destinations, one receipt
+    line: then the one destination DEFAULT_DESTINATION."""
+    try:
+        return carrier_service.parse_outcomes(data, name)
+    except (wire.ProtocolError, ValueError, RecursionError, MemoryError):
+        pass
+    record = parse_receipt(data, name)
+    return (carrier_service.DestinationOutcome(carrier_service.DEFAULT_DESTINATION, record,
+                                               carrier_service.CarrierExit.OK),)
+
+
+def carrier_error(status: int) -> tuple[type[QbackupError], str]:
+    """Given a carrier's exit STATUS, return the error class dom0 raises for
+    it and the reason it gives (an unknown status: CarrierFailed)."""
+    try:
+        return CARRIER_STATUS_ERRORS[carrier_service.CarrierExit(status)]
+    except (ValueError, KeyError):
+        return CarrierFailed, f"the carrier failed (status {status})"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one service call ended with: its exit status, stdout and stderr."""
+
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+
 class CarrierClient:
-    """The server as seen through one carrier VM."""
+    """The server as seen through one carrier VM: list, check and info ask
+    DESTINATION (None: the carrier's first)."""
 
     def __init__(self, app: QubesAdapter, vm: str,
-                 answer_timeout: float = DEFAULT_ANSWER_TIMEOUT) -> None:
+                 answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
+                 destination: str | None = None) -> None:
         self.app = app
         self.vm = vm
         self.answer_timeout = answer_timeout
+        self.destination = destination
 
-    def _call(self, verb: str, argument: str, max_output: int,
-              deadline: float | None = None) -> bytes:
-        """Given a verb, its one-line argument and a deadline in seconds (default
-        the answer timeout), return the service's stdout; raise the error class
-        the carrier's exit status maps to, TemporaryFailure past the deadline."""
+    def _ask(self, verb: str, argument: str, max_output: int, deadline: float | None = None,
+             destination: str | None = None) -> Answer:
+        """Given a verb, its one-line argument, a deadline in seconds (default
+        the answer timeout) and the destination to ask (None: the carrier's
+        choice), return how the service ended; raise TemporaryFailure past
+        the deadline. DEFAULT_DESTINATION is never sent: it is the one server
+        of a carrier that may predate destinations (and its first)."""
         deadline = deadline or self.answer_timeout
+        lines = argument + "\n"
+        if destination is not None and destination != carrier_service.DEFAULT_DESTINATION:
+            lines += carrier_service.check_destination(destination) + "\n"
         try:
-            return self.app.run_service_for_stdio(
-                self.vm, f"{SERVICE}+{verb}", (argument + "\n").encode(), max_output=max_output,
+            stdout = self.app.run_service_for_stdio(
+                self.vm, f"{SERVICE}+{verb}", lines.encode(), max_output=max_output,
                 timeout=deadline)
         except subprocess.TimeoutExpired:
             raise TemporaryFailure(f"{verb} via {self.vm}: no answer within {seconds(deadline)} s;"
                                  " stopped waiting (try again later)") from None
         except subprocess.CalledProcessError as error:
-            status = error.returncode
-            try:
-                cls, reason = CARRIER_STATUS_ERRORS[carrier_service.CarrierExit(status)]
-            except (ValueError, KeyError):
-                cls = CarrierFailed
-                reason = f"the carrier failed (status {status})"
-            if cls is NoSuchBackup:  # one message, whichever command asked
-                raise no_such_backup(argument) from None
-            detail = last_line(error.stderr or b"")
-            message = f"{verb} via {self.vm}: {reason}" + (f": {detail}" if detail else "")
-            raise cls(message) from None
+            return Answer(error.returncode, error.stdout or b"", error.stderr or b"")
         except OSError as error:
             raise QubesError(f"cannot call {SERVICE} in {self.vm}: {error}") from None
+        return Answer(0, stdout, b"")
+
+    def _fail(self, verb: str, argument: str, answer: Answer) -> QbackupError:
+        """Given a call that ended with a non-zero status, return the error to raise."""
+        cls, reason = carrier_error(answer.status)
+        if cls is NoSuchBackup:  # one message, whichever command asked
+            return no_such_backup(argument)
+        detail = last_line(answer.stderr)
+        where = self.vm if self.destination is None else f"{self.vm} ({self.destination})"
+        return cls(f"{verb} via {where}: {reason}" + (f": {detail}" if detail else ""))
+
+    def _call(self, verb: str, argument: str, max_output: int,
+              deadline: float | None = None) -> bytes:
+        """Given a verb, its one-line argument and a deadline in seconds (default
+        the answer timeout), return the service's stdout for this client's
+        destination; raise the error class the carrier's exit status maps
+        to, TemporaryFailure past the deadline."""
+        answer = self._ask(verb, argument, max_output, deadline, self.destination)
+        if answer.status != 0:
+            raise self._fail(verb, argument, answer)
+        return answer.stdout
+
+    def destinations(self) -> tuple[str, ...]:
+        """Return the carrier's destinations in its order; a carrier that
+        refuses the verb predates destinations: its one server is
+        DEFAULT_DESTINATION."""
+        try:
+            answer = self._call("destinations", "", MAX_SHORT_REPLY)
+        except CarrierRefused:
+            logger.info("%s does not know destinations: one server, %s", self.vm,
+                        carrier_service.DEFAULT_DESTINATION)
+            return (carrier_service.DEFAULT_DESTINATION,)
+        listed = parse_line(carrier_service.parse_destination_list,
+                            single_line(answer, "destination list"), "destination list")
+        return listed.names
 
     def info(self) -> wire.ServerInfo:
         """Return the server's space report; raise TemporaryFailure if unreachable."""
@@ -231,23 +298,41 @@ class CarrierClient:
                 return record
         raise no_such_backup(name)
 
-    def transfer(self, name: str) -> carrier_service.TransferStats:
+    def transfer(self, name: str) -> dict[str, carrier_service.TransferStats]:
         """Given the NAME of a backup this carrier uploaded, return how the
-        upload went (connection losses, outages, bytes sent again)."""
+        upload went to each destination (connection losses, outages, bytes
+        sent again); raise ReplyError unless it is one line per destination,
+        each destination once, each about NAME."""
         answer = self._call("transfer", check_name(name), MAX_SHORT_REPLY)
-        stats = parse_line(carrier_service.parse_transfer_stats,
-                           single_line(answer, "transfer reply"), "transfer reply")
-        if stats.name != name:
-            raise ReplyError("the carrier's transfer reply names another backup")
-        return stats
+        if not answer.endswith(b"\n") or answer.count(b"\n") > carrier_service.MAX_DESTINATIONS:
+            raise ReplyError("the carrier's transfer reply is not a line per destination")
+        found: dict[str, carrier_service.TransferStats] = {}
+        for line in answer[:-1].split(b"\n"):
+            stats = parse_line(carrier_service.parse_transfer_stats, line, "transfer reply")
+            if stats.name != name:
+                raise ReplyError("the carrier's transfer reply names another backup")
+            if stats.destination in found:
+                raise ReplyError("the carrier's transfer reply names a destination twice")
+            found[stats.destination] = stats
+        return found
 
-    def commit(self, name: str) -> Record:
-        """Given the NAME of a staged upload, have the server publish it and
-        return its receipt; raise CarrierFailed if nothing was staged."""
-        try:
-            answer = self._call("commit", check_name(name), MAX_SHORT_REPLY)
-        except NoSuchBackup:
-            # For commit, "no such backup" means the put staged nothing: the
-            # upload failed, a carrier fault rather than a user's wrong name.
-            raise CarrierFailed(f"commit via {self.vm}: nothing staged under {name}") from None
-        return parse_receipt(answer, name)
+    def commit(self, name: str) -> tuple[carrier_service.DestinationOutcome, ...]:
+        """Given the NAME of a staged upload, have every destination that
+        staged it publish it; return one outcome per destination (a receipt,
+        or why it failed there); raise CarrierFailed if nothing was staged,
+        ReplyError if the lines break the rules or the exit status
+        contradicts them, else the error the status maps to when the carrier
+        printed no outcome."""
+        answer = self._ask("commit", check_name(name), MAX_SHORT_REPLY)
+        if answer.status != 0 and not answer.stdout:
+            if answer.status == carrier_service.CarrierExit.NO_SUCH_BACKUP:
+                # For commit, "no such backup" means the put staged nothing: the
+                # upload failed, a carrier fault rather than a user's wrong name.
+                raise CarrierFailed(f"commit via {self.vm}: nothing staged under {name}")
+            raise self._fail("commit", name, answer)
+        outcomes = parse_outcomes(answer.stdout, name)
+        # Threat: a carrier whose status says "all committed" while a line
+        # says one failed (or the reverse) would let a run report the wrong end.
+        if carrier_service.overall_exit(outcomes) != answer.status:
+            raise ReplyError("the carrier's commit status contradicts its outcome lines")
+        return outcomes

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
         name = check_name(args.name)
         app = context.get_app()
         with running_carrier(app, carrier, keep=False):
-            result = CarrierClient(app, carrier, target.answer_timeout).check(name)
+            result = CarrierClient(app, carrier, target.answer_timeout,
+                                   target.destination).check(name)
         record = result.record
         if not context.json:
             verdict = "ok" if result.ok else "CORRUPTED"

@@ -35,7 +35,8 @@ from dom0.settings import (
     default,
     one_passphrase,
 )
-from qbackup_protocol import names
+from qbackup_protocol import carrier_service, names
+from qbackup_protocol.wire import ProtocolError
 
 SYSTEM_CONFIG = Path("/etc/qbackup/qbackup.yaml")
 USER_CONFIG = Path("~/.config/qbackup/qbackup.yaml")
@@ -53,6 +54,7 @@ class Job:
     name: str
     carrier: str
     prefix: str
+    destinations: tuple[str, ...] | None = None  # None: every one the carrier has
     passphrase_file: Path | None = None
     passphrase_vm: str | None = None
     vms: list[str] | None = None
@@ -316,6 +318,10 @@ class Target:
     carrier: str
     passphrase: PassphraseSource
     answer_timeout: float
+    # --destination D (None: not given), and the job's destinations in order
+    # (None: no job, or every one the carrier has).
+    destination: str | None = None
+    destinations: tuple[str, ...] | None = None
 
 
 def carrier_and_passphrase(args: argparse.Namespace, config_path: Path | None) -> Target:
@@ -335,11 +341,18 @@ def carrier_and_passphrase(args: argparse.Namespace, config_path: Path | None) -
         passfile = Path(os.environ[ENV_PASSFILE])
     # The job's values are checked already; an option's or the environment's
     # only here, by the same types.
+    destination = getattr(args, "destination", None)
+    if destination is not None:
+        try:
+            carrier_service.check_destination(destination)
+        except ProtocolError as error:
+            raise UsageError(f"--destination: {error}") from None
     problems = check_value("carrier", carrier) + check_value("passphrase_vm", passvm)
     if problems:
         raise UsageError("; ".join(option_problem(problem) for problem in problems))
     return Target(carrier, PassphraseSource(file=passfile, vm=passvm),
-                  job.answer_timeout if job else default("answer_timeout"))
+                  job.answer_timeout if job else default("answer_timeout"), destination,
+                  job.destinations if job else None)
 
 
 def need_passphrase(source: PassphraseSource) -> PassphraseSource:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from dom0.backup import check_inputs
+from dom0.backup import check_inputs, destination_space, job_destinations
 from dom0.carrier import CarrierClient
 from dom0.config import all_jobs, open_config, require_job
 from dom0.errors import ConfigError, QbackupError, exit_code_for
 from dom0.log import human_size, say
 from dom0.session import Context, running_carrier
+from qbackup_protocol.carrier_service import DEFAULT_DESTINATION
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,17 @@ def run(args: argparse.Namespace, context: Context) -> int:
             app = context.get_app()
             _, vms = check_inputs(app, job)
             with running_carrier(app, job.carrier, keep=False):
-                info = CarrierClient(app, job.carrier, job.answer_timeout).info()
+                client = CarrierClient(app, job.carrier, job.answer_timeout)
+                space = destination_space(app, job, job_destinations(client, job))
         except QbackupError as error:
             logger.error("%s: %s", name, error)
             say(f"{name}: FAILED: {error}")
             first_failure = first_failure or exit_code_for(error)
             continue
-        say(f"{name}: ok: {len(vms)} VM(s), carrier {job.carrier} reaches the server,"
-            f" {human_size(info.available)} available")
+        if list(space) == [DEFAULT_DESTINATION]:
+            reached = f"the server, {human_size(space[DEFAULT_DESTINATION])} available"
+        else:
+            reached = ", ".join(f"{destination} ({human_size(available)} available)"
+                                for destination, available in space.items())
+        say(f"{name}: ok: {len(vms)} VM(s), carrier {job.carrier} reaches {reached}")
     return first_failure

@@ -98,8 +98,12 @@ def run_drill(app: QubesAdapter, job_key: str, target: Target, source: Passphras
     timeout) and the passphrase source, drill it and record the outcome;
     return 0 or raise VerificationError."""
     carrier = target.carrier
-    runs = [run for run in history.committed_runs(history.read_runs(history_path))
-            if run.job == job_key]
+    # --destination, else the job's first, else the carrier's first (its
+    # runs of any destination then, each name once: one stream, one digest).
+    destination = target.destination or (target.destinations[0] if target.destinations
+                                          else None)
+    runs = list({run.name: run for run in history.committed_runs(history.read_runs(history_path))
+                 if run.job == job_key and destination in (None, run.destination)}.values())
     chosen = choose_backups(runs, chooser or random.SystemRandom())
     start = time.time()
     if not chosen:
@@ -114,7 +118,7 @@ def run_drill(app: QubesAdapter, job_key: str, target: Target, source: Passphras
             for run in chosen:
                 verify_backup(app, carrier, source, run.name or "",
                               Committed(run.size or 0, run.sha256 or "", run.compression),
-                              target.answer_timeout)
+                              target.answer_timeout, destination)
         outcome = OUTCOME_OK
     except Interrupted as error:
         # Stopped (a timer unit stopped, the laptop shutting down): the drill

@@ -17,7 +17,14 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from dom0.backup import check_inputs, check_space, job_profile, make_name
+from dom0.backup import (
+    check_inputs,
+    check_space,
+    destination_space,
+    job_destinations,
+    job_profile,
+    make_name,
+)
 from dom0.carrier import CarrierClient
 from dom0.config import Job, PassphraseSource, backup_job
 from dom0.errors import UsageError
@@ -28,6 +35,7 @@ from dom0.profile import written_profile
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
 from dom0.verify import passphrase_input
+from qbackup_protocol.carrier_service import DEFAULT_DESTINATION
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +48,8 @@ class DryRun:
     name: str  # the name a backup started now would get
     vms: dict[str, int | None]  # each VM and Qubes' estimate of it (None: none given)
     estimate: int | None  # Qubes' total, before compression
-    available: int  # the server's bytes available to this account
+    available: int  # the server's bytes available to this account (the least of them)
+    space: dict[str, int]  # each destination's available bytes
 
     def passphrase(self) -> str:
         """Return where the passphrase came from, in words."""
@@ -58,8 +67,11 @@ class DryRun:
                 f"  VMs: {sizes} (total {total} before compression)",
                 f"  compression: {str(self.job.compression).lower()}",
                 f"  destination: {self.job.carrier}, as {self.name}",
-                f"  server: answers through {self.job.carrier},"
-                f" {human_size(self.available)} available",
+                f"  server: answers through {self.job.carrier}, " + (
+                    f"{human_size(self.available)} available"
+                    if list(self.space) == [DEFAULT_DESTINATION] else ", ".join(
+                        f"{destination} {human_size(available)} available"
+                        for destination, available in self.space.items())),
                 f"  passphrase: {self.passphrase()}"]
 
     def to_json(self) -> dict[str, object]:
@@ -67,6 +79,7 @@ class DryRun:
                 "name": self.name, "compression": self.job.compression,
                 "vms": [{"name": vm, "size": size} for vm, size in self.vms.items()],
                 "estimate": self.estimate, "available": self.available,
+                "destinations": self.space,
                 "passphrase_file": None if self.job.passphrase_file is None
                 else str(self.job.passphrase_file), "passphrase_vm": self.job.passphrase_vm}
 
@@ -80,14 +93,16 @@ def dry_run(app: QubesAdapter, job: Job, context: Context) -> DryRun:
         with running_carrier(app, job.carrier, job.keep_carrier):
             if job.passphrase_vm is not None:
                 passphrase_input(app, job.carrier, PassphraseSource(vm=job.passphrase_vm))
-            available = CarrierClient(app, job.carrier, job.answer_timeout).info().available
+            client = CarrierClient(app, job.carrier, job.answer_timeout)
+            space = destination_space(app, job, job_destinations(client, job))
+            available = min(space.values())
             name = make_name(job.prefix)
             with written_profile(app.profile_dir, job_profile(job, name, None)) as profile:
                 summary = app.backup_info(profile)
     estimate = parse_estimate(summary)
     check_space(estimate, available)
     sizes = vm_sizes(summary)
-    return DryRun(job, name, {vm: sizes.get(vm) for vm in vms}, estimate, available)
+    return DryRun(job, name, {vm: sizes.get(vm) for vm in vms}, estimate, available, space)
 
 
 def run(args: argparse.Namespace, context: Context) -> int:

@@ -30,6 +30,7 @@ class QbackupExit(ExitStatus):
     HOST_KEY = 11, "the server's host key is not pinned in the carrier (or differs)"
     LOGIN_REFUSED = 12, "the server refused the carrier's login key"
     CORRUPTED = 13, "the stored backup is corrupted (differs from its digest record)"
+    PARTIAL = 14, "the backup is stored on some destinations, not all"
     TEMPFAIL = 75, "temporary failure (server unreachable): try again later"
     SIGINT = 130, "interrupted (SIGINT): the run stopped cleanly"
     SIGTERM = 143, "terminated (SIGTERM): the run stopped cleanly"
@@ -120,6 +121,12 @@ class VerificationError(QbackupError):
     """A stored backup failed verification, a check, or the tamper comparison."""
 
     exit_code = QbackupExit.VERIFY
+
+
+class PartialBackup(QbackupError):
+    """A backup committed on some of its destinations and failed on the others."""
+
+    exit_code = QbackupExit.PARTIAL
 
 
 class LockHeld(QbackupError):

@@ -52,6 +52,11 @@ class Run:
     # How the upload went, as the carrier reported it (lost, outages, resent);
     # None when unknown (runs before it was kept, failed runs).
     transfer: dict[str, object] | None = None
+    # The carrier's destination (server) this line is about: a run writes one
+    # line per destination; None for a run that failed before any of them
+    # answered. Runs recorded before destinations were kept went to the
+    # carrier's one server: DEFAULT_DESTINATION.
+    destination: str | None = carrier_service.DEFAULT_DESTINATION
 
 
 def append_run(path: Path, run: Run) -> None:
@@ -73,11 +78,13 @@ def _run_from(value: object) -> Run | None:
         run = Run(**value)
     except TypeError:
         return None
-    if run.name is not None:
-        try:
+    try:
+        if run.name is not None:
             wire.check_name(run.name)
-        except wire.InvalidName:
-            return None
+        if run.destination is not None:
+            carrier_service.check_destination(run.destination)
+    except (wire.InvalidName, wire.ProtocolError):
+        return None
     return run
 
 

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
         check_name(prefix.rstrip("/"))
     app = context.get_app()
     with running_carrier(app, carrier, keep=False):
-        listing = CarrierClient(app, carrier, target.answer_timeout).listing(prefix)
+        listing = CarrierClient(app, carrier, target.answer_timeout,
+                                target.destination).listing(prefix)
     if context.json:
         say_json({"backups": [record.to_reply() for record in listing.records],
                         "truncated": listing.truncated})

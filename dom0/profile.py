@@ -20,6 +20,7 @@ import yaml
 
 from dom0.carrier import check_name
 from dom0.errors import QbackupError
+from qbackup_protocol import carrier_service
 
 logger = logging.getLogger(__name__)
 CARRIER_COMMAND = "qbackup-carrier"
@@ -36,6 +37,8 @@ class ProfileSpec:
     compression: bool | str
     passphrase_text: str | None = None
     passphrase_vm: str | None = None
+    destinations: tuple[str, ...] | None = None  # None: every one the carrier has
+    several: bool = False  # the put goes to more than one destination
 
 
 def profile_name(carrier: str) -> str:
@@ -46,11 +49,23 @@ def profile_name(carrier: str) -> str:
     return f"qbackup-{safe}-{hashlib.sha256(carrier.encode()).hexdigest()[:8]}"
 
 
-def destination_path(name: str) -> str:
-    """Given a backup NAME, return the destination_path qubes.Backup will eval.
-    check_name allows only [A-Za-z0-9._/-]: no quote, space, '$' or newline can
-    reach the carrier's `eval`."""
-    return f"{CARRIER_COMMAND} put {check_name(name)}"
+def destination_path(name: str, destinations: tuple[str, ...] | None = None,
+                     several: bool = False) -> str:
+    """Given a backup NAME, the carrier's DESTINATIONS to store it on (None:
+    every one it has) and whether those are SEVERAL, return the
+    destination_path qubes.Backup will eval. check_name allows only
+    [A-Za-z0-9._/-] and a destination only [a-z0-9_-]: no quote, space, '$'
+    or newline can reach the carrier's `eval`.
+
+    To several, the put exits 0 when some staged (--partial-ok): Qubes fails
+    the whole backup when the command exits non-zero (qubes/backup.py,
+    _monitor_process), and dom0 reads each destination's outcome from commit."""
+    words = [CARRIER_COMMAND, "put"]
+    if destinations is not None:
+        words += ["--to", ",".join(carrier_service.check_destinations(destinations))]
+    if several:
+        words.append("--partial-ok")
+    return " ".join([*words, check_name(name)])
 
 
 def render_profile(spec: ProfileSpec) -> str:
@@ -60,7 +75,7 @@ def render_profile(spec: ProfileSpec) -> str:
         "exclude": spec.exclude,
         "compression": spec.compression,
         "destination_vm": spec.carrier,
-        "destination_path": destination_path(spec.name),
+        "destination_path": destination_path(spec.name, spec.destinations, spec.several),
     }
     if spec.passphrase_text is not None:
         body["passphrase_text"] = spec.passphrase_text

@@ -26,8 +26,15 @@ from dataclasses import dataclass
 
 from dom0.carrier import CarrierClient, check_name
 from dom0.compression import restore_options
-from dom0.config import PassphraseSource, carrier_and_passphrase, need_passphrase
-from dom0.errors import Interrupted, UsageError, VerificationError
+from dom0.config import PassphraseSource, Target, carrier_and_passphrase, need_passphrase
+from dom0.errors import (
+    Interrupted,
+    NoSuchBackup,
+    QbackupError,
+    TemporaryFailure,
+    UsageError,
+    VerificationError,
+)
 from dom0.log import say, say_json
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, failure_as_json, require_vm, running_carrier
@@ -179,15 +186,18 @@ def run_qubes_restore(app: QubesAdapter, arguments: list[str], stdin: bytes | No
 
 def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str,
                    options: Sequence[str], vms: Sequence[str],
-                   committed: Committed | None = None) -> Restored:
+                   committed: Committed | None = None,
+                   destination: str | None = None) -> Restored:
     """Given the carrier, passphrase source, backup NAME, pass-through OPTIONS,
-    VMs and dom0's record of the backup, run qvm-backup-restore and return
-    what it restored (restore_choices checked the OPTIONS); raise
-    VerificationError if the restore failed."""
+    VMs, dom0's record of the backup and the destination to read it from
+    (None: the carrier's first), run qvm-backup-restore and return what it
+    restored (restore_choices checked the OPTIONS); raise VerificationError
+    if the restore failed."""
     paranoid = bool(PARANOID_OPTIONS & set(options))
     require_vm(app, carrier, "carrier VM")
     argument, stdin = passphrase_input(app, carrier, source)
-    logger.info("restoring %s through %s%s", name, carrier,
+    logger.info("restoring %s through %s%s%s", name, carrier,
+                f" from {destination}" if destination else "",
                 f" (VMs {' '.join(vms)})" if vms else "")
     all_options = [*options, *restore_options(committed.compression if committed else None)]
     if paranoid:
@@ -196,7 +206,8 @@ def restore_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, na
         # the restore's window (qubesadmin/backup/dispvm.py run(),
         # tools/qvm_backup_restore.py main()).
         all_options.append("--auto-close")
-    arguments = restore_arguments(carrier, argument, name, False, all_options, vms)
+    arguments = restore_arguments(carrier, argument, name, False, all_options, vms,
+                                  destination)
     try:
         restored = run_qubes_restore(app, arguments, stdin, vms, options)
     except VerificationError as error:
@@ -268,6 +279,43 @@ def restore_choices(args: argparse.Namespace, source: PassphraseSource) -> list[
     return options
 
 
+def reachable_holder(app: QubesAdapter, target: Target, name: str) -> str | None:
+    """Given where to restore from and a backup NAME, return the first
+    destination that answers and holds it: --destination, else the job's
+    destinations, else the carrier's, in order (None: the carrier's first,
+    asked before its list is). Say why each one before it was passed over;
+    raise the last one's error (TemporaryFailure or NoSuchBackup) if none does."""
+
+    def holds(destination: str | None) -> str | None:
+        CarrierClient(app, target.carrier, target.answer_timeout, destination).require(name)
+        return destination
+
+    if target.destination is not None:
+        return holds(target.destination)
+    order = target.destinations
+    if order is None:
+        try:
+            return holds(None)
+        except (TemporaryFailure, NoSuchBackup) as error:
+            try:
+                listed = CarrierClient(app, target.carrier, target.answer_timeout).destinations()
+            except QbackupError:
+                raise error from None
+            if len(listed) < 2:
+                raise
+            logger.warning("destination %s: %s; trying %s", listed[0], error, listed[1])
+            order = listed[1:]
+    for index, destination in enumerate(order):
+        try:
+            return holds(destination)
+        except (TemporaryFailure, NoSuchBackup) as error:
+            if index + 1 == len(order):
+                raise
+            logger.warning("destination %s: %s; trying %s", destination, error,
+                           order[index + 1])
+    raise AssertionError("unreachable: a job names at least one destination")
+
+
 def run(args: argparse.Namespace, context: Context) -> int:
     """`qbackup restore`: given its arguments, restore from the named backup,
     print what was restored (or JSON); return 0 or raise."""
@@ -279,8 +327,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
         options = restore_choices(args, source)
         app = context.get_app()
         with running_carrier(app, carrier, keep=False):
-            CarrierClient(app, carrier, target.answer_timeout).require(name)
+            destination = reachable_holder(app, target, name)
             restored = restore_backup(app, carrier, source, name, options, args.vms,
-                                      committed_record(context.history, name))
+                                      committed_record(context.history, name), destination)
     show(name, restored, context.json)
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dom0.compression import RESTORABLE_FILTERS
-from qbackup_protocol import names, wire
+from qbackup_protocol import carrier_service, names, wire
 
 # Qubes' own rule for VM names; anything else cannot be a VM.
 VM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,30}")
@@ -157,6 +157,21 @@ def vm_selection(setting: Setting, value: Any, problems: list[Problem]) -> list[
         problems.append(Problem(setting.key, "an empty list backs up no VM: name VMs, or leave"
                                              " vms out for every VM with include_in_backups"))
     return vms
+
+
+def destination_names(setting: Setting, value: Any,
+                      problems: list[Problem]) -> tuple[str, ...] | None:
+    """A list of the carrier's destinations (null: every one the carrier has)."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, list | tuple):
+            raise wire.ProtocolError("expected a list")
+        return carrier_service.check_destinations(value)
+    except wire.ProtocolError as error:
+        problems.append(Problem(setting.key, f"expected a list of destination names, e.g."
+                                             f" [home, offsite]: {error}"))
+        return None
 
 
 def file_path(setting: Setting, value: Any, problems: list[Problem]) -> Path | None:
@@ -307,6 +322,8 @@ SETTINGS: dict[str, Setting] = {setting.key: setting for setting in (
             option="-t/--carrier"),
     Setting("prefix", backup_prefix, "backup names are PREFIX-YYYYmmddTHHMMSSZ",
             required=True, option="-f/--prefix"),
+    Setting("destinations", destination_names, "the carrier's destinations (servers in its"
+            " carrier.yaml) to store each backup on, from one pass; omit for all it has"),
     Setting("passphrase_file", file_path, "path of the passphrase file, mode 0600",
             option="-p/--passphrase-file"),
     Setting("passphrase_vm", vm_name, "VM answering qubes.BackupPassphrase (instead of a"

@@ -29,6 +29,7 @@ from dom0.log import human_size, say, say_json, show_time
 from dom0.processes import notify
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, running_carrier
+from qbackup_protocol.carrier_service import DEFAULT_DESTINATION
 from qbackup_protocol.names import show_age
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,35 @@ class JobStatus:
     pruned: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     strangers: list[str] = field(default_factory=list)
+    # Per destination: the last success and the last run (a run that failed
+    # before any destination answered counts for each); the job's own list.
+    successes: dict[str, history.Run] = field(default_factory=dict)
+    lasts: dict[str, history.Run] = field(default_factory=dict)
+    named: tuple[str, ...] = ()
 
     def age(self, now: float) -> float | None:
         """Given the time now, return the last success's age in seconds (None: none)."""
         return None if self.success is None else now - self.success.end
+
+    def destinations(self) -> list[str]:
+        """Return the destinations to judge: those the job names, then those
+        its history names (one that never got a backup included)."""
+        return list(dict.fromkeys([*self.named, *self.lasts]))
+
+    def stale(self, now: float, max_age: float | None) -> list[str]:
+        """Given the time now and the --max-age (None: none), return a line
+        for each destination whose last success is missing or too old."""
+        found = []
+        several = self.destinations() != [DEFAULT_DESTINATION]
+        for destination in self.destinations():
+            where = f" on {destination}" if several else ""
+            success = self.successes.get(destination)
+            if success is None:
+                found.append(f"{self.job}: no successful backup{where} yet")
+            elif max_age is not None and now - success.end > max_age:
+                found.append(f"{self.job}: newest backup{where} {show_age(now - success.end)}"
+                             f" old > {show_age(max_age)}")
+        return found
 
     def to_json(self, now: float, stale: bool) -> dict[str, object]:
         success = self.success
@@ -64,6 +90,9 @@ class JobStatus:
             "stale": stale, "configuration_problems": self.broken,
             "retention": self.policy, "pruned_by_policy": self.pruned,
             "tampering": self.problems, "unknown_backups": self.strangers,
+            "destinations": {destination: {"name": run.name, "end": run.end,
+                                           "age_hours": round((now - run.end) / 3600, 3)}
+                             for destination, run in self.successes.items()},
         }
 
 
@@ -76,37 +105,47 @@ def job_table(runs: list[history.Run], jobs: dict[str, config.Job],
         status = table.setdefault(run.job, JobStatus(run.job))
         if run.outcome == history.OUTCOME_OK and run.name:
             status.success = run
+            status.successes[run.destination or DEFAULT_DESTINATION] = run
+        if run.destination is not None:
+            status.lasts[run.destination] = run
+        else:
+            status.lasts = dict.fromkeys(status.lasts, run)
         status.last = run
     for name, problems in broken.items():
         table[name].broken = problems
     for name, job in jobs.items():
         table[name].policy = job.keep.describe() if job.keep else None
+        table[name].named = job.destinations or ()
     return table
 
 
 def compare_remote(runs: list[history.Run], jobs: dict[str, config.Job],
                    table: dict[str, JobStatus], get_app: Callable[[], QubesAdapter]) -> None:
     """Given the history, the jobs and the status table, compare each job's
-    committed backups with its carrier's listing, filling in pruned/problems."""
-    by_carrier: dict[str, set[str]] = {}
+    committed backups with the listing of each destination they went to,
+    filling in pruned/problems."""
+    by_place: dict[tuple[str, str], set[str]] = {}
     for run in history.committed_runs(runs):
-        by_carrier.setdefault(run.carrier, set()).add(run.job)
+        place = (run.carrier, run.destination or DEFAULT_DESTINATION)
+        by_place.setdefault(place, set()).add(run.job)
     app = get_app()
-    for carrier in sorted(by_carrier):
+    for carrier, destination in sorted(by_place):
+        mine_here = [run for run in runs if run.carrier == carrier
+                     and (run.destination or DEFAULT_DESTINATION) == destination]
         with running_carrier(app, carrier, keep=False):
             answer_timeout = max((job.answer_timeout for job in jobs.values()
                                   if job.carrier == carrier), default=DEFAULT_ANSWER_TIMEOUT)
-            client = CarrierClient(app, carrier, answer_timeout)
+            client = CarrierClient(app, carrier, answer_timeout, destination)
             listing = client.listing("")
-            committed = {run.name for run in history.committed_runs(runs)
-                         if run.carrier == carrier and run.name}
+            committed = {run.name for run in history.committed_runs(mine_here) if run.name}
             stored = client.records_of(committed, listing)
-        for name in sorted(by_carrier[carrier]):
-            mine = [run for run in runs if run.job == name and run.carrier == carrier]
+        for name in sorted(by_place[(carrier, destination)]):
+            mine = [run for run in mine_here if run.job == name]
             policy = jobs[name].keep if name in jobs else None
             comparison = history.compare_with_server(mine, stored, True, "", policy)
+            where = "" if destination == DEFAULT_DESTINATION else f" (on {destination})"
             table[name].pruned += comparison.pruned
-            table[name].problems += comparison.problems
+            table[name].problems += [problem + where for problem in comparison.problems]
             table[name].strangers += comparison.strangers
 
 
@@ -120,10 +159,18 @@ def show(status: JobStatus, now: float) -> None:
     if success is None:
         say(f"{status.job}: no successful backup yet" + (f" (last run: {last})"
                                                           if status.last else ""))
-    else:
-        say(f"{status.job}: last success {success.name} at {show_time(success.end)}"
-            f" ({show_age(now - success.end)} ago), {human_size(success.size or 0)};"
-            f" {history.describe_transfer(success.transfer)}; last run: {last}")
+    several = status.destinations() != [DEFAULT_DESTINATION]
+    for destination in status.destinations() if success is not None else ():
+        run = status.successes.get(destination)
+        where = f" on {destination}" if several else ""
+        latest = status.lasts.get(destination)
+        last_here = history.shown_outcome(latest.outcome) if latest else last
+        if run is None:
+            say(f"{status.job}: no successful backup{where} yet (last run: {last_here})")
+            continue
+        say(f"{status.job}: last success{where} {run.name} at {show_time(run.end)}"
+            f" ({show_age(now - run.end)} ago), {human_size(run.size or 0)};"
+            f" {history.describe_transfer(run.transfer)}; last run: {last_here}")
     if status.pruned:
         say(f"{status.job}: {len(status.pruned)} backup(s) removed by the retention policy"
             f" ({status.policy})")
@@ -148,14 +195,12 @@ def backup_status(args: argparse.Namespace, context: Context) -> int:
     now = time.time()
     stale: list[str] = []
     for status in table.values():
-        age = status.age(now)
         if status.broken:
             stale.append(f"{status.job}: job file entry broken")
-        elif age is None:
+        elif status.success is None:
             stale.append(f"{status.job}: no successful backup yet")
-        elif args.max_age is not None and age > args.max_age:
-            stale.append(f"{status.job}: newest backup {show_age(age)} old >"
-                         f" {show_age(args.max_age)}")
+        else:
+            stale += status.stale(now, args.max_age)
     if not table:
         stale.append("no job in the job file and no backup in the history")
     problems = [problem for status in table.values() for problem in status.problems]

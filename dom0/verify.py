@@ -33,6 +33,7 @@ from dom0.passphrase import MAX_PASSPHRASE_FILE, read_passphrase
 from dom0.profile import CARRIER_COMMAND, profile_name
 from dom0.qubes import QubesAdapter
 from dom0.session import Context, failure_as_json, require_vm, running_carrier, running_vm
+from qbackup_protocol.carrier_service import DEFAULT_DESTINATION, check_destination
 from qbackup_protocol.text import clean_text
 
 logger = logging.getLogger(__name__)
@@ -60,17 +61,24 @@ def committed_record(history_path: Path, name: str) -> Committed | None:
     return found
 
 
-def location_command(name: str) -> str:
-    """Given a backup NAME, return the command qvm-backup-restore runs in the
-    carrier; check_name keeps it free of anything `eval` would interpret."""
-    return f"{CARRIER_COMMAND} get {check_name(name)}"
+def location_command(name: str, destination: str | None = None) -> str:
+    """Given a backup NAME and the destination to read it from (None or
+    DEFAULT_DESTINATION: the carrier's first), return the command
+    qvm-backup-restore runs in the carrier; check_name and check_destination
+    keep it free of anything `eval` would interpret."""
+    if destination is None or destination == DEFAULT_DESTINATION:
+        return f"{CARRIER_COMMAND} get {check_name(name)}"
+    return f"{CARRIER_COMMAND} get --from {check_destination(destination)} {check_name(name)}"
 
 
 def restore_arguments(carrier: str, passphrase_argument: str, name: str, verify_only: bool,
-                      options: Sequence[str] = (), vms: Sequence[str] = ()) -> list[str]:
-    """Given what to restore, return qvm-backup-restore's arguments."""
+                      options: Sequence[str] = (), vms: Sequence[str] = (),
+                      destination: str | None = None) -> list[str]:
+    """Given what to restore and from which destination, return
+    qvm-backup-restore's arguments."""
     arguments = ["--verify-only"] if verify_only else []
-    arguments += [*options, "-d", carrier, "-p", passphrase_argument, location_command(name)]
+    arguments += [*options, "-d", carrier, "-p", passphrase_argument,
+                  location_command(name, destination)]
     return arguments + list(vms)
 
 
@@ -127,11 +135,12 @@ def last_error(output: bytes) -> str:
 
 
 def check_stored(app: QubesAdapter, carrier: str, name: str, committed: Committed | None,
-                 answer_timeout: float) -> None:
-    """Given a backup NAME and dom0's record of it, prove the stored bytes are
-    the committed ones: the server re-hashes them, and its record must equal
-    dom0's; raise VerificationError otherwise."""
-    result = CarrierClient(app, carrier, answer_timeout).check(name)
+                 answer_timeout: float, destination: str | None = None) -> None:
+    """Given a backup NAME, dom0's record of it and the destination holding
+    it, prove the stored bytes are the committed ones: the server re-hashes
+    them, and its record must equal dom0's (one stream, one digest on every
+    destination); raise VerificationError otherwise."""
+    result = CarrierClient(app, carrier, answer_timeout, destination).check(name)
     record = result.record
     if not result.ok:
         raise VerificationError(f"verification of {name} FAILED: the server's re-hash does not"
@@ -148,18 +157,19 @@ def check_stored(app: QubesAdapter, carrier: str, name: str, committed: Committe
 
 
 def verify_backup(app: QubesAdapter, carrier: str, source: PassphraseSource, name: str,
-                  committed: Committed | None, answer_timeout: float) -> None:
+                  committed: Committed | None, answer_timeout: float,
+                  destination: str | None = None) -> None:
     """Given the carrier, the passphrase source, a backup NAME, dom0's record
-    of it and how long to wait for the carrier's answers, check the stored
-    bytes, then run qvm-backup-restore --verify-only; raise
-    VerificationError if either fails."""
+    of it, how long to wait for the carrier's answers and the destination to
+    read (None: the carrier's first), check the stored bytes, then run
+    qvm-backup-restore --verify-only; raise VerificationError if either fails."""
     require_vm(app, carrier, "carrier VM")
-    check_stored(app, carrier, name, committed, answer_timeout)
+    check_stored(app, carrier, name, committed, answer_timeout, destination)
     argument, stdin = passphrase_input(app, carrier, source)
     options = restore_options(committed.compression if committed else None)
     logger.info("verifying %s through %s", name, carrier)
     code, output = app.backup_restore(
-        restore_arguments(carrier, argument, name, True, options), capture=True,
+        restore_arguments(carrier, argument, name, True, options, (), destination), capture=True,
         input_data=stdin)
     log_output(output)
     if code != 0:
@@ -184,7 +194,8 @@ def run_verify(args: argparse.Namespace, context: Context) -> int:
         committed = committed_record(context.history, name)
         app = context.get_app()
         with running_carrier(app, carrier, keep=False):
-            verify_backup(app, carrier, source, name, committed, target.answer_timeout)
+            verify_backup(app, carrier, source, name, committed, target.answer_timeout,
+                          target.destination)
     if context.json:
         say_json({"backup": name, "dom0_record": committed is not None,
                   "size": committed.size if committed else None,

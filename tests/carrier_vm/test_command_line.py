@@ -145,3 +145,16 @@ def test_put_refuses_a_terminal_on_stdin(
     assert_one_safe_line(result.stderr)
     with pytest.raises(BlockingIOError):
         tripwire.accept()
+
+
+def test_put_partial_ok_is_a_flag_of_put_alone() -> None:
+    # dom0 writes it into Qubes' profile: Qubes fails a backup whose command
+    # exits non-zero, so a put that staged on some destinations must exit 0.
+    request = parse_arguments(["put", "--to", "home,offsite", "--partial-ok", "a-1"])
+    assert not isinstance(request, Printout)
+    assert request.partial_ok and request.destinations == ("home", "offsite")
+    assert not parse_arguments(["put", "a-1"]).partial_ok  # type: ignore[union-attr]
+    for argv in (["put", "--partial-ok=1", "a-1"], ["put", "--partial-ok", "--partial-ok", "a-1"],
+                 ["commit", "--partial-ok", "a-1"], ["put", "a-1", "--partial-ok"]):
+        with pytest.raises(UsageError):
+            parse_arguments(argv)

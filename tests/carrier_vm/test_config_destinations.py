@@ -151,7 +151,8 @@ def test_bad_destination_options_are_usage_errors(argv: list[str]) -> None:
 def test_help_shows_the_options() -> None:
     printed = parse_arguments(["put", "--help"])
     assert isinstance(printed, Printout)
-    assert printed.text.startswith("usage: qbackup-carrier put [--to D[,D...]] [--commit] NAME")
+    assert printed.text.startswith("usage: qbackup-carrier put [--to D[,D...]] [--commit]"
+                                   " [--partial-ok] NAME")
 
 
 def service(verb: str, stdin: bytes) -> Request:

@@ -222,7 +222,8 @@ def test_the_summary_names_size_duration_and_throughput() -> None:
                                  " 2 attempt(s), verified")
     assert outcome.to_json() == {
         "job": "daily", "name": record.name, "size": record.size, "sha256": "a" * 64,
-        "seconds": 60.0, "attempts": 2, "verified": True, "exit": 0}
+        "seconds": 60.0, "attempts": 2, "verified": True, "destinations": ["default"],
+        "exit": 0}
 
 
 def test_how_the_upload_went_is_logged_kept_and_shown(

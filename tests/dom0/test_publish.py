@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dom0.backup import publish
+from dom0.backup import Preflight, publish
 from dom0.carrier import CarrierClient, Record
 from dom0.errors import CarrierFailed
 
@@ -25,6 +25,8 @@ def receipt(name: str = NAME, sha256: str | None = DIGEST) -> bytes:
 
 
 LISTING = receipt() + b'{"end": true, "count": 1, "truncated": false}\n'
+# A carrier of one server: it answers as the destination "default".
+READY = Preflight(["default"], 10**9, set(), {}, [])
 
 
 class ScriptedCarrier:
@@ -48,8 +50,8 @@ class ScriptedCarrier:
 
 def test_commit_receipt_is_the_record() -> None:
     carrier = ScriptedCarrier({"commit": receipt()})
-    record = publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
-    assert record == Record(NAME, 7, DIGEST, 1)
+    published = publish(CarrierClient(carrier, "c"), NAME, READY)  # type: ignore[arg-type]
+    assert published.records == {"default": Record(NAME, 7, DIGEST, 1)}
     assert carrier.asked == [("commit", NAME.encode() + b"\n")]
 
 
@@ -63,7 +65,7 @@ def test_commit_receipt_is_the_record() -> None:
 def test_bad_commit_answers_fail(answer: bytes | int) -> None:
     carrier = ScriptedCarrier({"commit": answer, "list": LISTING})
     with pytest.raises(CarrierFailed):
-        publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
+        publish(CarrierClient(carrier, "c"), NAME, READY)  # type: ignore[arg-type]
     assert [verb for verb, _ in carrier.asked] == ["commit"]  # no fallback
 
 
@@ -72,4 +74,4 @@ def test_carrier_refusing_commit_fails_even_if_the_server_lists_the_name() -> No
     # backup recorded as good through some other path.
     carrier = ScriptedCarrier({"commit": 64, "list": LISTING})
     with pytest.raises(CarrierFailed):
-        publish(CarrierClient(carrier, "c"), NAME)  # type: ignore[arg-type]
+        publish(CarrierClient(carrier, "c"), NAME, READY)  # type: ignore[arg-type]
