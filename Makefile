@@ -144,7 +144,7 @@ server-files:
 # setup-account.sh could refuse (the name, the key file, an existing account,
 # not root) is checked before anything is installed (CHECK_ONLY=1); with
 # DESTDIR (packaging) only files go in.
-SETUP_ACCOUNT = SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) sh server_shell/setup-account.sh "$(user)" $(if $(key),"$(key)")
+SETUP_ACCOUNT = SHELL_PATH=$(SBINDIR)/qbackup-shell FORCE=$(force) RUN_BY_MAKE=1 sh server_shell/setup-account.sh "$(user)" $(if $(key),"$(key)")
 server:
 	@if [ -z "$(DESTDIR)" ] && [ -z "$(user)" ]; then \
 		echo "make server: give the account: make server user=NAME [key=CARRIER.pub] [force=1] (nothing was installed)" >&2; \

@@ -314,7 +314,8 @@ fi
 
 echo "setup-account.sh: $user is ready; its carrier key lines in $home/.ssh/authorized_keys start with"
 echo "  restrict,command=\"$shell_path\""
-# The same command again, as the admin ran it: make's target, or this script
-# (the one the server package ships).
-if [ -n "${MAKELEVEL:-}" ]; then again="make server user=$user key=CARRIER_KEY.pub"; else again="$0 $user CARRIER_KEY.pub"; fi
+# The same command again, as the admin ran it: make's target (which says so
+# in RUN_BY_MAKE; MAKELEVEL would also be set for a script run from a test
+# suite that make started), or this script (the one the server package ships).
+if [ "${RUN_BY_MAKE:-}" = 1 ]; then again="make server user=$user key=CARRIER_KEY.pub"; else again="$0 $user CARRIER_KEY.pub"; fi
 [ -n "$public_key" ] || echo "  (add one with: $again)"

@@ -110,8 +110,11 @@ def test_make_server_then_uninstall_server_keeps_account_backups_and_config(
     prefix = [f"LIBDIR={tmp_path}/lib", f"SBINDIR={tmp_path}/sbin", f"CONFDIR={tmp_path}/etc",
               f"APPARMOR_DIR={tmp_path}/apparmor"]
     shell = f"{tmp_path}/sbin/qbackup-shell"
-    make("server", f"user={storage_name}", *prefix)
+    installed = make("server", f"user={storage_name}", *prefix)
     assert pwd.getpwnam(storage_name).pw_shell == shell
+    # The hint repeats the command as the admin ran it: make's target.
+    assert f"(add one with: make server user={storage_name} key=CARRIER_KEY.pub)" \
+        in installed.stdout
     assert shell in Path("/etc/shells").read_text().splitlines()
     home = Path(pwd.getpwnam(storage_name).pw_dir)
     (home / "laptop-1").write_bytes(b"a backup")  # what puts would have stored
