@@ -212,32 +212,6 @@ class Outbox:
     def __post_init__(self) -> None:
         self.stream.outboxes.append(self)
 
-    @property
-    def reader(self) -> FrameReader:
-        return self.stream.reader
-
-    @property
-    def frames(self) -> deque[Frame]:
-        return self.stream.frames
-
-    @property
-    def taken(self) -> int:
-        return self.stream.taken
-
-    @property
-    def finished(self) -> bool:
-        return self.stream.finished
-
-    @property
-    def held_from(self) -> int:
-        return self.stream.held_from
-
-    def full(self) -> bool:
-        return self.stream.full()
-
-    async def frame_at(self, offset: int) -> Frame | None:
-        return await self.stream.frame_at(offset)
-
     def acknowledge(self, offset: int) -> None:
         """Given the server's durable OFFSET, let the stream recycle every
         frame all destinations hold; raise DataError for an offset that goes
@@ -329,7 +303,7 @@ async def put_to(
             try:
                 record = await upload_session(link, verb, name, outbox, config)
             except NothingToResume:
-                if outbox.held_from != 0 or restarted:
+                if outbox.stream.held_from != 0 or restarted:
                     raise
                 # The first session was lost before the server made its
                 # partial upload: start over (once), the carrier holds it all.
@@ -422,7 +396,8 @@ async def upload_session(
     end.raise_for_status()
     if end.value is None:
         raise DataError("the server's reply has no receipt")
-    return check_receipt_record(end.value, name, outbox.reader.total, outbox.reader.digest().hex())
+    reader = outbox.stream.reader
+    return check_receipt_record(end.value, name, reader.total, reader.digest().hex())
 
 
 def resume_refusal(status: int, detail: str, outbox: Outbox) -> CarrierError:
@@ -435,7 +410,7 @@ def resume_refusal(status: int, detail: str, outbox: Outbox) -> CarrierError:
     if status == ShellExit.NO_SUCH_BACKUP:
         return NothingToResume(f"the server has nothing to resume{suffix}")
     if status == ShellExit.EXISTS:
-        if outbox.finished and outbox.sent_high == outbox.taken:
+        if outbox.stream.finished and outbox.sent_high == outbox.stream.taken:
             return ResumeImpossible(
                 "the connection was lost after the whole backup was sent; its receipt "
                 f"never came{suffix}"
@@ -519,16 +494,16 @@ def check_start_offset(verb: str, offset: int, outbox: Outbox) -> None:
     if verb == VERB_PUT:
         if offset != 0:
             raise DataError("the server's put did not start at offset 0")
-        if outbox.held_from != 0:
+        if outbox.stream.held_from != 0:
             raise ResumeImpossible("the carrier no longer holds the start of the upload")
         return
     if offset > outbox.sent_high:
         raise DataError("the server claims to hold data it was never sent")
     # Below what it acknowledged, the server lost data it promised to keep.
-    if offset < outbox.held_from or offset < outbox.acked:
+    if offset < outbox.stream.held_from or offset < outbox.acked:
         raise ResumeImpossible(
             f"the server holds {offset} bytes, the carrier kept only data from "
-            f"{outbox.held_from} on: the upload cannot be resumed"
+            f"{outbox.stream.held_from} on: the upload cannot be resumed"
         )
 
 
@@ -540,23 +515,24 @@ async def send_stream(
     if stdin cannot be read, TemporaryFailure if the server accepts nothing
     (or, with a full outbox, acknowledges nothing) for progress_timeout s."""
     limiter = RateLimiter(config.rate_limit)
+    stream = outbox.stream
     position = start
     while True:
         # An ack inside the oldest frame frees no buffer: wait for the next.
         # At EOF no buffer is needed (a server whose sync_interval exceeds
         # what is left unacknowledged would never send the ack).
-        while outbox.full() and position == outbox.taken and not outbox.reader.at_eof:
+        while stream.full() and position == stream.taken and not stream.reader.at_eof:
             await wait_for_room(outbox, config)
         try:
-            frame = await outbox.frame_at(position)
+            frame = await stream.frame_at(position)
         except OSError as error:
             raise DataError(f"cannot read the backup from stdin: {error.strerror}") from None
         if frame is None:
             break
         await write_frame(writer, outbox, frame, position, limiter, config)
         position = frame.end
-    logger.info("sent %d bytes, sending the end frame", outbox.reader.total)
-    writer.write(encode_end_frame(outbox.reader.total, outbox.reader.digest()))
+    logger.info("sent %d bytes, sending the end frame", stream.reader.total)
+    writer.write(encode_end_frame(stream.reader.total, stream.reader.digest()))
     writer.write_eof()
     # No drain here: once the end frame is queued this task must be done, so
     # a server that answers and closes quickly is never mistaken for one

@@ -105,9 +105,9 @@ def test_resume_below_an_acknowledged_offset_is_impossible() -> None:
 def test_an_ack_frees_exactly_the_frames_wholly_before_it() -> None:
     box = outbox_holding(0, 4, 0, 4000)
     box.acknowledge(2500)
-    assert [f.start for f in box.frames] == [2000, 3000]
-    assert [f.start for f in box.reader.recycled] == [0, 1000]  # type: ignore[attr-defined]
-    assert box.held_from == 2000
+    assert [f.start for f in box.stream.frames] == [2000, 3000]
+    assert [f.start for f in box.stream.reader.recycled] == [0, 1000]  # type: ignore[attr-defined]
+    assert box.stream.held_from == 2000
 
 
 @pytest.mark.parametrize("offset", [4001, 100])
@@ -197,7 +197,7 @@ def test_an_ack_inside_the_oldest_frame_frees_no_buffer_and_the_put_waits() -> N
             box.acked_event.set()
             while box.acked_event.is_set():
                 await asyncio.sleep(0)
-            assert box.sent_high == 2 * FRAME and box.full()
+            assert box.sent_high == 2 * FRAME and box.stream.full()
             box.acknowledge(FRAME // 2)
             for _ in range(20):  # the sender runs (and must not take a buffer)
                 await asyncio.sleep(0)
@@ -268,17 +268,17 @@ def two_outboxes() -> tuple[Outbox, Outbox]:
 def test_a_frame_is_recycled_only_once_every_destination_acknowledged_it() -> None:
     home, offsite = two_outboxes()
     home.acknowledge(3 * FRAME)
-    assert home.held_from == 0  # offsite still needs it all
+    assert home.stream.held_from == 0  # offsite still needs it all
     offsite.acknowledge(FRAME + 1)
-    assert home.held_from == FRAME
-    assert [f.start for f in home.reader.recycled] == [0]  # type: ignore[attr-defined]
+    assert home.stream.held_from == FRAME
+    assert [f.start for f in home.stream.reader.recycled] == [0]  # type: ignore[attr-defined]
 
 
 def test_a_destination_leaving_the_run_frees_what_only_it_held() -> None:
     home, offsite = two_outboxes()
     home.acknowledge(3 * FRAME)
     home.stream.leave(offsite)
-    assert home.held_from == 3 * FRAME and home.stream.freed.is_set()
+    assert home.stream.held_from == 3 * FRAME and home.stream.freed.is_set()
 
 
 def test_a_stalled_holder_is_dropped_but_never_the_last_in_the_run() -> None:
@@ -290,7 +290,7 @@ def test_a_stalled_holder_is_dropped_but_never_the_last_in_the_run() -> None:
     home.stream.on_drop = dropped.append
     drop_stalled(home)
     assert dropped == [offsite] and "progress_timeout" in offsite.dropped
-    assert home.stream.outboxes == [home] and home.held_from == 4 * FRAME
+    assert home.stream.outboxes == [home] and home.stream.held_from == 4 * FRAME
     home.progress_at -= 1000
     drop_stalled(home)  # the last one in the run is never dropped
     assert home.stream.outboxes == [home] and not home.dropped
